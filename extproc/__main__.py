@@ -1,0 +1,89 @@
+"""Sidecar entrypoint: `python -m extproc --port 50051 --database-url ... --data-dir ...`.
+
+This is where the hot path is wired to persistence; extproc itself only knows the Recorder protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from .exchange import Context
+from .routing import parse_route_specs
+from .server import serve
+from .settings import SidecarSettings
+
+log = logging.getLogger("llmproxy.sidecar")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m extproc", description="llmproxy ext_proc sidecar")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051)
+    p.add_argument("--database-url", default=None, help="default: $DATABASE_URL")
+    p.add_argument("--data-dir", type=Path, default=Path(".llmproxy"))
+    p.add_argument("--allow-target", action="append", default=[], help="host[:port] allowed for legacy /?target_url=")
+    p.add_argument("--model-route", action="append", default=[], help="GLOB=PROVIDER, tried before the defaults")
+    p.add_argument("--log-body-max", type=int, default=None, help="bytes of each body kept in the log")
+    return p.parse_args(argv)
+
+
+def build_settings(args: argparse.Namespace) -> SidecarSettings:
+    base = SidecarSettings.from_env()
+    return SidecarSettings.from_env(
+        host=args.host,
+        port=args.port,
+        database_url=args.database_url,
+        data_dir=args.data_dir,
+        model_routes=parse_route_specs(args.model_route) + base.model_routes,
+        legacy_allowlist=tuple(h.lower() for h in args.allow_target) + base.legacy_allowlist,
+        log_body_max=args.log_body_max,
+    )
+
+
+async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
+    from intelligence.ingest import DbRecorder
+    from intelligence.store.engine import make_engine
+
+    if not settings.database_url:
+        raise SystemExit("llmproxy sidecar: no database (set DATABASE_URL or --database-url)")
+    engine = make_engine(settings.database_url)
+    recorder = DbRecorder(engine, settings.spool_dir)
+    await recorder.start()
+    ctx = Context(settings=settings, recorder=recorder)
+    server, health_servicer = await serve(ctx, host=settings.host, port=settings.port, max_message=settings.grpc_max_message)
+    log.info("sidecar listening on %s:%d", settings.host, settings.port)
+    try:
+        await stop.wait()
+    finally:
+        # Graceful: stop taking new streams, let in-flight exchanges finish, then drain the recorder.
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=5)
+        await recorder.stop()
+        await engine.dispose()
+        log.info("sidecar stopped: %s", ctx.stats)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = build_settings(args)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(settings, stop)
+
+    try:
+        asyncio.run(_main())
+    except OSError as exc:
+        raise SystemExit(f"llmproxy sidecar: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

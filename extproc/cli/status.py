@@ -1,0 +1,69 @@
+"""`llmproxy status`: exit 0 only when Envoy, the sidecar and the database are all healthy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from .stack import StackState, pid_alive
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="health of the running stack (exit 0 only if all parts are healthy)")
+    p.add_argument("--data-dir", type=Path, default=Path(".llmproxy"))
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .up import _envoy_ready, _grpc_healthy
+
+    state = StackState.load(args.data_dir)
+    if state is None:
+        msg = f"no stack running from {args.data_dir.resolve()} (no stack.json): start one with `llmproxy up`"
+        print(json.dumps({"ok": False, "error": msg}) if args.json else f"llmproxy: {msg}")
+        return 1
+    parts = {
+        "envoy": _envoy_ready(state.ports["admin"]),
+        "sidecar": _grpc_healthy(state.ports["sidecar"]),
+        "database": asyncio.run(_db_ok(state.database_url)),
+    }
+    if "ui" in state.ports:
+        parts["dashboard"] = "ui" in state.pids and pid_alive(state.pids["ui"])
+    required = ("envoy", "sidecar", "database")
+    ok = all(parts[p] for p in required)
+    if args.json:
+        print(json.dumps({"ok": ok, "parts": parts, "ports": state.ports, "intelligence": _intelligence_mode()}))
+    else:
+        for name, healthy in parts.items():
+            print(f"  {name:<10} {'ok' if healthy else 'DOWN'}")
+        print(f"  intelligence {_intelligence_mode()}")
+        if not ok:
+            print("unhealthy: " + ", ".join(p for p in required if not parts[p]))
+    return 0 if ok else 1
+
+
+def _intelligence_mode() -> str:
+    import os
+
+    if os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("OPENROUTER_API_KEY"):
+        return "claude"
+    return "local-only (no ANTHROPIC_API_KEY / OPENROUTER_API_KEY: patterns and local detectors only)"
+
+
+async def _db_ok(url: str) -> bool:
+    from sqlalchemy import text
+
+    from intelligence.store.engine import make_engine
+
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            await asyncio.wait_for(conn.execute(text("select 1")), 3)
+        return True
+    except Exception:
+        return False
+    finally:
+        await engine.dispose()

@@ -1,0 +1,113 @@
+"""`llmproxy tail`: print live exchanges in the console, the way the legacy debug proxy did.
+
+Each exchange: a status line, the request body, then the response merged into one message (streams
+reassembled). `--tools none|name|all` controls how declared tools are shown; `--raw` prints bodies as
+they crossed the wire (the raw SSE/NDJSON stream for streamed responses) instead of merged.
+New rows arrive by Postgres LISTEN/NOTIFY (channel llmproxy_exchanges), polling as a fallback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .stack import database_url_for
+
+CHANNEL = "llmproxy_exchanges"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tail", help="print exchanges live, like the legacy debug proxy")
+    p.add_argument("--tools", choices=["none", "name", "all"], default="name", help="how to print declared tools (default name)")
+    p.add_argument("--raw", action="store_true", help="print bodies as sent on the wire instead of merged")
+    p.add_argument("--history", type=int, default=0, help="first print the N most recent exchanges")
+    p.add_argument("--count", type=int, default=0, help="exit after printing N exchanges (0: run until Ctrl-C)")
+    p.add_argument("--data-dir", type=Path, default=Path(".llmproxy"))
+    p.add_argument("--database-url", default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    url = database_url_for(args.data_dir, args.database_url)
+    try:
+        asyncio.run(_tail(url, args))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _tail(url: str, args: argparse.Namespace) -> None:
+    from intelligence.store.engine import make_engine
+    from intelligence.store.repositories import ExchangeRepository
+
+    engine = make_engine(url)
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    printed = 0
+    try:
+        async with engine.connect() as listen_conn:
+            raw = (await listen_conn.get_raw_connection()).driver_connection
+            await raw.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: queue.put_nowait(payload))
+            async with engine.connect() as conn:
+                if args.history:
+                    rows = await ExchangeRepository(conn).recent(args.history)
+                    for row in reversed(list(rows)):
+                        print(render(row, tools=args.tools, raw=args.raw), flush=True)
+                while not args.count or printed < args.count:
+                    request_id = await queue.get()
+                    row = await ExchangeRepository(conn).get(request_id)
+                    await conn.rollback()  # fresh snapshot for the next read
+                    if row is not None:
+                        print(render(row, tools=args.tools, raw=args.raw), flush=True)
+                        printed += 1
+    finally:
+        await engine.dispose()
+
+
+def _get(row: Any, name: str) -> Any:
+    return row.get(name) if isinstance(row, dict) else getattr(row, name, None)
+
+
+def render(row: Any, *, tools: str = "name", raw: bool = False) -> str:
+    started = _get(row, "started_at")
+    usage = f"{_get(row, 'input_tokens') or '-'}/{_get(row, 'output_tokens') or '-'}"
+    ttft = _get(row, "ttft_ms")
+    head = (f"── {started:%Y-%m-%d %H:%M:%S}  {_get(row, 'status') or '---'}  {_get(row, 'provider') or '-'}  "
+            f"{_get(row, 'model') or '-'}  {_get(row, 'method')} {_get(row, 'path')}  {(_get(row, 'latency_ms') or 0):.0f} ms"
+            + (f"  ttft {ttft:.0f} ms" if ttft is not None and _get(row, 'streamed') else "")
+            + f"  tokens {usage}  id {_get(row, 'request_id')}")
+    if _get(row, "error"):
+        head += f"\n   error: {_get(row, 'error')}"
+    req = _get(row, "request_client") or {}
+    resp = (_get(row, "response_upstream") if raw else _get(row, "response_client")) or {}
+    return "\n".join([head, ">>> request", _show(req, tools=tools, raw=raw),
+                      "<<< response" + ("" if raw else " (merged)" if _get(row, "streamed") else ""), _show(resp, tools="all", raw=raw), ""])
+
+
+def _show(body: dict, *, tools: str, raw: bool) -> str:
+    if not body:
+        return "(empty)"
+    doc = body.get("json")
+    if doc is None:
+        return body.get("text") or "(empty)"
+    if isinstance(doc, dict) and "tools" in doc and tools != "all":
+        doc = dict(doc)
+        if tools == "none":
+            doc.pop("tools")
+        else:
+            doc["tools"] = [_tool_name(t) for t in doc["tools"] or []]
+    return json.dumps(doc, ensure_ascii=False) if raw else json.dumps(doc, ensure_ascii=False, indent=2)
+
+
+def _tool_name(tool: Any) -> Any:
+    if isinstance(tool, dict):
+        fn = tool.get("function")
+        return (fn.get("name") if isinstance(fn, dict) else None) or tool.get("name") or tool.get("type")
+    return tool
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run(argparse.Namespace()))

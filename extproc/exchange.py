@@ -1,0 +1,430 @@
+"""One exchange: the per-request state machine driven by the ext_proc phases.
+
+Envoy opens one gRPC stream per HTTP request and sends, in order, request headers, the buffered
+request body, response headers and the response body (one message when buffered, one per socket read
+when streamed). :class:`Exchange` answers each with a typed reply and, when the exchange ends (or the
+stream is cut), hands one :class:`ExchangeRecord` to the recorder. It never raises into the stream:
+a bug in handling degrades to "pass through untouched, log what we have".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from intelligence.records import Body, ExchangeRecord, Recorder, Usage
+
+from .errors import gateway_error
+from .providers.registry import endpoint_for
+from .routing import UNIFIED_PATHS, ModelRouter, split_provider_prefix
+from .settings import SidecarSettings
+from .toolnames import ToolNameCodec
+from .wire import BodyChunk, Headers, Immediate, Phase, Reply
+
+log = logging.getLogger("llmproxy.exchange")
+
+# Headers that carry credentials: never logged, never stored.
+_SECRET_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization", "cookie", "set-cookie", "api-key"})
+_AUTH_HEADER = {"openai": "authorization", "openrouter": "authorization", "anthropic": "x-api-key"}
+
+
+@dataclass
+class Context:
+    """What every exchange shares: settings, routing rules, the recorder, counters."""
+
+    settings: SidecarSettings
+    recorder: Recorder
+    router: ModelRouter = field(init=False)
+    stats: dict[str, int] = field(default_factory=lambda: {"exchanges": 0, "errors": 0, "aborted": 0})
+
+    def __post_init__(self) -> None:
+        self.router = ModelRouter(self.settings.model_routes)
+
+
+def key_fingerprint(headers: dict[str, str]) -> str | None:
+    """A stable, non-reversible identity for the client's credential (never the key itself)."""
+    raw = headers.get("x-api-key") or headers.get("authorization", "")
+    raw = raw.removeprefix("Bearer ").removeprefix("bearer ").strip()
+    if not raw:
+        return None
+    return "key_" + hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def safe_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {
+        k: v for k, v in headers.items()
+        if k not in _SECRET_HEADERS and not any(s in k for s in ("token", "secret", "key")) and not k.startswith(":")
+    }
+
+
+class Exchange:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.t0 = time.monotonic()
+        self.started_at = datetime.now(timezone.utc)
+        self.request_id = ""
+        self.method = ""
+        self.path = ""
+        self.rel_path = ""
+        self.route = "unknown"
+        self.provider: str | None = None
+        self.endpoint = None
+        self.view = None
+        self.codec: ToolNameCodec | None = None
+        self.headers: dict[str, str] = {}
+        self.client_addr: str | None = None
+        self.key_fp: str | None = None
+        self.session_id: str | None = None
+        self.request_client: bytes = b""
+        self.request_forwarded: bytes | None = None
+        self.status: int | None = None
+        self.upstream_ms: float | None = None
+        self.ttft_ms: float | None = None
+        self.streamed = False
+        self.stream_proc = None
+        self.rewrite_response = False
+        self.resp_upstream = bytearray()
+        self.resp_client = bytearray()
+        self.resp_truncated = False
+        self.folded = None
+        self.error: str | None = None
+        self.flags: dict[str, Any] = {}
+        self.finished = False
+        self.immediate_body: bytes | None = None
+
+    # ------------------------------------------------------------------ dispatch
+    def handle(self, phase: Phase, event: Headers | BodyChunk | None) -> Reply | Immediate:
+        try:
+            if phase is Phase.REQUEST_HEADERS:
+                return self._request_headers(event)
+            if phase is Phase.REQUEST_BODY:
+                return self._request_body(event)
+            if phase is Phase.RESPONSE_HEADERS:
+                return self._response_headers(event)
+            if phase is Phase.RESPONSE_BODY:
+                return self._response_body(event)
+            return Reply()
+        except Exception as exc:  # contain: a bug here must not kill the client's stream
+            self.ctx.stats["errors"] += 1
+            log.exception("request %s: %s handling failed; passing through", self.request_id, phase.value)
+            self.error = self.error or f"sidecar error in {phase.value}: {type(exc).__name__}"
+            if phase is Phase.RESPONSE_BODY and isinstance(event, BodyChunk) and event.end_of_stream:
+                self.finish()
+            return Reply()
+
+    # ------------------------------------------------------------------ request
+    def _request_headers(self, ev: Headers) -> Reply | Immediate:
+        h = ev.headers
+        self.headers = h
+        self.request_id = h.get("x-request-id") or str(uuid.uuid4())
+        self.method = h.get(":method", "")
+        self.path = h.get(":path", "")
+        self.client_addr = _client_addr(ev)
+        self.key_fp = key_fingerprint(h)
+        self.session_id = h.get("x-session-id") or None
+        reply = Reply(remove_headers=[k for k in h if k.startswith("x-llmproxy-")] + ["accept-encoding"])
+        # A client must not pick a route by sending the routing header itself.
+        reply.clear_route_cache = any(k.startswith("x-llmproxy-") for k in h)
+
+        provider, rel = split_provider_prefix(self.path)
+        query = urlsplit(self.path).query
+        if provider:
+            self.route, self.provider, self.rel_path = "prefix", provider, rel
+        elif rel in UNIFIED_PATHS:
+            self.route, self.rel_path = "unified", rel
+        elif rel == "/" and "target_url" in parse_qs(query):
+            early = self._legacy_target(parse_qs(query)["target_url"][0], reply)
+            if early is not None:
+                return early
+        else:
+            self.rel_path = rel
+        self.endpoint = endpoint_for(self.rel_path, self.method) if self.rel_path else None
+
+        if ev.end_of_stream:  # no body will follow
+            if self.route == "unified":
+                return self._answer(gateway_error(400, "llmproxy: this route needs a JSON body with a `model`",
+                                                  api=_api_of(self.rel_path), code="body_required"))
+            self._inject_credentials(reply)
+        elif self.provider:
+            self._inject_credentials(reply)
+        return reply
+
+    def _legacy_target(self, target: str, reply: Reply) -> Immediate | None:
+        """Legacy debug-proxy parity: POST /?target_url=URL, to allowlisted hosts only."""
+        self.route = "legacy"
+        parts = urlsplit(target)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return self._answer(gateway_error(400, f"llmproxy: invalid target_url {target[:200]!r}: need an absolute http(s) URL",
+                                              code="invalid_target_url"))
+        host = parts.hostname.lower()
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        allowed = self.ctx.settings.legacy_allowlist
+        if host not in allowed and f"{host}:{port}" not in allowed:
+            return self._answer(gateway_error(403, f"llmproxy: target host {host}:{port} is not on the gateway's allowlist "
+                                                   "(LLMPROXY_LEGACY_ALLOWLIST / --allow-target)", code="target_not_allowed"))
+        path = parts.path or "/"
+        self.rel_path = path
+        self.provider = "legacy"
+        reply.set_headers.update({
+            ":path": path + (f"?{parts.query}" if parts.query else ""),
+            "x-llmproxy-legacy": parts.scheme,
+            "x-llmproxy-target-host": f"{host}:{port}",
+        })
+        reply.clear_route_cache = True
+        return None
+
+    def _request_body(self, ev: BodyChunk) -> Reply | Immediate:
+        self.request_client += ev.data
+        if not ev.end_of_stream:
+            return Reply()
+        reply = Reply()
+        doc = _parse_json(self.request_client)
+        api = _api_of(self.rel_path)
+        if self.route == "unified":
+            if not isinstance(doc, dict):
+                return self._answer(gateway_error(400, "llmproxy: request body must be a JSON object with a `model` field"
+                                                  + (" (content-type is not application/json)" if "json" not in self.headers.get("content-type", "") else ""),
+                                                  api=api, code="invalid_json"))
+            model = doc.get("model")
+            provider = self.ctx.router.provider_for(model)
+            if provider is None:
+                return self._answer(gateway_error(400, f"llmproxy: unknown model {model!r}: no provider route matches it",
+                                                  api=api, code="unknown_model"))
+            self.provider = provider
+            reply.set_headers["x-llmproxy-provider"] = provider
+            reply.clear_route_cache = True
+            self._inject_credentials(reply)
+        if self.endpoint is not None and isinstance(doc, dict):
+            self.view = self.endpoint.parse_request(doc)
+            self.codec = ToolNameCodec(namespace=self.headers.get("x-tool-namespace") or None)
+            if self.endpoint.alias_request(doc, self.codec):
+                self.request_forwarded = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+                reply.body = self.request_forwarded
+                reply.set_headers["content-length"] = str(len(self.request_forwarded))
+                self.flags["tool_names_aliased"] = len(self.codec.mapping)
+        elif doc is None and self.request_client:
+            self.flags["request_not_json"] = True
+        if self.session_id is None:
+            self.session_id = self._derive_session()
+        return reply
+
+    def _inject_credentials(self, reply: Reply) -> None:
+        key = self.ctx.settings.provider_keys.get(self.provider or "")
+        if not key:
+            return  # passthrough: the client's own Authorization / x-api-key goes upstream
+        reply.remove_headers.extend(h for h in ("authorization", "x-api-key") if h in self.headers)
+        header = _AUTH_HEADER[self.provider]
+        reply.set_headers[header] = f"Bearer {key}" if header == "authorization" else key
+        self.flags["credentials"] = "injected"
+
+    def _derive_session(self) -> str:
+        """No x-session-id: a conversation resends its opening turns, so they identify it."""
+        opening = getattr(self.view, "first_user", None) or getattr(self.view, "last_user", None) or ""
+        system = getattr(self.view, "system", None) or ""
+        seed = f"{self.key_fp or self.client_addr}|{system[:2000]}|{opening[:2000]}"
+        return "s_" + hashlib.sha256(seed.encode("utf-8", "replace")).hexdigest()[:16]
+
+    # ------------------------------------------------------------------ response
+    def _response_headers(self, ev: Headers) -> Reply:
+        h = ev.headers
+        try:
+            self.status = int(h.get(":status", "0"))
+        except ValueError:
+            self.status = None
+        if "x-envoy-upstream-service-time" in h:
+            try:
+                self.upstream_ms = float(h["x-envoy-upstream-service-time"])
+            except ValueError:
+                pass
+        ctype = h.get("content-type", "")
+        reply = Reply(set_headers={"x-llmproxy-request-id": self.request_id})
+        active = self.codec is not None and self.codec.active
+        if self.endpoint is not None and ("text/event-stream" in ctype or "ndjson" in ctype):
+            self.streamed = True
+            self.stream_proc = self.endpoint.stream(self.codec if active else None)
+            if active:
+                reply.remove_headers.append("content-length")
+        elif self.endpoint is not None and active and "json" in ctype:
+            self.rewrite_response = True  # tool names to restore: take the JSON whole
+            reply.buffer_response_body = True
+            reply.remove_headers.append("content-length")
+        if ev.end_of_stream:
+            self.finish()
+        return reply
+
+    def _response_body(self, ev: BodyChunk) -> Reply:
+        if self.ttft_ms is None and ev.data:
+            self.ttft_ms = (time.monotonic() - self.t0) * 1000
+        self._keep(self.resp_upstream, ev.data)
+        reply = Reply()
+        if self.stream_proc is not None:
+            out = self.stream_proc.feed(ev.data)
+            if ev.end_of_stream:
+                out += self.stream_proc.end()
+            if out != ev.data:
+                reply.body = out
+            self._keep(self.resp_client, out)
+        elif self.rewrite_response:
+            doc = _parse_json(ev.data)
+            if isinstance(doc, dict) and self.endpoint.restore_response(doc, self.codec):
+                reply.body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+            self._keep(self.resp_client, reply.body if reply.body is not None else ev.data)
+        else:
+            self._keep(self.resp_client, ev.data)
+        if ev.end_of_stream:
+            self.finish()
+        return reply
+
+    def _keep(self, buf: bytearray, data: bytes) -> None:
+        room = self.ctx.settings.log_body_max - len(buf)
+        if room <= 0:
+            self.resp_truncated = self.resp_truncated or bool(data)
+            return
+        buf += data[:room]
+        if len(data) > room:
+            self.resp_truncated = True
+
+    # ------------------------------------------------------------------ ending
+    def _answer(self, imm: Immediate) -> Immediate:
+        self.status = imm.status
+        self.immediate_body = imm.body
+        self.error = imm.details
+        self.finish()
+        return imm
+
+    def abort(self, reason: str) -> None:
+        """The gRPC stream ended before the exchange did (client gone, Envoy reset)."""
+        if not self.finished and self.request_id:
+            self.ctx.stats["aborted"] += 1
+            self.error = self.error or reason
+            self.finish()
+
+    def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.ctx.stats["exchanges"] += 1
+        try:
+            record = self._record()
+        except Exception:
+            log.exception("request %s: building the record failed", self.request_id)
+            return
+        self.ctx.recorder.submit(record)
+
+    def _fold(self):
+        if self.endpoint is None:
+            return None
+        try:
+            if self.stream_proc is not None:
+                return self.stream_proc.result()
+            doc = _parse_json(bytes(self.resp_client))
+            if isinstance(doc, dict):
+                return self.endpoint.fold(doc)
+        except Exception:
+            log.exception("request %s: folding the response failed", self.request_id)
+        return None
+
+    def _record(self) -> ExchangeRecord:
+        now = time.monotonic()
+        folded = self._fold()
+        view = self.view
+        usage = folded.usage if folded is not None else Usage()
+        limit = self.ctx.settings.log_body_max
+        resp_client: Body | None
+        if self.immediate_body is not None:
+            resp_client = _body(self.immediate_body, limit)
+        elif folded is not None and self.streamed:
+            resp_client = Body(json=folded.message, size=len(self.resp_client), truncated=self.resp_truncated)
+        else:
+            resp_client = _body(bytes(self.resp_client), limit, self.resp_truncated) if self.status is not None else None
+        tool_invalid = 0
+        if folded is not None:
+            for call in folded.tool_calls:
+                if not isinstance(_parse_json(call.arguments.encode() if call.arguments else b""), dict):
+                    tool_invalid += 1
+        error = self.error or (folded.error if folded is not None else None)
+        if error is None and self.status is not None and self.status >= 400:
+            error = f"HTTP {self.status}"
+        return ExchangeRecord(
+            request_id=self.request_id,
+            started_at=self.started_at,
+            finished_at=datetime.now(timezone.utc),
+            method=self.method,
+            path=self.path,
+            session_id=self.session_id,
+            client_key_fp=self.key_fp,
+            client_addr=self.client_addr,
+            provider=self.provider,
+            model=getattr(view, "model", None) or (folded.message.get("model") if folded and isinstance(folded.message, dict) else None),
+            api=getattr(view, "api", None) or _api_of(self.rel_path),
+            route=self.route,
+            status=self.status,
+            streamed=self.streamed,
+            latency_ms=(now - self.t0) * 1000,
+            ttft_ms=self.ttft_ms,
+            upstream_ms=self.upstream_ms,
+            usage=usage,
+            request_client=_body(self.request_client, limit) if self.request_client else None,
+            request_forwarded=_body(self.request_forwarded, limit) if self.request_forwarded is not None
+            else (_body(self.request_client, limit) if self.request_client else None),
+            response_upstream=_body(bytes(self.resp_upstream), limit, self.resp_truncated) if self.resp_upstream else None,
+            response_client=resp_client,
+            tool_names=tuple(getattr(view, "tool_names", ()) or ()),
+            prompt_system=getattr(view, "system", None),
+            prompt_user=getattr(view, "last_user", None),
+            tool_args_invalid=tool_invalid,
+            tool_aliases=dict(self.codec.mapping) if self.codec is not None else {},
+            finish_reason=folded.finish_reason if folded is not None else None,
+            error=error,
+            request_headers=safe_headers(self.headers),
+            flags=self.flags,
+        )
+
+
+def _client_addr(ev: Headers) -> str | None:
+    addr = ev.attributes.get("source.address") or ev.headers.get("x-forwarded-for", "").split(",")[0].strip()
+    if not addr:
+        return None
+    if addr.count(":") == 1:  # ipv4:port
+        return addr.split(":")[0]
+    if addr.startswith("[") and "]:" in addr:
+        return addr[1:addr.index("]")]
+    return addr
+
+
+def _parse_json(data: bytes) -> Any:
+    if not data:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # bad JSON, invalid UTF-8, depth bombs
+        return None
+
+
+def _body(data: bytes | None, limit: int, truncated: bool = False) -> Body | None:
+    if data is None:
+        return None
+    size = len(data)
+    if size <= limit:
+        doc = _parse_json(data)
+        if doc is not None:
+            return Body(json=doc, size=size, truncated=truncated)
+    text = data[:limit].decode("utf-8", "replace")
+    return Body(text=text, size=size, truncated=truncated or size > limit)
+
+
+_API_BY_PATH = {
+    "/v1/chat/completions": "chat", "/v1/responses": "responses", "/v1/embeddings": "embeddings",
+    "/v1/messages": "messages", "/v1/completions": "completions", "/api/chat": "ollama_chat", "/api/generate": "ollama_generate",
+}
+
+
+def _api_of(rel_path: str) -> str | None:
+    return _API_BY_PATH.get(rel_path.removeprefix("/api") if rel_path.startswith("/api/v1/") else rel_path)

@@ -1,0 +1,74 @@
+"""Provider-neutral views of requests and responses, and the adapter protocols.
+
+Only the modules of this package know provider JSON shapes; the sidecar talks to
+them through :class:`Endpoint` and :class:`StreamProcessor` and reads the plain
+values defined here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from intelligence.records import Usage
+
+if TYPE_CHECKING:
+    from extproc.toolnames import ToolNameCodec
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str | None
+    name: str
+    arguments: str  # JSON text, joined from deltas when streamed
+
+
+@dataclass(frozen=True)
+class RequestView:
+    api: str  # chat | responses | embeddings | messages | ollama_chat | ollama_generate | completions
+    model: str | None
+    stream: bool
+    tool_names: tuple[str, ...]  # declared tool names as the client sent them
+    system: str | None
+    last_user: str | None
+    max_tokens: int | None
+
+
+@dataclass(frozen=True)
+class Folded:
+    """A complete response, parsed from JSON or reassembled from a stream."""
+
+    message: dict
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    error: str | None = None
+
+
+class StreamProcessor(Protocol):
+    def feed(self, chunk: bytes) -> bytes:
+        """Bytes to send to the client now (possibly rewritten); may be b""."""
+        ...
+
+    def end(self) -> bytes:
+        """Flush whatever is held at end of stream."""
+        ...
+
+    def result(self) -> Folded:
+        """Reassembled response; best-effort if called before end()."""
+        ...
+
+
+class Endpoint(Protocol):
+    api: str
+
+    def parse_request(self, body: dict) -> RequestView: ...
+
+    def alias_request(self, body: dict, codec: "ToolNameCodec") -> bool: ...
+
+    def restore_response(self, body: dict, codec: "ToolNameCodec") -> bool: ...
+
+    def fold(self, body: dict) -> Folded: ...
+
+    def stream(self, codec: "ToolNameCodec | None") -> StreamProcessor: ...

@@ -1,0 +1,50 @@
+"""Sidecar settings: built once in the entrypoint and passed down (no module-level singleton)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .routing import DEFAULT_MODEL_ROUTES, parse_route_specs
+
+# Where the gateway takes provider credentials from when the operator wants them injected.
+# Deliberately prefixed: an OPENAI_API_KEY exported for a developer's own scripts must not silently
+# turn the gateway into something that spends that key for every client.
+PROVIDER_KEY_ENV = {
+    "openai": "LLMPROXY_OPENAI_API_KEY",
+    "anthropic": "LLMPROXY_ANTHROPIC_API_KEY",
+    "openrouter": "LLMPROXY_OPENROUTER_API_KEY",
+}
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    database_url: str | None = None
+    data_dir: Path = Path(".llmproxy")
+    model_routes: tuple[tuple[str, str], ...] = DEFAULT_MODEL_ROUTES
+    provider_keys: dict[str, str] = field(default_factory=dict, repr=False)  # provider -> key (never logged)
+    legacy_allowlist: tuple[str, ...] = ()  # host or host:port allowed for /?target_url=
+    log_body_max: int = 1 << 20  # bodies above this are stored truncated in the log
+    grpc_max_message: int = 64 << 20
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @classmethod
+    def from_env(cls, **overrides) -> "SidecarSettings":
+        env = os.environ
+        keys = {p: env[v] for p, v in PROVIDER_KEY_ENV.items() if env.get(v)}
+        routes = parse_route_specs([env["LLMPROXY_MODEL_ROUTES"]]) if env.get("LLMPROXY_MODEL_ROUTES") else ()
+        allow = tuple(h.strip().lower() for h in env.get("LLMPROXY_LEGACY_ALLOWLIST", "").split(",") if h.strip())
+        base = dict(
+            database_url=env.get("DATABASE_URL"),
+            provider_keys=keys,
+            model_routes=routes + DEFAULT_MODEL_ROUTES,
+            legacy_allowlist=allow,
+        )
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)

@@ -1,0 +1,180 @@
+"""A durable, append-only spool of exchange records for when the database is away.
+
+Records are JSONL (``ExchangeRecord.to_json()``) in numbered segment files
+``segment-<n>.jsonl``; lower numbers are older. Only the newest segment is ever appended to;
+:meth:`Spool.seal` closes it so it can be replayed. A segment is deleted only once its records
+are committed elsewhere, so a crash at any point leaves every record on disk (replay is
+idempotent, so re-sending after a crash duplicates nothing).
+
+Methods are synchronous and thread-safe: the recorder calls them from worker threads so the
+event loop never waits on disk, except for the rare single-record overflow append.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from intelligence.records import ExchangeRecord
+
+log = logging.getLogger(__name__)
+
+_SEGMENT_RE = re.compile(r"^segment-(\d+)\.jsonl$")
+REJECTED_FILE = "rejected.jsonl"
+
+
+@dataclass
+class SegmentContents:
+    records: list[ExchangeRecord] = field(default_factory=list)
+    bad_lines: list[str] = field(default_factory=list)  # undecodable lines, e.g. a torn write
+
+
+class Spool:
+    def __init__(self, directory: Path, *, segment_max_records: int = 1000) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._segment_max = segment_max_records
+        self._lock = threading.Lock()
+        self._counts: dict[Path, int] = {}  # records per segment on disk
+        self._active: Path | None = None
+        self._active_file: IO[str] | None = None
+        self._dirty = False
+        self._next_seq = 1
+        for path in self._scan():
+            self._counts[path] = _count_lines(path)
+            self._next_seq = max(self._next_seq, _seq(path) + 1)
+
+    @property
+    def depth(self) -> int:
+        """Records waiting in the spool."""
+        return sum(self._counts.values())
+
+    @property
+    def dirty(self) -> bool:
+        """Appended without fsync and not yet synced."""
+        return self._dirty
+
+    def append(self, records: Sequence[ExchangeRecord], *, fsync: bool = True) -> None:
+        """Append records in order; with ``fsync`` they are on stable storage when this returns."""
+        if not records:
+            return
+        lines = "".join(r.to_json() + "\n" for r in records)
+        with self._lock:
+            f = self._open_active()
+            f.write(lines)
+            f.flush()
+            assert self._active is not None
+            self._counts[self._active] = self._counts.get(self._active, 0) + len(records)
+            self._dirty = True
+            if fsync:
+                self._fsync_active()
+            if self._counts[self._active] >= self._segment_max:
+                self._close_active()
+
+    def sync(self) -> None:
+        """fsync what was appended with ``fsync=False``."""
+        with self._lock:
+            self._fsync_active()
+
+    def seal(self) -> None:
+        """Close the segment being appended to; the next append starts a new one."""
+        with self._lock:
+            self._close_active()
+
+    def sealed_segments(self) -> list[Path]:
+        """Segments that no append will touch again, oldest first."""
+        with self._lock:
+            return [p for p in sorted(self._counts, key=_seq) if p != self._active]
+
+    @property
+    def active_depth(self) -> int:
+        with self._lock:
+            return self._counts.get(self._active, 0) if self._active is not None else 0
+
+    def read(self, path: Path) -> SegmentContents:
+        contents = SegmentContents()
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                line = line.rstrip("\n")
+                if not line.strip():
+                    continue
+                try:
+                    contents.records.append(ExchangeRecord.from_json(line))
+                except (ValueError, TypeError, KeyError):
+                    contents.bad_lines.append(line)
+        return contents
+
+    def remove(self, path: Path) -> None:
+        """Forget a replayed segment (only after its records are committed)."""
+        with self._lock:
+            if path == self._active:
+                self._close_active()
+            path.unlink(missing_ok=True)
+            self._counts.pop(path, None)
+
+    def reject(self, lines: Sequence[str], reason: str) -> None:
+        """Keep lines that can never be stored, beside the spool, for a human to look at."""
+        if not lines:
+            return
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with self._lock, open(self.directory / REJECTED_FILE, "a", encoding="utf-8") as f:
+            for line in lines:
+                f.write(json.dumps({"at": stamp, "reason": reason, "line": line}, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_active()
+
+    def _scan(self) -> list[Path]:
+        return sorted((p for p in self.directory.iterdir() if _SEGMENT_RE.match(p.name)), key=_seq)
+
+    def _open_active(self) -> IO[str]:
+        if self._active_file is None:
+            self._active = self.directory / f"segment-{self._next_seq:012d}.jsonl"
+            self._next_seq += 1
+            self._active_file = open(self._active, "a", encoding="utf-8")
+            self._counts.setdefault(self._active, 0)
+            _fsync_dir(self.directory)  # the new name must survive a crash too
+        return self._active_file
+
+    def _fsync_active(self) -> None:
+        if self._active_file is not None and self._dirty:
+            os.fsync(self._active_file.fileno())
+            self._dirty = False
+
+    def _close_active(self) -> None:
+        if self._active_file is not None:
+            self._fsync_active()
+            self._active_file.close()
+        self._active_file = None
+        self._active = None
+        self._dirty = False
+
+
+def _seq(path: Path) -> int:
+    m = _SEGMENT_RE.match(path.name)
+    assert m is not None
+    return int(m.group(1))
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,79 @@
+"""Database fixtures shared by every test package: one real PostgreSQL (with pgvector) per run.
+
+Set TEST_DATABASE_URL to use an existing server instead of the embedded one; it must allow
+CREATE DATABASE for ``fresh_db_url``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from intelligence.embedded_pg import start_embedded
+from intelligence.store.engine import asyncpg_dsn, make_engine
+from intelligence.store.migrate import upgrade
+
+
+def database_url(url: str, dbname: str) -> str:
+    """``url`` pointing at another database on the same server (keeps ?host=... and credentials)."""
+    parts = urlsplit(asyncpg_dsn(url))
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The server's maintenance database URL (not migrated)."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    pg = start_embedded(Path(tmp_path_factory.mktemp("embedded-pg")))
+    try:
+        yield pg.url
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server_url: str) -> str:
+    """A database migrated to head, shared by the whole run (tests must not assume it is empty)."""
+    upgrade(pg_server_url)
+    return pg_server_url
+
+
+@pytest.fixture(scope="session")
+async def db_engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(pg_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def fresh_db_url(pg_server_url: str) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """A factory of new, empty (unmigrated) databases on the test server, dropped afterwards."""
+    created: list[str] = []
+
+    async def create() -> str:
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        conn = await asyncpg.connect(asyncpg_dsn(pg_server_url))
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        created.append(name)
+        return database_url(pg_server_url, name)
+
+    yield create
+    conn = await asyncpg.connect(asyncpg_dsn(pg_server_url))
+    try:
+        for name in created:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()

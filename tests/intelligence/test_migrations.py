@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from intelligence.store import migrate
+from intelligence.store.engine import asyncpg_dsn, make_engine
+from intelligence.store.models import Base
+
+FreshDb = Callable[[], Awaitable[str]]
+REQUEST_LOG_TABLES = {"exchanges", "sessions"}
+
+
+async def _tables(url: str) -> set[str]:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {r["tablename"] for r in rows}
+    finally:
+        await conn.close()
+
+
+async def test_upgrade_on_empty_database_creates_schema_and_vector(fresh_db_url: FreshDb) -> None:
+    url = await fresh_db_url()
+    assert migrate.current(url) is None
+    assert REQUEST_LOG_TABLES.isdisjoint(await _tables(url))
+
+    migrate.upgrade(url)  # sync API called from inside a running loop
+
+    assert migrate.current(url) == migrate.head()
+    assert REQUEST_LOG_TABLES <= await _tables(url)
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        assert await conn.fetchval("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        indexes = {r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename='exchanges'")}
+    finally:
+        await conn.close()
+    assert {"ix_exchanges_started_at", "ix_exchanges_session_started", "ix_exchanges_model_started",
+            "ix_exchanges_provider_started", "ix_exchanges_status"} <= indexes
+
+
+async def test_upgrade_is_idempotent_and_async_variant_works(fresh_db_url: FreshDb) -> None:
+    url = await fresh_db_url()
+    await migrate.upgrade_async(url)
+    await migrate.upgrade_async(url)
+    assert migrate.current(url) == "0001_request_log" or migrate.current(url) == migrate.head()
+
+
+def test_upgrade_from_plain_sync_code(pg_url: str) -> None:
+    # no running loop here: upgrade runs directly
+    migrate.upgrade(pg_url)
+    assert migrate.current(pg_url) == migrate.head()
+
+
+async def test_concurrent_upgrades_serialise(fresh_db_url: FreshDb) -> None:
+    url = await fresh_db_url()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate.upgrade(url)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    await asyncio.to_thread(lambda: [t.join(60) for t in threads])
+    assert errors == []
+    assert migrate.current(url) == migrate.head()
+
+
+async def test_downgrade_to_base_drops_request_log(fresh_db_url: FreshDb) -> None:
+    url = await fresh_db_url()
+    migrate.upgrade(url, "0001_request_log")
+    migrate.downgrade(url, "base")
+    assert migrate.current(url) is None
+    assert REQUEST_LOG_TABLES.isdisjoint(await _tables(url))
+
+
+async def test_models_match_migrated_schema(pg_url: str) -> None:
+    engine = make_engine(pg_url)
+
+    def diff(sync_conn) -> list:
+        ctx = MigrationContext.configure(sync_conn, opts={
+            "compare_type": True,
+            "compare_server_default": False,
+            "include_object": lambda obj, name, type_, reflected, compare_to: (
+                (obj.table.name if type_ in ("column", "index") else name) in REQUEST_LOG_TABLES
+                if type_ in ("table", "column", "index") else True
+            ),
+        })
+        return compare_metadata(ctx, Base.metadata)
+
+    try:
+        async with engine.connect() as conn:
+            differences = await conn.run_sync(diff)
+    finally:
+        await engine.dispose()
+    assert differences == []
+
+
+def test_current_requires_a_url_scheme_it_knows() -> None:
+    with pytest.raises(ValueError):
+        migrate.current("mysql://localhost/db")
