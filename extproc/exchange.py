@@ -134,13 +134,13 @@ class Exchange:
         reply.clear_route_cache = any(k.startswith("x-llmproxy-") for k in h)
 
         provider, rel = split_provider_prefix(self.path)
-        query = urlsplit(self.path).query
+        query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
         if provider:
             self.route, self.provider, self.rel_path = "prefix", provider, rel
         elif rel in UNIFIED_PATHS:
             self.route, self.rel_path = "unified", rel
-        elif rel == "/" and "target_url" in parse_qs(query):
-            early = self._legacy_target(parse_qs(query)["target_url"][0], reply)
+        elif rel == "/" and "target_url" in query:
+            early = self._legacy_target(query["target_url"][0], reply)
             if early is not None:
                 return early
         else:
@@ -293,6 +293,7 @@ class Exchange:
 
     # ------------------------------------------------------------------ ending
     def _answer(self, imm: Immediate) -> Immediate:
+        imm.headers["x-llmproxy-request-id"] = self.request_id
         self.status = imm.status
         self.immediate_body = imm.body
         self.error = imm.details

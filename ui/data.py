@@ -43,8 +43,8 @@ def _run(coro_fn):
     return asyncio.run(_go())
 
 
-COLUMNS = ["started_at", "client_key_fp", "provider", "model", "status", "latency_ms", "ttft_ms",
-           "input_tokens", "output_tokens", "streamed", "error", "request_id"]
+COLUMNS = ["time", "client", "provider", "model", "status", "latency_ms", "ttft_ms", "tokens_in", "tokens_out",
+           "streamed", "error", "request_id"]
 
 
 @st.cache_data(ttl=0.5, show_spinner=False)
@@ -54,6 +54,10 @@ def recent_exchanges(limit: int = 200) -> pd.DataFrame:
     async def q(conn):
         return await ExchangeRepository(conn).recent(limit)
 
-    rows = _run(q)
-    data = [{c: (r.get(c) if isinstance(r, dict) else getattr(r, c, None)) for c in COLUMNS} for r in rows]
-    return pd.DataFrame(data, columns=COLUMNS)
+    rows = [
+        {"time": r.started_at, "client": r.client_key_fp or r.client_addr, "provider": r.provider, "model": r.model,
+         "status": r.status, "latency_ms": r.latency_ms, "ttft_ms": r.ttft_ms, "tokens_in": r.usage.input_tokens,
+         "tokens_out": r.usage.output_tokens, "streamed": r.streamed, "error": r.error, "request_id": r.request_id}
+        for r in _run(q)
+    ]
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from intelligence.records import Body, ExchangeRecord
 
 from .stack import database_url_for
 
@@ -67,32 +69,27 @@ async def _tail(url: str, args: argparse.Namespace) -> None:
         await engine.dispose()
 
 
-def _get(row: Any, name: str) -> Any:
-    return row.get(name) if isinstance(row, dict) else getattr(row, name, None)
+def render(rec: "ExchangeRecord", *, tools: str = "name", raw: bool = False) -> str:
+    u = rec.usage
+    head = (f"── {rec.started_at:%Y-%m-%d %H:%M:%S}  {rec.status or '---'}  {rec.provider or '-'}  {rec.model or '-'}  "
+            f"{rec.method} {rec.path}  {(rec.latency_ms or 0):.0f} ms"
+            + (f"  ttft {rec.ttft_ms:.0f} ms" if rec.ttft_ms is not None and rec.streamed else "")
+            + f"  tokens {u.input_tokens if u.input_tokens is not None else '-'}/{u.output_tokens if u.output_tokens is not None else '-'}"
+            + f"  id {rec.request_id}")
+    if rec.error:
+        head += f"\n   error: {rec.error}"
+    resp = rec.response_upstream if raw else rec.response_client
+    label = "<<< response" + ("" if raw or not rec.streamed else " (merged)")
+    return "\n".join([head, ">>> request", _show(rec.request_client, tools=tools, raw=raw), label,
+                      _show(resp, tools="all", raw=raw), ""])
 
 
-def render(row: Any, *, tools: str = "name", raw: bool = False) -> str:
-    started = _get(row, "started_at")
-    usage = f"{_get(row, 'input_tokens') or '-'}/{_get(row, 'output_tokens') or '-'}"
-    ttft = _get(row, "ttft_ms")
-    head = (f"── {started:%Y-%m-%d %H:%M:%S}  {_get(row, 'status') or '---'}  {_get(row, 'provider') or '-'}  "
-            f"{_get(row, 'model') or '-'}  {_get(row, 'method')} {_get(row, 'path')}  {(_get(row, 'latency_ms') or 0):.0f} ms"
-            + (f"  ttft {ttft:.0f} ms" if ttft is not None and _get(row, 'streamed') else "")
-            + f"  tokens {usage}  id {_get(row, 'request_id')}")
-    if _get(row, "error"):
-        head += f"\n   error: {_get(row, 'error')}"
-    req = _get(row, "request_client") or {}
-    resp = (_get(row, "response_upstream") if raw else _get(row, "response_client")) or {}
-    return "\n".join([head, ">>> request", _show(req, tools=tools, raw=raw),
-                      "<<< response" + ("" if raw else " (merged)" if _get(row, "streamed") else ""), _show(resp, tools="all", raw=raw), ""])
-
-
-def _show(body: dict, *, tools: str, raw: bool) -> str:
-    if not body:
+def _show(body: "Body | None", *, tools: str, raw: bool) -> str:
+    if body is None:
         return "(empty)"
-    doc = body.get("json")
+    doc = body.json
     if doc is None:
-        return body.get("text") or "(empty)"
+        return (body.text or "(empty)") + (" …[truncated]" if body.truncated else "")
     if isinstance(doc, dict) and "tools" in doc and tools != "all":
         doc = dict(doc)
         if tools == "none":
@@ -108,6 +105,3 @@ def _tool_name(tool: Any) -> Any:
         return (fn.get("name") if isinstance(fn, dict) else None) or tool.get("name") or tool.get("type")
     return tool
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run(argparse.Namespace()))

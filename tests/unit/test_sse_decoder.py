@@ -67,9 +67,11 @@ def test_crlf_split_between_cr_and_lf_is_one_line_ending() -> None:
     assert decoder.pending == 0
 
 
-def test_lone_cr_at_end_of_stream_terminates() -> None:
+def test_lone_cr_waits_for_the_next_byte_or_the_end() -> None:
     decoder = SSEDecoder()
-    assert decoder.feed(b"data: x\r\r") == [SSEEvent.from_lines([b"data: x\r"], b"\r")]
+    # The final CR could still become CRLF, so the event is complete only once we know.
+    assert decoder.feed(b"data: x\r\r") == []
+    assert decoder.feed(b"d") == [SSEEvent.from_lines([b"data: x\r"], b"\r")]
     decoder = SSEDecoder()
     assert decoder.feed(b"data: y\r") == []
     [event] = decoder.end()
