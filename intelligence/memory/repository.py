@@ -408,13 +408,14 @@ class PatternRepository:
         rows = (await self._session.execute(stmt.order_by(_PAT.c.id))).all()
         return [(r.id, as_vector(r.centroid), r.member_count) for r in rows]
 
-    async def wide_patterns(self, min_members: int, min_spread: float) -> list[int]:
-        rows = await self._session.execute(
-            select(_PAT.c.id)
-            .where(_PAT.c.centroid.is_not(None), _PAT.c.member_count >= min_members, _PAT.c.spread > min_spread)
-            .order_by(_PAT.c.spread.desc())
+    async def wide_patterns(self, min_members: int, min_spread: float, updated_since: datetime | None = None) -> list[int]:
+        """Live patterns big and wide enough to be split candidates, widest first."""
+        stmt = select(_PAT.c.id).where(
+            _PAT.c.centroid.is_not(None), _PAT.c.member_count >= min_members, _PAT.c.spread > min_spread
         )
-        return [r.id for r in rows]
+        if updated_since is not None:
+            stmt = stmt.where(_PAT.c.updated_at >= updated_since)
+        return [r.id for r in await self._session.execute(stmt.order_by(_PAT.c.spread.desc(), _PAT.c.id))]
 
     async def members(self, pattern_id: int) -> tuple[list[str], np.ndarray, list[str | None]]:
         """Request ids, embeddings and user texts of a pattern's embedded members."""
