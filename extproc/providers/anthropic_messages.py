@@ -197,7 +197,7 @@ class MessagesStreamProcessor(SSEStreamProcessor):
         kind = delta.get("type")
         if kind == "citations_delta" and "citation" in delta:
             block.citations.append(delta["citation"])
-        elif kind in _DELTA_FIELDS:
+        elif isinstance(kind, str) and kind in _DELTA_FIELDS:
             key, parts = _DELTA_FIELDS[kind]
             if isinstance(delta.get(key), str):
                 getattr(block, parts).append(delta[key])

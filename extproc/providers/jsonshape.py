@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-_TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
+# A tuple, not a set: membership must not hash values that may be lists or dicts.
+_TEXT_PART_TYPES = ("text", "input_text", "output_text")
 
 
 def as_dict(value: Any) -> dict:
@@ -51,10 +52,8 @@ def join_texts(texts: list[str | None]) -> str | None:
     return "\n".join(present) if present else None
 
 
-def error_message(body: Any) -> str | None:
+def error_message(body: dict) -> str | None:
     """Message of a provider error object (OpenAI, Anthropic, Ollama shapes)."""
-    if not isinstance(body, dict):
-        return None
     err = body.get("error")
     if isinstance(err, str):
         return err
@@ -71,10 +70,8 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def loads_object(text: str | bytes | None) -> dict | None:
+def loads_object(text: str | bytes) -> dict | None:
     """Parse a JSON object; anything else (malformed, non-object) is None."""
-    if text is None:
-        return None
     try:
         value = json.loads(text)
     except ValueError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,7 @@ class NDJSONDecoder:
         return [tail] if tail else []
 
 
-class NDJSONStreamProcessor:
+class NDJSONStreamProcessor(ABC):
     """Shared plumbing for NDJSON streams; subclasses assemble and restore per line."""
 
     def __init__(self, endpoint: Endpoint, codec: "ToolNameCodec | None") -> None:
@@ -74,15 +75,17 @@ class NDJSONStreamProcessor:
             folded = replace(folded, error=self._error)
         return folded
 
+    @abstractmethod
     def _observe(self, obj: dict) -> None:
-        raise NotImplementedError
+        """Take one parsed line into the reassembly state."""
 
+    @abstractmethod
     def _assembled(self) -> dict:
-        raise NotImplementedError
+        """A fresh upstream-view response object built from what was observed."""
 
+    @abstractmethod
     def _may_carry_names(self, obj: dict) -> bool:
         """Cheap pre-check so lines without tool names are not copied."""
-        return True
 
     def _observe_line(self, line: bytes) -> dict | None:
         obj = loads_object(line) if line.strip() else None

@@ -134,7 +134,8 @@ class _ItemState:
         if self.done is not None:
             return clone(self.done)
         item = clone(self.added)
-        payload_key = _PAYLOAD_KEY.get(item.get("type", ""))
+        kind = item.get("type")
+        payload_key = _PAYLOAD_KEY.get(kind) if isinstance(kind, str) else None
         if payload_key is not None and self.payload:
             item[payload_key] = "".join(self.payload)
         if self.parts or self.part_texts:

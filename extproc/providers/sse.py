@@ -9,6 +9,7 @@ the line ending (``\\n``, ``\\r\\n`` or ``\\r``).
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -146,7 +147,7 @@ class SSEDecoder:
 RestoreFn = Callable[[dict, "ToolNameCodec"], bool]
 
 
-class SSEStreamProcessor:
+class SSEStreamProcessor(ABC):
     """Feeds decoded events to an API-specific assembler and, if names need
     restoring, re-encodes the events that carry them.
 
@@ -189,12 +190,13 @@ class SSEStreamProcessor:
         return folded
 
     # -- hooks for subclasses ---------------------------------------------------------
+    @abstractmethod
     def _observe(self, event: str | None, obj: dict) -> None:
-        raise NotImplementedError
+        """Take one parsed event into the reassembly state."""
 
+    @abstractmethod
     def _assembled(self) -> dict:
         """A fresh upstream-view response object built from what was observed."""
-        raise NotImplementedError
 
     def _restorer(self, event: str | None, obj: dict) -> RestoreFn | None:
         """The in-place restore function for this event, None if it carries no names."""

@@ -225,7 +225,9 @@ class PatternRepository:
 
     # ----------------------------------------------------------------------------- worker input
 
-    async def pending_exchanges(self, limit: int, since: datetime | None = None) -> list[PendingExchange]:
+    async def pending_exchanges(
+        self, limit: int, since: datetime | None = None, exclude: Iterable[str] = ()
+    ) -> list[PendingExchange]:
         """Exchanges with no embedding row yet, oldest first; ``since`` bounds the scan (see worker)."""
         e = _EXCH.c
         stmt = (
@@ -239,6 +241,9 @@ class PatternRepository:
         )
         if since is not None:
             stmt = stmt.where(e.started_at >= since)
+        skipped = list(exclude)
+        if skipped:
+            stmt = stmt.where(e.request_id.not_in(skipped))
         rows = (await self._session.execute(stmt)).all()
         return [
             PendingExchange(

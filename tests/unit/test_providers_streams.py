@@ -377,3 +377,28 @@ def test_property_arbitrary_events_never_raise(path: str, events: list, rewritin
     assert isinstance(folded.message, dict)
     if not rewriting:
         assert b"".join(out) == data
+
+
+# -- smaller paths ---------------------------------------------------------------------------------
+
+
+def test_passthrough_stream_cut_before_final_blank_line_still_reassembles() -> None:
+    data = sse(chat_chunk({"content": "a"})) + b'data: {"choices":[{"index":0,"delta":{"content":"b"}}]}'
+    out, folded = drive(CHAT, data, None, [3])
+    assert b"".join(out) == data and folded.text == "ab"
+
+
+def test_ollama_generate_thinking_and_string_parts() -> None:
+    data = b'{"thinking":"hmm ","response":"","done":false}\n{"thinking":"ok","response":"Yes","done":true,"done_reason":"stop"}\n'
+    _, folded = drive("/api/generate", data, None, [20])
+    assert folded.message["thinking"] == "hmm ok" and folded.text == "Yes"
+    assert folded.message["done"] is True
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/messages", "/v1/responses"])
+def test_unhashable_type_fields_do_not_raise(path: str) -> None:
+    odd = {"type": ["list"], "index": 0, "output_index": 0, "delta": {"type": {"a": 1}}, "item": {"type": []},
+           "choices": [{"delta": {"tool_calls": [{"type": [], "function": {"name": "x"}}]}}]}
+    data = sse({"type": "response.output_item.added", "output_index": 0, "item": {"type": ["x"]}}, odd, dict(odd, type="content_block_delta"))
+    out, folded = drive(path, data, ToolNameCodec(["a.b"]))
+    assert b"".join(out) == data and isinstance(folded.message, dict)
