@@ -222,11 +222,11 @@ class DbRecorder:
     async def _deliver(self, batch: list[ExchangeRecord]) -> None:
         if self._spool.depth == 0:
             try:
-                await self._store(batch)
+                rejected = await self._store(batch)
             except Exception as exc:  # noqa: BLE001 - any failure: the spool takes the batch
                 self._db_failed(exc, "write")
             else:
-                self._count_written(len(batch))
+                self._count_written(len(batch) - rejected)
                 self._in_flight = []
                 return
         await self._spool_async(batch)
@@ -316,9 +316,11 @@ class DbRecorder:
     def _db_failed(self, exc: BaseException, during: str) -> None:
         now = time.monotonic()
         if self._db_ok or now - self._last_warning >= _REPEAT_WARNING_SECONDS:
-            log.warning("request log: database unavailable during %s (%s); %d records spooled in %s",
-                        during, _describe(exc), self._spool.depth, self._spool.directory)
+            log.warning("request log: database unavailable during %s (%s); spooling to %s (%d records waiting)",
+                        during, _describe(exc), self._spool.directory, self._spool.depth)
             self._last_warning = now
+        else:
+            log.debug("request log: database still unavailable during %s (%s)", during, _describe(exc))
         self._db_ok = False
 
     def _db_recovered(self) -> None:

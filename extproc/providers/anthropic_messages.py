@@ -59,11 +59,12 @@ class MessagesEndpoint:
     api = "messages"
 
     def parse_request(self, body: dict) -> RequestView:
-        last_user = None
+        last_user = first_user = None
         for message in as_list(body.get("messages")):
             message = as_dict(message)
             if message.get("role") == "user":
                 last_user = text_of(message.get("content"))
+                first_user = last_user if first_user is None else first_user
         return RequestView(
             api=self.api,
             model=as_str(body.get("model")),
@@ -71,6 +72,7 @@ class MessagesEndpoint:
             tool_names=slot_names(_declared_slots(body)),
             system=text_of(body.get("system")),
             last_user=last_user,
+            first_user=first_user,
             max_tokens=as_int(body.get("max_tokens")),
         )
 

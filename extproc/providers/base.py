@@ -32,6 +32,7 @@ class RequestView:
     system: str | None
     last_user: str | None
     max_tokens: int | None
+    first_user: str | None = None  # the conversation's opening user turn: identifies a session across turns
 
 
 @dataclass(frozen=True)

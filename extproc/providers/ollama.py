@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from extproc.providers.base import Folded, RequestView, ToolCall
 from extproc.providers.jsonshape import as_dict, as_int, as_list, as_str, clone, dumps, error_message
 from extproc.providers.ndjson import NDJSONStreamProcessor
-from extproc.providers.openai_chat import system_and_last_user
+from extproc.providers.openai_chat import first_user_text, system_and_last_user
 from extproc.providers.renaming import Slot, rename_slots, slot, slot_names
 from extproc.providers.usage import ollama_usage
 
@@ -69,6 +69,7 @@ class OllamaChatEndpoint(_OllamaEndpoint):
             tool_names=slot_names(_declared_slots(body)),
             system=system,
             last_user=last_user,
+            first_user=first_user_text(body.get("messages")),
             max_tokens=_max_tokens(body),
         )
 

@@ -92,6 +92,14 @@ def system_and_last_user(messages: Any) -> tuple[str | None, str | None]:
     return join_texts(system), last_user
 
 
+def first_user_text(messages: Any) -> str | None:
+    for message in as_list(messages):
+        message = as_dict(message)
+        if message.get("role") == "user":
+            return text_of(message.get("content"))
+    return None
+
+
 def first_choice(body: dict) -> dict:
     choices = [c for c in as_list(body.get("choices")) if isinstance(c, dict)]
     if not choices:
@@ -135,6 +143,7 @@ class ChatEndpoint:
             tool_names=slot_names(declared_tool_slots(body)),
             system=system,
             last_user=last_user,
+            first_user=first_user_text(body.get("messages")),
             max_tokens=max_tokens if max_tokens is not None else as_int(body.get("max_tokens")),
         )
 

@@ -58,8 +58,7 @@ class CompletionsEndpoint:
 
 class CompletionsStreamProcessor(SSEStreamProcessor):
     def __init__(self, endpoint: CompletionsEndpoint, codec: "ToolNameCodec | None") -> None:
-        # Completions carry no tool names, so there is never anything to rewrite.
-        super().__init__(endpoint, None)
+        super().__init__(endpoint, codec)
         self._head: dict[str, Any] = {}
         self._texts: dict[int, list[str]] = {}
         self._finish: dict[int, str] = {}

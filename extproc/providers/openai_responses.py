@@ -64,6 +64,7 @@ class ResponsesEndpoint:
     def parse_request(self, body: dict) -> RequestView:
         system: list[str | None] = [as_str(body.get("instructions"))]
         last_user: str | None = None
+        first_user: str | None = None
         raw_input = body.get("input")
         if isinstance(raw_input, str):
             last_user = raw_input
@@ -75,6 +76,7 @@ class ResponsesEndpoint:
                 system.append(text_of(item.get("content")))
             elif item.get("role") == "user":
                 last_user = text_of(item.get("content"))
+                first_user = last_user if first_user is None else first_user
         return RequestView(
             api=self.api,
             model=as_str(body.get("model")),
@@ -82,6 +84,7 @@ class ResponsesEndpoint:
             tool_names=slot_names(_named_tool_slots(body.get("tools"))),
             system=join_texts(system),
             last_user=last_user,
+            first_user=first_user if first_user is not None else last_user,
             max_tokens=as_int(body.get("max_output_tokens")),
         )
 

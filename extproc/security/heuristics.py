@@ -45,7 +45,7 @@ _IGNORE_VERB = r"(?:ignore|ignoring|disregard\w*|forget|forgetting|overlook|skip
 _PRIOR = r"(?:previous|prior|preceding|above|earlier|former|original|initial|old|all|any|every|your|the|these|those|system|given|existing|current)"
 _DIRECTIVE = (
     r"(?:instructions?|directives?|directions?|rules?|guidelines?|prompts?|commands?|orders?|context|constraints?"
-    r"|restrictions?|programming|guidance|messages?|polic(?:y|ies)|settings?|training|limitations?|tasks?|content|text"
+    r"|restrictions?|programming|guidance|polic(?:y|ies)|settings?|training|limitations?|tasks?"
     r"|everything|what (?:you|i) (?:have been|were|was) told|what you(?:'ve| have) been told)"
 )
 _HARM_ADJ = r"(?:immoral|unethical|illegal|dangerous|harmful|reckless|inhumane|offensive|explicit|questionable|inappropriate)"
@@ -81,7 +81,7 @@ RULES: tuple[Rule, ...] = (
     _r("you_are_now", "role_hijack", 0.55,
        r"\byou are (?:now|no longer)\b[^.!?\n]{0,40}\b(?:free|freed|unrestricted|unfiltered|jailbroken|unlocked|not bound|without (?:any )?(?:limits|restrictions|rules)|a different ai|another ai|evil|bound by)"),
     _r("immerse_role", "role_hijack", 0.65,
-       r"\b(?:immerse yourself|you are about to (?:become|immerse)|stay in character|never break character|from now on you are going to act as)"),
+       r"\b(?:immerse yourself in(?:to)? the role of (?:another|a different|an?) (?:ai|model|chatbot|assistant)|you are about to (?:become|immerse yourself)|never break character)"),
     # -- refusal suppression and forced compliance ------------------------------------------
     _r("never_refuse", "refusal_suppression", 0.7,
        r"\b(?:never|not ever|do not|don't|must not|cannot|can't|won't|will not)\s+(?:ever\s+)?(?:refuse|decline|reject|deny|say no|apologi[sz]e|say (?:that )?(?:you|it) can(?:'|no)t)"),

@@ -91,6 +91,9 @@ class _AnalyzerFactory:
         import spacy
         import tldextract
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+
+        # Presidio logs every recogniser it loads at INFO; that is start-up noise for the gateway.
+        logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
         from presidio_analyzer.nlp_engine import SpacyNlpEngine
         from presidio_analyzer.predefined_recognizers import (
             CreditCardRecognizer,

@@ -2,7 +2,7 @@
 owns the transaction (``async with session.begin(): ...``).
 
 Vectors go in and come out as float32 numpy arrays. Nearest-neighbour queries are written as
-``ORDER BY <column> <=> :v LIMIT k`` so that the HNSW (vector_cosine_ops) indexes serve them;
+``ORDER BY <column> <=> CAST(:v AS real[])::vector LIMIT k`` so that the HNSW (vector_cosine_ops) indexes serve them;
 cosine similarity is ``1 - distance``.
 """
 
@@ -14,9 +14,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
-from pgvector.sqlalchemy import Vector
-from sqlalchemy import Text, bindparam, delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import REAL, Text, bindparam, delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -45,10 +44,19 @@ _MAX_REDIRECT_HOPS = 32  # merges re-point old redirects, so real chains are one
 
 
 def _vec_param(name: str = "v") -> Any:
-    return bindparam(name, type_=Vector(EMBEDDING_DIM))
+    # Sent as real[] and cast in SQL: asyncpg encodes a float array in binary, which is several
+    # times cheaper than pgvector's text literal for 384 floats.
+    return bindparam(name, type_=ARRAY(REAL))
+
+
+def vec_arg(vector: np.ndarray | None) -> list[float] | None:
+    return None if vector is None else np.asarray(vector, dtype=np.float32).tolist()
 
 
 def as_vector(value: Any) -> np.ndarray:
+    """A float32 array from whatever the driver returned (raw text from ``text()`` queries)."""
+    if isinstance(value, str):
+        value = np.fromstring(value.strip("[]"), dtype=np.float32, sep=",")
     return np.asarray(value, dtype=np.float32)
 
 
@@ -98,6 +106,20 @@ class PatternState:
     radius: float
     label: str
     label_source: str
+
+
+@dataclass(frozen=True, slots=True)
+class PatternUpdate:
+    """New running state of a pattern; ``label`` None keeps the current label."""
+
+    id: int
+    centroid: np.ndarray
+    member_count: int
+    examples: list[dict[str, Any]]
+    spread: float
+    radius: float
+    last_seen: datetime | None
+    label: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,15 +217,15 @@ class PatternUsageSummary:
 # SQL text (kept here so EXPLAIN tests see exactly what runs)
 
 NEAREST_PATTERNS_SQL = text(
-    "SELECT id, 1 - (centroid <=> :v) AS similarity, centroid, member_count, examples, spread, radius, "
-    "label, label_source FROM patterns WHERE centroid IS NOT NULL ORDER BY centroid <=> :v LIMIT :k"
+    "SELECT id, 1 - (centroid <=> CAST(:v AS real[])::vector) AS similarity, centroid, member_count, examples, spread, radius, "
+    "label, label_source FROM patterns WHERE centroid IS NOT NULL ORDER BY centroid <=> CAST(:v AS real[])::vector LIMIT :k"
 ).bindparams(_vec_param())
 
 SIMILAR_EXCHANGES_SQL = text(
     "SELECT n.request_id, n.similarity, n.pattern_id, x.prompt_user, n.model, n.client_key_fp, n.created_at "
-    "FROM (SELECT request_id, 1 - (embedding <=> :v) AS similarity, embedding <=> :v AS distance, pattern_id, "
+    "FROM (SELECT request_id, 1 - (embedding <=> CAST(:v AS real[])::vector) AS similarity, embedding <=> CAST(:v AS real[])::vector AS distance, pattern_id, "
     "      model, client_key_fp, created_at FROM exchange_embeddings WHERE embedding IS NOT NULL "
-    "      ORDER BY embedding <=> :v LIMIT :k) AS n "
+    "      ORDER BY embedding <=> CAST(:v AS real[])::vector LIMIT :k) AS n "
     "JOIN exchanges x ON x.request_id = n.request_id ORDER BY n.distance"
 ).bindparams(_vec_param())
 
@@ -214,9 +236,24 @@ RECENT_FROM_CLIENT_SQL = text(
     "  SELECT request_id, embedding, canonical_hash, created_at FROM exchange_embeddings "
     "  WHERE client_key_fp = :client AND created_at >= :lo AND created_at <= :hi AND request_id <> :rid) "
     "SELECT request_id, created_at, canonical_hash = :hash AS same_hash, "
-    "       coalesce(1 - (embedding <=> :v), 0) AS similarity "
-    "FROM recent ORDER BY same_hash DESC, embedding <=> :v NULLS LAST, created_at DESC LIMIT 1"
+    "       coalesce(1 - (embedding <=> CAST(:v AS real[])::vector), 0) AS similarity "
+    "FROM recent ORDER BY same_hash DESC, embedding <=> CAST(:v AS real[])::vector NULLS LAST, created_at DESC LIMIT 1"
 ).bindparams(_vec_param())
+
+
+UPDATE_PATTERN_SQL = text(
+    "UPDATE patterns SET centroid = CAST(:centroid AS real[])::vector, member_count = :member_count, "
+    "examples = :examples, spread = :spread, radius = :radius, "
+    "last_seen = greatest(last_seen, CAST(:last_seen AS timestamptz)), "
+    "label = CASE WHEN label_source = 'heuristic' THEN coalesce(CAST(:label AS text), label) ELSE label END, "
+    "updated_at = now() WHERE id = :id"
+).bindparams(bindparam("centroid", type_=ARRAY(REAL)), bindparam("examples", type_=JSONB))
+
+INSERT_EMBEDDING_SQL = text(
+    "INSERT INTO exchange_embeddings (request_id, embedding, canonical_hash, pattern_id, similarity, client_key_fp, "
+    "model, created_at) VALUES (:request_id, CAST(:embedding AS real[])::vector, :canonical_hash, :pattern_id, "
+    ":similarity, :client_key_fp, :model, :created_at) ON CONFLICT (request_id) DO NOTHING"
+).bindparams(bindparam("embedding", type_=ARRAY(REAL)))
 
 
 class PatternRepository:
@@ -259,8 +296,8 @@ class PatternRepository:
 
     async def nearest_patterns(self, vector: np.ndarray, k: int = 1, ef_search: int | None = None) -> list[PatternState]:
         """The k live patterns whose centroids are nearest ``vector`` (HNSW), nearest first."""
-        await self._set_ef_search(ef_search)
-        rows = (await self._session.execute(NEAREST_PATTERNS_SQL, {"v": vector, "k": k})).all()
+        await self.set_ef_search(ef_search)
+        rows = (await self._session.execute(NEAREST_PATTERNS_SQL, {"v": vec_arg(vector), "k": k})).all()
         return [
             PatternState(
                 id=r.id, similarity=float(r.similarity), centroid=as_vector(r.centroid), member_count=r.member_count,
@@ -304,6 +341,19 @@ class PatternRepository:
                 update(_PAT).where(_PAT.c.id == pattern_id, _PAT.c.label_source == "heuristic").values(label=label)
             )
 
+    async def update_patterns(self, updates: Sequence[PatternUpdate]) -> None:
+        """Write the running state of several patterns at once (the assignment batch's flush)."""
+        if not updates:
+            return
+        await self._session.execute(
+            UPDATE_PATTERN_SQL,
+            [
+                {"id": u.id, "centroid": vec_arg(u.centroid), "member_count": u.member_count, "examples": u.examples,
+                 "spread": float(u.spread), "radius": float(u.radius), "last_seen": u.last_seen, "label": u.label}
+                for u in updates
+            ],
+        )
+
     async def set_label(self, pattern_id: int, label: str, source: str = "claude") -> None:
         """Set a label (the Claude integration calls this with source='claude')."""
         pattern_id = await self.resolve(pattern_id)
@@ -311,19 +361,19 @@ class PatternRepository:
             update(_PAT).where(_PAT.c.id == pattern_id).values(label=clean_text(label), label_source=source)
         )
 
-    async def insert_embedding(self, row: EmbeddingRow) -> bool:
-        """Store one exchange's embedding; False when it was stored already."""
-        stmt = (
-            pg_insert(_EMB)
-            .values(
-                request_id=row.request_id, embedding=row.embedding, canonical_hash=row.canonical_hash,
-                pattern_id=row.pattern_id, similarity=row.similarity, client_key_fp=row.client_key_fp,
-                model=row.model, created_at=row.created_at,
-            )
-            .on_conflict_do_nothing(index_elements=["request_id"])
-            .returning(_EMB.c.request_id)
+    async def insert_embeddings(self, rows: Sequence[EmbeddingRow]) -> None:
+        """Store exchanges' embeddings; rows already stored are left alone."""
+        if not rows:
+            return
+        await self._session.execute(
+            INSERT_EMBEDDING_SQL,
+            [
+                {"request_id": r.request_id, "embedding": vec_arg(r.embedding), "canonical_hash": r.canonical_hash,
+                 "pattern_id": r.pattern_id, "similarity": r.similarity, "client_key_fp": r.client_key_fp,
+                 "model": r.model, "created_at": r.created_at}
+                for r in rows
+            ],
         )
-        return (await self._session.execute(stmt)).scalar_one_or_none() is not None
 
     async def add_counts(self, counts: dict[tuple[int, str, datetime], int]) -> None:
         """Add to the hourly/daily rollups: ``{(pattern_id, 'hour'|'day', bucket): n}``."""
@@ -396,7 +446,7 @@ class PatternRepository:
         An identical canonical text counts as similarity 1 even when nothing was embedded.
         """
         params = {"client": client_key_fp, "lo": since, "hi": until, "rid": request_id, "hash": canonical_hash,
-                  "v": vector if vector is not None else np.zeros(EMBEDDING_DIM, dtype=np.float32)}
+                  "v": vec_arg(vector if vector is not None else np.zeros(EMBEDDING_DIM, dtype=np.float32))}
         row = (await self._session.execute(RECENT_FROM_CLIENT_SQL, params)).first()
         if row is None:
             return None
@@ -555,8 +605,8 @@ class PatternRepository:
 
     async def similar_to_vector(self, vector: np.ndarray, k: int = 10, ef_search: int | None = None) -> list[SimilarPrompt]:
         """The k stored prompts nearest ``vector`` (HNSW), nearest first."""
-        await self._set_ef_search(ef_search)
-        rows = (await self._session.execute(SIMILAR_EXCHANGES_SQL, {"v": vector, "k": k})).all()
+        await self.set_ef_search(ef_search)
+        rows = (await self._session.execute(SIMILAR_EXCHANGES_SQL, {"v": vec_arg(vector), "k": k})).all()
         return [
             SimilarPrompt(
                 request_id=r.request_id, similarity=float(r.similarity), pattern_id=r.pattern_id, text=r.prompt_user,
@@ -756,7 +806,8 @@ class PatternRepository:
         ).all()
         return {r.request_id: r.pattern_id for r in rows}
 
-    async def _set_ef_search(self, ef_search: int | None) -> None:
+    async def set_ef_search(self, ef_search: int | None) -> None:
+        """Widen the HNSW candidate list for the rest of the current transaction."""
         # SET LOCAL lasts until the caller's transaction ends (the session always opens one), so the
         # setting never leaks to other users of the pooled connection.
         if ef_search is not None:

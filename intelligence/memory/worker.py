@@ -167,28 +167,22 @@ class PatternWorker:
         counts: dict[tuple[int, str, datetime], int] = {}
         usage: dict[tuple[int, str, str], tuple[int, datetime]] = {}
         signals: list[Signal] = []
-        window = timedelta(seconds=self.config.retry_window_s)
+        rows: list[EmbeddingRow] = []
         async with self._sessions() as session, session.begin():
             repo = PatternRepository(session)
-            for x, prompt, vector in zip(pending, prompts, vectors):
+            batch = self.assigner.batch(repo)
+            for i, (x, prompt, vector) in enumerate(zip(pending, prompts, vectors)):
                 pattern_id: int | None = None
                 similarity: float | None = None
                 if vector is not None:
-                    assignment = await self.assigner.assign(
-                        repo, vector, request_id=x.request_id, text=x.prompt_user or prompt.text, seen_at=x.started_at
+                    assignment = await batch.assign(
+                        vector, request_id=x.request_id, text=x.prompt_user or prompt.text, seen_at=x.started_at
                     )
                     pattern_id, similarity = assignment.pattern_id, assignment.similarity
-                if not prompt.empty and x.client_key_fp:
-                    retried = await repo.recent_from_client(
-                        x.client_key_fp, vector, prompt.hash, request_id=x.request_id,
-                        since=x.started_at - window, until=x.started_at,
-                    )
-                    if retried is not None and retried[1] >= self.config.retry_similarity:
-                        earlier_id, sim, earlier_at = retried
-                        gap = (utc(x.started_at) - utc(earlier_at)).total_seconds()
-                        signals.append(Signal(earlier_id, "retry", False, value=x.request_id,
-                                              detail=f"same client, similarity {sim:.3f}, {gap:.1f} s later"))
-                await repo.insert_embedding(
+                retry = await self._retry_signal(repo, pending[:i], prompts[:i], vectors[:i], x, prompt, vector)
+                if retry is not None:
+                    signals.append(retry)
+                rows.append(
                     EmbeddingRow(
                         request_id=x.request_id, embedding=vector, canonical_hash=prompt.hash, pattern_id=pattern_id,
                         similarity=similarity, client_key_fp=x.client_key_fp, model=x.model, created_at=x.started_at,
@@ -202,9 +196,46 @@ class PatternWorker:
                         if value:
                             n, seen = usage.get((pattern_id, dim, value), (0, x.started_at))
                             usage[(pattern_id, dim, value)] = (n + 1, max(seen, x.started_at))
+            await batch.flush()
+            await repo.insert_embeddings(rows)
             await repo.add_counts(counts)
             await repo.add_usage(usage)
             await repo.add_signals(signals)
+
+    async def _retry_signal(
+        self, repo: PatternRepository, earlier: Sequence[PendingExchange], earlier_prompts: Sequence[CanonicalPrompt],
+        earlier_vectors: Sequence[np.ndarray | None], x: PendingExchange, prompt: CanonicalPrompt,
+        vector: np.ndarray | None,
+    ) -> Signal | None:
+        """A 'retry' failure on the client's latest near-identical prompt within the window, if any.
+
+        Earlier exchanges of the same batch are not stored yet, so they are compared here; older
+        ones are asked of the database.
+        """
+        if prompt.empty or not x.client_key_fp:
+            return None
+        window = timedelta(seconds=self.config.retry_window_s)
+        lo = x.started_at - window
+        best: tuple[str, float, datetime] | None = None
+        for e, p, v in zip(reversed(earlier), reversed(earlier_prompts), reversed(earlier_vectors)):
+            if e.client_key_fp != x.client_key_fp or not lo <= e.started_at <= x.started_at or p.empty:
+                continue
+            sim = 1.0 if p.hash == prompt.hash else float(v @ vector) if v is not None and vector is not None else 0.0
+            if sim >= self.config.retry_similarity:
+                best = (e.request_id, sim, e.started_at)
+                break
+        if best is None:
+            found = await repo.recent_from_client(
+                x.client_key_fp, vector, prompt.hash, request_id=x.request_id, since=lo, until=x.started_at
+            )
+            if found is not None and found[1] >= self.config.retry_similarity:
+                best = found
+        if best is None:
+            return None
+        earlier_id, sim, earlier_at = best
+        gap = (utc(x.started_at) - utc(earlier_at)).total_seconds()
+        return Signal(earlier_id, "retry", False, value=x.request_id,
+                      detail=f"same client, similarity {sim:.3f}, {gap:.1f} s later")
 
     # ------------------------------------------------------------------------------- the loop
 

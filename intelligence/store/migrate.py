@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -22,6 +23,11 @@ HEAD = "head"
 
 T = TypeVar("T")
 
+# Alembic keeps the running migration in module globals (alembic.context / alembic.op), so two
+# threads of one process must not run commands at once. Across processes env.py takes an
+# advisory lock in the database.
+_ALEMBIC_LOCK = threading.Lock()
+
 
 def alembic_config(database_url: str | None = None) -> Config:
     """The Alembic config of this package, independent of the working directory."""
@@ -34,11 +40,11 @@ def alembic_config(database_url: str | None = None) -> Config:
 
 def upgrade(database_url: str, revision: str = HEAD) -> None:
     """Migrate the database to ``revision`` (default: the newest)."""
-    _outside_loop(lambda: command.upgrade(alembic_config(database_url), revision))
+    _outside_loop(lambda: _locked(command.upgrade, alembic_config(database_url), revision))
 
 
 def downgrade(database_url: str, revision: str) -> None:
-    _outside_loop(lambda: command.downgrade(alembic_config(database_url), revision))
+    _outside_loop(lambda: _locked(command.downgrade, alembic_config(database_url), revision))
 
 
 def current(database_url: str) -> str | None:
@@ -77,4 +83,9 @@ def _outside_loop(fn: Callable[[], T]) -> T:
 
 async def upgrade_async(database_url: str, revision: str = HEAD) -> None:
     """:func:`upgrade` without blocking the calling event loop."""
-    await asyncio.to_thread(command.upgrade, alembic_config(database_url), revision)
+    await asyncio.to_thread(_locked, command.upgrade, alembic_config(database_url), revision)
+
+
+def _locked(fn: Callable[[Config, str], None], cfg: Config, revision: str) -> None:
+    with _ALEMBIC_LOCK:
+        fn(cfg, revision)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 
@@ -58,7 +59,7 @@ def test_upgrade_from_plain_sync_code(pg_url: str) -> None:
     assert migrate.current(pg_url) == migrate.head()
 
 
-async def test_concurrent_upgrades_serialise(fresh_db_url: FreshDb) -> None:
+async def test_concurrent_upgrades_in_one_process_serialise(fresh_db_url: FreshDb) -> None:
     url = await fresh_db_url()
     errors: list[BaseException] = []
 
@@ -73,6 +74,18 @@ async def test_concurrent_upgrades_serialise(fresh_db_url: FreshDb) -> None:
         t.start()
     await asyncio.to_thread(lambda: [t.join(60) for t in threads])
     assert errors == []
+    assert migrate.current(url) == migrate.head()
+
+
+async def test_concurrent_upgrades_from_several_processes(fresh_db_url: FreshDb) -> None:
+    url = await fresh_db_url()
+    code = "import sys; from intelligence.store.migrate import upgrade; upgrade(sys.argv[1])"
+    procs = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", code, url, stderr=asyncio.subprocess.PIPE)
+        for _ in range(3)
+    ]
+    results = [await asyncio.wait_for(p.communicate(), 120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err.decode()[-2000:] for _, err in results]
     assert migrate.current(url) == migrate.head()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -101,8 +102,8 @@ CHAT_BODY = {
         ),
         (
             "/v1/chat/completions",
-            {"model": "m", "max_tokens": 12, "messages": [{"role": "user", "content": 42}]},
-            RequestView("chat", "m", False, (), None, None, 12),
+            {"model": "m", "max_tokens": 12, "messages": [{"role": "system", "content": ["plain", {"type": "image_url"}]}, {"role": "user", "content": 42}]},
+            RequestView("chat", "m", False, (), "plain", None, 12),
         ),
         (
             "/v1/responses",
@@ -186,7 +187,8 @@ CHAT_BODY = {
     ],
 )
 def test_parse_request(path: str, body: dict, expected: RequestView) -> None:
-    assert endpoint(path).parse_request(body) == expected
+    # first_user has its own test below (test_first_and_last_user_turns)
+    assert dataclasses.replace(endpoint(path).parse_request(body), first_user=None) == expected
 
 
 ALL_PATHS = ["/v1/chat/completions", "/v1/responses", "/v1/messages", "/api/chat", "/api/generate", "/v1/completions", "/v1/embeddings"]
@@ -204,7 +206,7 @@ request_keys = st.sampled_from(
 odd_bodies = st.dictionaries(request_keys, json_values | st.lists(st.dictionaries(request_keys | st.sampled_from(["role", "type", "name", "function", "tool_calls"]), json_values, max_size=5), max_size=4), max_size=8)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(odd_bodies, st.sampled_from(ALL_PATHS))
 def test_odd_but_valid_json_never_raises(body: dict, path: str) -> None:
     ep = endpoint(path)
@@ -374,3 +376,17 @@ def test_aliasing_changes_only_name_fields() -> None:
     assert body["tools"][0]["function"]["description"] == f"Call {GH} to search"
     assert body["messages"][0]["content"] == f"use {GH}"
     assert json.dumps(body).count(GH_ALIAS) == 1
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "first"},
+                                                         {"role": "assistant", "content": "a"}, {"role": "user", "content": "second"}]}),
+    ("/v1/messages", {"model": "m", "messages": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
+                                                  {"role": "user", "content": [{"type": "text", "text": "second"}]}]}),
+    ("/v1/responses", {"model": "m", "input": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
+                                                {"role": "user", "content": "second"}]}),
+    ("/api/chat", {"model": "m", "messages": [{"role": "user", "content": "first"}, {"role": "user", "content": "second"}]}),
+])
+def test_first_and_last_user_turns(path, body) -> None:
+    view = endpoint_for(path).parse_request(body)
+    assert view.first_user == "first" and view.last_user == "second"

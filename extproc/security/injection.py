@@ -1,0 +1,303 @@
+"""Layered prompt-injection / jailbreak scoring.
+
+Layers, cheapest first:
+
+1. heuristics (heuristics.py + junk.py): patterns over the normalised text and decoded payloads;
+2. memory (memory.py): cosine similarity to known attacks;
+3. classifier (classifier.py): logistic regression on the embedding and junk features;
+   plus the system-prompt context layer (context.py).
+
+Input is a list of segments ``(source, text)``: the last user turn, system prompts, tool results,
+retrieved documents. User and untrusted segments (tool / document / retrieved / function) get every
+layer; system segments are only checked for planted overrides (an operator's system prompt
+legitimately says "never apologise") and serve as context for the others.
+
+The score is in [0, 1]: per segment, the strongest of (heuristics noisy-or context), memory and
+classifier; overall the strongest segment. ``DEFAULT_THRESHOLD`` is the default policy's operating
+point. When the heuristics are already sure (>= ``skip_embedding_above``) the embedding is skipped:
+that is the fast path, and it is what keeps obvious attacks cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import context as ctx
+from . import heuristics, junk
+from .classifier import CLASSIFIER_FILE, LinearClassifier
+from .memory import SEED_MEMORY, AttackMemory, Embed, Neighbor, load_memory
+from .normalize import MAX_SCAN_CHARS, Normalized, normalize
+
+DEFAULT_THRESHOLD = 0.5
+MAX_SEGMENTS = 32
+MAX_EMBED_SEGMENTS = 4
+# Embedding cost grows with length; head and tail carry the attack (persona set-up, suffix).
+EMBED_HEAD_CHARS = 600
+EMBED_TAIL_CHARS = 400
+USER_SOURCES = frozenset({"user", "human", "prompt"})
+SYSTEM_SOURCES = frozenset({"system", "developer", "instructions"})
+UNTRUSTED_SOURCES = frozenset({"tool", "function", "document", "retrieved", "rag", "web", "file", "tool_result"})
+_SYSTEM_FAMILIES = frozenset({"instruction_override", "delimiter_injection", "evasion"})
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    source: str  # user | system | tool | document | retrieved | assistant ...
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class LayerScore:
+    layer: str  # heuristic | context | memory | classifier
+    score: float
+    segment: int
+    source: str
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.layer, "score": round(self.score, 3), "segment": self.segment, "source": self.source, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class InjectionVerdict:
+    score: float
+    threshold: float
+    layers: tuple[LayerScore, ...] = ()
+    rule_hits: tuple[tuple[int, heuristics.RuleHit], ...] = ()
+    neighbors: tuple[Neighbor, ...] = ()
+    flags: frozenset[str] = frozenset()
+    embedded: bool = False
+    elapsed_ms: float = 0.0
+
+    @property
+    def flagged(self) -> bool:
+        return self.score >= self.threshold
+
+    @property
+    def fired(self) -> list[str]:
+        """Layers that on their own reach the threshold."""
+        return sorted({l.layer for l in self.layers if l.score >= self.threshold})
+
+    def explanation(self) -> str:
+        if not self.layers:
+            return "no signal"
+        parts = []
+        for l in sorted(self.layers, key=lambda l: -l.score)[:4]:
+            parts.append(f"{l.layer}={l.score:.2f} [{l.source}] {l.detail}")
+        if self.neighbors:
+            n = self.neighbors[0]
+            parts.append(f"nearest known attack ({n.family}, cos {n.similarity:.2f}): {n.text[:80]!r}")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "score": round(self.score, 4),
+            "threshold": self.threshold,
+            "flagged": self.flagged,
+            "fired": self.fired,
+            "layers": [l.to_dict() for l in self.layers],
+            "rules": [{"segment": i, "rule": h.rule, "family": h.family, "weight": h.weight, "excerpt": h.excerpt} for i, h in self.rule_hits],
+            "nearest": [n.to_dict() for n in self.neighbors],
+            "flags": sorted(self.flags),
+            "embedded": self.embedded,
+            "elapsed_ms": round(self.elapsed_ms, 3),
+        }
+
+
+def memory_score(similarity: float) -> float:
+    """Cosine similarity to the nearest known attack -> score. Near-duplicates only (>= 0.8 flags)."""
+    if similarity < 0.7:
+        return 0.0
+    return float(min(0.95, 0.3 + (similarity - 0.7) * 2.2))
+
+
+def embed_input(text: str) -> str:
+    if len(text) <= EMBED_HEAD_CHARS + EMBED_TAIL_CHARS:
+        return text
+    return text[:EMBED_HEAD_CHARS] + " … " + text[-EMBED_TAIL_CHARS:]
+
+
+class InjectionDetector:
+    """Thread-safe after construction; build once per process (see ``default_injection_detector``)."""
+
+    def __init__(
+        self,
+        *,
+        embed: Embed | None = None,
+        memory: AttackMemory | None = None,
+        classifier: LinearClassifier | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        skip_embedding_above: float = 0.9,
+        max_chars: int = MAX_SCAN_CHARS,
+        cache_size: int = 2048,
+    ) -> None:
+        if classifier is not None and classifier.dim != 384 + len(junk.FEATURE_NAMES) and embed is not None:
+            pass  # dimension is checked on first use: the embedder's width is not known yet
+        self.embed = embed
+        self.memory = memory
+        self.classifier = classifier
+        self.threshold = threshold
+        self.skip_embedding_above = skip_embedding_above
+        self.max_chars = max_chars
+        self._cache: dict[str, np.ndarray] = {}
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
+
+    # -- public -----------------------------------------------------------------------------
+    def scan_text(self, text: str, source: str = "user") -> InjectionVerdict:
+        return self.scan([Segment(source, text)])
+
+    def scan(self, segments: Sequence[Segment | tuple[str, str]]) -> InjectionVerdict:
+        t0 = time.perf_counter()
+        segs = [s if isinstance(s, Segment) else Segment(str(s[0]), str(s[1])) for s in segments][-MAX_SEGMENTS:]
+        system_texts = [s.text for s in segs if s.source.lower() in SYSTEM_SOURCES]
+        protected = ctx.protected_from(system_texts) if system_texts else None
+
+        layers: list[LayerScore] = []
+        rule_hits: list[tuple[int, heuristics.RuleHit]] = []
+        flags: set[str] = set()
+        per_segment: dict[int, float] = {}
+        to_embed: list[tuple[int, Normalized, np.ndarray]] = []
+
+        for i, seg in enumerate(segs):
+            src = seg.source.lower()
+            if src in SYSTEM_SOURCES:
+                norm = normalize(seg.text, max_chars=self.max_chars)
+                hits = [h for h in heuristics.scan(norm) if h.family in _SYSTEM_FAMILIES]
+                self._add_heuristic(i, src, hits, layers, rule_hits, per_segment)
+                flags |= norm.flags
+                continue
+            if src not in USER_SOURCES and src not in UNTRUSTED_SOURCES:
+                continue  # assistant turns are the model's own output
+            norm = normalize(seg.text, max_chars=self.max_chars)
+            flags |= norm.flags
+            hits = heuristics.scan(norm)
+            feats = junk.features(norm.text)
+            js = junk.junk_score(feats)
+            if js:
+                hits.append(heuristics.RuleHit("adversarial_suffix", "adversarial_suffix", js, "machine-made token junk"))
+            h = self._add_heuristic(i, src, hits, layers, rule_hits, per_segment)
+            if protected is not None and not protected.empty:
+                c_hits = ctx.score_against(protected, norm.text)
+                if c_hits:
+                    c = _noisy_or(x.score for x in c_hits)
+                    layers.append(LayerScore("context", c, i, src, "; ".join(x.reason for x in c_hits)))
+                    per_segment[i] = max(per_segment.get(i, 0.0), _noisy_or([h, c]))
+            if h < self.skip_embedding_above:
+                to_embed.append((i, norm, feats))
+
+        neighbors: list[Neighbor] = []
+        embedded = False
+        if self.embed is not None and to_embed and (self.memory is not None or self.classifier is not None):
+            to_embed = sorted(to_embed, key=lambda t: (segs[t[0]].source.lower() not in USER_SOURCES, -t[0]))[:MAX_EMBED_SEGMENTS]
+            vectors = self._vectors([embed_input(n.text) for _, n, _ in to_embed])
+            embedded = True
+            if self.memory is not None and len(self.memory):
+                for (i, _, _), near in zip(to_embed, self.memory.nearest(vectors, k=3)):
+                    if not near:
+                        continue
+                    m = memory_score(near[0].similarity)
+                    if m > 0:
+                        layers.append(LayerScore("memory", m, i, segs[i].source, f"cos {near[0].similarity:.2f} to a known {near[0].family} attack"))
+                        per_segment[i] = max(per_segment.get(i, 0.0), m)
+                    neighbors.extend(near)
+            if self.classifier is not None:
+                x = np.hstack([vectors, np.stack([f for _, _, f in to_embed])])
+                if x.shape[1] == self.classifier.dim:
+                    probs = self.classifier.predict_proba(x)
+                    for (i, _, _), p in zip(to_embed, probs):
+                        p = float(p)
+                        if p >= 0.05:
+                            layers.append(LayerScore("classifier", p, i, segs[i].source, "embedding classifier probability"))
+                        per_segment[i] = max(per_segment.get(i, 0.0), p)
+
+        neighbors = sorted(neighbors, key=lambda n: -n.similarity)[:3]
+        score = max(per_segment.values(), default=0.0)
+        return InjectionVerdict(
+            score=float(min(max(score, 0.0), 1.0)),
+            threshold=self.threshold,
+            layers=tuple(layers),
+            rule_hits=tuple(rule_hits),
+            neighbors=tuple(neighbors),
+            flags=frozenset(flags),
+            embedded=embedded,
+            elapsed_ms=(time.perf_counter() - t0) * 1000,
+        )
+
+    # -- internals --------------------------------------------------------------------------
+    @staticmethod
+    def _add_heuristic(
+        i: int,
+        src: str,
+        hits: list[heuristics.RuleHit],
+        layers: list[LayerScore],
+        rule_hits: list[tuple[int, heuristics.RuleHit]],
+        per_segment: dict[int, float],
+    ) -> float:
+        if not hits:
+            per_segment.setdefault(i, 0.0)
+            return 0.0
+        h = heuristics.combine(hits)
+        rule_hits.extend((i, x) for x in hits)
+        best = max(hits, key=lambda x: x.weight)
+        layers.append(LayerScore("heuristic", h, i, src, f"{best.rule}: {best.excerpt!r}" + (f" (+{len(hits) - 1} more)" if len(hits) > 1 else "")))
+        per_segment[i] = max(per_segment.get(i, 0.0), h)
+        return h
+
+    def _vectors(self, texts: list[str]) -> np.ndarray:
+        """Embeddings with a small cache: system prompts and retrieved documents repeat."""
+        keys = [hashlib.blake2b(t.encode("utf-8", "replace"), digest_size=16).hexdigest() for t in texts]
+        with self._cache_lock:
+            missing = [(k, t) for k, t in zip(keys, texts) if k not in self._cache]
+        if missing:
+            assert self.embed is not None
+            fresh = self.embed([t for _, t in missing])
+            with self._cache_lock:
+                if len(self._cache) + len(missing) > self._cache_size:
+                    self._cache.clear()
+                for (k, _), v in zip(missing, fresh):
+                    self._cache[k] = np.asarray(v, dtype=np.float32)
+        with self._cache_lock:
+            return np.stack([self._cache[k] for k in keys])
+
+
+def _noisy_or(scores: Any) -> float:
+    miss = 1.0
+    for s in scores:
+        miss *= 1.0 - float(s)
+    return 1.0 - miss
+
+
+def shared_embed() -> Embed:
+    """The process-wide sentence embedder (intelligence.embeddings), imported only when used."""
+    from intelligence.embeddings import shared_embedder
+
+    embedder = shared_embedder()
+    return embedder.encode
+
+
+_default: InjectionDetector | None = None
+_default_lock = threading.Lock()
+
+
+def default_injection_detector(embed: Embed | Callable[[], Embed] | None = shared_embed, *, with_embeddings: bool = True) -> InjectionDetector:
+    """The detector the default policy uses: shipped memory seed and classifier, shared embedder.
+
+    ``with_embeddings=False`` gives the heuristics-and-context-only detector (no model load).
+    """
+    global _default
+    if not with_embeddings:
+        return InjectionDetector()
+    with _default_lock:
+        if _default is None:
+            fn: Embed | None = embed() if embed is shared_embed else embed  # type: ignore[assignment,operator]
+            memory = load_memory(SEED_MEMORY, fn) if SEED_MEMORY.exists() else None
+            classifier = LinearClassifier.load(CLASSIFIER_FILE) if CLASSIFIER_FILE.exists() else None
+            _default = InjectionDetector(embed=fn, memory=memory, classifier=classifier)
+        return _default

@@ -1,0 +1,169 @@
+"""Train the injection classifier and seed the known-attack memory.
+
+    python -m extproc.security.train --eval-dir ../shared/eval
+
+Trained on (see trainset.py for the split):
+- attacks: the hand-written seeds (data/seeds.yaml) and the training half (by behaviour) of the
+  JailbreakBench GCG and PAIR rows. DSN, random-search and JailbreakChat rows are *not* trained on
+  (the heuristics have to carry them), nor is any CyberSecEval prompt-injection row;
+- benign: the hand-written hard negatives, a fixed sample of CLINC150's own train split, and the
+  training half (by text) of the three benign development files.
+
+Writes data/classifier.yaml (weights + what it was trained on), data/memory.yaml (the attack
+texts above with their vectors) and data/trainset.yaml (fingerprints of every development row that
+was trained on or shares a behaviour with one: `llmproxy eval security` leaves those out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from . import junk
+from .classifier import CLASSIFIER_FILE, LinearClassifier
+from .injection import embed_input, shared_embed
+from .memory import DATA_DIR, EMBEDDING_MODEL, SEED_MEMORY, KnownAttack, save_memory
+from .normalize import normalize
+from .trainset import CLINC_FILE, CLINC_SAMPLE, TRAIN_SOURCES, TRAINSET_FILE, in_train_half, save_trainset
+
+log = logging.getLogger("llmproxy.security.train")
+SEEDS_FILE = DATA_DIR / "seeds.yaml"
+SEED = 20240601
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def collect(eval_dir: Path) -> tuple[list[str], list[int], list[KnownAttack], list[str], dict[str, Any]]:
+    seeds = yaml.safe_load(SEEDS_FILE.read_text(encoding="utf-8"))
+    texts: list[str] = []
+    labels: list[int] = []
+    memory: list[KnownAttack] = []
+    excluded: list[str] = []
+    counts: dict[str, int] = {}
+
+    for item in seeds["attacks"]:
+        texts.append(item["text"])
+        labels.append(1)
+        memory.append(KnownAttack(item["text"], item["family"], "llmproxy seeds"))
+    for text in seeds["benign"]:
+        texts.append(text)
+        labels.append(0)
+    counts["seeds.attacks"] = len(seeds["attacks"])
+    counts["seeds.benign"] = len(seeds["benign"])
+
+    for name in sorted(TRAIN_SOURCES):
+        path = eval_dir / name
+        if not path.exists():
+            log.warning("missing %s: trained without it", path)
+            continue
+        n = 0
+        for row in _read_jsonl(path):
+            if in_train_half(name, row, trained_methods_only=False):
+                excluded.append(row["text"])
+            if not in_train_half(name, row):
+                continue
+            label = 1 if row["label"] == "attack" else 0
+            texts.append(row["text"])
+            labels.append(label)
+            n += 1
+            if label:
+                meta = row.get("meta") or {}
+                memory.append(KnownAttack(row["text"], f"{meta.get('family', 'attack')}:{meta.get('method', '')}".rstrip(":"), f"{name} (train half)"))
+        counts[name] = n
+
+    clinc = eval_dir / CLINC_FILE
+    if clinc.exists():
+        rows = [r for r in _read_jsonl(clinc) if (r.get("meta") or {}).get("split") == "train"]
+        random.Random(SEED).shuffle(rows)
+        for row in rows[:CLINC_SAMPLE]:
+            texts.append(row["text"])
+            labels.append(0)
+        counts[f"{CLINC_FILE} (train split sample)"] = min(CLINC_SAMPLE, len(rows))
+    return texts, labels, memory, excluded, counts
+
+
+def featurize(texts: list[str], embed: Any, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    norm = [normalize(t).text for t in texts]
+    vecs = []
+    for i in range(0, len(norm), batch):
+        vecs.append(embed([embed_input(t) for t in norm[i : i + batch]]))
+        log.info("embedded %d/%d", min(i + batch, len(norm)), len(norm))
+    feats = np.stack([junk.features(t) for t in norm])
+    return np.vstack(vecs).astype(np.float32), feats
+
+
+def train(eval_dir: Path, c: float = 0.5) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    texts, labels, memory_items, excluded, counts = collect(eval_dir)
+    embed = shared_embed()
+    vecs, feats = featurize(texts, embed)
+    x = np.hstack([vecs, feats])
+    y = np.asarray(labels)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0) + 1e-6
+    xs = (x - mean) / scale
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
+    cv = cross_val_predict(model, xs, y, cv=StratifiedKFold(5, shuffle=True, random_state=SEED), method="predict_proba")[:, 1]
+    model.fit(xs, y)
+    cv_metrics = {
+        "cv_recall_at_0.5": round(float((cv[y == 1] >= 0.5).mean()), 4),
+        "cv_false_positive_rate_at_0.5": round(float((cv[y == 0] >= 0.5).mean()), 4),
+    }
+    clf = LinearClassifier(
+        weights=model.coef_[0].astype(np.float32),
+        bias=float(model.intercept_[0]),
+        mean=mean.astype(np.float32),
+        scale=scale.astype(np.float32),
+        feature_names=tuple(f"emb{i}" for i in range(vecs.shape[1])) + junk.FEATURE_NAMES,
+        model=EMBEDDING_MODEL,
+        meta={
+            "trained_by": "python -m extproc.security.train",
+            "algorithm": f"sklearn LogisticRegression(C={c}, class_weight=balanced) on standardised features",
+            "rows": {"attack": int(y.sum()), "benign": int((1 - y).sum())},
+            "sources": counts,
+            "split": "trainset.py: SHA-256 of the group key (JailbreakBench: behavior; others: text), even = train",
+            **cv_metrics,
+        },
+    )
+    clf.save(CLASSIFIER_FILE)
+    memory_vecs = vecs[[i for i, _ in enumerate(texts) if labels[i] == 1]]
+    save_memory(SEED_MEMORY, memory_items, memory_vecs)
+    save_trainset(
+        [t for t, _ in zip(texts, labels)] + excluded,
+        {
+            "what": "development rows trained on, seeded into memory, or sharing a behaviour with those",
+            "sources": counts,
+            "split": clf.meta["split"],
+        },
+        TRAINSET_FILE,
+    )
+    log.info("classifier: %s", json.dumps(clf.meta))
+    return clf.meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m extproc.security.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--eval-dir", type=Path, default=Path("../shared/eval"), help="directory with the development corpora")
+    parser.add_argument("--C", type=float, default=0.5, help="inverse regularisation strength")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    meta = train(args.eval_dir, c=args.C)
+    print(json.dumps(meta, indent=2))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
