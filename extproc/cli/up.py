@@ -40,7 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from . import envoy_config
+
+    for noisy in ("pgserver", "httpx", "alembic"):  # their INFO lines bury the banner
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     data_dir: Path = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

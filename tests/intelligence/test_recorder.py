@@ -27,11 +27,15 @@ from .factories import make_record
 FAST = dict(flush_interval=0.05, retry_interval=0.1, batch_timeout=2.0)
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+async def eventually(predicate: Callable[[], bool], timeout: float = 15.0, recorder: DbRecorder | None = None) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
+            state = "" if recorder is None else (
+                f" queue={recorder.queue_depth} spool={recorder.spool_depth} written={recorder.written}"
+                f" spooled={recorder.spooled} replayed={recorder.replayed} db_ok={recorder.db_ok}"
+            )
+            raise AssertionError("condition not reached in time" + state)
         await asyncio.sleep(0.02)
 
 
@@ -108,7 +112,7 @@ async def test_database_stopped_spools_then_replays_everything_once_in_order(
         assert start_postgres(stoppable_pg.pgdata) == stoppable_pg.url
         submit(3)  # arrives while the spool still holds older records: must queue up behind them
         # the spool goes first; the 3 follow through the spool or straight to the DB, never ahead
-        await eventually(lambda: recorder.spool_depth == 0 and recorder.written + recorder.replayed == 18)
+        await eventually(lambda: recorder.spool_depth == 0 and recorder.written + recorder.replayed == 18, recorder=recorder)
         assert recorder.db_ok
         submit(2)
         await eventually(lambda: recorder.written + recorder.replayed == 20)
