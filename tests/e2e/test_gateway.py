@@ -169,3 +169,14 @@ def test_healthz_and_unrouted_path(stack: Stack) -> None:
     assert httpx.get(stack.url + "/healthz").text == "ok\n"
     r = httpx.post(stack.url + "/nowhere", json={"a": 1})
     assert r.status_code == 404 and "no route" in r.json()["error"]["message"]
+
+
+def test_tool_namespace_header_separates_clients_upstream(stack: Stack) -> None:
+    tools = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {}}}}]
+    seen = {}
+    for ns in ("team-a", "team-b"):
+        c = oai(stack, default_headers={"x-tool-namespace": ns})
+        msg = c.chat.completions.create(model="gpt-4o", tools=tools, messages=[{"role": "user", "content": "call tool"}]).choices[0].message
+        assert msg.tool_calls[0].function.name == "search"
+        seen[ns] = last_request(stack.fake, "/v1/chat/completions").json["tools"][0]["function"]["name"]
+    assert seen["team-a"] != seen["team-b"] and all(v != "search" for v in seen.values())
