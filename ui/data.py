@@ -60,4 +60,8 @@ def recent_exchanges(limit: int = 200) -> pd.DataFrame:
          "tokens_out": r.usage.output_tokens, "streamed": r.streamed, "error": r.error, "request_id": r.request_id}
         for r in _run(q)
     ]
-    return pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    # Arrow cannot hold arbitrary Python ints (a provider may report absurd token counts): show floats.
+    for col in ("status", "latency_ms", "ttft_ms", "tokens_in", "tokens_out"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    return df

@@ -68,7 +68,7 @@ def _latin_share(text: str) -> float:
     return sum(1 for c in letters if c.isascii()) / len(letters)
 
 
-_EN_FUNCTION = frozenset("the a an is are of to and in on for what how who where when which can you your i me my it this that with be do".split())
+_EN_FUNCTION = frozenset("the an is are of to and in on for what how who where when which can you your me my it this that with be do does".split())
 
 
 def _english_share(text: str) -> float:
@@ -130,16 +130,26 @@ def score_against(protected: Protected, user_text: str, *, similarity: float | N
     shared = _content_words(user_text) & protected.words
     if shared:
         secretish = any(_SECRET_NOUN.fullmatch(w) or w in ("password", "passphrase", "secret") for w in shared)
-        score = 0.6 if (secretish and protected.has_secret) else 0.5 if len(shared) >= 2 else 0.4
+        score = 0.65 if (secretish and protected.has_secret) else 0.55 if len(shared) >= 2 else 0.5
         hits.append(ContextHit(score, f"touches what the system prompt restricts: {', '.join(sorted(shared)[:5])}"))
-    if similarity is not None and similarity >= 0.45:
-        hits.append(ContextHit(0.4 + min(0.3, (similarity - 0.45)), f"semantically close to a restricted instruction (cos {similarity:.2f})"))
+    if similarity is not None and similarity >= SIMILARITY_FLOOR:
+        score = min(0.7, 0.45 + (similarity - SIMILARITY_FLOOR))
+        hits.append(ContextHit(score, f"semantically close to what the system prompt restricts (cos {similarity:.2f})"))
     user_latin = _latin_share(user_text)
     if protected.latin >= 0.9 and user_latin < 0.5:
         hits.append(ContextHit(0.5, "switches script away from the system prompt's"))
-    elif protected.english >= 0.15 and user_latin >= 0.9 and _english_share(user_text) < 0.05 and len(user_text.split()) >= 3:
-        hits.append(ContextHit(0.45, "switches language away from the system prompt's"))
+    elif protected.english >= 0.15 and user_latin >= 0.8 and _english_share(user_text) < 0.1 and len(user_text.split()) >= 3:
+        hits.append(ContextHit(0.5, "switches language away from the system prompt's"))
     return hits
+
+
+SIMILARITY_FLOOR = 0.45
+
+
+def topic_text(sentence: str) -> str:
+    """A restricted sentence without the restriction words: what is embedded for similarity."""
+    words = [w for w in _WORD.findall(sentence) if w.lower() not in _STOP and not _RESTRICTION.fullmatch(w)]
+    return " ".join(words)
 
 
 def max_similarity(protected_vectors: np.ndarray, user_vector: np.ndarray) -> float:

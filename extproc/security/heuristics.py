@@ -68,6 +68,9 @@ RULES: tuple[Rule, ...] = (
        r"\b(?:new|updated|revised|real|actual|true|secret|hidden|additional|important)\s+(?:instructions?|task|objective|directives?|orders?|system prompt)\s*[:\-]"),
     _r("instead_of_task", "instruction_override", 0.55,
        r"\b(?:instead of|rather than)\s+(?:following|doing|completing|answering|summari[sz]ing|translating)\b[^.!?\n]{0,30}\b(?:instructions?|task|request|question|text|document|email|article)"),
+    _r("forget_that", "instruction_override", 0.35,
+       rf"\b(?:forget|ignore|disregard|never mind)\s+(?:about\s+)?(?:that|this|it|those|these)\b\s*[,.;:!-]"),
+    _r("instead_question", "instruction_override", 0.3, r"\binstead\s*[?!.]?\s*$"),
     _r("from_now_on", "instruction_override", 0.35,
        r"\bfrom now on\b[^.!?\n]{0,30}\b(?:you (?:are|will|must|shall|have to)|respond|answer|act|reply|only|ignore)\b"),
     # -- role hijack / persona jailbreaks ---------------------------------------------------
@@ -114,7 +117,7 @@ RULES: tuple[Rule, ...] = (
     _r("override_mode", "mode_switch", 0.6,
        r"\b(?:system|admin|law enforcement|developer|security|emergency|safety)\s+(?:override|bypass)\b|\boverride (?:mode|code|protocol)\b"),
     _r("authority_claim", "mode_switch", 0.35,
-       r"\b(?:i am|i'm|as)\s+(?:your|the|an?)\s+(?:creator|developer|owner|administrator|admin|maintainer|operator|programmer|system administrator|god)\b|\bi am god\b"),
+       r"\b(?:i am|i'm|as)\s+(?:your|the|an?)\s+(?:\w+\s+)?(?:creator|developer|owner|administrator|admin|maintainer|operator|programmer|system administrator|god|boss|supervisor|manager|police officer|law enforcement officer|detective|federal agent|investigator|government official|president)\b|\bi am god\b"),
     _r("vendor_claim", "mode_switch", 0.4,
        r"\bas an ai (?:developed|created|made|built|trained) by (?:openai|anthropic|google|meta)\b[^.\n]{0,40}\b(?:mode|reset|verify|audit|upgrade|i(?:'m| am))"),
     # -- fake conversation / delimiter injection --------------------------------------------

@@ -137,8 +137,6 @@ class InjectionDetector:
         max_chars: int = MAX_SCAN_CHARS,
         cache_size: int = 2048,
     ) -> None:
-        if classifier is not None and classifier.dim != 384 + len(junk.FEATURE_NAMES) and embed is not None:
-            pass  # dimension is checked on first use: the embedder's width is not known yet
         self.embed = embed
         self.memory = memory
         self.classifier = classifier
@@ -163,6 +161,8 @@ class InjectionDetector:
         rule_hits: list[tuple[int, heuristics.RuleHit]] = []
         flags: set[str] = set()
         per_segment: dict[int, float] = {}
+        heuristic_scores: dict[int, float] = {}
+        context_hits: dict[int, list[ctx.ContextHit]] = {}
         to_embed: list[tuple[int, Normalized, np.ndarray]] = []
 
         for i, seg in enumerate(segs):
@@ -183,12 +183,9 @@ class InjectionDetector:
             if js:
                 hits.append(heuristics.RuleHit("adversarial_suffix", "adversarial_suffix", js, "machine-made token junk"))
             h = self._add_heuristic(i, src, hits, layers, rule_hits, per_segment)
+            heuristic_scores[i] = h
             if protected is not None and not protected.empty:
-                c_hits = ctx.score_against(protected, norm.text)
-                if c_hits:
-                    c = _noisy_or(x.score for x in c_hits)
-                    layers.append(LayerScore("context", c, i, src, "; ".join(x.reason for x in c_hits)))
-                    per_segment[i] = max(per_segment.get(i, 0.0), _noisy_or([h, c]))
+                context_hits[i] = ctx.score_against(protected, norm.text)
             if h < self.skip_embedding_above:
                 to_embed.append((i, norm, feats))
 
@@ -198,6 +195,14 @@ class InjectionDetector:
             to_embed = sorted(to_embed, key=lambda t: (segs[t[0]].source.lower() not in USER_SOURCES, -t[0]))[:MAX_EMBED_SEGMENTS]
             vectors = self._vectors([embed_input(n.text) for _, n, _ in to_embed])
             embedded = True
+            if protected is not None and protected.sentences:
+                topics = [t for t in (ctx.topic_text(x) for x in protected.sentences) if t]
+                if topics:
+                    topic_vectors = self._vectors(topics)
+                    for (i, n, _), v in zip(to_embed, vectors):
+                        sim = ctx.max_similarity(topic_vectors, v)
+                        context_hits.setdefault(i, [])
+                        context_hits[i] = ctx.score_against(protected, n.text, similarity=sim)
             if self.memory is not None and len(self.memory):
                 for (i, _, _), near in zip(to_embed, self.memory.nearest(vectors, k=3)):
                     if not near:
@@ -217,6 +222,11 @@ class InjectionDetector:
                             layers.append(LayerScore("classifier", p, i, segs[i].source, "embedding classifier probability"))
                         per_segment[i] = max(per_segment.get(i, 0.0), p)
 
+        for i, c_hits in context_hits.items():
+            if c_hits:
+                c = min(0.9, _noisy_or(x.score for x in c_hits))
+                layers.append(LayerScore("context", c, i, segs[i].source, "; ".join(x.reason for x in c_hits)))
+                per_segment[i] = max(per_segment.get(i, 0.0), _noisy_or([heuristic_scores.get(i, 0.0), c]))
         neighbors = sorted(neighbors, key=lambda n: -n.similarity)[:3]
         score = max(per_segment.values(), default=0.0)
         return InjectionVerdict(

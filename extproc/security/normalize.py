@@ -57,10 +57,12 @@ _CONFUSABLES: dict[str, str] = {
     "ı": "i", "ȷ": "j", "ℓ": "l", "ꓲ": "I", "ꓳ": "O", "ꓴ": "U", "ꓢ": "S", "ꓐ": "B", "ꓓ": "D",
     "ɑ": "a", "ο": "o", "ѵ": "v", "ʏ": "y", "ᴦ": "r",
 }
-_LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"}
+_LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
+# A digit or symbol standing for a letter: next to letters, inside or at the start of a word.
+_LEET_HINT = re.compile(r"[A-Za-z][013457@$]|[013457@$][A-Za-z]")
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-_LEET_TOKEN = re.compile(r"[\w@$!]+")
+_LEET_TOKEN = re.compile(r"[\w@$]+")
 _HEX_TOKEN = re.compile(r"(?:0x)?[0-9A-Fa-f]+")
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX = re.compile(r"(?<![0-9A-Za-z])(?:[0-9A-Fa-f]{2}[ :,]?){8,}(?![0-9A-Za-z])")
@@ -214,14 +216,16 @@ def _fold_homoglyphs(text: str) -> tuple[str, bool]:
 
 
 def _fold_leet(text: str) -> str:
+    if not _LEET_HINT.search(text):
+        return text
+
     def fold(m: re.Match[str]) -> str:
         tok = m.group()
         letters = sum(1 for c in tok if c.isalpha())
-        subs = sum(1 for c in tok if c in _LEET)
         # Long tokens are identifiers, hashes or payloads, not words spelt in leetspeak.
-        if 2 <= letters and subs and len(tok) <= 24 and not _HEX_TOKEN.fullmatch(tok):
-            return "".join(_LEET.get(c, c) for c in tok)
-        return tok
+        if letters < 2 or len(tok) > 24 or _HEX_TOKEN.fullmatch(tok) or not _LEET_HINT.search(tok):
+            return tok
+        return "".join(_LEET.get(c, c) for c in tok)
 
     return _LEET_TOKEN.sub(fold, text)
 
