@@ -53,7 +53,7 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
     engine = make_engine(settings.database_url)
     recorder = DbRecorder(engine, settings.spool_dir)
     await recorder.start()
-    ctx = Context(settings=settings, recorder=recorder)
+    ctx = Context(settings=settings, recorder=recorder, feedback=_feedback_sink(engine))
     server, health_servicer = await serve(ctx, host=settings.host, port=settings.port, max_message=settings.grpc_max_message)
     log.info("sidecar listening on %s:%d", settings.host, settings.port)
     try:
@@ -65,6 +65,21 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         await recorder.stop()
         await engine.dispose()
         log.info("sidecar stopped: %s", ctx.stats)
+
+
+def _feedback_sink(engine):
+    """Feedback goes to pattern memory when it is installed (it owns the feedback table)."""
+    try:
+        from intelligence.memory.feedback import FeedbackInput, add_feedback
+    except ImportError:  # pragma: no cover - pattern memory not installed
+        return None
+
+    class Sink:
+        async def submit(self, payload):
+            item = FeedbackInput.parse(payload)
+            return await add_feedback(engine, item.request_id, score=item.score, thumbs=item.thumbs, comment=item.comment)
+
+    return Sink()
 
 
 def main(argv: list[str] | None = None) -> None:

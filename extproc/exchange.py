@@ -9,6 +9,7 @@ a bug in handling degrades to "pass through untouched, log what we have".
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -16,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Awaitable, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from intelligence.records import Body, ExchangeRecord, Recorder, Usage
@@ -35,12 +36,22 @@ _SECRET_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization"
 _AUTH_HEADER = {"openai": "authorization", "openrouter": "authorization", "anthropic": "x-api-key"}
 
 
+FEEDBACK_PATHS = frozenset({"/v1/feedback", "/feedback"})
+
+
+class FeedbackSink(Protocol):
+    """Stores client feedback; raises ValueError (message fit for a 400) on invalid input."""
+
+    async def submit(self, payload: Any) -> int: ...
+
+
 @dataclass
 class Context:
     """What every exchange shares: settings, routing rules, the recorder, counters."""
 
     settings: SidecarSettings
     recorder: Recorder
+    feedback: FeedbackSink | None = None
     router: ModelRouter = field(init=False)
     stats: dict[str, int] = field(default_factory=lambda: {"exchanges": 0, "errors": 0, "aborted": 0})
 
@@ -100,7 +111,7 @@ class Exchange:
         self.immediate_body: bytes | None = None
 
     # ------------------------------------------------------------------ dispatch
-    def handle(self, phase: Phase, event: Headers | BodyChunk | None) -> Reply | Immediate:
+    def handle(self, phase: Phase, event: Headers | BodyChunk | None) -> Reply | Immediate | Awaitable[Immediate]:
         try:
             if phase is Phase.REQUEST_HEADERS:
                 return self._request_headers(event)
@@ -139,6 +150,13 @@ class Exchange:
             self.route, self.provider, self.rel_path = "prefix", provider, rel
         elif rel in UNIFIED_PATHS:
             self.route, self.rel_path = "unified", rel
+        elif rel in FEEDBACK_PATHS:
+            self.route, self.rel_path = "feedback", rel
+            if self.method != "POST" or ev.end_of_stream:
+                return self._answer(gateway_error(405 if self.method != "POST" else 400,
+                                                  "llmproxy: POST a JSON body {request_id, score|thumbs, comment} to /v1/feedback",
+                                                  code="feedback_usage"), record=False)
+            return reply
         elif rel == "/" and "target_url" in query:
             early = self._legacy_target(query["target_url"][0], reply)
             if early is not None:
@@ -186,6 +204,8 @@ class Exchange:
             return Reply()
         reply = Reply()
         doc = _parse_json(self.request_client)
+        if self.route == "feedback":
+            return self._feedback(doc)
         api = _api_of(self.rel_path)
         if self.route == "unified":
             if not isinstance(doc, dict):
@@ -214,6 +234,22 @@ class Exchange:
         if self.session_id is None:
             self.session_id = self._derive_session()
         return reply
+
+    async def _feedback(self, doc: Any) -> Immediate:
+        """The gateway answers POST /v1/feedback itself; the feedback table is its record."""
+        if self.ctx.feedback is None:
+            return self._answer(gateway_error(503, "llmproxy: feedback is not available (no pattern memory)", code="feedback_unavailable"),
+                                record=False)
+        try:
+            fid = await asyncio.wait_for(self.ctx.feedback.submit(doc), timeout=5)
+        except ValueError as exc:
+            return self._answer(gateway_error(400, f"llmproxy: invalid feedback: {exc}", code="invalid_feedback"), record=False)
+        except Exception as exc:  # database away: the client should retry, nothing was stored
+            log.warning("feedback not stored: %s", type(exc).__name__)
+            return self._answer(gateway_error(503, "llmproxy: feedback could not be stored right now; retry", code="feedback_unavailable"),
+                                record=False)
+        body = json.dumps({"ok": True, "feedback_id": fid, "request_id": doc.get("request_id")}).encode()
+        return self._answer(Immediate(status=202, body=body, details="llmproxy_feedback"), record=False)
 
     def _inject_credentials(self, reply: Reply) -> None:
         key = self.ctx.settings.provider_keys.get(self.provider or "")
@@ -292,12 +328,15 @@ class Exchange:
             self.resp_truncated = True
 
     # ------------------------------------------------------------------ ending
-    def _answer(self, imm: Immediate) -> Immediate:
+    def _answer(self, imm: Immediate, *, record: bool = True) -> Immediate:
         imm.headers["x-llmproxy-request-id"] = self.request_id
         self.status = imm.status
         self.immediate_body = imm.body
         self.error = imm.details
-        self.finish()
+        if record:
+            self.finish()
+        else:
+            self.finished = True
         return imm
 
     def abort(self, reason: str) -> None:

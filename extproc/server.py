@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from typing import AsyncIterator
 
@@ -31,6 +32,8 @@ class Processor(pb_grpc.ExternalProcessorServicer):
                     log.warning("request %s: unknown ext_proc message; ignored", exchange.request_id)
                     continue
                 reply = exchange.handle(phase, event)
+                if inspect.isawaitable(reply):  # only gateway-answered endpoints (feedback) await I/O
+                    reply = await reply
                 yield wire.encode(phase, reply)
                 if isinstance(reply, wire.Immediate):
                     return

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
@@ -51,9 +52,11 @@ class DbRecorder:
         retry_interval: float = 1.0,
         batch_timeout: float = 5.0,
         segment_max_records: int = 1000,
+        segment_max_bytes: int = 16 * 2**20,
     ) -> None:
+        self._engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._spool = Spool(spool_dir, segment_max_records=segment_max_records)
+        self._spool = Spool(spool_dir, segment_max_records=segment_max_records, segment_max_bytes=segment_max_bytes)
         self._queue: asyncio.Queue[ExchangeRecord] = asyncio.Queue(maxsize=queue_max)
         self._batch_max = batch_max
         self._flush_interval = flush_interval
@@ -238,6 +241,9 @@ class DbRecorder:
         while True:
             if self._spool.depth:
                 try:
+                    if not self._db_ok:
+                        # a cheap probe first: no reading and re-reading of segments while it is down
+                        await asyncio.wait_for(self._ping(), self._batch_timeout)
                     await self._replay_all()
                 except asyncio.CancelledError:
                     raise
@@ -298,6 +304,10 @@ class DbRecorder:
                 await self._reject(record, exc)
         return rejected
 
+    async def _ping(self) -> None:
+        async with self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
     async def _insert(self, records: Sequence[ExchangeRecord]) -> None:
         async with self._sessions.begin() as session:
             await ExchangeRepository(session).insert_batch(records)
@@ -316,8 +326,8 @@ class DbRecorder:
     def _db_failed(self, exc: BaseException, during: str) -> None:
         now = time.monotonic()
         if self._db_ok or now - self._last_warning >= _REPEAT_WARNING_SECONDS:
-            log.warning("request log: database unavailable during %s (%s); spooling to %s (%d records waiting)",
-                        during, _describe(exc), self._spool.directory, self._spool.depth)
+            log.warning("request log: database unavailable during %s (%s); records wait in the spool at %s",
+                        during, _describe(exc), self._spool.directory)
             self._last_warning = now
         else:
             log.debug("request log: database still unavailable during %s (%s)", during, _describe(exc))

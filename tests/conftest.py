@@ -7,8 +7,11 @@ CREATE DATABASE for ``fresh_db_url``.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -16,7 +19,7 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from intelligence.embedded_pg import start_embedded
+from intelligence.embedded_pg import EmbeddedPostgres, start_embedded
 from intelligence.store.engine import asyncpg_dsn, make_engine
 from intelligence.store.migrate import upgrade
 
@@ -27,18 +30,32 @@ def database_url(url: str, dbname: str) -> str:
     return urlunsplit(parts._replace(path="/" + dbname))
 
 
+@contextmanager
+def embedded_postgres() -> Iterator[EmbeddedPostgres]:
+    """A throw-away embedded server.
+
+    Its data lives in a mkdtemp() directory, not pytest's tmp_path: pytest prunes old
+    basetemp directories, which would pull the data directory from under a server that
+    outlives a concurrent pytest run on the same machine.
+    """
+    data_dir = Path(tempfile.mkdtemp(prefix="llmproxy-test-pg-"))
+    pg = start_embedded(data_dir)
+    try:
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     """The server's maintenance database URL (not migrated)."""
     external = os.environ.get("TEST_DATABASE_URL")
     if external:
         yield external
         return
-    pg = start_embedded(Path(tmp_path_factory.mktemp("embedded-pg")))
-    try:
+    with embedded_postgres() as pg:
         yield pg.url
-    finally:
-        pg.stop()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import streamlit as st  # noqa: E402
 
-st.set_page_config(page_title="llmproxy", layout="wide")
-pages = [st.Page("app_pages/live.py", title="Live", icon=":material/bolt:", default=True)]
+st.set_page_config(page_title="llmproxy", page_icon=":material/hub:", layout="wide")
+pages = [
+    st.Page("app_pages/live.py", title="Live", icon=":material/bolt:", default=True),
+    st.Page("app_pages/explorer.py", title="Explorer", icon=":material/search:", url_path="explorer"),
+    st.Page("app_pages/analytics.py", title="Analytics", icon=":material/monitoring:", url_path="analytics"),
+    st.Page("app_pages/patterns.py", title="Patterns", icon=":material/scatter_plot:", url_path="patterns"),
+    st.Page("app_pages/system.py", title="System", icon=":material/dns:", url_path="system"),
+]
 st.navigation(pages).run()

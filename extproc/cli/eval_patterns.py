@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-maintenance", action="store_true", help="skip the merge/split job after seeding")
     p.add_argument("--unsupervised-report", action="store_true",
                    help="also report patterns formed vs true labels: count, purity, adjusted Rand index")
+    p.add_argument("--lookup-report", action="store_true",
+                   help="also time the inline lookup (cache hit, exact-hash hit, embedding + HNSW miss)")
     p.add_argument("--lag-rate", type=float, default=0.0, help="after evaluating, insert exchanges at this rate "
                    "(req/s) with the worker running, and report request-to-pattern lag")
     p.add_argument("--lag-seconds", type=float, default=30.0, help="duration of the lag measurement")
@@ -130,6 +132,9 @@ def format_report(r: EvalResult) -> str:
         u = r.extra["unsupervised"]
         lines.append(f"unsupervised: {u['n_patterns']} patterns for {u['n_labels']} labels, purity {u['purity']:.3f}, "
                      f"adjusted Rand {u['adjusted_rand']:.3f} (before maintenance: {u['n_patterns_before_maintenance']})")
+    if "lookup" in r.extra:
+        for tier, t in r.extra["lookup"].items():
+            lines.append(f"lookup {tier}: p50 {t['p50_ms']:.3f} ms, p95 {t['p95_ms']:.3f} ms ({t['n']} lookups)")
     if "lag" in r.extra:
         g = r.extra["lag"]
         lines.append(f"lag at {g['rate']:.0f} req/s for {g['seconds']:.0f} s: p50 {g['p50_ms']:.0f} ms, "
@@ -246,15 +251,20 @@ async def _evaluate_on(url: str, embedder: Any, config: Any, train: list[Row], e
                          "model": args.model or "all-MiniLM-L6-v2"},
         }
         if args.unsupervised_report:
+            # purity and ARI over in-scope train rows: "oos" is a catch-all, not a kind of prompt
             pairs = [(labels_by_id[rid], pid) for rid, pid in assignments.items()
                      if pid is not None and labels_by_id[rid] != OOS_LABEL]
             extra["unsupervised"] = {
-                "n_patterns": len({p for _, p in pairs}),
+                "n_patterns": n_patterns,
                 "n_patterns_before_maintenance": n_before,
+                "n_patterns_in_scope": len({p for _, p in pairs}),
                 "n_labels": len({t for t, _ in pairs}),
                 "purity": round(purity([t for t, _ in pairs], [p for _, p in pairs]), 4),
                 "adjusted_rand": round(adjusted_rand([t for t, _ in pairs], [p for _, p in pairs]), 4),
             }
+        if args.lookup_report:
+            extra["lookup"] = await measure_lookup(engine, embedder, [r.text for r in train[:200]],
+                                                   [r.text for r in evaluation[:200]])
         if args.lag_rate > 0:
             extra["lag"] = await measure_lag(engine, embedder, config, [r.text for r in evaluation],
                                              rate=args.lag_rate, seconds=args.lag_seconds)
@@ -392,6 +402,43 @@ def adjusted_rand(truth: list[str], clusters: list[Any]) -> float:
     return 1.0 if maximum == expected else (sum_cells - expected) / (maximum - expected)
 
 
+# --------------------------------------------------------------------------------------------- timings
+
+
+def percentiles(samples_ms: list[float]) -> dict[str, Any]:
+    ordered = sorted(samples_ms)
+
+    def q(f: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(f * len(ordered)))], 3) if ordered else 0.0
+
+    return {"n": len(ordered), "p50_ms": q(0.5), "p95_ms": q(0.95), "max_ms": round(ordered[-1], 3) if ordered else 0.0}
+
+
+async def measure_lookup(engine: Any, embedder: Any, seen: list[str], unseen: list[str]) -> dict[str, Any]:
+    """Wall time of PatternLookup.lookup per tier, with a budget large enough never to cut it short."""
+    from intelligence.memory.canonical import canonical_prompt
+    from intelligence.memory.lookup import PatternLookup
+
+    lookup = PatternLookup(engine, embedder, budget_ms=10_000, cache_size=100_000)
+    timings: dict[str, list[float]] = {"exact_hash": [], "cache_hit": [], "embed_and_index": []}
+
+    async def timed(text: str) -> Any:
+        started = time.perf_counter()
+        match = await lookup.lookup(canonical_prompt(text))
+        elapsed = (time.perf_counter() - started) * 1000
+        if match is not None:
+            tier = {"hash": "exact_hash", "cache": "cache_hit", "index": "embed_and_index"}[match.source]
+            timings[tier].append(elapsed)
+        return match
+
+    for text in seen:  # seen before: answered from the database by hash, then from the cache
+        await timed(text)
+        await timed(text)
+    for text in unseen:
+        await timed(text)
+    return {tier: percentiles(samples) for tier, samples in timings.items()}
+
+
 # --------------------------------------------------------------------------------------------- lag
 
 
@@ -437,11 +484,5 @@ async def measure_lag(engine: Any, embedder: Any, config: Any, texts: list[str],
         lags = [float(v) for v in (await session.execute(sql(
             "SELECT extract(epoch FROM e.embedded_at - x.inserted_at) * 1000 FROM exchange_embeddings e "
             "JOIN exchanges x USING (request_id) WHERE e.request_id LIKE 'eval-lag-%' ORDER BY 1"))).scalars()]
-    if not lags:
-        return {"rate": rate, "seconds": seconds, "n": 0}
-
-    def q(f: float) -> float:
-        return round(lags[min(len(lags) - 1, int(f * len(lags)))], 1)
-
-    return {"rate": rate, "seconds": seconds, "n": len(lags), "p50_ms": q(0.5), "p95_ms": q(0.95),
-            "max_ms": round(lags[-1], 1), "achieved_rate": round(total / max(insert_seconds, 1e-9), 1)}
+    return {"rate": rate, "seconds": seconds, "achieved_rate": round(total / max(insert_seconds, 1e-9), 1),
+            **percentiles(lags)}

@@ -50,10 +50,19 @@ _STOP = frozenset(
 
 
 def _stem(w: str) -> str:
+    """Crude English stemming, enough to match "recipes" with "recipe" and "lives" with "live"."""
     w = w.lower()
-    for suf in ("ingly", "ings", "ing", "ies", "ied", "es", "ed", "s", "ly"):
-        if len(w) > len(suf) + 3 and w.endswith(suf):
+    if len(w) <= 4:
+        return w
+    if w.endswith("ies"):
+        return w[:-3] + "y"
+    if w.endswith(("sses", "ches", "shes", "xes", "zes")):
+        return w[:-2]
+    for suf in ("ingly", "ing", "ed", "ly"):
+        if w.endswith(suf) and len(w) - len(suf) >= 4:
             return w[: -len(suf)]
+    if w.endswith("s") and not w.endswith("ss"):
+        return w[:-1]
     return w
 
 

@@ -15,7 +15,8 @@ legitimately says "never apologise") and serve as context for the others.
 The score is in [0, 1]: per segment, the strongest of (heuristics noisy-or context), memory and
 classifier; overall the strongest segment. ``DEFAULT_THRESHOLD`` is the default policy's operating
 point. When the heuristics are already sure (>= ``skip_embedding_above``) the embedding is skipped:
-that is the fast path, and it is what keeps obvious attacks cheap.
+that is the fast path, and it is what keeps obvious attacks cheap. A short prompt (fewer than
+``EMBED_MIN_WORDS`` words) with no heuristic or context signal is not embedded either.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ MAX_EMBED_SEGMENTS = 4
 # Embedding cost grows with length; head and tail carry the attack (persona set-up, suffix).
 EMBED_HEAD_CHARS = 600
 EMBED_TAIL_CHARS = 400
+# A short prompt with no heuristic or context signal is not embedded: too short to carry a
+# role-play jailbreak, and the embedding is most of the latency.
+EMBED_MIN_WORDS = 16
 USER_SOURCES = frozenset({"user", "human", "prompt"})
 SYSTEM_SOURCES = frozenset({"system", "developer", "instructions"})
 UNTRUSTED_SOURCES = frozenset({"tool", "function", "document", "retrieved", "rag", "web", "file", "tool_result"})
@@ -134,6 +138,7 @@ class InjectionDetector:
         classifier: LinearClassifier | None = None,
         threshold: float = DEFAULT_THRESHOLD,
         skip_embedding_above: float = 0.9,
+        embed_min_words: int = EMBED_MIN_WORDS,
         max_chars: int = MAX_SCAN_CHARS,
         cache_size: int = 2048,
     ) -> None:
@@ -142,6 +147,7 @@ class InjectionDetector:
         self.classifier = classifier
         self.threshold = threshold
         self.skip_embedding_above = skip_embedding_above
+        self.embed_min_words = embed_min_words
         self.max_chars = max_chars
         self._cache: dict[str, np.ndarray] = {}
         self._cache_size = cache_size
@@ -186,7 +192,7 @@ class InjectionDetector:
             heuristic_scores[i] = h
             if protected is not None and not protected.empty:
                 context_hits[i] = ctx.score_against(protected, norm.text)
-            if h < self.skip_embedding_above:
+            if h < self.skip_embedding_above and (h > 0 or context_hits.get(i) or _words(norm.text) >= self.embed_min_words):
                 to_embed.append((i, norm, feats))
 
         neighbors: list[Neighbor] = []
@@ -275,6 +281,10 @@ class InjectionDetector:
                     self._cache[k] = np.asarray(v, dtype=np.float32)
         with self._cache_lock:
             return np.stack([self._cache[k] for k in keys])
+
+
+def _words(text: str) -> int:
+    return len(text.split())
 
 
 def _noisy_or(scores: Any) -> float:

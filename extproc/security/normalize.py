@@ -59,6 +59,7 @@ _CONFUSABLES: dict[str, str] = {
 }
 _LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
 # A digit or symbol standing for a letter: next to letters, inside or at the start of a word.
+_NUMBER_UNIT = re.compile(r"\d+(?:st|nd|rd|th|am|pm|s|k|m|g|x|d|h|kb|mb|gb|tb|px|ms|min|mm|cm|km|kg|lb|hz|fps|v|w)", re.IGNORECASE)
 _LEET_HINT = re.compile(r"[A-Za-z][013457@$]|[013457@$][A-Za-z]")
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -223,7 +224,7 @@ def _fold_leet(text: str) -> str:
         tok = m.group()
         letters = sum(1 for c in tok if c.isalpha())
         # Long tokens are identifiers, hashes or payloads, not words spelt in leetspeak.
-        if letters < 2 or len(tok) > 24 or _HEX_TOKEN.fullmatch(tok) or not _LEET_HINT.search(tok):
+        if letters < 2 or len(tok) > 24 or _HEX_TOKEN.fullmatch(tok) or _NUMBER_UNIT.fullmatch(tok) or not _LEET_HINT.search(tok):
             return tok
         return "".join(_LEET.get(c, c) for c in tok)
 

@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,21 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def collect(eval_dir: Path) -> tuple[list[str], list[int], list[KnownAttack], list[str], dict[str, Any]]:
+@dataclass
+class TrainingData:
+    texts: list[str]
+    labels: list[int]
+    origins: list[str]  # which source each row came from (for weighting and the manifest)
+    memory: list[KnownAttack]
+    excluded: list[str]  # development rows to leave out of evaluation
+    counts: dict[str, int]
+
+
+def collect(eval_dir: Path, clinc_sample: int = CLINC_SAMPLE) -> TrainingData:
     seeds = yaml.safe_load(SEEDS_FILE.read_text(encoding="utf-8"))
     texts: list[str] = []
     labels: list[int] = []
+    origins: list[str] = []
     memory: list[KnownAttack] = []
     excluded: list[str] = []
     counts: dict[str, int] = {}
@@ -55,10 +67,12 @@ def collect(eval_dir: Path) -> tuple[list[str], list[int], list[KnownAttack], li
     for item in seeds["attacks"]:
         texts.append(item["text"])
         labels.append(1)
+        origins.append("seeds")
         memory.append(KnownAttack(item["text"], item["family"], "llmproxy seeds"))
     for text in seeds["benign"]:
         texts.append(text)
         labels.append(0)
+        origins.append("seeds")
     counts["seeds.attacks"] = len(seeds["attacks"])
     counts["seeds.benign"] = len(seeds["benign"])
 
@@ -76,6 +90,7 @@ def collect(eval_dir: Path) -> tuple[list[str], list[int], list[KnownAttack], li
             label = 1 if row["label"] == "attack" else 0
             texts.append(row["text"])
             labels.append(label)
+            origins.append(name)
             n += 1
             if label:
                 meta = row.get("meta") or {}
@@ -86,11 +101,12 @@ def collect(eval_dir: Path) -> tuple[list[str], list[int], list[KnownAttack], li
     if clinc.exists():
         rows = [r for r in _read_jsonl(clinc) if (r.get("meta") or {}).get("split") == "train"]
         random.Random(SEED).shuffle(rows)
-        for row in rows[:CLINC_SAMPLE]:
+        for row in rows[:clinc_sample]:
             texts.append(row["text"])
             labels.append(0)
-        counts[f"{CLINC_FILE} (train split sample)"] = min(CLINC_SAMPLE, len(rows))
-    return texts, labels, memory, excluded, counts
+            origins.append(CLINC_FILE)
+        counts[f"{CLINC_FILE} (train split sample)"] = min(clinc_sample, len(rows))
+    return TrainingData(texts, labels, origins, memory, excluded, counts)
 
 
 def featurize(texts: list[str], embed: Any, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -103,26 +119,28 @@ def featurize(texts: list[str], embed: Any, batch: int = 64) -> tuple[np.ndarray
     return np.vstack(vecs).astype(np.float32), feats
 
 
-def train(eval_dir: Path, c: float = 0.5) -> dict[str, Any]:
+# Short everyday requests are plentiful and easy; long role-play and security-themed prompts are
+# the hard negatives, so they weigh more.
+ORIGIN_WEIGHTS = {CLINC_FILE: 0.5, "benign_awesome_chatgpt_prompts.jsonl": 4.0, "benign_cyberseceval_frr.jsonl": 1.5, "benign_xstest_safe.jsonl": 2.0}
+
+
+def fit(data: TrainingData, vecs: np.ndarray, feats: np.ndarray, c: float) -> LinearClassifier:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    texts, labels, memory_items, excluded, counts = collect(eval_dir)
-    embed = shared_embed()
-    vecs, feats = featurize(texts, embed)
     x = np.hstack([vecs, feats])
-    y = np.asarray(labels)
+    y = np.asarray(data.labels)
+    w = np.asarray([ORIGIN_WEIGHTS.get(o, 1.0) for o in data.origins], dtype=np.float64)
+    # balance classes after the origin weights
+    w[y == 1] *= w[y == 0].sum() / max(w[y == 1].sum(), 1e-9)
     mean = x.mean(axis=0)
     scale = x.std(axis=0) + 1e-6
     xs = (x - mean) / scale
-    model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
-    cv = cross_val_predict(model, xs, y, cv=StratifiedKFold(5, shuffle=True, random_state=SEED), method="predict_proba")[:, 1]
-    model.fit(xs, y)
-    cv_metrics = {
-        "cv_recall_at_0.5": round(float((cv[y == 1] >= 0.5).mean()), 4),
-        "cv_false_positive_rate_at_0.5": round(float((cv[y == 0] >= 0.5).mean()), 4),
-    }
-    clf = LinearClassifier(
+    model = LogisticRegression(C=c, max_iter=5000)
+    folds = StratifiedKFold(5, shuffle=True, random_state=SEED)
+    cv = cross_val_predict(model, xs, y, cv=folds, method="predict_proba", params={"sample_weight": w})[:, 1]
+    model.fit(xs, y, sample_weight=w)
+    return LinearClassifier(
         weights=model.coef_[0].astype(np.float32),
         bias=float(model.intercept_[0]),
         mean=mean.astype(np.float32),
@@ -131,24 +149,31 @@ def train(eval_dir: Path, c: float = 0.5) -> dict[str, Any]:
         model=EMBEDDING_MODEL,
         meta={
             "trained_by": "python -m extproc.security.train",
-            "algorithm": f"sklearn LogisticRegression(C={c}, class_weight=balanced) on standardised features",
+            "algorithm": f"sklearn LogisticRegression(C={c}) on standardised features, sample weights per origin {ORIGIN_WEIGHTS}, classes balanced",
             "rows": {"attack": int(y.sum()), "benign": int((1 - y).sum())},
-            "sources": counts,
+            "sources": data.counts,
             "split": "trainset.py: SHA-256 of the group key (JailbreakBench: behavior; others: text), even = train",
-            **cv_metrics,
+            "cv_recall_at_0.5": round(float((cv[y == 1] >= 0.5).mean()), 4),
+            "cv_false_positive_rate_at_0.5": round(float((cv[y == 0] >= 0.5).mean()), 4),
         },
     )
-    clf.save(CLASSIFIER_FILE)
-    memory_vecs = vecs[[i for i, _ in enumerate(texts) if labels[i] == 1]]
-    save_memory(SEED_MEMORY, memory_items, memory_vecs)
+
+
+def train(eval_dir: Path, c: float = 0.5, embed: Any = None, out_dir: Path = DATA_DIR) -> dict[str, Any]:
+    data = collect(eval_dir)
+    vecs, feats = featurize(data.texts, embed or shared_embed())
+    clf = fit(data, vecs, feats, c)
+    clf.save(out_dir / CLASSIFIER_FILE.name)
+    attack_rows = [i for i, label in enumerate(data.labels) if label == 1]
+    save_memory(out_dir / SEED_MEMORY.name, data.memory, vecs[attack_rows])
     save_trainset(
-        [t for t, _ in zip(texts, labels)] + excluded,
+        data.texts + data.excluded,
         {
             "what": "development rows trained on, seeded into memory, or sharing a behaviour with those",
-            "sources": counts,
+            "sources": data.counts,
             "split": clf.meta["split"],
         },
-        TRAINSET_FILE,
+        out_dir / TRAINSET_FILE.name,
     )
     log.info("classifier: %s", json.dumps(clf.meta))
     return clf.meta
@@ -158,9 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m extproc.security.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--eval-dir", type=Path, default=Path("../shared/eval"), help="directory with the development corpora")
     parser.add_argument("--C", type=float, default=0.5, help="inverse regularisation strength")
+    parser.add_argument("--out-dir", type=Path, default=DATA_DIR, help="where to write classifier.yaml, memory.yaml, trainset.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    meta = train(args.eval_dir, c=args.C)
+    meta = train(args.eval_dir, c=args.C, out_dir=args.out_dir)
     print(json.dumps(meta, indent=2))
     return 0
 

@@ -19,7 +19,7 @@ from intelligence.store.engine import make_engine
 
 _STORE_DIR = Path(__file__).resolve().parent
 ALEMBIC_INI = _STORE_DIR / "alembic.ini"
-HEAD = "head"
+HEAD = "heads"  # every branch head: tolerant of two revisions written against the same parent
 
 T = TypeVar("T")
 

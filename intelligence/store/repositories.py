@@ -1,4 +1,7 @@
-"""All SQL of the request log. Repositories never commit: the caller owns the transaction."""
+"""All SQL of the request log. Repositories never commit: the caller owns the transaction.
+
+A repository works on an ``AsyncSession`` or a plain ``AsyncConnection`` (both only ``execute``).
+"""
 
 from __future__ import annotations
 
@@ -11,13 +14,15 @@ from sqlalchemy import Text, bindparam, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from intelligence.records import Body, ExchangeRecord, Usage
 from intelligence.store.models import ClientSession, Exchange
 from intelligence.store.sanitize import clean_bigint, clean_json, clean_optional_text, clean_text
 
 NOTIFY_CHANNEL = "llmproxy_exchanges"
+
+Executor = AsyncSession | AsyncConnection
 
 _EXCHANGES = Exchange.__table__
 _SESSIONS = ClientSession.__table__
@@ -42,7 +47,7 @@ class SessionSummary:
 
 
 class ExchangeRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: Executor) -> None:
         self._session = session
 
     async def insert_batch(self, records: Sequence[ExchangeRecord]) -> list[str]:
@@ -148,7 +153,7 @@ class ExchangeRepository:
 
 
 class SessionRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: Executor) -> None:
         self._session = session
 
     async def get(self, session_id: str) -> SessionSummary | None:

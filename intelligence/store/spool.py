@@ -38,10 +38,12 @@ class SegmentContents:
 
 
 class Spool:
-    def __init__(self, directory: Path, *, segment_max_records: int = 1000) -> None:
+    def __init__(self, directory: Path, *, segment_max_records: int = 1000, segment_max_bytes: int = 16 * 2**20) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        # a segment is replayed from memory in one piece: both limits bound what that costs
         self._segment_max = segment_max_records
+        self._segment_max_bytes = segment_max_bytes
         self._lock = threading.Lock()
         self._counts: dict[Path, int] = {}  # records per segment on disk
         self._active: Path | None = None
@@ -76,7 +78,7 @@ class Spool:
             self._dirty = True
             if fsync:
                 self._fsync_active()
-            if self._counts[self._active] >= self._segment_max:
+            if self._counts[self._active] >= self._segment_max or f.tell() >= self._segment_max_bytes:
                 self._close_active()
 
     def sync(self) -> None:

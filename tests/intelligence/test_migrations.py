@@ -97,6 +97,11 @@ async def test_downgrade_to_base_drops_request_log(fresh_db_url: FreshDb) -> Non
     assert REQUEST_LOG_TABLES.isdisjoint(await _tables(url))
 
 
+def _request_log_object(obj, name, type_, reflected, compare_to) -> bool:
+    table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
+    return table in REQUEST_LOG_TABLES
+
+
 async def test_models_match_migrated_schema(pg_url: str) -> None:
     engine = make_engine(pg_url)
 
@@ -104,10 +109,7 @@ async def test_models_match_migrated_schema(pg_url: str) -> None:
         ctx = MigrationContext.configure(sync_conn, opts={
             "compare_type": True,
             "compare_server_default": False,
-            "include_object": lambda obj, name, type_, reflected, compare_to: (
-                (obj.table.name if type_ in ("column", "index") else name) in REQUEST_LOG_TABLES
-                if type_ in ("table", "column", "index") else True
-            ),
+            "include_object": _request_log_object,
         })
         return compare_metadata(ctx, Base.metadata)
 
@@ -116,7 +118,9 @@ async def test_models_match_migrated_schema(pg_url: str) -> None:
             differences = await conn.run_sync(diff)
     finally:
         await engine.dispose()
-    assert differences == []
+    # later revisions may add indexes of their own to these tables (reporting queries); every
+    # column, and every index the models declare, must match
+    assert [d for d in differences if not (isinstance(d, tuple) and d[0] == "remove_index")] == []
 
 
 def test_current_requires_a_url_scheme_it_knows() -> None:

@@ -14,13 +14,14 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from intelligence.embedded_pg import EmbeddedPostgres, start_embedded, start_postgres, stop_postgres
+from intelligence.embedded_pg import EmbeddedPostgres, start_postgres, stop_postgres
 from intelligence.ingest import DbRecorder
 from intelligence.records import ExchangeRecord
 from intelligence.store.engine import asyncpg_dsn, make_engine
 from intelligence.store.migrate import upgrade
 from intelligence.store.spool import REJECTED_FILE, Spool
 
+from ..conftest import embedded_postgres
 from .conftest import MigratedDb
 from .factories import make_record
 
@@ -50,12 +51,11 @@ def metric(name: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def stoppable_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+def stoppable_pg() -> Iterator[EmbeddedPostgres]:
     """A server of its own, so stopping it cannot disturb the shared test database."""
-    pg = start_embedded(tmp_path_factory.mktemp("stoppable"))
-    upgrade(pg.url)
-    yield pg
-    pg.stop()
+    with embedded_postgres() as pg:
+        upgrade(pg.url)
+        yield pg
 
 
 async def test_queued_records_are_written_one_transaction_per_batch(migrated_db: MigratedDb, tmp_path: Path) -> None:

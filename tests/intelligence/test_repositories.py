@@ -185,3 +185,12 @@ async def test_repository_does_not_commit(db_engine: AsyncEngine, session: Async
         assert await ExchangeRepository(s).insert_batch([record]) == [record.request_id]
         await s.rollback()
     assert await ExchangeRepository(session).get(record.request_id) is None
+
+
+async def test_repositories_work_on_a_plain_connection(db_engine: AsyncEngine) -> None:
+    record = make_record()
+    async with db_engine.begin() as conn:
+        assert await ExchangeRepository(conn).insert_batch([record]) == [record.request_id]
+    async with db_engine.connect() as conn:
+        assert await ExchangeRepository(conn).get(record.request_id) == record
+        assert (await SessionRepository(conn).get(record.session_id)).request_count == 1

@@ -74,3 +74,11 @@ def test_empty_append_creates_nothing(tmp_path: Path) -> None:
     spool.append([])
     assert spool.depth == 0
     assert list((tmp_path / "nested" / "spool").iterdir()) == []
+
+
+def test_segments_rotate_on_size_too(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, segment_max_records=1000, segment_max_bytes=1)
+    spool.append([make_record()])
+    spool.append([make_record()])
+    assert len(spool.sealed_segments()) == 2
+    assert spool.active_depth == 0

@@ -1,0 +1,152 @@
+"""PII detection with Presidio (blank spaCy pipeline) and reversible, stream-safe redaction."""
+
+from __future__ import annotations
+
+import pytest
+
+from extproc.security.pii import PiiDetector, shared_pii_detector
+from extproc.security.redact import Redaction, StreamRedactor, StreamRestorer, holdback_start, redact_text
+from extproc.security.spans import Span, combine, resolve_overlaps
+
+TEXT = (
+    "Hi, I'm Jane. Mail jane.doe@example.com or call +1 415-555-0100 today. "
+    "My card is 4111 1111 1111 1111 and IBAN GB82 WEST 1234 5698 7654 32, SSN 219-09-9999, server 10.0.0.12. Thanks!"
+)
+VALUES = {
+    "EMAIL_ADDRESS": "jane.doe@example.com",
+    "PHONE_NUMBER": "+1 415-555-0100",
+    "CREDIT_CARD": "4111 1111 1111 1111",
+    "IBAN_CODE": "GB82 WEST 1234 5698 7654 32",
+    "US_SSN": "219-09-9999",
+    "IP_ADDRESS": "10.0.0.12",
+}
+
+
+@pytest.fixture(scope="module")
+def pii() -> PiiDetector:
+    return shared_pii_detector()
+
+
+def test_finds_each_entity_type(pii: PiiDetector) -> None:
+    spans = pii.find(TEXT)
+    found = {s.kind: TEXT[s.start : s.end] for s in spans}
+    assert found == VALUES
+    assert all(0 < s.score <= 1 and s.detector.startswith("presidio:") for s in spans)
+
+
+def test_luhn_and_iban_checksums_are_enforced(pii: PiiDetector) -> None:
+    kinds = {s.kind for s in pii.find("card 4111 1111 1111 1112 and IBAN GB82 WEST 1234 5698 7654 33")}
+    assert "CREDIT_CARD" not in kinds
+    assert "IBAN_CODE" not in kinds
+
+
+def test_no_false_positives_on_plain_prose(pii: PiiDetector) -> None:
+    assert pii.find("The meeting moved to Tuesday afternoon; bring the quarterly report.") == []
+    assert pii.find("") == []
+
+
+def test_person_needs_an_ner_model(pii: PiiDetector) -> None:
+    assert not pii.detects_person
+    assert "PERSON" not in pii.supported
+    detector = PiiDetector(entities=("EMAIL_ADDRESS", "PERSON"), spacy_model="definitely_not_installed_model")
+    assert detector.supported == {"EMAIL_ADDRESS"}
+
+
+def test_extra_recognisers_and_windows(pii: PiiDetector) -> None:
+    extra = PiiDetector(entities=("URL", "DATE_TIME", "EMAIL_ADDRESS"))
+    kinds = {s.kind for s in extra.find("See https://example.org/docs on 2024-05-01 or mail a@example.com")}
+    assert {"URL", "DATE_TIME", "EMAIL_ADDRESS"} <= kinds
+    long_text = ("filler words here " * 800) + " reach me at bob@example.com " + ("more filler " * 800)
+    spans = pii.find(long_text)
+    assert [long_text[s.start : s.end] for s in spans] == ["bob@example.com"]
+
+
+def test_redaction_round_trip(pii: PiiDetector) -> None:
+    redacted, redaction, spans = redact_text(TEXT, pii.find)
+    for value in VALUES.values():
+        assert value not in redacted
+    assert "<EMAIL_1>" in redacted and "<CREDIT_CARD_1>" in redacted and "<IBAN_1>" in redacted
+    assert redaction.restore(redacted) == TEXT
+    assert len(spans) == 6
+
+
+def test_same_value_same_placeholder_and_mask_mode() -> None:
+    r = Redaction()
+    spans = [Span("EMAIL_ADDRESS", 0, 5, 1.0, "t"), Span("EMAIL_ADDRESS", 6, 11, 1.0, "t"), Span("EMAIL_ADDRESS", 12, 17, 1.0, "t")]
+    assert r.redact("a@b.c x@y.z a@b.c", spans) == "<EMAIL_1> <EMAIL_2> <EMAIL_1>"
+    assert r.counts == {"EMAIL": 2}
+    masked = Redaction(mode="mask")
+    assert masked.redact("a@b.c", spans[:1]) == "<EMAIL>"
+    assert masked.mapping == {}
+    assert masked.restore("<EMAIL>") == "<EMAIL>"
+
+
+def test_restore_leaves_unknown_placeholders() -> None:
+    r = Redaction(mapping={"<EMAIL_1>": "a@b.c"})
+    assert r.restore("to <EMAIL_1> and <PHONE_9>") == "to a@b.c and <PHONE_9>"
+
+
+def test_stream_restorer_every_split(pii: PiiDetector) -> None:
+    redacted, redaction, _ = redact_text(TEXT, pii.find)
+    for i in range(len(redacted) + 1):
+        restorer = StreamRestorer(redaction)
+        out = restorer.feed(redacted[:i]) + restorer.feed(redacted[i:]) + restorer.flush()
+        assert out == TEXT, i
+
+
+def test_stream_restorer_holds_only_a_possible_placeholder() -> None:
+    redaction = Redaction(mapping={"<EMAIL_1>": "a@b.c"})
+    restorer = StreamRestorer(redaction)
+    assert restorer.feed("write to <EMA") == "write to "
+    assert restorer.feed("IL_1> now 3 < 4") == "a@b.c now 3 < 4"
+    assert restorer.feed(" x <") == " x "
+    assert restorer.flush() == "<"
+
+
+def test_stream_redactor_every_two_way_split(pii: PiiDetector) -> None:
+    full, _, _ = redact_text(TEXT, pii.find)
+    for i in range(len(TEXT) + 1):
+        sr = StreamRedactor(pii.find)
+        out = sr.feed(TEXT[:i]) + sr.feed(TEXT[i:]) + sr.flush()
+        assert out == full, i
+        assert sr.redaction.restore(out) == TEXT
+
+
+def test_stream_redactor_word_by_word_and_char_by_char(pii: PiiDetector) -> None:
+    full, _, _ = redact_text(TEXT, pii.find)
+    sr = StreamRedactor(pii.find)
+    pieces = [sr.feed(w + " ") for w in TEXT.split(" ")]
+    out = ("".join(pieces) + sr.flush()).rstrip(" ")
+    assert out == full
+    text = "mail bob@example.com now, card 4111 1111 1111 1111."
+    sr = StreamRedactor(pii.find)
+    out = "".join(sr.feed(c) for c in text) + sr.flush()
+    assert out == redact_text(text, pii.find)[0]
+    assert [s.kind for s in sr.spans] == ["EMAIL_ADDRESS", "CREDIT_CARD"]
+    assert text[sr.spans[0].start : sr.spans[0].end] == "bob@example.com"
+
+
+def test_stream_redactor_holds_back_little(pii: PiiDetector) -> None:
+    sr = StreamRedactor(pii.find)
+    assert sr.feed("The answer is forty-two and ") == "The answer is forty-two and "
+    assert sr.feed("the card 4111 1111") == "the card "
+    assert sr.feed(" 1111 1111 ok") == "<CREDIT_CARD_1> "
+    assert sr.flush() == "ok"
+
+
+def test_holdback_is_bounded() -> None:
+    assert holdback_start("plain words end ", 128) == len("plain words end ")
+    assert holdback_start("call 415 555", 128) == len("call ")
+    digits = "1 " * 500
+    assert holdback_start(digits, 64) == len(digits) - 64
+
+
+def test_resolve_overlaps_and_combine() -> None:
+    a = Span("A", 0, 10, 0.5, "x")
+    b = Span("B", 5, 8, 0.9, "x")
+    c = Span("C", 12, 14, 0.1, "x")
+    assert resolve_overlaps([a, b, c, Span("D", 3, 3, 1.0, "x")]) == [b, c]
+    finder = combine(lambda t: [a], lambda t: [b])
+    assert finder("whatever") == [b]
+    assert b.value("0123456789") == "567"
+    assert b.to_dict()["kind"] == "B"

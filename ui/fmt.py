@@ -1,0 +1,72 @@
+"""Number formats and table column settings shared by the pages."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import streamlit as st
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def ms(v: float | None) -> str:
+    if _missing(v):
+        return "–"
+    return f"{v / 1000:.2f} s" if v >= 10_000 else f"{v:,.0f} ms"
+
+
+def percent(v: float | None) -> str:
+    return "–" if _missing(v) else f"{v:.1%}"
+
+
+def usd(v: float | None) -> str:
+    if _missing(v):
+        return "–"
+    return f"${v:,.4f}" if abs(v) < 1 else f"${v:,.2f}"
+
+
+def count(v: float | int | None) -> str:
+    return "–" if _missing(v) else f"{int(v):,}"
+
+
+def exchange_columns() -> dict[str, Any]:
+    cc = st.column_config
+    return {
+        "time": cc.DatetimeColumn("time (UTC)", format="YYYY-MM-DD HH:mm:ss", width="medium"),
+        "client": cc.TextColumn("client", help="API-key fingerprint, or source address", width="small"),
+        "status": cc.NumberColumn("status", format="%d", width="small"),
+        "latency_ms": cc.NumberColumn("latency", format="%.0f ms", width="small"),
+        "ttft_ms": cc.NumberColumn("TTFT", format="%.0f ms", width="small", help="time to first token (streams)"),
+        "tokens_in": cc.NumberColumn("tokens in", format="%d", width="small"),
+        "tokens_out": cc.NumberColumn("tokens out", format="%d", width="small"),
+        "cost_usd": cc.NumberColumn("cost", format="$%.5f", width="small"),
+        "flags": cc.TextColumn("flags", width="medium"),
+        "open": cc.LinkColumn("details", display_text="open", width="small"),
+        "pattern_id": cc.NumberColumn("pattern", format="%d", width="small"),
+        "prompt": cc.TextColumn("last user turn", width="large"),
+    }
+
+
+def summary_columns() -> dict[str, Any]:
+    cc = st.column_config
+    return {
+        "requests": cc.NumberColumn("requests", format="%d"),
+        "errors": cc.NumberColumn("errors", format="%d"),
+        "error_rate": cc.NumberColumn("error rate", format="percent"),
+        "rate_limited": cc.NumberColumn("429s", format="%d"),
+        "latency_p50_ms": cc.NumberColumn("p50", format="%.0f ms", help="from the rollup histogram (within ~12%)"),
+        "latency_p95_ms": cc.NumberColumn("p95", format="%.0f ms"),
+        "latency_p99_ms": cc.NumberColumn("p99", format="%.0f ms"),
+        "latency_mean_ms": cc.NumberColumn("mean", format="%.0f ms"),
+        "ttft_p50_ms": cc.NumberColumn("TTFT p50", format="%.0f ms"),
+        "ttft_p95_ms": cc.NumberColumn("TTFT p95", format="%.0f ms"),
+        "input_tokens": cc.NumberColumn("input tok", format="compact"),
+        "output_tokens": cc.NumberColumn("output tok", format="compact"),
+        "cached_tokens": cc.NumberColumn("cached tok", format="compact"),
+        "reasoning_tokens": cc.NumberColumn("reasoning tok", format="compact"),
+        "cost_usd": cc.NumberColumn("cost", format="dollar"),
+        "unpriced_requests": cc.NumberColumn("unpriced", format="%d", help="exchanges of models missing from the price table"),
+    }
