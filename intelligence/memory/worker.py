@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 WORKER_LOCK_KEY = "llmproxy.pattern_worker"
 
 
+_Batch = tuple[list[PendingExchange], list[CanonicalPrompt], list[np.ndarray | None]]
+
+
 class TextEncoder(Protocol):
     dim: int
 
@@ -113,24 +116,24 @@ class PatternWorker:
         self._watermark: datetime | None = None
         self._last_full_sweep = float("-inf")
         self._wake = asyncio.Event()
+        self._prefetch: asyncio.Future[_Batch | None] | None = None
 
     # ------------------------------------------------------------------------------- one batch
 
     async def run_once(self) -> int:
-        """Process up to ``batch`` pending exchanges; returns how many were processed."""
-        now = time.monotonic()
-        full = now - self._last_full_sweep >= self.full_sweep_interval
-        since = None if full or self._watermark is None else self._watermark - self.late_window
-        async with self._sessions() as session:
-            pending = await PatternRepository(session).pending_exchanges(
-                self.batch, since=since, exclude=self.stats.poisoned
-            )
-        if full and len(pending) < self.batch:
-            self._last_full_sweep = now  # the full scan reached the end of the backlog
-        if not pending:
+        """Process up to ``batch`` pending exchanges; returns how many were processed.
+
+        While a batch is written to the database the next one is fetched and embedded in the
+        background (the model runs in a thread), so throughput approaches the slower of the two
+        stages instead of their sum.
+        """
+        current = await self._take_prefetched()
+        if current is None:
+            current = await self._fetch_and_embed(exclude=())
+        if current is None:
             return 0
-        prompts = [canonical_prompt(x.prompt_user, x.prompt_system, x.tool_names) for x in pending]
-        vectors = await self._embed(prompts)
+        pending, prompts, vectors = current
+        self._prefetch = asyncio.ensure_future(self._fetch_and_embed(exclude=[x.request_id for x in pending]))
         try:
             await self._store(pending, prompts, vectors)
         except Exception:  # one bad row must not block the queue: retry one by one
@@ -147,6 +150,31 @@ class PatternWorker:
         self.stats.batches += 1
         self.stats.last_lag_s = (datetime.now(timezone.utc) - utc(newest)).total_seconds()
         return len(pending)
+
+    async def _take_prefetched(self) -> _Batch | None:
+        task, self._prefetch = self._prefetch, None
+        return None if task is None else await task
+
+    def discard_prefetch(self) -> None:
+        """Drop a batch fetched ahead (its exchanges stay pending and are fetched again later)."""
+        task, self._prefetch = self._prefetch, None
+        if task is not None:
+            task.cancel()
+
+    async def _fetch_and_embed(self, exclude: Sequence[str]) -> _Batch | None:
+        now = time.monotonic()
+        full = now - self._last_full_sweep >= self.full_sweep_interval
+        since = None if full or self._watermark is None else self._watermark - self.late_window
+        async with self._sessions() as session:
+            pending = await PatternRepository(session).pending_exchanges(
+                self.batch, since=since, exclude=[*self.stats.poisoned, *exclude]
+            )
+        if full and len(pending) < self.batch:
+            self._last_full_sweep = now  # the full scan reached the end of the backlog
+        if not pending:
+            return None
+        prompts = [canonical_prompt(x.prompt_user, x.prompt_system, x.tool_names) for x in pending]
+        return pending, prompts, await self._embed(prompts)
 
     async def _embed(self, prompts: Sequence[CanonicalPrompt]) -> list[np.ndarray | None]:
         unique: dict[str, str] = {p.hash: p.text for p in prompts if not p.empty}
@@ -255,6 +283,7 @@ class PatternWorker:
                         backoff = 1.0
                         await self._loop(stop_event)
                     finally:
+                        self.discard_prefetch()
                         await self._resign(conn, listening=listening)
             except Exception:
                 if stop_event.is_set():

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
@@ -16,6 +17,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+import extproc.cli as cli_main
 from extproc.cli import keys as keys_cli
 from intelligence.audit import KEY_EVENT, AuditLog
 from intelligence.keys import (
@@ -43,8 +45,43 @@ CLI_SHIM = (
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess:
+    """The real entry point in a new process, with DATABASE_URL set (a few calls: each costs ~2 s of imports)."""
     env = {**os.environ, "DATABASE_URL": url}
     return subprocess.run([sys.executable, "-c", CLI_SHIM, *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class InProcessCli:
+    """The same parser and commands, run in a worker thread of this process (the commands call
+    asyncio.run()); exit codes and output as the shell would see them."""
+
+    def __init__(self, url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+        monkeypatch.setenv("DATABASE_URL", url)
+        monkeypatch.setattr(cli_main, "_COMMANDS", tuple(dict.fromkeys(cli_main._COMMANDS + ("keys", "audit"))))
+        self.parser = cli_main.build_parser()
+        self.capsys = capsys
+
+    def _run(self, args: tuple[str, ...]) -> int:
+        try:
+            ns = self.parser.parse_args(args)
+            return ns.func(ns) or 0
+        except SystemExit as exc:
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+                return 1
+            return exc.code or 0
+
+    async def __call__(self, *args: str) -> CliResult:
+        self.capsys.readouterr()
+        code = await asyncio.to_thread(self._run, args)
+        out = self.capsys.readouterr()
+        return CliResult(code, out.out, out.err)
 
 
 async def _dump_database(url: str) -> str:
@@ -162,10 +199,12 @@ async def test_database_guards_on_keys(security_db: SecurityDb) -> None:
             await create_key(conn, NewKey(name="  "), actor="t")
 
 
-async def test_cli_create_list_revoke(security_db: SecurityDb) -> None:
+async def test_cli_create_list_revoke(security_db: SecurityDb, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     url = security_db.url
-    r = cli(url, "keys", "create", "--name", "ci-bot", "--models", "gpt-4o*, claude-*", "--providers", "openai,anthropic",
-            "--expires", "30d", "--rpm", "10", "--tpd", "5000", "--json")
+    run = InProcessCli(url, capsys, monkeypatch)
+    r = await asyncio.to_thread(cli, url, "keys", "create", "--name", "ci-bot", "--models", "gpt-4o*, claude-*",
+                                "--providers", "openai,anthropic", "--expires", "30d", "--rpm", "10", "--tpd", "5000", "--json")
     assert r.returncode == 0, r.stderr
     made = json.loads(r.stdout)
     key = made["key"]
@@ -173,37 +212,37 @@ async def test_cli_create_list_revoke(security_db: SecurityDb) -> None:
     assert made["budgets"] == {"rpm": 10, "rpd": None, "tpm": None, "tpd": 5000} and made["status"] == "active"
     assert datetime.fromisoformat(made["expires_at"]) > datetime.now(timezone.utc) + timedelta(days=29)
 
-    r = cli(url, "keys", "create", "--name", "human")
+    r = await run("keys", "create", "--name", "human")
     assert r.returncode == 0, r.stderr
     assert "shown once" in r.stdout and "llmp_" in r.stdout and "budgets:   unlimited" in r.stdout
 
-    r = cli(url, "keys", "list", "--json")
+    r = await asyncio.to_thread(cli, url, "keys", "list", "--json")
     assert r.returncode == 0, r.stderr
     listed = json.loads(r.stdout)
     assert {k["name"] for k in listed} == {"ci-bot", "human"}
     assert key not in r.stdout and hash_key(key) not in r.stdout
-    r = cli(url, "keys", "list")
+    r = await run("keys", "list")
     assert r.returncode == 0 and "ci-bot" in r.stdout and "rpm=10 tpd=5000" in r.stdout and key not in r.stdout
 
-    r = cli(url, "keys", "revoke", made["prefix"], "--reason", "rotated")
+    r = await run("keys", "revoke", made["prefix"], "--reason", "rotated")
     assert r.returncode == 0, r.stderr
     assert f"revoked gateway key {made['id']}" in r.stdout
-    r = cli(url, "keys", "revoke", made["id"])
+    r = await run("keys", "revoke", made["id"])
     assert r.returncode == 0 and "already revoked" in r.stdout
-    r = cli(url, "keys", "revoke", "gk_doesnotexist")
+    r = await run("keys", "revoke", "gk_doesnotexist")
     assert r.returncode == 1 and "no gateway key matches" in r.stderr
-    r = cli(url, "keys", "list", "--json")
+    r = await run("keys", "list", "--json")
     assert {k["name"]: k["status"] for k in json.loads(r.stdout)} == {"ci-bot": "revoked", "human": "active"}
 
-    r = cli(url, "keys", "create", "--name", "bad", "--expires", "yesterday")
+    r = await run("keys", "create", "--name", "bad", "--expires", "yesterday")
     assert r.returncode != 0 and "expiry" in r.stderr
-    r = cli(url, "keys", "create", "--name", "bad", "--rpm", "0")
+    r = await run("keys", "create", "--name", "bad", "--rpm", "0")
     assert r.returncode == 2 and "positive" in r.stderr
 
     assert key not in await _dump_database(url)
     actions = [(e["action"], e["actor"].startswith("cli:")) for e in await _key_events(security_db)]
     assert actions == [("create", True), ("create", True), ("revoke", True)]
-    r = cli(url, "audit", "verify")
+    r = await asyncio.to_thread(cli, url, "audit", "verify")
     assert r.returncode == 0 and "audit log intact: 3 entries" in r.stdout
 
 

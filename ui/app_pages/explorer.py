@@ -210,5 +210,5 @@ try:
         sessions_view()
     else:
         exchanges_view()
-except RuntimeError as exc:  # no database configured
-    st.error(str(exc))
+except Exception as exc:  # no database configured, or it is restarting
+    st.warning(f"Explorer unavailable: {exc}")
