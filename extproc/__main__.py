@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allow-target", action="append", default=[], help="host[:port] allowed for legacy /?target_url=")
     p.add_argument("--model-route", action="append", default=[], help="GLOB=PROVIDER, tried before the defaults")
     p.add_argument("--log-body-max", type=int, default=None, help="bytes of each body kept in the log")
+    p.add_argument("--auth", choices=["passthrough", "required"], default=None,
+                   help="passthrough: client provider keys go upstream (default); required: gateway keys only")
     return p.parse_args(argv)
 
 
@@ -41,6 +43,7 @@ def build_settings(args: argparse.Namespace) -> SidecarSettings:
         model_routes=parse_route_specs(args.model_route) + base.model_routes,
         legacy_allowlist=tuple(h.lower() for h in args.allow_target) + base.legacy_allowlist,
         log_body_max=args.log_body_max,
+        auth_mode=args.auth,
     )
 
 
@@ -53,7 +56,13 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
     engine = make_engine(settings.database_url)
     recorder = DbRecorder(engine, settings.spool_dir)
     await recorder.start()
-    ctx = Context(settings=settings, recorder=recorder, feedback=_feedback_sink(engine))
+    from .auth import KeyCache, UsageMeter
+
+    keys = KeyCache(engine)
+    await keys.start()
+    meter = UsageMeter(engine, keys.budgets)
+    await meter.start()
+    ctx = Context(settings=settings, recorder=recorder, feedback=_feedback_sink(engine), keys=keys, meter=meter)
     server, health_servicer = await serve(ctx, host=settings.host, port=settings.port, max_message=settings.grpc_max_message)
     log.info("sidecar listening on %s:%d", settings.host, settings.port)
     try:
@@ -62,6 +71,8 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         # Graceful: stop taking new streams, let in-flight exchanges finish, then drain the recorder.
         await health_servicer.enter_graceful_shutdown()
         await server.stop(grace=5)
+        await meter.stop()
+        await keys.stop()
         await recorder.stop()
         await engine.dispose()
         log.info("sidecar stopped: %s", ctx.stats)

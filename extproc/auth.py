@@ -258,7 +258,7 @@ class KeyCache:
         self.listen = listen
         self.channel = channel
         self.clock = clock
-        self.stats = {"refreshes": 0, "failures": 0, "notifications": 0}
+        self.stats = {"refreshes": 0, "failures": 0, "notifications": 0, "listens": 0}
         self._snapshot = KeySnapshot.empty()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -337,6 +337,7 @@ class KeyCache:
             return
         self._listen_conn = conn
         self._listener_lost = False
+        self.stats["listens"] += 1
         # Changes between the last poll and LISTEN taking effect would otherwise wait for the next poll.
         self._wake.set()
 

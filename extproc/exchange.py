@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from intelligence.records import Body, ExchangeRecord, Recorder, Usage
 
+from .auth import PASSTHROUGH, AuthDecision, AuthMode, KeySnapshot, authenticate, check_scope, gateway_key_headers
 from .errors import gateway_error
 from .providers.registry import endpoint_for
 from .routing import UNIFIED_PATHS, ModelRouter, split_provider_prefix
@@ -33,6 +34,8 @@ log = logging.getLogger("llmproxy.exchange")
 
 # Headers that carry credentials: never logged, never stored.
 _SECRET_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization", "cookie", "set-cookie", "api-key"})
+_KEY_ENV_HINT = {"openai": "LLMPROXY_OPENAI_API_KEY", "anthropic": "LLMPROXY_ANTHROPIC_API_KEY",
+                 "openrouter": "LLMPROXY_OPENROUTER_API_KEY"}
 _AUTH_HEADER = {"openai": "authorization", "openrouter": "authorization", "anthropic": "x-api-key"}
 
 
@@ -52,11 +55,19 @@ class Context:
     settings: SidecarSettings
     recorder: Recorder
     feedback: FeedbackSink | None = None
+    keys: Any = None  # has .snapshot -> KeySnapshot (extproc.auth.KeyCache); None: no gateway keys loaded
+    meter: Any = None  # extproc.auth.UsageMeter: shared-database budgets per gateway key
     router: ModelRouter = field(init=False)
+    auth_mode: AuthMode = field(init=False)
     stats: dict[str, int] = field(default_factory=lambda: {"exchanges": 0, "errors": 0, "aborted": 0})
 
     def __post_init__(self) -> None:
         self.router = ModelRouter(self.settings.model_routes)
+        self.auth_mode = AuthMode.parse(self.settings.auth_mode)
+
+    @property
+    def key_snapshot(self) -> KeySnapshot:
+        return self.keys.snapshot if self.keys is not None else KeySnapshot.empty()
 
 
 def key_fingerprint(headers: dict[str, str]) -> str | None:
@@ -109,6 +120,7 @@ class Exchange:
         self.flags: dict[str, Any] = {}
         self.finished = False
         self.immediate_body: bytes | None = None
+        self.auth: AuthDecision = PASSTHROUGH
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, phase: Phase, event: Headers | BodyChunk | None) -> Reply | Immediate | Awaitable[Immediate]:
@@ -165,13 +177,28 @@ class Exchange:
             self.rel_path = rel
         self.endpoint = endpoint_for(self.rel_path, self.method) if self.rel_path else None
 
+        # Gateway keys: decided here, before the body is read, with no database round trip.
+        reply.remove_headers.extend(gateway_key_headers(h))
+        self.auth = authenticate(h, self.ctx.key_snapshot, self.started_at, self.ctx.auth_mode)
+        if not self.auth.ok:
+            return self._answer(self.auth.immediate(_api_of(self.rel_path)))
+        if self.auth.key_id is not None:
+            self.key_fp = self.auth.key_id  # the client is the gateway key, not a provider-key hash
+            hit = self.ctx.meter.admit(self.auth.key_id) if self.ctx.meter is not None else None
+            if hit is not None:
+                return self._answer(hit.decision(self.auth.key_id).immediate(_api_of(self.rel_path)))
+
         if ev.end_of_stream:  # no body will follow
             if self.route == "unified":
                 return self._answer(gateway_error(400, "llmproxy: this route needs a JSON body with a `model`",
                                                   api=_api_of(self.rel_path), code="body_required"))
-            self._inject_credentials(reply)
+            denied = self._scope_and_credentials(reply, None)
+            if denied is not None:
+                return denied
         elif self.provider:
-            self._inject_credentials(reply)
+            denied = self._scope_and_credentials(reply, None, model_known=False)
+            if denied is not None:
+                return denied
         return reply
 
     def _legacy_target(self, target: str, reply: Reply) -> Immediate | None:
@@ -220,7 +247,13 @@ class Exchange:
             self.provider = provider
             reply.set_headers["x-llmproxy-provider"] = provider
             reply.clear_route_cache = True
-            self._inject_credentials(reply)
+            denied = self._scope_and_credentials(reply, model)
+            if denied is not None:
+                return denied
+        elif self.auth.key is not None and isinstance(doc, dict):
+            denied = self._scope_only(doc.get("model"))  # prefix route: the model is known only now
+            if denied is not None:
+                return denied
         if self.endpoint is not None and isinstance(doc, dict):
             self.view = self.endpoint.parse_request(doc)
             self.codec = ToolNameCodec(namespace=self.headers.get("x-tool-namespace") or None)
@@ -250,6 +283,23 @@ class Exchange:
                                 record=False)
         body = json.dumps({"ok": True, "feedback_id": fid, "request_id": doc.get("request_id")}).encode()
         return self._answer(Immediate(status=202, body=body, details="llmproxy_feedback"), record=False)
+
+    def _scope_only(self, model: Any) -> Immediate | None:
+        scope = check_scope(self.auth, self.provider, model)
+        return None if scope.ok else self._answer(scope.immediate(_api_of(self.rel_path)))
+
+    def _scope_and_credentials(self, reply: Reply, model: Any, *, model_known: bool = True) -> Immediate | None:
+        """Once the provider is known: the key's scope, then whose credential goes upstream."""
+        if self.auth.key is not None:
+            scope = check_scope(self.auth, self.provider, model if model_known else None)
+            if not scope.ok:
+                return self._answer(scope.immediate(_api_of(self.rel_path)))
+            if not self.ctx.settings.provider_keys.get(self.provider or ""):
+                return self._answer(gateway_error(503, f"llmproxy: no provider key is configured for {self.provider} "
+                                                       f"(set {_KEY_ENV_HINT.get(self.provider or '', 'the provider key')})",
+                                                  api=_api_of(self.rel_path), code="provider_key_missing"))
+        self._inject_credentials(reply)
+        return None
 
     def _inject_credentials(self, reply: Reply) -> None:
         key = self.ctx.settings.provider_keys.get(self.provider or "")
@@ -357,6 +407,8 @@ class Exchange:
             log.exception("request %s: building the record failed", self.request_id)
             return
         self.ctx.recorder.submit(record)
+        if self.auth.key_id is not None and self.ctx.meter is not None:
+            self.ctx.meter.record(self.auth.key_id, record.usage.total_tokens or 0)
 
     def _fold(self):
         if self.endpoint is None:

@@ -29,6 +29,7 @@ class SidecarSettings:
     legacy_allowlist: tuple[str, ...] = ()  # host or host:port allowed for /?target_url=
     log_body_max: int = 1 << 20  # bodies above this are stored truncated in the log
     grpc_max_message: int = 64 << 20
+    auth_mode: str = "passthrough"  # passthrough (client provider keys go upstream) | required (gateway keys)
 
     @property
     def spool_dir(self) -> Path:
@@ -45,6 +46,7 @@ class SidecarSettings:
             provider_keys=keys,
             model_routes=routes + DEFAULT_MODEL_ROUTES,
             legacy_allowlist=allow,
+            auth_mode=env.get("LLMPROXY_AUTH_MODE", "passthrough"),
         )
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)

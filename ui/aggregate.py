@@ -61,8 +61,9 @@ def summarize(frame: RollupFrame, keys: Sequence[str]) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame(columns=[*keys, *SUMMARY_COLUMNS])
     if keys:
-        codes, uniques = pd.MultiIndex.from_frame(df[list(keys)].astype(object).fillna("")).factorize()
-        groups = uniques.to_frame(index=False)
+        codes = df.groupby(list(keys), sort=False, dropna=False).ngroup().to_numpy()
+        _, first = np.unique(codes, return_index=True)  # the first row of each group, in code order
+        groups = df[list(keys)].iloc[first].reset_index(drop=True)
     else:
         codes = np.zeros(len(df), dtype=np.int64)
         groups = pd.DataFrame(index=[0])

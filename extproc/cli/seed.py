@@ -694,10 +694,17 @@ async def seed(url: str, rows: int, *, days: float = 30.0, seed_value: int = 7, 
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         await register_vector(conn)
+        def make(idx: np.ndarray) -> list[tuple]:
+            return [maker.row(int(k), plan, int(k)) for k in idx]
+
+        # Build the next chunk in a thread while the database ingests this one (both cores busy).
+        chunks = [order[lo:lo + batch] for lo in range(0, rows, batch)]
+        upcoming = asyncio.create_task(asyncio.to_thread(make, chunks[0])) if chunks else None
         done = 0
-        for lo in range(0, rows, batch):
-            idx = order[lo:lo + batch]
-            records = [maker.row(int(k), plan, int(k)) for k in idx]
+        for n in range(len(chunks)):
+            assert upcoming is not None
+            records = await upcoming
+            upcoming = asyncio.create_task(asyncio.to_thread(make, chunks[n + 1])) if n + 1 < len(chunks) else None
             async with conn.transaction():
                 await conn.copy_records_to_table("exchanges", records=records, columns=EXCHANGE_COLUMNS)
             done += len(records)

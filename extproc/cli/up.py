@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="point a provider cluster (openai, anthropic, openrouter) at another base URL, e.g. openai=http://127.0.0.1:9999")
     p.add_argument("--model-route", action="append", default=[], metavar="GLOB=PROVIDER", help="extra model routing rule, tried first")
     p.add_argument("--allow-target", action="append", default=[], metavar="HOST[:PORT]", help="allow legacy /?target_url= to this host")
+    p.add_argument("--auth", choices=["passthrough", "required"], default=None,
+                   help="passthrough (default): clients' provider keys go upstream; required: clients need gateway keys "
+                        "(`llmproxy keys create`) and provider keys come from LLMPROXY_*_API_KEY")
     p.add_argument("--envoy-config", type=Path, default=None, help="operator config to render (default ./envoy.yaml)")
     p.add_argument("--idle-timeout", type=float, default=None, help="seconds an upstream may stay silent (default from envoy.yaml: 300)")
     p.set_defaults(func=run)
@@ -89,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
             sidecar_cmd += ["--allow-target", t]
         for r in args.model_route:
             sidecar_cmd += ["--model-route", r]
+        if args.auth:
+            sidecar_cmd += ["--auth", args.auth]
         sup.spawn("sidecar", sidecar_cmd, env)
         sup.wait_for("sidecar", lambda: _grpc_healthy(args.sidecar_port), 60)
 

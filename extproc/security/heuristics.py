@@ -100,6 +100,12 @@ RULES: tuple[Rule, ...] = (
        r"\b(?:you (?:have to|must|are required to|will|shall|need to)|always)\s+(?:answer|respond to|comply with|fulfill|obey|do)\w*\s+(?:all|any|every|everything|anything|whatever)\b"),
     _r("forced_prefix", "refusal_suppression", 0.75,
        r"\b(?:start|begin|prefix|open)\w*\s+(?:your|the|each|every)?\s*(?:response|reply|answer|output|message)s?\s+(?:with|by (?:saying|writing))\b[^.\n]{0,40}?[\"'“:]?\s*(?:sure|absolutely|of course|certainly|yes|here is|here's|okay)\b"),
+    _r("fiction_laundering", "fictional_framing", 0.3,
+       r"\b(?:purely|entirely|strictly|just|only)\s+(?:for\s+)?(?:fictional|hypothetical|educational|research)|\b(?:never|not) (?:be )?(?:actually )?used\b|\bwill not be used\b|\bfor (?:a|my|the) (?:novel|story|screenplay|movie|script|book|thriller)\b|\bin (?:a|this) (?:fictional|hypothetical) (?:world|scenario|story|universe)\b|\bhypothetical(?:ly)?\b|\bfictional\b"),
+    _r("roleplay_frame", "roleplay_frame", 0.2,
+       r"^\s*(?:you are (?:a|an|the)\b|imagine (?:you are|you're|that you|yourself)|pretend (?:you|to be)|let's (?:play|pretend|imagine)|in this (?:role|scenario|story)|as an? \w+ (?:expert|researcher|writer|journalist|consultant))"),
+    _r("evasion_intent", "harmful_intent", 0.35,
+       r"\bwithout (?:getting caught|being (?:caught|detected|noticed|traced))|\b(?:undetectable|untraceable)\b|\bevad(?:e|ing) (?:the )?(?:police|law enforcement|detection|authorities|taxes)\b|\bcover (?:my|your|their|his|her) tracks\b"),
     _r("hypothetical_disclaimer", "fictional_framing", 0.3,
        r"\b(?:purely|entirely|strictly|just|only)?\s*(?:hypothetical(?:ly)?|fictional(?:ly)?|for (?:educational|research|academic) (?:and research )?purposes?)\b[^.\n]{0,60}\b(?:not|never|won't)\b[^.\n]{0,25}\b(?:used|real|actually|harm|intend)"),
     # -- system prompt / secret exfiltration ------------------------------------------------

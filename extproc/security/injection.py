@@ -41,6 +41,9 @@ MAX_EMBED_SEGMENTS = 4
 # Embedding cost grows with length; head and tail carry the attack (persona set-up, suffix).
 EMBED_HEAD_CHARS = 600
 EMBED_TAIL_CHARS = 400
+# Classifier probability that flags on its own (see ``calibrate``): chosen on the training data's
+# cross-validation and the development files' held-out halves (docs/security.md).
+CLASSIFIER_ALONE_AT = 0.9
 # A short prompt with no heuristic or context signal is not embedded: too short to carry a
 # role-play jailbreak, and the embedding is most of the latency.
 EMBED_MIN_WORDS = 16
@@ -114,6 +117,18 @@ class InjectionVerdict:
         }
 
 
+def calibrate(probability: float, alone_at: float) -> float:
+    """Shift the classifier's log-odds so that ``alone_at`` maps to 0.5.
+
+    The classifier alone flags only when it is this sure; below that it still adds to weaker
+    heuristic evidence (role-play framing, "purely hypothetical") through the noisy-or.
+    """
+    p = min(max(probability, 1e-6), 1 - 1e-6)
+    a = min(max(alone_at, 1e-6), 1 - 1e-6)
+    z = np.log(p / (1 - p)) - np.log(a / (1 - a))
+    return float(1.0 / (1.0 + np.exp(-z)))
+
+
 def memory_score(similarity: float) -> float:
     """Cosine similarity to the nearest known attack -> score. Near-duplicates only (>= 0.8 flags)."""
     if similarity < 0.7:
@@ -139,6 +154,7 @@ class InjectionDetector:
         threshold: float = DEFAULT_THRESHOLD,
         skip_embedding_above: float = 0.9,
         embed_min_words: int = EMBED_MIN_WORDS,
+        classifier_alone_at: float = CLASSIFIER_ALONE_AT,
         max_chars: int = MAX_SCAN_CHARS,
         cache_size: int = 2048,
     ) -> None:
@@ -148,6 +164,7 @@ class InjectionDetector:
         self.threshold = threshold
         self.skip_embedding_above = skip_embedding_above
         self.embed_min_words = embed_min_words
+        self.classifier_alone_at = classifier_alone_at
         self.max_chars = max_chars
         self._cache: dict[str, np.ndarray] = {}
         self._cache_size = cache_size
@@ -168,6 +185,7 @@ class InjectionDetector:
         flags: set[str] = set()
         per_segment: dict[int, float] = {}
         heuristic_scores: dict[int, float] = {}
+        classifier_scores: dict[int, float] = {}
         context_hits: dict[int, list[ctx.ContextHit]] = {}
         to_embed: list[tuple[int, Normalized, np.ndarray]] = []
 
@@ -223,16 +241,21 @@ class InjectionDetector:
                 if x.shape[1] == self.classifier.dim:
                     probs = self.classifier.predict_proba(x)
                     for (i, _, _), p in zip(to_embed, probs):
-                        p = float(p)
-                        if p >= 0.05:
-                            layers.append(LayerScore("classifier", p, i, segs[i].source, "embedding classifier probability"))
-                        per_segment[i] = max(per_segment.get(i, 0.0), p)
+                        score = calibrate(float(p), self.classifier_alone_at)
+                        if score >= 0.05:
+                            layers.append(LayerScore("classifier", score, i, segs[i].source, f"embedding classifier probability {float(p):.2f}"))
+                        classifier_scores[i] = score
 
-        for i, c_hits in context_hits.items():
+        # Heuristics, context and classifier are evidence about the same text: they add up (noisy-or).
+        # The memory is a near-duplicate test and stands on its own.
+        for i in set(context_hits) | set(classifier_scores):
+            parts = [heuristic_scores.get(i, 0.0), classifier_scores.get(i, 0.0)]
+            c_hits = context_hits.get(i) or []
             if c_hits:
                 c = min(0.9, _noisy_or(x.score for x in c_hits))
                 layers.append(LayerScore("context", c, i, segs[i].source, "; ".join(x.reason for x in c_hits)))
-                per_segment[i] = max(per_segment.get(i, 0.0), _noisy_or([heuristic_scores.get(i, 0.0), c]))
+                parts.append(c)
+            per_segment[i] = max(per_segment.get(i, 0.0), _noisy_or(parts))
         neighbors = sorted(neighbors, key=lambda n: -n.similarity)[:3]
         score = max(per_segment.values(), default=0.0)
         return InjectionVerdict(

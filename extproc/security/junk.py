@@ -6,7 +6,8 @@ to a person but steer a model. Two measures catch them without knowing any parti
 
 - *fragmentation*: how many WordPiece sub-tokens a whitespace token splits into (real words
   split into one or two; invented strings into many), using the embedding model's own tokenizer;
-- *token junk*: tokens with several symbols glued to letters or with case flips inside a word.
+- *unclean tokens*: tokens that are not a word or number with ordinary punctuation around it
+  (symbols glued into words, bracket clusters).
 
 Both are taken over sliding windows (a suffix is local) and fed to the classifier; the strongest
 window also counts as a heuristic on its own. URLs, template variables, code spans and snake_case
@@ -22,17 +23,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-WINDOW = 8
+WINDOW = 10
 MAX_TOKENS = 1_500  # bounded work: a longer text is judged on its head and tail tokens
-FEATURE_NAMES = ("junk_window", "frag_window", "frag_mean", "junk_tail", "symbol_density")
+FEATURE_NAMES = ("junk_window", "unclean_window", "frag_window", "frag_mean", "symbol_density")
 
 _MASK = re.compile(
     r"https?://\S+|www\.\S+|\$\{[^}]*\}|\{\{[^}]*\}\}|\{[\w\s:.-]{1,40}\}|`[^`\n]{1,80}`|\S+\.(?:com|org|net|io|dev|py|js|ts|md|json|yaml)\b\S*|\w+_\w+|\S+\(\)"
 )
-_WRAP = re.compile(r"^[\"'“‘(\[*]?(.*?)[\"'”’)\]*]?[.,;:!?]?[\"'”’)\]]?$", re.DOTALL)
-_INNER_SYMBOL = re.compile(r"[a-zA-Z][^\w\s'\-’.][a-zA-Z]")
-_CASE_FLIP = re.compile(r"[a-z][A-Z]")
-_CAMEL = re.compile(r"(?:[A-Z]?[a-z]+)(?:[A-Z][a-z]+)+|[a-z]+[A-Z]+s?|i[A-Z]\w+|[A-Z]+[a-z]+")
 
 PieceCounter = Callable[[Sequence[str]], list[int]]
 _counter: PieceCounter | None = None
@@ -69,28 +66,22 @@ def piece_counter() -> PieceCounter:
         return _counter
 
 
-def _core(word: str) -> str:
-    m = _WRAP.match(word)
-    return m.group(1) if m else word
-
-
-def token_junk(word: str, pieces: int) -> float:
-    core = _core(word)
-    letters = sum(c.isalpha() for c in core)
-    symbols = sum((not c.isalnum()) and c not in "'-’." for c in core)
-    if symbols >= 2 and (letters >= 1 or len(core) >= 3):
-        return 1.0
-    if symbols >= 1 and letters >= 2 and _INNER_SYMBOL.search(core):
-        return 1.0
-    if _CASE_FLIP.search(core) and not _CAMEL.fullmatch(core):
-        return 1.0
-    if core.isalpha() and core.isascii() and pieces >= 3 and len(core) <= 16:
-        return 0.6
-    return 0.0
+# A "clean" token: a word (any script) or number with ordinary punctuation around it, a code-like
+# alphanumeric (T1055, mp3), or a list bullet. Everything else is glued junk.
+_CLEAN = re.compile(
+    r"^[\"'“‘(\[*_]*(?:[^\W\d_]+(?:['’\-][^\W\d_]+)*|[A-Za-z0-9]+|\d+(?:[.,:/\-]\d+)*%?|[A-Za-z]\.(?:[A-Za-z]\.)+)[.,;:!?\"'”’)\]*_]*$"
+    r"|^[-–—&/|:•*#>]+$|^\d+[.)]$"
+)
+_EDGE = re.compile(r"^\W+|\W+$")
 
 
 def features(text: str) -> np.ndarray:
-    """The FEATURE_NAMES values for one text, each in [0, 1]."""
+    """The FEATURE_NAMES values for one text, each in [0, 1].
+
+    junk_window: the strongest window's combined score (half unclean-token share, half excess
+    fragmentation); unclean_window: its unclean-token share; frag_window / frag_mean: WordPiece
+    pieces per token (divided by 6); symbol_density: punctuation share of characters (x5).
+    """
     masked = _MASK.sub(" x ", text)
     words = masked.split()
     if len(words) > MAX_TOKENS:
@@ -98,20 +89,21 @@ def features(text: str) -> np.ndarray:
         words = words[:half] + words[-half:]
     if not words:
         return np.zeros(len(FEATURE_NAMES), dtype=np.float32)
-    pieces = piece_counter()([_core(w) or w for w in words])
-    junk = np.array([token_junk(w, p) for w, p in zip(words, pieces)], dtype=np.float32)
-    frag = np.minimum(np.array(pieces, dtype=np.float32), 6.0)
+    unclean = np.array([0.0 if _CLEAN.match(w) else 1.0 for w in words], dtype=np.float32)
+    pieces = np.minimum(np.array(piece_counter()([_EDGE.sub("", w) or w for w in words]), dtype=np.float32), 6.0)
     w = min(WINDOW, len(words))
     kernel = np.ones(w, dtype=np.float32) / w
-    junk_window = float(np.convolve(junk, kernel, mode="valid").max())
-    frag_window = float(np.convolve(frag, kernel, mode="valid").max())
+    u = np.convolve(unclean, kernel, mode="valid")
+    f = np.convolve(pieces, kernel, mode="valid")
+    combined = np.minimum(u / 0.5, 1.0) * 0.5 + np.minimum(np.maximum(f - 1.2, 0.0), 1.0) * 0.5
+    best = int(combined.argmax())
     symbols = sum(1 for c in masked if not c.isalnum() and not c.isspace())
     return np.array(
         [
-            junk_window,
-            min(frag_window / 6.0, 1.0),
-            min(float(frag.mean()) / 6.0, 1.0),
-            float(junk[-20:].mean()),
+            float(combined[best]),
+            float(u[best]),
+            min(float(f.max()) / 6.0, 1.0),
+            min(float(pieces.mean()) / 6.0, 1.0),
             min(symbols / max(len(masked), 1) * 5.0, 1.0),
         ],
         dtype=np.float32,
@@ -119,10 +111,10 @@ def features(text: str) -> np.ndarray:
 
 
 def junk_score(feats: np.ndarray) -> float:
-    """A stand-alone heuristic reading of the features: dense junk in one window, fragmented."""
-    junk_window, frag_window = float(feats[0]), float(feats[1]) * 6.0
-    if junk_window >= 0.5 and frag_window >= 2.5:
-        return 0.75
-    if junk_window >= 0.375 and frag_window >= 2.0:
+    """A stand-alone heuristic reading of the features: one window of unclean, fragmented tokens."""
+    window = float(feats[0])
+    if window >= 0.85:
+        return 0.6
+    if window >= 0.6:
         return 0.4
     return 0.0

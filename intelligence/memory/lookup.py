@@ -154,5 +154,9 @@ class PatternLookup:
         if self._embedder_loading is None:  # load once, off the loop; later callers wait for the same load
             factory = self._embedder_source
             self._embedder_loading = asyncio.ensure_future(asyncio.to_thread(factory))  # type: ignore[arg-type]
-        self._embedder = await asyncio.shield(self._embedder_loading)
+        try:
+            self._embedder = await asyncio.shield(self._embedder_loading)
+        except Exception:
+            self._embedder_loading = None  # let a later lookup try to load it again
+            raise
         return self._embedder

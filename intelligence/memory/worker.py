@@ -158,8 +158,11 @@ class PatternWorker:
     def discard_prefetch(self) -> None:
         """Drop a batch fetched ahead (its exchanges stay pending and are fetched again later)."""
         task, self._prefetch = self._prefetch, None
-        if task is not None:
-            task.cancel()
+        if task is None:
+            return
+        if task.done() and not task.cancelled():
+            task.exception()  # mark a failure as seen: the exchanges are simply fetched again
+        task.cancel()
 
     async def _fetch_and_embed(self, exclude: Sequence[str]) -> _Batch | None:
         now = time.monotonic()

@@ -14,7 +14,7 @@ import pytest
 from extproc.cli import audit as audit_cli
 from extproc.cli.stack import StackState
 from intelligence.audit import MISSING_ROW, POLICY_CHANGE, AuditLog
-from tests.intelligence.test_audit_log import SecurityDb, security_db, security_template  # noqa: F401 (fixtures)
+from tests.intelligence.test_audit_log import SecurityDb, security_database, security_db  # noqa: F401 (fixtures)
 from tests.intelligence.test_keys_store import InProcessCli, cli
 
 
@@ -31,7 +31,7 @@ async def test_verify_and_export_from_the_command_line(security_db: SecurityDb, 
     url = security_db.url
     run = InProcessCli(url, capsys, monkeypatch)
 
-    r = await asyncio.to_thread(cli, url, "audit", "verify")
+    r = await run("audit", "verify")
     assert r.returncode == 0, r.stderr
     assert "audit log intact: 5 entries checked" in r.stdout
     r = await run("audit", "verify", "--json")

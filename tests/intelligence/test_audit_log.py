@@ -50,10 +50,9 @@ SECURITY_TABLES = set(AUDIT_TABLES) | set(KEY_TABLES)
 
 # ------------------------------------------------------------------------------- fixtures (shared)
 @pytest.fixture(scope="session")
-def security_template(pg_server_url: str) -> Iterator[str]:
-    """A database migrated once, copied per test (CREATE DATABASE ... TEMPLATE is a file copy:
-    much faster than migrating, and tampered chains never leak between tests)."""
-    name = f"tpl_sec_{uuid.uuid4().hex[:12]}"
+def security_database(pg_server_url: str) -> Iterator[str]:
+    """One migrated database for all security tests; :func:`security_db` empties it before each test."""
+    name = f"t_sec_{uuid.uuid4().hex[:12]}"
 
     async def _admin(sql: str) -> None:
         conn = await asyncpg.connect(asyncpg_dsn(pg_server_url))
@@ -63,8 +62,9 @@ def security_template(pg_server_url: str) -> Iterator[str]:
             await conn.close()
 
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    upgrade(database_url(pg_server_url, name))
-    yield name
+    url = database_url(pg_server_url, name)
+    upgrade(url)
+    yield url
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
@@ -81,22 +81,18 @@ class SecurityDb:
 
 
 @pytest.fixture
-async def security_db(pg_server_url: str, security_template: str) -> AsyncIterator[SecurityDb]:
-    name = f"t_sec_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(asyncpg_dsn(pg_server_url))
+async def security_db(security_database: str) -> AsyncIterator[SecurityDb]:
+    """The security tables, empty and with the audit chain back at genesis (resetting is a few
+    milliseconds; a database per test would cost seconds each on a loaded machine)."""
+    db = SecurityDb(url=security_database, engine=make_engine(security_database))
+    su = await db.superuser()  # the append-only triggers would (rightly) refuse this reset
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{security_template}"')
+        await su.execute("TRUNCATE audit_log, gateway_key_usage, gateway_keys")
+        await su.execute("UPDATE audit_head SET last_id = 0, hash = $1 WHERE id = 1", GENESIS_HASH)
     finally:
-        await admin.close()
-    url = database_url(pg_server_url, name)
-    engine = make_engine(url)
-    yield SecurityDb(url=url, engine=engine)
-    await engine.dispose()
-    admin = await asyncpg.connect(asyncpg_dsn(pg_server_url))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+        await su.close()
+    yield db
+    await db.engine.dispose()
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -350,3 +346,25 @@ async def test_audit_writer_keeps_entries_while_the_database_is_away() -> None:
     await writer.stop()  # the last attempt fails too: logged, not raised
     await dead.dispose()
     assert writer.stats["failures"] >= 2 and writer.pending == 1
+
+
+async def test_migration_downgrades_cleanly_and_upgrades_again(fresh_db_url) -> None:
+    from intelligence.store.migrate import downgrade, upgrade_async
+
+    url = await fresh_db_url()
+    await upgrade_async(url)
+    await asyncio.to_thread(downgrade, url, "0002_pattern_memory")
+
+    async def leftovers() -> tuple[set, set]:
+        conn = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            tables = {r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+            funcs = {r[0] for r in await conn.fetch("SELECT proname FROM pg_proc WHERE proname LIKE 'llmproxy_%'")}
+            return tables & SECURITY_TABLES, funcs
+        finally:
+            await conn.close()
+
+    assert await leftovers() == (set(), set())
+    await upgrade_async(url)
+    tables, funcs = await leftovers()
+    assert tables == SECURITY_TABLES and {"llmproxy_audit_chain", "llmproxy_keys_notify"} <= funcs

@@ -15,7 +15,7 @@ from sqlalchemy import text
 from extproc.auth import AuthMode, KeyCache, UsageMeter, authenticate, check_key
 from intelligence.keys import Budgets, NewKey, create_key, quarantine_key, revoke_key
 from intelligence.store.engine import asyncpg_dsn, make_engine
-from tests.intelligence.test_audit_log import SecurityDb, security_db, security_template  # noqa: F401 (fixtures)
+from tests.intelligence.test_audit_log import SecurityDb, security_database, security_db  # noqa: F401 (fixtures)
 
 DEAD_URL = "postgresql://nobody@127.0.0.1:1/none"
 
@@ -42,6 +42,15 @@ async def _until(predicate: Callable[[], bool], timeout: float) -> float:
 
 def _status(cache: KeyCache, key: str) -> int:
     return check_key(_bearer(key), cache.snapshot, datetime.now(timezone.utc)).status
+
+
+async def _activity(url: str) -> list:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return [dict(r) for r in await conn.fetch(
+            "SELECT pid, state, query FROM pg_stat_activity WHERE datname = current_database()")]
+    finally:
+        await conn.close()
 
 
 # ------------------------------------------------------------------------------- key cache
@@ -89,16 +98,19 @@ async def test_listener_comes_back_after_its_connection_is_killed(security_db: S
     await cache.start()
     try:
         await _until(lambda: cache.listening, 5)
+        listeners: list = []
+        for _ in range(100):
+            listeners = [a for a in await _activity(security_db.url) if a["query"].upper().startswith("LISTEN")]
+            if listeners:
+                break
+            await asyncio.sleep(0.02)
+        assert len(listeners) == 1, await _activity(security_db.url)
         admin = await asyncpg.connect(asyncpg_dsn(security_db.url))
         try:
-            killed = await admin.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND query ILIKE 'LISTEN%' AND pid <> pg_backend_pid()")
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", listeners[0]["pid"])
         finally:
             await admin.close()
-        assert killed == 1
-        await _until(lambda: not cache.listening, 3)
-        await _until(lambda: cache.listening, 5)
+        await _until(lambda: cache.stats["listens"] == 2 and cache.listening, 5)  # a new LISTEN connection
         await asyncio.sleep(0.1)
         async with security_db.engine.begin() as conn:
             await revoke_key(conn, key_id, actor="admin")

@@ -34,7 +34,7 @@ from intelligence.keys import (
     revoke_key,
 )
 from intelligence.store.engine import asyncpg_dsn
-from tests.intelligence.test_audit_log import SecurityDb, security_db, security_template  # noqa: F401 (fixtures)
+from tests.intelligence.test_audit_log import SecurityDb, security_database, security_db  # noqa: F401 (fixtures)
 
 # The CLI as installed, with this helper's subcommands registered even before extproc/cli/__init__ lists them.
 CLI_SHIM = (
@@ -216,7 +216,7 @@ async def test_cli_create_list_revoke(security_db: SecurityDb, capsys: pytest.Ca
     assert r.returncode == 0, r.stderr
     assert "shown once" in r.stdout and "llmp_" in r.stdout and "budgets:   unlimited" in r.stdout
 
-    r = await asyncio.to_thread(cli, url, "keys", "list", "--json")
+    r = await run("keys", "list", "--json")
     assert r.returncode == 0, r.stderr
     listed = json.loads(r.stdout)
     assert {k["name"] for k in listed} == {"ci-bot", "human"}
@@ -242,7 +242,7 @@ async def test_cli_create_list_revoke(security_db: SecurityDb, capsys: pytest.Ca
     assert key not in await _dump_database(url)
     actions = [(e["action"], e["actor"].startswith("cli:")) for e in await _key_events(security_db)]
     assert actions == [("create", True), ("create", True), ("revoke", True)]
-    r = await asyncio.to_thread(cli, url, "audit", "verify")
+    r = await run("audit", "verify")
     assert r.returncode == 0 and "audit log intact: 3 entries" in r.stdout
 
 

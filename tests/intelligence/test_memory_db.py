@@ -601,3 +601,31 @@ async def test_assigner_single_prompt_path(engine: AsyncEngine, embedder: Embedd
         await repo.add_signals([Signal("a", "status", False, "500")])
         with pytest.raises(ValueError):
             await repo.add_signals([Signal("a", "nonsense", False)])
+
+
+async def test_lookup_retries_a_failed_model_load(engine: AsyncEngine, embedder: Embedder) -> None:
+    calls: list[int] = []
+
+    def factory() -> Embedder:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("model files not there yet")
+        return embedder
+
+    lookup = PatternLookup(engine, factory, budget_ms=5000)
+    assert await lookup.lookup(canonical_prompt("first prompt")) is None and lookup.stats.errors == 1
+    assert await lookup.lookup(canonical_prompt("second prompt")) is None  # empty memory: no pattern yet
+    assert len(calls) == 2 and lookup.stats.errors == 1
+
+
+async def test_a_failed_prefetch_is_dropped_quietly(engine: AsyncEngine, embedder: Embedder) -> None:
+    worker = PatternWorker(engine, embedder)
+
+    async def database_away() -> None:
+        raise ConnectionError("database away")
+
+    worker._prefetch = asyncio.ensure_future(database_away())
+    await asyncio.sleep(0.01)
+    worker.discard_prefetch()
+    worker.discard_prefetch()  # nothing left: a no-op
+    assert worker._prefetch is None

