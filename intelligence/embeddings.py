@@ -39,7 +39,8 @@ class Embedder:
 
         self._model = SentenceTransformer(_resolve(self.model_name), device=self.device)
         self._lock = threading.Lock()  # the torch module is not safe to call from several threads at once
-        self.dim: int = int(self._model.get_sentence_embedding_dimension())
+        dim_of = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dim: int = int(dim_of())
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         if not texts:

@@ -31,6 +31,8 @@ _RESTRICTION = re.compile(
     re.IGNORECASE,
 )
 _SECRET_NOUN = re.compile(r"\b(?:password|passphrase|passcode|secret|key|pin|token|credential)s?\b", re.IGNORECASE)
+_USER_FACTS = re.compile(r"\b(?:user'?s? (?:name|email|address|birth\w*|phone)|(?:he|she|they) (?:was|were) born|(?:currently )?lives? in|date of birth)\b", re.IGNORECASE)
+_ABOUT_USER = re.compile(r"\b(?:the user'?s?|user's|users'|(?:his|her|their) (?:name|email|address|birth\w*|city|phone|initials))\b", re.IGNORECASE)
 _WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
 # Words that carry the restriction itself, not its subject.
 _STOP = frozenset(
@@ -100,6 +102,7 @@ class Protected:
     sentences: tuple[str, ...]
     words: frozenset[str]
     has_secret: bool
+    about_user: bool  # holds facts about the user (name, birth, address) under a restriction
     latin: float
     english: float
 
@@ -126,6 +129,7 @@ def protected_from(system_texts: Sequence[str]) -> Protected:
         sentences=tuple(sentences[:64]),
         words=frozenset(words),
         has_secret=bool(restricting and _SECRET_NOUN.search(text)),
+        about_user=bool(restricting and _USER_FACTS.search(text)),
         latin=_latin_share(text),
         english=_english_share(text),
     )
@@ -138,12 +142,17 @@ def score_against(protected: Protected, user_text: str, *, similarity: float | N
     hits: list[ContextHit] = []
     shared = _content_words(user_text) & protected.words
     if shared:
-        secretish = any(_SECRET_NOUN.fullmatch(w) or w in ("password", "passphrase", "secret") for w in shared)
+        secretish = any(_SECRET_NOUN.fullmatch(w) for w in shared)
         score = 0.65 if (secretish and protected.has_secret) else 0.55 if len(shared) >= 2 else 0.5
-        hits.append(ContextHit(score, f"touches what the system prompt restricts: {', '.join(sorted(shared)[:5])}"))
-    if similarity is not None and similarity >= SIMILARITY_FLOOR:
-        score = min(0.7, 0.45 + (similarity - SIMILARITY_FLOOR))
+        reason = "asks for the secret" if (secretish and protected.has_secret) else "touches what the system prompt restricts"
+        hits.append(ContextHit(score, f"{reason}: {', '.join(sorted(shared)[:5])}"))
+    if similarity is not None and similarity >= SIMILARITY_WEAK:
+        score = min(0.7, 0.5 + (similarity - SIMILARITY_FLOOR)) if similarity >= SIMILARITY_FLOOR else 0.3
         hits.append(ContextHit(score, f"semantically close to what the system prompt restricts (cos {similarity:.2f})"))
+    if protected.has_secret and _SECRET_NOUN.search(user_text) and not any("secret" in h.reason for h in hits):
+        hits.append(ContextHit(0.55, "asks for a secret while the system prompt holds one"))
+    if protected.about_user and _ABOUT_USER.search(user_text):
+        hits.append(ContextHit(0.5, "asks about the person whose data the system prompt protects"))
     user_latin = _latin_share(user_text)
     if protected.latin >= 0.9 and user_latin < 0.5:
         hits.append(ContextHit(0.5, "switches script away from the system prompt's"))
@@ -152,7 +161,10 @@ def score_against(protected: Protected, user_text: str, *, similarity: float | N
     return hits
 
 
-SIMILARITY_FLOOR = 0.45
+# Cosine between the user turn and a restricted topic. Measured on the development data: a random
+# unrelated question reaches 0.40 against a restricted system prompt 0.2% of the time (0.33: ~1%).
+SIMILARITY_FLOOR = 0.40
+SIMILARITY_WEAK = 0.33
 
 
 def topic_text(sentence: str) -> str:

@@ -210,7 +210,8 @@ class InjectionDetector:
             heuristic_scores[i] = h
             if protected is not None and not protected.empty:
                 context_hits[i] = ctx.score_against(protected, norm.text)
-            if h < self.skip_embedding_above and (h > 0 or context_hits.get(i) or _words(norm.text) >= self.embed_min_words):
+            needs_context = protected is not None and not protected.empty  # similarity to restricted topics
+            if h < self.skip_embedding_above and (h > 0 or needs_context or _words(norm.text) >= self.embed_min_words):
                 to_embed.append((i, norm, feats))
 
         neighbors: list[Neighbor] = []

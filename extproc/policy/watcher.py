@@ -1,0 +1,374 @@
+"""Hot reload: keep one compiled :class:`PolicySnapshot` current without a restart.
+
+Sources: the policy file (polled by mtime/size/inode about once a second; an editor's atomic rename
+counts) and the database policies (LISTEN on ``llmproxy_policies`` for an immediate reload, plus a
+poll every ``db_poll_interval`` in case a notification is lost). Any change builds a new snapshot
+and swaps it in with one reference assignment, so a request sees the old or the new policy, never
+a mix.
+
+A source that fails validation is rejected with its errors logged (and audited) and its last good
+version stays in force; the other sources still update. At start-up a bad policy *file* is fatal
+(:class:`PolicyError` from :meth:`PolicyWatcher.start`): a gateway must not come up without the
+policy its operator wrote. A bad database policy at start-up is left out and logged, so one bad row
+cannot keep every replica down.
+
+Every change the watcher sees is audited (``policy_change``, with a unified diff): file changes with
+the file owner as actor; a database change that bypassed :func:`store.set_policy` (direct SQL) as
+``db:unaudited``. Replicas do not duplicate entries (see :func:`store.record_change`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from intelligence.audit import AuditLog
+
+from . import store
+from .errors import PolicyError, PolicyIssue
+from .models import NOTIFY_CHANNEL
+from .parse import PolicyDocument, parse_policy
+from .snapshot import PolicySnapshot
+from .throttle import Throttler
+
+log = logging.getLogger("llmproxy.policy")
+
+DEFAULT_POLICY_FILE = Path(__file__).with_name("default.yaml")
+POLICY_FILE_ENV = "LLMPROXY_POLICY_FILE"
+UNAUDITED_ACTOR = "db:unaudited"
+
+
+def resolve_policy_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The policy file to use: explicit > $LLMPROXY_POLICY_FILE > the shipped default."""
+    chosen = explicit or os.environ.get(POLICY_FILE_ENV)
+    return Path(chosen) if chosen else DEFAULT_POLICY_FILE
+
+
+def load_file(path: Path) -> PolicyDocument:
+    """Read and compile a policy file; raises PolicyError (also for a missing or unreadable file)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError([PolicyIssue(0, "", f"cannot read the policy file: {exc}", str(path))]) from None
+    return parse_policy(text, origin=str(path), default_name=path.stem)
+
+
+def compose_snapshot(file_doc: PolicyDocument | None, stored: list[store.StoredPolicy]) -> tuple[PolicySnapshot, dict[str, tuple[PolicyIssue, ...]]]:
+    """A snapshot of a file policy plus enabled database policies (bad ones left out, with their issues)."""
+    docs = [file_doc] if file_doc is not None else []
+    issues: dict[str, tuple[PolicyIssue, ...]] = {}
+    for row in stored:
+        if not row.enabled:
+            continue
+        try:
+            docs.append(_db_document(row, file_doc))
+        except PolicyError as exc:
+            issues[row.name] = exc.issues
+    return PolicySnapshot.build(docs), issues
+
+
+def _db_document(row: store.StoredPolicy, file_doc: PolicyDocument | None) -> PolicyDocument:
+    # the row's name is the policy's identity (rule ids are qualified by it), whatever the YAML says
+    doc = parse_policy(row.source, origin=f"db:{row.name}", name=row.name)
+    if file_doc is not None and doc.name == file_doc.name:
+        raise PolicyError([PolicyIssue(0, "name", f"database policy {row.name!r} has the name of the policy file; rename it",
+                                       f"db:{row.name}")])
+    return doc
+
+
+def file_actor(path: Path) -> str:
+    """Who changed the file, as far as the machine knows: its owner (git history has the author)."""
+    try:
+        import pwd
+
+        owner = pwd.getpwuid(path.stat().st_uid).pw_name
+    except (KeyError, OSError, ImportError):
+        owner = "unknown"
+    return f"file:{owner}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingAudit:
+    subject: str
+    origin: str
+    name: str
+    content: str | None
+    actor: str
+    status: str
+    errors: tuple[PolicyIssue, ...]
+
+
+class PolicyWatcher:
+    """Holds the current snapshot (``.snapshot``) and keeps it fresh in the background."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, engine: AsyncEngine | None = None, *,
+                 poll_interval: float = 1.0, db_poll_interval: float = 5.0, listen: bool = True,
+                 audit: AuditLog | None = None, on_swap: Callable[[PolicySnapshot], None] | None = None):
+        self.path = resolve_policy_path(path)
+        self.engine = engine
+        self.poll_interval = poll_interval
+        self.db_poll_interval = db_poll_interval
+        self.listen = listen
+        self.audit = audit or AuditLog()
+        self.on_swap = on_swap
+        self.throttler = Throttler()
+        self.stats = {"swaps": 0, "rejected": 0, "db_refreshes": 0, "db_failures": 0, "notifications": 0, "listens": 0}
+        self.errors: dict[str, tuple[PolicyIssue, ...]] = {}  # source -> issues of its rejected version
+        self._snapshot = PolicySnapshot.empty()
+        self._file_doc: PolicyDocument | None = None
+        self._file_sig: tuple[int, int, int] | None = None
+        self._file_seen_sha: str | None = None
+        self._db_docs: dict[str, PolicyDocument] = {}
+        self._db_seen: dict[str, tuple[int, str, bool]] = {}
+        self._pending_audit: list[_PendingAudit] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._listen_conn: AsyncConnection | None = None
+        self._listener_lost = False
+
+    @property
+    def snapshot(self) -> PolicySnapshot:
+        return self._snapshot
+
+    # ------------------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Load the file (a bad one raises PolicyError), then the database policies (best effort),
+        and start watching."""
+        doc = load_file(self.path)
+        self._file_doc = doc
+        self._file_sig = self._stat()
+        self._file_seen_sha = doc.sha256
+        self._queue_audit(store.file_subject(doc.name), "file", doc.name, doc.text, file_actor(self.path), "applied")
+        self._swap("file loaded")
+        if self.engine is not None:
+            try:
+                await self.refresh_db()
+            except Exception as exc:  # noqa: BLE001 - the database may come later; the loop retries
+                self.stats["db_failures"] += 1
+                log.warning("database policies not loaded yet (%s); running with the file policy", exc)
+        if not self._tasks:
+            self._tasks.append(asyncio.create_task(self._file_loop(), name="policy-file-watch"))
+            if self.engine is not None:
+                self._tasks.append(asyncio.create_task(self._db_loop(), name="policy-db-watch"))
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._drop_listener()
+        if self.engine is not None and self._pending_audit:
+            with contextlib.suppress(Exception):
+                await self.flush_audit()
+
+    async def reload(self) -> bool:
+        """Check every source now; True when the snapshot changed."""
+        before = self._snapshot
+        self.check_file()
+        if self.engine is not None:
+            await self.refresh_db()
+        return self._snapshot is not before
+
+    # ------------------------------------------------------------------------------ file
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def check_file(self) -> bool:
+        """Re-read the file if it changed on disk; True when a new version went into force."""
+        sig = self._stat()
+        if sig == self._file_sig:
+            return False
+        self._file_sig = sig
+        if sig is None:
+            log.warning("policy file %s is gone; keeping the policy loaded from it", self.path)
+            return False
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("policy file %s unreadable (%s); keeping the current policy", self.path, exc)
+            return False
+        sha = store.sha256_of(text)
+        if sha == self._file_seen_sha:
+            return False  # touched, not changed
+        self._file_seen_sha = sha
+        name = self._file_doc.name if self._file_doc is not None else self.path.stem
+        try:
+            doc = parse_policy(text, origin=str(self.path), default_name=self.path.stem)
+        except PolicyError as exc:
+            self._reject(str(self.path), exc.issues)
+            self._queue_audit(store.file_subject(name), "file", name, text, file_actor(self.path), "rejected", exc.issues)
+            return False
+        self.errors.pop(str(self.path), None)
+        self._file_doc = doc
+        self._queue_audit(store.file_subject(doc.name), "file", doc.name, text, file_actor(self.path), "applied")
+        self._swap(f"file {self.path} changed")
+        return True
+
+    async def _file_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                self.check_file()
+            except Exception:  # noqa: BLE001 - never let the watcher die
+                log.exception("policy file check failed")
+
+    # ------------------------------------------------------------------------------ database
+    async def refresh_db(self) -> bool:
+        """Load changed database policies; True when the snapshot changed. Raises on DB errors."""
+        assert self.engine is not None
+        async with self.engine.connect() as conn:
+            versions = await store.policy_versions(conn)
+            changed = [n for n, v in versions.items() if self._db_seen.get(n) != v]
+            gone = [n for n in self._db_seen if n not in versions]
+            rows = {}
+            for name in changed:
+                row = await store.get_policy(conn, name)
+                if row is not None:
+                    rows[name] = row
+        self.stats["db_refreshes"] += 1
+        swapped = False
+        for name in gone:
+            self._db_seen.pop(name, None)
+            self.errors.pop(f"db:{name}", None)
+            swapped |= self._db_docs.pop(name, None) is not None
+            self._queue_audit(store.db_subject(name), "db", name, None, UNAUDITED_ACTOR, "deleted")
+        for name, row in rows.items():
+            self._db_seen[name] = (row.version, row.sha256, row.enabled)
+            if not row.enabled:
+                self.errors.pop(f"db:{name}", None)
+                swapped |= self._db_docs.pop(name, None) is not None
+                self._queue_audit(store.db_subject(name), "db", name, row.source, UNAUDITED_ACTOR, "disabled")
+                continue
+            try:
+                doc = _db_document(row, self._file_doc)
+            except PolicyError as exc:
+                self._reject(f"db:{name}", exc.issues)
+                self._queue_audit(store.db_subject(name), "db", name, row.source, UNAUDITED_ACTOR, "rejected", exc.issues)
+                continue
+            self.errors.pop(f"db:{name}", None)
+            self._db_docs[name] = doc
+            self._queue_audit(store.db_subject(name), "db", name, row.source, UNAUDITED_ACTOR, "applied")
+            swapped = True
+        if swapped:
+            self._swap("database policies changed")
+        await self.flush_audit()
+        return swapped
+
+    async def flush_audit(self) -> int:
+        """Write queued policy_change entries (deduplicated against the log); returns how many were new."""
+        if self.engine is None or not self._pending_audit:
+            return 0
+        written = 0
+        async with self.engine.begin() as conn:
+            for item in self._pending_audit:
+                entry = await store.record_change(conn, subject=item.subject, origin=item.origin, name=item.name,
+                                                  content=item.content, actor=item.actor, status=item.status,
+                                                  errors=item.errors, audit=self.audit)
+                written += entry is not None
+        self._pending_audit.clear()
+        return written
+
+    def _queue_audit(self, subject: str, origin: str, name: str, content: str | None, actor: str, status: str,
+                     errors: tuple[PolicyIssue, ...] = ()) -> None:
+        if self.engine is None:
+            return
+        self._pending_audit.append(_PendingAudit(subject, origin, name, content, actor, status, errors))
+        self._wake.set()
+
+    async def _db_loop(self) -> None:
+        failures = 0
+        while True:
+            if self.listen and not self.listening:
+                await self._connect_listener()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.db_poll_interval)
+            self._wake.clear()
+            try:
+                await self.refresh_db()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - keep the current snapshot; say so once per outage
+                self.stats["db_failures"] += 1
+                failures += 1
+                if failures == 1:
+                    log.warning("reloading database policies failed (%s); keeping the current policy", exc)
+
+    @property
+    def listening(self) -> bool:
+        return self._listen_conn is not None and not self._listener_lost
+
+    async def _connect_listener(self) -> None:
+        await self._drop_listener()
+        assert self.engine is not None
+        try:
+            conn = await self.engine.connect()
+        except Exception as exc:  # noqa: BLE001 - polling still works
+            log.debug("policy LISTEN connection failed: %s", exc)
+            return
+        try:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            await driver.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            driver.add_termination_listener(self._on_terminated)
+        except Exception as exc:  # noqa: BLE001
+            log.debug("LISTEN %s failed: %s", NOTIFY_CHANNEL, exc)
+            await _discard(conn)
+            return
+        self._listen_conn = conn
+        self._listener_lost = False
+        self.stats["listens"] += 1
+        self._wake.set()  # a change between the last poll and LISTEN would otherwise wait for the next poll
+
+    def _on_notify(self, *_: Any) -> None:
+        self.stats["notifications"] += 1
+        self._wake.set()
+
+    def _on_terminated(self, *_: Any) -> None:
+        self._listener_lost = True
+        self._wake.set()
+
+    async def _drop_listener(self) -> None:
+        conn, self._listen_conn = self._listen_conn, None
+        if conn is not None:
+            await _discard(conn)
+
+    # ------------------------------------------------------------------------------ swapping
+    def _reject(self, source: str, issues: tuple[PolicyIssue, ...]) -> None:
+        self.stats["rejected"] += 1
+        self.errors[source] = issues
+        log.error("policy %s rejected, keeping the version in force:\n  %s", source, "\n  ".join(str(i) for i in issues))
+
+    def _swap(self, why: str) -> None:
+        docs = ([self._file_doc] if self._file_doc is not None else []) + [self._db_docs[n] for n in sorted(self._db_docs)]
+        snapshot = PolicySnapshot.build(docs)
+        self._snapshot = snapshot  # one assignment: readers see the old or the new snapshot
+        self.stats["swaps"] += 1
+        log.info("policy %s in force (%s): %d request rules, %d response rules", snapshot.version, why,
+                 len(snapshot.request_rules), len(snapshot.response_rules))
+        if self.on_swap is not None:
+            try:
+                self.on_swap(snapshot)
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop reloads
+                log.exception("policy swap listener failed")
+
+
+async def _discard(conn: AsyncConnection) -> None:
+    # invalidate, not close: a connection with a LISTEN registered must not go back to the pool
+    with contextlib.suppress(Exception):
+        await conn.invalidate()
+    with contextlib.suppress(Exception):
+        await conn.close()

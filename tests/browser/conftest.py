@@ -1,0 +1,132 @@
+"""A running dashboard for the browser check: the real `llmproxy up` (Envoy, sidecar, Streamlit) on
+ephemeral loopback ports, a seeded database of its own, and the local fake provider upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from extproc.testing.fakes import FakeProvider
+from intelligence.store.engine import asyncpg_dsn
+from tests.conftest import database_url
+
+CHROMIUM = "/usr/bin/chromium"
+LLMPROXY = str(Path(sys.executable).with_name("llmproxy"))
+SEED_ROWS = 2000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Dashboard:
+    url: str  # the Streamlit app
+    gateway: str
+    db_url: str
+    proc: subprocess.Popen
+    log: Path
+
+
+def _require_browser() -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} missing: install Debian's chromium package (apt-get install -y chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip("the Python playwright package is not installed (pip install playwright; no browser download needed)")
+
+
+async def _create_seeded(server: str) -> str:
+    from extproc.cli.seed import seed
+
+    name = f"browser_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(asyncpg_dsn(server))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = database_url(server, name)
+    await seed(url, SEED_ROWS, days=14, embed_sample=600, use_model=False, batch=1000, progress=False)
+    return url
+
+
+async def _drop(server: str, url: str) -> None:
+    conn = await asyncpg.connect(asyncpg_dsn(server))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1].split("?")[0]}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def dashboard(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboard]:
+    _require_browser()
+    db_url = asyncio.run(_create_seeded(pg_server_url))
+    fake = FakeProvider().start_in_thread()
+    tmp = tmp_path_factory.mktemp("dashboard")
+    data_dir = tmp / "data"
+    port, admin, sidecar, ui = free_port(), free_port(), free_port(), free_port()
+    log = tmp / "up.log"
+    args = [LLMPROXY, "up", "--no-worker", "--data-dir", str(data_dir), "--port", str(port), "--admin-port", str(admin),
+            "--sidecar-port", str(sidecar), "--ui-port", str(ui), "--upstream", f"openai={fake.base_url}",
+            "--upstream", f"anthropic={fake.base_url}", "--upstream", f"openrouter={fake.base_url}/api"]
+    env = {**os.environ, "DATABASE_URL": db_url}
+    for key in ("ANTHROPIC_API_KEY", "OPENROUTER_API_KEY"):
+        env.pop(key, None)
+    proc = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    board = Dashboard(url=f"http://127.0.0.1:{ui}", gateway=f"http://127.0.0.1:{port}", db_url=db_url, proc=proc, log=log)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llmproxy up exited {proc.returncode}:\n{log.read_text()}")
+            try:
+                if (httpx.get(f"{board.gateway}/healthz", timeout=1).status_code == 200
+                        and httpx.get(f"{board.url}/_stcore/health", timeout=1).text == "ok"):
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"stack did not come up:\n{log.read_text()}")
+            time.sleep(0.3)
+        yield board
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        fake.stop_thread()
+        asyncio.run(_drop(pg_server_url, db_url))
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser(dashboard: Dashboard):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()

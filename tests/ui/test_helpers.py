@@ -1,0 +1,149 @@
+"""The dashboard's helpers: masking, body views, aggregation, the HTML report, the LISTEN runner."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from intelligence.analytics import MEASURES, RollupRow, hist_bin
+from intelligence.analytics_models import HIST_BINS
+from intelligence.pricing import load_prices
+from intelligence.records import Body
+from tests.intelligence.factories import make_record
+from tests.ui.conftest import SeededUi
+from ui import aggregate, bodies
+from ui.redact import MASK, mask_secrets, safe_headers
+from ui.report import build_report
+from ui.runner import DbRunner
+
+
+@pytest.mark.parametrize("secret", [
+    "sk-proj-abcdefghijklmnopqrstuvwx1234", "sk-ant-api03-abcdefghijklmnopqrstu", "AKIAABCDEFGHIJKLMNOP",
+    "ghp_abcdefghijklmnopqrstuvwxyz0123456789", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcdefghijklmnop",
+    "xoxb-123456789012-abcdefghij",
+])
+def test_known_credential_shapes_are_masked(secret: str) -> None:
+    out = mask_secrets(f"please use {secret} for this")
+    assert secret not in out and MASK in out and out.startswith("please use")
+
+
+def test_secret_assignments_and_bearer_tokens_are_masked_but_prose_is_not() -> None:
+    assert mask_secrets('{"api_key": "hunter2hunter2"}') == '{"api_key": "' + MASK + '"}'
+    assert "abc.def-123456" not in mask_secrets("Authorization: Bearer abc.def-123456")
+    prose = "The key insight is that tokens are cheap; see ticket 12345."
+    assert mask_secrets(prose) == prose
+
+
+def test_headers_mask_credential_names_and_opaque_values() -> None:
+    shown = safe_headers({"content-type": "application/json", "x-custom-auth": "whatever", "x-trace": "a1b2c3d4e5f6g7h8i9j0k1l2m3",
+                          "user-agent": "OpenAI/Python 1.99.2", "x-api-key": "short"})
+    assert shown == {"content-type": "application/json", "x-custom-auth": MASK, "x-trace": MASK,
+                     "user-agent": "OpenAI/Python 1.99.2", "x-api-key": MASK}
+
+
+def test_body_views_use_the_provider_adapters() -> None:
+    sent = Body(json={"model": "m", "tools": [{"type": "function", "function": {"name": "a.b"}}]})
+    forwarded = Body(json={"model": "m", "tools": [{"type": "function", "function": {"name": "a_b_x1"}}]})
+    diff = bodies.body_diff(sent, forwarded)
+    assert '-        "name": "a.b"' in diff and '+        "name": "a_b_x1"' in diff
+    assert bodies.body_diff(sent, sent) == ""
+    chat = Body(json={"choices": [{"message": {"role": "assistant", "content": "hello sk-proj-abcdefghijklmnopqrstuv12",
+                                               "tool_calls": [{"id": "1", "type": "function",
+                                                               "function": {"name": "a.b", "arguments": "{}"}}]},
+                                   "finish_reason": "tool_calls"}]})
+    upstream = Body(json={"choices": [{"message": {"role": "assistant", "content": "hello",
+                                                   "tool_calls": [{"id": "1", "type": "function",
+                                                                   "function": {"name": "a_b_x1", "arguments": "{}"}}]},
+                                       "finish_reason": "tool_calls"}]})
+    assert bodies.assistant_text("/openai/v1/chat/completions", chat) == f"hello {MASK}"
+    calls = bodies.tool_calls("/v1/chat/completions", chat, upstream)
+    assert [(c.client_name, c.upstream_name) for c in calls] == [("a.b", "a_b_x1")]
+    anthropic = Body(json={"type": "message", "content": [{"type": "text", "text": "hi"},
+                                                          {"type": "tool_use", "id": "t", "name": "x.y", "input": {}}]})
+    assert bodies.assistant_text("/anthropic/v1/messages", anthropic) == "hi"
+    assert bodies.assistant_text("/unknown", chat) == "" and bodies.assistant_text(None, None) == ""
+    assert bodies.body_text(Body(text="x" * 300_000)).endswith("more characters not shown)")
+
+
+def _row(bucket: datetime, model: str, api: str, n: int, latencies: list[float], **m: float) -> RollupRow:
+    hist = np.zeros(HIST_BINS, dtype=np.int64)
+    for v in latencies:
+        hist[hist_bin(v)] += 1
+    measures = {k: 0.0 for k in MEASURES}
+    measures.update(n=n, latency_n=len(latencies), latency_sum=sum(latencies), **m)
+    return RollupRow(bucket=bucket, model=model, api=api, provider="openai", client="c", pattern_id=None,
+                     measures=measures, latency_hist=hist, ttft_hist=np.zeros(HIST_BINS, dtype=np.int64))
+
+
+def test_summaries_add_histograms_and_price_each_row_on_its_day() -> None:
+    day1 = datetime(2025, 5, 1, tzinfo=timezone.utc)
+    day2 = datetime(2025, 7, 1, tzinfo=timezone.utc)  # o3 got cheaper on 2025-06-10
+    rows = [
+        _row(day1, "o3", "responses", 2, [100.0, 200.0], input_tokens=1000, errors=1),
+        _row(day2, "o3", "responses", 3, [1000.0, 1000.0, 1000.0], input_tokens=1000),
+        _row(day2, "mystery", "chat", 5, [50.0] * 5, input_tokens=10),
+    ]
+    frame = aggregate.rollup_frame(rows, load_prices())
+    by_model = aggregate.summarize(frame, ["model"]).set_index("model")
+    assert by_model.loc["o3", "requests"] == 5 and by_model.loc["o3", "errors"] == 1
+    assert by_model.loc["o3", "error_rate"] == pytest.approx(0.2)
+    assert by_model.loc["o3", "cost_usd"] == pytest.approx(1000 * 10.0 / 1e6 + 1000 * 2.0 / 1e6)
+    assert by_model.loc["mystery", "unpriced_requests"] == 5 and by_model.loc["mystery", "cost_usd"] == 0
+    assert by_model.loc["o3", "latency_p50_ms"] == pytest.approx(1000.0, rel=0.12)
+    assert by_model.loc["o3", "latency_mean_ms"] == pytest.approx(3300.0 / 5)
+    assert list(by_model.index) == ["o3", "mystery"] or list(by_model.index) == ["mystery", "o3"]
+    per_day = aggregate.summarize(frame, ["bucket"])
+    assert sorted(per_day["requests"]) == [2, 8]
+    total = aggregate.summarize(frame, [])
+    assert total.iloc[0]["requests"] == 10
+    top = aggregate.summarize(aggregate.keep_top(frame, "model", ["o3"]), ["model"]).set_index("model")
+    assert top.loc["other", "requests"] == 5
+    empty = aggregate.summarize(aggregate.rollup_frame([], load_prices()), ["model"])
+    assert empty.empty and "requests" in empty.columns
+
+
+def test_report_is_self_contained_html_with_the_numbers() -> None:
+    summary = pd.DataFrame([{"model": "gpt-4o <b>", "requests": 12, "error_rate": 0.25, "latency_p50_ms": 100.0,
+                             "latency_p95_ms": float("nan"), "ttft_p50_ms": None, "input_tokens": 1000,
+                             "output_tokens": 50, "cost_usd": 1.5}])
+    totals = summary.assign(unpriced_requests=0)
+    page = build_report(datetime(2025, 5, 1, tzinfo=timezone.utc), datetime(2025, 5, 2, tzinfo=timezone.utc), totals,
+                        [("By model", "model", summary)], summary.assign(period="2025-05-01"), load_prices())
+    assert page.startswith("<!doctype html>") and "<script" not in page and "http" not in page.split("</style>")[1]
+    assert "gpt-4o &lt;b&gt;" in page and "25.00%" in page and "$1.50" in page and "100 ms" in page
+    assert "prices as of" in page
+
+
+async def test_runner_runs_queries_and_hears_new_exchanges(ui_db: SeededUi) -> None:
+    import asyncio
+
+    from intelligence.store.engine import make_engine
+    from intelligence.store.repositories import ExchangeRepository
+
+    runner = DbRunner(ui_db.url)
+    try:
+        for _ in range(100):
+            if runner.feed.connected:
+                break
+            await asyncio.sleep(0.05)
+        assert runner.change_token()[0] == "notify"
+        before = runner.feed.version
+        count = await asyncio.to_thread(runner.run, lambda conn: ExchangeRepository(conn).count())
+        assert count >= 8
+        rec = make_record(started_at=datetime.now(timezone.utc) - timedelta(days=400))
+        engine = make_engine(ui_db.url)
+        try:
+            async with engine.begin() as conn:
+                await ExchangeRepository(conn).insert_batch([rec])
+        finally:
+            await engine.dispose()
+        deadline = time.monotonic() + 5
+        while runner.feed.version == before and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert runner.feed.version > before and runner.feed.last_payload == rec.request_id
+    finally:
+        await asyncio.to_thread(runner.close)
