@@ -382,7 +382,7 @@ class AnalyticsRepository:
     async def embedding_sample(self, limit: int) -> list[MapPoint]:
         """The newest embedded prompts with their pattern and whether the exchange failed (any failing signal)."""
         rows = (await self._session.execute(text(
-            "SELECT e.request_id, e.pattern_id, e.embedding::text AS embedding, left(x.prompt_user, 200) AS preview, "
+            "SELECT e.request_id, e.pattern_id, e.embedding::real[] AS embedding, left(x.prompt_user, 200) AS preview, "
             "  (x.error IS NOT NULL OR x.status >= 400 OR EXISTS (SELECT 1 FROM outcome_signals s "
             "   WHERE s.request_id = e.request_id AND NOT s.ok)) AS failed "
             "FROM (SELECT request_id, pattern_id, embedding FROM exchange_embeddings WHERE embedding IS NOT NULL "
@@ -390,7 +390,7 @@ class AnalyticsRepository:
         ), {"limit": limit})).all()
         return [
             MapPoint(request_id=r.request_id, pattern_id=r.pattern_id, failed=bool(r.failed),
-                     embedding=np.fromstring(r.embedding.strip("[]"), dtype=np.float32, sep=","),
+                     embedding=np.asarray(r.embedding, dtype=np.float32),  # real[] decodes ~2x faster than text
                      prompt_preview=r.preview)
             for r in rows
         ]

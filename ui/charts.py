@@ -49,7 +49,7 @@ def bars(df: pd.DataFrame, category: str, metric: str) -> alt.Chart:
         alt.Chart(df)
         .mark_bar()
         .encode(
-            y=alt.Y(f"{category}:N", sort="-x", title=None, axis=alt.Axis(labelLimit=260)),
+            y=alt.Y(f"{category}:N", sort="-x", title=None, axis=alt.Axis(labelLimit=260, labelOverlap=False)),
             x=alt.X(f"{metric}:Q", title=METRIC_LABELS.get(metric, metric), axis=alt.Axis(format=_format(metric))),
             tooltip=[alt.Tooltip(f"{category}:N"), alt.Tooltip(f"{metric}:Q", format=_format(metric))],
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -518,19 +519,22 @@ def pattern_detail(pattern_id: int, days: int = 30) -> PatternDetail | None:
     return _pattern_detail(database_url(), int(pattern_id), days, _minute())
 
 
-@st.cache_data(ttl=600, max_entries=4, show_spinner=False)
-def _pattern_map(url: str, sample: int) -> pd.DataFrame:
-    """A PCA projection of the newest ``sample`` prompt embeddings (cached ten minutes)."""
-    rows = _run(lambda conn: AnalyticsRepository(conn).embedding_sample(sample))
+MAP_SAMPLE = 3000
+MAP_MAX_AGE_S = 600.0
+
+
+def compute_pattern_map(url: str, sample: int) -> pd.DataFrame:
+    """A PCA projection of the newest ``sample`` prompt embeddings, one point per exchange."""
+    from ui.redact import mask_secrets
+
+    runner = _runner(url)
+    rows = runner.run(lambda conn: AnalyticsRepository(conn).embedding_sample(sample))
     columns = ["x", "y", "pattern_id", "pattern", "outcome", "prompt", "request_id"]
     if len(rows) < 3:
         return pd.DataFrame(columns=columns)
-    vectors = np.stack([r.embedding for r in rows]).astype(np.float64)
-    coords = pca_2d(vectors)
+    coords = pca_2d(np.stack([r.embedding for r in rows]).astype(np.float64))
     ids = sorted({r.pattern_id for r in rows if r.pattern_id is not None})
-    labels = _run(lambda conn: AnalyticsRepository(conn).pattern_labels(ids))
-    from ui.redact import mask_secrets
-
+    labels = runner.run(lambda conn: AnalyticsRepository(conn).pattern_labels(ids))
     return pd.DataFrame({
         "x": coords[:, 0], "y": coords[:, 1],
         "pattern_id": [float(r.pattern_id) if r.pattern_id is not None else np.nan for r in rows],
@@ -548,8 +552,67 @@ def pca_2d(vectors: np.ndarray) -> np.ndarray:
     return centred @ vt[:2].T
 
 
-def pattern_map(sample: int = 3000) -> pd.DataFrame:
-    return _pattern_map(database_url(), sample)
+class BackgroundMap:
+    """The embedding map, recomputed in a background thread when older than MAP_MAX_AGE_S.
+
+    Page loads only read the last result, so a PCA over thousands of vectors never sits in a
+    page's render time; the first request after start-up starts the job.
+    """
+
+    def __init__(self, url: str, sample: int) -> None:
+        self.url, self.sample = url, sample
+        self._lock = threading.Lock()
+        self.frame: pd.DataFrame | None = None
+        self.computed_at: float | None = None
+        self.error: str | None = None
+        self._running = False
+
+    def refresh_if_stale(self) -> None:
+        with self._lock:
+            fresh = self.computed_at is not None and time.time() - self.computed_at < MAP_MAX_AGE_S
+            if fresh or self._running:
+                return
+            self._running = True
+        threading.Thread(target=self._compute, name="llmproxy-ui-map", daemon=True).start()
+
+    def _compute(self) -> None:
+        try:
+            frame = compute_pattern_map(self.url, self.sample)
+            with self._lock:
+                self.frame, self.computed_at, self.error = frame, time.time(), None
+        except Exception as exc:  # noqa: BLE001 - shown on the page; retried on the next look
+            with self._lock:
+                self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            with self._lock:
+                self._running = False
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a first result exists (tests, warm-up); True if there is one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.frame is not None:
+                    return True
+            time.sleep(0.05)
+        return False
+
+
+@st.cache_resource(show_spinner=False)
+def _map_job(url: str, sample: int) -> BackgroundMap:
+    return BackgroundMap(url, sample)
+
+
+def map_job(sample: int = MAP_SAMPLE) -> BackgroundMap:
+    job = _map_job(database_url(), sample)
+    job.refresh_if_stale()
+    return job
+
+
+def start_background_jobs() -> None:
+    """Warm what is slow to compute, as soon as anyone opens the dashboard."""
+    if database_url():
+        map_job()
 
 
 @st.cache_resource(show_spinner="Loading the embedding model...")

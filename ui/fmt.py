@@ -32,6 +32,16 @@ def count(v: float | int | None) -> str:
     return "–" if _missing(v) else f"{int(v):,}"
 
 
+def compact(v: float | int | None) -> str:
+    """1234 -> 1.2k, 3566210 -> 3.6M: for tiles where full digits do not fit."""
+    if _missing(v):
+        return "–"
+    for limit, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= limit:
+            return f"{v / limit:.1f}{suffix}"
+    return f"{int(v)}"
+
+
 def exchange_columns() -> dict[str, Any]:
     cc = st.column_config
     return {

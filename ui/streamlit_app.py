@@ -16,4 +16,10 @@ pages = [
     st.Page("app_pages/patterns.py", title="Patterns", icon=":material/scatter_plot:", url_path="patterns"),
     st.Page("app_pages/system.py", title="System", icon=":material/dns:", url_path="system"),
 ]
+try:
+    from ui import data
+
+    data.start_background_jobs()
+except Exception:  # noqa: BLE001 - no database yet: each page says so itself
+    pass
 st.navigation(pages).run()

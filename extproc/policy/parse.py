@@ -371,7 +371,7 @@ def _range(r: _Reader, node: Node, field: str, *, lo: float | None = None, hi: f
     spec = r.mapping(node, field, ("gt", "gte", "lt", "lte"))
     if spec is None:
         return None
-    if not spec:
+    if not node.value:
         r.error(node, field, "give at least one bound: gt, gte, lt or lte")
         return None
     bounds: dict[str, float] = {}
@@ -393,7 +393,7 @@ def _time(r: _Reader, node: Node, field: str) -> TimeWindow | None:
     spec = r.mapping(node, field, ("days", "hours"))
     if spec is None:
         return None
-    if not spec:
+    if not node.value:
         r.error(node, field, "give days, hours or both (UTC)")
         return None
     days: set[int] = set()
@@ -435,7 +435,7 @@ def _headers_match(r: _Reader, node: Node, field: str) -> Check | None:
     spec = r.mapping(node, field, ("present", "absent", "values"))
     if spec is None:
         return None
-    if not spec:
+    if not node.value:
         r.error(node, field, "give present, absent or values")
         return None
     present = _header_names(r, spec["present"], f"{field}.present", r.strings(spec["present"], f"{field}.present")) if "present" in spec else []
@@ -617,7 +617,7 @@ def _action(r: _Reader, key: str, node: Node, field: str, phase: Phase, qualifie
     elif key == "route":
         spec = r.mapping(node, field, ("model", "provider"))
         if spec is not None:
-            if not spec:
+            if not node.value:
                 r.error(node, field, "give model, provider or both")
             model = r.string(spec["model"], f"{field}.model") if "model" in spec else None
             provider = r.string(spec["provider"], f"{field}.provider") if "provider" in spec else None

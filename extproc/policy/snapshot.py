@@ -25,7 +25,6 @@ from types import MappingProxyType
 from typing import Any
 
 from .decision import (
-    ALLOW_ALL,
     NO_REDACTION,
     Alert,
     Block,
@@ -47,6 +46,9 @@ from .parse import PolicyDocument
 from .rules import Rule
 
 
+_PLAIN_CACHE_SIZE = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class PolicySnapshot:
     documents: tuple[PolicyDocument, ...]
@@ -57,6 +59,7 @@ class PolicySnapshot:
     version: str  # short hash of every source: names the snapshot in records
     loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     detectors: frozenset[str] = frozenset()  # pii | secrets | injection | flags: what the exchange must run
+    _plain: dict[str | None, RequestDecision] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------------------ build
     @classmethod
@@ -107,7 +110,8 @@ class PolicySnapshot:
             acc = acc or _RequestAcc()
             if refusal is not None:
                 block = refusal
-                fired.append(FiredRule(rule.id, rule.policy, Mode.ENFORCE, ("block",), refusal.message))
+                fired.append(fx.fired_enforce if fx.block is not None else
+                             FiredRule(rule.id, rule.policy, Mode.ENFORCE, rule.actions.names, refusal.message))
                 acc.side_effects(rule)  # a blocking rule still tags, alerts and quarantines
                 break
             fired.append(fx.fired_enforce)
@@ -115,9 +119,21 @@ class PolicySnapshot:
             if rule.actions.allow:
                 break
         if acc is None and aliased is None:
-            return _plain(self.version, model, fired)
+            if fired:
+                return RequestDecision(model=model, fired=tuple(fired), policy_version=self.version)
+            return self._untouched(model)
         acc = acc or _RequestAcc()
         return acc.decision(self.version, facts.model, model, aliased is not None, block, tuple(fired))
+
+    def _untouched(self, model: str | None) -> RequestDecision:
+        """The decision when no rule fired: the same for every request with this model, so cached
+        (bounded; decisions are immutable, sharing them is safe)."""
+        cached = self._plain.get(model)
+        if cached is None:
+            cached = RequestDecision(model=model, policy_version=self.version)
+            if len(self._plain) < _PLAIN_CACHE_SIZE:
+                self._plain[model] = cached
+        return cached
 
     # ------------------------------------------------------------------------------ response
     def evaluate_response(self, facts: ResponseFacts) -> ResponseDecision:
@@ -178,13 +194,6 @@ class PolicySnapshot:
             "response_rules": [r.summary() for r in self.response_rules],
             "disabled_rules": [r.summary() for r in self.disabled],
         }
-
-
-def _plain(version: str, model: str | None, fired: list[FiredRule]) -> RequestDecision:
-    """Nothing enforced (at most monitor-mode rules fired)."""
-    if not version and model is None and not fired:
-        return ALLOW_ALL
-    return RequestDecision(model=model, fired=tuple(fired), policy_version=version)
 
 
 def _detectors(rules: list[Rule]) -> frozenset[str]:

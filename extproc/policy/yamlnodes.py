@@ -15,7 +15,8 @@ import yaml
 from .errors import PolicyError, PolicyIssue
 
 Kind = Literal["map", "seq", "scalar"]
-MAX_DEPTH = 64  # policies are shallow; a deeper document is a mistake or an attack
+MAX_DEPTH = 64
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")  # policies are shallow; a deeper document is a mistake or an attack
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,9 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: str, issues: list[P
     line = node.start_mark.line + 1
     if depth > MAX_DEPTH:
         issues.append(PolicyIssue(line, path, f"nested deeper than {MAX_DEPTH} levels", source))
+        return Node("scalar", None, line)
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+        issues.append(PolicyIssue(line, path, f"unsupported YAML tag {node.tag!r}", source))
         return Node("scalar", None, line)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # YAML merge keys (<<)

@@ -138,6 +138,10 @@ RULES: tuple[Rule, ...] = (
        r"<!--[^>]{0,200}\b(?:ignore|instead|say|state|respond|reply|tell|instruction|assistant|ai)\b|\b(?:important|attention|note)\s*(?:to|for)\s+(?:the\s+)?(?:ai|assistant|model|llm)\b"),
     _r("state_instead", "indirect_injection", 0.5,
        r"\b(?:ignore|disregard)\w*\s+(?:the\s+)?(?:webpage|page|document|article|text|email|resume|function|code|data|table|paper|file|content|input|question)\b"),
+    _r("output_steering", "indirect_injection", 0.5,
+       r"\b(?:let's|let us|we might|we could|we should|i suggest you(?: to)?)\s+(?:just\s+)?(?:say|state|claim|declare|print|output|admit|assume|consider the output as|report)\b|\byou (?:must|should) (?:say|state|claim|declare|admit|print|output)\b|\b(?:please\s+)?(?:say|state|print|output|write|repeat)\s+the following\s*:"),
+    _r("shouted_override", "mode_switch", 0.6,
+       r"<\s*[A-Z][A-Z _-]{0,30}\b(?:MODE|OVERRIDE|ADMIN|SYSTEM)\b[A-Z _-]{0,20}>|\b[A-Z]{3,}(?: [A-Z]{3,}){0,3} OVERRIDE\b", 0),
     _r("hypothetical_override", "indirect_injection", 0.45,
        r"\b(?:hypothetical|imagine|suppose|let's (?:imagine|consider|pretend))\b[^.\n]{0,60}\b(?:we|you)\s+(?:ignore|disregard|were to ignore)\b"),
     # -- obfuscation requests ---------------------------------------------------------------

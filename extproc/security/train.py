@@ -121,7 +121,7 @@ def featurize(texts: list[str], embed: Any, batch: int = 64) -> tuple[np.ndarray
 
 # Short everyday requests are plentiful and easy; long role-play and security-themed prompts are
 # the hard negatives, so they weigh more.
-ORIGIN_WEIGHTS = {CLINC_FILE: 0.5, "benign_awesome_chatgpt_prompts.jsonl": 4.0, "benign_cyberseceval_frr.jsonl": 1.5, "benign_xstest_safe.jsonl": 2.0}
+ORIGIN_WEIGHTS = {CLINC_FILE: 0.5, "benign_awesome_chatgpt_prompts.jsonl": 8.0, "benign_cyberseceval_frr.jsonl": 1.5, "benign_xstest_safe.jsonl": 2.0}
 
 
 def fit(data: TrainingData, vecs: np.ndarray, feats: np.ndarray, c: float) -> LinearClassifier:
@@ -159,7 +159,7 @@ def fit(data: TrainingData, vecs: np.ndarray, feats: np.ndarray, c: float) -> Li
     )
 
 
-def train(eval_dir: Path, c: float = 0.5, embed: Any = None, out_dir: Path = DATA_DIR) -> dict[str, Any]:
+def train(eval_dir: Path, c: float = 0.05, embed: Any = None, out_dir: Path = DATA_DIR) -> dict[str, Any]:
     data = collect(eval_dir)
     vecs, feats = featurize(data.texts, embed or shared_embed())
     clf = fit(data, vecs, feats, c)
@@ -182,7 +182,7 @@ def train(eval_dir: Path, c: float = 0.5, embed: Any = None, out_dir: Path = DAT
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m extproc.security.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--eval-dir", type=Path, default=Path("../shared/eval"), help="directory with the development corpora")
-    parser.add_argument("--C", type=float, default=0.5, help="inverse regularisation strength")
+    parser.add_argument("--C", type=float, default=0.05, help="inverse regularisation strength")
     parser.add_argument("--out-dir", type=Path, default=DATA_DIR, help="where to write classifier.yaml, memory.yaml, trainset.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")

@@ -45,7 +45,9 @@ k[0].metric("Requests", fmt.count(t["requests"]) if t is not None else "0")
 k[1].metric("Error rate", fmt.percent(t["error_rate"]) if t is not None else "–")
 k[2].metric("Latency p50", fmt.ms(t["latency_p50_ms"]) if t is not None else "–")
 k[3].metric("Latency p95", fmt.ms(t["latency_p95_ms"]) if t is not None else "–")
-k[4].metric("Tokens in / out", f"{fmt.count(t['input_tokens'])} / {fmt.count(t['output_tokens'])}" if t is not None else "–")
+k[4].metric("Tokens in / out", f"{fmt.compact(t['input_tokens'])} / {fmt.compact(t['output_tokens'])}" if t is not None else "–",
+            help=f"{fmt.count(t['input_tokens'])} in, {fmt.count(t['output_tokens'])} out, "
+                 f"{fmt.count(t['cached_tokens'])} cached, {fmt.count(t['reasoning_tokens'])} reasoning" if t is not None else None)
 k[5].metric("Cost", fmt.usd(t["cost_usd"]) if t is not None else "–",
             help=f"Prices as of {data.prices().as_of} (intelligence/prices.yaml)"
             + (f"; {int(t['unpriced_requests']):,} exchanges of unpriced models count as $0" if t is not None and t["unpriced_requests"] else ""))

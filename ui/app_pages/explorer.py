@@ -40,8 +40,9 @@ def show_exchange(request_id: str) -> None:
     m[2].metric("Upstream", fmt.ms(r.upstream_ms))
     overhead = (r.latency_ms - r.upstream_ms) if r.latency_ms is not None and r.upstream_ms is not None else None
     m[3].metric("Gateway overhead", fmt.ms(overhead))
-    m[4].metric("Tokens in / out", f"{fmt.count(u.input_tokens)} / {fmt.count(u.output_tokens)}",
-                help=f"cached {fmt.count(u.cached_tokens)} · reasoning {fmt.count(u.reasoning_tokens)}")
+    m[4].metric("Tokens in / out", f"{fmt.compact(u.input_tokens)} / {fmt.compact(u.output_tokens)}",
+                help=f"{fmt.count(u.input_tokens)} in ({fmt.count(u.cached_tokens)} cached) · "
+                     f"{fmt.count(u.output_tokens)} out ({fmt.count(u.reasoning_tokens)} reasoning)")
     m[5].metric("Cost", fmt.usd(detail.cost_usd), help="unpriced model" if detail.cost_usd is None else None)
     links = []
     if r.session_id:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import streamlit as st
 
@@ -81,16 +83,28 @@ if choices:
                     st.text(mask_secrets(str(ex.get("text") or ex.get("prompt") or ex)))
 
 st.subheader("Map of the embedding space")
-mc = st.columns([1, 3])
-color = mc[0].radio("Colour by", ["pattern", "outcome"], horizontal=True)
-points = data.pattern_map(3000)
-if points.empty:
-    st.info("Not enough embedded prompts to draw a map yet.")
-else:
+job = data.map_job()
+
+
+@st.fragment(run_every=2.0 if job.frame is None else None)
+def embedding_map() -> None:
+    points = job.frame
+    if points is None:
+        st.info("Computing the map in the background" + (f" (last attempt failed: {job.error})" if job.error else "") + "...")
+        return
+    if points.empty:
+        st.info("Not enough embedded prompts to draw a map yet.")
+        return
+    color = st.radio("Colour by", ["pattern", "outcome"], horizontal=True)
     top_ids = set(points["pattern"].value_counts().head(12).index)
     shown = points.assign(pattern=points["pattern"].where(points["pattern"].isin(top_ids), "other"))
     st.altair_chart(charts.scatter_map(shown, color), width="stretch")
-    st.caption(f"PCA of the {len(points):,} newest embedded prompts; recomputed at most every 10 minutes.")
+    age = time.time() - (job.computed_at or time.time())
+    st.caption(f"PCA of the {len(points):,} newest embedded prompts, computed {age / 60:.0f} min ago in the background "
+               f"(refreshed every {data.MAP_MAX_AGE_S / 60:.0f} min).")
+
+
+embedding_map()
 
 st.subheader("Search similar prompts")
 with st.form("similar"):

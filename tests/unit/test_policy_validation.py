@@ -1,0 +1,383 @@
+"""Strict validation: every error names the line and the field; all errors are reported at once."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from extproc.policy import PolicyError, parse_policy, validate
+from extproc.policy.parse import MAX_POLICY_CHARS
+
+
+def issues_of(text: str) -> list[tuple[int, str, str]]:
+    return [(i.line, i.field, i.message) for i in validate(textwrap.dedent(text).lstrip("\n"), origin="p.yaml")]
+
+
+def one_issue(text: str) -> tuple[int, str, str]:
+    found = issues_of(text)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# (yaml, line, field, fragment of the message)
+CASES = [
+    ("""
+     rules:
+       - id: a
+         match:
+           modles: [gpt-4o]
+         actions: {tag: x}
+     """, 4, "rules[0].match.modles", "did you mean 'models'"),
+    ("""
+     version: 1
+     rules: []
+     rulez: []
+     """, 3, "rulez", "did you mean 'rules'"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           cap_max_tokens: "lots"
+     """, 4, "rules[0].actions.cap_max_tokens", "expected a whole number"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           cap_max_tokens: 0
+     """, 4, "rules[0].actions.cap_max_tokens", "out of range"),
+    ("""
+     rules:
+       - id: a
+         match:
+           models: ["gpt-[4"]
+         actions: {tag: x}
+     """, 4, "rules[0].match.models[0]", "unclosed '['"),
+    ("""
+     rules:
+       - id: a
+         match:
+           models: "re:(unclosed"
+         actions: {tag: x}
+     """, 4, "rules[0].match.models", "invalid regex"),
+    ("""
+     rules:
+       - id: a
+         mode: enforcing
+         actions: {tag: x}
+     """, 3, "rules[0].mode", "'enforcing' is not one of: enforce, monitor, off"),
+    ("""
+     rules:
+       - id: a
+         actions: {tag: x}
+       - id: a
+         actions: {tag: y}
+     """, 4, "rules[1].id", "duplicate rule id 'a' (first on line 2)"),
+    ("""
+     rules:
+       - actions: {tag: x}
+     """, 2, "rules[0].id", "missing"),
+    ("""
+     rules:
+       - id: a
+     """, 2, "rules[0].actions", "missing"),
+    ("""
+     rules:
+       - id: a
+         actions: {}
+     """, 3, "rules[0].actions", "no actions"),
+    ("""
+     rules:
+       - id: a
+         actions: {allow: true, block: true}
+     """, 3, "rules[0].actions.block", "cannot both allow and block"),
+    ("""
+     rules:
+       - id: a
+         phase: response
+         actions: {cap_max_tokens: 5}
+     """, 4, "rules[0].actions.cap_max_tokens", "not available in a `phase: response` rule"),
+    ("""
+     rules:
+       - id: a
+         match: {status: {gte: 500}}
+         actions: {tag: x}
+     """, 3, "rules[0].match.status", "only for `phase: response` rules"),
+    ("""
+     rules:
+       - id: a
+         match:
+           injection_score: {gte: 1.5}
+         actions: {tag: x}
+     """, 4, "rules[0].match.injection_score.gte", "out of range"),
+    ("""
+     rules:
+       - id: a
+         match:
+           injection_score: {above: 0.5}
+         actions: {tag: x}
+     """, 4, "rules[0].match.injection_score.above", "unknown key"),
+    ("""
+     rules:
+       - id: a
+         match:
+           time: {days: [funday]}
+         actions: {tag: x}
+     """, 4, "rules[0].match.time.days", "not a day"),
+    ("""
+     rules:
+       - id: a
+         match:
+           time: {hours: ["9-17"]}
+         actions: {tag: x}
+     """, 4, "rules[0].match.time.hours", "not a window"),
+    ("""
+     rules:
+       - id: a
+         match:
+           apis: [chat, grpc]
+         actions: {tag: x}
+     """, 4, "rules[0].match.apis", "unknown api 'grpc'"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           set_fields:
+             temperature: 0.2
+     """, 5, "rules[0].actions.set_fields['temperature']", "must start with '/'"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           set_fields: {/model: gpt-4o}
+     """, 4, "rules[0].actions.set_fields['/model']", "use `route"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           remove_fields: ["/a~2b"]
+     """, 4, "rules[0].actions.remove_fields[0]", "'~' must be followed by 0 or 1"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           set_headers: {x-llmproxy-provider: openai}
+     """, 4, "rules[0].actions.set_headers.x-llmproxy-provider", "gateway's own"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           redact: {kinds: [secrets], in: [response], restore: true}
+     """, 4, "rules[0].actions.redact.restore", "add `in: [request]`"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           mask: {kinds: [pii], restore: true}
+     """, 4, "rules[0].actions.mask.restore", "unknown key"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           redact: ["email address"]
+     """, 4, "rules[0].actions.redact.kinds", "not a detector kind"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           throttle: {per: key}
+     """, 4, "rules[0].actions.throttle.rpm", "missing"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           block: {status: 200}
+     """, 4, "rules[0].actions.block.status", "out of range"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           allow: false
+     """, 4, "rules[0].actions.allow", "expected `true`"),
+    ("""
+     rules:
+       - id: "bad id!"
+         actions: {tag: x}
+     """, 2, "rules[0].id", "not a valid id"),
+    ("""
+     aliases:
+       fast: fast
+     rules: []
+     """, 2, "aliases.fast", "may not point at itself"),
+    ("""
+     aliases:
+       "gpt-*": gpt-4o
+     rules: []
+     """, 2, "aliases.gpt-*", "plain model name"),
+    ("""
+     version: 2
+     rules: []
+     """, 1, "version", "unsupported version 2"),
+    ("""
+     rules:
+       - id: a
+         actions: {tag: x}
+         actions: {tag: y}
+     """, 4, "rules[0].actions", "duplicate key (first on line 3)"),
+    ("""
+     rules: {id: a}
+     """, 1, "rules", "expected a list of rules"),
+    ("""
+     name: p
+     """, 1, "rules", "missing"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           alert: {severity: loud}
+     """, 4, "rules[0].actions.alert.severity", "not one of: info, warning, critical"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           route: {}
+     """, 4, "rules[0].actions.route", "give model, provider or both"),
+    ("""
+     rules:
+       - id: a
+         match:
+           headers: {values: {"bad header": "x"}}
+         actions: {tag: x}
+     """, 4, "rules[0].match.headers.values.bad header", "not a valid header name"),
+    ("""
+     rules:
+       - id: a
+         actions:
+           strip_headers: [":path"]
+     """, 4, "rules[0].actions.strip_headers", "not a valid header name"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "field", "fragment"), CASES, ids=[c[2] for c in CASES])
+def test_errors_name_line_and_field(text: str, line: int, field: str, fragment: str) -> None:
+    got_line, got_field, message = one_issue(text)
+    assert (got_line, got_field) == (line, field), message
+    assert fragment in message
+
+
+def test_all_errors_are_reported_at_once_with_source() -> None:
+    text = textwrap.dedent("""\
+        rules:
+          - id: a
+            match: {modles: [x]}
+            actions: {tag: x}
+          - id: b
+            actions: {cap_max_tokens: -1, colour: red}
+        """)
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text, origin="team.yaml")
+    got = [(i.line, i.field) for i in info.value.issues]
+    assert got == [(3, "rules[0].match.modles"), (6, "rules[1].actions.colour"), (6, "rules[1].actions.cap_max_tokens")]
+    assert str(info.value.issues[0]).startswith("team.yaml:3: rules[0].match.modles: unknown key")
+    assert "team.yaml:3" in str(info.value)
+
+
+def test_not_yaml_and_not_a_mapping_and_empty() -> None:
+    (line, field, message), = issues_of("rules: [\n")
+    assert line == 2 and field == "" and "not valid YAML" in message
+    (line, field, message), = issues_of("- just\n- a list\n")
+    assert (line, field) == (1, "") and "expected a mapping" in message
+    (line, field, message), = issues_of("")
+    assert "empty policy" in message
+    (line, field, message), = issues_of("rules: !!python/object:os.system []\n")
+    assert (line, field) == (1, "rules") and "unsupported YAML tag" in message
+    (line, field, message), = issues_of("rules: []\nname: !!python/name:os.system x\n")
+    assert line == 2 and "not valid YAML" in message
+
+
+def test_non_string_keys_and_huge_policies() -> None:
+    (line, field, message), = issues_of("1: x\nrules: []\n")
+    assert line == 1 and "keys must be strings" in message
+    with pytest.raises(PolicyError) as info:
+        parse_policy("#" * (MAX_POLICY_CHARS + 1))
+    assert "limit" in info.value.issues[0].message
+
+
+def test_deeply_nested_values_are_refused() -> None:
+    deep = "rules:\n  - id: a\n    actions:\n      set_fields:\n        /x: " + "[" * 80 + "]" * 80 + "\n"
+    found = issues_of(deep)
+    assert found and "nested deeper" in found[0][2]
+
+
+def test_a_valid_policy_with_every_feature() -> None:
+    doc = parse_policy(textwrap.dedent("""\
+        version: 1
+        name: everything
+        description: all the knobs
+        defaults: {mode: enforce, priority: 50}
+        aliases: {fast: gpt-4o-mini, smart: claude-sonnet-4}
+        rules:
+          - id: all-match
+            description: every condition
+            priority: 1
+            match:
+              keys: [gk_1, "team-*"]
+              clients: ["10.*"]
+              models: ["gpt-*", "re:^o[0-9]"]
+              providers: [openai]
+              paths: ["/v1/*"]
+              apis: [chat, responses, messages]
+              methods: [POST]
+              patterns: ["p_*"]
+              pii: [EMAIL_ADDRESS, "CREDIT_*"]
+              secrets: any
+              injection_score: {gte: default, lt: 1}
+              injection_layers: [heuristic, memory]
+              flags: [zero_width]
+              request_bytes: {lte: 1000000}
+              time: {days: [mon, Tuesday], hours: ["08:00-18:00", "22:00-02:00"]}
+              headers: {present: [x-team], absent: [x-debug], values: {x-env: "prod*"}}
+            unless:
+              keys: [admin]
+            actions:
+              redact: {kinds: [secrets, "AWS_*"], in: [request, response], restore: false}
+              mask: [pii]
+              require_headers: [x-team]
+              strip_headers: [x-debug]
+              set_headers: {x-gateway: llmproxy, x-num: 3}
+              cap_max_tokens: 1024
+              allow_models: ["gpt-4o*"]
+              route: {model: gpt-4o-mini, provider: OpenRouter}
+              tag: [a, b, a]
+              alert: {severity: critical, message: look}
+              throttle: {rpm: 60, burst: 10, per: client}
+              quarantine_key: {reason: abuse}
+              prepend_system: "be safe"
+              append_system: "really"
+              prepend_user: "note:"
+              append_user: "thanks"
+              set_fields: {/temperature: 0.2, /metadata/team: x}
+              default_fields: {/top_p: 0.9}
+              remove_fields: [/logit_bias]
+              strip_response_fields: [/system_fingerprint]
+              rewrite_response_fields: {/model: gateway}
+          - id: answers
+            phase: response
+            match: {status: {gte: 200, lt: 300}, response_bytes: {gt: 0}, pii: any}
+            actions: {mask: {kinds: [pii]}, alert: true, quarantine_key: true, block: true}
+        """), origin="all.yaml")
+    assert doc.name == "everything" and dict(doc.aliases) == {"fast": "gpt-4o-mini", "smart": "claude-sonnet-4"}
+    first, second = doc.rules
+    assert first.priority == 1 and second.priority == 50 and first.line == 7
+    a = first.actions
+    assert a.route == ("gpt-4o-mini", "openrouter") and a.tags == ("a", "b")
+    assert dict(a.set_headers) == {"x-gateway": "llmproxy", "x-num": "3"}
+    assert a.throttle == (60, 10, "client") and a.quarantine == "abuse"
+    assert len(a.prompts) == 4 and len(a.field_edits) == 4 and len(a.response_edits) == 2
+    assert second.actions.alert[0] == "warning" and second.actions.quarantine.startswith("policy rule everything/answers")
+
+
+def test_name_override_for_database_policies() -> None:
+    doc = parse_policy("name: other\nrules: [{id: a, actions: {tag: x}}]\n", name="team-a")
+    assert doc.name == "team-a" and doc.rules[0].qualified == "team-a/a"
+    assert doc.rules[0].effects.fired_enforce.policy == "team-a"
