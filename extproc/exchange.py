@@ -25,6 +25,7 @@ from intelligence.records import Body, ExchangeRecord, Recorder, Usage
 from .auth import PASSTHROUGH, AuthDecision, AuthMode, KeySnapshot, authenticate, check_scope, gateway_key_headers
 from .errors import gateway_error
 from .providers.registry import endpoint_for
+from .providers.toolschema import declared_schemas, invalid_calls
 from .routing import UNIFIED_PATHS, ModelRouter, split_provider_prefix
 from .settings import SidecarSettings
 from .toolnames import ToolNameCodec
@@ -121,6 +122,7 @@ class Exchange:
         self.finished = False
         self.immediate_body: bytes | None = None
         self.auth: AuthDecision = PASSTHROUGH
+        self.tool_schemas: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, phase: Phase, event: Headers | BodyChunk | None) -> Reply | Immediate | Awaitable[Immediate]:
@@ -256,6 +258,7 @@ class Exchange:
                 return denied
         if self.endpoint is not None and isinstance(doc, dict):
             self.view = self.endpoint.parse_request(doc)
+            self.tool_schemas = declared_schemas(self.view.api, doc)
             self.codec = ToolNameCodec(namespace=self.headers.get("x-tool-namespace") or None)
             if self.endpoint.alias_request(doc, self.codec):
                 self.request_forwarded = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
@@ -437,10 +440,8 @@ class Exchange:
         else:
             resp_client = _body(bytes(self.resp_client), limit, self.resp_truncated) if self.status is not None else None
         tool_invalid = 0
-        if folded is not None:
-            for call in folded.tool_calls:
-                if not isinstance(_parse_json(call.arguments.encode() if call.arguments else b""), dict):
-                    tool_invalid += 1
+        if folded is not None and folded.tool_calls:
+            tool_invalid = invalid_calls(folded.tool_calls, self.tool_schemas)
         error = self.error or (folded.error if folded is not None else None)
         if error is None and self.status is not None and self.status >= 400:
             error = f"HTTP {self.status}"

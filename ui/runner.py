@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RECONNECT_SECONDS = 1.0
+_ARRIVALS_KEPT = 256
 _PING_SECONDS = 5.0  # a dead LISTEN connection says nothing; a ping finds out
 
 
@@ -40,12 +42,18 @@ class NotifyFeed:
     last_event: float | None = None  # time.time() of the newest notification
     last_payload: str | None = None
     error: str | None = None
+    # request_id -> time.time() it was announced, for the newest few (measuring end-to-end latency)
+    arrivals: OrderedDict[str, float] = field(default_factory=OrderedDict, repr=False)
     _stop: asyncio.Event | None = field(default=None, repr=False)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        now = time.time()
         self.version += 1
-        self.last_event = time.time()
+        self.last_event = now
         self.last_payload = payload
+        self.arrivals[payload] = now
+        while len(self.arrivals) > _ARRIVALS_KEPT:
+            self.arrivals.popitem(last=False)
 
     async def run(self, dsn: str) -> None:
         self._stop = asyncio.Event()

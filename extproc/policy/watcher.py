@@ -134,6 +134,7 @@ class PolicyWatcher:
         self._wake = asyncio.Event()
         self._listen_conn: AsyncConnection | None = None
         self._listener_lost = False
+        self._stopping = False
 
     @property
     def snapshot(self) -> PolicySnapshot:
@@ -161,12 +162,15 @@ class PolicyWatcher:
                 self._tasks.append(asyncio.create_task(self._db_loop(), name="policy-db-watch"))
 
     async def stop(self) -> None:
+        self._stopping = True
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            # asyncio.wait, not `await task`: it neither swallows a cancellation of stop() itself nor
+            # hangs on a task whose cancellation a database driver consumed (the loops re-check
+            # _stopping, so they end at their next turn anyway)
+            await asyncio.wait(tasks, timeout=5)
         await self._drop_listener()
         if self.engine is not None and self._pending_audit:
             with contextlib.suppress(Exception):
@@ -220,7 +224,7 @@ class PolicyWatcher:
         return True
 
     async def _file_loop(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.poll_interval)
             try:
                 self.check_file()
@@ -292,7 +296,7 @@ class PolicyWatcher:
 
     async def _db_loop(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping:
             if self.listen and not self.listening:
                 await self._connect_listener()
             with contextlib.suppress(asyncio.TimeoutError):
@@ -302,6 +306,8 @@ class PolicyWatcher:
                 await self.refresh_db()
                 failures = 0
             except Exception as exc:  # noqa: BLE001 - keep the current snapshot; say so once per outage
+                if _cancelled():
+                    raise asyncio.CancelledError from exc  # a driver turned our cancellation into an error
                 self.stats["db_failures"] += 1
                 failures += 1
                 if failures == 1:
@@ -364,6 +370,11 @@ class PolicyWatcher:
                 self.on_swap(snapshot)
             except Exception:  # noqa: BLE001 - a listener's bug must not stop reloads
                 log.exception("policy swap listener failed")
+
+
+def _cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _discard(conn: AsyncConnection) -> None:

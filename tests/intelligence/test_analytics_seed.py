@@ -16,7 +16,7 @@ from extproc.cli import seed as seed_cli
 from intelligence.store.engine import asyncpg_dsn
 from tests.conftest import database_url
 
-ROWS = 3000
+ROWS = 1500
 
 
 @pytest.fixture(scope="module")

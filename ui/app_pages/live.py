@@ -36,7 +36,7 @@ def kpi_tiles() -> None:
     st.caption(f"{kpis.requests} exchanges in the last {WINDOW_MINUTES} min · updates via {source}")
 
 
-@st.fragment(run_every=0.5)
+@st.fragment(run_every=0.25)
 def live_table() -> None:
     try:
         df = data.recent_exchanges(200)
