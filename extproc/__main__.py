@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--allow-target", action="append", default=[], help="host[:port] allowed for legacy /?target_url=")
     p.add_argument("--model-route", action="append", default=[], help="GLOB=PROVIDER, tried before the defaults")
     p.add_argument("--log-body-max", type=int, default=None, help="bytes of each body kept in the log")
+    p.add_argument("--policy-file", default=None, help="policy YAML (default: $LLMPROXY_POLICY_FILE or the shipped baseline)")
     p.add_argument("--auth", choices=["passthrough", "required"], default=None,
                    help="passthrough: client provider keys go upstream (default); required: gateway keys only")
     return p.parse_args(argv)
@@ -44,6 +46,7 @@ def build_settings(args: argparse.Namespace) -> SidecarSettings:
         legacy_allowlist=tuple(h.lower() for h in args.allow_target) + base.legacy_allowlist,
         log_body_max=args.log_body_max,
         auth_mode=args.auth,
+        policy_file=args.policy_file,
     )
 
 
@@ -62,7 +65,22 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
     await keys.start()
     meter = UsageMeter(engine, keys.budgets)
     await meter.start()
-    ctx = Context(settings=settings, recorder=recorder, feedback=_feedback_sink(engine), keys=keys, meter=meter)
+    from intelligence.audit.writer import AuditWriter
+
+    from .guard import Guard
+    from .policy import PolicyWatcher
+    from .security.injection import default_injection_detector
+    from .security.pii import shared_pii_detector
+    from .security.secrets import shared_secret_detector
+
+    audit = AuditWriter(engine)
+    await audit.start()
+    policy = PolicyWatcher(settings.policy_file, engine)
+    await policy.start()
+    embeddings = os.environ.get("LLMPROXY_INJECTION_EMBEDDINGS") == "1"
+    guard = Guard(policy, secrets=shared_secret_detector(), pii=await asyncio.to_thread(shared_pii_detector),
+                  injection=default_injection_detector(with_embeddings=embeddings), audit=audit)
+    ctx = Context(settings=settings, recorder=recorder, feedback=_feedback_sink(engine), keys=keys, meter=meter, guard=guard)
     server, health_servicer = await serve(ctx, host=settings.host, port=settings.port, max_message=settings.grpc_max_message)
     log.info("sidecar listening on %s:%d", settings.host, settings.port)
     try:
@@ -71,6 +89,8 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         # Graceful: stop taking new streams, let in-flight exchanges finish, then drain the recorder.
         await health_servicer.enter_graceful_shutdown()
         await server.stop(grace=5)
+        await policy.stop()
+        await audit.stop()
         await meter.stop()
         await keys.stop()
         await recorder.stop()

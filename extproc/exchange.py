@@ -56,6 +56,7 @@ class Context:
     settings: SidecarSettings
     recorder: Recorder
     feedback: FeedbackSink | None = None
+    guard: Any = None  # extproc.guard.Guard: detectors + policy; None runs no screening
     keys: Any = None  # has .snapshot -> KeySnapshot (extproc.auth.KeyCache); None: no gateway keys loaded
     meter: Any = None  # extproc.auth.UsageMeter: shared-database budgets per gateway key
     router: ModelRouter = field(init=False)
@@ -123,6 +124,7 @@ class Exchange:
         self.immediate_body: bytes | None = None
         self.auth: AuthDecision = PASSTHROUGH
         self.tool_schemas: dict[str, dict] = {}
+        self.request_logged: bytes | None = None  # the client's request as logged, when it differs (redaction)
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, phase: Phase, event: Headers | BodyChunk | None) -> Reply | Immediate | Awaitable[Immediate]:
@@ -259,17 +261,48 @@ class Exchange:
         if self.endpoint is not None and isinstance(doc, dict):
             self.view = self.endpoint.parse_request(doc)
             self.tool_schemas = declared_schemas(self.view.api, doc)
+            changed = False
+            if self.ctx.guard is not None:
+                blocked = self._guard(doc, reply)
+                if isinstance(blocked, Immediate):
+                    return blocked
+                changed = blocked
             self.codec = ToolNameCodec(namespace=self.headers.get("x-tool-namespace") or None)
             if self.endpoint.alias_request(doc, self.codec):
+                changed = True
+                self.flags["tool_names_aliased"] = len(self.codec.mapping)
+            if changed:
                 self.request_forwarded = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
                 reply.body = self.request_forwarded
                 reply.set_headers["content-length"] = str(len(self.request_forwarded))
-                self.flags["tool_names_aliased"] = len(self.codec.mapping)
         elif doc is None and self.request_client:
             self.flags["request_not_json"] = True
         if self.session_id is None:
             self.session_id = self._derive_session()
         return reply
+
+    def _guard(self, doc: dict, reply: Reply) -> Immediate | bool:
+        """Detectors + policy; returns the refusal, or whether the body was changed."""
+        g = self.ctx.guard.check_request(
+            request_id=self.request_id, api=self.view.api, doc=doc, provider=self.provider, path=self.path,
+            method=self.method, key=self.auth.key, client=self.key_fp, client_addr=self.client_addr,
+            size=len(self.request_client), headers=self.headers, now=self.started_at)
+        self.flags.update(g.record())
+        if g.immediate is not None:
+            return self._answer(g.immediate)
+        if g.redacted:
+            # The log must never hold what was redacted: store the client's request in redacted form.
+            self.request_logged = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        reply.set_headers.update(g.set_headers)
+        reply.remove_headers.extend(g.strip_headers)
+        if self.route == "unified" and doc.get("model") != self.view.model:  # the policy changed the model
+            provider = self.ctx.router.provider_for(doc.get("model"))
+            if provider is not None and provider != self.provider:
+                self.provider = provider
+                reply.set_headers["x-llmproxy-provider"] = provider
+        if g.changed_body:
+            self.view = self.endpoint.parse_request(doc)  # what pattern memory embeds is the redacted text
+        return g.changed_body
 
     async def _feedback(self, doc: Any) -> Immediate:
         """The gateway answers POST /v1/feedback itself; the feedback table is its record."""
@@ -464,7 +497,7 @@ class Exchange:
             ttft_ms=self.ttft_ms,
             upstream_ms=self.upstream_ms,
             usage=usage,
-            request_client=_body(self.request_client, limit) if self.request_client else None,
+            request_client=_body(self.request_logged or self.request_client, limit) if self.request_client else None,
             request_forwarded=_body(self.request_forwarded, limit) if self.request_forwarded is not None
             else (_body(self.request_client, limit) if self.request_client else None),
             response_upstream=_body(bytes(self.resp_upstream), limit, self.resp_truncated) if self.resp_upstream else None,

@@ -29,6 +29,7 @@ class SidecarSettings:
     legacy_allowlist: tuple[str, ...] = ()  # host or host:port allowed for /?target_url=
     log_body_max: int = 1 << 20  # bodies above this are stored truncated in the log
     grpc_max_message: int = 64 << 20
+    policy_file: str | None = None  # None: $LLMPROXY_POLICY_FILE or extproc/policy/default.yaml
     auth_mode: str = "passthrough"  # passthrough (client provider keys go upstream) | required (gateway keys)
 
     @property

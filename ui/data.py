@@ -433,16 +433,18 @@ def _top_patterns(url: str, days: int, limit: int, minute: int) -> TopPatterns:
 
     since = _now() - timedelta(days=days)
 
-    async def q(conn):
+    async def ranked(conn):
         memory = PatternRepository(conn)
         volume = await memory.top_by_volume(since=since, limit=limit)
-        failure = await memory.top_by_failure_rate(since=since, limit=limit, min_count=5)
         growth = await memory.top_by_growth(timedelta(hours=24), limit=limit, min_recent=5)
-        ids = sorted({s.pattern_id for s in (*volume, *failure, *growth)})
-        trends = await AnalyticsRepository(conn).pattern_buckets(ids, "day", since)
-        return volume, failure, growth, trends
+        return volume, growth
 
-    volume, failure, growth, trends = _run(q)
+    async def failing(conn):  # the slow one (joins outcome signals): on a connection of its own
+        return await PatternRepository(conn).top_by_failure_rate(since=since, limit=limit, min_count=5)
+
+    (volume, growth), failure = runner().gather(ranked, failing)
+    ids = sorted({s.pattern_id for s in (*volume, *failure, *growth)})
+    trends = _run(lambda conn: AnalyticsRepository(conn).pattern_buckets(ids, "day", since))
     days_index = pd.date_range((since.replace(hour=0, minute=0, second=0, microsecond=0)), _now(), freq="D", tz="UTC")
     by_pattern: dict[int, dict[pd.Timestamp, int]] = {}
     for t in trends:
@@ -492,20 +494,14 @@ def _pattern_detail(url: str, pattern_id: int, days: int, minute: int) -> Patter
 
     since = _now() - timedelta(days=days)
 
-    async def q(conn):
-        memory = PatternRepository(conn)
-        pattern = await memory.get_pattern(pattern_id)
-        if pattern is None:
-            return None
-        rate = await memory.success_rate(pattern.id, since=since)
-        usage = await memory.pattern_usage(pattern.id)
-        daily = await AnalyticsRepository(conn).pattern_buckets([pattern.id], "day", since)
-        return pattern, rate, usage, daily
-
-    got = _run(q)
-    if got is None:
+    pattern = _run(lambda conn: PatternRepository(conn).get_pattern(pattern_id))
+    if pattern is None:
         return None
-    pattern, rate, usage, daily = got
+    rate, usage, daily = runner().gather(
+        lambda conn: PatternRepository(conn).success_rate(pattern.id, since=since),
+        lambda conn: PatternRepository(conn).pattern_usage(pattern.id),
+        lambda conn: AnalyticsRepository(conn).pattern_buckets([pattern.id], "day", since),
+    )
     return PatternDetail(
         pattern=pattern, success_rate=rate.rate, total=rate.total, failed=rate.failed,
         failed_by_kind={k: v.failed for k, v in rate.by_kind.items() if v.failed},
@@ -567,16 +563,18 @@ class BackgroundMap:
         self.error: str | None = None
         self._running = False
 
-    def refresh_if_stale(self) -> None:
+    def refresh_if_stale(self, delay: float = 0.0) -> None:
+        """Start a recomputation unless the result is fresh or one is running; ``delay`` lets a page render first."""
         with self._lock:
             fresh = self.computed_at is not None and time.time() - self.computed_at < MAP_MAX_AGE_S
             if fresh or self._running:
                 return
             self._running = True
-        threading.Thread(target=self._compute, name="llmproxy-ui-map", daemon=True).start()
+        threading.Thread(target=self._compute, args=(delay,), name="llmproxy-ui-map", daemon=True).start()
 
-    def _compute(self) -> None:
+    def _compute(self, delay: float) -> None:
         try:
+            time.sleep(delay)
             frame = compute_pattern_map(self.url, self.sample)
             with self._lock:
                 self.frame, self.computed_at, self.error = frame, time.time(), None
@@ -603,16 +601,16 @@ def _map_job(url: str, sample: int) -> BackgroundMap:
     return BackgroundMap(url, sample)
 
 
-def map_job(sample: int = MAP_SAMPLE) -> BackgroundMap:
+def map_job(sample: int = MAP_SAMPLE, delay: float = 0.0) -> BackgroundMap:
     job = _map_job(database_url(), sample)
-    job.refresh_if_stale()
+    job.refresh_if_stale(delay)
     return job
 
 
 def start_background_jobs() -> None:
-    """Warm what is slow to compute, as soon as anyone opens the dashboard."""
+    """Warm what is slow to compute soon after anyone opens the dashboard (not during their first page)."""
     if database_url():
-        map_job()
+        map_job(delay=5.0)
 
 
 @st.cache_resource(show_spinner="Loading the embedding model...")

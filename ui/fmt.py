@@ -45,7 +45,7 @@ def compact(v: float | int | None) -> str:
 def exchange_columns() -> dict[str, Any]:
     cc = st.column_config
     return {
-        "time": cc.DatetimeColumn("time (UTC)", format="YYYY-MM-DD HH:mm:ss", width="medium"),
+        "time": cc.DatetimeColumn("time (UTC)", format="MM-DD HH:mm:ss", width="small"),
         "client": cc.TextColumn("client", help="API-key fingerprint, or source address", width="small"),
         "status": cc.NumberColumn("status", format="%d", width="small"),
         "latency_ms": cc.NumberColumn("latency", format="%.0f ms", width="small"),

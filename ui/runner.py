@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -103,6 +103,18 @@ class DbRunner:
         async def go() -> T:
             async with self._engine.connect() as conn:
                 return await fn(conn)
+
+        return asyncio.run_coroutine_threadsafe(go(), self._loop).result(timeout)
+
+    def gather(self, *fns: Callable[[AsyncConnection], Awaitable[Any]], timeout: float = 30.0) -> list[Any]:
+        """Run independent queries at once, each on its own pooled connection; results in order."""
+
+        async def one(fn: Callable[[AsyncConnection], Awaitable[Any]]) -> Any:
+            async with self._engine.connect() as conn:
+                return await fn(conn)
+
+        async def go() -> list[Any]:
+            return list(await asyncio.gather(*(one(fn) for fn in fns)))
 
         return asyncio.run_coroutine_threadsafe(go(), self._loop).result(timeout)
 

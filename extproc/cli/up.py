@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--auth", choices=["passthrough", "required"], default=None,
                    help="passthrough (default): clients' provider keys go upstream; required: clients need gateway keys "
                         "(`llmproxy keys create`) and provider keys come from LLMPROXY_*_API_KEY")
+    p.add_argument("--policy-file", type=Path, default=None, help="policy YAML (default: the shipped secure baseline)")
     p.add_argument("--envoy-config", type=Path, default=None, help="operator config to render (default ./envoy.yaml)")
     p.add_argument("--idle-timeout", type=float, default=None, help="seconds an upstream may stay silent (default from envoy.yaml: 300)")
     p.set_defaults(func=run)
@@ -94,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
             sidecar_cmd += ["--model-route", r]
         if args.auth:
             sidecar_cmd += ["--auth", args.auth]
+        if args.policy_file:
+            sidecar_cmd += ["--policy-file", str(args.policy_file)]
         sup.spawn("sidecar", sidecar_cmd, env)
         sup.wait_for("sidecar", lambda: _grpc_healthy(args.sidecar_port), 60)
 

@@ -122,9 +122,6 @@ class RedactPlan:
             out |= s.categories if s.kinds is None else {"pii", "secrets"}
         return frozenset(out)
 
-    def merged(self, other: "RedactPlan") -> "RedactPlan":
-        return RedactPlan(self.selectors + other.selectors) if other.selectors else self
-
     def to_dict(self) -> list[dict[str, Any]]:
         return [{"categories": sorted(s.categories), "kinds": s.kinds.pattern if s.kinds is not None else None,
                  "mode": s.mode, "restore": s.restore, "rule": s.rule} for s in self.selectors]

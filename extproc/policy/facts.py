@@ -90,10 +90,6 @@ class RequestFacts:
     detections: Detections = NO_DETECTIONS
     now: datetime = field(default_factory=_utcnow)
 
-    @property
-    def throttle_identity(self) -> str | None:
-        return self.key_id or self.client or self.client_addr
-
 
 @dataclass(frozen=True, slots=True)
 class ResponseFacts:

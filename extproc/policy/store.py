@@ -31,7 +31,8 @@ from intelligence.audit.models import AuditHeadRow, AuditLogRow
 
 from .errors import PolicyError, PolicyIssue
 from .models import PolicyRow
-from .parse import _ID, parse_policy
+from .parse import parse_policy
+from .reader import ID
 
 Executor = AsyncConnection | AsyncSession
 _POLICIES = PolicyRow.__table__
@@ -116,7 +117,7 @@ async def policy_versions(conn: Executor) -> dict[str, tuple[int, str, bool]]:
 
 # ---------------------------------------------------------------------------------------- writes
 def check_name(name: str) -> None:
-    if not _ID.fullmatch(name):
+    if not ID.fullmatch(name):
         raise PolicyError([PolicyIssue(0, "name", f"{name!r} is not a valid policy name: letters, digits, '_', '.', '-'",
                                        f"db:{name}")])
 

@@ -37,7 +37,10 @@ class Node:
 
 def compose(text: str, source: str = "<policy>") -> Node | None:
     """The document's root node, or None for an empty document. Raises :class:`PolicyError`."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # refuses control characters here, before any parsing
+    except yaml.YAMLError as exc:
+        raise PolicyError([PolicyIssue(0, "", f"not valid YAML: {exc}", source)]) from None
     try:
         root = loader.get_single_node()
         if root is None:
@@ -50,6 +53,8 @@ def compose(text: str, source: str = "<policy>") -> Node | None:
         raise PolicyError([PolicyIssue(line, "", f"not valid YAML: {exc.problem or exc.context}", source)]) from None
     except yaml.YAMLError as exc:
         raise PolicyError([PolicyIssue(0, "", f"not valid YAML: {exc}", source)]) from None
+    except RecursionError:  # PyYAML composes recursively: a depth bomb ends here
+        raise PolicyError([PolicyIssue(0, "", f"nested deeper than {MAX_DEPTH} levels", source)]) from None
     finally:
         loader.dispose()
     if issues:

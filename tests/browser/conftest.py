@@ -45,6 +45,8 @@ class Dashboard:
     db_url: str
     proc: subprocess.Popen
     log: Path
+    sample_request: str  # an exchange whose tools were renamed for the provider
+    sample_session: str  # a recent conversation of a few turns
 
 
 def _require_browser() -> None:
@@ -70,6 +72,18 @@ async def _create_seeded(server: str) -> str:
     return url
 
 
+async def _samples(url: str) -> tuple[str, str]:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        rid = await conn.fetchval("SELECT request_id FROM exchanges WHERE tool_aliases <> '{}'::jsonb AND status = 200 "
+                                  "AND api = 'chat' ORDER BY started_at DESC LIMIT 1")
+        sid = await conn.fetchval("SELECT session_id FROM sessions WHERE request_count BETWEEN 3 AND 8 "
+                                  "ORDER BY last_seen DESC LIMIT 1")
+        return rid, sid
+    finally:
+        await conn.close()
+
+
 async def _drop(server: str, url: str) -> None:
     conn = await asyncpg.connect(asyncpg_dsn(server))
     try:
@@ -83,6 +97,7 @@ def dashboard(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     _require_browser()
     existing = os.environ.get(EXISTING_DB_ENV)
     db_url = existing or asyncio.run(_create_seeded(pg_server_url))
+    sample_request, sample_session = asyncio.run(_samples(db_url))
     fake = FakeProvider().start_in_thread()
     tmp = tmp_path_factory.mktemp("dashboard")
     data_dir = tmp / "data"
@@ -95,7 +110,8 @@ def dashboard(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     for key in ("ANTHROPIC_API_KEY", "OPENROUTER_API_KEY"):
         env.pop(key, None)
     proc = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    board = Dashboard(url=f"http://127.0.0.1:{ui}", gateway=f"http://127.0.0.1:{port}", db_url=db_url, proc=proc, log=log)
+    board = Dashboard(url=f"http://127.0.0.1:{ui}", gateway=f"http://127.0.0.1:{port}", db_url=db_url, proc=proc, log=log,
+                      sample_request=sample_request, sample_session=sample_session)
     try:
         deadline = time.monotonic() + 120
         while True:

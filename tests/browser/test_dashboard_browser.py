@@ -46,7 +46,8 @@ def _no_error(page, name: str) -> None:
 
 def test_every_page_renders_without_errors_in_light_dark_and_narrow(dashboard: Dashboard, browser) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1440, "height": 1000}, color_scheme="light")
+    # Streamlit scrolls inside its own container, so a screenshot shows one viewport: make it tall.
+    context = browser.new_context(viewport={"width": 1440, "height": 1600}, color_scheme="light")
     page = context.new_page()
     try:
         for name, path, title in PAGES:
@@ -61,6 +62,17 @@ def test_every_page_renders_without_errors_in_light_dark_and_narrow(dashboard: D
             _no_error(page, name)
             page.screenshot(path=str(SHOTS / f"{name}-dark.png"), full_page=True)
             page.emulate_media(color_scheme="light")
+        detail_pages = [("exchange", f"explorer?request_id={dashboard.sample_request}", "Explorer"),
+                        ("session", f"explorer?session={dashboard.sample_session}", "Explorer")]
+        page.set_viewport_size({"width": 1440, "height": 2400})
+        for name, path, title in detail_pages:
+            page.goto(f"{dashboard.url}/{path}")
+            settle(page, title)
+            if name == "exchange":
+                page.get_by_role("tab", name="Request diff").first.wait_for(state="attached", timeout=15_000)
+            settle(page, title, quiet=0.5)
+            _no_error(page, name)
+            page.screenshot(path=str(SHOTS / f"{name}-light.png"), full_page=True)
         page.set_viewport_size({"width": 420, "height": 900})
         for name, path, title in PAGES[:3]:
             page.goto(f"{dashboard.url}/{path}")

@@ -29,6 +29,11 @@ def open_page(monkeypatch: pytest.MonkeyPatch, db: SeededUi, page: str | None, *
     return at
 
 
+def results(at: AppTest):
+    """The Explorer's list of matching exchanges."""
+    return next(d.value for d in at.dataframe if {"request_id", "flags"} <= set(d.value.columns))
+
+
 def metric(at: AppTest, label: str) -> str:
     for m in at.metric:
         if m.label == label:
@@ -58,8 +63,8 @@ def test_live_page_shows_kpis_and_newest_first(ui_db: SeededUi, monkeypatch: pyt
 
 def test_explorer_opens_one_exchange_with_diff_tools_and_masked_headers(ui_db: SeededUi, monkeypatch) -> None:
     at = open_page(monkeypatch, ui_db, "explorer", request_id=ui_db.ids["tools"])
-    results = at.dataframe[0].value
-    assert set(ui_db.ids.values()) <= set(results["request_id"])
+    assert set(ui_db.ids.values()) <= set(results(at)["request_id"])
+    assert at.subheader[0].value == "gpt-4o · 200"  # the linked exchange comes first
     diff = "\n".join(c.value for c in at.code if c.language == "diff")
     removed = [line for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
     added = [line for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
@@ -82,18 +87,21 @@ def test_explorer_filters_by_client_status_and_text(ui_db: SeededUi, monkeypatch
     at = open_page(monkeypatch, ui_db, "explorer")
     client = next(s for s in at.selectbox if s.label == "Client")
     client.set_value(next(o for o in client.options if o.endswith("-beta"))).run()
-    assert set(at.dataframe[0].value["request_id"]) == {ui_db.ids["err500"], ui_db.ids["err429"]}
+    assert set(results(at)["request_id"]) == {ui_db.ids["err500"], ui_db.ids["err429"]}
     client = next(s for s in at.selectbox if s.label == "Client")
     client.set_value("any").run()
     status = next(s for s in at.selectbox if s.label == "Status")
     status.set_value("5xx").run()
-    assert set(at.dataframe[0].value["request_id"]) >= {ui_db.ids["err500"]}
-    assert ui_db.ids["err429"] not in set(at.dataframe[0].value["request_id"])
+    assert set(results(at)["request_id"]) >= {ui_db.ids["err500"]}
+    assert ui_db.ids["err429"] not in set(results(at)["request_id"])
     status = next(s for s in at.selectbox if s.label == "Status")
     status.set_value("any").run()
     marker = ui_db.ids["tools"].rsplit("-", 1)[0]
     next(t for t in at.text_input if t.label == "Free text").set_value(f"{marker} summarise the open").run()
-    assert set(at.dataframe[0].value["request_id"]) == {ui_db.ids[k] for k in ("tools", "extra1", "extra2", "extra3")}
+    assert set(results(at)["request_id"]) == {ui_db.ids[k] for k in ("tools", "extra1", "extra2", "extra3")}
+    next(t for t in at.text_input if t.label == "Open by request id").set_value(ui_db.ids["claude"]).run()
+    assert at.query_params["request_id"] == [ui_db.ids["claude"]] or at.query_params["request_id"] == ui_db.ids["claude"]
+    assert at.subheader[0].value == "claude-sonnet-4-5 · 200"
 
 
 def test_explorer_session_timeline(ui_db: SeededUi, monkeypatch) -> None:
@@ -148,7 +156,7 @@ def test_patterns_page_lists_pattern_with_counts_and_failure(ui_db: SeededUi, mo
     failure = at.dataframe[1].value
     assert failure[failure["pattern_id"] == ui_db.pattern_id].iloc[0]["failed"] == 1
     assert metric(at, "Exchanges (all time)") == "6"
-    assert metric(at, "Success rate (30 d)") == fmt.percent(5 / 6)
+    assert metric(at, "Success rate (7 d)") == fmt.percent(5 / 6)
     assert any("PCA of the" in c.value for c in at.caption)
 
 

@@ -303,6 +303,9 @@ def test_decision_record_is_json_ready() -> None:
     record = snap.evaluate_request(request_facts(model="fast")).to_record()
     assert json.loads(json.dumps(record)) == record
     assert record["model"] == {"from": "fast", "to": "m2"} and record["cap_max_tokens"] == 9
+    decision = snap.evaluate_request(request_facts(model="fast"))
+    assert decision.edits_request and decision.fired[0].qualified == "test/r"
+    assert not snapshot({"id": "t", "actions": TAG}).evaluate_request(request_facts()).edits_request
     assert record["fired"] == [{"rule": "r", "policy": "test", "mode": "enforce",
                                 "actions": ["tag", "cap_max_tokens", "redact", "route", "alert", "quarantine_key"]}]
 

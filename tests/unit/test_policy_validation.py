@@ -5,6 +5,9 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from extproc.policy import PolicyError, parse_policy, validate
 from extproc.policy.parse import MAX_POLICY_CHARS
@@ -307,6 +310,8 @@ def test_deeply_nested_values_are_refused() -> None:
     deep = "rules:\n  - id: a\n    actions:\n      set_fields:\n        /x: " + "[" * 80 + "]" * 80 + "\n"
     found = issues_of(deep)
     assert found and "nested deeper" in found[0][2]
+    bomb = issues_of("rules: " + "[" * 20_000 + "]" * 20_000)
+    assert bomb and "nested deeper" in bomb[0][2]
 
 
 def test_a_valid_policy_with_every_feature() -> None:
@@ -381,3 +386,99 @@ def test_name_override_for_database_policies() -> None:
     doc = parse_policy("name: other\nrules: [{id: a, actions: {tag: x}}]\n", name="team-a")
     assert doc.name == "team-a" and doc.rules[0].qualified == "team-a/a"
     assert doc.rules[0].effects.fired_enforce.policy == "team-a"
+
+
+# (actions or match written inline, field, fragment): the type checks of every action and condition
+INLINE = [
+    ("actions: {set_fields: [/a]}", "rules[0].actions.set_fields", "expected a mapping of JSON pointer"),
+    ("actions: {remove_fields: {a: 1}}", "rules[0].actions.remove_fields", "expected a list of JSON pointers"),
+    ("actions: {remove_fields: ['']}", "rules[0].actions.remove_fields[0]", "must not be empty"),
+    ("actions: {set_fields: {'': 1}}", "rules[0].actions.set_fields['']", "must not be empty"),
+    ("actions: {redact: {in: [request]}}", "rules[0].actions.redact.kinds", "missing"),
+    ("actions: {redact: {kinds: [pii], in: [upstream]}}", "rules[0].actions.redact.in", "use request, response or both"),
+    ("actions: {redact: {kinds: [pii], restore: maybe}}", "rules[0].actions.redact.restore", "expected true or false"),
+    ("actions: {redact: 5}", "rules[0].actions.redact", "expected a list of strings"),
+    ("actions: {redact: []}", "rules[0].actions.redact", "must not be an empty list"),
+    ("actions: {redact: [pii, 7]}", "rules[0].actions.redact[1]", "expected a string"),
+    ("actions: {set_headers: [a]}", "rules[0].actions.set_headers", "expected a mapping of header name"),
+    ("actions: {set_headers: {'a b': x}}", "rules[0].actions.set_headers.a b", "not a valid header name"),
+    ("actions: {set_headers: {Content-Length: '5'}}", "rules[0].actions.set_headers.Content-Length", "managed by the gateway"),
+    ("actions: {set_headers: {x-a: [1]}}", "rules[0].actions.set_headers.x-a", "expected a string"),
+    ('actions: {set_headers: {x-a: "a\\r\\nb"}}', "rules[0].actions.set_headers.x-a", "line breaks"),
+    ("actions: {block: yes please}", "rules[0].actions.block", "expected a mapping"),
+    ("actions: {block: {message: ''}}", "rules[0].actions.block.message", "must not be empty"),
+    ("actions: {alert: {message: 5}}", "rules[0].actions.alert.message", "expected a string"),
+    ("actions: {alert: 5}", "rules[0].actions.alert", "expected a mapping"),
+    ("actions: {throttle: {rpm: 5, per: team}}", "rules[0].actions.throttle.per", "not one of: key, client"),
+    ("actions: {throttle: 5}", "rules[0].actions.throttle", "expected a mapping"),
+    ("actions: {quarantine_key: {reason: 5}}", "rules[0].actions.quarantine_key.reason", "expected a string"),
+    ("actions: {quarantine_key: 1}", "rules[0].actions.quarantine_key", "expected a mapping"),
+    ("actions: {route: {model: 5}}", "rules[0].actions.route.model", "expected a string"),
+    ("actions: {prepend_system: ''}", "rules[0].actions.prepend_system", "must not be empty"),
+    ("actions: {allow_models: ['a[']}", "rules[0].actions.allow_models[0]", "unclosed"),
+    ("actions: [tag]", "rules[0].actions", "expected a mapping"),
+    ("priority: high\n    actions: {tag: x}", "rules[0].priority", "expected a whole number"),
+    ("priority: 99999999\n    actions: {tag: x}", "rules[0].priority", "out of range"),
+    ("phase: later\n    actions: {tag: x}", "rules[0].phase", "not one of: request, response"),
+    ("description: 5\n    actions: {tag: x}", "rules[0].description", "expected a string"),
+    ("match: [models]\n    actions: {tag: x}", "rules[0].match", "expected a mapping"),
+    ("match: {injection_score: {}}\n    actions: {tag: x}", "rules[0].match.injection_score", "at least one bound"),
+    ("match: {injection_score: {gte: high}}\n    actions: {tag: x}", "rules[0].match.injection_score.gte", "expected a number"),
+    ("match: {injection_score: 0.5}\n    actions: {tag: x}", "rules[0].match.injection_score", "expected a mapping"),
+    ("match: {time: {}}\n    actions: {tag: x}", "rules[0].match.time", "give days, hours or both"),
+    ("match: {time: 5}\n    actions: {tag: x}", "rules[0].match.time", "expected a mapping"),
+    ("match: {time: {hours: ['25:00-26:00']}}\n    actions: {tag: x}", "rules[0].match.time.hours", "not a window"),
+    ("match: {headers: {}}\n    actions: {tag: x}", "rules[0].match.headers", "give present, absent or values"),
+    ("match: {headers: {values: [x]}}\n    actions: {tag: x}", "rules[0].match.headers.values", "mapping of header name"),
+    ("match: {headers: {present: ['a b']}}\n    actions: {tag: x}", "rules[0].match.headers.present", "not a valid header name"),
+    ("match: {headers: [5]}\n    actions: {tag: x}", "rules[0].match.headers[0]", "expected a string"),
+    ("match: {apis: 5}\n    actions: {tag: x}", "rules[0].match.apis", "expected a list of strings"),
+    ("match: {pii: [5]}\n    actions: {tag: x}", "rules[0].match.pii[0]", "expected a string"),
+    ("match: {request_bytes: {gt: -1}}\n    actions: {tag: x}", "rules[0].match.request_bytes.gt", "out of range"),
+]
+
+
+@pytest.mark.parametrize(("body", "field", "fragment"), INLINE, ids=[c[0][:40] for c in INLINE])
+def test_inline_type_errors(body: str, field: str, fragment: str) -> None:
+    found = issues_of(f"rules:\n  - id: a\n    {body}\n")
+    assert found, body
+    line, got_field, message = found[0]
+    assert (got_field, line >= 2) == (field, True), found
+    assert fragment in message, found
+
+
+def test_top_level_type_errors() -> None:
+    assert issues_of("name: 5\nrules: []\n")[0][1:] == ("name", "expected a string, got int 5")
+    assert issues_of("defaults: {mode: sometimes}\nrules: []\n")[0][1] == "defaults.mode"
+    assert issues_of("defaults: {priority: x}\nrules: []\n")[0][1] == "defaults.priority"
+    assert issues_of("aliases: [a]\nrules: []\n")[0][1:] == ("aliases", "expected a mapping of alias -> model, got a list")
+    assert issues_of("aliases: {a: b, b: c}\nrules: []\n")[0][1:] == (
+        "aliases.a", "alias target 'b' is itself an alias; point at the model")
+    assert issues_of("rules:\n  - 5\n")[0][:2] == (2, "rules[0]")
+
+
+_scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=12)
+_keys = st.sampled_from(["rules", "id", "match", "actions", "models", "keys", "block", "redact", "kinds", "in", "tag",
+                         "cap_max_tokens", "time", "hours", "days", "headers", "set_fields", "/a", "mode", "priority",
+                         "injection_score", "gte", "phase", "throttle", "rpm", "aliases", "x"]) | st.text(max_size=6)
+_docs = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=5),
+                     max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=_docs)
+def test_parser_never_raises_anything_but_policy_error_on_documents(doc: object) -> None:
+    text = yaml.safe_dump({"rules": [doc]} if not isinstance(doc, dict) else doc)
+    try:
+        parse_policy(text)
+    except PolicyError as exc:
+        assert all(i.line >= 0 and isinstance(i.field, str) and i.message for i in exc.issues)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(max_size=200))
+def test_parser_never_raises_anything_but_policy_error_on_text(text: str) -> None:
+    try:
+        parse_policy(text)
+    except PolicyError:
+        pass

@@ -120,7 +120,8 @@ def show_exchange(request_id: str) -> None:
                 st.code(bodies.body_text(body) or "(none)", language="json")
 
 
-def exchanges_view() -> None:
+def search_and_pick() -> None:
+    """Filters and the matching exchanges; selecting a row opens it."""
     options = data.filter_options()
     with st.container(border=True):
         c = st.columns([1.2, 1.2, 1.4, 1.4, 1])
@@ -136,29 +137,48 @@ def exchanges_view() -> None:
         text = c2[2].text_input("Free text", placeholder="words in the last user turn, or a request id")
     span = WINDOWS[window]
     since = (datetime.now(timezone.utc) - span).replace(second=0, microsecond=0) if span else None
-    try:
-        df = data.search_exchanges(
-            since=since, client=None if client == "any" else client, session_id=session or None,
-            models=tuple(models), providers=tuple(providers), status_class=None if status == "any" else status,
-            pattern_id=int(pattern) or None, text=text or None, limit=200,
-        )
-    except Exception as exc:
-        st.warning(f"Query failed: {exc}")
-        return
+    df = data.search_exchanges(
+        since=since, client=None if client == "any" else client, session_id=session or None,
+        models=tuple(models), providers=tuple(providers), status_class=None if status == "any" else status,
+        pattern_id=int(pattern) or None, text=text or None, limit=200,
+    )
     st.caption(f"{len(df)} newest matching exchanges (at most 200). Select a row to open it.")
-    event = st.dataframe(
-        df, hide_index=True, width="stretch", height=360, key="explorer_results", on_select="rerun",
+    st.session_state["_explorer_ids"] = list(df["request_id"])
+    st.dataframe(
+        df, hide_index=True, width="stretch", height=360, key="explorer_results", on_select=_open_selected,
         selection_mode="single-row",
         column_order=["time", "client", "model", "status", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "flags",
                       "pattern_id", "prompt", "request_id"],
         column_config=fmt.exchange_columns(),
     )
-    selected = event.selection.rows if event is not None and hasattr(event, "selection") else []
-    request_id = df.iloc[selected[0]]["request_id"] if selected else params.get("request_id")
-    typed = st.text_input("Open by request id", value=request_id or "", key="open_request_id")
+
+
+# The exchange being looked at lives in the URL (?request_id=): links from other pages open it, and
+# picking a row or typing an id replaces it (callbacks run before the page, so no extra rerun).
+def _open_selected() -> None:
+    rows = st.session_state["explorer_results"].selection.rows
+    ids = st.session_state.get("_explorer_ids", [])
+    if rows and rows[0] < len(ids):
+        st.query_params["request_id"] = ids[rows[0]]
+
+
+def _open_typed() -> None:
+    typed = st.session_state.get("open_request_id", "").strip()
     if typed:
+        st.query_params["request_id"] = typed
+    st.session_state["open_request_id"] = ""
+
+
+def exchanges_view() -> None:
+    current = st.query_params.get("request_id")
+    if current:
+        show_exchange(current)
         st.divider()
-        show_exchange(typed)
+        with st.expander("Find other exchanges", expanded=False):
+            search_and_pick()
+    else:
+        search_and_pick()
+    st.text_input("Open by request id", key="open_request_id", placeholder="request id", on_change=_open_typed)
 
 
 def sessions_view() -> None:

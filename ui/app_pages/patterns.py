@@ -51,7 +51,7 @@ if choices:
     ids = list(choices)
     default = ids.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in ids else 0
     pid = st.selectbox("Pattern", ids, index=default, format_func=choices.get)
-    detail = data.pattern_detail(pid, days=max(days, 30))
+    detail = data.pattern_detail(pid, days=days)
     if detail is None:
         st.warning(f"Pattern #{pid} does not exist.")
     else:
@@ -61,7 +61,7 @@ if choices:
                     f"[its exchanges](explorer?pattern={p.id})")
         m = st.columns(4)
         m[0].metric("Exchanges (all time)", fmt.count(p.member_count))
-        m[1].metric(f"Success rate ({max(days, 30)} d)", fmt.percent(detail.success_rate),
+        m[1].metric(f"Success rate ({days} d)", fmt.percent(detail.success_rate),
                     help=f"{detail.failed:,} of {detail.total:,} exchanges carried a failing signal")
         m[2].metric("Spread", f"{p.spread:.3f}", help="mean cosine distance of members to the centroid")
         m[3].metric("Failing signals", ", ".join(f"{k} {v}" for k, v in detail.failed_by_kind.items()) or "none")
