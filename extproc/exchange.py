@@ -168,11 +168,6 @@ class Exchange:
             self.route, self.rel_path = "unified", rel
         elif rel in FEEDBACK_PATHS:
             self.route, self.rel_path = "feedback", rel
-            if self.method != "POST" or ev.end_of_stream:
-                return self._answer(gateway_error(405 if self.method != "POST" else 400,
-                                                  "llmproxy: POST a JSON body {request_id, score|thumbs, comment} to /v1/feedback",
-                                                  code="feedback_usage"), record=False)
-            return reply
         elif rel == "/" and "target_url" in query:
             early = self._legacy_target(query["target_url"][0], reply)
             if early is not None:
@@ -192,6 +187,12 @@ class Exchange:
             if hit is not None:
                 return self._answer(hit.decision(self.auth.key_id).immediate(_api_of(self.rel_path)))
 
+        if self.route == "feedback":  # answered by the gateway itself, in the body phase
+            if self.method != "POST" or ev.end_of_stream:
+                return self._answer(gateway_error(405 if self.method != "POST" else 400,
+                                                  "llmproxy: POST a JSON body {request_id, score|thumbs, comment} to /v1/feedback",
+                                                  code="feedback_usage"), record=False)
+            return reply
         if ev.end_of_stream:  # no body will follow
             if self.route == "unified":
                 return self._answer(gateway_error(400, "llmproxy: this route needs a JSON body with a `model`",
