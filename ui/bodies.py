@@ -8,7 +8,6 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from intelligence.records import Body
 from ui.redact import mask_secrets
@@ -80,10 +79,6 @@ def assistant_text(path: str | None, body: Body | None) -> str:
     return mask_secrets(folded.text or "")
 
 
-def response_from_json(path: str | None, document: Any) -> str:
-    return assistant_text(path, Body(json=document)) if document is not None else ""
-
-
 def tool_calls(path: str | None, client_body: Body | None, upstream_body: Body | None) -> list[ToolCallView]:
     """Tool calls of a response, pairing the name the client got with the name the provider used."""
     client = _fold(path, client_body)
@@ -99,8 +94,3 @@ def tool_calls(path: str | None, client_body: Body | None, upstream_body: Body |
             arguments=mask_secrets((c or u).arguments if (c or u) else ""),
         ))
     return views
-
-
-def finish_and_usage(path: str | None, body: Body | None) -> str | None:
-    folded = _fold(path, body)
-    return folded.finish_reason if folded else None

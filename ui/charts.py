@@ -61,7 +61,7 @@ def session_timeline(turns: pd.DataFrame) -> alt.Chart:
     """One bar per exchange from start to finish, coloured by outcome."""
     return (
         alt.Chart(turns)
-        .mark_bar(cornerRadius=3, height=14)
+        .mark_bar(cornerRadius=3)
         .encode(
             x=alt.X("started_at:T", title=None),
             x2="finished_at:T",

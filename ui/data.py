@@ -328,8 +328,14 @@ class Turn:
 @st.cache_data(ttl=5, max_entries=16, show_spinner=False)
 def _session_turns(url: str, session_id: str, token: tuple[str, int]) -> list[Turn]:
     from intelligence.records import Body
-    from ui.bodies import assistant_text
+    from ui.bodies import assistant_text, tool_calls
     from ui.redact import mask_secrets
+
+    def reply(path: str, document: Any) -> str:
+        body = Body(json=document)
+        text = assistant_text(path, body)
+        calls = [c.client_name for c in tool_calls(path, body, None) if c.client_name]
+        return "\n".join(filter(None, [text, ("→ calls " + ", ".join(calls)) if calls else ""]))
 
     api_paths = {"chat": "/v1/chat/completions", "responses": "/v1/responses", "messages": "/v1/messages",
                  "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
@@ -338,7 +344,7 @@ def _session_turns(url: str, session_id: str, token: tuple[str, int]) -> list[Tu
         Turn(request_id=t.request_id, started_at=t.started_at, finished_at=t.finished_at, model=t.model, status=t.status,
              latency_ms=t.latency_ms, tokens_in=t.input_tokens, tokens_out=t.output_tokens, error=t.error,
              prompt=mask_secrets(t.prompt_user or ""),
-             reply=assistant_text(api_paths.get(t.api or "", "/v1/chat/completions"), Body(json=t.response)))
+             reply=reply(api_paths.get(t.api or "", "/v1/chat/completions"), t.response))
         for t in rows
     ]
 
@@ -515,7 +521,7 @@ def pattern_detail(pattern_id: int, days: int = 30) -> PatternDetail | None:
     return _pattern_detail(database_url(), int(pattern_id), days, _minute())
 
 
-MAP_SAMPLE = 3000
+MAP_SAMPLE = 2000  # points: enough to see the clusters, light enough for the browser to draw
 MAP_MAX_AGE_S = 600.0
 
 
@@ -536,7 +542,7 @@ def compute_pattern_map(url: str, sample: int) -> pd.DataFrame:
         "pattern_id": [float(r.pattern_id) if r.pattern_id is not None else np.nan for r in rows],
         "pattern": [_pattern_name(r.pattern_id, labels) for r in rows],
         "outcome": ["failed" if r.failed else "ok" for r in rows],
-        "prompt": [mask_secrets(r.prompt_preview or "") for r in rows],
+        "prompt": [mask_secrets((r.prompt_preview or "")[:80]) for r in rows],  # tooltips; keeps the chart spec small
         "request_id": [r.request_id for r in rows],
     }, columns=columns)
 

@@ -768,11 +768,18 @@ async def _write_pattern_memory(conn: Any, plan: Plan, maker: RowMaker, clients:
         last = datetime.fromtimestamp(float(members.started.max()), tz=timezone.utc) if len(members) else now
         examples = [{"request_id": maker.request_id(int(first_of_text[(ti, int(k))])), "text": texts[ti][k][:200],
                      "similarity": round(float(sims[k]), 4)} for k in np.argsort(-sims)[:5] if (ti, int(k)) in first_of_text]
+        # seeding the same database again adds to the patterns it made before instead of duplicating them
         pid = await conn.fetchval(
-            "INSERT INTO patterns (centroid, label, label_source, examples, member_count, first_seen, last_seen, spread, radius) "
-            "VALUES ($1, $2, 'heuristic', $3::jsonb, $4, $5, $6, $7, $8) RETURNING id",
-            centroid, t.label, json.dumps(examples), int(len(members)), first, last,
-            float(np.mean(1 - sims)), float(np.max(1 - sims)))
+            "UPDATE patterns SET member_count = member_count + $2, first_seen = least(first_seen, $3), "
+            "last_seen = greatest(last_seen, $4), updated_at = now() "
+            "WHERE id = (SELECT min(id) FROM patterns WHERE label = $1 AND redirect_to IS NULL) RETURNING id",
+            t.label, int(len(members)), first, last)
+        if pid is None:
+            pid = await conn.fetchval(
+                "INSERT INTO patterns (centroid, label, label_source, examples, member_count, first_seen, last_seen, "
+                "spread, radius) VALUES ($1, $2, 'heuristic', $3::jsonb, $4, $5, $6, $7, $8) RETURNING id",
+                centroid, t.label, json.dumps(examples), int(len(members)), first, last,
+                float(np.mean(1 - sims)), float(np.max(1 - sims)))
         pattern_ids.append(int(pid))
     pid_of_task = np.array(pattern_ids)
 
@@ -804,14 +811,19 @@ async def _write_pattern_memory(conn: Any, plan: Plan, maker: RowMaker, clients:
     for gran, freq in (("hour", "h"), ("day", "D")):
         g = pd.DataFrame({"p": pid_of_task[plan.task], "b": ts.floor(freq)}).groupby(["p", "b"]).size()
         counts += [(int(p), gran, b.to_pydatetime(), int(n)) for (p, b), n in g.items()]
-    await conn.copy_records_to_table("pattern_counts", records=counts, columns=("pattern_id", "granularity", "bucket", "n"))
+    await conn.executemany(
+        "INSERT INTO pattern_counts (pattern_id, granularity, bucket, n) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (pattern_id, granularity, bucket) DO UPDATE SET n = pattern_counts.n + excluded.n", counts)
     usage = []
     for dim, values in (("model", [MODELS[int(m)].name for m in plan.model]),
                         ("client", [clients[int(c)].fingerprint for c in plan.client])):
         g = pd.DataFrame({"p": pid_of_task[plan.task], "v": values, "t": plan.started}).dropna().groupby(["p", "v"])["t"].agg(["size", "max"])
         usage += [(int(p), dim, str(v), int(r["size"]), datetime.fromtimestamp(float(r["max"]), tz=timezone.utc))
                   for (p, v), r in g.iterrows()]
-    await conn.copy_records_to_table("pattern_usage", records=usage, columns=("pattern_id", "dimension", "value", "n", "last_seen"))
+    await conn.executemany(
+        "INSERT INTO pattern_usage (pattern_id, dimension, value, n, last_seen) VALUES ($1, $2, $3, $4, $5) "
+        "ON CONFLICT (pattern_id, dimension, value) DO UPDATE SET n = pattern_usage.n + excluded.n, "
+        "last_seen = greatest(pattern_usage.last_seen, excluded.last_seen)", usage)
 
     # outcome signals: only failures are stored (see intelligence/memory/signals.py), plus feedback
     signals = []

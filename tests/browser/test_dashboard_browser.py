@@ -7,14 +7,18 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
+import os
+import tempfile
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.browser.conftest import Dashboard
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+# Screenshots go to a temporary folder; LLMPROXY_SAVE_SCREENSHOTS=1 writes docs/screenshots/ instead
+# (how the committed ones were made), so a test run never dirties the work tree.
+SHOTS = (Path(__file__).resolve().parents[2] / "docs" / "screenshots" if os.environ.get("LLMPROXY_SAVE_SCREENSHOTS") == "1"
+         else Path(tempfile.mkdtemp(prefix="llmproxy-shots-")))
 PAGES = [("live", "", "Live traffic"), ("explorer", "explorer", "Explorer"), ("analytics", "analytics", "Analytics"),
          ("patterns", "patterns", "Patterns"), ("system", "system", "System")]
 LIVE_BUDGET_S = 1.0

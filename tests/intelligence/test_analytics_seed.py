@@ -130,6 +130,11 @@ async def test_command_line_seeds_the_given_database(pg_server_url: str, capsys)
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert out["rows"] == 120 and out["vectors"] == "synthetic"
         assert (await _one(url, "SELECT count(*) AS n FROM exchanges"))["n"] == 120
+        assert await asyncio.to_thread(args.func, args) == 0  # seeding again adds to the same patterns
+        again = await _one(url, "SELECT count(*) AS n, (SELECT count(*) FROM patterns) AS p, "
+                                "(SELECT sum(member_count) FROM patterns) AS m, "
+                                "(SELECT sum(n) FROM pattern_counts WHERE granularity = 'day') AS c FROM exchanges")
+        assert (again["n"], again["p"], again["m"], again["c"]) == (240, len(seed_cli.TASKS), 240, 240)
         bad = parser.parse_args(["seed", "--rows", "-1", "--database-url", url])
         assert args.func(bad) == 2
     finally:

@@ -111,6 +111,7 @@ def test_explorer_session_timeline(ui_db: SeededUi, monkeypatch) -> None:
     texts = [t.value for t in at.text]
     marker = ui_db.ids["tools"].rsplit("-", 1)[0]
     assert f"{marker} and the closed ones?" in texts and f"{marker} twelve closed bugs" in texts
+    assert "→ calls github.search_issues" in texts  # a tool-call reply shows the tool the client saw
 
 
 def test_analytics_groups_by_model_with_exact_counts_and_cost(ui_db: SeededUi, monkeypatch) -> None:

@@ -36,13 +36,13 @@ def show_exchange(request_id: str) -> None:
     u = r.usage
     m = st.columns(6)
     m[0].metric("Latency", fmt.ms(r.latency_ms))
-    m[1].metric("TTFT", fmt.ms(r.ttft_ms) if r.streamed else "not streamed")
-    m[2].metric("Upstream", fmt.ms(r.upstream_ms))
+    m[1].metric("TTFT", fmt.ms(r.ttft_ms) if r.streamed else "–", help=None if r.streamed else "not streamed")
     overhead = (r.latency_ms - r.upstream_ms) if r.latency_ms is not None and r.upstream_ms is not None else None
-    m[3].metric("Gateway overhead", fmt.ms(overhead))
-    m[4].metric("Tokens in / out", f"{fmt.compact(u.input_tokens)} / {fmt.compact(u.output_tokens)}",
-                help=f"{fmt.count(u.input_tokens)} in ({fmt.count(u.cached_tokens)} cached) · "
-                     f"{fmt.count(u.output_tokens)} out ({fmt.count(u.reasoning_tokens)} reasoning)")
+    m[2].metric("Gateway overhead", fmt.ms(overhead), help=f"upstream took {fmt.ms(r.upstream_ms)}")
+    m[3].metric("Tokens in", fmt.compact(u.input_tokens),
+                help=f"{fmt.count(u.input_tokens)} in, {fmt.count(u.cached_tokens)} of them cached")
+    m[4].metric("Tokens out", fmt.compact(u.output_tokens),
+                help=f"{fmt.count(u.output_tokens)} out, {fmt.count(u.reasoning_tokens)} of them reasoning")
     m[5].metric("Cost", fmt.usd(detail.cost_usd), help="unpriced model" if detail.cost_usd is None else None)
     links = []
     if r.session_id:

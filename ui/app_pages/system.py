@@ -11,7 +11,8 @@ from ui import data, fmt
 
 st.title("System")
 
-ICONS = {"ok": "🟢 ok", "down": "🔴 down", "off": "⚪ off", "unknown": "🟡 unknown"}
+# plain symbols: emoji need a colour font that servers and kiosk browsers often lack
+ICONS = {"ok": "✓ ok", "down": "✗ DOWN", "off": "– off", "unknown": "? unknown"}
 
 
 @st.fragment(run_every=5.0)
