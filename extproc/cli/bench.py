@@ -165,13 +165,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"bench: {name:<13} done", file=sys.stderr)
         if args.memory_requests:
             before = _rss_kb(sidecar.pid)
-            sent = 0
+            sent, samples = 0, []
             while sent < args.memory_requests:
                 n = min(5000, args.memory_requests - sent)
                 asyncio.run(_load(f"http://127.0.0.1:{ports['sidecar']}/openai/v1/chat/completions",
-                                  rate=1000, duration=n / 1000, stream=False))
+                                  rate=1000, duration=n / 1000, stream=sent % 10000 == 5000))
                 sent += n
-            results["memory"] = {"requests": sent, "rss_before_kb": before, "rss_after_kb": _rss_kb(sidecar.pid)}
+                samples.append((sent, _rss_kb(sidecar.pid)))
+            half = samples[len(samples) // 2][1] if samples else before
+            # Warm-up (allocator arenas, caches filling to their caps) shows in the first half; a leak keeps growing.
+            results["memory"] = {"requests": sent, "rss_before_kb": before, "rss_after_kb": _rss_kb(sidecar.pid),
+                                 "rss_at_half_kb": half, "samples_kb": samples}
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -241,4 +245,6 @@ def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
               f"{fmt(r.get('p50_ratio_to_envoy')):>10}{fmt(r.get('p99_ratio_to_envoy')):>10}")
     if "memory" in results:
         m = results["memory"]
-        print(f"\nsidecar RSS over {m['requests']} requests: {m['rss_before_kb'] / 1024:.1f} MiB -> {m['rss_after_kb'] / 1024:.1f} MiB")
+        print(f"\nsidecar RSS over {m['requests']} requests (JSON and SSE alternating): {m['rss_before_kb'] / 1024:.1f} MiB"
+              f" -> {m['rss_at_half_kb'] / 1024:.1f} MiB at half -> {m['rss_after_kb'] / 1024:.1f} MiB at the end")
+        print("  samples (requests: MiB): " + ", ".join(f"{n}: {kb / 1024:.0f}" for n, kb in m["samples_kb"]))
