@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from .export import parse_since
-from .stack import database_url_for
+from .stack import database_url_for, run_in_transaction
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,30 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_export)
 
 
-def _with_connection(url: str, work: Any) -> Any:
-    from sqlalchemy.exc import ProgrammingError
 
-    from intelligence.store.engine import make_engine
-
-    async def _go() -> Any:
-        engine = make_engine(url, pool_size=1, max_overflow=0)
-        try:
-            # One snapshot for the whole walk: the head and the rows are read as of the same moment.
-            async with engine.connect() as conn:
-                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-                async with conn.begin():
-                    return await work(conn)
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(_go())
-    except ProgrammingError as exc:
-        if "does not exist" in str(exc):
-            raise SystemExit("llmproxy: the database has no audit tables yet; start the stack once "
-                             "(`llmproxy up`) so it migrates the schema") from None
-        raise
-
+def _db(url: str, work: Any) -> Any:
+    # one snapshot for the whole walk: the head and the rows are read as of the same moment
+    return run_in_transaction(url, work, tables="audit tables", isolation="REPEATABLE READ")
 
 def run_verify(args: argparse.Namespace) -> int:
     from intelligence.audit import AuditLog, read_export, verify_export
@@ -72,7 +51,7 @@ def run_verify(args: argparse.Namespace) -> int:
         source = str(args.file)
     else:
         url = database_url_for(args.data_dir, args.database_url)
-        result = _with_connection(url, AuditLog().verify)
+        result = _db(url, AuditLog().verify)
         source = "database"
     if args.json:
         print(json.dumps({**result.to_dict(), "source": source}))
@@ -98,6 +77,6 @@ def run_export(args: argparse.Namespace) -> int:
                 return await audit.export(conn, fh, args.format, since)
         return await audit.export(conn, sys.stdout, args.format, since)
 
-    n = _with_connection(url, work)
+    n = _db(url, work)
     print(f"llmproxy: exported {n} audit entries", file=sys.stderr)
     return 0

@@ -7,7 +7,6 @@ Every change is written to the audit log, with the operating-system user as the 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import json
 import socket
@@ -16,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .stack import database_url_for
+from .stack import database_url_for, run_in_transaction
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,28 +66,9 @@ def cli_actor() -> str:
     return f"cli:{user}@{socket.gethostname()}"
 
 
-def _run_db(url: str, work: Any) -> Any:
-    """Run ``work(conn)`` in one transaction (commits on success)."""
-    from sqlalchemy.exc import ProgrammingError
 
-    from intelligence.store.engine import make_engine
-
-    async def _go() -> Any:
-        engine = make_engine(url, pool_size=1, max_overflow=0)
-        try:
-            async with engine.begin() as conn:
-                return await work(conn)
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(_go())
-    except ProgrammingError as exc:
-        if "does not exist" in str(exc):
-            raise SystemExit("llmproxy: the database has no gateway-key tables yet; start the stack once "
-                             "(`llmproxy up`) so it migrates the schema") from None
-        raise
-
+def _db(url: str, work: Any) -> Any:
+    return run_in_transaction(url, work, tables="gateway-key tables")
 
 def run_create(args: argparse.Namespace) -> int:
     from intelligence.keys import Budgets, NewKey, create_key, parse_expiry, split_list
@@ -104,7 +84,7 @@ def run_create(args: argparse.Namespace) -> int:
     if not spec.name.strip():
         raise SystemExit("llmproxy: --name must not be empty")
     url = database_url_for(args.data_dir, args.database_url)
-    created = _run_db(url, lambda conn: create_key(conn, spec, actor=cli_actor()))
+    created = _db(url, lambda conn: create_key(conn, spec, actor=cli_actor()))
     record = created.record
     if args.json:
         print(json.dumps({**record.to_public_dict(datetime.now(timezone.utc)), "key": created.key}))
@@ -123,7 +103,7 @@ def run_list(args: argparse.Namespace) -> int:
     from intelligence.keys import list_keys
 
     url = database_url_for(args.data_dir, args.database_url)
-    records = _run_db(url, list_keys)
+    records = _db(url, list_keys)
     now = datetime.now(timezone.utc)
     docs = [r.to_public_dict(now) for r in records]
     if args.json:
@@ -147,7 +127,7 @@ def run_revoke(args: argparse.Namespace) -> int:
 
     url = database_url_for(args.data_dir, args.database_url)
     try:
-        record, changed = _run_db(url, lambda conn: revoke_key(conn, args.key, actor=cli_actor(), reason=args.reason))
+        record, changed = _db(url, lambda conn: revoke_key(conn, args.key, actor=cli_actor(), reason=args.reason))
     except (KeyNotFound, AmbiguousKey) as exc:
         print(f"llmproxy: {exc.args[0] if isinstance(exc, KeyNotFound) else exc}", file=sys.stderr)
         return 1

@@ -8,13 +8,12 @@ validated first and written to the audit log with its diff, the operating-system
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from .stack import database_url_for
+from .stack import database_url_for, run_in_transaction
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,30 +58,11 @@ def _print_issues(issues: Any) -> None:
         print(f"error: {issue}", file=sys.stderr)
 
 
-def _run_db(url: str, work: Any) -> Any:
-    """``work(conn)`` in one transaction (committed on success)."""
-    from sqlalchemy.exc import ProgrammingError
-
-    from intelligence.store.engine import make_engine
-
-    async def _go() -> Any:
-        engine = make_engine(url, pool_size=1, max_overflow=0)
-        try:
-            async with engine.begin() as conn:
-                return await work(conn)
-        finally:
-            await engine.dispose()
-
-    try:
-        return asyncio.run(_go())
-    except ProgrammingError as exc:
-        if "does not exist" in str(exc):
-            raise SystemExit("llmproxy: the database has no policy table yet; start the stack once (`llmproxy up`) "
-                             "so it migrates the schema") from None
-        raise
-
-
 # ---------------------------------------------------------------------------------------- validate
+
+def _db(url: str, work: Any) -> Any:
+    return run_in_transaction(url, work, tables="policy table")
+
 def run_validate(args: argparse.Namespace) -> int:
     from extproc.policy import PolicyError, PolicySnapshot, load_file
 
@@ -144,7 +124,7 @@ def _stored_policies(args: argparse.Namespace) -> tuple[list[Any], str]:
     except SystemExit:
         return [], "database policies: not included (no database: set DATABASE_URL or start the stack)"
     try:
-        stored = _run_db(url, list_policies)
+        stored = _db(url, list_policies)
     except (SystemExit, Exception) as exc:  # noqa: BLE001 - show what we can without the database
         return [], f"database policies: not included ({str(exc)[:200]})"
     return stored, f"database policies: {len(stored)} stored, {sum(1 for s in stored if s.enabled)} enabled"
@@ -201,7 +181,7 @@ def run_set(args: argparse.Namespace) -> int:
     name = args.name or doc.name
     url = database_url_for(args.data_dir, args.database_url)
     try:
-        change = _run_db(url, lambda conn: set_policy(conn, name, text, actor=cli_actor(), enabled=not args.disable))
+        change = _db(url, lambda conn: set_policy(conn, name, text, actor=cli_actor(), enabled=not args.disable))
     except PolicyError as exc:
         _print_issues(exc.issues)
         return 1
@@ -225,7 +205,7 @@ def run_list(args: argparse.Namespace) -> int:
     from extproc.policy.store import list_policies
 
     url = database_url_for(args.data_dir, args.database_url)
-    stored = _run_db(url, list_policies)
+    stored = _db(url, list_policies)
     docs = [s.to_public_dict() for s in stored]
     if args.json:
         print(json.dumps(docs))
@@ -248,7 +228,7 @@ def run_delete(args: argparse.Namespace) -> int:
 
     url = database_url_for(args.data_dir, args.database_url)
     try:
-        change = _run_db(url, lambda conn: delete_policy(conn, args.name, actor=cli_actor()))
+        change = _db(url, lambda conn: delete_policy(conn, args.name, actor=cli_actor()))
     except PolicyNotFound as exc:
         print(f"llmproxy: {exc.args[0]}", file=sys.stderr)
         return 1

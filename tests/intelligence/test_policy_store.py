@@ -93,7 +93,7 @@ def tagging(tag: str, name: str = "x", **rule: object) -> str:
     return policy_yaml({"id": "tagger", "actions": {"tag": tag}, **rule}, name=name)
 
 
-async def wait_for(condition, timeout: float = 5.0) -> None:
+async def wait_for(condition, timeout: float = 20.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
         if asyncio.get_running_loop().time() > deadline:

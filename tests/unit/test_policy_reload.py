@@ -26,7 +26,7 @@ def write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-async def wait_for(condition, timeout: float = 5.0) -> None:
+async def wait_for(condition, timeout: float = 20.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
         if asyncio.get_running_loop().time() > deadline:
