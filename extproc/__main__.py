@@ -79,7 +79,8 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
     await policy.start()
     embeddings = os.environ.get("LLMPROXY_INJECTION_EMBEDDINGS") == "1"
     guard = Guard(policy, secrets=shared_secret_detector(), pii=await asyncio.to_thread(shared_pii_detector),
-                  injection=default_injection_detector(with_embeddings=embeddings), audit=audit)
+                  injection=default_injection_detector(with_embeddings=embeddings), audit=audit,
+                  quarantine=_quarantiner(engine))
     ctx = Context(settings=settings, recorder=recorder, feedback=_feedback_sink(engine), keys=keys, meter=meter, guard=guard)
     server, health_servicer = await serve(ctx, host=settings.host, port=settings.port, max_message=settings.grpc_max_message)
     log.info("sidecar listening on %s:%d", settings.host, settings.port)
@@ -96,6 +97,28 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         await recorder.stop()
         await engine.dispose()
         log.info("sidecar stopped: %s", ctx.stats)
+
+
+def _quarantiner(engine):
+    """Carry out a policy's quarantine off the hot path; the key cache picks it up through NOTIFY."""
+    from intelligence.keys import quarantine_key
+
+    pending: set[asyncio.Task] = set()
+
+    async def run(key_id: str, reason: str, rule: str) -> None:
+        try:
+            async with engine.begin() as conn:
+                await quarantine_key(conn, key_id, actor=f"policy:{rule}", reason=reason)
+            log.warning("gateway key %s quarantined by policy rule %s: %s", key_id, rule, reason)
+        except Exception:
+            log.exception("quarantine of gateway key %s (rule %s) failed", key_id, rule)
+
+    def schedule(key_id: str, reason: str, rule: str) -> None:
+        task = asyncio.get_running_loop().create_task(run(key_id, reason, rule))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    return schedule
 
 
 def _feedback_sink(engine):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import gateway_error
 from .policy import Detections, Redactions, RequestDecision, RequestFacts, apply_request, redact_text
@@ -50,10 +50,12 @@ class GuardOutcome:
 
 
 class Guard:
-    def __init__(self, policy: Any, *, secrets: Any, pii: Any, injection: Any, audit: Any = None):
+    def __init__(self, policy: Any, *, secrets: Any, pii: Any, injection: Any, audit: Any = None,
+                 quarantine: Callable[[str, str, str], None] | None = None):
         self.policy = policy  # .snapshot -> PolicySnapshot, .throttler -> Throttler
         self.secrets, self.pii, self.injection = secrets, pii, injection
         self.audit = audit  # AuditWriter (submit never blocks) or None
+        self.quarantine = quarantine  # (key_id, reason, rule) -> schedules the quarantine off the hot path
 
     def check_request(self, *, request_id: str, api: str | None, doc: dict, provider: str | None, path: str, method: str,
                       key: Any, client: str | None, client_addr: str | None, size: int, headers: Mapping[str, str],
@@ -82,6 +84,7 @@ class Guard:
         throttled = self.policy.throttler.check(decision, facts)
         if decision.fired and self.audit is not None:
             self.audit.submit("policy_decision", request_id, decision.to_record(), "sidecar")
+        self._respond(decision, request_id, key)
         block = decision.immediate(api)
         if block is None and getattr(throttled, "block", None) is not None:
             block = throttled.block.immediate(api)
@@ -103,3 +106,20 @@ class Guard:
         out.set_headers = dict(decision.set_headers)
         out.strip_headers = list(decision.strip_headers)
         return out
+
+    def _respond(self, decision: RequestDecision, request_id: str, key: Any) -> None:
+        """Automated response: alerts go to the log and the audit chain; a quarantine is carried out
+        in the background (the key cache then refuses the key on every replica via NOTIFY)."""
+        for alert in decision.alerts:
+            log.warning("ALERT %s: %s (rule %s, request %s)", alert.severity, alert.message, alert.rule, request_id)
+            if self.audit is not None:
+                self.audit.submit("automated_action", request_id, {"action": "alert", **alert.to_dict()}, "sidecar")
+        q = decision.quarantine
+        if q is None:
+            return
+        key_id = getattr(key, "id", None)
+        if key_id is None:
+            log.warning("rule %s asks to quarantine the key of request %s, but no gateway key was used", q.rule, request_id)
+            return
+        if self.quarantine is not None:
+            self.quarantine(key_id, q.reason, q.rule)

@@ -81,3 +81,46 @@ def test_required_keys_end_to_end(keyed_stack) -> None:
     v = subprocess.run([LLMPROXY, "audit", "verify", "--json"], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "DATABASE_URL": stack.db_url})
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+QUARANTINE_POLICY = """
+version: 1
+name: quarantine-test
+rules:
+  - id: tripwire
+    description: a canary header only an attacker's tooling sends
+    match:
+      headers: [x-canary-tripwire]
+    actions:
+      block: {status: 403, code: tripwire, message: "llmproxy: tripwire"}
+      alert: {severity: critical, message: tripwire header seen}
+      quarantine_key: {reason: tripwire header}
+"""
+
+
+def test_policy_quarantines_a_key_and_it_stays_refused(tmp_path_factory, pg_url, fake) -> None:
+    tmp = tmp_path_factory.mktemp("quarantine")
+    policy = tmp / "policy.yaml"
+    policy.write_text(QUARANTINE_POLICY)
+    stack = start_stack(tmp, pg_url, fake, "--auth", "required", "--policy-file", str(policy),
+                        env={"LLMPROXY_OPENAI_API_KEY": "sk-operator-openai"})
+    try:
+        key = keys_cli(stack.db_url, "create", "--name", "tripwire-victim")["key"]
+        ok = httpx.post(stack.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "fine"}]})
+        assert ok.status_code == 200
+        trip = httpx.post(stack.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}", "x-canary-tripwire": "1"},
+                          json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+        assert trip.status_code == 403 and trip.json()["error"]["code"] == "tripwire"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            r = httpx.post(stack.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                           json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "again"}]})
+            if r.status_code == 403:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "key_quarantined"
+        listed = [k for k in keys_cli(stack.db_url, "list") if k["name"] == "tripwire-victim"]
+        assert listed[0]["quarantined_at"] and listed[0]["quarantine_reason"] == "tripwire header"
+    finally:
+        assert stack.stop() == 0
