@@ -14,8 +14,16 @@ from intelligence.store import migrate
 from intelligence.store.engine import asyncpg_dsn, make_engine
 from intelligence.store.models import Base
 
+# every store's tables join Base.metadata when their models are imported
+import intelligence.anomaly.models  # noqa: E402,F401
+import intelligence.claude.models  # noqa: E402,F401
+import intelligence.enhance.models  # noqa: E402,F401
+import intelligence.events.models  # noqa: E402,F401
+
 FreshDb = Callable[[], Awaitable[str]]
 REQUEST_LOG_TABLES = {"exchanges", "sessions"}
+INTELLIGENCE_TABLES = {"claude_calls", "enhancements", "experiments", "experiment_events", "anomaly_verdicts",
+                       "verdict_memory", "events"}
 
 
 async def _tables(url: str) -> set[str]:
@@ -99,7 +107,7 @@ async def test_downgrade_to_base_drops_request_log(fresh_db_url: FreshDb) -> Non
 
 def _request_log_object(obj, name, type_, reflected, compare_to) -> bool:
     table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
-    return table in REQUEST_LOG_TABLES
+    return table in REQUEST_LOG_TABLES | INTELLIGENCE_TABLES
 
 
 async def test_models_match_migrated_schema(pg_url: str) -> None:
