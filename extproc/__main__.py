@@ -75,13 +75,23 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
 
     audit = AuditWriter(engine)
     await audit.start()
+    from intelligence.events.webhook import WebhookDispatcher
+    from intelligence.events.writer import EventWriter
+
+    events = EventWriter(engine)  # alerts and blocks for the live feed, off the hot path
+    await events.start()
+    webhook = WebhookDispatcher.from_env(engine)  # LLMPROXY_ALERT_WEBHOOK_URL: None when unset
+    webhook_stop = asyncio.Event()
+    webhook_task = asyncio.create_task(webhook.run(webhook_stop), name="alert-webhook") if webhook is not None else None
     policy = PolicyWatcher(settings.policy_file, engine)
     await policy.start()
     embeddings = os.environ.get("LLMPROXY_INJECTION_EMBEDDINGS") == "1"
     guard = Guard(policy, secrets=shared_secret_detector(), pii=await asyncio.to_thread(shared_pii_detector),
                   injection=default_injection_detector(with_embeddings=embeddings), audit=audit,
-                  quarantine=_quarantiner(engine))
-    ctx = Context(settings=settings, recorder=recorder, feedback=_feedback_sink(engine), keys=keys, meter=meter, guard=guard)
+                  quarantine=_quarantiner(engine), events=events)
+    enhancer, enhancements = await _enhancer(engine)
+    ctx = Context(settings=settings, recorder=recorder, feedback=_feedback_sink(engine), keys=keys, meter=meter, guard=guard,
+                  enhancer=enhancer)
     server, health_servicer = await serve(ctx, host=settings.host, port=settings.port, max_message=settings.grpc_max_message)
     log.info("sidecar listening on %s:%d", settings.host, settings.port)
     try:
@@ -90,7 +100,13 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         # Graceful: stop taking new streams, let in-flight exchanges finish, then drain the recorder.
         await health_servicer.enter_graceful_shutdown()
         await server.stop(grace=5)
+        if enhancements is not None:
+            await enhancements.stop()
         await policy.stop()
+        webhook_stop.set()
+        if webhook_task is not None:
+            await webhook_task
+        await events.stop()
         await audit.stop()
         await meter.stop()
         await keys.stop()
@@ -99,8 +115,34 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         log.info("sidecar stopped: %s", ctx.stats)
 
 
+async def _enhancer(engine):
+    """Enhancements applied inline, when ENABLE_REAL_TIME_ENHANCEMENT allows (default on).
+
+    The embedding model loads only on the first lookup, which happens only once some enhancement
+    applies: a gateway with no active enhancement or experiment never loads it.
+    """
+    from intelligence.claude.settings import IntelligenceFlags
+
+    flags = IntelligenceFlags.from_env()
+    if not flags.real_time_enhancement:
+        log.info("real-time enhancement off (ENABLE_REAL_TIME_ENHANCEMENT / ENABLE_INTELLIGENCE)")
+        return None, None
+    from intelligence.embeddings import shared_embedder
+    from intelligence.memory.lookup import PatternLookup
+
+    from .enhance import EnhancementCache, Enhancer
+
+    cache = EnhancementCache(engine)
+    budget_ms = float(os.environ.get("LLMPROXY_ENHANCE_LOOKUP_MS", "5"))
+    lookup = PatternLookup(engine, lambda: shared_embedder(os.environ.get("LLMPROXY_EMBEDDING_MODEL", "all-MiniLM-L6-v2")),
+                           budget_ms=budget_ms)
+    await cache.start()
+    return Enhancer(cache, lookup, flags), cache
+
+
 def _quarantiner(engine):
     """Carry out a policy's quarantine off the hot path; the key cache picks it up through NOTIFY."""
+    from intelligence.events import publish
     from intelligence.keys import quarantine_key
 
     pending: set[asyncio.Task] = set()
@@ -108,7 +150,12 @@ def _quarantiner(engine):
     async def run(key_id: str, reason: str, rule: str) -> None:
         try:
             async with engine.begin() as conn:
-                await quarantine_key(conn, key_id, actor=f"policy:{rule}", reason=reason)
+                record, changed = await quarantine_key(conn, key_id, actor=f"policy:{rule}", reason=reason)
+                if changed:  # announced in the same transaction: the feed never shows a quarantine that did not happen
+                    await publish(conn, kind="quarantine", title=f"gateway key {key_id} quarantined: {reason}",
+                                  severity="critical", subject=key_id,
+                                  detail={"rule": rule, "reason": reason, "name": record.name, "prefix": record.prefix},
+                                  source="sidecar")
             log.warning("gateway key %s quarantined by policy rule %s: %s", key_id, rule, reason)
         except Exception:
             log.exception("quarantine of gateway key %s (rule %s) failed", key_id, rule)

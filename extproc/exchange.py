@@ -59,6 +59,7 @@ class Context:
     guard: Any = None  # extproc.guard.Guard: detectors + policy; None runs no screening
     keys: Any = None  # has .snapshot -> KeySnapshot (extproc.auth.KeyCache); None: no gateway keys loaded
     meter: Any = None  # extproc.auth.UsageMeter: shared-database budgets per gateway key
+    enhancer: Any = None  # extproc.enhance.Enhancer: applies enhancements/experiments; None applies none
     router: ModelRouter = field(init=False)
     auth_mode: AuthMode = field(init=False)
     stats: dict[str, int] = field(default_factory=lambda: {"exchanges": 0, "errors": 0, "aborted": 0})
@@ -125,6 +126,10 @@ class Exchange:
         self.auth: AuthDecision = PASSTHROUGH
         self.tool_schemas: dict[str, dict] = {}
         self.request_logged: bytes | None = None  # the client's request as logged, when it differs (redaction)
+        self.guarded = None  # extproc.guard.GuardOutcome of the request, for the response side
+        self.screen = None  # extproc.guard.ResponseScreen: restore / mask / edit the response
+        self.mask_stage = None  # SSE text rewriters of a screened stream (before / after the log's copy)
+        self.restore_stage = None
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, phase: Phase, event: Headers | BodyChunk | None) -> Reply | Immediate | Awaitable[Immediate]:
@@ -230,7 +235,7 @@ class Exchange:
         reply.clear_route_cache = True
         return None
 
-    def _request_body(self, ev: BodyChunk) -> Reply | Immediate:
+    def _request_body(self, ev: BodyChunk) -> Reply | Immediate | Awaitable[Reply]:
         self.request_client += ev.data
         if not ev.end_of_stream:
             return Reply()
@@ -268,19 +273,51 @@ class Exchange:
                 if isinstance(blocked, Immediate):
                     return blocked
                 changed = blocked
-            self.codec = ToolNameCodec(namespace=self.headers.get("x-tool-namespace") or None)
-            if self.endpoint.alias_request(doc, self.codec):
-                changed = True
-                self.flags["tool_names_aliased"] = len(self.codec.mapping)
-            if changed:
-                self.request_forwarded = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
-                reply.body = self.request_forwarded
-                reply.set_headers["content-length"] = str(len(self.request_forwarded))
+            enhancer = self.ctx.enhancer
+            if enhancer is not None and enhancer.wants(self.view.api, self.headers):
+                return self._enhance_then_forward(doc, reply, changed)  # the only path here that awaits
+            return self._forward_request(doc, reply, changed)
         elif doc is None and self.request_client:
             self.flags["request_not_json"] = True
         if self.session_id is None:
             self.session_id = self._derive_session()
         return reply
+
+    def _forward_request(self, doc: dict, reply: Reply, changed: bool) -> Reply:
+        """Tool-name aliasing, then the forwarded body when anything changed it."""
+        self.codec = ToolNameCodec(namespace=self.headers.get("x-tool-namespace") or None)
+        if self.endpoint.alias_request(doc, self.codec):
+            changed = True
+            self.flags["tool_names_aliased"] = len(self.codec.mapping)
+        if changed:
+            self.request_forwarded = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+            reply.body = self.request_forwarded
+            reply.set_headers["content-length"] = str(len(self.request_forwarded))
+        if self.session_id is None:
+            self.session_id = self._derive_session()
+        return reply
+
+    async def _enhance_then_forward(self, doc: dict, reply: Reply, changed: bool) -> Reply:
+        """Apply the pattern's enhancement (arm assigned by session), then forward as usual."""
+        if self.session_id is None:
+            self.session_id = self._derive_session()  # the assignment unit: fixed before the arm is chosen
+        try:
+            applied = await self.ctx.enhancer.enhance(self.view, doc, self.view.api, self.session_id, self.headers,
+                                                      client=self.key_fp or self.client_addr)
+            if applied is not None:
+                self.flags["enhancement"] = applied.record()
+                if applied.changed:
+                    doc, changed = applied.doc, True
+        except Exception:  # advisory: a failed lookup or apply forwards the request as the client sent it
+            self.ctx.stats["errors"] += 1
+            log.exception("request %s: enhancement failed; forwarding unenhanced", self.request_id)
+        try:
+            return self._forward_request(doc, reply, changed)
+        except Exception as exc:  # the same containment handle() gives the synchronous path
+            self.ctx.stats["errors"] += 1
+            log.exception("request %s: request_body handling failed; passing through", self.request_id)
+            self.error = self.error or f"sidecar error in request_body: {type(exc).__name__}"
+            return Reply()
 
     def _guard(self, doc: dict, reply: Reply) -> Immediate | bool:
         """Detectors + policy; returns the refusal, or whether the body was changed."""
@@ -289,6 +326,7 @@ class Exchange:
             method=self.method, key=self.auth.key, client=self.key_fp, client_addr=self.client_addr,
             size=len(self.request_client), headers=self.headers, now=self.started_at)
         self.flags.update(g.record())
+        self.guarded = g
         if g.immediate is not None:
             return self._answer(g.immediate)
         if g.redacted:
@@ -369,13 +407,20 @@ class Exchange:
         ctype = h.get("content-type", "")
         reply = Reply(set_headers={"x-llmproxy-request-id": self.request_id})
         active = self.codec is not None and self.codec.active
-        if self.endpoint is not None and ("text/event-stream" in ctype or "ndjson" in ctype):
+        streamed = "text/event-stream" in ctype or "ndjson" in ctype
+        if self.ctx.guard is not None and self.guarded is not None and self.endpoint is not None and not ev.end_of_stream:
+            self.screen = self.ctx.guard.screen_response(self.guarded, request_id=self.request_id, key=self.auth.key,
+                                                         api=getattr(self.view, "api", None), status=self.status,
+                                                         streamed=streamed)
+        if self.endpoint is not None and streamed:
             self.streamed = True
             self.stream_proc = self.endpoint.stream(self.codec if active else None)
-            if active:
+            if self.screen is not None:
+                self.mask_stage, self.restore_stage = self.screen.stream_stages()
+            if active or self.mask_stage is not None or self.restore_stage is not None:
                 reply.remove_headers.append("content-length")
-        elif self.endpoint is not None and active and "json" in ctype:
-            self.rewrite_response = True  # tool names to restore: take the JSON whole
+        elif self.endpoint is not None and "json" in ctype and (active or (self.screen is not None and self.screen.needs_body)):
+            self.rewrite_response = True  # tool names to restore or a response screen: take the JSON whole
             reply.buffer_response_body = True
             reply.remove_headers.append("content-length")
         if ev.end_of_stream:
@@ -385,25 +430,53 @@ class Exchange:
     def _response_body(self, ev: BodyChunk) -> Reply:
         if self.ttft_ms is None and ev.data:
             self.ttft_ms = (time.monotonic() - self.t0) * 1000
-        self._keep(self.resp_upstream, ev.data)
         reply = Reply()
         if self.stream_proc is not None:
-            out = self.stream_proc.feed(ev.data)
+            data = ev.data
+            if self.mask_stage is not None:  # the log never sees what the model produced and was masked
+                data = self.mask_stage.feed(data) + (self.mask_stage.end() if ev.end_of_stream else b"")
+            self._keep(self.resp_upstream, data)
+            out = self.stream_proc.feed(data)
             if ev.end_of_stream:
                 out += self.stream_proc.end()
+            self._keep(self.resp_client, out)  # placeholders, not the restored values
+            if self.restore_stage is not None:
+                out = self.restore_stage.feed(out) + (self.restore_stage.end() if ev.end_of_stream else b"")
             if out != ev.data:
                 reply.body = out
-            self._keep(self.resp_client, out)
+            if ev.end_of_stream and self.screen is not None:
+                text = self.stream_proc.result().text if self.screen.snapshot.response_rules else None
+                self.screen.finish_stream(text, len(self.resp_upstream))
         elif self.rewrite_response:
-            doc = _parse_json(ev.data)
-            if isinstance(doc, dict) and self.endpoint.restore_response(doc, self.codec):
-                reply.body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
-            self._keep(self.resp_client, reply.body if reply.body is not None else ev.data)
+            self._rewrite_json_response(ev, reply)
         else:
+            self._keep(self.resp_upstream, ev.data)
             self._keep(self.resp_client, ev.data)
         if ev.end_of_stream:
+            if self.screen is not None:
+                screened = self.screen.record()
+                if screened is not None:
+                    self.flags["response_policy"] = screened
             self.finish()
         return reply
+
+    def _rewrite_json_response(self, ev: BodyChunk, reply: Reply) -> None:
+        """A buffered JSON response: tool names restored, then the response screen (mask, edit, restore)."""
+        doc = _parse_json(ev.data)
+        upstream = logged = client = None
+        if isinstance(doc, dict):
+            if self.codec is not None and self.codec.active and self.endpoint.restore_response(doc, self.codec):
+                logged = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+            if self.screen is not None:
+                screened = self.screen.rewrite_json(doc, len(ev.data))
+                upstream = screened.upstream
+                logged = screened.logged or logged
+                client = screened.client
+        client = client or logged
+        if client is not None:
+            reply.body = client
+        self._keep(self.resp_upstream, upstream if upstream is not None else ev.data)
+        self._keep(self.resp_client, logged if logged is not None else ev.data)
 
     def _keep(self, buf: bytearray, data: bytes) -> None:
         room = self.ctx.settings.log_body_max - len(buf)

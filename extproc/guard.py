@@ -1,25 +1,55 @@
-"""The request guard: detectors, then the policy, then its edits, on the typed request.
+"""The request guard: detectors, then the policy, then its edits, on the typed request; and the
+response screen: placeholders restored, model-produced PII/secrets masked, response fields edited.
 
 Runs in the request-body phase, after routing and before tool-name aliasing. It fails closed: a
 detector or policy error blocks the request with a 503 rather than letting an unscreened request out.
 Everything here is in-process and bounded (no database, no network); the embedding layer of the
 injection detector is off inline unless LLMPROXY_INJECTION_EMBEDDINGS=1, because it costs tens of
-milliseconds per prompt on a 2-core machine (docs/security.md).
+milliseconds per prompt on a 2-core machine (docs/security.md). Alerts and automated actions reach
+the audit chain and the live event feed through queues that never block (the writers are
+background tasks).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 from .errors import gateway_error
-from .policy import Detections, Redactions, RequestDecision, RequestFacts, apply_request, redact_text
+from .policy import (
+    Alert,
+    Detections,
+    Quarantine,
+    Redactions,
+    RequestDecision,
+    RequestFacts,
+    ResponseDecision,
+    ResponseFacts,
+    apply_request,
+    apply_response,
+    redact_text,
+)
+from .policy.decision import RedactPlan
+from .providers import textstream
 from .providers.segments import rewrite_texts, segments
+from .security.response import MaskingFilter, PlaceholderRestorer, mask_text, rewrite_response_texts
+from .security.spans import Span, resolve_overlaps
 from .wire import Immediate
 
 log = logging.getLogger("llmproxy.guard")
+
+# An alert of this severity on a blocking rule makes the block itself a feed event ("block").
+_SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+class EventSink(Protocol):
+    """Where alerts and automated actions go for the live feed (intelligence.events.writer.EventWriter)."""
+
+    def submit(self, kind: str, title: str, *, severity: str = "info", subject: str = "",
+               detail: dict[str, Any] | None = None) -> bool: ...
 
 
 @dataclass
@@ -31,6 +61,9 @@ class GuardOutcome:
     edits: list[str] = field(default_factory=list)
     set_headers: dict[str, str] = field(default_factory=dict)
     strip_headers: list[str] = field(default_factory=list)
+    facts: RequestFacts | None = None  # what the response phase evaluates against
+    snapshot: Any = None  # the policy snapshot the request was decided by (the response uses the same)
+    redactions: Redactions | None = None  # placeholders to restore in the response
 
     @property
     def changed_body(self) -> bool:
@@ -51,11 +84,12 @@ class GuardOutcome:
 
 class Guard:
     def __init__(self, policy: Any, *, secrets: Any, pii: Any, injection: Any, audit: Any = None,
-                 quarantine: Callable[[str, str, str], None] | None = None):
+                 quarantine: Callable[[str, str, str], None] | None = None, events: EventSink | None = None):
         self.policy = policy  # .snapshot -> PolicySnapshot, .throttler -> Throttler
         self.secrets, self.pii, self.injection = secrets, pii, injection
         self.audit = audit  # AuditWriter (submit never blocks) or None
         self.quarantine = quarantine  # (key_id, reason, rule) -> schedules the quarantine off the hot path
+        self.events = events  # EventWriter (submit never blocks) or None
 
     def check_request(self, *, request_id: str, api: str | None, doc: dict, provider: str | None, path: str, method: str,
                       key: Any, client: str | None, client_addr: str | None, size: int, headers: Mapping[str, str],
@@ -80,11 +114,11 @@ class Guard:
                              key_id=getattr(key, "id", None), key_name=getattr(key, "name", None), client=client,
                              client_addr=client_addr, request_bytes=size, headers=headers, detections=detections, now=now)
         decision = snapshot.evaluate_request(facts)
-        out = GuardOutcome(decision=decision, detections=detections)
+        out = GuardOutcome(decision=decision, detections=detections, facts=facts, snapshot=snapshot)
         throttled = self.policy.throttler.check(decision, facts)
         if decision.fired and self.audit is not None:
             self.audit.submit("policy_decision", request_id, decision.to_record(), "sidecar")
-        self._respond(decision, request_id, key)
+        self._respond(decision.alerts, decision.quarantine, request_id, key, blocked=decision.block)
         block = decision.immediate(api)
         if block is None and getattr(throttled, "block", None) is not None:
             block = throttled.block.immediate(api)
@@ -102,24 +136,238 @@ class Guard:
                 return redact_text(plan, text, spans, state) if spans else text
 
             out.redacted = rewrite_texts(doc, redact)
+            out.redactions = state
         out.edits = apply_request(decision, api or "", doc, provider=provider)
         out.set_headers = dict(decision.set_headers)
         out.strip_headers = list(decision.strip_headers)
         return out
 
-    def _respond(self, decision: RequestDecision, request_id: str, key: Any) -> None:
-        """Automated response: alerts go to the log and the audit chain; a quarantine is carried out
-        in the background (the key cache then refuses the key on every replica via NOTIFY)."""
-        for alert in decision.alerts:
+    # ------------------------------------------------------------------ response
+    def screen_response(self, outcome: GuardOutcome | None, *, request_id: str, key: Any, api: str | None,
+                        status: int | None, streamed: bool) -> "ResponseScreen | None":
+        """The response side of the request's decision, at the response headers; None when there is
+        nothing to do (the common case: no restore, no response redaction, edits or rules)."""
+        if outcome is None or outcome.decision is None or outcome.facts is None or outcome.snapshot is None:
+            return None
+        snapshot = outcome.snapshot
+        earlier = outcome.decision
+        mapping = dict(outcome.redactions.restorable.mapping) if outcome.redactions is not None else {}
+        if not (mapping or earlier.response_redact.active or earlier.response_edits or snapshot.response_rules):
+            return None
+        try:
+            facts = ResponseFacts(request=outcome.facts, status=status, streamed=streamed, request_decision=earlier)
+            decision = snapshot.evaluate_response(facts)
+        except Exception:
+            log.exception("request %s: response policy failed; the response is passed as the provider sent it", request_id)
+            return None
+        return ResponseScreen(self, snapshot, facts, decision, mapping, request_id, key, api)
+
+    def response_finder(self, plan: RedactPlan) -> Callable[[str], list[Span]]:
+        """Spans of the kinds ``plan`` covers, overlaps resolved."""
+        categories = plan.categories
+
+        def find(text: str) -> list[Span]:
+            spans: list[Span] = []
+            if "secrets" in categories:
+                spans += [s for s in self.secrets.find(text) if plan.mode_for(s.kind, "secrets") is not None]
+            if "pii" in categories and self.pii is not None:
+                spans += [s for s in self.pii.find(text) if plan.mode_for(s.kind, "pii") is not None]
+            return resolve_overlaps(spans) if len(spans) > 1 else spans
+
+        return find
+
+    def detect(self, snapshot: Any, texts: list[str]) -> Detections:
+        """Detections on response texts, for `phase: response` rules (injection is not scored on responses)."""
+        wanted = snapshot.detectors
+        secret_spans = [s for t in texts for s in self.secrets.find(t)] if "secrets" in wanted else []
+        pii_spans = [s for t in texts for s in self.pii.find(t)] if "pii" in wanted and self.pii is not None else []
+        return Detections.from_results(pii=pii_spans, secrets=secret_spans)
+
+    # ------------------------------------------------------------------ automated response
+    def _respond(self, alerts: tuple[Alert, ...], quarantine: Quarantine | None, request_id: str, key: Any, *,
+                 blocked: Any = None, phase: str = "request") -> None:
+        """Automated response: alerts go to the log, the audit chain and the live feed; a quarantine
+        is carried out in the background (the key cache then refuses the key on every replica via NOTIFY;
+        the quarantine itself publishes its feed event once it is done)."""
+        key_id = getattr(key, "id", None)
+        subject = key_id or f"request:{request_id}"
+        for alert in alerts:
             log.warning("ALERT %s: %s (rule %s, request %s)", alert.severity, alert.message, alert.rule, request_id)
             if self.audit is not None:
                 self.audit.submit("automated_action", request_id, {"action": "alert", **alert.to_dict()}, "sidecar")
-        q = decision.quarantine
-        if q is None:
+            if self.events is not None:
+                # the blocking rule's own alert announces the block: one event, not two
+                is_block = blocked is not None and alert.rule == blocked.rule and _SEVERITY_RANK[alert.severity] >= 1
+                detail = {"request_id": request_id, "rule": alert.rule, "phase": phase, "key_id": key_id}
+                if is_block:
+                    detail["block"] = blocked.to_dict()
+                self.events.submit("block" if is_block else "alert", alert.message, severity=alert.severity,
+                                   subject=subject, detail=detail)
+        if quarantine is None:
             return
-        key_id = getattr(key, "id", None)
         if key_id is None:
-            log.warning("rule %s asks to quarantine the key of request %s, but no gateway key was used", q.rule, request_id)
+            log.warning("rule %s asks to quarantine the key of request %s, but no gateway key was used", quarantine.rule, request_id)
             return
         if self.quarantine is not None:
-            self.quarantine(key_id, q.reason, q.rule)
+            self.quarantine(key_id, quarantine.reason, quarantine.rule)
+
+
+@dataclass
+class JsonRewrite:
+    """A buffered response after the screen: each form only when it differs from the one before."""
+
+    upstream: bytes | None = None  # masked: what the log stores as the provider's response
+    logged: bytes | None = None  # masked and edited: what the log stores as sent to the client
+    client: bytes | None = None  # ... with the request's values restored: what the client gets
+
+
+class ResponseScreen:
+    """The response side of one exchange: built at the response headers by :meth:`Guard.screen_response`.
+
+    Order, streamed or not: mask what the model produced (the response redaction plan) -> response
+    field edits (buffered only) -> the log's copy -> restore the request's placeholders -> client.
+    The log therefore holds placeholders and masks, never a value that was redacted.
+    """
+
+    def __init__(self, guard: Guard, snapshot: Any, facts: ResponseFacts, decision: ResponseDecision,
+                 mapping: dict[str, str], request_id: str, key: Any, api: str | None) -> None:
+        self.guard, self.snapshot, self.facts, self.decision = guard, snapshot, facts, decision
+        self.mapping = mapping if decision.restore else {}
+        self.request_id, self.key, self.api = request_id, key, api
+        self.masked: dict[str, int] = {}
+        self.restored = 0
+        self.edits: list[str] = []
+        self.unsupported: str | None = None
+        self._maskers: list[MaskingFilter] = []
+        self._restorers: list[PlaceholderRestorer] = []
+        self._responded = False
+
+    @property
+    def masking(self) -> bool:
+        return self.decision.redact.active
+
+    @property
+    def needs_body(self) -> bool:
+        """Whether a JSON response must be buffered for this screen."""
+        return bool(self.mapping or self.masking or self.decision.field_edits or self.snapshot.response_rules)
+
+    # ------------------------------------------------------------------ buffered JSON
+    def rewrite_json(self, doc: dict, size: int) -> JsonRewrite:
+        """Screen a whole JSON response in place (``doc`` ends as the logged form)."""
+        out = JsonRewrite()
+        if self.snapshot.response_rules:
+            texts: list[str] = []
+            rewrite_response_texts(doc, lambda t, _j: texts.append(t) or t)
+            detections = self.guard.detect(self.snapshot, texts)
+            self.facts = ResponseFacts(request=self.facts.request, status=self.facts.status, response_bytes=size,
+                                       streamed=False, detections=detections, request_decision=self.facts.request_decision)
+            self.decision = self.snapshot.evaluate_response(self.facts)
+            self.mapping = self.mapping if self.decision.restore else {}
+        if self.masking:
+            find = self.guard.response_finder(self.decision.redact)
+
+            def mask(text: str, _json_text: bool) -> str:
+                masked, spans = mask_text(find, text)
+                for s in spans:
+                    self.masked[s.kind] = self.masked.get(s.kind, 0) + 1
+                return masked
+
+            if rewrite_response_texts(doc, mask):
+                out.upstream = _dumps(doc)
+        if self.decision.field_edits:
+            self.edits = apply_response(self.decision, self.api, doc)
+        if out.upstream is not None or self.edits:
+            out.logged = _dumps(doc)
+        if self.mapping:
+            plain, escaped = PlaceholderRestorer(self.mapping), PlaceholderRestorer(self.mapping, json_text=True)
+            if rewrite_response_texts(doc, lambda t, j: (escaped if j else plain).restore(t)):
+                out.client = _dumps(doc)
+            self.restored = plain.restored + escaped.restored
+        self._respond()
+        return out
+
+    # ------------------------------------------------------------------ streams
+    def stream_stages(self) -> tuple["textstream.SSETextRewriter | None", "textstream.SSETextRewriter | None"]:
+        """(mask stage, restore stage) for an SSE response; either may be None. An API whose stream
+        format is not supported passes through (recorded as ``unsupported``)."""
+        if not (self.masking or self.mapping):
+            return None, None
+        if not textstream.supports(self.api):
+            self.unsupported = f"streamed {self.api} responses are not filtered"
+            return None, None
+        masker = restorer = None
+        if self.masking:
+            find = self.guard.response_finder(self.decision.redact)
+
+            def make_masker(slot: textstream.Slot) -> MaskingFilter:
+                f = MaskingFilter(find)
+                self._maskers.append(f)
+                return f
+
+            masker = textstream.SSETextRewriter(self.api, make_masker)  # type: ignore[arg-type]
+        if self.mapping:
+            def make_restorer(slot: textstream.Slot) -> PlaceholderRestorer:
+                f = PlaceholderRestorer(self.mapping, json_text=slot.json_text)
+                self._restorers.append(f)
+                return f
+
+            restorer = textstream.SSETextRewriter(self.api, make_restorer,  # type: ignore[arg-type]
+                                                  relevant=textstream.may_hold_placeholder)
+        return masker, restorer
+
+    def finish_stream(self, text: str | None, size: int) -> None:
+        """At the end of a stream: count what was masked and restored; `phase: response` rules that
+        read detections are evaluated on the (logged) text, for the record and automated response."""
+        for f in self._maskers:
+            for s in f.found:
+                self.masked[s.kind] = self.masked.get(s.kind, 0) + 1
+        self.restored = sum(f.restored for f in self._restorers)
+        if self.snapshot.response_rules and text is not None:
+            detections = self.guard.detect(self.snapshot, [text])
+            if self.masked:  # what was masked is no longer in the text, but it was in the response
+                pii = dict(detections.pii)
+                secrets = dict(detections.secrets)
+                for kind, n in self.masked.items():
+                    target = secrets if self._is_secret(kind) else pii
+                    target[kind] = target.get(kind, 0) + n
+                detections = Detections(pii=pii, secrets=secrets)
+            self.facts = ResponseFacts(request=self.facts.request, status=self.facts.status, response_bytes=size,
+                                       streamed=True, detections=detections, request_decision=self.facts.request_decision)
+            self.decision = self.snapshot.evaluate_response(self.facts)
+        self._respond()
+
+    def _is_secret(self, kind: str) -> bool:
+        from .security.pii import PLACEHOLDER_LABELS
+
+        return kind not in PLACEHOLDER_LABELS
+
+    # ------------------------------------------------------------------ record
+    def _respond(self) -> None:
+        if self._responded:
+            return
+        self._responded = True
+        d = self.decision
+        if d.fired and self.guard.audit is not None:
+            self.guard.audit.submit("policy_decision", self.request_id, {"phase": "response", **d.to_record()}, "sidecar")
+        self.guard._respond(d.alerts, d.quarantine, self.request_id, self.key, blocked=d.block, phase="response")
+
+    def record(self) -> dict[str, Any] | None:
+        """``flags["response_policy"]``: what the response side decided and did; None when nothing."""
+        doc: dict[str, Any] = {}
+        if self.decision.fired or self.decision.redact.active or self.decision.field_edits:
+            doc.update(self.decision.to_record())
+        if self.masked:
+            doc["masked"] = dict(self.masked)
+        if self.mapping:
+            doc["restored"] = self.restored
+        if self.edits:
+            doc["edits"] = list(self.edits)
+        if self.unsupported:
+            doc["unsupported"] = self.unsupported
+        if self.decision.block is not None:
+            doc["block_not_enforced"] = "a response-phase block is recorded and alerted; the response is not replaced"
+        return doc or None
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()

@@ -17,7 +17,7 @@ import jwt
 
 ROLES = ("viewer", "admin")
 ISSUER = "llmproxy"
-_MIN_SECRET_BYTES = 16
+_MIN_SECRET_BYTES = 32  # HS256 keys shorter than the hash are weak (RFC 7518 3.2)
 
 
 class InvalidToken(Exception):

@@ -106,6 +106,15 @@ class DbRunner:
 
         return asyncio.run_coroutine_threadsafe(go(), self._loop).result(timeout)
 
+    def transaction(self, fn: Callable[[AsyncConnection], Awaitable[T]], timeout: float = 30.0) -> T:
+        """``await fn(conn)`` inside one transaction that commits if ``fn`` returns (rolls back if it raises)."""
+
+        async def go() -> T:
+            async with self._engine.begin() as conn:
+                return await fn(conn)
+
+        return asyncio.run_coroutine_threadsafe(go(), self._loop).result(timeout)
+
     def gather(self, *fns: Callable[[AsyncConnection], Awaitable[Any]], timeout: float = 30.0) -> list[Any]:
         """Run independent queries at once, each on its own pooled connection; results in order."""
 

@@ -9,11 +9,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import streamlit as st  # noqa: E402
 
 st.set_page_config(page_title="llmproxy", page_icon=":material/hub:", layout="wide")
+
+from ui import alerts, auth  # noqa: E402
+
+# Refuses to serve beyond loopback without SECRET_KEY, and asks for a token when SECRET_KEY is set.
+principal = auth.gate()
 pages = [
     st.Page("app_pages/live.py", title="Live", icon=":material/bolt:", default=True),
     st.Page("app_pages/explorer.py", title="Explorer", icon=":material/search:", url_path="explorer"),
     st.Page("app_pages/analytics.py", title="Analytics", icon=":material/monitoring:", url_path="analytics"),
     st.Page("app_pages/patterns.py", title="Patterns", icon=":material/scatter_plot:", url_path="patterns"),
+    st.Page("app_pages/security.py", title="Security", icon=":material/shield:", url_path="security"),
+    st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:", url_path="experiments"),
     st.Page("app_pages/system.py", title="System", icon=":material/dns:", url_path="system"),
 ]
 try:
@@ -22,4 +29,7 @@ try:
     data.start_background_jobs()
 except Exception:  # noqa: BLE001 - no database yet: each page says so itself
     pass
-st.navigation(pages).run()
+page = st.navigation(pages)
+auth.sidebar(principal)
+alerts.live_alerts()
+page.run()

@@ -12,7 +12,7 @@ import logging
 import sys
 
 # module name -> registers these subcommands
-_COMMANDS = ("up", "status", "export", "tail", "bench", "keys", "audit", "seed", "policy")
+_COMMANDS = ("up", "status", "export", "tail", "bench", "keys", "audit", "seed", "policy", "token", "experiments", "simulate")
 _EVAL_COMMANDS = ("eval_patterns", "eval_security")
 
 

@@ -1,4 +1,4 @@
-"""`llmproxy keys create|list|revoke`: manage gateway keys (virtual keys).
+"""`llmproxy keys create|list|revoke|release`: manage gateway keys (virtual keys).
 
 The key is printed once, by `create`; the database only ever holds its SHA-256 and a display prefix.
 Every change is written to the audit log, with the operating-system user as the actor.
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     db.add_argument("--data-dir", type=Path, default=Path(".llmproxy"))
     db.add_argument("--database-url", default=None)
 
-    p = sub.add_parser("keys", help="manage gateway keys (create, list, revoke)")
+    p = sub.add_parser("keys", help="manage gateway keys (create, list, revoke, release)")
     actions = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
 
     c = actions.add_parser("create", parents=[db], help="issue a key (printed once)")
@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--reason", default=None)
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=run_revoke)
+
+    rel = actions.add_parser("release", parents=[db], help="lift a quarantine (an automated threat response) from a key")
+    rel.add_argument("key", metavar="KEY_ID_OR_PREFIX", help="key id (gk_...), display prefix (llmp_...) or the key itself")
+    rel.add_argument("--reason", default=None, help="why it is safe again (kept in the audit log)")
+    rel.add_argument("--json", action="store_true")
+    rel.set_defaults(func=run_release)
 
 
 def _positive_int(value: str) -> int:
@@ -137,6 +143,24 @@ def run_revoke(args: argparse.Namespace) -> int:
         print(f"revoked gateway key {record.id} ({record.prefix}…, {record.name})")
     else:
         print(f"gateway key {record.id} ({record.prefix}…, {record.name}) was already revoked at {record.revoked_at.isoformat()}")
+    return 0
+
+
+def run_release(args: argparse.Namespace) -> int:
+    from intelligence.keys import AmbiguousKey, KeyNotFound, release_key
+
+    url = database_url_for(args.data_dir, args.database_url)
+    try:
+        record, changed = _db(url, lambda conn: release_key(conn, args.key, actor=cli_actor(), reason=args.reason))
+    except (KeyNotFound, AmbiguousKey) as exc:
+        print(f"llmproxy: {exc.args[0] if isinstance(exc, KeyNotFound) else exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({**record.to_public_dict(datetime.now(timezone.utc)), "changed": changed}))
+    elif changed:
+        print(f"released gateway key {record.id} ({record.prefix}…, {record.name}): it is {record.status(datetime.now(timezone.utc))} again")
+    else:
+        print(f"gateway key {record.id} ({record.prefix}…, {record.name}) is not quarantined; nothing to release")
     return 0
 
 

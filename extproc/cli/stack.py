@@ -10,7 +10,7 @@ from pathlib import Path
 
 STATE_FILE = "stack.json"
 
-DEFAULT_PORTS = {"gateway": 10000, "admin": 9901, "sidecar": 50051, "ui": 8501}
+DEFAULT_PORTS = {"gateway": 10000, "admin": 9901, "sidecar": 50051, "ui": 8501, "control": 50052}
 
 
 @dataclass

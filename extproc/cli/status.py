@@ -35,22 +35,38 @@ def run(args: argparse.Namespace) -> int:
     required = ("envoy", "sidecar", "database")
     ok = all(parts[p] for p in required)
     if args.json:
-        print(json.dumps({"ok": ok, "parts": parts, "ports": state.ports, "intelligence": _intelligence_mode()}))
+        intelligence = _intelligence()
+        print(json.dumps({"ok": ok, "parts": parts, "ports": state.ports, "intelligence": intelligence["summary"],
+                          "intelligence_detail": intelligence}))
     else:
         for name, healthy in parts.items():
             print(f"  {name:<10} {'ok' if healthy else 'DOWN'}")
-        print(f"  intelligence {_intelligence_mode()}")
+        for line in intelligence_lines(_intelligence()):
+            print(line)
         if not ok:
             print("unhealthy: " + ", ".join(p for p in required if not parts[p]))
     return 0 if ok else 1
 
 
-def _intelligence_mode() -> str:
-    import os
+def _intelligence() -> dict:
+    """Mode, model, flags and a sentence, read from this shell's environment (the variables `llmproxy up` reads)."""
+    from intelligence.claude import IntelligenceFlags
 
-    if os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("OPENROUTER_API_KEY"):
-        return "claude"
-    return "local-only (no ANTHROPIC_API_KEY / OPENROUTER_API_KEY: patterns and local detectors only)"
+    try:
+        return IntelligenceFlags.from_env().describe()
+    except ValueError as exc:  # a malformed CLAUDE_* variable: say so rather than fail the health check
+        return {"mode": "invalid", "model": None, "flags": {}, "summary": f"intelligence settings invalid: {exc}"}
+
+
+def intelligence_lines(info: dict) -> list[str]:
+    flags = info.get("flags") or {}
+    on = [name for name, value in flags.items() if value and name != "intelligence"]
+    off = [name for name, value in flags.items() if not value and name != "intelligence"]
+    lines = [f"  intelligence {info['summary']}"]
+    if flags:
+        lines.append(f"               features on: {', '.join(on) or 'none'}"
+                     + (f"; off: {', '.join(off)}" if off else ""))
+    return lines
 
 
 async def _db_ok(url: str) -> bool:

@@ -3,7 +3,9 @@
 Each exchange: a status line, the request body, then the response merged into one message (streams
 reassembled). `--tools none|name|all` controls how declared tools are shown; `--raw` prints bodies as
 they crossed the wire (the raw SSE/NDJSON stream for streamed responses) instead of merged.
-New rows arrive by Postgres LISTEN/NOTIFY (channel llmproxy_exchanges), polling as a fallback.
+New rows arrive by Postgres LISTEN/NOTIFY (channel llmproxy_exchanges). With a control API
+address (--control or $LLMPROXY_CONTROL_ADDR) they arrive over its WatchEvents stream instead,
+authenticated with $LLMPROXY_TOKEN, so no database credentials are needed on the console.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,10 +34,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=0, help="exit after printing N exchanges (0: run until Ctrl-C)")
     p.add_argument("--data-dir", type=Path, default=Path(".llmproxy"))
     p.add_argument("--database-url", default=None)
+    p.add_argument("--control", default=None, metavar="ADDR",
+                   help="read from the control API's WatchEvents at ADDR instead of the database "
+                        "(default $LLMPROXY_CONTROL_ADDR when set; token from $LLMPROXY_TOKEN)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    control = getattr(args, "control", None) or os.environ.get("LLMPROXY_CONTROL_ADDR")
+    if control:
+        try:
+            return _tail_control(control, args)
+        except KeyboardInterrupt:
+            return 0
     url = database_url_for(args.data_dir, args.database_url)
     try:
         asyncio.run(_tail(url, args))
@@ -67,6 +80,38 @@ async def _tail(url: str, args: argparse.Namespace) -> None:
                         printed += 1
     finally:
         await engine.dispose()
+
+
+def _tail_control(addr: str, args: argparse.Namespace) -> int:
+    import grpc
+
+    from intelligence.control.client import TOKEN_ENV, ControlClient, describe_error
+    from intelligence.records import ExchangeRecord
+
+    printed = 0
+    with ControlClient(addr, os.environ.get(TOKEN_ENV) or None) as client:
+        call = client.watch(kinds=["exchange"], exchange_history=args.history, include_bodies=True)
+        try:
+            for message in call:
+                item = message.WhichOneof("item")
+                if item == "gap":  # stdout stays exchanges only
+                    print(f"llmproxy tail: fell behind, {message.gap.dropped} exchanges skipped", file=sys.stderr, flush=True)
+                    continue
+                if item != "exchange":
+                    continue
+                summary = message.exchange
+                print(render(ExchangeRecord.from_json(summary.record_json), tools=args.tools, raw=args.raw), flush=True)
+                if not summary.history:
+                    printed += 1
+                    if args.count and printed >= args.count:
+                        break
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                print(f"llmproxy tail: {describe_error(exc)} ({addr})", file=sys.stderr)
+                return 1
+        finally:
+            call.cancel()
+    return 0
 
 
 def render(rec: "ExchangeRecord", *, tools: str = "name", raw: bool = False) -> str:

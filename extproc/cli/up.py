@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .stack import DEFAULT_PORTS, StackState, pid_alive, port_free
 
-NAMES = {"gateway": "--port", "admin": "--admin-port", "sidecar": "--sidecar-port", "ui": "--ui-port"}
+NAMES = {"gateway": "--port", "admin": "--admin-port", "sidecar": "--sidecar-port", "ui": "--ui-port", "control": "--control-port"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--listen", default="127.0.0.1", help="gateway listen address (default loopback only)")
     p.add_argument("--no-ui", action="store_true", help="do not start the dashboard")
     p.add_argument("--no-worker", action="store_true", help="do not start the pattern-memory worker")
+    p.add_argument("--no-intelligence", action="store_true",
+                   help="do not start the intelligence process (enhancements, experiments, anomaly verdicts, control API)")
+    p.add_argument("--control-port", type=int, default=DEFAULT_PORTS["control"],
+                   help="control gRPC API port, 127.0.0.1 unless LLMPROXY_CONTROL_HOST (default 50052)")
     p.add_argument("--upstream", action="append", default=[], metavar="NAME=URL",
                    help="point a provider cluster (openai, anthropic, openrouter) at another base URL, e.g. openai=http://127.0.0.1:9999")
     p.add_argument("--model-route", action="append", default=[], metavar="GLOB=PROVIDER", help="extra model routing rule, tried first")
@@ -61,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     ports = {"gateway": args.port, "admin": args.admin_port, "sidecar": args.sidecar_port}
     if not args.no_ui:
         ports["ui"] = args.ui_port
+    if not args.no_intelligence:
+        ports["control"] = args.control_port
     for name, port in ports.items():
         host = args.listen if name == "gateway" else "127.0.0.1"
         if not port_free(host, port):
@@ -110,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
 
         if not args.no_worker and _worker_available():
             sup.spawn("worker", [sys.executable, "-m", "intelligence.memory", "--database-url", db_url], env)
+        if not args.no_intelligence:
+            sup.spawn("intelligence", [sys.executable, "-m", "intelligence.jobs", "--database-url", db_url,
+                                       "--control-port", str(args.control_port)], env)
         if not args.no_ui:
             app = Path(__file__).resolve().parents[2] / "ui" / "streamlit_app.py"
             sup.spawn("ui", [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.ui_port),
@@ -274,6 +283,7 @@ def _banner(args: argparse.Namespace, data_dir: Path) -> None:
 llmproxy is up.
   gateway    {gw}      (Envoy admin http://127.0.0.1:{args.admin_port}, sidecar 127.0.0.1:{args.sidecar_port})
   dashboard  {ui}
+  control    {"(disabled: --no-intelligence)" if args.no_intelligence else f"127.0.0.1:{args.control_port} (gRPC; llmproxy experiments / tail)"}
   data dir   {data_dir}
 
 Point an SDK at it (base URL only):

@@ -134,7 +134,7 @@ def _block(r: Reader, node: Node, field: str, qualified: str, description: str) 
 
 def _redaction(r: Reader, node: Node, field: str, mode: str, phase: Phase) -> RedactSpec | None:
     if node.kind == "map":
-        allowed = ("kinds", "in", "restore") if mode == "placeholder" else ("kinds", "in")
+        allowed = ("kinds", "in", "restore", "reversible") if mode == "placeholder" else ("kinds", "in")
         spec = r.mapping(node, field, allowed)
         if spec is None:
             return None
@@ -172,10 +172,18 @@ def _redaction(r: Reader, node: Node, field: str, mode: str, phase: Phase) -> Re
             r.error(spec["in"], f"{field}.in", "a `phase: response` rule only sees the response")
             return None
     restore = False
-    if "restore" in spec:
-        restore = bool(r.boolean(spec["restore"], f"{field}.restore"))
+    # `reversible` is a synonym of `restore` (the word for it); giving both is an error
+    if "restore" in spec and "reversible" in spec:
+        r.error(spec["reversible"], f"{field}.reversible", "give `restore` or `reversible`, not both (they are synonyms)")
+        return None
+    option = "restore" if "restore" in spec else "reversible" if "reversible" in spec else None
+    if option is not None:
+        flag = r.boolean(spec[option], f"{field}.{option}")
+        if flag is None:
+            return None
+        restore = bool(flag)
         if restore and "request" not in directions:
-            r.error(spec["restore"], f"{field}.restore", "restore puts back values redacted from the request: add `in: [request]`")
+            r.error(spec[option], f"{field}.{option}", f"{option} puts back values redacted from the request: add `in: [request]`")
             return None
     return RedactSpec(categories=categories, kinds=regex, mode=mode, directions=frozenset(directions),  # type: ignore[arg-type]
                       restore=restore, written=tuple(kinds))

@@ -176,12 +176,22 @@ async def quarantine_key(conn: Executor, key_id: str, *, actor: str, reason: str
     return await _set_quarantine(conn, key_id, actor=actor, reason=reason, audit=audit)
 
 
-async def release_key(conn: Executor, key_id: str, *, actor: str, audit: AuditLog | None = None) -> tuple[KeyRecord, bool]:
-    return await _set_quarantine(conn, key_id, actor=actor, reason=None, audit=audit)
+async def release_key(conn: Executor, key_id: str, *, actor: str, reason: str | None = None,
+                      audit: AuditLog | None = None) -> tuple[KeyRecord, bool]:
+    """Lift a quarantine (the reversible automated action); (record, changed). The audit entry keeps
+    why the key was quarantined and why it is released; a key that is not quarantined is left alone."""
+    record, changed = await _set_quarantine(conn, key_id, actor=actor, reason=None, audit=audit, note=reason)
+    if changed:  # the live feed shows the release next to the quarantine it undoes
+        from intelligence.events import publish
+
+        await publish(conn, kind="release", title=f"gateway key {record.id} released" + (f": {reason}" if reason else ""),
+                      severity="info", subject=record.id, detail={"actor": actor, "reason": reason, "name": record.name},
+                      source="cli" if actor.startswith("cli:") else "dashboard" if actor.startswith("dashboard") else "")
+    return record, changed
 
 
 async def _set_quarantine(conn: Executor, key_id: str, *, actor: str, reason: str | None,
-                          audit: AuditLog | None) -> tuple[KeyRecord, bool]:
+                          audit: AuditLog | None, note: str | None = None) -> tuple[KeyRecord, bool]:
     found = await find_key(conn, key_id)
     quarantine = reason is not None
     state = _KEYS.c.quarantined_at.is_(None) if quarantine else _KEYS.c.quarantined_at.is_not(None)
@@ -193,6 +203,10 @@ async def _set_quarantine(conn: Executor, key_id: str, *, actor: str, reason: st
     if row is None:
         return found, False
     record = _record(row)
-    action = "quarantine" if quarantine else "release"
-    await (audit or AuditLog()).append(conn, KEY_EVENT, record.id, _event(action, record, reason=reason), actor)
+    if quarantine:
+        payload = _event("quarantine", record, reason=reason)
+    else:
+        payload = _event("release", record, reason=note, quarantined_at=_iso(found.quarantined_at),
+                         quarantine_reason=found.quarantine_reason)
+    await (audit or AuditLog()).append(conn, KEY_EVENT, record.id, payload, actor)
     return record, True

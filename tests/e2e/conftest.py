@@ -85,10 +85,11 @@ async def _wait_record(db_url: str, request_id: str, timeout: float) -> Exchange
 
 
 def start_stack(tmp: Path, db_url: str, fake: FakeProvider, *extra_args: str, env: dict[str, str] | None = None,
-                worker: bool = False) -> Stack:
+                worker: bool = False, intelligence: bool = False) -> Stack:
     port, admin, sidecar = free_port(), free_port(), free_port()
     data_dir = tmp / "data"
-    args = [LLMPROXY, "up", "--no-ui", *([] if worker else ["--no-worker"]), "--data-dir", str(data_dir), "--port", str(port),
+    brain = ["--control-port", str(free_port())] if intelligence else ["--no-intelligence"]
+    args = [LLMPROXY, "up", "--no-ui", *([] if worker else ["--no-worker"]), *brain, "--data-dir", str(data_dir), "--port", str(port),
             "--admin-port", str(admin), "--sidecar-port", str(sidecar),
             "--upstream", f"openai={fake.base_url}", "--upstream", f"anthropic={fake.base_url}",
             "--upstream", f"openrouter={fake.base_url}/api", *extra_args]

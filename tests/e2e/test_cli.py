@@ -37,7 +37,10 @@ def test_status_healthy_and_json(stack: Stack) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(r.stdout)
     assert doc["ok"] and doc["parts"] == {"envoy": True, "sidecar": True, "database": True}
-    assert "local-only" in doc["intelligence"] or doc["intelligence"] == "claude"
+    detail = doc["intelligence_detail"]
+    assert detail["mode"] in ("local-only", "anthropic", "openrouter")
+    if detail["mode"] == "local-only":  # said plainly, in the human sentence too
+        assert "local-only" in doc["intelligence"]
 
 
 def test_status_names_the_part_that_is_down(tmp_path) -> None:

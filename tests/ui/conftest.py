@@ -166,3 +166,19 @@ async def ui_db(pg_server_url: str) -> AsyncIterator[SeededUi]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# every AppTest here runs as if `llmproxy up` had launched it: bound to loopback, no SECRET_KEY
+# unless a test sets one (AppTest leaves server.address unset, which Streamlit serves on all interfaces)
+
+
+@pytest.fixture(autouse=True)
+def loopback_dashboard(monkeypatch: pytest.MonkeyPatch):
+    from streamlit import config
+
+    before = config.get_option("server.address")
+    config.set_option("server.address", "127.0.0.1")
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    yield
+    config.set_option("server.address", before)

@@ -1,4 +1,4 @@
-"""System: health of every part, versions, queues and spool, and what the intelligence spends."""
+"""System: health of every part, versions, queues and spool, Claude mode and flags, and what the intelligence spends."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import streamlit as st
 
-from ui import data, fmt
+from ui import data, fmt, intel
 
 st.title("System")
 
@@ -43,8 +43,7 @@ def system() -> None:
     else:
         q[3].metric("Live feed", "polling", help=feed.get("error") or "LISTEN connection not established")
 
-    st.subheader("Intelligence spend")
-    st.info("Not enabled: the intelligence does not call Claude yet, so it has spent nothing.")
+    claude_section()
 
     left, right = st.columns(2)
     with left:
@@ -66,6 +65,40 @@ def system() -> None:
             sizes = pd.DataFrame(sorted(db["table_bytes"].items(), key=lambda kv: -kv[1]), columns=["table", "bytes"])
             sizes["size"] = sizes["bytes"].map(lambda b: f"{b / 1e6:,.1f} MB")
             st.dataframe(sizes[["table", "size"]], hide_index=True, width="stretch")
+
+
+MODES = {"local-only": "local only (no Claude calls: no API key configured)", "anthropic": "Anthropic API",
+         "openrouter": "OpenRouter"}
+
+
+def claude_section() -> None:
+    st.subheader("Intelligence: Claude")
+    claude = intel.claude_status()
+    c = st.columns(2)
+    if claude.mode is None:
+        c[0].metric("Claude mode", "unknown", help=claude.error)
+    else:
+        c[0].metric("Claude mode", claude.mode, help=MODES.get(claude.mode, claude.mode))
+    c[1].metric("Model", claude.model or "–")
+    if claude.summary:
+        st.caption(claude.summary)
+    if claude.flags:
+        st.dataframe(pd.DataFrame([{"flag": k, "state": "on" if v else "off"} for k, v in claude.flags.items()]),
+                     hide_index=True, width="stretch", key="sys_claude_flags")
+    spend = intel.claude_spend()
+    m = st.columns(2)
+    m[0].metric("Claude spend today", fmt.usd(spend.today_usd), help=f"{spend.today_calls} calls since 00:00 UTC",
+                chart_data=list(spend.daily["cost_usd"]), chart_type="bar", border=True)
+    m[1].metric("Claude spend, 7 days", fmt.usd(spend.week_usd), border=True,
+                help=f"{spend.week_calls} calls" + (f"; daily budget {fmt.usd(claude.budget_usd)}" if claude.budget_usd else ""))
+    if spend.by_purpose.empty:
+        st.caption("The intelligence has made no Claude calls in the last 7 days.")
+    else:
+        st.dataframe(spend.by_purpose, hide_index=True, width="stretch", key="sys_claude_purposes",
+                     column_config={"cost_usd": st.column_config.NumberColumn("cost (USD)", format="$%.4f")})
+        failed = {k: v for k, v in spend.by_outcome.items() if k != "ok"}
+        if failed:
+            st.caption("Calls that did not succeed (7 days): " + ", ".join(f"{k} {v}" for k, v in sorted(failed.items())))
 
 
 try:

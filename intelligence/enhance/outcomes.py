@@ -1,0 +1,133 @@
+"""Per-arm outcomes of an experiment, from the pattern-memory success signals.
+
+An *exposure* is an exchange the sidecar tagged ``flags.enhancement.experiment = <id>`` (served by
+the expression index ``ix_exchanges_experiment``). It is a *success* when
+
+* the pattern worker processed it (an ``exchange_embeddings`` row exists), so its signals are in;
+* none of its ``outcome_signals`` of kind status / finish / tool_args / retry failed; and
+* it got no negative feedback (thumbs down, or a score below 0.5).
+
+An exposure the worker has not processed yet is *pending* for ``pending_grace_s`` after it started
+and left out of both counts: the worker lags by seconds, and counting those as failures would only
+dilute both arms. Past the grace period an unprocessed exposure counts as a failure (the worker
+skipped it), as the definition above says.
+
+Besides successes, per arm: errors (HTTP status >= 400 or a recorded error), mean total tokens,
+mean cost in USD when every exposure's model is priced (intelligence/prices.yaml), mean latency
+(these three over every exposure, pending ones included: they do not depend on the worker).
+One SQL statement per experiment, grouped by arm, model, API and day (the price can change by day).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from intelligence.pricing import PriceTable, load_prices
+
+from .stats import ArmOutcome
+
+FAILING_SIGNAL_KINDS = ("status", "finish", "tool_args", "retry")
+NEGATIVE_SCORE = 0.5
+DEFAULT_PENDING_GRACE_S = 600.0
+
+_OUTCOMES_SQL = text("""
+WITH x AS (
+    SELECT e.flags -> 'enhancement' ->> 'arm' AS arm, e.model, e.api, (e.started_at AT TIME ZONE 'UTC')::date AS day,
+           e.status, e.error, e.total_tokens, e.input_tokens, e.output_tokens, e.cached_tokens, e.reasoning_tokens,
+           e.latency_ms,
+           m.request_id IS NOT NULL AS processed,
+           e.started_at > now() - make_interval(secs => :grace) AS recent,
+           EXISTS (SELECT 1 FROM outcome_signals s
+                   WHERE s.request_id = e.request_id AND NOT s.ok
+                     AND s.kind IN ('status', 'finish', 'tool_args', 'retry')) AS failed,
+           EXISTS (SELECT 1 FROM feedback f
+                   WHERE f.request_id = e.request_id AND (f.thumbs = 'down' OR f.score < :negative)) AS negative
+    FROM exchanges e
+    LEFT JOIN exchange_embeddings m ON m.request_id = e.request_id
+    WHERE e.flags ? 'enhancement' AND (e.flags -> 'enhancement' ->> 'experiment')::bigint = :experiment
+)
+SELECT arm, model, api, day,
+       count(*) FILTER (WHERE NOT (recent AND NOT processed)) AS n,
+       count(*) FILTER (WHERE recent AND NOT processed) AS pending,
+       count(*) FILTER (WHERE processed AND NOT failed AND NOT negative) AS successes,
+       count(*) FILTER (WHERE NOT (recent AND NOT processed) AND (status >= 400 OR error IS NOT NULL)) AS errors,
+       count(total_tokens) AS token_rows, coalesce(sum(total_tokens), 0) AS total_tokens,
+       coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
+       coalesce(sum(cached_tokens), 0) AS cached_tokens, coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
+       count(latency_ms) AS latency_rows, coalesce(sum(latency_ms), 0) AS latency_sum
+FROM x
+GROUP BY arm, model, api, day
+""")
+
+
+@dataclass
+class _Acc:
+    n: int = 0
+    pending: int = 0
+    successes: int = 0
+    errors: int = 0
+    token_rows: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    cost_rows: int = 0
+    priced: bool = True
+    latency_rows: int = 0
+    latency_sum: float = 0.0
+
+    def outcome(self) -> ArmOutcome:
+        return ArmOutcome(
+            n=self.n, successes=self.successes, errors=self.errors,
+            mean_tokens=self.tokens / self.token_rows if self.token_rows else None,
+            mean_cost_usd=self.cost / self.cost_rows if self.priced and self.cost_rows else None,
+            mean_latency_ms=self.latency_sum / self.latency_rows if self.latency_rows else None)
+
+
+@dataclass(frozen=True)
+class ExperimentOutcomes:
+    control: ArmOutcome
+    variant: ArmOutcome
+    pending: dict[str, int] = field(default_factory=dict)  # exposures awaiting the pattern worker, per arm
+    other: dict[str, ArmOutcome] = field(default_factory=dict)  # exposures tagged with another arm name
+
+
+async def experiment_outcomes(conn: AsyncConnection, experiment_id: int, *, prices: PriceTable | None = None,
+                              pending_grace_s: float = DEFAULT_PENDING_GRACE_S) -> ExperimentOutcomes:
+    prices = prices or load_prices()
+    rows = (await conn.execute(_OUTCOMES_SQL, {"experiment": experiment_id, "grace": float(pending_grace_s),
+                                               "negative": NEGATIVE_SCORE})).mappings().all()
+    acc: dict[str, _Acc] = {}
+    for r in rows:
+        a = acc.setdefault(r["arm"] or "", _Acc())
+        a.n += r["n"]
+        a.pending += r["pending"]
+        a.successes += r["successes"]
+        a.errors += r["errors"]
+        a.token_rows += r["token_rows"]
+        a.tokens += int(r["total_tokens"])
+        a.latency_rows += r["latency_rows"]
+        a.latency_sum += float(r["latency_sum"])
+        # cost does not depend on the worker: it is averaged over every exposure, pending ones too
+        a.cost_rows += r["n"] + r["pending"]
+        cost = prices.cost(r["model"], r["api"], input_tokens=int(r["input_tokens"]), output_tokens=int(r["output_tokens"]),
+                           cached_tokens=int(r["cached_tokens"]), reasoning_tokens=int(r["reasoning_tokens"]),
+                           on=r["day"])
+        if cost is None:
+            a.priced = False
+        else:
+            a.cost += cost
+    empty = _Acc()
+    return ExperimentOutcomes(
+        control=acc.get("control", empty).outcome(), variant=acc.get("variant", empty).outcome(),
+        pending={arm: a.pending for arm, a in acc.items() if a.pending},
+        other={arm: a.outcome() for arm, a in acc.items() if arm not in ("control", "variant")})
+
+
+def outcomes_dict(o: ExperimentOutcomes) -> dict[str, Any]:
+    return {"pending": dict(o.pending), "other_arms": {k: v.n for k, v in o.other.items()}}
+
+
+__all__ = ["ExperimentOutcomes", "FAILING_SIGNAL_KINDS", "experiment_outcomes", "outcomes_dict"]

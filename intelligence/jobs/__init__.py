@@ -1,0 +1,9 @@
+"""The intelligence process: the background jobs that think about traffic, off the hot path.
+
+`python -m intelligence.jobs` (started by `llmproxy up`) runs, as the feature flags allow:
+- CandidateJob: finds failing patterns and asks Claude for candidate enhancements;
+- ExperimentEvaluator: computes A/B statistics and auto-promotes or rolls back;
+- AnomalyJob: local statistical detectors, then verdicts (memory, Claude, or local);
+- WebhookDispatcher: delivers alerts to LLMPROXY_ALERT_WEBHOOK_URL with retries;
+- ControlServer: the authenticated gRPC control API (WatchEvents, experiments, verdicts, feedback).
+"""

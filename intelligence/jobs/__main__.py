@@ -1,0 +1,106 @@
+"""`python -m intelligence.jobs --database-url URL [--control-host H --control-port P]`. See the package docstring."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+log = logging.getLogger("llmproxy.intelligence")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m intelligence.jobs", description="llmproxy intelligence jobs and control API")
+    p.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
+    p.add_argument("--control-host", default=os.environ.get("LLMPROXY_CONTROL_HOST", "127.0.0.1"))
+    p.add_argument("--control-port", type=int, default=int(os.environ.get("LLMPROXY_CONTROL_PORT", "50052")),
+                   help="control API port; 0 disables it")
+    return p.parse_args(argv)
+
+
+async def run(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    from intelligence.access import AccessSettings, require_safe_bind
+    from intelligence.claude import ClaudeClient, ClaudeSettings, IntelligenceFlags
+    from intelligence.store.engine import make_engine
+
+    access = AccessSettings.from_env()
+    if args.control_port:
+        require_safe_bind(args.control_host, access, what="control API")
+    flags = IntelligenceFlags.from_env()
+    settings = ClaudeSettings.from_env()
+    engine = make_engine(args.database_url)
+    client = ClaudeClient(settings, engine)
+    log.info("intelligence: %s", flags.describe(settings)["summary"])
+    jobs = []
+    if flags.intelligence:
+        from intelligence.enhance.evaluator import ExperimentEvaluator
+
+        jobs.append(ExperimentEvaluator(engine))
+        if flags.pattern_learning and flags.real_time_enhancement:
+            from intelligence.enhance.candidates import CandidateJob
+
+            jobs.append(CandidateJob(engine, client))
+        if flags.anomaly_detection:
+            from intelligence.anomaly.job import AnomalyJob
+            from intelligence.embeddings import shared_embedder
+
+            jobs.append(AnomalyJob(engine, client, shared_embedder))
+    webhook = os.environ.get("LLMPROXY_ALERT_WEBHOOK_URL")
+    if webhook:
+        from intelligence.events.webhook import WebhookDispatcher
+
+        jobs.append(WebhookDispatcher(engine, webhook))
+    server = None
+    if args.control_port:
+        from intelligence.control.server import ControlServer
+
+        server = ControlServer(engine, access, host=args.control_host, port=args.control_port)
+        await server.start()
+        log.info("control API listening on %s:%d", args.control_host, args.control_port)
+    tasks = [asyncio.create_task(_supervise(job, stop), name=type(job).__name__) for job in jobs]
+    log.info("intelligence jobs running: %s", ", ".join(type(j).__name__ for j in jobs) or "none")
+    try:
+        await stop.wait()
+    finally:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if server is not None:
+            await server.stop()
+        await client.aclose()
+        await engine.dispose()
+
+
+async def _supervise(job, stop: asyncio.Event) -> None:
+    """A job that crashes is logged and restarted after a pause: one bad job must not stop the others."""
+    while not stop.is_set():
+        try:
+            await job.run(stop)
+            return
+        except Exception:
+            log.exception("%s crashed; restarting in 10 s", type(job).__name__)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=10)
+            except asyncio.TimeoutError:
+                pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if not args.database_url:
+        raise SystemExit("intelligence jobs: no database (set DATABASE_URL or --database-url)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(args, stop)
+
+    asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Alerts and automated actions reach the live feed: the guard submits events (never blocking), a
+high-severity block is one "block" event, and `phase: response` rules alert from what the model said."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+from extproc.exchange import Context, Exchange
+from extproc.guard import Guard
+from extproc.policy.testing import snapshot_from_yaml
+from extproc.settings import SidecarSettings
+from extproc.wire import BodyChunk, Headers, Phase
+
+from .test_response_exchange import EMAIL, KEY, Finder, Quiet, Recorder
+
+POLICY = """
+version: 1
+name: t
+rules:
+  - id: trip
+    match: {headers: [x-trip]}
+    actions:
+      block: true
+      alert: {severity: critical, message: tripped}
+  - id: note
+    match: {headers: [x-note]}
+    actions:
+      alert: {severity: info, message: noted}
+  - id: leak-out
+    phase: response
+    match: {secrets: any}
+    actions:
+      alert: {severity: warning, message: the model leaked a secret}
+      tag: leak
+"""
+
+
+class Events:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, str, str, dict]] = []
+
+    def submit(self, kind, title, *, severity="info", subject="", detail=None) -> bool:
+        self.items.append((kind, title, severity, subject, detail or {}))
+        return True
+
+
+def context(events: Events) -> Context:
+    watcher = SimpleNamespace(snapshot=snapshot_from_yaml(POLICY),
+                              throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None)))
+    guard = Guard(watcher, secrets=Finder("OPENAI_API_KEY", KEY), pii=Finder("EMAIL_ADDRESS", EMAIL), injection=Quiet(),
+                  events=events)
+    return Context(settings=SidecarSettings(), recorder=Recorder(), guard=guard)
+
+
+def request(c: Context, **headers: str) -> Exchange:
+    ex = Exchange(c)
+    ex.handle(Phase.REQUEST_HEADERS, Headers({":method": "POST", ":path": "/openai/v1/chat/completions", "x-request-id": "r9",
+                                              "content-type": "application/json", **headers}, False))
+    ex.handle(Phase.REQUEST_BODY, BodyChunk(json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode(), True))
+    return ex
+
+
+def test_blocking_rule_with_high_severity_alert_is_one_block_event() -> None:
+    events = Events()
+    request(context(events), **{"x-trip": "1"})
+    assert len(events.items) == 1
+    kind, title, severity, subject, detail = events.items[0]
+    assert (kind, title, severity, subject) == ("block", "tripped", "critical", "request:r9")
+    assert detail["rule"] == "t/trip" and detail["block"]["status"] == 403
+
+
+def test_plain_alert_is_an_alert_event() -> None:
+    events = Events()
+    request(context(events), **{"x-note": "1"})
+    assert [(k, t, s) for k, t, s, _, _ in events.items] == [("alert", "noted", "info")]
+
+
+def test_response_rule_alerts_on_a_secret_the_model_produced_json_and_stream() -> None:
+    events = Events()
+    c = context(events)
+    ex = request(c)
+    assert events.items == []
+    r3 = ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
+    assert r3.buffer_response_body is True  # a response rule reads the response: it is taken whole
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "use sk-ABCDEFGHIJKLMNOPQRSTUVWX"}}]}
+    ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps(body).encode(), True))
+    assert [(k, s) for k, _, s, _, d in events.items] == [("alert", "warning")]
+    assert events.items[0][4]["phase"] == "response"
+    rp = c.recorder.records[0].flags["response_policy"]
+    assert rp["tags"] == ["leak"] and rp["fired"][0]["rule"] == "leak-out"
+
+    ex = request(c)
+    ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "text/event-stream"}, False))
+    pieces = ["use sk-ABCDEFGHIJ", "KLMNOPQRSTUVWX now"]
+    raw = "".join("data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": p}}]}) + "\n\n" for p in pieces)
+    ex.handle(Phase.RESPONSE_BODY, BodyChunk((raw + "data: [DONE]\n\n").encode(), True))
+    assert len(events.items) == 2 and events.items[1][0] == "alert"
+    assert c.recorder.records[1].flags["response_policy"]["tags"] == ["leak"]
+
+    ex = request(c)  # nothing leaked: no alert
+    ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
+    ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps({"choices": []}).encode(), True))
+    assert len(events.items) == 2
