@@ -26,7 +26,7 @@ from .auth import PASSTHROUGH, AuthDecision, AuthMode, KeySnapshot, authenticate
 from .errors import gateway_error
 from .providers.registry import endpoint_for
 from .providers.toolschema import declared_schemas, invalid_calls
-from .routing import UNIFIED_PATHS, ModelRouter, split_provider_prefix
+from .routing import PROVIDERS, UNIFIED_PATHS, ModelRouter, split_provider_prefix
 from .settings import SidecarSettings
 from .toolnames import ToolNameCodec
 from .wire import BodyChunk, Headers, Immediate, Phase, Reply
@@ -334,14 +334,37 @@ class Exchange:
             self.request_logged = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
         reply.set_headers.update(g.set_headers)
         reply.remove_headers.extend(g.strip_headers)
-        if self.route == "unified" and doc.get("model") != self.view.model:  # the policy changed the model
-            provider = self.ctx.router.provider_for(doc.get("model"))
-            if provider is not None and provider != self.provider:
-                self.provider = provider
-                reply.set_headers["x-llmproxy-provider"] = provider
+        if self.route == "unified":  # the policy may change the model, or route to another provider
+            target = g.decision.provider if g.decision is not None else None
+            if target is None and doc.get("model") != self.view.model:
+                target = self.ctx.router.provider_for(doc.get("model"))
+            if target is not None and target != self.provider:
+                denied = self._switch_provider(target, reply, doc.get("model"))
+                if denied is not None:
+                    return denied
+        elif g.decision is not None and g.decision.provider not in (None, self.provider):
+            self.flags["policy_route"] = {"skipped": f"route to {g.decision.provider}: a provider-prefix route keeps "
+                                                     f"the provider its path names; use the unified /v1/ routes"}
         if g.changed_body:
             self.view = self.endpoint.parse_request(doc)  # what pattern memory embeds is the redacted text
         return g.changed_body
+
+    def _switch_provider(self, provider: str, reply: Reply, model: Any) -> Immediate | None:
+        """Send a unified-route request to another provider (policy ``route`` or a model change), as
+        the model router would have (the body is not translated between APIs); the key's scope and
+        the operator's credential follow the new provider, the old one's credential is dropped."""
+        if provider not in PROVIDERS:
+            self.flags["policy_route"] = {"skipped": f"unknown provider {provider!r} (known: {', '.join(PROVIDERS)})"}
+            log.warning("request %s: route to unknown provider %r skipped", self.request_id, provider)
+            return None
+        old = _AUTH_HEADER.get(self.provider or "")
+        if old is not None and self.flags.get("credentials") == "injected":
+            reply.set_headers.pop(old, None)  # the previous provider's credential must not travel
+        self.flags["policy_route"] = {"from": self.provider, "to": provider}
+        self.provider = provider
+        reply.set_headers["x-llmproxy-provider"] = provider
+        reply.clear_route_cache = True
+        return self._scope_and_credentials(reply, model)
 
     async def _feedback(self, doc: Any) -> Immediate:
         """The gateway answers POST /v1/feedback itself; the feedback table is its record."""

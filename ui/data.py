@@ -613,8 +613,29 @@ def map_job(sample: int = MAP_SAMPLE, delay: float = 0.0) -> BackgroundMap:
     return job
 
 
+@st.cache_resource(show_spinner=False)
+def _warm_imports() -> threading.Thread:
+    """Import what the Security and System pages need in the background: the Claude SDK (via
+    intelligence.claude) and the injection detector's threshold take about 2 s to import on a busy
+    2-core machine, which should not land in someone's first page view."""
+
+    def go() -> None:
+        try:
+            import intelligence.claude  # noqa: F401
+            from extproc.policy.conditions import injection_threshold
+
+            injection_threshold()
+        except Exception:  # noqa: BLE001 - the page that needs it reports the problem
+            pass
+
+    thread = threading.Thread(target=go, name="llmproxy-ui-warm", daemon=True)
+    thread.start()
+    return thread
+
+
 def start_background_jobs() -> None:
     """Warm what is slow to compute soon after anyone opens the dashboard (not during their first page)."""
+    _warm_imports()
     if database_url():
         map_job(delay=5.0)
 

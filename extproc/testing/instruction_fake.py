@@ -10,7 +10,8 @@ This one answers ``POST /v1/chat/completions`` and decides success by what the r
 
 Success is ``finish_reason: "stop"``; failure is ``"length"`` (a truncated answer, which pattern
 memory counts as a failing outcome). Draws are deterministic: a hash of the seed, the request's
-text and a per-text counter, so a rerun with the same seed and the same traffic gives the same answers.
+text and the request's x-session-id (or a per-text counter), so a rerun with the same seed and the
+same traffic gives the same answers.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ class InstructionModel:
     def rate(self, condition: str) -> float:
         return {"harmful": self.harmful_rate, "helpful": self.helpful_rate, "base": self.base_rate}.get(condition, self.other_rate)
 
-    def decide(self, text: str) -> tuple[str, bool]:
-        """(condition, success) for one request with this text."""
+    def decide(self, text: str, key: str | None = None) -> tuple[str, bool]:
+        """(condition, success) for one request with this text; ``key`` (e.g. the session id) fixes the
+        draw whatever order concurrent requests arrive in, else a per-text counter does."""
         condition = self.condition(text)
         self._per_text[text] += 1
-        digest = hashlib.sha256(f"{self.seed}|{self._per_text[text]}|{text}".encode("utf-8", "replace")).digest()
+        key = key or str(self._per_text[text])
+        digest = hashlib.sha256(f"{self.seed}|{key}|{text}".encode("utf-8", "replace")).digest()
         ok = random.Random(digest).random() < self.rate(condition)
         self.seen[condition] += 1
         self.succeeded[condition] += int(ok)
@@ -111,7 +114,7 @@ class InstructionFake:
         except ValueError:
             return web.json_response({"error": {"message": "invalid JSON", "type": "invalid_request_error"}}, status=400)
         self.requests += 1
-        condition, ok = self.model.decide(messages_text(doc))
+        condition, ok = self.model.decide(messages_text(doc), request.headers.get("x-session-id"))
         answer = "Done: the answer in full." if ok else "The answer starts but is cut"
         body = {
             "id": f"chatcmpl-instr{self.requests:06d}",

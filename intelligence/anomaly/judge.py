@@ -105,15 +105,26 @@ async def exchange_summary(conn: AsyncConnection, request_id: str | None) -> dic
     return {
         "request_id": row["request_id"], "at": row["started_at"].isoformat(), "client": row["client_key_fp"],
         "provider": row["provider"], "model": row["model"], "api": row["api"], "path": row["path"],
-        "status": row["status"], "error": (row["error"] or "")[:300] or None, "finish_reason": row["finish_reason"],
+        "status": row["status"], "error": _scrub((row["error"] or "")[:300]) or None, "finish_reason": row["finish_reason"],
         "tokens": {"input": row["input_tokens"], "output": row["output_tokens"], "total": row["total_tokens"]},
         "tools": list(row["tool_names"] or []),
         "detections": flags.get("detections") or {},
         "policy_rules_fired": policy.get("fired") or [], "blocked": policy.get("block"),
-        "redacted_values": flags.get("redacted_strings"),
-        "system_prompt": (row["prompt_system"] or "")[:_SYSTEM_CHARS],
-        "user_prompt": (row["prompt_user"] or "")[:_PROMPT_CHARS],
+        "strings_redacted_by_gateway": flags.get("redacted_strings", 0),
+        "system_prompt": _scrub((row["prompt_system"] or "")[:_SYSTEM_CHARS]),
+        "user_prompt": _scrub((row["prompt_user"] or "")[:_PROMPT_CHARS]),
     }
+
+
+def _scrub(value: str) -> str:
+    """Mask secrets a monitor-only policy let through into the log: they must not travel to Claude too."""
+    if not value:
+        return value
+    try:
+        from extproc.security.secrets import redact_secrets
+    except ImportError:  # the sidecar package is optional for the intelligence workers
+        return value
+    return redact_secrets(value)
 
 
 def claude_prompt(row: dict[str, Any], summary: dict[str, Any]) -> str:

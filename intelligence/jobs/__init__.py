@@ -1,6 +1,7 @@
 """The intelligence process: the background jobs that think about traffic, off the hot path.
 
 `python -m intelligence.jobs` (started by `llmproxy up`) runs, as the feature flags allow:
+- PatternLabelJob: asks Claude for readable pattern labels;
 - CandidateJob: finds failing patterns and asks Claude for candidate enhancements;
 - ExperimentEvaluator: computes A/B statistics and auto-promotes or rolls back;
 - AnomalyJob: local statistical detectors, then verdicts (memory, Claude, or local);

@@ -42,6 +42,10 @@ async def run(args: argparse.Namespace, stop: asyncio.Event) -> None:
             from intelligence.enhance.candidates import CandidateJob
 
             jobs.append(CandidateJob(engine, client))
+        if flags.pattern_learning:
+            from intelligence.memory.claude_labels import PatternLabelJob
+
+            jobs.append(PatternLabelJob(engine, client, flags=flags))
         if flags.anomaly_detection:
             from intelligence.anomaly.job import AnomalyJob
             from intelligence.embeddings import shared_embedder

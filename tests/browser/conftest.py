@@ -69,6 +69,11 @@ async def _create_seeded(server: str) -> str:
         await conn.close()
     url = database_url(server, name)
     await seed(url, SEED_ROWS, days=2, embed_sample=600, use_model=False, batch=1000, progress=False)
+    # alerts, blocked/redacted exchanges, verdicts, quarantined keys, experiments and Claude calls
+    # for the Security, Experiments and System pages
+    from tests.ui.intel_seed import seed_intel_rows
+
+    await seed_intel_rows(url, named_policy=True)
     return url
 
 

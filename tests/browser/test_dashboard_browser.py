@@ -20,8 +20,11 @@ from tests.browser.conftest import Dashboard
 SHOTS = (Path(__file__).resolve().parents[2] / "docs" / "screenshots" if os.environ.get("LLMPROXY_SAVE_SCREENSHOTS") == "1"
          else Path(tempfile.mkdtemp(prefix="llmproxy-shots-")))
 PAGES = [("live", "", "Live traffic"), ("explorer", "explorer", "Explorer"), ("analytics", "analytics", "Analytics"),
-         ("patterns", "patterns", "Patterns"), ("system", "system", "System")]
+         ("patterns", "patterns", "Patterns"), ("security", "security", "Security"),
+         ("experiments", "experiments", "Experiments"), ("system", "system", "System")]
 LIVE_BUDGET_S = 1.0
+# text that only appears once a page has rendered its last section (fragments render after the title)
+READY = {"security": "Unacknowledged only", "experiments": "History", "system": "Claude spend today"}
 
 
 def settle(page, title: str, timeout: float = 30.0, quiet: float = 0.8) -> float:
@@ -57,6 +60,8 @@ def test_every_page_renders_without_errors_in_light_dark_and_narrow(dashboard: D
         for name, path, title in PAGES:
             started = time.monotonic()
             page.goto(f"{dashboard.url}/{path}")
+            if name in READY:
+                page.get_by_text(READY[name]).first.wait_for(timeout=30_000)
             complete = settle(page, title)
             print(f"{name}: complete {complete - started:.2f}s after navigation (full page load)")
             _no_error(page, name)

@@ -1,7 +1,7 @@
 """The response side through real Envoy + sidecar: reversible redaction restored for the client
 (JSON and SSE, OpenAI and Anthropic) with only placeholders upstream and in the log; model-produced
 secrets masked; response fields stripped; alerts in the feed, delivered to a webhook that fails
-first; a policy quarantine released with `llmproxy keys release`."""
+first; a policy quarantine released with `llmproxy keys release`; a policy route to another provider."""
 
 from __future__ import annotations
 
@@ -40,6 +40,9 @@ rules:
     actions:
       mask: {kinds: [secrets], in: [response]}
       strip_response_fields: [/system_fingerprint]
+  - id: cheap
+    match: {headers: [x-cheap]}
+    actions: {route: {provider: openrouter}}
   - id: trip
     match: {headers: [x-trip]}
     actions:
@@ -82,6 +85,7 @@ def rstack(tmp_path_factory, pg_url, fake, hook):
     policy.write_text(POLICY)
     s = start_stack(tmp, pg_url, fake, "--auth", "required", "--policy-file", str(policy),
                     env={"LLMPROXY_OPENAI_API_KEY": "sk-operator-openai", "LLMPROXY_ANTHROPIC_API_KEY": "sk-ant-operator",
+                         "LLMPROXY_OPENROUTER_API_KEY": "sk-operator-openrouter",
                          "LLMPROXY_ALERT_WEBHOOK_URL": hook, "LLMPROXY_ALERT_WEBHOOK_SECRET": SECRET})
     yield s
     assert s.stop() == 0
@@ -219,3 +223,14 @@ async def _events(db_url: str, subject: str, kinds: set[str]) -> list[dict]:
             break
         await asyncio.sleep(0.1)
     return [dict(r) for r in rows]
+
+
+def test_policy_route_sends_to_another_provider_with_its_credential(rstack, key) -> None:
+    client = openai.OpenAI(base_url=rstack.url + "/v1", api_key=key, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", extra_headers={"x-cheap": "1"},
+                                                           messages=[{"role": "user", "content": "route me"}])
+    assert raw.parse().choices[0].message.content == "echo: route me"
+    up = last_request(rstack.fake, "/chat/completions")
+    assert up.path.startswith("/api/v1/") and up.headers["authorization"] == "Bearer sk-operator-openrouter"
+    rec = rstack.record(raw.headers["x-llmproxy-request-id"])
+    assert rec.provider == "openrouter" and rec.flags["policy_route"] == {"from": "openai", "to": "openrouter"}

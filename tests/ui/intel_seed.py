@@ -48,9 +48,7 @@ def _detections(pii: dict | None = None, secrets: dict | None = None, score: flo
 
 
 async def create_intel_db(server_url: str) -> IntelDb:
-    from intelligence.enhance.stats import ArmOutcome, decide
-    from intelligence.keys.store import NewKey, create_key, quarantine_key
-
+    """A new database at schema head with :func:`seed_intel_rows` in it."""
     name = f"uiintel_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(asyncpg_dsn(server_url))
     try:
@@ -59,6 +57,14 @@ async def create_intel_db(server_url: str) -> IntelDb:
         await admin.close()
     url = database_url(server_url, name)
     await upgrade_async(url)
+    return await seed_intel_rows(url)
+
+
+async def seed_intel_rows(url: str, *, named_policy: bool = False) -> IntelDb:
+    """Add the rows to a migrated database (the browser check adds them to its seeded traffic too)."""
+    from intelligence.enhance.stats import ArmOutcome, decide
+    from intelligence.keys.store import NewKey, create_key, quarantine_key
+
     marker = f"sec{uuid.uuid4().hex[:6]}"
     now = datetime.now(timezone.utc)
     engine = make_engine(url)
@@ -149,7 +155,7 @@ async def create_intel_db(server_url: str) -> IntelDb:
                     await quarantine_key(conn, created.record.id, actor="policy:default/exfil", reason="exfiltration attempt")
             from extproc.policy.store import set_policy
 
-            await set_policy(conn, "team-rules", POLICY_V1, actor="test")
+            await set_policy(conn, f"team-rules-{marker}" if named_policy else "team-rules", POLICY_V1, actor="test")
     finally:
         await engine.dispose()
     return IntelDb(url=url, marker=marker, events=ev, request_ids={r.request_id.split("-", 1)[1]: r.request_id for r in records},

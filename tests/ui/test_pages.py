@@ -177,15 +177,16 @@ def test_system_page_reports_health_spool_and_spend(ui_db: SeededUi, monkeypatch
     assert components.loc["claude", "detail"].startswith("local-only")
     assert metric(at, "Spool (records waiting)") == "3"
     assert metric(at, "Rejected records") == "1"
-    assert any("Not enabled" in i.value for i in at.info)
-    versions = at.dataframe[1].value.set_index("component")
+    assert metric(at, "Claude spend today") == fmt.usd(0)  # this database has no Claude calls
+    assert any(m.label == "Claude mode" for m in at.metric)
+    versions = next(d.value for d in at.dataframe if list(d.value.columns) == ["component", "version"]).set_index("component")
     assert "streamlit" in versions.index and "postgresql" in versions.index
 
 
 def test_pages_degrade_without_a_database(monkeypatch) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
     monkeypatch.setenv("LLMPROXY_DATA_DIR", "/nonexistent-llmproxy-dir")
-    for page in (None, "explorer", "analytics", "patterns", "system"):
+    for page in (None, "explorer", "analytics", "patterns", "security", "experiments", "system"):
         at = AppTest.from_file(APP, default_timeout=30)
         at.run()
         if page:

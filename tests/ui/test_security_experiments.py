@@ -374,3 +374,17 @@ async def test_new_alerts_toast_and_the_banner_counts_open_ones(intel: IntelDb, 
     assert not any("fresh info" in t for t in toasts)
     at.run()
     assert not at.toast  # each alert toasts once
+
+
+def test_the_standalone_launcher_refuses_a_public_address_without_secret_key() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "SECRET_KEY"}
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "ui", "--host", "0.0.0.0", "--port", "1"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "refusing to start the dashboard on 0.0.0.0" in done.stderr

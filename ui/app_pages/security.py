@@ -10,9 +10,15 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from ui import actions, auth, fmt, intel
+from ui import actions, auth, data, fmt, intel
 
 st.title("Security")
+
+try:
+    data.runner()
+except Exception as exc:  # no database configured: say so instead of a traceback
+    st.warning(f"Database unavailable: {exc}")
+    st.stop()
 
 who = auth.principal()
 is_admin = bool(who and who.is_admin)

@@ -43,7 +43,10 @@ def system() -> None:
     else:
         q[3].metric("Live feed", "polling", help=feed.get("error") or "LISTEN connection not established")
 
-    claude_section()
+    try:
+        claude_section()
+    except Exception as exc:  # noqa: BLE001 - the rest of the page is still useful
+        st.warning(f"Claude spend unavailable: {exc}")
 
     left, right = st.columns(2)
     with left:
