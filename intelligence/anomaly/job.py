@@ -24,7 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from intelligence.anomaly import detectors as det
 from intelligence.anomaly import store
 from intelligence.anomaly.judge import Judge, JudgeConfig
-from intelligence.anomaly.kinds import CURSOR_REQUEST_ID
+from intelligence.anomaly.kinds import CURSOR_NAME
+from intelligence.jobs.cursors import read_position, write_position
 from intelligence.anomaly.response import ResponseConfig
 from intelligence.claude.settings import IntelligenceFlags
 from intelligence.memory.canonical import canonical_prompt
@@ -188,7 +189,11 @@ class AnomalyJob:
             return []
         vector = await store.stored_embedding(conn, x.request_id, prompt)
         if vector is None:
-            matrix = await asyncio.to_thread(self.embedder().encode, [prompt.text])
+            try:
+                matrix = await asyncio.to_thread(self.embedder().encode, [prompt.text])
+            except Exception:  # no model: skip novelty rather than wedge the batch
+                log.exception("exchange %s: cannot embed the prompt; novelty not checked", x.request_id)
+                return []
             vector = np.asarray(matrix[0], dtype=np.float32)
         finding = await det.novelty_finding(conn, x, vector, history, self.config)
         return [finding] if finding is not None else []
@@ -204,9 +209,9 @@ class AnomalyJob:
             if s.client is not None:
                 open_row = (await conn.execute(text(
                     "SELECT id, suspicion FROM anomaly_verdicts WHERE client_key_fp = :client AND :d = ANY(detectors) "
-                    "AND (status = 'pending' OR suspicion->>'window' = :w) AND request_id IS DISTINCT FROM :cursor "
+                    "AND (status = 'pending' OR suspicion->>'window' = :w) "
                     "ORDER BY id DESC LIMIT 1 FOR UPDATE"),
-                    {"client": s.client, "d": f.detector, "w": s.window, "cursor": CURSOR_REQUEST_ID})).mappings().first()
+                    {"client": s.client, "d": f.detector, "w": s.window})).mappings().first()
             if open_row is None:
                 remaining.append(f.detector)
                 continue
@@ -235,21 +240,11 @@ def _json(doc: dict[str, Any]) -> str:
 
 
 async def read_cursor(conn: AsyncConnection) -> tuple[datetime, str] | None:
-    doc = (await conn.execute(text(
-        "SELECT suspicion FROM anomaly_verdicts WHERE request_id = :c AND status = 'skipped' ORDER BY id LIMIT 1"),
-        {"c": CURSOR_REQUEST_ID})).scalar_one_or_none()
+    doc = await read_position(conn, CURSOR_NAME)
     if not doc or "inserted_at" not in doc:
         return None
     return datetime.fromisoformat(doc["inserted_at"]), str(doc["request_id"])
 
 
 async def write_cursor(conn: AsyncConnection, inserted_at: datetime, request_id: str) -> None:
-    doc = _json({"inserted_at": inserted_at.isoformat(), "request_id": request_id})
-    updated = (await conn.execute(text(
-        "UPDATE anomaly_verdicts SET suspicion = CAST(:doc AS jsonb), at = now() "
-        "WHERE request_id = :c AND status = 'skipped' RETURNING id"), {"doc": doc, "c": CURSOR_REQUEST_ID})).first()
-    if updated is None:
-        await conn.execute(text(
-            "INSERT INTO anomaly_verdicts (request_id, status, detectors, reasoning, suspicion) "
-            "VALUES (:c, 'skipped', '{}', 'resume point of the anomaly job (not a verdict)', CAST(:doc AS jsonb))"),
-            {"c": CURSOR_REQUEST_ID, "doc": doc})
+    await write_position(conn, CURSOR_NAME, {"inserted_at": inserted_at.isoformat(), "request_id": request_id})

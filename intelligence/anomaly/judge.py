@@ -156,11 +156,15 @@ class Judge:
     async def judge_pending(self, limit: int = 20) -> dict[str, int]:
         async with self.engine.connect() as conn:
             ids = (await conn.execute(text(
-                "SELECT id FROM anomaly_verdicts WHERE status = 'pending' AND request_id IS DISTINCT FROM :cursor "
-                "ORDER BY id LIMIT :limit"), {"cursor": store.CURSOR_REQUEST_ID, "limit": limit})).scalars().all()
+                "SELECT id FROM anomaly_verdicts WHERE status = 'pending' "
+                "ORDER BY id LIMIT :limit"), {"limit": limit})).scalars().all()
         counts: dict[str, int] = {}
         for verdict_id in ids:
-            outcome = await self.judge_one(verdict_id)
+            try:
+                outcome = await self.judge_one(verdict_id)
+            except Exception:  # one bad row must not stop the others; it stays pending for the next tick
+                log.exception("anomaly verdict %s: judging failed", verdict_id)
+                outcome = "failed"
             counts[outcome] = counts.get(outcome, 0) + 1
         return counts
 
@@ -176,8 +180,13 @@ class Judge:
             row["detectors"] = list(row["detectors"] or [])
             prompt = await store.exchange_prompt(conn, row["request_id"]) if row["request_id"] else None
             vector: np.ndarray | None = None
-            if prompt is not None and store.memory_eligible(row["detectors"]):
-                vector = await store.embed_prompt(conn, row["request_id"], prompt, self.embedder())
+            # without an embedder (none given) the memory cannot be consulted: straight to Claude
+            if prompt is not None and store.memory_eligible(row["detectors"]) and self._embedder_factory is not None:
+                try:
+                    vector = await store.embed_prompt(conn, row["request_id"], prompt, self.embedder())
+                except Exception:  # no model: judge without the memory rather than wedge the queue
+                    log.exception("anomaly verdict %s: cannot embed the prompt; skipping the verdict memory", verdict_id)
+            if vector is not None:
                 match = await store.nearest_memory(conn, vector)
                 if match is not None and match.similarity >= self.config.memory_threshold:
                     await store.count_memory_hit(conn, match.id)

@@ -20,7 +20,6 @@ LABELS = ("attack", "false_positive")
 VERDICT_OF_LABEL = {"attack": "malicious", "false_positive": "benign"}
 LABEL_OF_VERDICT = {"malicious": "attack", "benign": "false_positive"}
 
-# The job's resume point lives in anomaly_verdicts as one marker row (status 'skipped', this
-# request_id), since the schema has no table for job cursors; every reader filters it out.
-CURSOR_REQUEST_ID = "anomaly-job:cursor"
+# the job's resume point in job_cursors
+CURSOR_NAME = "anomaly-job"
 ACTOR = "anomaly-judge"

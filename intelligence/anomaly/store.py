@@ -16,7 +16,7 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from intelligence.anomaly.kinds import CURSOR_REQUEST_ID, LABELS, PROMPT_DETECTORS, VERDICT_OF_LABEL
+from intelligence.anomaly.kinds import LABELS, PROMPT_DETECTORS, VERDICT_OF_LABEL
 from intelligence.audit import AuditLog
 from intelligence.events import publish
 from intelligence.memory.canonical import CanonicalPrompt, canonical_prompt
@@ -48,8 +48,8 @@ def _verdict_dict(row: Any) -> dict[str, Any]:
 async def list_verdicts(conn: Executor, *, limit: int = 100, verdict: str | None = None,
                         status: str | None = None) -> list[dict]:
     """Newest first; ``verdict`` / ``status`` filter exactly (None: any)."""
-    where = ["(v.request_id IS DISTINCT FROM :cursor)"]
-    params: dict[str, Any] = {"cursor": CURSOR_REQUEST_ID, "limit": max(1, min(int(limit), 1000))}
+    where = ["true"]
+    params: dict[str, Any] = {"limit": max(1, min(int(limit), 1000))}
     if verdict is not None:
         where.append("v.verdict = :verdict")
         params["verdict"] = verdict
@@ -65,8 +65,8 @@ async def list_verdicts(conn: Executor, *, limit: int = 100, verdict: str | None
 async def get_verdict(conn: Executor, verdict_id: int) -> dict[str, Any]:
     row = (await conn.execute(text(
         f"SELECT {_VERDICT_COLUMNS} FROM anomaly_verdicts v LEFT JOIN exchanges x ON x.request_id = v.request_id "
-        "WHERE v.id = :id AND v.request_id IS DISTINCT FROM :cursor"),
-        {"id": verdict_id, "cursor": CURSOR_REQUEST_ID})).mappings().one_or_none()
+        "WHERE v.id = :id"),
+        {"id": verdict_id})).mappings().one_or_none()
     if row is None:
         raise LookupError(f"no anomaly verdict {verdict_id}")
     return _verdict_dict(row)

@@ -3,6 +3,7 @@ database with a crafted history (fires on a change, stays quiet on a steady clie
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import timedelta
 
@@ -11,6 +12,7 @@ import pytest
 from intelligence.anomaly import stats
 from intelligence.anomaly.detectors import DetectorConfig, security_findings
 from intelligence.anomaly.job import AnomalyJob
+from intelligence.anomaly.store import list_verdicts
 from intelligence.claude.settings import IntelligenceFlags
 from intelligence.embeddings import shared_embedder
 from intelligence.memory.worker import PatternWorker
@@ -205,6 +207,24 @@ async def test_one_open_suspicion_per_client_detector_window_and_resume(migrated
     await insert(engine, [exchange("c-dup", T0 + timedelta(hours=2), flags=flags)])
     assert (await detect_only_job(engine).detect())["examined"] == 1
     assert len(await suspicions(engine)) == 1  # the first one is still pending (open): folded in
+    async with engine.connect() as conn:
+        listed = await list_verdicts(conn)
+    assert [v["id"] for v in listed] == [row["id"]]  # the job's cursor marker is not a verdict
+
+
+async def test_run_works_until_stopped(migrated_db) -> None:
+    engine = migrated_db.engine
+    await insert(engine, [exchange("c-run", T0, flags={"detections": {"injection_score": 0.4}})])
+    stop = asyncio.Event()
+    task = asyncio.create_task(detect_only_job(engine, interval_s=0.05).run(stop))
+    for _ in range(200):
+        if [r for r in await suspicions(engine) if r["status"] == "judged"]:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, timeout=5)
+    (row,) = await suspicions(engine)
+    assert row["detectors"] == ["injection_uncertain"] and row["status"] == "judged" and row["source"] == "local"
 
 
 async def test_switched_off_job_does_nothing(migrated_db) -> None:

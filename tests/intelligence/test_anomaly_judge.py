@@ -30,8 +30,10 @@ class Claude:
     """A FakeClaude whose answer the test sets, plus a client pointed at it."""
 
     def __init__(self) -> None:
-        self.answer: dict | FakeFault = {"verdict": "suspicious", "confidence": 0.6, "reasoning": "unclear"}
-        self.fake = FakeClaude(lambda request: self.answer)
+        # a fixed answer, or a function of the request (FakeClaude's responder form)
+        self.answer: dict | FakeFault | Callable[[dict], dict] = {"verdict": "suspicious", "confidence": 0.6,
+                                                                  "reasoning": "unclear"}
+        self.fake = FakeClaude(lambda request: self.answer(request) if callable(self.answer) else self.answer)
         self.client: ClaudeClient | None = None
 
     async def start(self, engine) -> None:
@@ -252,8 +254,7 @@ async def test_memory_hit_rate_on_a_replayed_stream(migrated_db, claude: Claude)
         label = next(v for k, v in truth.items() if k in request["prompt"])
         return {"verdict": label, "confidence": 0.95, "reasoning": f"ground truth: {label}"}
 
-    claude.answer = None  # replaced by a callable below
-    claude.fake._responder = answer
+    claude.answer = answer
     job = make_job(engine, claude.client)
     n = 0
     for texts in rounds:

@@ -19,11 +19,12 @@ import intelligence.anomaly.models  # noqa: E402,F401
 import intelligence.claude.models  # noqa: E402,F401
 import intelligence.enhance.models  # noqa: E402,F401
 import intelligence.events.models  # noqa: E402,F401
+import intelligence.jobs.cursors  # noqa: E402,F401
 
 FreshDb = Callable[[], Awaitable[str]]
 REQUEST_LOG_TABLES = {"exchanges", "sessions"}
 INTELLIGENCE_TABLES = {"claude_calls", "enhancements", "experiments", "experiment_events", "anomaly_verdicts",
-                       "verdict_memory", "events"}
+                       "verdict_memory", "events", "job_cursors"}
 
 
 async def _tables(url: str) -> set[str]:

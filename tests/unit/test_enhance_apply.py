@@ -273,3 +273,23 @@ async def test_cache_loads_running_experiments_follows_merges_and_reloads_on_not
         assert cache.snapshot.is_empty
     finally:
         await cache.stop()
+
+
+# ---------------------------------------------------------------------------------- the simulation's fake model
+def test_instruction_model_rates_and_deterministic_draws() -> None:
+    from extproc.testing.instruction_fake import InstructionModel
+
+    def model(seed: int = 0) -> InstructionModel:
+        return InstructionModel(helpful="BE COMPLETE", harmful="RAMBLE", target_marker="invoice", seed=seed)
+
+    m = model()
+    assert [m.condition(t) for t in ("invoice x", "invoice BE COMPLETE", "BE COMPLETE RAMBLE", "hello")] == \
+        ["base", "helpful", "harmful", "other"]
+    draws = [m.decide("invoice x", f"s{i}")[1] for i in range(2000)]
+    assert draws == [model().decide("invoice x", f"s{i}")[1] for i in range(2000)]  # same seed and key, same draw
+    assert draws != [model(seed=1).decide("invoice x", f"s{i}")[1] for i in range(2000)]
+    assert 0.25 < sum(draws) / len(draws) < 0.35
+    helped = [m.decide("invoice x BE COMPLETE", f"s{i}")[1] for i in range(2000)]
+    assert 0.75 < sum(helped) / len(helped) < 0.85
+    harmed = [m.decide("invoice x BE COMPLETE RAMBLE", f"s{i}")[1] for i in range(2000)]
+    assert 0.07 < sum(harmed) / len(harmed) < 0.13
