@@ -123,7 +123,11 @@ async def _enhancer(engine):
     """
     from intelligence.claude.settings import IntelligenceFlags
 
-    flags = IntelligenceFlags.from_env()
+    try:
+        flags = IntelligenceFlags.from_env()
+    except ValueError as exc:  # a malformed CLAUDE_* setting is the Claude jobs' problem, not the gateway's
+        log.warning("intelligence settings: %s; reading only the ENABLE_* flags", exc)
+        flags = IntelligenceFlags.from_env({k: v for k, v in os.environ.items() if k.startswith("ENABLE_")})
     if not flags.real_time_enhancement:
         log.info("real-time enhancement off (ENABLE_REAL_TIME_ENHANCEMENT / ENABLE_INTELLIGENCE)")
         return None, None

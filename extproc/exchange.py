@@ -450,7 +450,7 @@ class Exchange:
             self.finish()
         return reply
 
-    def _response_body(self, ev: BodyChunk) -> Reply:
+    def _response_body(self, ev: BodyChunk) -> Reply | Immediate:
         if self.ttft_ms is None and ev.data:
             self.ttft_ms = (time.monotonic() - self.t0) * 1000
         reply = Reply()
@@ -471,7 +471,9 @@ class Exchange:
                 text = self.stream_proc.result().text if self.screen.snapshot.response_rules else None
                 self.screen.finish_stream(text, len(self.resp_upstream))
         elif self.rewrite_response:
-            self._rewrite_json_response(ev, reply)
+            refused = self._rewrite_json_response(ev, reply)
+            if refused is not None:
+                return refused  # the gateway's refusal replaces the buffered response
         else:
             self._keep(self.resp_upstream, ev.data)
             self._keep(self.resp_client, ev.data)
@@ -483,15 +485,28 @@ class Exchange:
             self.finish()
         return reply
 
-    def _rewrite_json_response(self, ev: BodyChunk, reply: Reply) -> None:
-        """A buffered JSON response: tool names restored, then the response screen (mask, edit, restore)."""
+    def _rewrite_json_response(self, ev: BodyChunk, reply: Reply) -> Immediate | None:
+        """A buffered JSON response: tool names restored, then the response screen (mask, edit, restore);
+        the refusal when a `phase: response` rule blocks it."""
         doc = _parse_json(ev.data)
         upstream = logged = client = None
         if isinstance(doc, dict):
             if self.codec is not None and self.codec.active and self.endpoint.restore_response(doc, self.codec):
                 logged = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
             if self.screen is not None:
-                screened = self.screen.rewrite_json(doc, len(ev.data))
+                try:
+                    screened = self.screen.rewrite_json(doc, len(ev.data))
+                except Exception:  # what must be masked or may be refused never goes out unscreened
+                    log.exception("request %s: response screen failed", self.request_id)
+                    if not (self.screen.masking or self.screen.snapshot.response_rules):
+                        raise  # only restore/edits were asked: the containment in handle() passes it through
+                    self._keep(self.resp_upstream, ev.data)
+                    return self._answer(gateway_error(502, "llmproxy: the response could not be screened", api=_api_of(self.rel_path),
+                                                      code="response_screen_error"))
+                if screened.block is not None:
+                    self._keep(self.resp_upstream, ev.data)
+                    self.flags["response_policy"] = self.screen.record() or {}
+                    return self._answer(screened.block)
                 upstream = screened.upstream
                 logged = screened.logged or logged
                 client = screened.client
@@ -500,6 +515,7 @@ class Exchange:
             reply.body = client
         self._keep(self.resp_upstream, upstream if upstream is not None else ev.data)
         self._keep(self.resp_client, logged if logged is not None else ev.data)
+        return None
 
     def _keep(self, buf: bytearray, data: bytes) -> None:
         room = self.ctx.settings.log_body_max - len(buf)

@@ -219,6 +219,7 @@ class JsonRewrite:
     upstream: bytes | None = None  # masked: what the log stores as the provider's response
     logged: bytes | None = None  # masked and edited: what the log stores as sent to the client
     client: bytes | None = None  # ... with the request's values restored: what the client gets
+    block: Immediate | None = None  # a `phase: response` rule refused the response: answer this instead
 
 
 class ResponseScreen:
@@ -238,6 +239,7 @@ class ResponseScreen:
         self.restored = 0
         self.edits: list[str] = []
         self.unsupported: str | None = None
+        self.block_enforced = False
         self._maskers: list[MaskingFilter] = []
         self._restorers: list[PlaceholderRestorer] = []
         self._responded = False
@@ -263,6 +265,10 @@ class ResponseScreen:
                                        streamed=False, detections=detections, request_decision=self.facts.request_decision)
             self.decision = self.snapshot.evaluate_response(self.facts)
             self.mapping = self.mapping if self.decision.restore else {}
+        if self.decision.block is not None:
+            self.block_enforced = True
+            self._respond()
+            return JsonRewrite(block=self.decision.block.immediate(self.api))
         if self.masking:
             find = self.guard.response_finder(self.decision.redact)
 
@@ -304,15 +310,20 @@ class ResponseScreen:
                 self._maskers.append(f)
                 return f
 
-            masker = textstream.SSETextRewriter(self.api, make_masker)  # type: ignore[arg-type]
+            def mask_whole(text: str, _json_text: bool) -> str:  # Responses API "done" events repeat the text
+                return mask_text(find, text)[0]
+
+            masker = textstream.SSETextRewriter(self.api, make_masker, whole=mask_whole)  # type: ignore[arg-type]
         if self.mapping:
             def make_restorer(slot: textstream.Slot) -> PlaceholderRestorer:
                 f = PlaceholderRestorer(self.mapping, json_text=slot.json_text)
                 self._restorers.append(f)
                 return f
 
+            plain, escaped = PlaceholderRestorer(self.mapping), PlaceholderRestorer(self.mapping, json_text=True)
             restorer = textstream.SSETextRewriter(self.api, make_restorer,  # type: ignore[arg-type]
-                                                  relevant=textstream.may_hold_placeholder)
+                                                  relevant=textstream.may_hold_placeholder,
+                                                  whole=lambda t, j: (escaped if j else plain).restore(t))
         return masker, restorer
 
     def finish_stream(self, text: str | None, size: int) -> None:
@@ -364,8 +375,8 @@ class ResponseScreen:
             doc["edits"] = list(self.edits)
         if self.unsupported:
             doc["unsupported"] = self.unsupported
-        if self.decision.block is not None:
-            doc["block_not_enforced"] = "a response-phase block is recorded and alerted; the response is not replaced"
+        if self.decision.block is not None and not self.block_enforced:
+            doc["block_not_enforced"] = "a streamed response cannot be refused once it flows; recorded and alerted"
         return doc or None
 
 

@@ -1,4 +1,4 @@
-"""Rewriting the *text* inside a streamed response, event by event, for OpenAI Chat and Anthropic Messages.
+"""Rewriting the *text* inside a streamed response, event by event: OpenAI Chat and Responses, Anthropic Messages.
 
 Response-side redaction and the restoring of request placeholders work on text, but a streamed
 response is SSE events whose JSON carries the text in small deltas. :class:`SSETextRewriter` decodes
@@ -11,14 +11,16 @@ value); what it holds is emitted in a synthetic delta right before the event tha
 
 Slots rewritten: OpenAI ``delta.content``, ``delta.refusal`` and tool-call ``function.arguments``
 (legacy ``function_call.arguments`` too); Anthropic ``text_delta.text`` and
-``input_json_delta.partial_json``. Tool arguments are JSON text: filters get ``json_text=True`` so
-what they insert is JSON-escaped. Thinking/reasoning deltas are left alone (Anthropic signs thinking
-blocks; a changed one would be refused when the client sends it back).
+``input_json_delta.partial_json``; OpenAI Responses ``output_text`` / ``refusal`` /
+``function_call_arguments`` deltas, whose ``.done`` events and whole parts, items and the final
+response (which repeat the text) go through the ``whole`` function instead. Tool arguments are
+JSON text: filters get ``json_text=True`` so what they insert is JSON-escaped. Thinking/reasoning
+deltas are left alone (Anthropic signs thinking blocks; a changed one would be refused when the
+client sends it back).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,7 +28,20 @@ from typing import Any, Protocol
 from extproc.providers.jsonshape import as_dict, as_int, as_list, dumps, loads_object
 from extproc.providers.sse import SSEDecoder, SSEEvent
 
-STREAM_APIS = frozenset({"chat", "messages"})
+STREAM_APIS = frozenset({"chat", "messages", "responses"})
+WholeText = Callable[[str, bool], str]  # (complete text, is JSON text) -> rewritten: for "done" events
+
+# Responses API: delta events and the field of their "done" event that repeats the whole text.
+_RESPONSES_DELTAS = {"response.output_text.delta": ("text", "response.output_text.done", "text"),
+                     "response.refusal.delta": ("refusal", "response.refusal.done", "refusal"),
+                     "response.function_call_arguments.delta": ("arguments", "response.function_call_arguments.done",
+                                                                "arguments")}
+_RESPONSES_DONE = {done: (field, key) for field, done, key in _RESPONSES_DELTAS.values()}
+# Events that carry whole objects (a part, an item, the response) whose texts are rewritten whole.
+_RESPONSES_WHOLE = {"response.content_part.added": "part", "response.content_part.done": "part",
+                    "response.output_item.added": "item", "response.output_item.done": "item",
+                    "response.created": "response", "response.in_progress": "response", "response.completed": "response",
+                    "response.incomplete": "response", "response.failed": "response"}
 
 
 class TextFilter(Protocol):
@@ -63,12 +78,18 @@ def supports(api: str | None) -> bool:
 class SSETextRewriter:
     """``feed(bytes) -> bytes`` / ``end() -> bytes`` over an SSE response of ``api`` (chat | messages)."""
 
-    def __init__(self, api: str, make_filter: FilterFactory, *, relevant: Callable[[str | bytes], bool] | None = None) -> None:
+    def __init__(self, api: str, make_filter: FilterFactory, *, relevant: Callable[[str | bytes], bool] | None = None,
+                 whole: WholeText | None = None) -> None:
         """``relevant(event data or raw chunk)``: False when no filter could change its text (e.g. no
         ``<`` for a placeholder restorer); such events pass without being parsed while no filter
         holds text. None: every event is parsed."""
         if api not in STREAM_APIS:
             raise ValueError(f"no streamed text rewriting for api {api!r}")
+        if api == "responses" and whole is None:
+            raise ValueError("the Responses API repeats whole texts in its done events: give `whole`")
+        self._api = api
+        self._whole = whole
+        self._templates: dict[Slot, dict] = {}  # Responses: the last delta event of a slot, for synthetic ones
         self._anthropic = api == "messages"
         self._make = make_filter
         self._relevant = relevant
@@ -100,6 +121,8 @@ class SSETextRewriter:
             return ev.raw
         if self._anthropic:
             return self._anthropic_event(ev, obj)
+        if self._api == "responses":
+            return self._responses_event(ev, obj)
         return self._openai_event(ev, obj)
 
     def _holding(self) -> bool:
@@ -189,6 +212,50 @@ class SSETextRewriter:
         doc = {"type": "content_block_delta", "index": slot.index, "delta": delta}
         return b"event: content_block_delta\ndata: " + dumps(doc).encode() + b"\n\n"
 
+    # ------------------------------------------------------------------ OpenAI Responses
+    def _responses_slot(self, obj: dict, field: str) -> Slot:
+        content = as_int(obj.get("content_index"))
+        return Slot(as_int(obj.get("output_index")) or 0, field, -1 if content is None else content)
+
+    def _responses_event(self, ev: SSEEvent, obj: dict) -> bytes:
+        kind = obj.get("type", ev.event)
+        if kind in _RESPONSES_DELTAS and isinstance(obj.get("delta"), str):
+            slot = self._responses_slot(obj, _RESPONSES_DELTAS[kind][0])
+            self._templates[slot] = {k: v for k, v in obj.items() if k not in ("delta", "sequence_number", "obfuscation")}
+            return self._rewrite(ev, obj, [(obj, "delta", slot)])
+        if kind in _RESPONSES_DONE:
+            field, key = _RESPONSES_DONE[kind]
+            slot = self._responses_slot(obj, field)
+            held = self._flush(lambda s: s == slot)
+            return held + self._rewrite_whole(ev, obj, key)
+        if kind in _RESPONSES_WHOLE and isinstance(obj.get(_RESPONSES_WHOLE[kind]), (dict, list)):
+            index = as_int(obj.get("output_index"))
+            held = self._flush(lambda s: True) if kind in ("response.completed", "response.incomplete", "response.failed") \
+                else self._flush(lambda s: s.index == index) if kind == "response.output_item.done" else b""
+            return held + self._rewrite_whole(ev, obj, _RESPONSES_WHOLE[kind])
+        return ev.raw
+
+    def _rewrite_whole(self, ev: SSEEvent, obj: dict, key: str) -> bytes:
+        from extproc.security.response import rewrite_response_texts
+
+        assert self._whole is not None
+        value = obj.get(key)
+        if isinstance(value, str):
+            new = self._whole(value, key == "arguments")
+            if new == value:
+                return ev.raw
+            obj[key] = new
+        elif not rewrite_response_texts(value, self._whole):
+            return ev.raw
+        self.changed_events += 1
+        return ev.with_data(dumps(obj))
+
+    def _responses_synthetic(self, slot: Slot, text: str) -> bytes:
+        template = self._templates.get(slot, {})
+        doc = {**template, "delta": text}
+        name = template.get("type", "response.output_text.delta")
+        return f"event: {name}\ndata: ".encode() + dumps(doc).encode() + b"\n\n"
+
     # ------------------------------------------------------------------ flushing
     def _flush(self, which: Callable[[Slot], bool]) -> bytes:
         out: list[bytes] = []
@@ -196,7 +263,12 @@ class SSETextRewriter:
             text = self._filters.pop(slot).flush()
             if text:
                 self.changed_events += 1
-                out.append(self._anthropic_synthetic(slot, text) if self._anthropic else self._openai_synthetic(slot, text))
+                if self._anthropic:
+                    out.append(self._anthropic_synthetic(slot, text))
+                elif self._api == "responses":
+                    out.append(self._responses_synthetic(slot, text))
+                else:
+                    out.append(self._openai_synthetic(slot, text))
         return b"".join(out)
 
 
@@ -206,8 +278,3 @@ def may_hold_placeholder(data: str | bytes) -> bool:
     if isinstance(data, bytes):
         return b"<" in data or b"\\u003c" in data or b"\\u003C" in data
     return "<" in data or "\\u003c" in data or "\\u003C" in data
-
-
-def json_escape(value: str) -> str:
-    """``value`` as it must appear inside a JSON string literal (tool arguments are JSON text)."""
-    return json.dumps(value, ensure_ascii=False)[1:-1]

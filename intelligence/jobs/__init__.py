@@ -5,6 +5,8 @@
 - CandidateJob: finds failing patterns and asks Claude for candidate enhancements;
 - ExperimentEvaluator: computes A/B statistics and auto-promotes or rolls back;
 - AnomalyJob: local statistical detectors, then verdicts (memory, Claude, or local);
-- WebhookDispatcher: delivers alerts to LLMPROXY_ALERT_WEBHOOK_URL with retries;
 - ControlServer: the authenticated gRPC control API (WatchEvents, experiments, verdicts, feedback).
+
+Alert webhooks are delivered by the sidecars (intelligence/events/webhook.py), which already hold the
+events of their own requests; row locks keep replicas from sending an event twice.
 """

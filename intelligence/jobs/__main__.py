@@ -51,11 +51,6 @@ async def run(args: argparse.Namespace, stop: asyncio.Event) -> None:
             from intelligence.embeddings import shared_embedder
 
             jobs.append(AnomalyJob(engine, client, shared_embedder))
-    webhook = os.environ.get("LLMPROXY_ALERT_WEBHOOK_URL")
-    if webhook:
-        from intelligence.events.webhook import WebhookDispatcher
-
-        jobs.append(WebhookDispatcher(engine, webhook))
     server = None
     if args.control_port:
         from intelligence.control.server import ControlServer

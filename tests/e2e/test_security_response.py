@@ -43,6 +43,11 @@ rules:
   - id: cheap
     match: {headers: [x-cheap]}
     actions: {route: {provider: openrouter}}
+  - id: withhold
+    phase: response
+    match: {secrets: any, headers: [x-withhold]}
+    actions:
+      block: {status: 502, code: response_withheld, message: "llmproxy: the response was withheld by policy"}
   - id: trip
     match: {headers: [x-trip]}
     actions:
@@ -186,6 +191,11 @@ def test_alert_reaches_feed_and_webhook_and_release_lifts_quarantine(rstack) -> 
         raise AssertionError("quarantined key still accepted")
     released = keys_cli(rstack.db_url, "release", victim["id"], "--reason", "false alarm")
     assert released["changed"] is True and released["status"] == "active"
+    audit = asyncio.run(_key_audit(rstack.db_url, victim["id"]))
+    assert [p["action"] for p in audit] == ["create", "quarantine", "release"]
+    assert audit[-1]["reason"] == "false alarm" and audit[-1]["quarantine_reason"] == "tripwire"
+    assert keys_cli(rstack.db_url, "release", victim["id"])["changed"] is False  # nothing left to release
+    assert "release" in {e["kind"] for e in asyncio.run(_events(rstack.db_url, victim["id"], {"release"}))}
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -234,3 +244,42 @@ def test_policy_route_sends_to_another_provider_with_its_credential(rstack, key)
     assert up.path.startswith("/api/v1/") and up.headers["authorization"] == "Bearer sk-operator-openrouter"
     rec = rstack.record(raw.headers["x-llmproxy-request-id"])
     assert rec.provider == "openrouter" and rec.flags["policy_route"] == {"from": "openai", "to": "openrouter"}
+
+
+def test_responses_api_stream_restored(rstack, key) -> None:
+    client = openai.OpenAI(base_url=rstack.url + "/openai/v1", api_key=key, max_retries=0)
+    stream = client.responses.create(model="gpt-4o-mini", input=f"note {EMAIL} down", stream=True,
+                                     extra_headers={"x-fake-chunk-bytes": "11"})
+    deltas, final = [], None
+    for event in stream:
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+        elif event.type == "response.completed":
+            final = event.response
+    assert "".join(deltas) == f"echo: note {EMAIL} down"
+    assert final is not None and final.output_text == f"echo: note {EMAIL} down"
+    up = last_request(rstack.fake, "/v1/responses").body.decode()
+    assert EMAIL not in up
+
+
+def test_response_rule_withholds_a_buffered_response(rstack, key) -> None:
+    r = httpx.post(rstack.url + "/openai/v1/chat/completions",
+                   headers={"authorization": f"Bearer {key}", "x-withhold": "1", "x-fake-reply": f"here: {GH_TOKEN}"},
+                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "token?"}]}, timeout=30)
+    assert r.status_code == 502 and r.json()["error"]["code"] == "response_withheld"
+    assert GH_TOKEN not in r.text
+    rec = rstack.record(r.headers["x-llmproxy-request-id"])
+    assert rec.status == 502 and rec.flags["response_policy"]["block"]["rule"] == "e2e/withhold"
+
+
+async def _key_audit(db_url: str, key_id: str) -> list[dict]:
+    import asyncpg
+
+    from intelligence.store.engine import asyncpg_dsn
+
+    conn = await asyncpg.connect(asyncpg_dsn(db_url))
+    try:
+        rows = await conn.fetch("select payload from audit_log where kind = 'key_event' and subject = $1 order by id", key_id)
+    finally:
+        await conn.close()
+    return [json.loads(r["payload"]) if isinstance(r["payload"], str) else dict(r["payload"]) for r in rows]

@@ -10,7 +10,7 @@ from extproc.exchange import Context, Exchange
 from extproc.guard import Guard
 from extproc.policy.testing import snapshot_from_yaml
 from extproc.settings import SidecarSettings
-from extproc.wire import BodyChunk, Headers, Phase
+from extproc.wire import BodyChunk, Headers, Immediate, Phase
 
 from .test_response_exchange import EMAIL, KEY, Finder, Quiet, Recorder
 
@@ -27,6 +27,12 @@ rules:
     match: {headers: [x-note]}
     actions:
       alert: {severity: info, message: noted}
+  - id: withhold
+    phase: response
+    match: {secrets: any, headers: [x-withhold]}
+    actions:
+      block: {status: 502, code: response_withheld, message: "llmproxy: response withheld"}
+      alert: {severity: critical, message: response withheld}
   - id: leak-out
     phase: response
     match: {secrets: any}
@@ -102,3 +108,38 @@ def test_response_rule_alerts_on_a_secret_the_model_produced_json_and_stream() -
     ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
     ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps({"choices": []}).encode(), True))
     assert len(events.items) == 2
+
+
+def test_response_rule_block_replaces_a_buffered_response() -> None:
+    events = Events()
+    c = context(events)
+    ex = request(c, **{"x-withhold": "1"})
+    ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
+    body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "use sk-ABCDEFGHIJKLMNOPQRSTUVWX"}}]}
+    out = ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps(body).encode(), True))
+    assert isinstance(out, Immediate) and out.status == 502
+    assert json.loads(out.body)["error"]["code"] == "response_withheld"
+    rec = c.recorder.records[0]
+    assert rec.status == 502 and rec.flags["response_policy"]["block"]["rule"] == "t/withhold"
+    assert "block_not_enforced" not in rec.flags["response_policy"]
+    assert [(k, s) for k, _, s, _, _ in events.items] == [("block", "critical")]
+
+    ex = request(c, **{"x-withhold": "1"})  # nothing to withhold: the response passes
+    ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
+    out = ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps({"choices": []}).encode(), True))
+    assert not isinstance(out, Immediate)
+
+
+def test_buffered_response_fails_closed_when_the_screen_breaks(monkeypatch) -> None:
+    c = context(Events())
+    ex = request(c)
+    ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
+
+    def broken(*a, **k):
+        raise RuntimeError("detector crashed")
+
+    monkeypatch.setattr(c.guard, "detect", broken)
+    out = ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps({"choices": []}).encode(), True))
+    assert isinstance(out, Immediate) and out.status == 502
+    assert json.loads(out.body)["error"]["code"] == "response_screen_error"
+    assert c.recorder.records[0].status == 502

@@ -161,7 +161,51 @@ def test_openai_stream_masking_across_deltas() -> None:
 
 def test_unsupported_api_is_refused() -> None:
     with pytest.raises(ValueError):
+        SSETextRewriter("completions", restorer_factory)
+    with pytest.raises(ValueError):  # its done events repeat the text: a whole-text function is needed
         SSETextRewriter("responses", restorer_factory)
+
+
+def responses_sse(pieces: list[str], args: list[str]) -> bytes:
+    full, full_args = "".join(pieces), "".join(args)
+    msg_done = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+                "content": [{"type": "output_text", "text": full, "annotations": []}]}
+    call_done = {"id": "fc_1", "type": "function_call", "call_id": "call_1", "name": "send", "arguments": full_args}
+    events = [{"type": "response.created", "response": {"id": "resp_1", "object": "response", "output": []}},
+              {"type": "response.output_item.added", "output_index": 0, "item": {**msg_done, "content": [], "status": "in_progress"}},
+              {"type": "response.content_part.added", "item_id": "msg_1", "output_index": 0, "content_index": 0,
+               "part": {"type": "output_text", "text": "", "annotations": []}}]
+    events += [{"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": p}
+               for p in pieces]
+    events += [{"type": "response.output_text.done", "item_id": "msg_1", "output_index": 0, "content_index": 0, "text": full},
+               {"type": "response.content_part.done", "item_id": "msg_1", "output_index": 0, "content_index": 0,
+                "part": {"type": "output_text", "text": full, "annotations": []}},
+               {"type": "response.output_item.done", "output_index": 0, "item": msg_done},
+               {"type": "response.output_item.added", "output_index": 1, "item": {**call_done, "arguments": ""}}]
+    events += [{"type": "response.function_call_arguments.delta", "item_id": "fc_1", "output_index": 1, "delta": a} for a in args]
+    events += [{"type": "response.function_call_arguments.done", "item_id": "fc_1", "output_index": 1, "arguments": full_args},
+               {"type": "response.output_item.done", "output_index": 1, "item": call_done},
+               {"type": "response.completed", "response": {"id": "resp_1", "object": "response", "status": "completed",
+                                                           "output": [msg_done, call_done]}}]
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
+
+
+@pytest.mark.parametrize("size", [1, 13, 100_000])
+def test_responses_stream_restores_deltas_done_events_and_final_response(size: int) -> None:
+    plain, escaped = PlaceholderRestorer(MAPPING), PlaceholderRestorer(MAPPING, json_text=True)
+    rw = SSETextRewriter("responses", restorer_factory, whole=lambda t, j: (escaped if j else plain).restore(t))
+    raw = responses_sse(["Mail <EMAIL", "_1> or <EMA", "IL_2> ok <EMA"], ['{"to": "<PHONE', '_1>"}'])
+    evs = [e for _, e in events_of(rewrite(rw, raw, size))]
+    want = "Mail ann@example.com or bob@example.org ok <EMA"
+    assert "".join(e["delta"] for e in evs if e["type"] == "response.output_text.delta") == want
+    done = next(i for i, e in enumerate(evs) if e["type"] == "response.output_text.done")
+    assert evs[done]["text"] == want and evs[done - 1] == {"type": "response.output_text.delta", "item_id": "msg_1",
+                                                          "output_index": 0, "content_index": 0, "delta": "<EMA"}
+    args = "".join(e["delta"] for e in evs if e["type"] == "response.function_call_arguments.delta")
+    assert json.loads(args) == {"to": '+1 "555" 0100'}
+    final = next(e for e in evs if e["type"] == "response.completed")["response"]["output"]
+    assert final[0]["content"][0]["text"] == want and json.loads(final[1]["arguments"]) == {"to": '+1 "555" 0100'}
+    assert "<EMAIL_1>" not in json.dumps(evs)
 
 
 def test_rewrite_response_texts_leaves_structure_and_thinking_alone() -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 import hmac
 import json
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 from aiohttp import web
 from sqlalchemy import select, text
@@ -16,15 +18,35 @@ from sqlalchemy import select, text
 from intelligence.events import Event, publish
 from intelligence.events.webhook import SIGNATURE_HEADER, WebhookDispatcher
 from intelligence.events.writer import EventWriter
-from intelligence.store.engine import make_engine
+from intelligence.store.engine import asyncpg_dsn, make_engine
+from tests.conftest import database_url
 from intelligence.store.migrate import upgrade_async
 
 
-@pytest.fixture
-async def engine(fresh_db_url):
-    url = await fresh_db_url()
+@pytest.fixture(scope="module")
+async def events_db_url(pg_server_url: str) -> AsyncIterator[str]:
+    """One migrated database for this module (migrating costs seconds); each test empties `events`."""
+    name = f"t_hook_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(asyncpg_dsn(pg_server_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = database_url(pg_server_url, name)
     await upgrade_async(url)
-    eng = make_engine(url)
+    yield url
+    admin = await asyncpg.connect(asyncpg_dsn(pg_server_url))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def engine(events_db_url: str):
+    eng = make_engine(events_db_url)
+    async with eng.begin() as conn:
+        await conn.execute(text("TRUNCATE events"))
     yield eng
     await eng.dispose()
 
