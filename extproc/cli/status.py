@@ -7,7 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from .stack import StackState, pid_alive
+from .stack import StackState, pid_alive, port_free
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     }
     if "ui" in state.ports:
         parts["dashboard"] = "ui" in state.pids and pid_alive(state.pids["ui"])
+    if "control" in state.ports:  # the intelligence process: background jobs + control API (optional part)
+        parts["intelligence"] = ("intelligence" in state.pids and pid_alive(state.pids["intelligence"])
+                                 and not port_free("127.0.0.1", state.ports["control"]))
     required = ("envoy", "sidecar", "database")
     ok = all(parts[p] for p in required)
     if args.json:
