@@ -329,6 +329,10 @@ async def test_admin_starts_an_experiment_from_a_candidate(intel: IntelDb, monke
     at = open_app(monkeypatch, intel, "experiments")
     at.button(key="exp_start").click()
     at.run()
+    assert await fetchval(intel, "SELECT status FROM enhancements WHERE id = $1",
+                          intel.enhancements["candidate"]) == "candidate"  # not before confirming
+    at.button(key="exp_start_confirm").click()
+    at.run()
     assert not at.exception, [e.message for e in at.exception]
     assert await fetchval(intel, "SELECT status FROM enhancements WHERE id = $1", intel.enhancements["candidate"]) == "testing"
     assert await fetchval(intel, "SELECT created_by FROM experiments WHERE enhancement_id = $1",

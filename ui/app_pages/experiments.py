@@ -124,12 +124,22 @@ else:
         with st.expander(f"Change proposed by candidate #{pick}"):
             st.code(json.dumps(spec, indent=2, ensure_ascii=False), language="json")
     if cols[3].button("Start experiment", key="exp_start", disabled=not is_admin):
-        try:
-            new_id = actions.start_experiment(who, pick, control_weight=float(weight), assign_by=assign)
-            st.session_state["exp_flash"] = f"Experiment #{new_id} started for candidate #{pick}."
+        st.session_state["exp_start_pending"] = pick
+    if st.session_state.get("exp_start_pending") == pick and pick is not None:
+        st.warning(f"Start an A/B test of candidate #{pick}? {1 - float(weight):.0%} of the pattern's "
+                   f"{'sessions' if assign == 'session' else 'clients'} get the change.")
+        c = st.columns(2)
+        if c[0].button("Confirm start", type="primary", key="exp_start_confirm"):
+            try:
+                new_id = actions.start_experiment(who, pick, control_weight=float(weight), assign_by=assign)
+                st.session_state.pop("exp_start_pending", None)
+                st.session_state["exp_flash"] = f"Experiment #{new_id} started for candidate #{pick}."
+                st.rerun()
+            except Exception as exc:  # noqa: BLE001
+                st.error(f"{type(exc).__name__}: {exc}")
+        if c[1].button("Cancel", key="exp_start_cancel"):
+            st.session_state.pop("exp_start_pending", None)
             st.rerun()
-        except Exception as exc:  # noqa: BLE001
-            st.error(f"{type(exc).__name__}: {exc}")
 
 # ------------------------------------------------------------------------------------- history
 st.subheader("Decided experiments")
