@@ -88,7 +88,7 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
     embeddings = os.environ.get("LLMPROXY_INJECTION_EMBEDDINGS") == "1"
     guard = Guard(policy, secrets=shared_secret_detector(), pii=await asyncio.to_thread(shared_pii_detector),
                   injection=default_injection_detector(with_embeddings=embeddings), audit=audit,
-                  quarantine=_quarantiner(engine), events=events)
+                  quarantine=_quarantiner(engine), events=events, verdicts=await _claude_gate(engine, policy, events, audit))
     enhancer, enhancements = await _enhancer(engine)
     ctx = Context(settings=settings, recorder=recorder, feedback=_feedback_sink(engine), keys=keys, meter=meter, guard=guard,
                   enhancer=enhancer)
@@ -103,6 +103,7 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         if enhancements is not None:
             await enhancements.stop()
         await policy.stop()
+        await guard.verdicts.aclose()  # background verdict records, then the Claude client (if one was built)
         webhook_stop.set()
         if webhook_task is not None:
             await webhook_task
@@ -142,6 +143,30 @@ async def _enhancer(engine):
                            budget_ms=budget_ms)
     await cache.start()
     return Enhancer(cache, lookup, flags), cache
+
+
+async def _claude_gate(engine, policy, events, audit):
+    """Claude for `claude_verdict` rules, from the same environment as the intelligence process.
+
+    The client (and the SDK import) is built only when a policy asks: now, when the policy at start-up
+    has such a rule; otherwise on the first request a reloaded policy holds (built off the event loop).
+    """
+    from intelligence.claude.settings import ClaudeSettings, IntelligenceFlags
+
+    from .claude_gate import ClaudeGate
+
+    try:
+        settings = ClaudeSettings.from_env()
+    except ValueError as exc:  # claude_verdict rules then apply their declared fail mode
+        log.warning("claude_verdict: Claude settings invalid (%s); such rules apply their on_timeout choice", exc)
+        settings = None
+    flags = IntelligenceFlags.from_env({k: v for k, v in os.environ.items() if k.startswith("ENABLE_")})
+    gate = ClaudeGate(settings, engine, events=events, audit=audit,
+                      enabled=flags.intelligence and flags.anomaly_detection)
+    if policy.snapshot.asks_claude:
+        log.info("claude_verdict rules present; Claude: %s", gate.unavailable or settings.summary())
+        await gate.warm()
+    return gate
 
 
 def _quarantiner(engine):

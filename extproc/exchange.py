@@ -272,6 +272,8 @@ class Exchange:
                 blocked = self._guard(doc, reply)
                 if isinstance(blocked, Immediate):
                     return blocked
+                if not isinstance(blocked, bool):  # a claude_verdict rule holds the request: awaits Claude
+                    return self._verdict_then_forward(blocked, doc, reply)
                 changed = blocked
             enhancer = self.ctx.enhancer
             if enhancer is not None and enhancer.wants(self.view.api, self.headers):
@@ -319,8 +321,9 @@ class Exchange:
             self.error = self.error or f"sidecar error in request_body: {type(exc).__name__}"
             return Reply()
 
-    def _guard(self, doc: dict, reply: Reply) -> Immediate | bool:
-        """Detectors + policy; returns the refusal, or whether the body was changed."""
+    def _guard(self, doc: dict, reply: Reply) -> Immediate | bool | Awaitable[Immediate | bool]:
+        """Detectors + policy; returns the refusal, or whether the body was changed (awaitable only when
+        a claude_verdict rule holds the request for Claude's verdict)."""
         g = self.ctx.guard.check_request(
             request_id=self.request_id, api=self.view.api, doc=doc, provider=self.provider, path=self.path,
             method=self.method, key=self.auth.key, client=self.key_fp, client_addr=self.client_addr,
@@ -332,6 +335,35 @@ class Exchange:
         if g.redacted:
             # The log must never hold what was redacted: store the client's request in redacted form.
             self.request_logged = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        if g.verdict is not None:
+            return self._guard_verdict(g, doc, reply)
+        return self._guard_forward(g, doc, reply)
+
+    async def _guard_verdict(self, g: Any, doc: dict, reply: Reply) -> Immediate | bool:
+        """Wait (bounded by the rule's timeout_ms) for Claude's verdict; refuse, or go on as usual."""
+        refusal = await g.verdict.resolve()
+        self.flags["claude_verdict"] = g.verdict.record()
+        if refusal is not None:
+            return self._answer(refusal)
+        return self._guard_forward(g, doc, reply)
+
+    async def _verdict_then_forward(self, pending: Awaitable[Immediate | bool], doc: dict, reply: Reply) -> Reply | Immediate:
+        try:
+            blocked = await pending
+            if isinstance(blocked, Immediate):
+                return blocked
+            enhancer = self.ctx.enhancer
+            if enhancer is not None and enhancer.wants(self.view.api, self.headers):
+                return await self._enhance_then_forward(doc, reply, blocked)
+            return self._forward_request(doc, reply, blocked)
+        except Exception as exc:  # the same containment handle() gives the synchronous path
+            self.ctx.stats["errors"] += 1
+            log.exception("request %s: request_body handling failed; passing through", self.request_id)
+            self.error = self.error or f"sidecar error in request_body: {type(exc).__name__}"
+            return Reply()
+
+    def _guard_forward(self, g: Any, doc: dict, reply: Reply) -> Immediate | bool:
+        """The guard's header changes and provider switch, once the request may go."""
         reply.set_headers.update(g.set_headers)
         reply.remove_headers.extend(g.strip_headers)
         if self.route == "unified":  # the policy may change the model, or route to another provider

@@ -64,6 +64,8 @@ class GuardOutcome:
     facts: RequestFacts | None = None  # what the response phase evaluates against
     snapshot: Any = None  # the policy snapshot the request was decided by (the response uses the same)
     redactions: Redactions | None = None  # placeholders to restore in the response
+    verdict: Any = None  # extproc.claude_gate.PendingVerdict: the request waits for Claude (claude_verdict)
+    verdict_note: dict[str, Any] | None = None  # a claude_verdict settled without waiting (monitor, fail mode)
 
     @property
     def changed_body(self) -> bool:
@@ -79,17 +81,22 @@ class GuardOutcome:
             doc["edits"] = self.edits
         if self.redacted:
             doc["redacted_strings"] = self.redacted
+        if self.verdict_note is not None:
+            doc["claude_verdict"] = self.verdict_note
         return doc
 
 
 class Guard:
     def __init__(self, policy: Any, *, secrets: Any, pii: Any, injection: Any, audit: Any = None,
-                 quarantine: Callable[[str, str, str], None] | None = None, events: EventSink | None = None):
+                 quarantine: Callable[[str, str, str], None] | None = None, events: EventSink | None = None,
+                 verdicts: Any = None):
         self.policy = policy  # .snapshot -> PolicySnapshot, .throttler -> Throttler
         self.secrets, self.pii, self.injection = secrets, pii, injection
         self.audit = audit  # AuditWriter (submit never blocks) or None
         self.quarantine = quarantine  # (key_id, reason, rule) -> schedules the quarantine off the hot path
         self.events = events  # EventWriter (submit never blocks) or None
+        # extproc.claude_gate.ClaudeGate for `claude_verdict` rules; None: no Claude, their fail mode applies
+        self.verdicts = verdicts
 
     def check_request(self, *, request_id: str, api: str | None, doc: dict, provider: str | None, path: str, method: str,
                       key: Any, client: str | None, client_addr: str | None, size: int, headers: Mapping[str, str],
@@ -137,10 +144,40 @@ class Guard:
 
             out.redacted = rewrite_texts(doc, redact)
             out.redactions = state
+        if decision.claude_verdict is not None or decision.claude_verdict_monitor is not None:
+            # after redaction (Claude sees what would be forwarded), before the policy's own edits
+            refusal = self._claude_verdict(out, decision, request_id, api, doc, provider, key, client)
+            if refusal is not None:
+                out.immediate = refusal
+                return out
         out.edits = apply_request(decision, api or "", doc, provider=provider)
         out.set_headers = dict(decision.set_headers)
         out.strip_headers = list(decision.strip_headers)
         return out
+
+    def _claude_verdict(self, out: GuardOutcome, decision: RequestDecision, request_id: str, api: str | None,
+                        doc: dict, provider: str | None, key: Any, client: str | None) -> Immediate | None:
+        """A `claude_verdict` rule fired: hold the request (enforce), ask in the background (monitor), or,
+        when Claude cannot be asked at all, apply the rule's declared fail mode at once (no wait)."""
+        from .claude_gate import ClaudeGate, PendingVerdict, VerdictQuery
+
+        gate = self.verdicts
+        if gate is None:
+            gate = self.verdicts = ClaudeGate(None, events=self.events, audit=self.audit)
+        query = VerdictQuery(request_id=request_id, key_id=getattr(key, "id", None), client=client, api=api,
+                             model=doc.get("model"), provider=provider, detections=out.detections,
+                             texts=tuple(segments(api, doc)))
+        ask = decision.claude_verdict
+        if ask is None:
+            out.verdict_note = gate.watch(query, decision.claude_verdict_monitor)
+            return None
+        settled = gate.decide_now(ask)
+        if settled is None:
+            out.verdict = PendingVerdict(gate, query, ask, api)
+            return None
+        out.verdict_note = settled.record()
+        block = gate.conclude(query, settled)
+        return block.immediate(api) if block is not None else None
 
     # ------------------------------------------------------------------ response
     def screen_response(self, outcome: GuardOutcome | None, *, request_id: str, key: Any, api: str | None,

@@ -15,10 +15,15 @@ REDACT_CATEGORIES = ("pii", "secrets")
 ACTION_KEYS = ("allow", "block", "redact", "mask", "require_headers", "strip_headers", "set_headers",
                "cap_max_tokens", "allow_models", "route", "tag", "alert", "throttle", "quarantine_key",
                "prepend_system", "append_system", "prepend_user", "append_user", "set_fields", "default_fields",
-               "remove_fields", "strip_response_fields", "rewrite_response_fields")
+               "remove_fields", "strip_response_fields", "rewrite_response_fields", "claude_verdict")
 RESPONSE_ACTIONS = frozenset({"block", "redact", "mask", "tag", "alert", "quarantine_key", "strip_response_fields",
                               "rewrite_response_fields"})
 _KIND = re.compile(r"[A-Za-z0-9_*?\[\]!-]+")
+# claude_verdict.timeout_ms bounds: the upper one leaves room under Envoy's ext_proc message_timeout
+# (10 s in envoy.yaml), past which Envoy itself would fail the request.
+VERDICT_TIMEOUT_MS = (100, 8000)
+VERDICT_DEFAULT_TIMEOUT_MS = 1500
+VERDICT_DEFAULT_CONFIDENCE = 0.8
 
 
 def parse_actions(r: Reader, node: Node, path: str, phase: Phase, qualified: str, description: str) -> Actions | None:
@@ -38,6 +43,9 @@ def parse_actions(r: Reader, node: Node, path: str, phase: Phase, qualified: str
         _action(r, key, value, field, phase, qualified, description, a)
     if "allow" in spec and "block" in spec:
         r.error(spec["block"], f"{path}.block", "a rule cannot both allow and block")
+    if "claude_verdict" in spec and "block" in spec:
+        r.error(spec["claude_verdict"], f"{path}.claude_verdict",
+                "a rule that blocks outright has no use for a verdict: drop `block` (the verdict blocks) or this")
     if len(r.issues) > before:
         return None
     a["redactions"] = tuple(a.get("redactions", ()))
@@ -88,6 +96,8 @@ def _action(r: Reader, key: str, node: Node, field: str, phase: Phase, qualified
         a["throttle"] = _throttle(r, node, field)
     elif key == "quarantine_key":
         a["quarantine"] = _quarantine(r, node, field, qualified, description)
+    elif key == "claude_verdict":
+        a["claude_verdict"] = _claude_verdict(r, node, field)
     elif key in ("prepend_system", "append_system", "prepend_user", "append_user"):
         text = r.string(node, field)
         if text is not None:
@@ -256,3 +266,28 @@ def _quarantine(r: Reader, node: Node, field: str, qualified: str, description: 
     if spec is None:
         return None
     return r.string(spec["reason"], f"{field}.reason") if "reason" in spec else default
+
+
+def _claude_verdict(r: Reader, node: Node, field: str) -> tuple[int, str, str, float] | None:
+    """``{timeout_ms, on_timeout, block_at, min_confidence}``; ``on_timeout`` has no default: whether
+    the gateway fails open or closed when Claude does not answer in time is the operator's call."""
+    spec = r.mapping(node, field, ("timeout_ms", "on_timeout", "block_at", "min_confidence"))
+    if spec is None:
+        return None
+    if "on_timeout" not in spec:
+        r.error(node, f"{field}.on_timeout",
+                "missing: declare what happens without a verdict in time: allow (fail-open) or block (fail-closed)")
+        return None
+    lo, hi = VERDICT_TIMEOUT_MS
+    timeout = r.integer(spec["timeout_ms"], f"{field}.timeout_ms", lo=lo, hi=hi) if "timeout_ms" in spec else VERDICT_DEFAULT_TIMEOUT_MS
+    on_timeout = r.enum(spec["on_timeout"], f"{field}.on_timeout", ("allow", "block"))
+    block_at = r.enum(spec["block_at"], f"{field}.block_at", ("malicious", "suspicious")) if "block_at" in spec else "malicious"
+    confidence: float | None = VERDICT_DEFAULT_CONFIDENCE
+    if "min_confidence" in spec:
+        confidence = r.number(spec["min_confidence"], f"{field}.min_confidence")
+        if confidence is not None and not 0.0 <= confidence <= 1.0:
+            r.error(spec["min_confidence"], f"{field}.min_confidence", f"{confidence:g} is out of range: must be in [0, 1]")
+            confidence = None
+    if timeout is None or on_timeout is None or block_at is None or confidence is None:
+        return None
+    return timeout, on_timeout, block_at, confidence

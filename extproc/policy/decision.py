@@ -16,6 +16,9 @@ from extproc.wire import Immediate
 
 RedactMode = Literal["placeholder", "mask"]
 Direction = Literal["request", "response"]
+FailMode = Literal["allow", "block"]  # what a claude_verdict rule does when no verdict arrives in time
+VerdictLevel = Literal["malicious", "suspicious"]
+VERDICT_RANK = {"benign": 0, "suspicious": 1, "malicious": 2}
 
 
 class Mode(str, enum.Enum):
@@ -184,6 +187,26 @@ class Quarantine:
 
 
 @dataclass(frozen=True, slots=True)
+class VerdictAsk:
+    """A rule's ``claude_verdict``: hold the request for Claude's verdict (enforce) or ask in the
+    background and only record (monitor). See extproc/claude_gate.py and docs/policy.md."""
+
+    timeout_ms: int
+    on_timeout: FailMode  # allow: fail-open; block: fail-closed
+    block_at: VerdictLevel
+    min_confidence: float
+    rule: str  # qualified id of the rule that asks
+    mode: Mode
+
+    def blocks(self, verdict: str, confidence: float) -> bool:
+        return VERDICT_RANK.get(verdict, 0) >= VERDICT_RANK[self.block_at] and confidence >= self.min_confidence
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "mode": self.mode.value, "timeout_ms": self.timeout_ms, "on_timeout": self.on_timeout,
+                "block_at": self.block_at, "min_confidence": self.min_confidence}
+
+
+@dataclass(frozen=True, slots=True)
 class RequestDecision:
     model: str | None = None  # the model to send upstream (after alias and route); None: unknown
     model_changed_from: str | None = None  # the client's model when alias or route changed it
@@ -204,6 +227,8 @@ class RequestDecision:
     quarantine: Quarantine | None = None
     fired: tuple[FiredRule, ...] = ()
     policy_version: str = ""
+    claude_verdict: VerdictAsk | None = None  # an enforcing rule holds the request for Claude's verdict
+    claude_verdict_monitor: VerdictAsk | None = None  # a monitor rule would have: asked in the background
 
     @property
     def blocked(self) -> bool:
@@ -238,6 +263,9 @@ class RequestDecision:
             doc["alerts"] = [a.to_dict() for a in self.alerts]
         if self.quarantine is not None:
             doc["quarantine"] = {"reason": self.quarantine.reason, "rule": self.quarantine.rule}
+        ask = self.claude_verdict or self.claude_verdict_monitor
+        if ask is not None:
+            doc["claude_verdict"] = ask.to_dict()
         return doc
 
 

@@ -27,6 +27,7 @@ from .decision import (
     RedactSelector,
     Route,
     Throttle,
+    VerdictAsk,
 )
 from .facts import Detections, RequestFacts, ResponseFacts
 
@@ -213,6 +214,8 @@ class Actions:
     prompts: tuple[tuple[Literal["prepend", "append"], Literal["system", "user"], str], ...] = ()
     field_edits: tuple[tuple[Literal["set", "default", "remove"], str, Any], ...] = ()
     response_edits: tuple[tuple[Literal["set", "default", "remove"], str, Any], ...] = ()
+    # claude_verdict: timeout_ms, on_timeout (allow | block), block_at (malicious | suspicious), min_confidence
+    claude_verdict: tuple[int, Literal["allow", "block"], Literal["malicious", "suspicious"], float] | None = None
     written: Mapping[str, Any] = field(default_factory=dict)  # as written, for `policy show`
 
 
@@ -234,6 +237,8 @@ class Effects:
     prompts: tuple[PromptEdit, ...]
     field_edits: tuple[FieldEdit, ...]
     response_edits: tuple[FieldEdit, ...]
+    verdict_enforce: VerdictAsk | None = None
+    verdict_monitor: VerdictAsk | None = None
 
     @classmethod
     def of(cls, rule_id: str, policy: str, phase: Phase, a: Actions) -> "Effects":
@@ -247,6 +252,9 @@ class Effects:
         def throttle(mode: Mode) -> Throttle | None:
             return Throttle(a.throttle[0], a.throttle[1], a.throttle[2], q, mode) if a.throttle is not None else None
 
+        def verdict(mode: Mode) -> VerdictAsk | None:
+            return VerdictAsk(*a.claude_verdict, rule=q, mode=mode) if a.claude_verdict is not None else None
+
         return cls(
             fired_enforce=FiredRule(rule_id, policy, Mode.ENFORCE, a.names),
             fired_monitor=FiredRule(rule_id, policy, Mode.MONITOR, a.names),
@@ -259,6 +267,7 @@ class Effects:
             prompts=tuple(PromptEdit(pos, role, text, q) for pos, role, text in a.prompts),
             field_edits=tuple(FieldEdit(op, ptr, value, q) for op, ptr, value in a.field_edits),
             response_edits=tuple(FieldEdit(op, ptr, value, q) for op, ptr, value in a.response_edits),
+            verdict_enforce=verdict(Mode.ENFORCE), verdict_monitor=verdict(Mode.MONITOR),
         )
 
 

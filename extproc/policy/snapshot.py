@@ -12,7 +12,8 @@ Evaluation order and conflict resolution (docs/policy.md has the full table):
 * redactions union (``mask`` beats ``redact`` for the same kind), the smallest ``cap_max_tokens``
   wins, the first ``route`` wins, the first rule to set a header / a field wins, removals union,
   prompt decorators apply in rule order, tags and alerts accumulate, every throttle applies, the
-  first ``quarantine_key`` is kept.
+  first ``quarantine_key`` is kept, the first ``claude_verdict`` is the one asked (a monitor rule's
+  only when no enforcing rule asks; none when the request is blocked).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .decision import (
     ResponseDecision,
     Route,
     Throttle,
+    VerdictAsk,
 )
 from .facts import RequestFacts, ResponseFacts
 from .parse import PolicyDocument
@@ -59,6 +61,7 @@ class PolicySnapshot:
     version: str  # short hash of every source: names the snapshot in records
     loaded_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     detectors: frozenset[str] = frozenset()  # pii | secrets | injection | flags: what the exchange must run
+    asks_claude: bool = False  # some live rule has claude_verdict: the sidecar may need its Claude client
     _plain: dict[str | None, RequestDecision] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------------------ build
@@ -79,7 +82,8 @@ class PolicySnapshot:
         return cls(documents=docs, request_rules=tuple(r for r in live if r.phase is Phase.REQUEST),
                    response_rules=tuple(r for r in live if r.phase is Phase.RESPONSE),
                    disabled=tuple(t[3] for t in ordered if t[3].mode is Mode.OFF),
-                   aliases=MappingProxyType(aliases), version=digest, detectors=_detectors(live))
+                   aliases=MappingProxyType(aliases), version=digest, detectors=_detectors(live),
+                   asks_claude=any(r.actions.claude_verdict is not None for r in live if r.phase is Phase.REQUEST))
 
     @classmethod
     def empty(cls) -> "PolicySnapshot":
@@ -106,6 +110,9 @@ class PolicySnapshot:
                 if fx.throttle_monitor is not None:
                     acc = acc or _RequestAcc()
                     acc.throttles.append(fx.throttle_monitor)
+                if fx.verdict_monitor is not None:
+                    acc = acc or _RequestAcc()
+                    acc.verdict_monitor = acc.verdict_monitor or fx.verdict_monitor
                 continue
             acc = acc or _RequestAcc()
             if refusal is not None:
@@ -229,7 +236,8 @@ class _RequestAcc:
     """Accumulates the effects of enforcing rules; only built when some rule enforces."""
 
     __slots__ = ("redact", "response_redact", "cap", "prompts", "fields", "response_fields", "set_headers",
-                 "strip_headers", "tags", "alerts", "throttles", "quarantine", "route", "_set_pointers")
+                 "strip_headers", "tags", "alerts", "throttles", "quarantine", "route", "_set_pointers", "verdict",
+                 "verdict_monitor")
 
     def __init__(self) -> None:
         self.redact: list[RedactSelector] = []
@@ -246,6 +254,8 @@ class _RequestAcc:
         self.quarantine: Quarantine | None = None
         self.route: Route | None = None
         self._set_pointers: set[tuple[bool, str]] | None = None
+        self.verdict: VerdictAsk | None = None
+        self.verdict_monitor: VerdictAsk | None = None
 
     def side_effects(self, rule: Rule) -> None:
         """What a rule records even when it blocks: tags, alert, quarantine."""
@@ -280,6 +290,8 @@ class _RequestAcc:
             self.strip_headers[name] = None
         if fx.throttle_enforce is not None:
             self.throttles.append(fx.throttle_enforce)
+        if fx.verdict_enforce is not None and self.verdict is None:  # one question per request: the first rule's
+            self.verdict = fx.verdict_enforce
 
     def _edit(self, into: list[FieldEdit], e: FieldEdit, response: bool) -> None:
         if e.op != "remove":  # the first rule to set a pointer wins; removals union
@@ -309,4 +321,5 @@ class _RequestAcc:
             response_edits=tuple(self.response_fields), set_headers=tuple(self.set_headers.items()),
             strip_headers=tuple(self.strip_headers), tags=tags, alerts=tuple(self.alerts),
             throttles=tuple(self.throttles), quarantine=self.quarantine, fired=fired, policy_version=version,
+            claude_verdict=self.verdict, claude_verdict_monitor=None if self.verdict is not None else self.verdict_monitor,
         )
