@@ -100,7 +100,9 @@ def security_findings(flags: dict[str, Any], cfg: DetectorConfig) -> list[Findin
     blocked = "block" in policy
     score = detections.get("injection_score")
     low, high = cfg.injection_band
-    if isinstance(score, (int, float)) and low <= float(score) < high:
+    # a Claude verdict taken inline (policy action claude_verdict) already settled the uncertainty
+    judged_inline = isinstance(flags.get("claude_verdict"), dict) and flags["claude_verdict"].get("verdict") is not None
+    if isinstance(score, (int, float)) and low <= float(score) < high and not judged_inline:
         out.append(Finding(INJECTION_UNCERTAIN, float(score), {
             "injection_score": float(score), "injection_layer": detections.get("injection_layer"),
             "normaliser_flags": detections.get("flags") or [], "band": [low, high], "blocked": blocked,

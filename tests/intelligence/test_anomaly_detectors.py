@@ -56,6 +56,11 @@ def test_injection_score_in_band_is_suspicious_outside_is_not() -> None:
     assert security_findings({"detections": {"injection_score": 0.1}}, cfg) == []
     assert security_findings({"detections": {"injection_score": 0.97}}, cfg) == []
     assert security_findings({}, cfg) == []
+    # Claude already judged it inline (policy claude_verdict): not asked twice
+    inline = {"detections": {"injection_score": 0.45}, "claude_verdict": {"verdict": "benign", "confidence": 0.9}}
+    assert security_findings(inline, cfg) == []
+    unanswered = {"detections": {"injection_score": 0.45}, "claude_verdict": {"verdict": None, "outcome": "timeout"}}
+    assert len(security_findings(unanswered, cfg)) == 1
 
 
 def test_monitor_rule_is_suspicious_enforced_rule_is_not() -> None:
