@@ -460,6 +460,57 @@ def experiment_history(experiment_id: int | None = None) -> pd.DataFrame:
     return _experiment_history(data.database_url(), experiment_id, revision(), _tick(5))
 
 
+@dataclass
+class Effectiveness:
+    """One enhancement's effectiveness (intelligence/enhance/effectiveness.py) shaped for the page."""
+
+    doc: dict[str, Any]  # the whole result, as returned
+    series: pd.DataFrame  # one row per arm and bucket: bucket (UTC), arm, n, successes, rate, ci_low, ci_high, means
+    arms: pd.DataFrame  # one row per arm: totals
+    deltas: pd.DataFrame  # one row per comparison and metric: baseline, treatment, change, relative
+
+
+SERIES_COLUMNS = ["bucket", "arm", "n", "pending", "successes", "rate", "ci_low", "ci_high", "errors", "mean_tokens",
+                  "mean_cost_usd", "mean_latency_ms", "p50_latency_ms"]
+EFFECT_ARM_COLUMNS = ["arm", "n", "pending", "successes", "success rate", "CI low", "CI high", "mean tokens",
+                      "mean cost (USD)", "mean latency (ms)", "p50 latency (ms)"]
+DELTA_COLUMNS = ["comparison", "metric", "baseline", "treatment", "change", "relative"]
+DELTA_METRICS = (("success_rate", "success rate"), ("error_rate", "error rate"), ("tokens", "tokens (mean)"),
+                 ("cost_usd", "cost USD (mean)"), ("latency_ms", "latency ms (mean)"),
+                 ("p50_latency_ms", "latency ms (p50)"))
+
+
+def effectiveness_frames(doc: dict[str, Any]) -> Effectiveness:
+    series = pd.DataFrame(doc.get("series") or [], columns=SERIES_COLUMNS)
+    series["bucket"] = pd.to_datetime(series["bucket"], utc=True)
+    arms = pd.DataFrame([[name, a["n"], a["pending"], a["successes"], a["rate"], a["ci_low"], a["ci_high"],
+                          a["mean_tokens"], a["mean_cost_usd"], a["mean_latency_ms"], a["p50_latency_ms"]]
+                         for name, a in (doc.get("arms") or {}).items()], columns=EFFECT_ARM_COLUMNS)
+    rows = []
+    for d in (doc.get("deltas") or {}).values():
+        if not d:
+            continue
+        for key, label in DELTA_METRICS:
+            change = d.get(key)
+            if change:  # None: not measurable (an arm unpriced, no latency ...)
+                rows.append([f"{d['treatment']} vs {d['baseline']}", label, change["baseline"], change["treatment"],
+                             change["absolute"], change["relative"]])
+    return Effectiveness(doc=doc, series=series, arms=arms, deltas=pd.DataFrame(rows, columns=DELTA_COLUMNS))
+
+
+@st.cache_data(ttl=30, max_entries=16, show_spinner=False)
+def _effectiveness(url: str, enhancement_id: int, bucket: str, rev: int, tick: int) -> Effectiveness:
+    from intelligence.enhance.effectiveness import enhancement_effectiveness
+
+    return effectiveness_frames(data._run(lambda conn: enhancement_effectiveness(conn, enhancement_id, bucket=bucket)))
+
+
+def effectiveness(enhancement_id: int, bucket: str = "day") -> Effectiveness:
+    """Success rate by arm over time with Wilson intervals, and the deltas against control (30 s cache:
+    one aggregate over the enhancement's exposures)."""
+    return _effectiveness(data.database_url(), int(enhancement_id), bucket, revision(), _tick(30))
+
+
 # ---------------------------------------------------------------------------------------------
 # Claude: mode, flags and the intelligence's own spend
 

@@ -20,6 +20,7 @@ One SQL statement per experiment, grouped by arm, model, API and day (the price 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,24 +34,32 @@ from .stats import ArmOutcome
 FAILING_SIGNAL_KINDS = ("status", "finish", "tool_args", "retry")
 NEGATIVE_SCORE = 0.5
 DEFAULT_PENDING_GRACE_S = 600.0
+_FAILING_KINDS_SQL = ", ".join(f"'{k}'" for k in FAILING_SIGNAL_KINDS)
 
-_OUTCOMES_SQL = text("""
-WITH x AS (
+
+def exposures_sql(where: str, *, extra_columns: str = "") -> str:
+    """One row per exposure matching ``where`` (a condition on ``exchanges e``) with the pieces of the
+    success definition above: ``processed``, ``recent`` (still in the grace period), ``failed`` and
+    ``negative``; binds ``:grace`` and ``:negative``. Shared by every view of experiment outcomes so
+    "success" means one thing (intelligence/enhance/effectiveness.py uses it too)."""
+    return f"""
     SELECT e.flags -> 'enhancement' ->> 'arm' AS arm, e.model, e.api, (e.started_at AT TIME ZONE 'UTC')::date AS day,
            e.status, e.error, e.total_tokens, e.input_tokens, e.output_tokens, e.cached_tokens, e.reasoning_tokens,
-           e.latency_ms,
+           e.latency_ms,{extra_columns}
            m.request_id IS NOT NULL AS processed,
            e.started_at > now() - make_interval(secs => :grace) AS recent,
            EXISTS (SELECT 1 FROM outcome_signals s
                    WHERE s.request_id = e.request_id AND NOT s.ok
-                     AND s.kind IN ('status', 'finish', 'tool_args', 'retry')) AS failed,
+                     AND s.kind IN ({_FAILING_KINDS_SQL})) AS failed,
            EXISTS (SELECT 1 FROM feedback f
                    WHERE f.request_id = e.request_id AND (f.thumbs = 'down' OR f.score < :negative)) AS negative
     FROM exchanges e
     LEFT JOIN exchange_embeddings m ON m.request_id = e.request_id
-    WHERE e.flags ? 'enhancement' AND (e.flags -> 'enhancement' ->> 'experiment')::bigint = :experiment
-)
-SELECT arm, model, api, day,
+    WHERE {where}"""
+
+
+# per group of exposures (rows of exposures_sql): the counts and sums ArmTotals.add reads
+EXPOSURE_AGGREGATES = """
        count(*) FILTER (WHERE NOT (recent AND NOT processed)) AS n,
        count(*) FILTER (WHERE recent AND NOT processed) AS pending,
        count(*) FILTER (WHERE processed AND NOT failed AND NOT negative) AS successes,
@@ -58,14 +67,23 @@ SELECT arm, model, api, day,
        count(total_tokens) AS token_rows, coalesce(sum(total_tokens), 0) AS total_tokens,
        coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens,
        coalesce(sum(cached_tokens), 0) AS cached_tokens, coalesce(sum(reasoning_tokens), 0) AS reasoning_tokens,
-       count(latency_ms) AS latency_rows, coalesce(sum(latency_ms), 0) AS latency_sum
+       count(latency_ms) AS latency_rows, coalesce(sum(latency_ms), 0) AS latency_sum"""
+
+_ONE_EXPERIMENT = "e.flags ? 'enhancement' AND (e.flags -> 'enhancement' ->> 'experiment')::bigint = :experiment"
+_OUTCOMES_SQL = text(f"""
+WITH x AS ({exposures_sql(_ONE_EXPERIMENT)}
+)
+SELECT arm, model, api, day,{EXPOSURE_AGGREGATES}
 FROM x
 GROUP BY arm, model, api, day
 """)
 
 
 @dataclass
-class _Acc:
+class ArmTotals:
+    """Running totals of one arm (or one arm in one time bucket) over rows of EXPOSURE_AGGREGATES
+    grouped by at least model, API and day, so each group can be priced."""
+
     n: int = 0
     pending: int = 0
     successes: int = 0
@@ -77,6 +95,26 @@ class _Acc:
     priced: bool = True
     latency_rows: int = 0
     latency_sum: float = 0.0
+
+    def add(self, r: Mapping[str, Any], prices: PriceTable) -> None:
+        """Add one aggregate row (arm, model, API and day at least) and price it."""
+        self.n += r["n"]
+        self.pending += r["pending"]
+        self.successes += r["successes"]
+        self.errors += r["errors"]
+        self.token_rows += r["token_rows"]
+        self.tokens += int(r["total_tokens"])
+        self.latency_rows += r["latency_rows"]
+        self.latency_sum += float(r["latency_sum"])
+        # cost does not depend on the worker: it is averaged over every exposure, pending ones too
+        self.cost_rows += r["n"] + r["pending"]
+        cost = prices.cost(r["model"], r["api"], input_tokens=int(r["input_tokens"]), output_tokens=int(r["output_tokens"]),
+                           cached_tokens=int(r["cached_tokens"]), reasoning_tokens=int(r["reasoning_tokens"]),
+                           on=r["day"])
+        if cost is None:
+            self.priced = False
+        else:
+            self.cost += cost
 
     def outcome(self) -> ArmOutcome:
         return ArmOutcome(
@@ -99,27 +137,10 @@ async def experiment_outcomes(conn: AsyncConnection, experiment_id: int, *, pric
     prices = prices or load_prices()
     rows = (await conn.execute(_OUTCOMES_SQL, {"experiment": experiment_id, "grace": float(pending_grace_s),
                                                "negative": NEGATIVE_SCORE})).mappings().all()
-    acc: dict[str, _Acc] = {}
+    acc: dict[str, ArmTotals] = {}
     for r in rows:
-        a = acc.setdefault(r["arm"] or "", _Acc())
-        a.n += r["n"]
-        a.pending += r["pending"]
-        a.successes += r["successes"]
-        a.errors += r["errors"]
-        a.token_rows += r["token_rows"]
-        a.tokens += int(r["total_tokens"])
-        a.latency_rows += r["latency_rows"]
-        a.latency_sum += float(r["latency_sum"])
-        # cost does not depend on the worker: it is averaged over every exposure, pending ones too
-        a.cost_rows += r["n"] + r["pending"]
-        cost = prices.cost(r["model"], r["api"], input_tokens=int(r["input_tokens"]), output_tokens=int(r["output_tokens"]),
-                           cached_tokens=int(r["cached_tokens"]), reasoning_tokens=int(r["reasoning_tokens"]),
-                           on=r["day"])
-        if cost is None:
-            a.priced = False
-        else:
-            a.cost += cost
-    empty = _Acc()
+        acc.setdefault(r["arm"] or "", ArmTotals()).add(r, prices)
+    empty = ArmTotals()
     return ExperimentOutcomes(
         control=acc.get("control", empty).outcome(), variant=acc.get("variant", empty).outcome(),
         pending={arm: a.pending for arm, a in acc.items() if a.pending},
@@ -130,4 +151,5 @@ def outcomes_dict(o: ExperimentOutcomes) -> dict[str, Any]:
     return {"pending": dict(o.pending), "other_arms": {k: v.n for k, v in o.other.items()}}
 
 
-__all__ = ["ExperimentOutcomes", "FAILING_SIGNAL_KINDS", "experiment_outcomes", "outcomes_dict"]
+__all__ = ["ArmTotals", "EXPOSURE_AGGREGATES", "ExperimentOutcomes", "FAILING_SIGNAL_KINDS", "experiment_outcomes",
+           "exposures_sql", "outcomes_dict"]

@@ -392,3 +392,65 @@ def test_the_standalone_launcher_refuses_a_public_address_without_secret_key() -
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "refusing to start the dashboard on 0.0.0.0" in done.stderr
+
+
+async def test_experiments_page_charts_effectiveness_by_arm_over_days_with_deltas(pg_server_url: str,
+                                                                                 monkeypatch) -> None:
+    """Its own database: the exposures added here must not move the other pages' 24-hour figures."""
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    import pandas as pd
+    import pyarrow as pa
+
+    from intelligence.store.engine import make_engine
+    from tests.intelligence.test_enhance_support import Ex, write
+
+    db = await create_intel_db(pg_server_url)
+    try:
+        enh, exp = db.enhancements["pausable"], db.experiments["pausable"]
+        midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        days = [midnight - timedelta(days=3), midnight - timedelta(days=2)]
+        items = []
+        for day, c_ok, v_ok in zip(days, (5, 6), (8, 9)):
+            items += [Ex(None, ok=i < c_ok, experiment=exp, enhancement=enh, arm="control", latency_ms=500.0,
+                         total_tokens=100, at=day + timedelta(hours=10, minutes=i)) for i in range(10)]
+            items += [Ex(None, ok=i < v_ok, experiment=exp, enhancement=enh, arm="variant", latency_ms=400.0,
+                         total_tokens=150, input_tokens=120, output_tokens=30, at=day + timedelta(hours=11, minutes=i))
+                      for i in range(10)]
+        engine = make_engine(db.url)
+        try:
+            async with engine.begin() as conn:
+                await write(conn, items)
+        finally:
+            await engine.dispose()
+
+        at = open_app(monkeypatch, db, "experiments")
+        at.selectbox(key="exp_eff_pick").set_value(enh)
+        at.run()
+        assert not at.exception, [e.message for e in at.exception]
+        arms = next(d.value for d in at.dataframe if {"arm", "mean tokens", "p50 latency (ms)"} <= set(d.value.columns))
+        arms = arms.set_index("arm")
+        assert (arms.loc["control", "n"], arms.loc["control", "successes"]) == (20, 11)
+        assert (arms.loc["variant", "n"], arms.loc["variant", "successes"]) == (20, 17)
+        deltas = next(d.value for d in at.dataframe if {"comparison", "metric", "change"} <= set(d.value.columns))
+        deltas = deltas.set_index("metric")
+        assert set(deltas["comparison"]) == {"variant vs control"}
+        assert deltas.loc["success rate", "change"] == pytest.approx(17 / 20 - 11 / 20)
+        assert (deltas.loc["tokens (mean)", "baseline"], deltas.loc["tokens (mean)", "treatment"]) == (100, 150)
+        assert deltas.loc["tokens (mean)", "relative"] == pytest.approx(0.5)
+        assert deltas.loc["latency ms (mean)", "change"] == pytest.approx(-100.0)
+        assert deltas.loc["cost USD (mean)", "change"] > 0  # gpt-4o-mini is priced; the variant uses more tokens
+
+        charts = at.get("vega_lite_chart")
+        assert len(charts) == 1
+        spec = json.loads(charts[0].proto.spec)
+        assert {"ci_low", "ci_high", "rate"} <= set(json.dumps(spec).replace('"', " ").split())
+        tables = [pa.ipc.open_stream(d.data.data).read_all().to_pandas() for d in charts[0].proto.datasets]
+        points = next(t for t in tables if "rate" in t.columns)
+        got = {(r.arm, pd.Timestamp(r.bucket).date()): (r.n, r.successes) for r in points.itertuples()}
+        assert got == {("control", days[0].date()): (10, 5), ("control", days[1].date()): (10, 6),
+                       ("variant", days[0].date()): (10, 8), ("variant", days[1].date()): (10, 9)}
+    finally:
+        await drop_db(pg_server_url, db.url)
+

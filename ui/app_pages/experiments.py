@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -32,6 +33,23 @@ def _pct(v: float | None) -> str:
 
 def _effect(v: float | None) -> str:
     return "–" if v is None else f"{v * 100:+.1f} pp"
+
+
+def effectiveness_chart(series: pd.DataFrame, bucket: str) -> alt.LayerChart:
+    """Success rate per arm over time: a line with points, on a band from the Wilson interval."""
+    shown = series[series["n"] > 0]  # a bucket with only pending exposures has no rate yet
+    x = alt.X("bucket:T", title=None, timeUnit="utcyearmonthdatehours" if bucket == "hour" else "utcyearmonthdate")
+    color = alt.Color("arm:N", title="arm", scale=alt.Scale(domain=["control", "variant", "active"]),
+                      legend=alt.Legend(orient="bottom"))
+    base = alt.Chart(shown).encode(x=x, color=color)
+    band = base.mark_area(opacity=0.18).encode(y=alt.Y("ci_low:Q", title="success rate", axis=alt.Axis(format="%"),
+                                                       scale=alt.Scale(domain=[0, 1])), y2="ci_high:Q")
+    line = base.mark_line(point=True).encode(
+        y="rate:Q", tooltip=[alt.Tooltip("arm:N"), alt.Tooltip("bucket:T", title="from", format="%Y-%m-%d %H:%M"),
+                             alt.Tooltip("n:Q"), alt.Tooltip("successes:Q"), alt.Tooltip("rate:Q", format=".1%"),
+                             alt.Tooltip("ci_low:Q", title="CI low", format=".1%"),
+                             alt.Tooltip("ci_high:Q", title="CI high", format=".1%")])
+    return alt.layer(band, line).properties(height=260)
 
 
 flash = st.session_state.pop("exp_flash", None)
@@ -151,6 +169,36 @@ if decided:
         column_config={"effect": st.column_config.NumberColumn(format="percent")})
 else:
     st.caption("None yet.")
+# ------------------------------------------------------------------------------- effectiveness
+st.subheader("Effectiveness")
+tested = {}  # enhancement id -> its newest experiment (runs are newest first)
+for e in runs:
+    tested.setdefault(e.enhancement_id, e)
+if not tested:
+    st.caption("No enhancement has been tested yet.")
+else:
+    cols = st.columns([3, 1])
+    enh_id = cols[0].selectbox(
+        "Enhancement", list(tested), key="exp_eff_pick",
+        format_func=lambda i: f"#{i} {tested[i].kind} · experiment #{tested[i].id} ({tested[i].status})")
+    bucket = cols[1].radio("Per", ["day", "hour"], horizontal=True, key="exp_eff_bucket")
+    eff = intel.effectiveness(enh_id, bucket)
+    if eff.series.empty:
+        st.caption("No exposures recorded for this enhancement yet.")
+    else:
+        st.altair_chart(effectiveness_chart(eff.series, bucket), width="stretch")
+        st.caption(f"Success rate by arm with {int((1 - eff.doc['alpha']) * 100)}% Wilson intervals (bands). "
+                   "Control and variant come from the experiment; active is the traffic after promotion"
+                   + (f" (from {eff.doc['active_from'][:16].replace('T', ' ')} UTC)." if eff.doc["active_from"] else "."))
+        st.dataframe(eff.arms, hide_index=True, width="stretch", key="exp_eff_arms",
+                     column_config={c: st.column_config.NumberColumn(format="percent")
+                                    for c in ("success rate", "CI low", "CI high")})
+        if eff.deltas.empty:
+            st.caption("No deltas yet: control and variant both need finished exposures.")
+        else:
+            st.dataframe(eff.deltas, hide_index=True, width="stretch", key="exp_eff_deltas",
+                         column_config={"relative": st.column_config.NumberColumn(format="percent")})
+
 st.subheader("History")
 history = intel.experiment_history()
 if history.empty:
