@@ -33,7 +33,9 @@ async def run(args: argparse.Namespace, stop: asyncio.Event) -> None:
     engine = make_engine(args.database_url)
     client = ClaudeClient(settings, engine)
     log.info("intelligence: %s", flags.describe(settings)["summary"])
-    jobs = []
+    from intelligence.events.spikes import SpikeMonitor, SpikeThresholds
+
+    jobs: list = [SpikeMonitor(engine, SpikeThresholds.from_env())]  # operator alerts, with or without Claude
     if flags.intelligence:
         from intelligence.enhance.evaluator import ExperimentEvaluator
 
