@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# the injection detector's static embedding table, distilled once from the bundled MiniLM (about a minute)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m extproc.security.static_embed
 	touch $(STAMP)
 
 venv: $(STAMP)

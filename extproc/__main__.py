@@ -85,9 +85,11 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
     webhook_task = asyncio.create_task(webhook.run(webhook_stop), name="alert-webhook") if webhook is not None else None
     policy = PolicyWatcher(settings.policy_file, engine)
     await policy.start()
-    embeddings = os.environ.get("LLMPROXY_INJECTION_EMBEDDINGS") == "1"
+    # The default detector (static embedding: inline-cheap); LLMPROXY_INJECTION_EMBEDDINGS=0 for heuristics only.
+    embeddings = os.environ.get("LLMPROXY_INJECTION_EMBEDDINGS", "1") != "0"
+    injection = await asyncio.to_thread(default_injection_detector, with_embeddings=embeddings, background=True)
     guard = Guard(policy, secrets=shared_secret_detector(), pii=await asyncio.to_thread(shared_pii_detector),
-                  injection=default_injection_detector(with_embeddings=embeddings), audit=audit,
+                  injection=injection, audit=audit,
                   quarantine=_quarantiner(engine), events=events, verdicts=await _claude_gate(engine, policy, events, audit))
     enhancer, enhancements = await _enhancer(engine)
     ctx = Context(settings=settings, recorder=recorder, feedback=_feedback_sink(engine), keys=keys, meter=meter, guard=guard,

@@ -1,6 +1,7 @@
 """`llmproxy eval security` and `llmproxy eval pii`: offline detector evaluation, no stack needed.
 
-eval security: each --dataset is JSONL with {text, label: attack|benign, meta?}. Per file it reports
+eval security: each --dataset is JSONL with {text, label: attack|benign, meta?}. It scores them with
+the same default detector the sidecar runs inline (injection.default_injection_detector). Per file it reports
 the detection rate (attack rows) or false-positive rate (benign rows) at the default policy's
 threshold, per-prompt latency p50/p99, and a breakdown per meta.family/meta.method. Rows the shipped
 classifier or memory were trained on (data/trainset.yaml) are left out and counted as `excluded`.
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", action="append", required=True, type=Path, metavar="FILE.jsonl", help="JSONL {text, label: attack|benign}; repeatable")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--threshold", type=float, default=None, help="override the default policy's threshold")
-    p.add_argument("--no-embeddings", action="store_true", help="heuristics and context only (no model, no classifier/memory)")
+    p.add_argument("--no-embeddings", action="store_true", help="heuristics and context only (no static embedding, no classifier/memory)")
     p.add_argument("--include-training-rows", action="store_true", help="also score rows the shipped model was trained on")
     p.add_argument("--ignore-system-prompt", action="store_true", help="score the text alone even when meta.system_prompt is present")
     p.set_defaults(func=run_security)
@@ -135,7 +136,7 @@ def run_security(args: argparse.Namespace) -> int:
     detector = default_injection_detector(with_embeddings=not args.no_embeddings)
     detector.threshold = args.threshold if args.threshold is not None else DEFAULT_THRESHOLD
     if detector.embed is not None:
-        detector.scan_text("warm-up: load the embedding model before timing")
+        detector.scan_text("warm-up: load the static embedding table before timing")
     log.info("threshold %.2f, embeddings %s", detector.threshold, "on" if detector.embed else "off")
     results: dict[str, Any] = {}
     for path in args.dataset:

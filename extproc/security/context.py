@@ -25,8 +25,8 @@ import numpy as np
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
 _RESTRICTION = re.compile(
     r"\b(?:do not|don't|dont|never|avoid|not allowed|must not|mustn't|should not|shouldn't|cannot|can't|"
-    r"under no circumstances|refrain|not (?:programmed|permitted|supposed|authori[sz]ed) to|prohibited|forbidden|"
-    r"strictly|only (?:answer|respond|discuss|provide|talk|help|translate|sort|summari[sz]e|share)|keep (?:it )?(?:secret|confidential)|"
+    r"under (?:\w+ )?no circumstances|no matter what|refrain|not (?:programmed|permitted|supposed|authori[sz]ed) to|prohibited|forbidden|"
+    r"strictly|only\W{0,3}(?:answer|respond|discuss|provide|talk|help|translate|sort|summari[sz]e|share)|keep (?:it )?(?:secret|confidential)|"
     r"confidential|private)\b",
     re.IGNORECASE,
 )
@@ -135,7 +135,9 @@ def protected_from(system_texts: Sequence[str]) -> Protected:
     )
 
 
-def score_against(protected: Protected, user_text: str, *, similarity: float | None = None) -> list[ContextHit]:
+def score_against(
+    protected: Protected, user_text: str, *, similarity: float | None = None, floor: float | None = None, weak: float | None = None
+) -> list[ContextHit]:
     """Hits for one user/tool segment against what the system prompt protects."""
     if protected.empty or not user_text.strip():
         return []
@@ -146,8 +148,10 @@ def score_against(protected: Protected, user_text: str, *, similarity: float | N
         score = 0.65 if (secretish and protected.has_secret) else 0.55 if len(shared) >= 2 else 0.5
         reason = "asks for the secret" if (secretish and protected.has_secret) else "touches what the system prompt restricts"
         hits.append(ContextHit(score, f"{reason}: {', '.join(sorted(shared)[:5])}"))
-    if similarity is not None and similarity >= SIMILARITY_WEAK:
-        score = min(0.7, 0.5 + (similarity - SIMILARITY_FLOOR)) if similarity >= SIMILARITY_FLOOR else 0.3
+    floor = SIMILARITY_FLOOR if floor is None else floor
+    weak = SIMILARITY_WEAK if weak is None else weak
+    if similarity is not None and similarity >= weak:
+        score = min(0.7, 0.5 + (similarity - floor)) if similarity >= floor else 0.3
         hits.append(ContextHit(score, f"semantically close to what the system prompt restricts (cos {similarity:.2f})"))
     if protected.has_secret and _SECRET_NOUN.search(user_text) and not any("secret" in h.reason for h in hits):
         hits.append(ContextHit(0.55, "asks for a secret while the system prompt holds one"))
@@ -161,8 +165,9 @@ def score_against(protected: Protected, user_text: str, *, similarity: float | N
     return hits
 
 
-# Cosine between the user turn and a restricted topic. Measured on the development data: a random
-# unrelated question reaches 0.40 against a restricted system prompt 0.2% of the time (0.33: ~1%).
+# Cosine between the user turn and a restricted topic, for all-MiniLM-L6-v2. Measured on the
+# development data: a random unrelated question reaches 0.40 against a restricted system prompt
+# 0.2% of the time (0.33: ~1%). Other embedders pass their own levels (injection.SimilarityScale).
 SIMILARITY_FLOOR = 0.40
 SIMILARITY_WEAK = 0.33
 

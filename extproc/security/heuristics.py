@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable
 
+import numpy as np
+
 from .normalize import Normalized
 
 _I = re.IGNORECASE
@@ -194,6 +196,23 @@ FLAG_WEIGHTS: dict[str, float] = {
 _REPEATED = re.compile(r"(\b\S+(?:\s+\S+){0,3}?)(?:\s+\1){9,}", _I)
 
 
+def _may_repeat(text: str) -> bool:
+    """Cheap necessary condition for ``_REPEATED`` (whose backtracking costs ~0.6 ms on a 2 000-
+    character prompt): a phrase of k <= 4 tokens repeated ten times makes token i equal token i+k
+    for at least 7k consecutive positions; a run of 4k is required here, so nothing is missed."""
+    tokens = text.lower().split()
+    if len(tokens) < 10:
+        return False
+    index: dict[str, int] = {}
+    ids = np.fromiter((index.setdefault(t, len(index)) for t in tokens), dtype=np.int64, count=len(tokens))
+    for k in range(1, 5):
+        same = (ids[k:] == ids[:-k]).astype(np.int32)
+        need = 4 * k
+        if len(same) >= need and int(np.convolve(same, np.ones(need, dtype=np.int32), mode="valid").max()) >= need:
+            return True
+    return False
+
+
 def scan_text(text: str) -> list[RuleHit]:
     hits: list[RuleHit] = []
     for rule in RULES:
@@ -203,7 +222,7 @@ def scan_text(text: str) -> list[RuleHit]:
     m = _MULTILINGUAL_OVERRIDE.search(text)
     if m:
         hits.append(RuleHit("ignore_previous_translated", "instruction_override", 0.85, _excerpt(m.group())))
-    m = _REPEATED.search(text[:8000])
+    m = _REPEATED.search(text[:8000]) if _may_repeat(text[:8000]) else None
     if m:
         hits.append(RuleHit("repeated_tokens", "repetition", 0.4, _excerpt(m.group())))
     return hits

@@ -7,6 +7,10 @@ Layers, cheapest first:
 3. classifier (classifier.py): logistic regression on the embedding and junk features;
    plus the system-prompt context layer (context.py).
 
+The default detector embeds with a static distillation of all-MiniLM-L6-v2 (static_embed.py):
+~0.1 ms a prompt instead of 15-60 ms, so all layers run inline and ``llmproxy eval security``
+measures exactly what the sidecar runs. Cosine levels differ per embedding (``SimilarityScale``).
+
 Input is a list of segments ``(source, text)``: the last user turn, system prompts, tool results,
 retrieved documents. User and untrusted segments (tool / document / retrieved / function) get every
 layer; system segments are only checked for planted overrides (an operator's system prompt
@@ -22,6 +26,7 @@ that is the fast path, and it is what keeps obvious attacks cheap. A short promp
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +39,8 @@ from . import heuristics, junk
 from .classifier import CLASSIFIER_FILE, LinearClassifier
 from .memory import SEED_MEMORY, AttackMemory, Embed, Neighbor, load_memory
 from .normalize import MAX_SCAN_CHARS, Normalized, normalize
+
+log = logging.getLogger("llmproxy.security.injection")
 
 DEFAULT_THRESHOLD = 0.5
 MAX_SEGMENTS = 32
@@ -129,11 +136,29 @@ def calibrate(probability: float, alone_at: float) -> float:
     return float(1.0 / (1.0 + np.exp(-z)))
 
 
-def memory_score(similarity: float) -> float:
-    """Cosine similarity to the nearest known attack -> score. Near-duplicates only (>= 0.8 flags)."""
-    if similarity < 0.7:
+@dataclass(frozen=True, slots=True)
+class SimilarityScale:
+    """Cosine levels that mean something for one embedding model (they differ between models:
+    a bag of static token vectors puts unrelated texts closer than the transformer does)."""
+
+    memory_start: float  # nearest known attack: counts from here (score 0.3) ...
+    memory_flag: float  # ... and flags on its own from here (score 0.52)
+    context_weak: float  # user turn vs a restricted topic: weak evidence (0.3) from here ...
+    context_floor: float  # ... moderate (0.5+) from here
+
+
+# all-MiniLM-L6-v2 (the transformer): measured on the development data (docs/security.md).
+MINILM_SCALE = SimilarityScale(memory_start=0.7, memory_flag=0.8, context_weak=0.33, context_floor=0.40)
+# The static distillation (static_embed.py): same false-positive levels, measured the same way.
+STATIC_SCALE = SimilarityScale(memory_start=0.88, memory_flag=0.92, context_weak=0.44, context_floor=0.50)
+
+
+def memory_score(similarity: float, scale: SimilarityScale = MINILM_SCALE) -> float:
+    """Cosine similarity to the nearest known attack -> score. Near-duplicates only."""
+    if similarity < scale.memory_start:
         return 0.0
-    return float(min(0.95, 0.3 + (similarity - 0.7) * 2.2))
+    slope = 0.22 / (scale.memory_flag - scale.memory_start)
+    return float(min(0.95, 0.3 + (similarity - scale.memory_start) * slope))
 
 
 def embed_input(text: str) -> str:
@@ -155,6 +180,7 @@ class InjectionDetector:
         skip_embedding_above: float = 0.9,
         embed_min_words: int = EMBED_MIN_WORDS,
         classifier_alone_at: float = CLASSIFIER_ALONE_AT,
+        scale: SimilarityScale = MINILM_SCALE,
         max_chars: int = MAX_SCAN_CHARS,
         cache_size: int = 2048,
     ) -> None:
@@ -165,6 +191,7 @@ class InjectionDetector:
         self.skip_embedding_above = skip_embedding_above
         self.embed_min_words = embed_min_words
         self.classifier_alone_at = classifier_alone_at
+        self.scale = scale
         self.max_chars = max_chars
         self._cache: dict[str, np.ndarray] = {}
         self._cache_size = cache_size
@@ -227,12 +254,14 @@ class InjectionDetector:
                     for (i, n, _), v in zip(to_embed, vectors):
                         sim = ctx.max_similarity(topic_vectors, v)
                         context_hits.setdefault(i, [])
-                        context_hits[i] = ctx.score_against(protected, n.text, similarity=sim)
+                        context_hits[i] = ctx.score_against(
+                            protected, n.text, similarity=sim, floor=self.scale.context_floor, weak=self.scale.context_weak
+                        )
             if self.memory is not None and len(self.memory):
                 for (i, _, _), near in zip(to_embed, self.memory.nearest(vectors, k=3)):
                     if not near:
                         continue
-                    m = memory_score(near[0].similarity)
+                    m = memory_score(near[0].similarity, self.scale)
                     if m > 0:
                         layers.append(LayerScore("memory", m, i, segs[i].source, f"cos {near[0].similarity:.2f} to a known {near[0].family} attack"))
                         per_segment[i] = max(per_segment.get(i, 0.0), m)
@@ -269,6 +298,13 @@ class InjectionDetector:
             embedded=embedded,
             elapsed_ms=(time.perf_counter() - t0) * 1000,
         )
+
+    def attach(self, embed: Embed, memory: AttackMemory | None, classifier: LinearClassifier | None, scale: SimilarityScale) -> None:
+        """Switch the embedding layers on in a running detector (after a background build).
+
+        ``embed`` is set last: ``scan`` uses the layers only once it is there."""
+        self.memory, self.classifier, self.scale = memory, classifier, scale
+        self.embed = embed
 
     # -- internals --------------------------------------------------------------------------
     @staticmethod
@@ -319,29 +355,73 @@ def _noisy_or(scores: Any) -> float:
 
 
 def shared_embed() -> Embed:
-    """The process-wide sentence embedder (intelligence.embeddings), imported only when used."""
+    """The process-wide transformer embedder (intelligence.embeddings), imported only when used.
+
+    Not what the default detector uses inline (see ``static_embed``); kept for experiments and for
+    a detector built around the transformer on purpose."""
     from intelligence.embeddings import shared_embedder
 
     embedder = shared_embedder()
     return embedder.encode
 
 
+def static_embed() -> Embed:
+    """The static distillation of the same model: ~0.1 ms a prompt, what the default detector uses."""
+    from .static_embed import shared_static_embedder
+
+    return shared_static_embedder().encode
+
+
 _default: InjectionDetector | None = None
 _default_lock = threading.Lock()
 
 
-def default_injection_detector(embed: Embed | Callable[[], Embed] | None = shared_embed, *, with_embeddings: bool = True) -> InjectionDetector:
-    """The detector the default policy uses: shipped memory seed and classifier, shared embedder.
+def _shipped_layers(fn: Embed) -> tuple[AttackMemory | None, LinearClassifier | None]:
+    from .static_embed import STATIC_MODEL
 
-    ``with_embeddings=False`` gives the heuristics-and-context-only detector (no model load).
+    memory = load_memory(SEED_MEMORY, fn, model=STATIC_MODEL) if SEED_MEMORY.exists() else None
+    classifier = LinearClassifier.load(CLASSIFIER_FILE) if CLASSIFIER_FILE.exists() else None
+    return memory, classifier
+
+
+def default_injection_detector(
+    embed: Embed | Callable[[], Embed] | None = static_embed, *, with_embeddings: bool = True, background: bool = False
+) -> InjectionDetector:
+    """The detector the default policy uses, inline in the sidecar and in ``llmproxy eval security``:
+    heuristics, context, and the memory and classifier layers on the static embedding (shipped
+    memory seed and classifier, trained on that embedding by ``python -m extproc.security.train``).
+
+    The first call loads the static table, or builds it from the bundled model when it is not
+    cached yet (static_embed.py; minutes on a small machine). ``background=True`` (the sidecar)
+    returns at once when the table must be built: the detector runs heuristics and context only
+    until a background thread has built it, then the embedding layers switch on.
+    ``with_embeddings=False`` gives the heuristics-and-context-only detector (no table).
     """
     global _default
     if not with_embeddings:
         return InjectionDetector()
     with _default_lock:
-        if _default is None:
-            fn: Embed | None = embed() if embed is shared_embed else embed  # type: ignore[assignment,operator]
-            memory = load_memory(SEED_MEMORY, fn) if SEED_MEMORY.exists() else None
-            classifier = LinearClassifier.load(CLASSIFIER_FILE) if CLASSIFIER_FILE.exists() else None
-            _default = InjectionDetector(embed=fn, memory=memory, classifier=classifier)
+        if _default is not None:
+            return _default
+        if embed is static_embed and background:
+            from .static_embed import static_table_ready
+
+            if not static_table_ready():
+                detector = InjectionDetector(scale=STATIC_SCALE)
+                _default = detector
+
+                def build() -> None:
+                    try:
+                        fn = static_embed()
+                        memory, classifier = _shipped_layers(fn)
+                        detector.attach(fn, memory, classifier, STATIC_SCALE)
+                        log.info("injection detector: embedding layers on")
+                    except Exception:  # the detector keeps working on heuristics and context
+                        log.exception("injection detector: could not build the static embedding; heuristics and context only")
+
+                threading.Thread(target=build, name="static-embedding-build", daemon=True).start()
+                return detector
+        fn: Embed | None = embed() if embed is static_embed else embed  # type: ignore[assignment,operator]
+        memory, classifier = _shipped_layers(fn) if fn is not None else (None, None)
+        _default = InjectionDetector(embed=fn, memory=memory, classifier=classifier, scale=STATIC_SCALE)
         return _default

@@ -25,6 +25,7 @@ import numpy as np
 
 WINDOW = 10
 MAX_TOKENS = 1_500  # bounded work: a longer text is judged on its head and tail tokens
+WORD_CACHE_SIZE = 50_000
 FEATURE_NAMES = ("junk_window", "unclean_window", "frag_window", "frag_mean", "symbol_density")
 
 _MASK = re.compile(
@@ -46,8 +47,25 @@ def _load_counter() -> PieceCounter:
         tok.no_padding()
         tok.no_truncation()
 
+        cache: dict[str, int] = {}
+        lock = threading.Lock()
+
         def count(words: Sequence[str]) -> list[int]:
-            return [len(e.ids) for e in tok.encode_batch(list(words), add_special_tokens=False)]
+            # Tokenising word by word costs ~10 us a word; words repeat within a text and across
+            # requests, so counts are memoised (bounded: cleared when full).
+            unique = set(words)
+            with lock:
+                known = {w: cache[w] for w in unique if w in cache}
+            missing = [w for w in unique if w not in known]
+            if missing:
+                # one by one: the batch call's thread pool only adds contention for a request's few new words
+                fresh = {w: len(tok.encode(w, add_special_tokens=False).ids) for w in missing}
+                known.update(fresh)
+                with lock:
+                    if len(cache) + len(fresh) > WORD_CACHE_SIZE:
+                        cache.clear()
+                    cache.update(fresh)
+            return [known[w] for w in words]
 
         return count
     except Exception:  # pragma: no cover - only without the model package

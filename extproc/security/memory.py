@@ -17,11 +17,14 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import yaml
 
+from .static_embed import STATIC_MODEL
+
 Embed = Callable[[Sequence[str]], np.ndarray]
 
 DATA_DIR = Path(__file__).with_name("data")
 SEED_MEMORY = DATA_DIR / "memory.yaml"
-EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+# The shipped seed is embedded with the static distillation the default detector uses.
+EMBEDDING_MODEL = STATIC_MODEL
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,8 +30,9 @@ import yaml
 
 from . import junk
 from .classifier import CLASSIFIER_FILE, LinearClassifier
-from .injection import embed_input, shared_embed
-from .memory import DATA_DIR, EMBEDDING_MODEL, SEED_MEMORY, KnownAttack, save_memory
+from .injection import embed_input
+from .memory import DATA_DIR, SEED_MEMORY, KnownAttack, save_memory
+from .static_embed import STATIC_MODEL, shared_static_embedder
 from .normalize import normalize
 from .trainset import CLINC_FILE, CLINC_SAMPLE, TRAIN_SOURCES, TRAINSET_FILE, in_train_half, save_trainset
 
@@ -121,10 +122,10 @@ def featurize(texts: list[str], embed: Any, batch: int = 64) -> tuple[np.ndarray
 
 # Short everyday requests are plentiful and easy; long role-play and security-themed prompts are
 # the hard negatives, so they weigh more.
-ORIGIN_WEIGHTS = {CLINC_FILE: 0.5, "benign_awesome_chatgpt_prompts.jsonl": 8.0, "benign_cyberseceval_frr.jsonl": 1.5, "benign_xstest_safe.jsonl": 2.0}
+ORIGIN_WEIGHTS = {CLINC_FILE: 0.5, "benign_awesome_chatgpt_prompts.jsonl": 16.0, "benign_cyberseceval_frr.jsonl": 1.5, "benign_xstest_safe.jsonl": 2.0}
 
 
-def fit(data: TrainingData, vecs: np.ndarray, feats: np.ndarray, c: float) -> LinearClassifier:
+def fit(data: TrainingData, vecs: np.ndarray, feats: np.ndarray, c: float, model_name: str = STATIC_MODEL) -> LinearClassifier:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
@@ -146,7 +147,7 @@ def fit(data: TrainingData, vecs: np.ndarray, feats: np.ndarray, c: float) -> Li
         mean=mean.astype(np.float32),
         scale=scale.astype(np.float32),
         feature_names=tuple(f"emb{i}" for i in range(vecs.shape[1])) + junk.FEATURE_NAMES,
-        model=EMBEDDING_MODEL,
+        model=model_name,
         meta={
             "trained_by": "python -m extproc.security.train",
             "algorithm": f"sklearn LogisticRegression(C={c}) on standardised features, sample weights per origin {ORIGIN_WEIGHTS}, classes balanced",
@@ -159,13 +160,14 @@ def fit(data: TrainingData, vecs: np.ndarray, feats: np.ndarray, c: float) -> Li
     )
 
 
-def train(eval_dir: Path, c: float = 0.05, embed: Any = None, out_dir: Path = DATA_DIR) -> dict[str, Any]:
+def train(eval_dir: Path, c: float = 0.01, embed: Any = None, out_dir: Path = DATA_DIR, model_name: str = STATIC_MODEL) -> dict[str, Any]:
+    """``embed`` defaults to the static distillation the inline detector uses (static_embed.py)."""
     data = collect(eval_dir)
-    vecs, feats = featurize(data.texts, embed or shared_embed())
-    clf = fit(data, vecs, feats, c)
+    vecs, feats = featurize(data.texts, embed or shared_static_embedder().encode)
+    clf = fit(data, vecs, feats, c, model_name)
     clf.save(out_dir / CLASSIFIER_FILE.name)
     attack_rows = [i for i, label in enumerate(data.labels) if label == 1]
-    save_memory(out_dir / SEED_MEMORY.name, data.memory, vecs[attack_rows])
+    save_memory(out_dir / SEED_MEMORY.name, data.memory, vecs[attack_rows], model=model_name)
     save_trainset(
         data.texts + data.excluded,
         {
@@ -182,7 +184,7 @@ def train(eval_dir: Path, c: float = 0.05, embed: Any = None, out_dir: Path = DA
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m extproc.security.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--eval-dir", type=Path, default=Path("../shared/eval"), help="directory with the development corpora")
-    parser.add_argument("--C", type=float, default=0.05, help="inverse regularisation strength")
+    parser.add_argument("--C", type=float, default=0.01, help="inverse regularisation strength")
     parser.add_argument("--out-dir", type=Path, default=DATA_DIR, help="where to write classifier.yaml, memory.yaml, trainset.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")

@@ -1,0 +1,78 @@
+"""Per-prompt latency of the default injection detector, wall clock and CPU, with the load average.
+
+    python -m extproc.security.injection_bench --dataset ../shared/eval/attack_jailbreakbench_artifacts.jsonl ... [--no-embeddings]
+
+Scans every held-out row of the given files (rows in data/trainset.yaml are skipped, as in
+``llmproxy eval security``) with its ``meta.system_prompt``, once per ``--repeat``, and prints
+p50/p90/p99 of wall time and of process CPU time. On a shared machine the wall-clock tail is
+mostly time spent waiting for a core; the CPU figures say what the detector itself costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .injection import Segment, default_injection_detector
+from .trainset import is_training_text
+
+
+def load_segments(paths: list[Path]) -> list[list[Segment]]:
+    out: list[list[Segment]] = []
+    for path in paths:
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if not isinstance(row.get("text"), str) or is_training_text(row["text"]):
+                    continue
+                segs = [Segment("user", row["text"])]
+                system = (row.get("meta") or {}).get("system_prompt")
+                if isinstance(system, str) and system.strip():
+                    segs.insert(0, Segment("system", system))
+                out.append(segs)
+    return out
+
+
+def measure(detector, prompts: list[list[Segment]]) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    wall: list[float] = []
+    cpu: list[float] = []
+    for segs in prompts:
+        t0, c0 = time.perf_counter(), time.process_time()
+        detector.scan(segs)
+        wall.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
+    w = np.percentile(wall, [50, 90, 99])
+    c = np.percentile(cpu, [50, 90, 99])
+    return {"n": len(prompts), "wall_p50": w[0], "wall_p90": w[1], "wall_p99": w[2], "cpu_p50": c[0], "cpu_p90": c[1], "cpu_p99": c[2]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m extproc.security.injection_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", action="append", required=True, type=Path)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-embeddings", action="store_true", help="heuristics and context only")
+    args = parser.parse_args(argv)
+    detector = default_injection_detector(with_embeddings=not args.no_embeddings)
+    prompts = load_segments(args.dataset)
+    detector.scan_text("warm-up: load the static table before timing")
+    for run in range(args.repeat):
+        load = os.getloadavg()[0]
+        r = measure(detector, prompts)
+        print(
+            f"run {run + 1}: n={r['n']} wall p50/p90/p99 {r['wall_p50']:.1f}/{r['wall_p90']:.1f}/{r['wall_p99']:.1f} ms, "
+            f"cpu {r['cpu_p50']:.1f}/{r['cpu_p90']:.1f}/{r['cpu_p99']:.1f} ms, load average {load:.1f}->{os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
