@@ -161,15 +161,19 @@ def enforced_row(row: dict[str, Any]) -> dict[str, Any]:
             "request_id": row["request_id"]}
 
 
+# served by the partial index ix_exchanges_enforced (migration 0008), whose predicate is this text
+ENFORCED_WHERE = ("flags -> 'policy' -> 'block' IS NOT NULL OR flags -> 'redacted_strings' IS NOT NULL "
+                  "OR flags -> 'policy' -> 'redact' IS NOT NULL")
+
+
 @st.cache_data(ttl=5, max_entries=8, show_spinner=False)
 def _enforced(url: str, hours: int, limit: int, token: tuple[str, int]) -> pd.DataFrame:
     since = _now() - timedelta(hours=hours)
     rows = data._run(lambda conn: _rows(
         conn, "SELECT request_id, started_at, client_key_fp, client_addr, model, status, flags -> 'policy' AS policy, "
               "flags -> 'detections' AS detections, (flags ->> 'redacted_strings')::int AS redacted FROM exchanges "
-              "WHERE started_at >= :since AND (flags -> 'policy' -> 'block' IS NOT NULL "
-              "OR flags -> 'redacted_strings' IS NOT NULL OR flags -> 'policy' -> 'redact' IS NOT NULL) "
-              "ORDER BY started_at DESC LIMIT :limit", since=since, limit=limit))
+              f"WHERE started_at >= :since AND ({ENFORCED_WHERE}) ORDER BY started_at DESC LIMIT :limit",
+        since=since, limit=limit))
     df = pd.DataFrame([enforced_row(r) for r in rows], columns=ENFORCED_COLUMNS)
     df["time"] = pd.to_datetime(df["time"], utc=True)
     df["status"] = pd.to_numeric(df["status"], errors="coerce").astype("float64")
@@ -426,10 +430,10 @@ def _experiments(url: str, rev: int, tick: int) -> list[ExperimentView]:
         running = [r["id"] for r in rows if r["status"] in ("running", "paused")]
         exposures: dict[int, int] = {}
         if running:
-            # the expression index ix_exchanges_experiment serves this
-            for r in await _rows(conn, "SELECT (flags -> 'enhancement' ->> 'experiment')::bigint AS id, count(*) AS n "
-                                       "FROM exchanges WHERE (flags -> 'enhancement' ->> 'experiment')::bigint = ANY(:ids) "
-                                       "GROUP BY 1", ids=running):
+            # kept per experiment by triggers on exchanges (migration 0008): counting from the request
+            # log read tens of thousands of scattered rows on every run
+            for r in await _rows(conn, "SELECT experiment_id AS id, n FROM experiment_exposures "
+                                       "WHERE experiment_id = ANY(:ids) AND n > 0", ids=running):
                 exposures[int(r["id"])] = int(r["n"])
         return rows, exposures
 

@@ -714,16 +714,20 @@ async def seed(url: str, rows: int, *, days: float = 30.0, seed_value: int = 7, 
             await _write_sessions(conn, plan, maker)
         vectors, vector_source = text_vectors(use_model, rng, EMBEDDING_DIM)
         async with conn.transaction():
-            patterns = await _write_pattern_memory(conn, plan, maker, clients, order, vectors, embed_sample, rng)
+            pattern_ids = await _write_pattern_memory(conn, plan, maker, clients, order, vectors, embed_sample, rng)
+        async with conn.transaction():
+            # its own generator: the exchanges stay the same for a seed value whatever is added here
+            intel = await _write_intelligence(conn, plan, maker, pattern_ids, np.random.default_rng(seed_value + 1))
         if progress:
             print(f"  sessions, patterns and signals written ({time.monotonic() - t0:.0f} s); analysing", file=sys.stderr)
         for table in ("exchanges", "sessions", "exchange_rollups", "pattern_rollups", "exchange_embeddings",
-                      "patterns", "pattern_counts", "outcome_signals"):
+                      "patterns", "pattern_counts", "outcome_signals", "events", "anomaly_verdicts",
+                      "claude_calls", "enhancements", "experiments", "experiment_events"):
             await conn.execute(f"ANALYZE {table}")
     finally:
         await conn.close()
-    return {"rows": rows, "sessions": int(plan.session.max()) + 1 if rows else 0, "patterns": patterns,
-            "run_id": run_id, "vectors": vector_source, "seconds": round(time.monotonic() - t0, 1)}
+    return {"rows": rows, "sessions": int(plan.session.max()) + 1 if rows else 0, "patterns": len(pattern_ids),
+            "run_id": run_id, "vectors": vector_source, **intel, "seconds": round(time.monotonic() - t0, 1)}
 
 
 async def _write_sessions(conn: Any, plan: Plan, maker: RowMaker) -> None:
@@ -751,8 +755,9 @@ async def _write_sessions(conn: Any, plan: Plan, maker: RowMaker) -> None:
 
 
 async def _write_pattern_memory(conn: Any, plan: Plan, maker: RowMaker, clients: Sequence[ClientSpec], order: np.ndarray,
-                                vectors: list[np.ndarray], embed_sample: int, rng: np.random.Generator) -> int:
-    """Patterns (one per task), every exchange assigned, rollups, usage, outcome signals and feedback."""
+                                vectors: list[np.ndarray], embed_sample: int, rng: np.random.Generator) -> list[int]:
+    """Patterns (one per task), every exchange assigned, rollups, usage, outcome signals and feedback;
+    returns the pattern id of each task."""
     import pandas as pd
 
     texts = maker.texts
@@ -842,12 +847,151 @@ async def _write_pattern_memory(conn: Any, plan: Plan, maker: RowMaker, clients:
     await conn.copy_records_to_table("outcome_signals", records=signals, columns=("request_id", "kind", "ok", "value", "detail"))
     if feedback:
         await conn.copy_records_to_table("feedback", records=feedback, columns=("request_id", "score", "thumbs", "comment"))
-    return len(pattern_ids)
+    return pattern_ids
 
 
 async def _copy_embeddings(conn: Any, records: list[tuple]) -> None:
     await conn.copy_records_to_table("exchange_embeddings", records=records, columns=(
         "request_id", "embedding", "canonical_hash", "pattern_id", "similarity", "client_key_fp", "model", "created_at"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the intelligence's tables: what the guard, the anomaly job and the enhancer leave behind
+
+
+_PII_KINDS = ("EMAIL_ADDRESS", "PHONE_NUMBER", "PERSON", "CREDIT_CARD", "IBAN_CODE")
+_SECRET_KINDS = ("AWS_ACCESS_KEY", "GITHUB_TOKEN", "OPENAI_API_KEY", "PRIVATE_KEY")
+_VERDICTS = (("benign", "info", 0.7), ("suspicious", "warning", 0.22), ("malicious", "critical", 0.08))
+_CLAUDE_PURPOSES = (("pattern_label", 0.55), ("anomaly_verdict", 0.35), ("enhancement", 0.10))
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(float(seconds), tz=timezone.utc)
+
+
+async def _write_intelligence(conn: Any, plan: Plan, maker: RowMaker, pattern_ids: Sequence[int],
+                              rng: np.random.Generator) -> dict[str, int]:
+    """Detections, blocks and redactions in the exchanges' flags, events, anomaly verdicts, Claude calls,
+    enhancements, experiments (with their exposures in flags) and their history, at rates the Security,
+    Experiments and System pages would see in a month of a team's traffic."""
+    n = len(plan.started)
+    if n == 0:
+        return {}
+    now = float(plan.started.max())
+    flags: dict[int, dict[str, Any]] = {}
+    pii = np.flatnonzero(rng.random(n) < 0.02)
+    secrets = np.flatnonzero(rng.random(n) < 0.004)
+    injection = np.flatnonzero(rng.random(n) < 0.003)
+    for group, picked, kinds in (("pii", pii, _PII_KINDS), ("secrets", secrets, _SECRET_KINDS)):
+        for i in picked:
+            det = flags.setdefault(int(i), {}).setdefault("detections", {"pii": {}, "secrets": {}, "flags": []})
+            det[group][kinds[int(rng.integers(len(kinds)))]] = int(rng.integers(1, 4))
+    for i in injection:
+        det = flags.setdefault(int(i), {}).setdefault("detections", {"pii": {}, "secrets": {}, "flags": []})
+        det["injection_score"] = round(float(rng.uniform(0.86, 0.99)), 3)
+        det["injection_layer"] = "heuristic" if rng.random() < 0.6 else "classifier"
+        if rng.random() < 0.3:
+            det["flags"] = ["zero_width"]
+    blocked = [i for i in (*secrets.tolist(), *injection.tolist()) if rng.random() < 0.5]
+    for i in blocked:
+        rule = "no-secrets" if "secrets" in flags[i]["detections"] and flags[i]["detections"]["secrets"] else "injection"
+        flags[i]["policy"] = {"block": {"rule": f"default/{rule}", "status": 403, "code": "policy_blocked",
+                                        "message": "request blocked by policy"},
+                              "fired": [{"policy": "default", "rule": rule, "actions": ["block"]}]}
+    for i in pii[rng.random(len(pii)) < 0.4]:
+        f = flags[int(i)]
+        if "policy" not in f:
+            f["redacted_strings"] = int(sum(f["detections"]["pii"].values()))
+            f["policy"] = {"fired": [{"policy": "default", "rule": "redact-pii", "actions": ["redact"]}]}
+
+    # Claude calls over the period, a few hundred a day
+    k = max(1, n // 40)
+    at = np.sort(rng.uniform(float(plan.started.min()), now, k))
+    purposes = rng.choice([p for p, _ in _CLAUDE_PURPOSES], size=k, p=[w for _, w in _CLAUDE_PURPOSES])
+    outcome = rng.choice(["ok", "parse_error", "error", "budget_exhausted"], size=k, p=[0.96, 0.015, 0.015, 0.01])
+    inp, out = rng.integers(300, 4000, k), rng.integers(40, 600, k)
+    calls = [(_ts(at[j]), str(purposes[j]), f"seed:{j}", "anthropic", "claude-sonnet-4-5", int(inp[j]), int(out[j]),
+              0, 0, round((int(inp[j]) * 3 + int(out[j]) * 15) / 1e6, 6), float(rng.uniform(800, 6000)), 1,
+              str(outcome[j])) for j in range(k)]
+    await conn.copy_records_to_table("claude_calls", records=calls, columns=(
+        "at", "purpose", "subject", "mode", "model", "input_tokens", "output_tokens", "cache_read_tokens",
+        "cache_write_tokens", "cost_usd", "latency_ms", "attempts", "outcome"))
+    call_ids = [int(r[0]) for r in await conn.fetch("SELECT id FROM claude_calls ORDER BY id DESC LIMIT $1", k)][::-1]
+
+    # anomaly verdicts for the injection-scored exchanges, each with its event
+    verdicts, events = [], []
+    names = [v for v, _, _ in _VERDICTS]
+    for j, i in enumerate(injection.tolist()):
+        v = names[int(rng.choice(3, p=[p for _, _, p in _VERDICTS]))]
+        t = _ts(plan.started[i] + 60)
+        c = maker.clients[int(plan.client[i])].fingerprint
+        verdicts.append((t, maker.request_id(i), c, ["injection"], "judged", v, round(float(rng.uniform(0.6, 0.98)), 3),
+                         f"The prompt {'asks the model to ignore its instructions' if v != 'benign' else 'quotes an injection as an example'}.",
+                         "claude", call_ids[j % len(call_ids)], "alert" if v != "benign" else None, t))
+        events.append((t, "verdict", dict(zip(names, ("info", "warning", "critical")))[v], f"anomaly verdict: {v}",
+                       f"request:{maker.request_id(i)}", "anomaly", t if plan.started[i] < now - 86400 else None))
+    await conn.copy_records_to_table("anomaly_verdicts", records=verdicts, columns=(
+        "at", "request_id", "client_key_fp", "detectors", "status", "verdict", "confidence", "reasoning", "source",
+        "claude_call_id", "action", "judged_at"))
+    for i in blocked:
+        t = _ts(plan.started[i])
+        events.append((t, "block", "warning", f"blocked by {flags[i]['policy']['block']['rule']}",
+                       f"request:{maker.request_id(i)}", "guard", t if plan.started[i] < now - 86400 else None))
+    for day in range(int((now - float(plan.started.min())) // 86400)):
+        if rng.random() < 0.3:
+            t = _ts(now - day * 86400 - float(rng.uniform(0, 86400)))
+            events.append((t, "spike", "warning", "error rate 27% over the last 300 s", "fleet", "spikes",
+                           t if day else None))
+
+    # enhancements: candidates, running and paused experiments (exposed in flags), decided ones
+    plan_of = (("candidate", None), ("candidate", None), ("testing", "running"), ("testing", "running"),
+               ("testing", "paused"), ("active", "promoted"), ("rolled_back", "rolled_back"))
+    for e, (status, exp_status) in enumerate(plan_of):
+        pid = int(pattern_ids[e % len(pattern_ids)])
+        eid = await conn.fetchval(
+            "INSERT INTO enhancements (pattern_id, version, kind, spec, rationale, status, claude_call_id, created_at) "
+            "VALUES ($1, (SELECT coalesce(max(version), 0) + 1 FROM enhancements WHERE pattern_id = $1), "
+            "'system_prompt', $2::jsonb, $3, $4, $5, $6) RETURNING id", pid,
+            json.dumps({"append": "Answer concisely; return valid JSON for tool arguments."}),
+            "Failures of this pattern are mostly truncated answers and invalid tool arguments.", status,
+            call_ids[(len(call_ids) - 1 - e) % len(call_ids)], _ts(now - (20 - e) * 86400))
+        if exp_status is None:
+            continue
+        started = now - (16 - e) * 86400
+        decided = _ts(now - 6 * 86400) if exp_status in ("promoted", "rolled_back") else None
+        stats = {"arms": {"control": {"n": 4000, "successes": 3400}, "variant": {"n": 4000, "successes": 3520}},
+                 "effect": 0.03, "effect_ci": [-0.01, 0.07], "p_value": 0.08, "decision": "continue"}
+        xid = await conn.fetchval(
+            "INSERT INTO experiments (enhancement_id, pattern_id, status, stats, created_by, started_at, updated_at, "
+            "decided_at, decision_reason) VALUES ($1, $2, $3, $4::jsonb, 'seed', $5, $5, $6, $7) RETURNING id",
+            eid, pid, exp_status, json.dumps(stats), _ts(started), decided,
+            "" if decided is None else f"{exp_status.replace('_', ' ')} by the evaluator")
+        await conn.executemany(
+            "INSERT INTO experiment_events (experiment_id, at, action, actor, detail) VALUES ($1, $2, $3, $4, '{}'::jsonb)",
+            [(xid, _ts(started), "start", "seed")] + ([(xid, decided, exp_status, "evaluator")] if decided else []))
+        events.append((_ts(started), "experiment", "info", f"experiment {xid} started", f"experiment:{xid}",
+                       "enhance", _ts(started)))
+        task = e % len(pattern_ids)
+        exposed = np.flatnonzero((plan.task == task) & (plan.started >= started)
+                                 & (plan.started < (decided.timestamp() if decided else now + 1)))
+        for i in exposed.tolist():
+            arm = "control" if (int(plan.session[i]) * 2654435761 + xid) % 100 < 50 else "variant"
+            flags.setdefault(i, {})["enhancement"] = {"experiment": int(xid), "enhancement": int(eid), "arm": arm,
+                                                      "pattern": pid, "patch": []}
+        if exp_status == "promoted":  # from then on every request of the pattern gets it
+            for i in np.flatnonzero((plan.task == task) & (plan.started >= decided.timestamp())).tolist():
+                flags.setdefault(i, {})["enhancement"] = {"experiment": None, "enhancement": int(eid), "arm": "active",
+                                                          "pattern": pid, "patch": []}
+
+    events.sort(key=lambda r: r[0])
+    await conn.copy_records_to_table("events", records=[(*r, "dashboard:seed" if r[6] else None) for r in events],
+                                     columns=("at", "kind", "severity", "title", "subject", "source", "acknowledged_at",
+                                              "acknowledged_by"))
+    # flags go onto exchanges already written: one UPDATE joined on the primary key
+    await conn.execute("CREATE TEMP TABLE seed_flags (request_id text PRIMARY KEY, patch jsonb) ON COMMIT DROP")
+    await conn.copy_records_to_table("seed_flags", records=[(maker.request_id(i), json.dumps(f)) for i, f in flags.items()])
+    await conn.execute("UPDATE exchanges e SET flags = e.flags || s.patch FROM seed_flags s WHERE e.request_id = s.request_id")
+    return {"flagged": len(flags), "events": len(events), "verdicts": len(verdicts), "claude_calls": k}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+import intelligence.claude.models  # noqa: F401  (claude_calls: the foreign key below resolves in one metadata)
 from intelligence.memory.models import EMBEDDING_DIM
 from intelligence.store.models import Base
 

@@ -16,6 +16,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+import intelligence.claude.models  # noqa: F401  (claude_calls: the foreign keys below resolve in one metadata)
+import intelligence.memory.models  # noqa: F401  (patterns)
 from intelligence.store.models import Base
 
 NOTIFY_CHANNEL = "llmproxy_experiments"
