@@ -310,7 +310,9 @@ class DbRecorder:
 
     async def _insert(self, records: Sequence[ExchangeRecord]) -> None:
         async with self._sessions.begin() as session:
-            await ExchangeRepository(session).insert_batch(records)
+            repository = ExchangeRepository(session)
+            for page in _statement_pages(records):
+                await repository.insert_batch(page)
 
     async def _reject(self, record: ExchangeRecord, exc: BaseException) -> None:
         reason = _describe(exc)
@@ -380,6 +382,26 @@ class DbRecorder:
                 drained.append(self._queue.get_nowait())
             except asyncio.QueueEmpty:
                 return drained
+
+
+def _statement_pages(records: Sequence[ExchangeRecord]) -> list[Sequence[ExchangeRecord]]:
+    """The batch cut into pages whose sizes are powers of two, largest first (200 -> 128 + 64 + 8).
+
+    A multi-row INSERT's SQL text depends on its row count, and SQLAlchemy's asyncpg dialect keeps
+    up to 100 prepared statements per pooled connection, each holding that text and its parameter
+    descriptions (on average ~140 KiB of malloc'd memory per statement, measured). Batches of every
+    size from 1 to batch_max filled those caches with hundreds of one-off statements, so the
+    sidecar's RSS grew ~0.7 KiB per request for 100k requests and more (docs/performance.md).
+    Power-of-two pages leave at most eight insert shapes, which stay cached and are reused. (The
+    sessions upsert still varies with the number of distinct sessions in a page; its rows are small.)
+    """
+    pages: list[Sequence[ExchangeRecord]] = []
+    start, remaining = 0, len(records)
+    while remaining:
+        size = 1 << (remaining.bit_length() - 1)
+        pages.append(records[start : start + size])
+        start, remaining = start + size, remaining - size
+    return pages
 
 
 def _is_data_error(exc: BaseException) -> bool:

@@ -6,7 +6,8 @@ Four set-ups against the same local fake upstream (a separate process):
   sidecar-json    -> Envoy + sidecar (+ recorder into Postgres), non-streamed chat
   sidecar-sse     -> Envoy + sidecar, streamed chat (time to first token)
 (plus envoy-sse for the TTFT baseline). The load is open-loop at a fixed rate, so latency is not
-hidden by coordinated omission. Figures only: no pass/fail.
+hidden by coordinated omission. For the sidecar set-ups it also reports the sidecar's CPU time per
+request. Figures only: no pass/fail.
 """
 
 from __future__ import annotations
@@ -108,6 +109,12 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(args: argparse.Namespace) -> int:
     from . import envoy_config
     from .up import _envoy_bin, _envoy_ready, _grpc_healthy
@@ -161,7 +168,11 @@ def run(args: argparse.Namespace) -> int:
         ]
         for name, url, stream in runs:
             asyncio.run(_load(url, rate=args.rate, duration=args.warmup, stream=stream))
+            cpu_before = _cpu_seconds(sidecar.pid)
             results[name] = asyncio.run(_load(url, rate=args.rate, duration=args.duration, stream=stream))
+            if name.startswith("sidecar") and results[name]["requests"]:
+                # CPU per request holds up on a shared machine where latency percentiles do not.
+                results[name]["sidecar_cpu_ms_per_req"] = (_cpu_seconds(sidecar.pid) - cpu_before) * 1000 / results[name]["requests"]
             print(f"bench: {name:<13} done", file=sys.stderr)
         if args.memory_requests:
             before = _rss_kb(sidecar.pid)
@@ -236,13 +247,14 @@ def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
         return
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     print(f"fixed load {args.rate:.0f} req/s for {args.duration:.0f}s per set-up (non-streamed chat unless -sse)\n")
-    print(f"{'set-up':<14}{'req/s':>8}{'err':>6}{'p50 ms':>9}{'p99 ms':>9}{'ttft50':>9}{'ttft99':>9}{'p50 x env':>10}{'p99 x env':>10}")
+    print(f"{'set-up':<14}{'req/s':>8}{'err':>6}{'p50 ms':>9}{'p99 ms':>9}{'ttft50':>9}{'ttft99':>9}{'p50 x env':>10}{'p99 x env':>10}{'cpu ms/req':>11}")
     for name, r in results.items():
         if name == "memory":
             continue
         print(f"{name:<14}{r['rps']:>8.1f}{r['errors']:>6}{fmt(r['p50_ms']):>9}{fmt(r['p99_ms']):>9}"
               f"{fmt(r.get('ttft_p50_ms')):>9}{fmt(r.get('ttft_p99_ms')):>9}"
-              f"{fmt(r.get('p50_ratio_to_envoy')):>10}{fmt(r.get('p99_ratio_to_envoy')):>10}")
+              f"{fmt(r.get('p50_ratio_to_envoy')):>10}{fmt(r.get('p99_ratio_to_envoy')):>10}"
+              f"{fmt(r.get('sidecar_cpu_ms_per_req')):>11}")
     if "memory" in results:
         m = results["memory"]
         print(f"\nsidecar RSS over {m['requests']} requests (JSON and SSE alternating): {m['rss_before_kb'] / 1024:.1f} MiB"

@@ -314,3 +314,17 @@ async def test_stop_without_start_spools_what_was_queued(migrated_db: MigratedDb
     await recorder.stop()  # second stop is a no-op
     assert recorder.spool_depth == 2
     assert Spool(tmp_path / "spool").depth == 2
+
+
+def test_batches_are_written_in_few_statement_shapes() -> None:
+    """Every batch size maps onto power-of-two pages, so the driver caches at most a handful of INSERTs."""
+    from intelligence.ingest import _statement_pages
+
+    shapes: set[int] = set()
+    for n in range(1, 201):
+        pages = _statement_pages(list(range(n)))
+        assert [x for page in pages for x in page] == list(range(n))  # order kept, nothing lost
+        sizes = [len(p) for p in pages]
+        assert sizes == sorted(sizes, reverse=True) and all(s & (s - 1) == 0 for s in sizes)
+        shapes.update(sizes)
+    assert len(shapes) == 8  # 1, 2, 4, ..., 128: instead of 200 one-off statements
