@@ -3,7 +3,6 @@ totals and daily/hourly series with Wilson intervals, and the variant's deltas a
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -195,42 +194,3 @@ async def test_the_indexes_serve_both_periods(migrated_db) -> None:
     at = next(i for i, line in enumerate(lines) if "Index Scan using ix_exchanges_experiment on exchanges e " in line)
     assert "Index Cond" in lines[at + 1] and "= ANY" in lines[at + 1], plan
     assert "Seq Scan on exchanges" not in plan, plan
-
-
-@pytest.mark.skipif(not os.environ.get("LLMPROXY_BENCH"), reason="timing only: LLMPROXY_BENCH=1 to run")
-async def test_bench_200k_exchanges_20k_exposures(migrated_db) -> None:
-    """Prints the time of one call over 30 days of 200k exchanges, 20k of them exposures (docs/experiments.md)."""
-    import time
-
-    engine = migrated_db.engine
-    async with engine.begin() as conn:
-        p, enh, exp = await _enhancement(conn)
-        await conn.execute(text("""
-INSERT INTO exchanges (request_id, started_at, finished_at, method, path, provider, model, api, status, latency_ms,
-                       input_tokens, output_tokens, total_tokens, flags)
-SELECT 'b' || g, now() - (g % 43200) * interval '1 minute', now() - (g % 43200) * interval '1 minute', 'POST', '/x',
-       'openai', 'gpt-4o-mini', 'chat', 200, 100 + g % 900, 80, 20, 100,
-       CASE WHEN g % 10 = 0 THEN jsonb_build_object('enhancement', jsonb_build_object(
-                 'experiment', CAST(:exp AS bigint), 'enhancement', CAST(:enh AS bigint),
-                 'arm', CASE WHEN g % 20 = 0 THEN 'control' ELSE 'variant' END))
-            WHEN g % 10 = 1 THEN jsonb_build_object('enhancement', jsonb_build_object(
-                 'experiment', null, 'enhancement', 999999, 'arm', 'active'))
-            ELSE '{}'::jsonb END
-FROM generate_series(1, 200000) g"""), {"exp": exp, "enh": enh})
-        await conn.execute(text("INSERT INTO exchange_embeddings (request_id, canonical_hash, pattern_id, created_at, "
-                                "model, client_key_fp) SELECT request_id, 'h', :p, started_at, model, 'fp' FROM exchanges "
-                                "WHERE flags ? 'enhancement'"), {"p": p})
-        await conn.execute(text("INSERT INTO outcome_signals (request_id, kind, ok) SELECT request_id, 'finish', "
-                                "random() > 0.3 FROM exchanges WHERE flags ? 'enhancement'"))
-        await manage.promote_experiment(conn, exp, actor="test")
-    async with engine.connect() as conn:
-        await conn.execute(text("ANALYZE"))
-        await conn.commit()
-        for bucket in ("day", "hour", "day"):
-            started = time.perf_counter()
-            eff = await enhancement_effectiveness(conn, enh, bucket=bucket)
-            print(f"{bucket}: {(time.perf_counter() - started) * 1000:.0f} ms, {len(eff['series'])} series rows")
-        assert (eff["arms"]["control"]["n"], eff["arms"]["variant"]["n"]) == (10000, 10000)
-        started = time.perf_counter()
-        await experiment_outcomes(conn, exp)
-        print(f"experiment_outcomes for comparison: {(time.perf_counter() - started) * 1000:.0f} ms")
