@@ -99,6 +99,31 @@ class ExchangeRow:
     pattern_id: int | None = None
 
 
+# What the gateway did to an exchange, as conditions on exchanges.flags (written by extproc/guard.py
+# GuardOutcome.record() and extproc/exchange.py): the Explorer's "Policy action" filter. The response
+# side (flags.response_policy) counts as well.
+POLICY_ACTIONS: dict[str, str] = {
+    "blocked": "(x.flags -> 'policy' -> 'block' IS NOT NULL OR x.flags -> 'response_policy' -> 'block' IS NOT NULL)",
+    "redacted": "(x.flags -> 'redacted_strings' IS NOT NULL OR x.flags -> 'policy' -> 'redact' IS NOT NULL "
+                "OR x.flags -> 'response_policy' -> 'redact' IS NOT NULL "
+                "OR x.flags -> 'response_policy' -> 'masked' IS NOT NULL)",
+    "alerted": "(x.flags -> 'policy' -> 'alerts' IS NOT NULL OR x.flags -> 'response_policy' -> 'alerts' IS NOT NULL)",
+    "monitor rule fired": "(x.flags -> 'policy' -> 'fired' @> '[{\"mode\": \"monitor\"}]' "
+                          "OR x.flags -> 'response_policy' -> 'fired' @> '[{\"mode\": \"monitor\"}]')",
+    "edited": "(x.flags -> 'edits' IS NOT NULL OR x.flags -> 'response_policy' -> 'edits' IS NOT NULL)",
+    "enhanced (any arm)": "x.flags -> 'enhancement' IS NOT NULL",
+    "Claude verdict": "(x.flags -> 'claude_verdict' IS NOT NULL OR x.flags -> 'policy' -> 'claude_verdict' IS NOT NULL)",
+}
+
+
+def policy_action_where(actions: tuple[str, ...]) -> str:
+    """One SQL condition (alias ``x``) matching exchanges with ANY of ``actions``; raises on unknown names."""
+    unknown = [a for a in actions if a not in POLICY_ACTIONS]
+    if unknown:
+        raise ValueError(f"unknown policy action(s) {unknown}; known: {list(POLICY_ACTIONS)}")
+    return "(" + " OR ".join(POLICY_ACTIONS[a] for a in actions) + ")"
+
+
 @dataclass(frozen=True, slots=True)
 class ExchangeFilter:
     """Explorer filters; every field None/empty means "any"."""
@@ -112,6 +137,7 @@ class ExchangeFilter:
     status_class: str | None = None  # one of STATUS_CLASSES
     pattern_id: int | None = None
     text: str | None = None  # substring of the last user turn, or an exact request id
+    policy_actions: tuple[str, ...] = ()  # names in POLICY_ACTIONS: exchanges with any of them
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +369,8 @@ class AnalyticsRepository:
             where.append("(x.request_id = :text_exact OR x.prompt_user ILIKE :text_like)")
             params["text_exact"] = f.text.strip()
             params["text_like"] = "%" + _escape_like(f.text.strip()) + "%"
+        if f.policy_actions:
+            where.append(policy_action_where(f.policy_actions))
         cond = (" WHERE " + " AND ".join(where)) if where else ""
         if f.pattern_id is not None:
             # walk the pattern's members newest first (index pattern_id, created_at)

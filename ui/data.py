@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from intelligence.analytics import AnalyticsRepository, ExchangeFilter, ExchangeRow
+from intelligence.analytics import POLICY_ACTIONS, AnalyticsRepository, ExchangeFilter, ExchangeRow, policy_action_where
 from intelligence.pricing import PriceTable, load_prices
 from ui import aggregate, health
 from ui.runner import DbRunner
@@ -145,8 +145,8 @@ def recent_exchanges(limit: int = 200) -> pd.DataFrame:
 
 
 @st.cache_data(ttl=10, max_entries=32, show_spinner=False)
-def _search(url: str, f: dict[str, Any], limit: int) -> pd.DataFrame:
-    flt = ExchangeFilter(**f)
+def _search(url: str, f: dict[str, Any], limit: int, policy_actions: tuple[str, ...] = ()) -> pd.DataFrame:
+    flt = ExchangeFilter(**f, policy_actions=policy_actions)
     rows = _run(lambda conn: AnalyticsRepository(conn).search(flt, limit))
     return exchange_frame(rows, prices())
 
@@ -154,10 +154,14 @@ def _search(url: str, f: dict[str, Any], limit: int) -> pd.DataFrame:
 def search_exchanges(*, since: datetime | None = None, until: datetime | None = None, client: str | None = None,
                      session_id: str | None = None, models: tuple[str, ...] = (), providers: tuple[str, ...] = (),
                      status_class: str | None = None, pattern_id: int | None = None, text: str | None = None,
-                     limit: int = 200) -> pd.DataFrame:
+                     policy_actions: tuple[str, ...] = (), limit: int = 200) -> pd.DataFrame:
+    """Exchanges matching every filter, newest first. ``policy_actions`` (names in POLICY_ACTIONS): any of them."""
     f = dict(since=since, until=until, client=client or None, session_id=session_id or None, models=tuple(models),
              providers=tuple(providers), status_class=status_class, pattern_id=pattern_id, text=text or None)
-    return _search(database_url(), f, limit)
+    actions = tuple(sorted(set(policy_actions)))
+    if actions:
+        policy_action_where(actions)  # unknown names fail here, before the cache
+    return _search(database_url(), f, limit, actions)
 
 
 @st.cache_data(ttl=300, show_spinner=False)

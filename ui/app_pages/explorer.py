@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from intelligence.analytics import STATUS_CLASSES
-from ui import bodies, charts, data, fmt
+from ui import bodies, charts, data, exchange_policy, fmt
 from ui.redact import safe_headers
 
 st.title("Explorer")
@@ -52,7 +52,8 @@ def show_exchange(request_id: str) -> None:
     if links:
         st.markdown(" · ".join(links))
 
-    tabs = st.tabs(["Request diff", "Response", "Tool calls", "Timings", "Pattern & similar", "Headers", "Raw bodies"])
+    tabs = st.tabs(["Request diff", "Response", "Tool calls", "Timings", "Pattern & similar", "Policy & enhancement",
+                    "Headers", "Raw bodies"])
     with tabs[0]:
         diff = bodies.body_diff(r.request_client, r.request_forwarded)
         if r.request_forwarded is None:
@@ -109,15 +110,71 @@ def show_exchange(request_id: str) -> None:
                          column_config={"similarity": st.column_config.ProgressColumn("similarity", min_value=0, max_value=1, format="%.2f"),
                                         "open": st.column_config.LinkColumn("details", display_text="open")})
     with tabs[5]:
+        show_policy(r.flags or {})
+    with tabs[6]:
         st.caption("Credentials are never stored; anything else that looks like a key is masked.")
         st.json(safe_headers(r.request_headers) or {})
-    with tabs[6]:
+    with tabs[7]:
         for title, body in (("Request as sent by the client", r.request_client),
                             ("Request as forwarded upstream", r.request_forwarded),
                             ("Response as received from upstream", r.response_upstream),
                             ("Response as returned to the client", r.response_client)):
             with st.expander(title + (f" · {body.size:,} bytes" if body else " · none") + (" · truncated" if body and body.truncated else "")):
                 st.code(bodies.body_text(body) or "(none)", language="json")
+
+
+def _lines(rows: list[tuple[str, str]], header: str) -> None:
+    if rows:
+        st.table(pd.DataFrame(rows, columns=[header, "value"]).set_index(header))
+
+
+def show_policy(flags: dict) -> None:
+    """What the policy, the detectors, Claude and the enhancer did (counts and kinds only, never values)."""
+    request, response = exchange_policy.decisions(flags)
+    st.markdown("**Policy decision**")
+    for side, doc in (("Request", request), ("Response", response)):
+        reason = exchange_policy.block_reason(doc)
+        if reason:
+            st.error(f"{side} blocked: {reason}")
+    rules = exchange_policy.fired_rules(flags)
+    if len(rules):
+        st.dataframe(rules, hide_index=True, width="stretch")
+    elif request or response:
+        st.caption("No rule fired.")
+    else:
+        st.caption("No policy decision recorded for this exchange.")
+    _lines(exchange_policy.decision_facts(request), "request side")
+    for side, edits in (("request", flags.get("edits")), ("response", response.get("edits"))):
+        if edits:
+            st.markdown(f"**Edits applied to the {side}**: " + ", ".join(f"`{e}`" for e in exchange_policy.edit_list(edits)))
+    _lines(exchange_policy.decision_facts(response), "response side")
+    if flags.get("redacted_strings"):
+        st.markdown(f"**Redacted in the request**: {int(flags['redacted_strings'])} string(s)")
+    det = exchange_policy.detector_summary(flags)
+    if det is not None:
+        st.markdown("**Detectors**")
+        score = "–" if det.injection_score is None else f"{det.injection_score:.2f}"
+        st.caption(f"injection score {score} ({det.injection_layer or 'no layer'})"
+                   + (" · " + ", ".join(det.flags) if det.flags else ""))
+        if len(det.counts):
+            st.dataframe(det.counts, hide_index=True, width="stretch")
+        else:
+            st.caption("No PII or secrets detected.")
+    verdict = exchange_policy.claude_verdict(flags)
+    if verdict:
+        st.markdown("**Claude verdict**")
+        _lines(verdict, "verdict")
+    enh = exchange_policy.enhancement(flags)
+    st.markdown("**Enhancement**")
+    if enh is None:
+        st.caption("No enhancement experiment touched this exchange.")
+    else:
+        st.markdown(f"experiment **#{enh.experiment}** · enhancement **#{enh.enhancement}** · arm **{enh.arm}** · "
+                    f"pattern {'#' + str(enh.pattern) if enh.pattern is not None else '–'} · [Experiments page](experiments)")
+        if enh.also_active:
+            st.caption("Also active: " + ", ".join(enh.also_active))
+        st.code(enh.patch_json, language="json")
+    _lines(exchange_policy.other_notes(flags), "gateway")
 
 
 def search_and_pick() -> None:
@@ -131,16 +188,18 @@ def search_and_pick() -> None:
         providers = c[3].multiselect("Provider", options.get("provider", []))
         pattern = c[4].number_input("Pattern id", min_value=0, value=int(params.get("pattern", 0) or 0), step=1,
                                     help="0 = any")
-        c2 = st.columns([1.4, 1.4, 2.2])
+        c2 = st.columns([1.2, 1.2, 1.6, 2])
         client = c2[0].selectbox("Client", ["any", *options.get("client", [])])
         session = c2[1].text_input("Session id", value="")
-        text = c2[2].text_input("Free text", placeholder="words in the last user turn, or a request id")
+        actions = c2[2].multiselect("Policy action", list(data.POLICY_ACTIONS),
+                                    help="exchanges with any of these (request or response side)")
+        text = c2[3].text_input("Free text", placeholder="words in the last user turn, or a request id")
     span = WINDOWS[window]
     since = (datetime.now(timezone.utc) - span).replace(second=0, microsecond=0) if span else None
     df = data.search_exchanges(
         since=since, client=None if client == "any" else client, session_id=session or None,
         models=tuple(models), providers=tuple(providers), status_class=None if status == "any" else status,
-        pattern_id=int(pattern) or None, text=text or None, limit=200,
+        pattern_id=int(pattern) or None, text=text or None, policy_actions=tuple(actions), limit=200,
     )
     st.caption(f"{len(df)} newest matching exchanges (at most 200). Select a row to open it.")
     st.session_state["_explorer_ids"] = list(df["request_id"])
