@@ -31,5 +31,6 @@ except Exception:  # noqa: BLE001 - no database yet: each page says so itself
     pass
 page = st.navigation(pages)
 auth.sidebar(principal)
-alerts.live_alerts()
+if page.title != "Live":  # the Live page shows alerts from its own refreshing fragment
+    alerts.live_alerts()
 page.run()

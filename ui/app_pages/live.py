@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import data, fmt
+from ui import alerts, data, fmt
 
 st.title("Live traffic")
 
@@ -13,6 +13,7 @@ WINDOW_MINUTES = 15
 
 @st.fragment(run_every=2.0)
 def kpi_tiles() -> None:
+    alerts.show_alerts()
     try:
         kpis = data.live_kpis(WINDOW_MINUTES, 60)
         spend = data.spend_today()
