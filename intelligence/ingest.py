@@ -48,7 +48,7 @@ class DbRecorder:
         *,
         queue_max: int = 10_000,
         batch_max: int = 200,
-        flush_interval: float = 0.2,
+        flush_interval: float = 0.1,  # also the floor of "response end -> row visible" (docs/dashboard.md)
         retry_interval: float = 1.0,
         batch_timeout: float = 5.0,
         segment_max_records: int = 1000,

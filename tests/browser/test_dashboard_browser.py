@@ -117,7 +117,7 @@ def test_a_request_through_the_gateway_appears_on_the_live_page_within_a_second(
     on_page, notified = [], []
     try:
         with httpx.Client(base_url=dashboard.gateway, timeout=30) as client:
-            for _ in range(8):
+            for _ in range(12):
                 model = f"gpt-4o-mini-e2e{uuid.uuid4().hex[:8]}"
                 response = client.post("/openai/v1/chat/completions", json={
                     "model": model, "messages": [{"role": "user", "content": "browser check"}]})
