@@ -11,7 +11,7 @@ st.title("Live traffic")
 WINDOW_MINUTES = 15
 
 
-@st.fragment(run_every=2.0)
+@st.fragment(run_every=5.0)  # slow-moving tiles; a busier timer here delays the table (docs/dashboard.md)
 def kpi_tiles() -> None:
     alerts.show_alerts()
     try:
