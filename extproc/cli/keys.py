@@ -11,6 +11,7 @@ import getpass
 import json
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -129,38 +130,39 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    from intelligence.keys import AmbiguousKey, KeyNotFound, revoke_key
+    from intelligence.keys import revoke_key
 
-    url = database_url_for(args.data_dir, args.database_url)
-    try:
-        record, changed = _db(url, lambda conn: revoke_key(conn, args.key, actor=cli_actor(), reason=args.reason))
-    except (KeyNotFound, AmbiguousKey) as exc:
-        print(f"llmproxy: {exc.args[0] if isinstance(exc, KeyNotFound) else exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps({**record.to_public_dict(datetime.now(timezone.utc)), "changed": changed}))
-    elif changed:
-        print(f"revoked gateway key {record.id} ({record.prefix}…, {record.name})")
-    else:
-        print(f"gateway key {record.id} ({record.prefix}…, {record.name}) was already revoked at {record.revoked_at.isoformat()}")
-    return 0
+    return _change_state(args, revoke_key, lambda r, now: f"revoked gateway key {_label(r)}",
+                         lambda r, now: f"gateway key {_label(r)} was already revoked at {r.revoked_at.isoformat()}")
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from intelligence.keys import AmbiguousKey, KeyNotFound, release_key
+    from intelligence.keys import release_key
+
+    return _change_state(args, release_key, lambda r, now: f"released gateway key {_label(r)}: it is {r.status(now)} again",
+                         lambda r, now: f"gateway key {_label(r)} is not quarantined; nothing to release")
+
+
+def _label(record: Any) -> str:
+    return f"{record.id} ({record.prefix}…, {record.name})"
+
+
+def _change_state(args: argparse.Namespace, change: Callable[..., Awaitable[tuple[Any, bool]]],
+                  changed_text: Callable[[Any, datetime], str], unchanged_text: Callable[[Any, datetime], str]) -> int:
+    """Revoke or release one key (by id or prefix) and report it; the store audits the change."""
+    from intelligence.keys import AmbiguousKey, KeyNotFound
 
     url = database_url_for(args.data_dir, args.database_url)
     try:
-        record, changed = _db(url, lambda conn: release_key(conn, args.key, actor=cli_actor(), reason=args.reason))
+        record, changed = _db(url, lambda conn: change(conn, args.key, actor=cli_actor(), reason=args.reason))
     except (KeyNotFound, AmbiguousKey) as exc:
         print(f"llmproxy: {exc.args[0] if isinstance(exc, KeyNotFound) else exc}", file=sys.stderr)
         return 1
+    now = datetime.now(timezone.utc)
     if args.json:
-        print(json.dumps({**record.to_public_dict(datetime.now(timezone.utc)), "changed": changed}))
-    elif changed:
-        print(f"released gateway key {record.id} ({record.prefix}…, {record.name}): it is {record.status(datetime.now(timezone.utc))} again")
+        print(json.dumps({**record.to_public_dict(now), "changed": changed}))
     else:
-        print(f"gateway key {record.id} ({record.prefix}…, {record.name}) is not quarantined; nothing to release")
+        print((changed_text if changed else unchanged_text)(record, now))
     return 0
 
 
