@@ -35,6 +35,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import manage
+from .outcomes import FAILING_SIGNAL_KINDS, NEGATIVE_SCORE, failed_sql, negative_sql
 from .spec import CANDIDATES_SCHEMA, SpecError, ToolDescriptionSpec, parse_spec
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,8 @@ Each change is A/B-tested on live traffic and rolled back automatically if it do
 specific and conservative; never include secrets, personal data or text specific to one example. \
 Order the candidates by expected impact, best first. Call the tool once."""
 
-# one exchange's success, as in intelligence/enhance/outcomes.py
-_OK_SQL = """NOT EXISTS (SELECT 1 FROM outcome_signals s WHERE s.request_id = m.request_id AND NOT s.ok
-                                AND s.kind IN ('status', 'finish', 'tool_args', 'retry'))
-        AND NOT EXISTS (SELECT 1 FROM feedback f WHERE f.request_id = m.request_id
-                        AND (f.thumbs = 'down' OR f.score < 0.5))"""
+# one exchange's success: the definition experiments use (intelligence/enhance/outcomes.py)
+_OK_SQL = f"NOT {failed_sql('m.request_id')} AND NOT {negative_sql('m.request_id', str(NEGATIVE_SCORE))}"
 
 _RATES_SQL = text(f"""
 WITH m AS (
@@ -83,12 +81,11 @@ UNION
 SELECT id FROM patterns WHERE redirect_to IS NOT NULL
 """)
 
-_EXAMPLES_SQL = text("""
+_EXAMPLES_SQL = text(f"""
 SELECT x.request_id, x.prompt_system, x.prompt_user, x.finish_reason, x.error, x.status, x.model, x.tool_names,
        ARRAY(SELECT DISTINCT s.kind FROM outcome_signals s WHERE s.request_id = x.request_id AND NOT s.ok
-             AND s.kind IN ('status', 'finish', 'tool_args', 'retry')) AS failed_kinds,
-       EXISTS (SELECT 1 FROM feedback f WHERE f.request_id = x.request_id
-               AND (f.thumbs = 'down' OR f.score < 0.5)) AS negative
+             AND s.kind = ANY(:failing_kinds)) AS failed_kinds,
+       {negative_sql("x.request_id", str(NEGATIVE_SCORE))} AS negative
 FROM exchange_embeddings m JOIN exchanges x ON x.request_id = m.request_id
 WHERE m.pattern_id = :pattern AND m.created_at >= :since
 ORDER BY m.created_at DESC
@@ -262,7 +259,8 @@ class CandidateJob:
     async def gather(self, conn: AsyncConnection, pick: PatternPick, now: datetime | None = None) -> Evidence:
         now = now or datetime.now(timezone.utc)
         rows = (await conn.execute(_EXAMPLES_SQL, {"pattern": pick.pattern_id, "since": now - self.window,
-                                                   "scan": max(200, self.examples * 20)})).mappings().all()
+                                                   "scan": max(200, self.examples * 20),
+                                                   "failing_kinds": list(FAILING_SIGNAL_KINDS)})).mappings().all()
         ev = Evidence()
         for r in rows:
             failed = list(r["failed_kinds"] or []) + (["feedback"] if r["negative"] else [])

@@ -37,6 +37,18 @@ DEFAULT_PENDING_GRACE_S = 600.0
 _FAILING_KINDS_SQL = ", ".join(f"'{k}'" for k in FAILING_SIGNAL_KINDS)
 
 
+def failed_sql(request_id: str) -> str:
+    """True when the exchange ``request_id`` (an SQL expression) has a failing outcome signal."""
+    return (f"EXISTS (SELECT 1 FROM outcome_signals s WHERE s.request_id = {request_id} AND NOT s.ok "
+            f"AND s.kind IN ({_FAILING_KINDS_SQL}))")
+
+
+def negative_sql(request_id: str, negative: str = ":negative") -> str:
+    """True when the exchange got negative feedback (thumbs down, or a score under ``negative``)."""
+    return (f"EXISTS (SELECT 1 FROM feedback f WHERE f.request_id = {request_id} "
+            f"AND (f.thumbs = 'down' OR f.score < {negative}))")
+
+
 def exposures_sql(where: str, *, extra_columns: str = "") -> str:
     """One row per exposure matching ``where`` (a condition on ``exchanges e``) with the pieces of the
     success definition above: ``processed``, ``recent`` (still in the grace period), ``failed`` and
@@ -48,11 +60,8 @@ def exposures_sql(where: str, *, extra_columns: str = "") -> str:
            e.latency_ms,{extra_columns}
            m.request_id IS NOT NULL AS processed,
            e.started_at > now() - make_interval(secs => :grace) AS recent,
-           EXISTS (SELECT 1 FROM outcome_signals s
-                   WHERE s.request_id = e.request_id AND NOT s.ok
-                     AND s.kind IN ({_FAILING_KINDS_SQL})) AS failed,
-           EXISTS (SELECT 1 FROM feedback f
-                   WHERE f.request_id = e.request_id AND (f.thumbs = 'down' OR f.score < :negative)) AS negative
+           {failed_sql("e.request_id")} AS failed,
+           {negative_sql("e.request_id")} AS negative
     FROM exchanges e
     LEFT JOIN exchange_embeddings m ON m.request_id = e.request_id
     WHERE {where}"""
@@ -152,4 +161,4 @@ def outcomes_dict(o: ExperimentOutcomes) -> dict[str, Any]:
 
 
 __all__ = ["ArmTotals", "EXPOSURE_AGGREGATES", "ExperimentOutcomes", "FAILING_SIGNAL_KINDS", "experiment_outcomes",
-           "exposures_sql", "outcomes_dict"]
+           "exposures_sql", "failed_sql", "negative_sql", "outcomes_dict"]
