@@ -16,7 +16,6 @@ docs/experiments-simulation.md.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -122,17 +121,28 @@ class EnhancementCache:
 
     def __init__(self, engine: AsyncEngine, *, poll_interval: float = 5.0, listen: bool = True,
                  channel: str = NOTIFY_CHANNEL):
+        from intelligence.store.listen import NotifyReloader
+
         self.engine = engine
-        self.poll_interval = poll_interval
-        self.listen = listen
-        self.channel = channel
         self.stats = {"refreshes": 0, "failures": 0, "notifications": 0, "listens": 0}
         self._snapshot = EnhancementSnapshot.empty()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._listen_conn: AsyncConnection | None = None
-        self._listener_lost = False
         self._on_change: list[Callable[[EnhancementSnapshot], None]] = []
+        self._reloader = NotifyReloader(
+            engine, channel, self.refresh, poll_interval=poll_interval, listen=listen, what="enhancements",
+            task_name="enhancement-cache", stats=self.stats,
+            keeping=lambda: f"keeping the snapshot from {self._snapshot.loaded_at}")
+
+    @property
+    def poll_interval(self) -> float:
+        return self._reloader.poll_interval
+
+    @property
+    def listen(self) -> bool:
+        return self._reloader.listen
+
+    @property
+    def channel(self) -> str:
+        return self._reloader.channel
 
     @property
     def snapshot(self) -> EnhancementSnapshot:
@@ -140,7 +150,7 @@ class EnhancementCache:
 
     @property
     def listening(self) -> bool:
-        return self._listen_conn is not None and not self._listener_lost
+        return self._reloader.listening
 
     def on_change(self, callback: Callable[[EnhancementSnapshot], None]) -> None:
         self._on_change.append(callback)
@@ -159,81 +169,11 @@ class EnhancementCache:
         return snap
 
     async def start(self) -> None:
-        try:
-            await self.refresh()
-        except Exception as exc:  # noqa: BLE001 - the database may come up later; the loop keeps trying
-            self.stats["failures"] += 1
-            log.warning("enhancements not loaded yet (%s); retrying every %.1fs", exc, self.poll_interval)
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="enhancement-cache")
+        """Load once (a failure is logged, not raised: the loop keeps trying) and start refreshing."""
+        await self._reloader.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._drop_listener()
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            if self.listen and not self.listening:
-                await self._connect_listener()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            self._wake.clear()
-            try:
-                await self.refresh()
-                failures = 0
-            except Exception as exc:  # noqa: BLE001 - keep the last snapshot; say so once per outage
-                self.stats["failures"] += 1
-                failures += 1
-                if failures == 1:
-                    log.warning("reloading enhancements failed (%s); keeping the snapshot from %s", exc,
-                                self._snapshot.loaded_at)
-
-    async def _connect_listener(self) -> None:
-        await self._drop_listener()
-        try:
-            conn = await self.engine.connect()
-        except Exception as exc:  # noqa: BLE001 - polling still works
-            log.debug("LISTEN connection failed: %s", exc)
-            return
-        try:
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            await driver.add_listener(self.channel, self._on_notify)
-            driver.add_termination_listener(self._on_terminated)
-        except Exception as exc:  # noqa: BLE001
-            log.debug("LISTEN %s failed: %s", self.channel, exc)
-            await _discard(conn)
-            return
-        self._listen_conn = conn
-        self._listener_lost = False
-        self.stats["listens"] += 1
-        self._wake.set()  # a change between the last poll and LISTEN taking effect
-
-    def _on_notify(self, *_: Any) -> None:
-        self.stats["notifications"] += 1
-        self._wake.set()
-
-    def _on_terminated(self, *_: Any) -> None:
-        self._listener_lost = True
-        self._wake.set()
-
-    async def _drop_listener(self) -> None:
-        conn, self._listen_conn = self._listen_conn, None
-        if conn is not None:
-            await _discard(conn)
-
-
-async def _discard(conn: AsyncConnection) -> None:
-    # invalidate, not close: a connection with a LISTEN registered must not go back to the pool
-    with contextlib.suppress(Exception):
-        await conn.invalidate()
-    with contextlib.suppress(Exception):
-        await conn.close()
+        await self._reloader.stop()
 
 
 # ------------------------------------------------------------------------------------ hot path

@@ -27,11 +27,11 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from intelligence.audit import AuditLog
+from intelligence.store.listen import NotifyReloader
 
 from . import store
 from .errors import PolicyError, PolicyIssue
@@ -116,8 +116,6 @@ class PolicyWatcher:
         self.path = resolve_policy_path(path)
         self.engine = engine
         self.poll_interval = poll_interval
-        self.db_poll_interval = db_poll_interval
-        self.listen = listen
         self.audit = audit or AuditLog()
         self.on_swap = on_swap
         self.throttler = Throttler()
@@ -130,15 +128,31 @@ class PolicyWatcher:
         self._db_docs: dict[str, PolicyDocument] = {}
         self._db_seen: dict[str, tuple[int, str, bool]] = {}
         self._pending_audit: list[_PendingAudit] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._wake = asyncio.Event()
-        self._listen_conn: AsyncConnection | None = None
-        self._listener_lost = False
+        self._tasks: list[asyncio.Task[None]] = []  # the file watch
         self._stopping = False
+        self._db: NotifyReloader | None = None  # database policies: LISTEN + poll
+        if engine is not None:
+            self._db = NotifyReloader(engine, NOTIFY_CHANNEL, self.refresh_db, poll_interval=db_poll_interval,
+                                      listen=listen, what="database policies", task_name="policy-db-watch",
+                                      stats=self.stats, failures_key="db_failures",
+                                      keeping=lambda: "keeping the current policy")
+        self._db_poll_interval, self._listen = db_poll_interval, listen
 
     @property
     def snapshot(self) -> PolicySnapshot:
         return self._snapshot
+
+    @property
+    def db_poll_interval(self) -> float:
+        return self._db.poll_interval if self._db is not None else self._db_poll_interval
+
+    @property
+    def listen(self) -> bool:
+        return self._db.listen if self._db is not None else self._listen
+
+    @property
+    def listening(self) -> bool:
+        return self._db is not None and self._db.listening
 
     # ------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -150,16 +164,11 @@ class PolicyWatcher:
         self._file_seen_sha = doc.sha256
         self._queue_audit(store.file_subject(doc.name), "file", doc.name, doc.text, file_actor(self.path), "applied")
         self._swap("file loaded")
-        if self.engine is not None:
-            try:
-                await self.refresh_db()
-            except Exception as exc:  # noqa: BLE001 - the database may come later; the loop retries
-                self.stats["db_failures"] += 1
-                log.warning("database policies not loaded yet (%s); running with the file policy", exc)
+        self._stopping = False
+        if self._db is not None:  # the database may come later: the reloader keeps trying
+            await self._db.start(not_loaded="running with the file policy")
         if not self._tasks:
             self._tasks.append(asyncio.create_task(self._file_loop(), name="policy-file-watch"))
-            if self.engine is not None:
-                self._tasks.append(asyncio.create_task(self._db_loop(), name="policy-db-watch"))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -171,7 +180,8 @@ class PolicyWatcher:
             # hangs on a task whose cancellation a database driver consumed (the loops re-check
             # _stopping, so they end at their next turn anyway)
             await asyncio.wait(tasks, timeout=5)
-        await self._drop_listener()
+        if self._db is not None:
+            await self._db.stop()
         if self.engine is not None and self._pending_audit:
             with contextlib.suppress(Exception):
                 await self.flush_audit()
@@ -292,65 +302,8 @@ class PolicyWatcher:
         if self.engine is None:
             return
         self._pending_audit.append(_PendingAudit(subject, origin, name, content, actor, status, errors))
-        self._wake.set()
-
-    async def _db_loop(self) -> None:
-        failures = 0
-        while not self._stopping:
-            if self.listen and not self.listening:
-                await self._connect_listener()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.db_poll_interval)
-            self._wake.clear()
-            try:
-                await self.refresh_db()
-                failures = 0
-            except Exception as exc:  # noqa: BLE001 - keep the current snapshot; say so once per outage
-                if _cancelled():
-                    raise asyncio.CancelledError from exc  # a driver turned our cancellation into an error
-                self.stats["db_failures"] += 1
-                failures += 1
-                if failures == 1:
-                    log.warning("reloading database policies failed (%s); keeping the current policy", exc)
-
-    @property
-    def listening(self) -> bool:
-        return self._listen_conn is not None and not self._listener_lost
-
-    async def _connect_listener(self) -> None:
-        await self._drop_listener()
-        assert self.engine is not None
-        try:
-            conn = await self.engine.connect()
-        except Exception as exc:  # noqa: BLE001 - polling still works
-            log.debug("policy LISTEN connection failed: %s", exc)
-            return
-        try:
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            await driver.add_listener(NOTIFY_CHANNEL, self._on_notify)
-            driver.add_termination_listener(self._on_terminated)
-        except Exception as exc:  # noqa: BLE001
-            log.debug("LISTEN %s failed: %s", NOTIFY_CHANNEL, exc)
-            await _discard(conn)
-            return
-        self._listen_conn = conn
-        self._listener_lost = False
-        self.stats["listens"] += 1
-        self._wake.set()  # a change between the last poll and LISTEN would otherwise wait for the next poll
-
-    def _on_notify(self, *_: Any) -> None:
-        self.stats["notifications"] += 1
-        self._wake.set()
-
-    def _on_terminated(self, *_: Any) -> None:
-        self._listener_lost = True
-        self._wake.set()
-
-    async def _drop_listener(self) -> None:
-        conn, self._listen_conn = self._listen_conn, None
-        if conn is not None:
-            await _discard(conn)
+        if self._db is not None:
+            self._db.wake()  # the next round writes it
 
     # ------------------------------------------------------------------------------ swapping
     def _reject(self, source: str, issues: tuple[PolicyIssue, ...]) -> None:
@@ -370,16 +323,3 @@ class PolicyWatcher:
                 self.on_swap(snapshot)
             except Exception:  # noqa: BLE001 - a listener's bug must not stop reloads
                 log.exception("policy swap listener failed")
-
-
-def _cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-async def _discard(conn: AsyncConnection) -> None:
-    # invalidate, not close: a connection with a LISTEN registered must not go back to the pool
-    with contextlib.suppress(Exception):
-        await conn.invalidate()
-    with contextlib.suppress(Exception):
-        await conn.close()
