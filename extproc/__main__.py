@@ -85,9 +85,19 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
     webhook_task = asyncio.create_task(webhook.run(webhook_stop), name="alert-webhook") if webhook is not None else None
     policy = PolicyWatcher(settings.policy_file, engine)
     await policy.start()
+    from intelligence.throttle import SharedThrottleCounts
+
+    throttle_counts = SharedThrottleCounts.from_engine(engine)  # policy throttles hold across replicas
+    policy.throttler.shared = throttle_counts
+    await throttle_counts.start()
     # The default detector (static embedding: inline-cheap); LLMPROXY_INJECTION_EMBEDDINGS=0 for heuristics only.
     embeddings = os.environ.get("LLMPROXY_INJECTION_EMBEDDINGS", "1") != "0"
     injection = await asyncio.to_thread(default_injection_detector, with_embeddings=embeddings, background=True)
+    from .security.memory_sync import AttackMemorySync
+
+    attack_memory = AttackMemorySync(engine, injection) if embeddings else None  # learned attacks, reloaded on NOTIFY
+    if attack_memory is not None:
+        await attack_memory.start()
     guard = Guard(policy, secrets=shared_secret_detector(), pii=await asyncio.to_thread(shared_pii_detector),
                   injection=injection, audit=audit,
                   quarantine=_quarantiner(engine), events=events, verdicts=await _claude_gate(engine, policy, events, audit))
@@ -105,12 +115,15 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         if enhancements is not None:
             await enhancements.stop()
         await policy.stop()
+        if attack_memory is not None:
+            await attack_memory.stop()
         await guard.verdicts.aclose()  # background verdict records, then the Claude client (if one was built)
         webhook_stop.set()
         if webhook_task is not None:
             await webhook_task
         await events.stop()
         await audit.stop()
+        await throttle_counts.stop()
         await meter.stop()
         await keys.stop()
         await recorder.stop()

@@ -1,21 +1,39 @@
-"""Policy ``throttle`` actions: token buckets per (rule, key or client), in this process.
+"""Policy ``throttle`` actions: a local token bucket plus a per-minute count shared by all replicas.
 
-First version, said plainly: the buckets live in one sidecar process. With N replicas a client can
-get up to N x rpm through before every replica has refused it. Hard per-key budgets that hold across
-replicas are the gateway keys' own (``extproc.auth.UsageMeter``, shared through the database); policy
-throttles are the fast, local brake that detector verdicts can pull. State survives snapshot swaps
-(buckets are keyed by the rule's qualified id), and idle buckets are dropped.
+Two checks per (rule, subject), subject = the gateway key id (``per: key``) or the client identity
+(credential fingerprint, else address); both synchronous, no I/O:
+
+* the **token bucket** of this process (capacity ``burst``, refilled at ``rpm``/60 per second) caps
+  how fast one replica admits; it answers alone when there is no shared counter;
+* the **shared window** (``shared``, an :class:`intelligence.throttle.SharedThrottleCounts`) counts
+  admissions per UTC calendar minute over every replica: a request is refused once the minute's
+  total (other replicas' counts as last read, about a second old, plus this replica's own) reaches
+  ``max(rpm, burst)``; Retry-After is then the time to the next minute.
+
+So across N replicas a subject gets at most ``max(rpm, burst)`` per calendar minute plus what the
+other replicas admitted in the last ~2 flush intervals before they saw the total (each at most its
+bucket allows in that time: ``burst + rpm * 2s/60``); docs/policy.md derives the bound. Without a
+database the shared counts are this replica's own and the last totals read: enforcement degrades to
+per process. A refused request consumes nothing. Buckets survive snapshot swaps (keyed by the
+rule's qualified id) and idle ones are dropped.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .decision import Block, FiredRule, Mode, RequestDecision
 from .facts import RequestFacts
+
+if TYPE_CHECKING:
+    from intelligence.throttle.shared import SharedThrottleCounts
+
+log = logging.getLogger("llmproxy.policy.throttle")
 
 _IDLE_SECONDS = 600.0
 _SWEEP_EVERY = 1024  # checks between sweeps of idle buckets
@@ -34,20 +52,29 @@ class ThrottleResult:
 
 
 class Throttler:
-    def __init__(self, clock: Callable[[], float] = time.monotonic, max_buckets: int = 100_000):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_buckets: int = 100_000,
+                 shared: SharedThrottleCounts | None = None):
         self.clock = clock
         self.max_buckets = max_buckets
+        self.shared = shared
+        self.stats = {"bucket_refused": 0, "window_refused": 0}  # over the limit (enforce or monitor)
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._checks = 0
+        self._said_local = False
 
     def check(self, decision: RequestDecision, facts: RequestFacts) -> ThrottleResult:
-        """Take one token from every bucket the decision's throttles name; synchronous, no I/O."""
+        """Count the request against every throttle the decision names; synchronous, no I/O."""
         if not decision.throttles:
             return _NOTHING
         now = self.clock()
         self._checks += 1
         if self._checks % _SWEEP_EVERY == 0 or len(self._buckets) > self.max_buckets:
             self._sweep(now)
+        shared = self.shared
+        window = shared.window() if shared is not None else None
+        if shared is None and not self._said_local:
+            self._said_local = True
+            log.info("policy throttles count in this process only (no shared database counter)")
         block: Block | None = None
         fired: list[FiredRule] = []
         for t in decision.throttles:
@@ -62,10 +89,18 @@ class Throttler:
             else:
                 bucket.tokens = min(float(t.burst), bucket.tokens + (now - bucket.updated) * rate)
                 bucket.updated = now
-            if bucket.tokens >= 1.0:
+            wait = 0
+            if bucket.tokens < 1.0:
+                self.stats["bucket_refused"] += 1
+                wait = max(1, math.ceil((1.0 - bucket.tokens) / rate))
+            if shared is not None and window is not None and shared.used(t.rule, who, window.start) >= max(t.rpm, t.burst):
+                self.stats["window_refused"] += 1
+                wait = max(wait, 1, math.ceil(window.seconds_left))  # the bucket may refill sooner: no use
+            if not wait:
                 bucket.tokens -= 1.0
+                if shared is not None and window is not None:
+                    shared.add(t.rule, who, window.start)
                 continue
-            wait = max(1, math.ceil((1.0 - bucket.tokens) / rate))
             policy, _, rule = t.rule.partition("/")
             note = f"over {t.rpm} requests per minute per {t.per}"
             fired.append(FiredRule(rule, policy, t.mode, ("throttle",), note))

@@ -1,9 +1,10 @@
 """Layer 2 of injection detection: similarity to a memory of known attacks.
 
 :class:`AttackMemory` is the interface the detector needs; :class:`NumpyAttackMemory` keeps the
-vectors in process (a matrix product per query). A pgvector implementation can serve the same
-interface and grow from confirmed verdicts; the seed shipped in ``data/memory.yaml`` is loaded into
-either.
+vectors in process (a matrix product per query). It starts from the seed shipped in
+``data/memory.yaml``; attacks learned afterwards (confirmed verdicts, operators' additions: the
+``attack_memory`` table) are merged in by ``memory_sync.AttackMemorySync``, which swaps the whole
+content at once with :meth:`NumpyAttackMemory.replace` so a scan never sees half an update.
 """
 
 from __future__ import annotations
@@ -71,15 +72,33 @@ class NumpyAttackMemory:
     def items(self) -> list[KnownAttack]:
         return list(self._items)
 
+    @property
+    def vectors(self) -> np.ndarray:
+        """The stored (L2-normalised) vectors, one row per item, as a copy."""
+        with self._lock:
+            return self._matrix.copy()
+
     def add(self, items: Sequence[KnownAttack], vectors: np.ndarray) -> None:
+        vectors = self._normalised(items, vectors)
+        with self._lock:
+            # new objects, not in-place growth: a concurrent ``nearest`` keeps the pair it read
+            self._items = self._items + list(items)
+            self._matrix = np.vstack([self._matrix, vectors])
+
+    def replace(self, items: Sequence[KnownAttack], vectors: np.ndarray) -> None:
+        """Swap the whole content at once (a reload): a scan sees either the old or the new memory."""
+        vectors = self._normalised(items, vectors)
+        with self._lock:
+            self._items, self._matrix = list(items), vectors
+
+    def _normalised(self, items: Sequence[KnownAttack], vectors: np.ndarray) -> np.ndarray:
+        if not len(items):
+            return np.zeros((0, self.dim), dtype=np.float32)
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(items), -1)
         if vectors.shape[1] != self.dim:
             raise ValueError(f"vectors have dimension {vectors.shape[1]}, memory has {self.dim}")
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        vectors = vectors / np.where(norms == 0, 1.0, norms)
-        with self._lock:
-            self._items.extend(items)
-            self._matrix = np.vstack([self._matrix, vectors])
+        return vectors / np.where(norms == 0, 1.0, norms)
 
     def nearest(self, vectors: np.ndarray, k: int = 3) -> list[list[Neighbor]]:
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))

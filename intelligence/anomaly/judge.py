@@ -23,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from intelligence.anomaly import store
+from intelligence.audit import AuditLog
 from intelligence.anomaly.kinds import LABEL_OF_VERDICT, VERDICT_OF_LABEL
 from intelligence.anomaly.models import VERDICTS
 from intelligence.anomaly.response import Decision, ResponseConfig, respond
@@ -249,6 +250,15 @@ class Judge:
         await conn.execute(text(
             "UPDATE anomaly_verdicts SET confirmed = :label, confirmed_by = 'claude' WHERE id = :id"),
             {"label": label, "id": row["id"]})
+        # A confident attack verdict on a suspected injection also joins the inline detector's attack memory
+        # (near-duplicates only; an operator's false_positive relabel takes it out again).
+        from intelligence.attacks.growth import learn_from_confirmation  # import cycle: attacks -> anomaly models
+        from intelligence.attacks.store import AUDIT_KIND as ATTACK_AUDIT_KIND
+
+        change = await learn_from_confirmation(conn, row, label, "claude")
+        if change is not None:
+            await AuditLog().append(conn, ATTACK_AUDIT_KIND, f"verdict:{row['id']}",
+                                    {"verdict_id": row["id"], "confidence": decision.confidence, **change}, "claude")
         if prompt is None or vector is None:  # not a prompt suspicion: nothing the memory could match on
             return
         await store.remember(conn, label=label, prompt=prompt, vector=vector, verdict_id=row["id"],

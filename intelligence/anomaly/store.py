@@ -166,7 +166,9 @@ async def confirm_verdict(conn: Executor, verdict_id: int, label: str, *, actor:
     A suspicion about a prompt (injection, monitor-mode rule, novel prompt) also enters the verdict
     memory, so its near-duplicates are judged without Claude; a purely statistical one (volume,
     tokens, errors, new tool/model) is only marked. ``embedder`` is used when the pattern worker has
-    not embedded the request yet (default: the shared all-MiniLM-L6-v2).
+    not embedded the request yet (default: the shared all-MiniLM-L6-v2). An injection-type attack's
+    prompt also enters the inline detector's attack memory, and a false positive leaves it
+    (intelligence/attacks/growth.py).
     Unknown id -> LookupError; bad label -> ValueError.
     """
     if label not in LABELS:
@@ -185,6 +187,13 @@ async def confirm_verdict(conn: Executor, verdict_id: int, label: str, *, actor:
                                    verdict_id=verdict_id)
     detail = {"verdict_id": verdict_id, "label": label, "memory_id": memory_id, "request_id": current["request_id"],
               "client": current["client_key_fp"], "verdict": current["verdict"]}
+    # The inline detector's attack memory (an injection-type attack's prompt in; a false positive's out);
+    # imported here: intelligence.attacks imports the anomaly models, whose package imports this module.
+    from intelligence.attacks.growth import learn_from_confirmation
+
+    attack_change = await learn_from_confirmation(conn, current, label, actor)
+    if attack_change is not None:
+        detail["attack_memory"] = attack_change
     await AuditLog().append(conn, AUDIT_KIND_CONFIRM, f"verdict:{verdict_id}", detail, actor)
     await publish(conn, kind="verdict", severity="info", subject=f"verdict:{verdict_id}", source=actor,
                   title=f"verdict {verdict_id} confirmed as {label} ({VERDICT_OF_LABEL[label]})", detail=detail)

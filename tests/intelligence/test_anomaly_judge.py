@@ -134,6 +134,10 @@ async def test_malicious_verdict_quarantines_the_gateway_key(migrated_db, claude
     assert row["confirmed"] == "attack" and row["confirmed_by"] == "claude"
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT label FROM verdict_memory"))).scalars().all() == ["attack"]
+        # ...and the inline detector's attack memory, audited as Claude's doing
+        learned = (await conn.execute(text("SELECT text, source, added_by FROM attack_memory"))).all()
+    assert [(t, s, a) for t, s, a in learned] == [(ATTACK, f"verdict:{row['id']}", "claude")]
+    assert "attack_memory" in await audit_kinds(engine)
 
 
 async def test_quarantine_needs_a_gateway_key_and_can_be_switched_off(migrated_db, claude: Claude) -> None:
