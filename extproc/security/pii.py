@@ -6,10 +6,11 @@ tokenizer only (lemmas are set to the lower-cased token so Presidio's context wo
 "card", ..., still raise scores). Every pattern recogniser works exactly as upstream: email, phone
 (python-phonenumbers), credit card (Luhn-checked), IBAN (checksum-validated), US SSN, IP address.
 
-PERSON needs a statistical NER model. With the blank pipeline PERSON is *not detected*; pass
-``spacy_model=`` naming an installed spaCy pipeline (e.g. ``en_core_web_sm`` installed by the
-operator from spaCy's own release) and Presidio's SpacyRecognizer reports PERSON again. A model is
-never downloaded: a name that is not installed falls back to the blank pipeline with a warning.
+PERSON would need a statistical NER model. Without one, PERSON comes from ``names.py``: a name
+gazetteer (names-dataset lists) with capitalisation and context cues, plugged into Presidio as a
+custom recogniser; it favours precision over recall (see docs/security.md). Pass ``spacy_model=``
+naming an installed spaCy pipeline and Presidio's SpacyRecognizer reports PERSON instead. A model
+is never downloaded: a name that is not installed falls back to the gazetteer with a warning.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ PLACEHOLDER_LABELS = {
 }
 
 _DIGIT = re.compile(r"\d")
+_CAPITALISED = re.compile(r"[^\W\d_a-z][^\W\d_A-Z]")  # an upper-case letter then a lower-case one
 
 
 def _digits(text: str) -> int:
@@ -80,6 +82,8 @@ def _gate(entity: str, text: str, digits: int) -> bool:
         return "." in text
     if entity in ("DATE_TIME", "US_DRIVER_LICENSE"):
         return digits >= 1
+    if entity == "PERSON":
+        return _CAPITALISED.search(text) is not None
     return True
 
 
@@ -118,7 +122,7 @@ class _AnalyzerFactory:
 
         has_ner = bool(spacy_model) and (spacy.util.is_package(spacy_model) or _is_path(spacy_model))
         if spacy_model and not has_ner:
-            log.warning("spaCy model %r is not installed; PERSON detection is off (never downloaded)", spacy_model)
+            log.warning("spaCy model %r is not installed (never downloaded); PERSON uses the name gazetteer", spacy_model)
 
         class LocalSpacyEngine(SpacyNlpEngine):
             def load(self) -> None:
@@ -146,10 +150,15 @@ class _AnalyzerFactory:
         for entity in entities:
             if entity in by_entity:
                 registry.add_recognizer(by_entity[entity]())
-        if has_ner and "PERSON" in entities:
-            registry.add_recognizer(SpacyRecognizer(supported_entities=["PERSON"]))
+        if "PERSON" in entities:
+            if has_ner:
+                registry.add_recognizer(SpacyRecognizer(supported_entities=["PERSON"]))
+            else:
+                from .names import presidio_recognizer
+
+                registry.add_recognizer(presidio_recognizer())
         analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
-        supported = {e for e in entities if e in by_entity or (e == "PERSON" and has_ner)}
+        supported = {e for e in entities if e in by_entity or e == "PERSON"}
         return analyzer, supported
 
 

@@ -19,6 +19,7 @@ VALUES = {
     "IBAN_CODE": "GB82 WEST 1234 5698 7654 32",
     "US_SSN": "219-09-9999",
     "IP_ADDRESS": "10.0.0.12",
+    "PERSON": "Jane",  # after "I'm": a cue, see names.py
 }
 
 
@@ -45,11 +46,14 @@ def test_no_false_positives_on_plain_prose(pii: PiiDetector) -> None:
     assert pii.find("") == []
 
 
-def test_person_needs_an_ner_model(pii: PiiDetector) -> None:
-    assert not pii.detects_person
-    assert "PERSON" not in pii.supported
+def test_person_without_ner_model_uses_the_gazetteer(pii: PiiDetector) -> None:
+    assert pii.detects_person
     detector = PiiDetector(entities=("EMAIL_ADDRESS", "PERSON"), spacy_model="definitely_not_installed_model")
-    assert detector.supported == {"EMAIL_ADDRESS"}
+    assert detector.supported == {"EMAIL_ADDRESS", "PERSON"}
+    spans = detector.find("Please forward this to Maria Gonzalez before noon.")
+    assert [(s.kind, s.detector) for s in spans] == [("PERSON", "presidio:PersonGazetteerRecognizer")]
+    without = PiiDetector(entities=("EMAIL_ADDRESS",))
+    assert without.find("Please forward this to Maria Gonzalez before noon.") == []
 
 
 def test_extra_recognisers_and_windows(pii: PiiDetector) -> None:
@@ -66,8 +70,9 @@ def test_redaction_round_trip(pii: PiiDetector) -> None:
     for value in VALUES.values():
         assert value not in redacted
     assert "<EMAIL_1>" in redacted and "<CREDIT_CARD_1>" in redacted and "<IBAN_1>" in redacted
+    assert "<PERSON_1>" in redacted
     assert redaction.restore(redacted) == TEXT
-    assert len(spans) == 6
+    assert len(spans) == len(VALUES)
 
 
 def test_same_value_same_placeholder_and_mask_mode() -> None:
