@@ -145,12 +145,18 @@ class SimilarityScale:
     memory_flag: float  # ... and flags on its own from here (score 0.52)
     context_weak: float  # user turn vs a restricted topic: weak evidence (0.3) from here ...
     context_floor: float  # ... moderate (0.5+) from here
+    # Compare each sentence of the user turn too (max over sentence x restricted topic). More pairs
+    # are more chances, so the two levels above must be calibrated on that max, not per pair.
+    context_per_sentence: bool = False
 
 
 # all-MiniLM-L6-v2 (the transformer): measured on the development data (docs/security.md).
 MINILM_SCALE = SimilarityScale(memory_start=0.7, memory_flag=0.8, context_weak=0.33, context_floor=0.40)
 # The static distillation (static_embed.py): same false-positive levels, measured the same way.
-STATIC_SCALE = SimilarityScale(memory_start=0.88, memory_flag=0.92, context_weak=0.44, context_floor=0.50)
+# Context levels for max(whole turn, each sentence) vs each restricted topic: an unrelated benign
+# text (CLINC150 test, held-out benign rows) paired with a random CyberSecEval system prompt reaches
+# 0.51 0.14% of the time and 0.45 0.9% (whole turn alone at 0.50 / 0.44: 0.14% / 1.1%).
+STATIC_SCALE = SimilarityScale(memory_start=0.88, memory_flag=0.92, context_weak=0.45, context_floor=0.51, context_per_sentence=True)
 
 
 def memory_score(similarity: float, scale: SimilarityScale = MINILM_SCALE) -> float:
@@ -236,7 +242,7 @@ class InjectionDetector:
             h = self._add_heuristic(i, src, hits, layers, rule_hits, per_segment)
             heuristic_scores[i] = h
             if protected is not None and not protected.empty:
-                context_hits[i] = ctx.score_against(protected, norm.text)
+                context_hits[i] = ctx.score_against(protected, norm.text, hidden=_hidden_texts(norm))
             needs_context = protected is not None and not protected.empty  # similarity to restricted topics
             if h < self.skip_embedding_above and (h > 0 or needs_context or _words(norm.text) >= self.embed_min_words):
                 to_embed.append((i, norm, feats))
@@ -253,9 +259,18 @@ class InjectionDetector:
                     topic_vectors = self._vectors(topics)
                     for (i, n, _), v in zip(to_embed, vectors):
                         sim = ctx.max_similarity(topic_vectors, v)
+                        sentences = ctx.user_sentences(n.text) if self.scale.context_per_sentence else []
+                        if sentences:
+                            sim = max(sim, float((self._vectors(sentences) @ topic_vectors.T).max()))
                         context_hits.setdefault(i, [])
                         context_hits[i] = ctx.score_against(
-                            protected, n.text, similarity=sim, floor=self.scale.context_floor, weak=self.scale.context_weak
+                            protected,
+                            n.text,
+                            similarity=sim,
+                            floor=self.scale.context_floor,
+                            weak=self.scale.context_weak,
+                            hidden=_hidden_texts(n),
+                            spelling=self._similarity,
                         )
             if self.memory is not None and len(self.memory):
                 for (i, _, _), near in zip(to_embed, self.memory.nearest(vectors, k=3)):
@@ -326,6 +341,10 @@ class InjectionDetector:
         per_segment[i] = max(per_segment.get(i, 0.0), h)
         return h
 
+    def _similarity(self, a: str, b: str) -> float:
+        va, vb = self._vectors([a, b])
+        return float(va @ vb)
+
     def _vectors(self, texts: list[str]) -> np.ndarray:
         """Embeddings with a small cache: system prompts and retrieved documents repeat."""
         keys = [hashlib.blake2b(t.encode("utf-8", "replace"), digest_size=16).hexdigest() for t in texts]
@@ -341,6 +360,11 @@ class InjectionDetector:
                     self._cache[k] = np.asarray(v, dtype=np.float32)
         with self._cache_lock:
             return np.stack([self._cache[k] for k in keys])
+
+
+def _hidden_texts(norm: Normalized) -> list[str]:
+    """What a segment says in other forms: decoded payloads and reassembled split requests."""
+    return [d.text for d in norm.decoded]
 
 
 def _words(text: str) -> int:

@@ -91,6 +91,8 @@ _CLEAN = re.compile(
     r"|^[-–—&/|:•*#>]+$|^\d+[.)]$"
 )
 _EDGE = re.compile(r"^\W+|\W+$")
+# Neither alphanumeric nor space (re's \w is str.isalnum() plus "_", \s is str.isspace()).
+_SYMBOL = re.compile(r"[^\w\s]|_")
 
 
 def features(text: str) -> np.ndarray:
@@ -107,15 +109,17 @@ def features(text: str) -> np.ndarray:
         words = words[:half] + words[-half:]
     if not words:
         return np.zeros(len(FEATURE_NAMES), dtype=np.float32)
-    unclean = np.array([0.0 if _CLEAN.match(w) else 1.0 for w in words], dtype=np.float32)
-    pieces = np.minimum(np.array(piece_counter()([_EDGE.sub("", w) or w for w in words]), dtype=np.float32), 6.0)
+    # Words repeat (a long prompt has about half as many distinct words): classify each once.
+    distinct = {w: (0.0 if _CLEAN.match(w) else 1.0, _EDGE.sub("", w) or w) for w in set(words)}
+    unclean = np.fromiter((distinct[w][0] for w in words), dtype=np.float32, count=len(words))
+    pieces = np.minimum(np.array(piece_counter()([distinct[w][1] for w in words]), dtype=np.float32), 6.0)
     w = min(WINDOW, len(words))
     kernel = np.ones(w, dtype=np.float32) / w
     u = np.convolve(unclean, kernel, mode="valid")
     f = np.convolve(pieces, kernel, mode="valid")
     combined = np.minimum(u / 0.5, 1.0) * 0.5 + np.minimum(np.maximum(f - 1.2, 0.0), 1.0) * 0.5
     best = int(combined.argmax())
-    symbols = sum(1 for c in masked if not c.isalnum() and not c.isspace())
+    symbols = len(_SYMBOL.findall(masked))
     return np.array(
         [
             float(combined[best]),

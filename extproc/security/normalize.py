@@ -57,6 +57,9 @@ _CONFUSABLES: dict[str, str] = {
     "ı": "i", "ȷ": "j", "ℓ": "l", "ꓲ": "I", "ꓳ": "O", "ꓴ": "U", "ꓢ": "S", "ꓐ": "B", "ꓓ": "D",
     "ɑ": "a", "ο": "o", "ѵ": "v", "ʏ": "y", "ᴦ": "r",
 }
+_CONFUSABLE_CHAR = re.compile("[" + re.escape("".join(_CONFUSABLES)) + "]")
+_CONFUSABLE_WORD = re.compile(r"\w*[" + re.escape("".join(_CONFUSABLES)) + r"]\w*")  # words that hold one
+_INVISIBLE = re.compile("[" + re.escape("".join(sorted(_ZERO_WIDTH | _BIDI))) + "]")
 _LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
 # A digit or symbol standing for a letter: next to letters, inside or at the start of a word.
 _NUMBER_UNIT = re.compile(r"\d+(?:st|nd|rd|th|am|pm|s|k|m|g|x|d|h|kb|mb|gb|tb|px|ms|min|mm|cm|km|kg|lb|hz|fps|v|w)", re.IGNORECASE)
@@ -86,7 +89,7 @@ _COMMON_WORDS = frozenset(
 class Decoded:
     """A payload found in the text and its decoded form."""
 
-    encoding: str  # base64 | hex | binary | rot13 | percent | unicode_tags
+    encoding: str  # base64 | hex | binary | rot13 | percent | unicode_tags | split
     start: int  # offsets into Normalized.text (unicode_tags: into the original)
     end: int
     text: str
@@ -169,7 +172,7 @@ def _normalize(text: str, *, max_chars: int, decode: bool, depth: int) -> Normal
 
 def _strip_invisible(text: str) -> tuple[str, set[str]]:
     flags: set[str] = set()
-    if not any(c in _ZERO_WIDTH or c in _BIDI for c in text) and not _VARIATION_SELECTORS.search(text):
+    if not _INVISIBLE.search(text) and not _VARIATION_SELECTORS.search(text):  # a C-speed scan: most texts stop here
         return text, flags
     out: list[str] = []
     n = len(text)
@@ -193,7 +196,9 @@ def _strip_invisible(text: str) -> tuple[str, set[str]]:
 
 
 def _fold_homoglyphs(text: str) -> tuple[str, bool]:
-    if text.isascii():
+    # Any non-ASCII character (a curly quote) used to send long prompts down the per-character
+    # path below; only a confusable letter can change anything.
+    if text.isascii() or not _CONFUSABLE_CHAR.search(text):
         return text, False
     latin = sum(1 for c in text if c.isascii() and c.isalpha())
     letters = sum(1 for c in text if c.isalpha()) or 1
@@ -213,7 +218,7 @@ def _fold_homoglyphs(text: str) -> tuple[str, bool]:
             return "".join(_CONFUSABLES.get(c, c) for c in word)
         return word
 
-    return _WORD.sub(fold, text), changed
+    return _CONFUSABLE_WORD.sub(fold, text), changed
 
 
 def _fold_leet(text: str) -> str:
@@ -268,7 +273,36 @@ def _find_payloads(text: str) -> list[Decoded]:
         if plain is not None:
             found.append(Decoded("percent", m.start(), m.end(), plain))
     found.extend(_find_rot13(text)[: max(0, MAX_PAYLOADS - len(found))])
+    found.extend(_find_split(text)[: max(0, MAX_PAYLOADS - len(found))])
     return found
+
+
+# Payload splitting: a request cut into labelled quoted fragments ('Part 1 is "What are some recip"',
+# 'B = "the secret"') that the model is asked to put back together. Each fragment is harmless; the
+# reassembled text is scanned like a decoded payload. Cut points may fall inside a word or between
+# words, so both joins are returned.
+_FRAGMENT = re.compile(
+    r"\b(?:(?:part|string|variable|segment|piece|fragment|chunk)\s*\d{0,2}|[a-z]_?\d{0,2})\s*(?:is|=|:)\s*"
+    r"[\"'“‘]([^\"'“”‘’\n]{1,120})[\"'”’]",
+    re.IGNORECASE,
+)
+_SPLIT_CANDIDATE = re.compile(r"(?:is|=|:)\s*[\"'“‘]")
+
+
+def _find_split(text: str) -> list[Decoded]:
+    if len(_SPLIT_CANDIDATE.findall(text[:_MAX_CANDIDATE_CHARS])) < 2:  # cheap gate: most prompts stop here
+        return []
+    frags = list(_FRAGMENT.finditer(text[:_MAX_CANDIDATE_CHARS]))[:16]
+    if len(frags) < 2:
+        return []
+    parts = [m.group(1) for m in frags]
+    start, end = frags[0].start(), frags[-1].end()
+    glued = "".join(parts)[:MAX_DECODED_CHARS]
+    spaced = " ".join(p.strip() for p in parts)[:MAX_DECODED_CHARS]
+    out = [Decoded("split", start, end, spaced)]
+    if glued != spaced:
+        out.append(Decoded("split", start, end, glued))
+    return out
 
 
 def _mixed_alnum(s: str) -> bool:
