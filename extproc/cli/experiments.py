@@ -2,14 +2,15 @@
 
 Talks gRPC to the control API (--control, default $LLMPROXY_CONTROL_ADDR or 127.0.0.1:50052) with
 the access token in $LLMPROXY_TOKEN (from `llmproxy token create`; not needed on a loopback server
-without SECRET_KEY). Changes need role admin; the token's subject is recorded as the actor.
+without SECRET_KEY). Changes need role admin; the token's subject is recorded as the actor. TLS:
+--control-ca or $LLMPROXY_CONTROL_TLS_CA (see intelligence.control.tls); a token is never sent in
+plaintext to a non-loopback address.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -20,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--control", default=None, metavar="ADDR",
                         help="control API address (default $LLMPROXY_CONTROL_ADDR or 127.0.0.1:50052)")
+    common.add_argument("--control-ca", default=None, metavar="PEM",
+                        help="CA that signed the control API's certificate: connect with TLS (default $LLMPROXY_CONTROL_TLS_CA)")
     common.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("experiments", help="list and steer enhancement A/B experiments (control API)")
@@ -49,9 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from intelligence.control.client import TOKEN_ENV, ControlClient, default_addr
+    from intelligence.control.client import client_from_env
 
-    return ControlClient(args.control or default_addr(), os.environ.get(TOKEN_ENV) or None)
+    return client_from_env(args.control, ca=getattr(args, "control_ca", None))
 
 
 def _call(args: argparse.Namespace, work: Any) -> int:
@@ -59,7 +62,12 @@ def _call(args: argparse.Namespace, work: Any) -> int:
 
     from intelligence.control.client import describe_error
 
-    with _client(args) as client:
+    try:
+        client = _client(args)
+    except ValueError as exc:  # TLS misconfigured, or a token about to go out in plaintext
+        print(f"llmproxy experiments: {exc}", file=sys.stderr)
+        return 2
+    with client:
         try:
             return work(client)
         except grpc.RpcError as exc:

@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--control", default=None, metavar="ADDR",
                    help="read from the control API's WatchEvents at ADDR instead of the database "
                         "(default $LLMPROXY_CONTROL_ADDR when set; token from $LLMPROXY_TOKEN)")
+    p.add_argument("--control-ca", default=None, metavar="PEM",
+                   help="CA that signed the control API's certificate: connect with TLS (default $LLMPROXY_CONTROL_TLS_CA)")
     p.set_defaults(func=run)
 
 
@@ -85,11 +87,16 @@ async def _tail(url: str, args: argparse.Namespace) -> None:
 def _tail_control(addr: str, args: argparse.Namespace) -> int:
     import grpc
 
-    from intelligence.control.client import TOKEN_ENV, ControlClient, describe_error
+    from intelligence.control.client import client_from_env, describe_error
     from intelligence.records import ExchangeRecord
 
     printed = 0
-    with ControlClient(addr, os.environ.get(TOKEN_ENV) or None) as client:
+    try:
+        client = client_from_env(addr, ca=getattr(args, "control_ca", None))
+    except ValueError as exc:  # TLS misconfigured, or a token about to go out in plaintext
+        print(f"llmproxy tail: {exc}", file=sys.stderr)
+        return 2
+    with client:
         call = client.watch(kinds=["exchange"], exchange_history=args.history, include_bodies=True)
         try:
             for message in call:

@@ -12,6 +12,7 @@ import signal
 from intelligence.access import AccessSettings, require_safe_bind
 
 from .server import DEFAULT_PORT, ControlServer
+from .tls import CERT_ENV, CLIENT_CA_ENV, KEY_ENV, ServerTLS, TLSConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,21 +21,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
                         help="PostgreSQL URL (default $DATABASE_URL)")
+    parser.add_argument("--tls-cert", default=None, help=f"PEM certificate chain: serve TLS (default ${CERT_ENV})")
+    parser.add_argument("--tls-key", default=None, help=f"PEM private key of --tls-cert (default ${KEY_ENV})")
+    parser.add_argument("--tls-client-ca", default=None,
+                        help=f"PEM CA bundle: require client certificates it signed, mTLS (default ${CLIENT_CA_ENV})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.database_url:
         parser.error("--database-url (or DATABASE_URL) is required")
     access = AccessSettings.from_env()
     require_safe_bind(args.host, access, what="control API")  # before touching the database
-    asyncio.run(_serve(args.database_url, access, args.host, args.port))
+    try:
+        tls = ServerTLS.from_env(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
+        if tls is not None:
+            tls.credentials()  # unreadable files: a usage error now, not a traceback later
+    except TLSConfigError as exc:
+        parser.error(str(exc))
+    asyncio.run(_serve(args.database_url, access, args.host, args.port, tls))
     return 0
 
 
-async def _serve(url: str, access: AccessSettings, host: str, port: int) -> None:
+async def _serve(url: str, access: AccessSettings, host: str, port: int, tls: ServerTLS | None = None) -> None:
     from intelligence.store.engine import make_engine
 
     engine = make_engine(url)
-    server = ControlServer(engine, access, host, port)
+    server = ControlServer(engine, access, host, port, tls=tls)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -42,7 +53,7 @@ async def _serve(url: str, access: AccessSettings, host: str, port: int) -> None
             loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-        print(f"control API listening on {server.address}", flush=True)
+        print(f"control API listening on {server.address} ({server.transport})", flush=True)
         await stop.wait()
     finally:
         await server.stop()

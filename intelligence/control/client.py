@@ -1,8 +1,11 @@
 """A small synchronous client of the control API, used by the CLI.
 
 ``ControlClient(addr, token)`` sends ``authorization: Bearer <token>`` with every call (no header
-without a token: a loopback server without SECRET_KEY needs none). Errors stay
-``grpc.RpcError``; :func:`describe_error` turns one into a line for a terminal.
+without a token: a loopback server without SECRET_KEY needs none). With ``tls``
+(:class:`~intelligence.control.tls.ClientTLS`) the channel is TLS; without it, a token is never sent
+to a non-loopback address (:class:`~intelligence.control.tls.PlaintextRefused` at construction).
+:func:`client_from_env` builds one the way the CLI does (token, TLS settings from the environment).
+Errors stay ``grpc.RpcError``; :func:`describe_error` turns one into a line for a terminal.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import grpc
 
 from .gen import control_pb2 as pb
 from .gen import control_pb2_grpc as pb_grpc
+from .tls import ClientTLS, require_private_channel
 
 DEFAULT_ADDR = "127.0.0.1:50052"
 ADDR_ENV = "LLMPROXY_CONTROL_ADDR"
@@ -32,12 +36,27 @@ def describe_error(exc: grpc.RpcError) -> str:
     return f"{code.name if code is not None else 'ERROR'}: {details}"
 
 
+def client_from_env(addr: str | None = None, *, ca: str | None = None, env: dict[str, str] | None = None,
+                    timeout: float = 10.0) -> ControlClient:
+    """The CLI's client: address, token ($LLMPROXY_TOKEN) and TLS ($LLMPROXY_CONTROL_TLS_*) from the
+    environment unless given; raises TLSConfigError or PlaintextRefused (both ValueError)."""
+    env = dict(os.environ) if env is None else env
+    tls = ClientTLS.from_env(env, ca=ca)
+    return ControlClient(addr or default_addr(env), env.get(TOKEN_ENV) or None, tls=tls, timeout=timeout, env=env)
+
+
 class ControlClient:
-    def __init__(self, addr: str, token: str | None = None, *, timeout: float = 10.0) -> None:
+    def __init__(self, addr: str, token: str | None = None, *, timeout: float = 10.0, tls: ClientTLS | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        require_private_channel(addr, token=token, tls=tls, env=env)
         self.addr = addr
         self.timeout = timeout
+        self.tls = tls
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.insecure_channel(addr)
+        if tls is not None:
+            self._channel = grpc.secure_channel(addr, tls.credentials(), options=tls.channel_options())
+        else:
+            self._channel = grpc.insecure_channel(addr)
         self._stub = pb_grpc.ControlStub(self._channel)
 
     def close(self) -> None:

@@ -3,7 +3,10 @@
 Embeddable: ``ControlServer(engine, access, host, port)`` with ``await start()`` / ``await stop()``
 runs inside any event loop (the intelligence process hosts it; ``python -m intelligence.control``
 runs it alone). It listens only on the address given, and refuses a non-loopback address when
-SECRET_KEY is unset. Authentication and roles: :mod:`intelligence.control.auth`.
+SECRET_KEY is unset. With ``tls`` (:class:`~intelligence.control.tls.ServerTLS`) it serves TLS, and
+verifies client certificates when a client CA is given; a non-loopback listener without TLS is
+allowed (a mesh or tunnel may encrypt it) but logged as a warning. Authentication and roles:
+:mod:`intelligence.control.auth`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import grpc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from intelligence.access import LOCAL_OPERATOR, AccessSettings, Principal, require_safe_bind
+from intelligence.access import LOCAL_OPERATOR, AccessSettings, Principal, is_loopback, require_safe_bind
 from intelligence.enhance.models import Experiment
 from intelligence.store.repositories import ExchangeRepository
 
@@ -27,6 +30,7 @@ from . import convert
 from .auth import CURRENT_PRINCIPAL, AuthInterceptor
 from .gen import control_pb2 as pb
 from .gen import control_pb2_grpc as pb_grpc
+from .tls import ServerTLS
 from .watch import EXCHANGE_KIND, EventHub, EventItem, ExchangeItem, events_after
 
 log = logging.getLogger(__name__)
@@ -225,12 +229,21 @@ def _address(host: str, port: int) -> str:
 
 class ControlServer:
     def __init__(self, engine: AsyncEngine, access: AccessSettings, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 *, queue_size: int = 1000, poll_interval: float = 2.0, listen: bool = True) -> None:
+                 *, queue_size: int = 1000, poll_interval: float = 2.0, listen: bool = True,
+                 tls: ServerTLS | None = None) -> None:
         require_safe_bind(host, access, what="control API")
         self.engine = engine
         self.access = access
         self.host = host
         self.port = port  # the bound port once started (port 0 picks a free one)
+        self.tls = tls
+        # read now: a wrong certificate path fails at construction, before anything listens
+        self._credentials = tls.credentials() if tls is not None else None
+        if tls is None and not is_loopback(host):
+            # not refused: a service mesh or tunnel may encrypt the hop; clients refuse to send tokens in plaintext
+            log.warning("control API on %s will serve PLAINTEXT: access tokens and exchange bodies cross the network "
+                        "unencrypted unless something else encrypts them; set LLMPROXY_CONTROL_TLS_CERT and "
+                        "LLMPROXY_CONTROL_TLS_KEY to serve TLS", self.address)
         self.hub = EventHub(engine, queue_size=queue_size, poll_interval=poll_interval, listen=listen)
         self._server: grpc.aio.Server | None = None
 
@@ -241,14 +254,25 @@ class ControlServer:
     async def start(self) -> None:
         server = grpc.aio.server(interceptors=[AuthInterceptor(self.access)])
         pb_grpc.add_ControlServicer_to_server(ControlServicer(self.engine, self.access, self.hub), server)
-        bound = server.add_insecure_port(_address(self.host, self.port))
+        address = _address(self.host, self.port)
+        if self._credentials is not None:
+            bound = server.add_secure_port(address, self._credentials)
+        else:
+            bound = server.add_insecure_port(address)
         if bound == 0:
-            raise OSError(f"control API: cannot bind {_address(self.host, self.port)}")
+            raise OSError(f"control API: cannot bind {address}")
         self.port = bound
         await self.hub.start()
         await server.start()
         self._server = server
-        log.info("control API listening on %s (auth %s)", self.address, "on" if self.access.enabled else "off: loopback only")
+        log.info("control API listening on %s (%s, auth %s)", self.address, self.transport,
+                 "on" if self.access.enabled else "off: loopback only")
+
+    @property
+    def transport(self) -> str:
+        if self.tls is None:
+            return "plaintext"
+        return "mTLS" if self.tls.mutual else "TLS"
 
     async def stop(self, grace: float = 0.5) -> None:
         server, self._server = self._server, None

@@ -7,6 +7,10 @@ import asyncio
 import logging
 import os
 import signal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from intelligence.control.tls import ServerTLS
 
 log = logging.getLogger("llmproxy.intelligence")
 
@@ -17,7 +21,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--control-host", default=os.environ.get("LLMPROXY_CONTROL_HOST", "127.0.0.1"))
     p.add_argument("--control-port", type=int, default=int(os.environ.get("LLMPROXY_CONTROL_PORT", "50052")),
                    help="control API port; 0 disables it")
+    p.add_argument("--control-tls-cert", default=None,
+                   help="PEM certificate chain: the control API serves TLS (default $LLMPROXY_CONTROL_TLS_CERT)")
+    p.add_argument("--control-tls-key", default=None, help="PEM key of the certificate (default $LLMPROXY_CONTROL_TLS_KEY)")
+    p.add_argument("--control-tls-client-ca", default=None,
+                   help="PEM CA bundle: require client certificates it signed (default $LLMPROXY_CONTROL_TLS_CLIENT_CA)")
     return p.parse_args(argv)
+
+
+def control_tls(args: argparse.Namespace) -> ServerTLS | None:
+    """The control API's TLS settings (flags over environment), files checked; None for plaintext."""
+    from intelligence.control.tls import ServerTLS
+
+    tls = ServerTLS.from_env(cert=getattr(args, "control_tls_cert", None), key=getattr(args, "control_tls_key", None),
+                             client_ca=getattr(args, "control_tls_client_ca", None))
+    if tls is not None:
+        tls.credentials()  # raises TLSConfigError for a missing or non-PEM file, before any job starts
+    return tls
 
 
 async def run(args: argparse.Namespace, stop: asyncio.Event) -> None:
@@ -26,8 +46,10 @@ async def run(args: argparse.Namespace, stop: asyncio.Event) -> None:
     from intelligence.store.engine import make_engine
 
     access = AccessSettings.from_env()
+    tls = None
     if args.control_port:
         require_safe_bind(args.control_host, access, what="control API")
+        tls = control_tls(args)
     flags = IntelligenceFlags.from_env()
     settings = ClaudeSettings.from_env()
     engine = make_engine(args.database_url)
@@ -57,9 +79,9 @@ async def run(args: argparse.Namespace, stop: asyncio.Event) -> None:
     if args.control_port:
         from intelligence.control.server import ControlServer
 
-        server = ControlServer(engine, access, host=args.control_host, port=args.control_port)
+        server = ControlServer(engine, access, host=args.control_host, port=args.control_port, tls=tls)
         await server.start()
-        log.info("control API listening on %s:%d", args.control_host, args.control_port)
+        log.info("control API listening on %s (%s)", server.address, server.transport)
     tasks = [asyncio.create_task(_supervise(job, stop), name=type(job).__name__) for job in jobs]
     log.info("intelligence jobs running: %s", ", ".join(type(j).__name__ for j in jobs) or "none")
     try:
@@ -90,6 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if not args.database_url:
         raise SystemExit("intelligence jobs: no database (set DATABASE_URL or --database-url)")
+    if args.control_port:
+        from intelligence.control.tls import TLSConfigError
+
+        try:
+            control_tls(args)  # a bad certificate setting stops start-up with one clear line
+        except TLSConfigError as exc:
+            raise SystemExit(f"intelligence jobs: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
