@@ -36,6 +36,7 @@ from intelligence.keys.material import KEY_SCHEME, MAX_KEY_LEN, PREFIX_LEN, Budg
 from intelligence.keys.models import NOTIFY_CHANNEL
 from intelligence.keys.store import KeyRecord, list_keys
 from intelligence.keys.usage import KeyTotals, UsageDelta, add_usage, day_of, minute_of, prune_usage, read_totals
+from intelligence.store.replicas import LiveReplicas, ShareBook
 
 from .errors import gateway_error
 from .wire import Immediate
@@ -317,17 +318,37 @@ class Exceeded:
 _Counts = dict[datetime, list[int]]  # minute bucket -> [requests, tokens]
 
 
+class _FromEngine:
+    """Default of ``UsageMeter(replicas=...)``: count live replicas through the meter's own engine."""
+
+
+_FROM_ENGINE = _FromEngine()
+
+
 class UsageMeter:
     """Per-key request and token budgets shared by all replicas through the database.
 
     ``budgets`` maps a key id to its :class:`Budgets` (normally ``KeyCache.budgets``). Windows are UTC
     calendar minutes and days (fixed windows: a client can spend a minute's budget at the end of one
     minute and again at the start of the next).
+
+    With the number of live replicas known (``replicas``, heartbeats sent by each flush; by default
+    this process's row in ``replica_heartbeats``) a replica spends at most its fair share of what is
+    left of each budget between two flushes (intelligence/store/replicas.py): N replicas together stay
+    within a budget plus rounding. ``replicas=None``, or the count unknown, means as before: each
+    spends all it believes is left (docs/keys-and-audit.md, "Budgets").
     """
 
     def __init__(self, engine: AsyncEngine, budgets: Callable[[str], Budgets | None], *, flush_interval: float = 1.0,
-                 clock: Callable[[], datetime] = _utcnow, prune_interval: float = 600.0):
+                 clock: Callable[[], datetime] = _utcnow, prune_interval: float = 600.0,
+                 replicas: LiveReplicas | None | _FromEngine = _FROM_ENGINE, share_horizon: timedelta | None = None):
         self.engine = engine
+        self.replicas = LiveReplicas.from_engine(engine) if isinstance(replicas, _FromEngine) else replicas
+        # a share must outlive the gap between any replica's two reads: two and a half flush intervals
+        horizon = share_horizon or timedelta(seconds=2.5 * flush_interval)
+        self._shares = {"minute": ShareBook(horizon), "day": ShareBook(horizon)}
+        self._reads = 0  # successful reads of the totals: a share is computed once per read
+        self._read_now: datetime | None = None  # the clock at the last successful read
         self.budgets = budgets
         self.flush_interval = flush_interval
         self.clock = clock
@@ -355,17 +376,29 @@ class UsageMeter:
             return None
         now = self.clock()
         minute, day = minute_of(now), day_of(now)
-        m_req, m_tok, d_req, d_tok = self._usage(key_id, minute, day)
+        (m_req, m_tok, d_req, d_tok), (m_read, d_read) = self._usage(key_id, minute, day), self._read(minute, day)
+        mine = self._unflushed(key_id, minute, day)
         to_minute = math.ceil((minute + timedelta(minutes=1) - now).total_seconds())
         to_day = math.ceil((day + timedelta(days=1) - now).total_seconds())
-        for name, used, limit, what, wait in (
-            ("rpm", m_req, budgets.rpm, "requests per minute", to_minute),
-            ("tpm", m_tok, budgets.tpm, "tokens per minute", to_minute),
-            ("rpd", d_req, budgets.rpd, "requests per day", to_day),
-            ("tpd", d_tok, budgets.tpd, "tokens per day", to_day),
+        live = self.replicas.count(now) if self.replicas is not None else None
+        for name, used, limit, what, wait, start, read, own in (
+            ("rpm", m_req, budgets.rpm, "requests per minute", to_minute, minute, m_read, mine[0]),
+            ("tpm", m_tok, budgets.tpm, "tokens per minute", to_minute, minute, m_read, mine[1]),
+            ("rpd", d_req, budgets.rpd, "requests per day", to_day, day, d_read, mine[2]),
+            ("tpd", d_tok, budgets.tpd, "tokens per day", to_day, day, d_read, mine[3]),
         ):
-            if limit is not None and used >= limit:
+            if limit is None:
+                continue
+            if used >= limit:
                 return Exceeded(f"llmproxy: gateway key budget exhausted: {used} of {limit} {what} used", max(wait, 1), name)
+            if live is None:
+                continue  # live replicas unknown (database down, just started): as if alone, documented
+            book = self._shares["minute" if name in ("rpm", "tpm") else "day"]
+            share = book.allowance((key_id, name, start), window_start=start, now=now, limit=limit, replicas=live,
+                                   total=used - own if read else None, read=self._reads if read else None)
+            if own >= share:  # the next flush (about a second) brings a new share, or shows the budget spent
+                return Exceeded(f"llmproxy: gateway key budget busy: {used} of {limit} {what} used; this gateway "
+                                f"replica's share of the rest (1 of {live}) is spent until its next sync", 1, name)
         return None
 
     def exceeded(self, key_id: str) -> str | None:
@@ -400,6 +433,24 @@ class UsageMeter:
                     d_tok += tok
         return m_req, m_tok, d_req, d_tok
 
+    def _unflushed(self, key_id: str, minute: datetime, day: datetime) -> tuple[int, int, int, int]:
+        """This replica's own counts since its last read: (minute requests, minute tokens, day requests, day tokens)."""
+        m_req = m_tok = d_req = d_tok = 0
+        for local in (self._pending.get(key_id), self._inflight.get(key_id)):
+            for bucket, (req, tok) in (local or {}).items():
+                if bucket == minute:
+                    m_req += req
+                    m_tok += tok
+                if bucket >= day:
+                    d_req += req
+                    d_tok += tok
+        return m_req, m_tok, d_req, d_tok
+
+    def _read(self, minute: datetime, day: datetime) -> tuple[bool, bool]:
+        """Whether the last read of the shared totals covered this minute and this day."""
+        at = self._read_now
+        return (at is not None and minute_of(at) == minute), (at is not None and day_of(at) == day)
+
     # -- background ----------------------------------------------------------------------------
     async def flush(self) -> None:
         """Add local counts to the shared buckets and read every key's global totals back."""
@@ -420,7 +471,13 @@ class UsageMeter:
                 raise
             self._global = totals
             self._inflight = {}
+            self._reads += 1
+            self._read_now = now
             self.stats["flushes"] += 1
+            self._shares["minute"].forget_before(minute_of(now))
+            self._shares["day"].forget_before(day_of(now))
+        if self.replicas is not None:
+            await self.replicas.beat(now)
 
     def _merge_back(self) -> None:
         for key_id, counts in self._inflight.items():
@@ -433,6 +490,8 @@ class UsageMeter:
 
     async def start(self) -> None:
         if self._task is None:
+            if self.replicas is not None:
+                await self.replicas.first_beat(self.clock())
             self._task = asyncio.create_task(self._run(), name="usage-meter")
 
     async def stop(self) -> None:

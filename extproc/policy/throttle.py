@@ -10,12 +10,15 @@ Two checks per (rule, subject), subject = the gateway key id (``per: key``) or t
   total (other replicas' counts as last read, about a second old, plus this replica's own) reaches
   ``max(rpm, burst)``; Retry-After is then the time to the next minute.
 
-So across N replicas a subject gets at most ``max(rpm, burst)`` per calendar minute plus what the
-other replicas admitted in the last ~2 flush intervals before they saw the total (each at most its
-bucket allows in that time: ``burst + rpm * 2s/60``); docs/policy.md derives the bound. Without a
-database the shared counts are this replica's own and the last totals read: enforcement degrades to
-per process. A refused request consumes nothing. Buckets survive snapshot swaps (keyed by the
-rule's qualified id) and idle ones are dropped.
+  Between two reads of the totals a replica admits at most its fair share of what is left (N live
+  replicas, counted through heartbeats: ``ceil((left - (N-1) x share held by the others) / N)``), so
+  N replicas hit at full speed as a minute opens stay within ``max(rpm, burst)`` plus rounding
+  (< N); docs/policy.md derives the bound. A request refused for its share gets Retry-After 1.
+
+Without a database (or while the live-replica count is unknown) a replica spends all it believes is
+left, as before shares: the overshoot is then bounded by the buckets (``burst + rpm x 2s/60`` per
+other replica), and with the database down for good, per process. A refused request consumes
+nothing. Buckets survive snapshot swaps (keyed by the rule's qualified id) and idle ones are dropped.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ class Throttler:
         self.clock = clock
         self.max_buckets = max_buckets
         self.shared = shared
-        self.stats = {"bucket_refused": 0, "window_refused": 0}  # over the limit (enforce or monitor)
+        # over the limit (enforce or monitor); share: this replica's share until its next read was spent
+        self.stats = {"bucket_refused": 0, "window_refused": 0, "share_refused": 0}
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._checks = 0
         self._said_local = False
@@ -93,9 +97,15 @@ class Throttler:
             if bucket.tokens < 1.0:
                 self.stats["bucket_refused"] += 1
                 wait = max(1, math.ceil((1.0 - bucket.tokens) / rate))
-            if shared is not None and window is not None and shared.used(t.rule, who, window.start) >= max(t.rpm, t.burst):
+            refusal = None
+            if shared is not None and window is not None:
+                refusal = shared.refusal(t.rule, who, window.start, max(t.rpm, t.burst))
+            if refusal == "full" and window is not None:
                 self.stats["window_refused"] += 1
                 wait = max(wait, 1, math.ceil(window.seconds_left))  # the bucket may refill sooner: no use
+            elif refusal == "share":  # the next flush (about a second) brings a new share or the minute is full
+                self.stats["share_refused"] += 1
+                wait = max(wait, 1)
             if not wait:
                 bucket.tokens -= 1.0
                 if shared is not None and window is not None:

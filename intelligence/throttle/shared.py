@@ -5,9 +5,15 @@ adds them to ``policy_throttle_counts`` about once a second and reads back the m
 all replicas (its own included). The request path asks :meth:`SharedThrottleCounts.used`:
 last totals read + what this replica admitted since (unflushed or being flushed), a dict lookup.
 
+Between two reads a replica cannot see what the others admit, so with the live-replica count known
+(``replicas``: a heartbeat after each flush) it admits at most its fair share of what is left until
+its next read (intelligence/store/replicas.py, ``ShareBook``): N replicas hit at full speed as a
+minute opens stay within the limit plus rounding instead of each spending its whole burst.
+
 When the database is unreachable the counts stay in memory (only the current and previous minute:
 older ones can no longer change a decision) and go out with the next flush that succeeds; meanwhile
-each replica enforces with its own counts plus the last totals it read for the current minute.
+each replica enforces with its own counts plus the last totals it read for the current minute, and
+(the live-replica count expiring after ~10 s) without shares.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from intelligence.store.replicas import LiveReplicas, ShareBook
 
 from .counts import DbWindowStore, Subject, WindowDelta, window_of
 
@@ -43,6 +51,9 @@ class Window:
 
 _Counts = dict[datetime, dict[Subject, int]]  # window start -> (rule, subject) -> admissions
 
+# "full": the minute's limit is reached; "share": this replica's share until its next read is spent
+Refusal = Literal["full", "share"]
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
@@ -53,8 +64,10 @@ class SharedThrottleCounts:
 
     def __init__(self, store: WindowStore, *, flush_interval: float = 1.0, flush_timeout: float = 10.0,
                  clock: Callable[[], datetime] = _utcnow, keep: timedelta = timedelta(minutes=2),
-                 prune_interval: float = 60.0):
+                 prune_interval: float = 60.0, replicas: LiveReplicas | None = None,
+                 share_horizon: timedelta | None = None):
         self.store = store
+        self.replicas = replicas  # None: no shares, each replica may spend all that is left (as without a count)
         self.flush_interval = flush_interval
         self.flush_timeout = flush_timeout
         self.clock = clock
@@ -68,9 +81,14 @@ class SharedThrottleCounts:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._last_prune: datetime | None = None
+        self._reads = 0  # successful reads of the totals: a share is computed once per read
+        # a share must outlive the gap between any replica's two reads: two and a half flush intervals
+        self.shares = ShareBook(share_horizon or timedelta(seconds=2.5 * flush_interval))
 
     @classmethod
     def from_engine(cls, engine: AsyncEngine, **options: Any) -> SharedThrottleCounts:
+        """Counts in ``policy_throttle_counts``; with shares unless ``replicas=None`` is passed."""
+        options.setdefault("replicas", LiveReplicas.from_engine(engine))
         return cls(DbWindowStore(engine), **options)
 
     # -- hot path (synchronous, no I/O) --------------------------------------------------------
@@ -87,6 +105,28 @@ class SharedThrottleCounts:
             if local:
                 n += local.get(key, 0)
         return n
+
+    def refusal(self, rule: str, subject: str, window: datetime, limit: int) -> Refusal | None:
+        """Why one more admission of (rule, subject) in ``window`` must wait, or None if it may go."""
+        key = (rule, subject)
+        read = self._totals_window == window
+        total = self._totals.get(key, 0) if read else 0
+        mine = 0
+        for local in (self._pending.get(window), self._inflight.get(window)):
+            if local:
+                mine += local.get(key, 0)
+        if total + mine >= limit:
+            return "full"
+        if self.replicas is None:
+            return None
+        now = self.clock()
+        n = self.replicas.count(now)
+        if n is None:
+            return None  # live replicas unknown (database down, just started): as if alone, documented
+        allowance = self.shares.allowance((rule, subject, window), window_start=window, now=now, limit=limit,
+                                          replicas=n, total=total if read else None,
+                                          read=self._reads if read else None)
+        return "share" if mine >= allowance else None
 
     def add(self, rule: str, subject: str, window: datetime) -> None:
         counts = self._pending.setdefault(window, {})
@@ -113,7 +153,11 @@ class SharedThrottleCounts:
             # no await from here on: a request sees either inflight + old totals or the new totals
             self._totals, self._totals_window = totals, window
             self._inflight = {}
+            self._reads += 1
             self.stats["flushes"] += 1
+            self.shares.forget_before(window)
+        if self.replicas is not None:
+            await self.replicas.beat(now)
         if self._last_prune is None or (now - self._last_prune).total_seconds() >= self.prune_interval:
             self._last_prune = now
             try:
@@ -136,6 +180,8 @@ class SharedThrottleCounts:
 
     async def start(self) -> None:
         if self._task is None:
+            if self.replicas is not None:
+                await self.replicas.first_beat(self.clock())
             self._task = asyncio.create_task(self._run(), name="policy-throttle-counts")
 
     async def stop(self) -> None:

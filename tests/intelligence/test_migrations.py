@@ -21,12 +21,14 @@ import intelligence.claude.models  # noqa: E402,F401
 import intelligence.enhance.models  # noqa: E402,F401
 import intelligence.events.models  # noqa: E402,F401
 import intelligence.jobs.cursors  # noqa: E402,F401
+import intelligence.store.replicas  # noqa: E402,F401
 import intelligence.throttle.models  # noqa: E402,F401
 
 FreshDb = Callable[[], Awaitable[str]]
 REQUEST_LOG_TABLES = {"exchanges", "sessions"}
 INTELLIGENCE_TABLES = {"claude_calls", "enhancements", "experiments", "experiment_events", "anomaly_verdicts",
-                       "verdict_memory", "events", "job_cursors", "attack_memory", "policy_throttle_counts"}
+                       "verdict_memory", "events", "job_cursors", "attack_memory", "policy_throttle_counts",
+                       "replica_heartbeats"}
 
 
 async def _tables(url: str) -> set[str]:

@@ -1,5 +1,6 @@
-"""Policy throttles with a shared per-minute window: the window logic, with fake clocks and an
-in-memory stand-in for the database (the real-database version is tests/intelligence/test_policy_throttle_shared.py)."""
+"""Policy throttles with a shared per-minute window: the window logic and the fair shares between
+reads, with fake clocks and in-memory stand-ins for the database (the real-database version is
+tests/intelligence/test_policy_throttle_shared.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from extproc.policy import Mode, Throttler
 from extproc.policy.testing import request_facts, snapshot
+from intelligence.store.replicas import LiveReplicas, ShareBook
 from intelligence.throttle import SharedThrottleCounts, WindowDelta
 from intelligence.throttle.counts import Subject
 
@@ -63,9 +65,24 @@ class MemoryStore:
         return len(old)
 
 
+class MemoryHeartbeats:
+    """What replica_heartbeats does, in a dict; ``down`` fails every beat."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, datetime] = {}
+        self.down = False
+
+    async def beat(self, replica_id: str, now: datetime, live_since: datetime) -> int:
+        if self.down:
+            raise ConnectionRefusedError("database down")
+        self.seen[replica_id] = now
+        return sum(t > live_since for t in self.seen.values())
+
+
 class Replica:
-    def __init__(self, store: MemoryStore, wall: WallClock, mono: MonoClock | None = None) -> None:
-        self.counts = SharedThrottleCounts(store, clock=wall)
+    def __init__(self, store: MemoryStore, wall: WallClock, mono: MonoClock | None = None,
+                 replicas: LiveReplicas | None = None) -> None:
+        self.counts = SharedThrottleCounts(store, clock=wall, replicas=replicas)
         self.throttler = Throttler(clock=mono or MonoClock(), shared=self.counts)
 
     def admits(self, snap, facts=None) -> bool:  # noqa: ANN001 - test helper
@@ -90,7 +107,7 @@ async def test_window_refuses_when_bucket_has_refilled_and_retry_after_is_the_wi
     assert refused.block is not None and refused.block.status == 429
     assert refused.block.retry_after == 15  # 07:00:45 -> 07:01:00
     assert refused.block.immediate("chat").headers["retry-after"] == "15"
-    assert replica.throttler.stats == {"bucket_refused": 0, "window_refused": 1}
+    assert replica.throttler.stats == {"bucket_refused": 0, "window_refused": 1, "share_refused": 0}
     wall.t = T0 + timedelta(minutes=1)  # next minute: the window is empty again
     assert replica.admits(snap)
 
@@ -256,3 +273,108 @@ def test_local_only_throttler_says_so_once(caplog: pytest.LogCaptureFixture) -> 
         throttler.check(snap.evaluate_request(facts), facts)
     assert [r.getMessage() for r in caplog.records].count(
         "policy throttles count in this process only (no shared database counter)") == 1
+
+
+# ----------------------------------------------------------------------------- fair shares
+async def _running_replicas(n: int, store: MemoryStore, wall: WallClock, beats: MemoryHeartbeats) -> list[Replica]:
+    """``n`` replicas that have flushed twice before ``wall``'s minute: each knows there are ``n``."""
+    replicas = [Replica(store, wall, replicas=LiveReplicas(beats, replica_id=f"r{k}")) for k in range(n)]
+    opened = wall.t
+    wall.t = opened - timedelta(seconds=2)
+    for _ in range(2):
+        for r in replicas:
+            await r.counts.flush()
+        wall.t += timedelta(seconds=1)
+    wall.t = opened
+    return replicas
+
+
+async def test_replicas_hit_as_the_minute_opens_spend_only_their_share_before_a_read() -> None:
+    store, wall, beats = MemoryStore(), WallClock(T0), MemoryHeartbeats()
+    a, b = await _running_replicas(2, store, wall, beats)
+    snap = _throttle(rpm=10, burst=10)
+    assert [a.admits(snap) for _ in range(6)] == [True] * 5 + [False]  # ceil(10 / 2), though its bucket has 5 more
+    facts = request_facts()
+    refused = a.throttler.check(snap.evaluate_request(facts), facts).block
+    assert refused is not None and refused.retry_after == 1  # a new share comes with the next flush, not next minute
+    assert a.throttler.stats["share_refused"] == 2 and a.throttler.stats["window_refused"] == 0
+    assert [b.admits(snap) for _ in range(6)] == [True] * 5 + [False]
+    for r in (a, b):
+        await r.counts.flush()
+    assert store.rows[(RULE, "gk_test", T0)] == 10
+    assert not b.admits(snap) and b.throttler.stats["window_refused"] == 1  # b read both: the minute is full
+    # a read before b's 5 went out: b may still hold its opening share, so a's share is 0
+    assert not a.admits(snap) and a.throttler.stats["window_refused"] == 0
+
+
+async def test_without_a_live_replica_count_a_replica_spends_all_that_is_left() -> None:
+    store, wall, beats = MemoryStore(), WallClock(T0), MemoryHeartbeats()
+    a, _ = await _running_replicas(2, store, wall, beats)
+    wall.t = T0 + timedelta(seconds=11)  # the count from 07:59:59 is too old to trust
+    snap = _throttle(rpm=10, burst=10)
+    assert a.counts.replicas is not None and a.counts.replicas.count(wall.t) is None
+    assert [a.admits(snap) for _ in range(11)] == [True] * 10 + [False]  # as before shares
+
+
+async def test_a_lost_heartbeat_does_not_fail_the_flush_and_the_count_expires() -> None:
+    store, wall, beats = MemoryStore(), WallClock(T0), MemoryHeartbeats()
+    (a,) = await _running_replicas(1, store, wall, beats)
+    live = a.counts.replicas
+    assert live is not None and live.count(wall.t) == 1
+    beats.down = True
+    wall.t += timedelta(seconds=5)
+    await a.counts.flush()  # the counts went out; only the heartbeat failed
+    assert a.counts.stats["flushes"] == 3 and live.count(wall.t) == 1
+    wall.t += timedelta(seconds=6)
+    assert live.count(wall.t) is None
+
+
+async def test_live_replicas_counts_each_process_once_and_forgets_the_silent() -> None:
+    beats, now = MemoryHeartbeats(), T0
+    a = LiveReplicas(beats, replica_id="a", live_for=timedelta(seconds=10))
+    a2 = LiveReplicas(beats, replica_id="a")  # a second flusher of the same process
+    b = LiveReplicas(beats, replica_id="b")
+    assert a.count(now) is None  # never counted
+    assert await a.beat(now) == 1 and await a2.beat(now) == 1
+    assert await b.beat(now + timedelta(seconds=1)) == 2
+    assert await a.beat(now + timedelta(seconds=12)) == 1  # b has been silent for 11 s
+
+
+def test_share_book_leaves_room_for_what_the_others_may_still_hold() -> None:
+    book, limit = ShareBook(horizon=timedelta(seconds=2.5)), 60
+
+    def share(read: int | None, total: int | None, at: float, replicas: int = 2) -> int:
+        return book.allowance(("r", "s", T0), window_start=T0, now=T0 + timedelta(seconds=at), limit=limit,
+                              replicas=replicas, total=total, read=read)
+
+    assert share(None, None, 0.5) == 30  # not read yet: ceil(60 / 2)
+    assert share(1, 30, 1.0) == 0  # the other may still hold its opening 30: nothing left to share
+    assert share(1, 30, 1.5) == 0  # one share per read
+    assert share(2, 30, 4.0) == 15  # the opening is past the horizon and this replica held 0: (60 - 30) / 2
+    assert share(3, 45, 5.0) == 0  # the other may hold 15 too
+    assert share(4, 45, 6.0) == 0  # ... for a whole horizon after this replica held 15
+    assert share(5, 45, 8.0) == 8  # ceil(15 / 2)
+    assert share(6, 45, 9.0, replicas=1) == 15  # alone: all that is left
+    book.forget_before(T0 + timedelta(minutes=1))
+    assert len(book) == 0
+
+
+class SlowHeartbeats(MemoryHeartbeats):
+    async def beat(self, replica_id: str, now: datetime, live_since: datetime) -> int:
+        await asyncio.sleep(3600)
+        return 0
+
+
+async def test_starting_beats_first_so_a_new_replica_knows_n_but_never_waits_long_for_it() -> None:
+    wall, beats = WallClock(T0), MemoryHeartbeats()
+    beats.seen["other"] = T0
+    counts = SharedThrottleCounts(MemoryStore(), clock=wall, flush_interval=3600,
+                                  replicas=LiveReplicas(beats, replica_id="new"))
+    await counts.start()
+    try:
+        assert counts.replicas is not None and counts.replicas.count(T0) == 2  # before any flush
+    finally:
+        await counts.stop()
+    slow = LiveReplicas(SlowHeartbeats(), replica_id="slow")
+    async with asyncio.timeout(5):
+        assert await slow.first_beat(T0, timeout=0.05) is None and slow.count(T0) is None
