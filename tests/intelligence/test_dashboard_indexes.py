@@ -98,3 +98,29 @@ async def test_seed_fills_what_the_security_and_experiments_pages_read(migrated_
     assert statuses == {"running", "paused", "promoted", "rolled_back"} and blocked > 0
     kept, live = await _counts(migrated_db)  # the seed's flag UPDATE went through the triggers too
     assert kept == live and sum(live.values()) > 0
+
+
+_MIGRATION_0012 = _MIGRATION.with_name("0012_policy_action_index.py")
+
+
+async def test_every_policy_action_filter_is_served_by_the_partial_index(migrated_db: MigratedDb) -> None:
+    from intelligence.analytics import POLICY_ACTIONS, policy_action_where
+
+    spec = importlib.util.spec_from_file_location("rev0012", _MIGRATION_0012)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    # the index predicate is the OR of every action's condition: each one (and any OR of them) implies it
+    assert module.ANY_POLICY_ACTION == " OR ".join(POLICY_ACTIONS.values()).replace("x.flags", "flags")
+    async with migrated_db.engine.begin() as conn:
+        await ExchangeRepository(conn).insert_batch([make_record() for _ in range(50)]
+                                                    + [make_record(flags={"policy": {"block": {}}})])
+        await conn.execute(text("ANALYZE exchanges"))
+        await conn.execute(text("SET LOCAL enable_seqscan = off"))
+        for actions in [(a,) for a in POLICY_ACTIONS] + [tuple(POLICY_ACTIONS)[:3]]:
+            plan = "\n".join(r[0] for r in await conn.execute(text(
+                f"EXPLAIN SELECT x.request_id FROM exchanges x WHERE x.started_at >= now() - interval '30 days' "
+                f"AND {policy_action_where(actions)} ORDER BY x.started_at DESC LIMIT 200")))
+            assert "ix_exchanges_policy_action" in plan, (actions, plan)
+        rows = (await conn.execute(text(f"SELECT count(*) FROM exchanges x WHERE {policy_action_where(('blocked',))}")))
+        assert rows.scalar_one() == 1
