@@ -70,6 +70,18 @@ def confirm_verdict(who: Principal | None, verdict_id: int, label: str) -> None:
     _admin_tx(who, go)
 
 
+def disable_attack(who: Principal | None, attack_id: int, reason: str = "") -> bool:
+    """Take a learned attack out of the inline detector's memory (audited); False when it was already out."""
+
+    async def go(conn, actor: str) -> bool:
+        from intelligence.attacks.store import disable_attack as disable
+
+        _, changed = await disable(conn, int(attack_id), actor=actor, reason=reason or None)
+        return changed
+
+    return _admin_tx(who, go)
+
+
 # ---------------------------------------------------------------------------------------------
 # gateway keys
 

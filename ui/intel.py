@@ -234,6 +234,29 @@ def verdicts(limit: int = 200) -> pd.DataFrame:
     return _verdicts(data.database_url(), limit, revision(), _tick(5))
 
 
+ATTACK_COLUMNS = ["id", "created_at", "status", "family", "source", "added_by", "text", "disabled_at", "disabled_by"]
+
+
+@st.cache_data(ttl=5, max_entries=4, show_spinner=False)
+def _learned_attacks(url: str, limit: int, rev: int, tick: int) -> pd.DataFrame:
+    from intelligence.attacks.store import list_attacks
+
+    records = data._run(lambda conn: list_attacks(conn, limit=limit))
+    df = pd.DataFrame([{"id": r.id, "created_at": r.created_at, "status": "disabled" if r.disabled_at else "active",
+                        "family": r.family, "source": r.source, "added_by": r.added_by,
+                        "text": r.text if len(r.text) <= 200 else r.text[:199] + "…",
+                        "disabled_at": r.disabled_at, "disabled_by": r.disabled_by} for r in records],
+                      columns=ATTACK_COLUMNS)
+    for col in ("created_at", "disabled_at"):
+        df[col] = pd.to_datetime(df[col], utc=True)
+    return df
+
+
+def learned_attacks(limit: int = 500) -> pd.DataFrame:
+    """The injection detector's learned attack memory (stored redacted), newest first."""
+    return _learned_attacks(data.database_url(), limit, revision(), _tick(5))
+
+
 # ---------------------------------------------------------------------------------------------
 # gateway keys, audit chain, policies
 

@@ -1,5 +1,5 @@
-"""Security: alerts, what the policy blocked or redacted, detector hit rates, anomaly verdicts,
-quarantined keys, the audit chain, the policy editor and gateway keys.
+"""Security: alerts, what the policy blocked or redacted, detector hit rates, anomaly verdicts and
+the learned attack memory, quarantined keys, the audit chain, the policy editor and gateway keys.
 
 Admin-only controls are shown disabled to viewers; every action re-checks the role server-side
 (ui.actions) before it writes.
@@ -125,6 +125,28 @@ with tabs[3]:
                 _done(f"Verdict #{vid} confirmed as {label}.")
             except Exception as exc:  # noqa: BLE001
                 _fail(exc)
+
+    st.subheader("Learned attack memory")
+    learned = intel.learned_attacks()
+    if learned.empty:
+        st.caption("Nothing learned yet: prompts of verdicts confirmed as attacks (by an operator, or by a confident "
+                   "Claude verdict) join the injection detector's memory here.")
+    else:
+        st.dataframe(learned, hide_index=True, width="stretch", key="sec_attacks", column_config={
+            "created_at": st.column_config.DatetimeColumn("added", format="YYYY-MM-DD HH:mm:ss"),
+            "text": st.column_config.TextColumn(width="large")})
+        active = [int(i) for i in learned.loc[learned["status"] == "active", "id"]]
+        if active:
+            cols = st.columns([3, 2, 1])
+            aid = cols[0].selectbox("Learned attack", active, key="sec_attack_id", disabled=not is_admin,
+                                    help=None if is_admin else ADMIN_ONLY)
+            why = cols[1].text_input("Reason", key="sec_attack_reason", disabled=not is_admin)
+            if cols[2].button("Disable", key="sec_attack_disable", disabled=not is_admin):
+                try:
+                    changed = actions.disable_attack(who, aid, why)
+                    _done(f"Learned attack #{aid} disabled." if changed else f"Learned attack #{aid} was already disabled.")
+                except Exception as exc:  # noqa: BLE001
+                    _fail(exc)
 
 # ------------------------------------------------------------------------------------------ keys
 with tabs[4]:
