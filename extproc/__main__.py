@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from collections.abc import Callable
 
 from .exchange import Context
 from .routing import parse_route_specs
@@ -105,7 +106,8 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
     ctx = Context(settings=settings, recorder=recorder, feedback=_feedback_sink(engine), keys=keys, meter=meter, guard=guard,
                   enhancer=enhancer)
     server, health_servicer = await serve(ctx, host=settings.host, port=settings.port, max_message=settings.grpc_max_message)
-    log.info("sidecar listening on %s:%d", settings.host, settings.port)
+    log.info("sidecar listening on %s:%d (event loop: %s)", settings.host, settings.port,
+             type(asyncio.get_running_loop()).__module__)
     try:
         await stop.wait()
     finally:
@@ -227,6 +229,27 @@ def _feedback_sink(engine):
     return Sink()
 
 
+LOOP_ENV = "LLMPROXY_SIDECAR_LOOP"
+DEFAULT_LOOP = "asyncio"
+
+
+def event_loop_factory(choice: str | None = None) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop the sidecar runs on: $LLMPROXY_SIDECAR_LOOP = asyncio | uvloop.
+
+    None means asyncio's own loop (what asyncio.Runner builds by default).
+    """
+    choice = (choice if choice is not None else os.environ.get(LOOP_ENV, DEFAULT_LOOP)).strip().lower() or DEFAULT_LOOP
+    if choice == "asyncio":
+        return None
+    if choice == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            raise SystemExit(f"llmproxy sidecar: {LOOP_ENV}=uvloop but uvloop is not installed") from None
+        return uvloop.new_event_loop
+    raise SystemExit(f"llmproxy sidecar: {LOOP_ENV} must be asyncio or uvloop, not {choice!r}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -240,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
         await run(settings, stop)
 
     try:
-        asyncio.run(_main())
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(_main())
     except OSError as exc:
         raise SystemExit(f"llmproxy sidecar: {exc}") from None
 
