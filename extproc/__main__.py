@@ -10,8 +10,8 @@ import asyncio
 import logging
 import os
 import signal
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from .exchange import Context
 from .routing import parse_route_specs
