@@ -150,16 +150,18 @@ class _AnalyzerFactory:
         for entity in entities:
             if entity in by_entity:
                 registry.add_recognizer(by_entity[entity]())
+        gazetteer = None
         if "PERSON" in entities:
             if has_ner:
                 registry.add_recognizer(SpacyRecognizer(supported_entities=["PERSON"]))
             else:
                 from .names import presidio_recognizer
 
-                registry.add_recognizer(presidio_recognizer())
+                gazetteer = presidio_recognizer()
+                registry.add_recognizer(gazetteer)
         analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
         supported = {e for e in entities if e in by_entity or e == "PERSON"}
-        return analyzer, supported
+        return analyzer, supported, gazetteer
 
 
 def _is_path(name: str) -> bool:
@@ -192,7 +194,7 @@ class PiiDetector:
 
     def __post_init__(self) -> None:
         _register_lemma_component()
-        self._analyzer, self.supported = _AnalyzerFactory.build(self.entities, self.spacy_model)
+        self._analyzer, self.supported, self._gazetteer = _AnalyzerFactory.build(self.entities, self.spacy_model)
         self._lock = threading.Lock()  # spaCy pipelines are not documented as thread-safe
 
     @property
@@ -215,6 +217,12 @@ class PiiDetector:
         wanted = [e for e in self.supported if _gate(e, text, digits)]
         if not wanted:
             return []
+        if wanted == ["PERSON"] and self._gazetteer is not None:
+            # Most prompts: capitalised words, no digits or '@'. The gazetteer reads the text itself, so
+            # skip the analyzer's spaCy pass (about 6x the gazetteer's own cost); same results.
+            results = [r for r in self._gazetteer.analyze(text, ["PERSON"]) if r.score >= self.min_score]
+            return [Span(r.entity_type, r.start + offset, r.end + offset, float(r.score), f"presidio:{_recognizer_name(r)}")
+                    for r in results]
         with self._lock:
             results = self._analyzer.analyze(text=text, language="en", entities=wanted, score_threshold=self.min_score)
         return [
