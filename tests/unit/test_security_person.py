@@ -147,3 +147,19 @@ def test_policy_can_select_person_for_redaction() -> None:
     sent = doc["messages"][0]["content"]
     assert "Maria Gonzalez" not in sent and "<PERSON_1>" in sent
     assert "maria@example.com" in sent  # only the selected kind is rewritten
+
+
+def test_person_only_texts_skip_the_analyzer_with_the_same_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    from extproc.security.pii import PiiDetector, shared_pii_detector
+
+    fast = shared_pii_detector()
+    assert fast._gazetteer is not None
+    slow = PiiDetector()
+    slow._gazetteer = None  # every window through Presidio's analyzer, as before the shortcut
+    texts = ["Dear Maria Gonzalez, thanks for the call.", "Please ask Dr. Chen about it.", "Paris In Spring Is Lovely",
+             "Mail John Smith at john.smith@example.com or call 212-555-0187.", "no capitals here at all"]
+    for text in texts:
+        assert [(s.kind, s.start, s.end) for s in fast.find(text)] == [(s.kind, s.start, s.end) for s in slow.find(text)]
+    calls = []
+    monkeypatch.setattr(fast._analyzer, "analyze", lambda **kw: calls.append(kw) or [])
+    assert [s.kind for s in fast.find("Dear Maria Gonzalez, thanks.")] == ["PERSON"] and calls == []
