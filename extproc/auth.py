@@ -19,7 +19,6 @@ a revocation made during an outage takes effect when the database is back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import fnmatch
 import logging
@@ -36,6 +35,7 @@ from intelligence.keys.material import KEY_SCHEME, MAX_KEY_LEN, PREFIX_LEN, Budg
 from intelligence.keys.models import NOTIFY_CHANNEL
 from intelligence.keys.store import KeyRecord, list_keys
 from intelligence.keys.usage import KeyTotals, UsageDelta, add_usage, day_of, minute_of, prune_usage, read_totals
+from intelligence.store.periodic import PeriodicFlush
 from intelligence.store.replicas import LiveReplicas, ShareBook
 
 from .errors import gateway_error
@@ -357,7 +357,10 @@ class UsageMeter:
         self._pending: dict[str, _Counts] = {}
         self._inflight: dict[str, _Counts] = {}
         self._global: dict[str, KeyTotals] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop = PeriodicFlush(self.flush, interval=flush_interval, name="usage-meter", log=log, stats=self.stats,
+                                   failing="flushing key usage failed (%s); enforcing with local counts until the "
+                                           "database is back",
+                                   recovered="key usage flushed again after %d failed flushes")
         self._flush_lock = asyncio.Lock()
         self._last_prune: datetime | None = None
 
@@ -423,15 +426,8 @@ class UsageMeter:
                 m_req, m_tok = totals.minute.requests, totals.minute.tokens
             if totals.day is not None and totals.day.start == day:
                 d_req, d_tok = totals.day.requests, totals.day.tokens
-        for local in (self._pending.get(key_id), self._inflight.get(key_id)):
-            for bucket, (req, tok) in (local or {}).items():
-                if bucket == minute:
-                    m_req += req
-                    m_tok += tok
-                if bucket >= day:
-                    d_req += req
-                    d_tok += tok
-        return m_req, m_tok, d_req, d_tok
+        own = self._unflushed(key_id, minute, day)
+        return m_req + own[0], m_tok + own[1], d_req + own[2], d_tok + own[3]
 
     def _unflushed(self, key_id: str, minute: datetime, day: datetime) -> tuple[int, int, int, int]:
         """This replica's own counts since its last read: (minute requests, minute tokens, day requests, day tokens)."""
@@ -489,31 +485,7 @@ class UsageMeter:
         self._inflight = {}
 
     async def start(self) -> None:
-        if self._task is None:
-            if self.replicas is not None:
-                await self.replicas.first_beat(self.clock())
-            self._task = asyncio.create_task(self._run(), name="usage-meter")
+        await self._loop.start(self.replicas, self.clock)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        try:
-            await self.flush()
-        except Exception as exc:  # noqa: BLE001 - shutting down
-            log.warning("last usage flush failed: %s", exc)
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            try:
-                await self.flush()
-                failures = 0
-            except Exception as exc:  # noqa: BLE001 - counts stay local and are enforced locally meanwhile
-                self.stats["failures"] += 1
-                failures += 1
-                if failures == 1:
-                    log.warning("flushing key usage failed (%s); enforcing with local counts until the database is back", exc)
+        await self._loop.stop()

@@ -19,7 +19,6 @@ each replica enforces with its own counts plus the last totals it read for the c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any, Literal, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from intelligence.store.periodic import PeriodicFlush
 from intelligence.store.replicas import LiveReplicas, ShareBook
 
 from .counts import DbWindowStore, Subject, WindowDelta, window_of
@@ -79,7 +79,11 @@ class SharedThrottleCounts:
         self._totals: dict[Subject, int] = {}
         self._totals_window: datetime | None = None
         self._lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = PeriodicFlush(self.flush, interval=flush_interval, name="policy-throttle-counts", log=log,
+                                   stats=self.stats,
+                                   failing="sharing policy throttle counts failed (%s); each replica enforces with its "
+                                           "own counts until the database is back",
+                                   recovered="policy throttle counts shared again after %d failed flushes")
         self._last_prune: datetime | None = None
         self._reads = 0  # successful reads of the totals: a share is computed once per read
         # a share must outlive the gap between any replica's two reads: two and a half flush intervals
@@ -179,35 +183,7 @@ class SharedThrottleCounts:
         self._inflight = {}
 
     async def start(self) -> None:
-        if self._task is None:
-            if self.replicas is not None:
-                await self.replicas.first_beat(self.clock())
-            self._task = asyncio.create_task(self._run(), name="policy-throttle-counts")
+        await self._loop.start(self.replicas, self.clock)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        try:
-            await self.flush()
-        except Exception as exc:  # noqa: BLE001 - shutting down
-            log.warning("last policy throttle flush failed: %s", exc)
-
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            try:
-                await self.flush()
-            except Exception as exc:  # noqa: BLE001 - counts stay local; enforcement goes on with them
-                self.stats["failures"] += 1
-                failures += 1
-                if failures == 1:
-                    log.warning("sharing policy throttle counts failed (%s); each replica enforces with its own "
-                                "counts until the database is back", exc)
-                continue
-            if failures:
-                log.info("policy throttle counts shared again after %d failed flushes", failures)
-            failures = 0
+        await self._loop.stop()
