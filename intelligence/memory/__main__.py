@@ -37,6 +37,14 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # Vector arithmetic on a pgvector this CPU cannot run kills the backend: check once, never crash-loop it.
+        from intelligence.store.vector_check import check_vector_support
+
+        vectors = await check_vector_support(args.database_url, embedded=False)
+        if vectors.crashed:
+            logging.getLogger("llmproxy.worker").error("pattern worker idle: %s", vectors.message)
+            await stop.wait()
+            return
         engine = make_engine(args.database_url)
         try:
             embedder = await asyncio.to_thread(shared_embedder, args.model)
