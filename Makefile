@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m pip check
 	# the injection detector's static embedding table, distilled once from the bundled MiniLM (about a minute)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m extproc.security.static_embed
+	HF_HUB_OFFLINE=1 $(BIN)/python -m intelligence.detectors.static_embed
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -31,8 +31,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-route", action="append", default=[], help="GLOB=PROVIDER, tried before the defaults")
     p.add_argument("--log-body-max", type=int, default=None, help="bytes of each body kept in the log")
     p.add_argument("--policy-file", default=None, help="policy YAML (default: $LLMPROXY_POLICY_FILE or the shipped baseline)")
-    p.add_argument("--auth", choices=["passthrough", "required"], default=None,
-                   help="passthrough: client provider keys go upstream (default); required: gateway keys only")
+    p.add_argument(
+        "--auth",
+        choices=["passthrough", "required"],
+        default=None,
+        help="passthrough: client provider keys go upstream (default); required: gateway keys only",
+    )
     return p.parse_args(argv)
 
 
@@ -60,19 +64,20 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
     engine = make_engine(settings.database_url)
     recorder = DbRecorder(engine, settings.spool_dir)
     await recorder.start()
-    from .auth import KeyCache, UsageMeter
+    from intelligence.keys.cache import KeyCache
+    from intelligence.keys.meter import UsageMeter
 
     keys = KeyCache(engine)
     await keys.start()
     meter = UsageMeter(engine, keys.budgets)
     await meter.start()
     from intelligence.audit.writer import AuditWriter
+    from intelligence.detectors.injection import default_injection_detector
+    from intelligence.detectors.pii import shared_pii_detector
+    from intelligence.detectors.secrets import shared_secret_detector
+    from intelligence.policy import PolicyWatcher
 
     from .guard import Guard
-    from .policy import PolicyWatcher
-    from .security.injection import default_injection_detector
-    from .security.pii import shared_pii_detector
-    from .security.secrets import shared_secret_detector
 
     audit = AuditWriter(engine)
     await audit.start()
@@ -94,20 +99,35 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
     # The default detector (static embedding: inline-cheap); LLMPROXY_INJECTION_EMBEDDINGS=0 for heuristics only.
     embeddings = os.environ.get("LLMPROXY_INJECTION_EMBEDDINGS", "1") != "0"
     injection = await asyncio.to_thread(default_injection_detector, with_embeddings=embeddings, background=True)
-    from .security.memory_sync import AttackMemorySync
+    from intelligence.attacks.sync import AttackMemorySync
 
     attack_memory = AttackMemorySync(engine, injection) if embeddings else None  # learned attacks, reloaded on NOTIFY
     if attack_memory is not None:
         await attack_memory.start()
-    guard = Guard(policy, secrets=shared_secret_detector(), pii=await asyncio.to_thread(shared_pii_detector),
-                  injection=injection, audit=audit,
-                  quarantine=_quarantiner(engine), events=events, verdicts=await _claude_gate(engine, policy, events, audit))
+    guard = Guard(
+        policy,
+        secrets=shared_secret_detector(),
+        pii=await asyncio.to_thread(shared_pii_detector),
+        injection=injection,
+        audit=audit,
+        quarantine=_quarantiner(engine),
+        events=events,
+        verdicts=await _claude_gate(engine, policy, events, audit),
+    )
     enhancer, enhancements = await _enhancer(engine)
-    ctx = Context(settings=settings, recorder=recorder, feedback=_feedback_sink(engine), keys=keys, meter=meter, guard=guard,
-                  enhancer=enhancer)
+    ctx = Context(
+        settings=settings,
+        recorder=recorder,
+        feedback=_feedback_sink(engine),
+        keys=keys,
+        meter=meter,
+        guard=guard,
+        enhancer=enhancer,
+    )
     server, health_servicer = await serve(ctx, host=settings.host, port=settings.port, max_message=settings.grpc_max_message)
-    log.info("sidecar listening on %s:%d (event loop: %s)", settings.host, settings.port,
-             type(asyncio.get_running_loop()).__module__)
+    log.info(
+        "sidecar listening on %s:%d (event loop: %s)", settings.host, settings.port, type(asyncio.get_running_loop()).__module__
+    )
     try:
         await stop.wait()
     finally:
@@ -150,14 +170,14 @@ async def _enhancer(engine):
         log.info("real-time enhancement off (ENABLE_REAL_TIME_ENHANCEMENT / ENABLE_INTELLIGENCE)")
         return None, None
     from intelligence.embeddings import shared_embedder
+    from intelligence.enhance.live import EnhancementCache, Enhancer
     from intelligence.memory.lookup import PatternLookup
-
-    from .enhance import EnhancementCache, Enhancer
 
     cache = EnhancementCache(engine)
     budget_ms = float(os.environ.get("LLMPROXY_ENHANCE_LOOKUP_MS", "5"))
-    lookup = PatternLookup(engine, lambda: shared_embedder(os.environ.get("LLMPROXY_EMBEDDING_MODEL", "all-MiniLM-L6-v2")),
-                           budget_ms=budget_ms)
+    lookup = PatternLookup(
+        engine, lambda: shared_embedder(os.environ.get("LLMPROXY_EMBEDDING_MODEL", "all-MiniLM-L6-v2")), budget_ms=budget_ms
+    )
     await cache.start()
     return Enhancer(cache, lookup, flags), cache
 
@@ -178,8 +198,7 @@ async def _claude_gate(engine, policy, events, audit):
         log.warning("claude_verdict: Claude settings invalid (%s); such rules apply their on_timeout choice", exc)
         settings = None
     flags = IntelligenceFlags.from_env({k: v for k, v in os.environ.items() if k.startswith("ENABLE_")})
-    gate = ClaudeGate(settings, engine, events=events, audit=audit,
-                      enabled=flags.intelligence and flags.anomaly_detection)
+    gate = ClaudeGate(settings, engine, events=events, audit=audit, enabled=flags.intelligence and flags.anomaly_detection)
     if policy.snapshot.asks_claude:
         log.info("claude_verdict rules present; Claude: %s", gate.unavailable or settings.summary())
         await gate.warm()
@@ -198,10 +217,15 @@ def _quarantiner(engine):
             async with engine.begin() as conn:
                 record, changed = await quarantine_key(conn, key_id, actor=f"policy:{rule}", reason=reason)
                 if changed:  # announced in the same transaction: the feed never shows a quarantine that did not happen
-                    await publish(conn, kind="quarantine", title=f"gateway key {key_id} quarantined: {reason}",
-                                  severity="critical", subject=key_id,
-                                  detail={"rule": rule, "reason": reason, "name": record.name, "prefix": record.prefix},
-                                  source="sidecar")
+                    await publish(
+                        conn,
+                        kind="quarantine",
+                        title=f"gateway key {key_id} quarantined: {reason}",
+                        severity="critical",
+                        subject=key_id,
+                        detail={"rule": rule, "reason": reason, "name": record.name, "prefix": record.prefix},
+                        source="sidecar",
+                    )
             log.warning("gateway key %s quarantined by policy rule %s: %s", key_id, rule, reason)
         except Exception:
             log.exception("quarantine of gateway key %s (rule %s) failed", key_id, rule)

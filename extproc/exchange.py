@@ -15,14 +15,16 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from intelligence.keys.cache import KeySnapshot
 from intelligence.records import Body, ExchangeRecord, Recorder, Usage
 
-from .auth import PASSTHROUGH, AuthDecision, AuthMode, KeySnapshot, authenticate, check_scope, gateway_key_headers
+from .auth import PASSTHROUGH, AuthDecision, AuthMode, authenticate, budget_refusal, check_scope, gateway_key_headers
 from .errors import gateway_error
 from .providers.registry import endpoint_for
 from .providers.toolschema import declared_schemas, invalid_calls
@@ -35,8 +37,11 @@ log = logging.getLogger("llmproxy.exchange")
 
 # Headers that carry credentials: never logged, never stored.
 _SECRET_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization", "cookie", "set-cookie", "api-key"})
-_KEY_ENV_HINT = {"openai": "LLMPROXY_OPENAI_API_KEY", "anthropic": "LLMPROXY_ANTHROPIC_API_KEY",
-                 "openrouter": "LLMPROXY_OPENROUTER_API_KEY"}
+_KEY_ENV_HINT = {
+    "openai": "LLMPROXY_OPENAI_API_KEY",
+    "anthropic": "LLMPROXY_ANTHROPIC_API_KEY",
+    "openrouter": "LLMPROXY_OPENROUTER_API_KEY",
+}
 _AUTH_HEADER = {"openai": "authorization", "openrouter": "authorization", "anthropic": "x-api-key"}
 
 
@@ -59,7 +64,7 @@ class Context:
     guard: Any = None  # extproc.guard.Guard: detectors + policy; None runs no screening
     keys: Any = None  # has .snapshot -> KeySnapshot (extproc.auth.KeyCache); None: no gateway keys loaded
     meter: Any = None  # extproc.auth.UsageMeter: shared-database budgets per gateway key
-    enhancer: Any = None  # extproc.enhance.Enhancer: applies enhancements/experiments; None applies none
+    enhancer: Any = None  # intelligence.enhance.live.Enhancer: applies enhancements/experiments; None applies none
     router: ModelRouter = field(init=False)
     auth_mode: AuthMode = field(init=False)
     stats: dict[str, int] = field(default_factory=lambda: {"exchanges": 0, "errors": 0, "aborted": 0})
@@ -84,7 +89,8 @@ def key_fingerprint(headers: dict[str, str]) -> str | None:
 
 def safe_headers(headers: dict[str, str]) -> dict[str, str]:
     return {
-        k: v for k, v in headers.items()
+        k: v
+        for k, v in headers.items()
         if k not in _SECRET_HEADERS and not any(s in k for s in ("token", "secret", "key")) and not k.startswith(":")
     }
 
@@ -93,7 +99,7 @@ class Exchange:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.t0 = time.monotonic()
-        self.started_at = datetime.now(timezone.utc)
+        self.started_at = datetime.now(UTC)
         self.request_id = ""
         self.method = ""
         self.path = ""
@@ -190,18 +196,29 @@ class Exchange:
             self.key_fp = self.auth.key_id  # the client is the gateway key, not a provider-key hash
             hit = self.ctx.meter.admit(self.auth.key_id) if self.ctx.meter is not None else None
             if hit is not None:
-                return self._answer(hit.decision(self.auth.key_id).immediate(_api_of(self.rel_path)))
+                return self._answer(budget_refusal(hit, self.auth.key_id).immediate(_api_of(self.rel_path)))
 
         if self.route == "feedback":  # answered by the gateway itself, in the body phase
             if self.method != "POST" or ev.end_of_stream:
-                return self._answer(gateway_error(405 if self.method != "POST" else 400,
-                                                  "llmproxy: POST a JSON body {request_id, score|thumbs, comment} to /v1/feedback",
-                                                  code="feedback_usage"), record=False)
+                return self._answer(
+                    gateway_error(
+                        405 if self.method != "POST" else 400,
+                        "llmproxy: POST a JSON body {request_id, score|thumbs, comment} to /v1/feedback",
+                        code="feedback_usage",
+                    ),
+                    record=False,
+                )
             return reply
         if ev.end_of_stream:  # no body will follow
             if self.route == "unified":
-                return self._answer(gateway_error(400, "llmproxy: this route needs a JSON body with a `model`",
-                                                  api=_api_of(self.rel_path), code="body_required"))
+                return self._answer(
+                    gateway_error(
+                        400,
+                        "llmproxy: this route needs a JSON body with a `model`",
+                        api=_api_of(self.rel_path),
+                        code="body_required",
+                    )
+                )
             denied = self._scope_and_credentials(reply, None)
             if denied is not None:
                 return denied
@@ -216,22 +233,33 @@ class Exchange:
         self.route = "legacy"
         parts = urlsplit(target)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            return self._answer(gateway_error(400, f"llmproxy: invalid target_url {target[:200]!r}: need an absolute http(s) URL",
-                                              code="invalid_target_url"))
+            return self._answer(
+                gateway_error(
+                    400, f"llmproxy: invalid target_url {target[:200]!r}: need an absolute http(s) URL", code="invalid_target_url"
+                )
+            )
         host = parts.hostname.lower()
         port = parts.port or (443 if parts.scheme == "https" else 80)
         allowed = self.ctx.settings.legacy_allowlist
         if host not in allowed and f"{host}:{port}" not in allowed:
-            return self._answer(gateway_error(403, f"llmproxy: target host {host}:{port} is not on the gateway's allowlist "
-                                                   "(LLMPROXY_LEGACY_ALLOWLIST / --allow-target)", code="target_not_allowed"))
+            return self._answer(
+                gateway_error(
+                    403,
+                    f"llmproxy: target host {host}:{port} is not on the gateway's allowlist "
+                    "(LLMPROXY_LEGACY_ALLOWLIST / --allow-target)",
+                    code="target_not_allowed",
+                )
+            )
         path = parts.path or "/"
         self.rel_path = path
         self.provider = "legacy"
-        reply.set_headers.update({
-            ":path": path + (f"?{parts.query}" if parts.query else ""),
-            "x-llmproxy-legacy": parts.scheme,
-            "x-llmproxy-target-host": f"{host}:{port}",
-        })
+        reply.set_headers.update(
+            {
+                ":path": path + (f"?{parts.query}" if parts.query else ""),
+                "x-llmproxy-legacy": parts.scheme,
+                "x-llmproxy-target-host": f"{host}:{port}",
+            }
+        )
         reply.clear_route_cache = True
         return None
 
@@ -246,14 +274,27 @@ class Exchange:
         api = _api_of(self.rel_path)
         if self.route == "unified":
             if not isinstance(doc, dict):
-                return self._answer(gateway_error(400, "llmproxy: request body must be a JSON object with a `model` field"
-                                                  + (" (content-type is not application/json)" if "json" not in self.headers.get("content-type", "") else ""),
-                                                  api=api, code="invalid_json"))
+                return self._answer(
+                    gateway_error(
+                        400,
+                        "llmproxy: request body must be a JSON object with a `model` field"
+                        + (
+                            " (content-type is not application/json)"
+                            if "json" not in self.headers.get("content-type", "")
+                            else ""
+                        ),
+                        api=api,
+                        code="invalid_json",
+                    )
+                )
             model = doc.get("model")
             provider = self.ctx.router.provider_for(model)
             if provider is None:
-                return self._answer(gateway_error(400, f"llmproxy: unknown model {model!r}: no provider route matches it",
-                                                  api=api, code="unknown_model"))
+                return self._answer(
+                    gateway_error(
+                        400, f"llmproxy: unknown model {model!r}: no provider route matches it", api=api, code="unknown_model"
+                    )
+                )
             self.provider = provider
             reply.set_headers["x-llmproxy-provider"] = provider
             reply.clear_route_cache = True
@@ -304,8 +345,9 @@ class Exchange:
         if self.session_id is None:
             self.session_id = self._derive_session()  # the assignment unit: fixed before the arm is chosen
         try:
-            applied = await self.ctx.enhancer.enhance(self.view, doc, self.view.api, self.session_id, self.headers,
-                                                      client=self.key_fp or self.client_addr)
+            applied = await self.ctx.enhancer.enhance(
+                self.view, doc, self.view.api, self.session_id, self.headers, client=self.key_fp or self.client_addr
+            )
             if applied is not None:
                 self.flags["enhancement"] = applied.record()
                 if applied.changed:
@@ -325,9 +367,19 @@ class Exchange:
         """Detectors + policy; returns the refusal, or whether the body was changed (awaitable only when
         a claude_verdict rule holds the request for Claude's verdict)."""
         g = self.ctx.guard.check_request(
-            request_id=self.request_id, api=self.view.api, doc=doc, provider=self.provider, path=self.path,
-            method=self.method, key=self.auth.key, client=self.key_fp, client_addr=self.client_addr,
-            size=len(self.request_client), headers=self.headers, now=self.started_at)
+            request_id=self.request_id,
+            api=self.view.api,
+            doc=doc,
+            provider=self.provider,
+            path=self.path,
+            method=self.method,
+            key=self.auth.key,
+            client=self.key_fp,
+            client_addr=self.client_addr,
+            size=len(self.request_client),
+            headers=self.headers,
+            now=self.started_at,
+        )
         self.flags.update(g.record())
         self.guarded = g
         if g.immediate is not None:
@@ -375,8 +427,10 @@ class Exchange:
                 if denied is not None:
                     return denied
         elif g.decision is not None and g.decision.provider not in (None, self.provider):
-            self.flags["policy_route"] = {"skipped": f"route to {g.decision.provider}: a provider-prefix route keeps "
-                                                     f"the provider its path names; use the unified /v1/ routes"}
+            self.flags["policy_route"] = {
+                "skipped": f"route to {g.decision.provider}: a provider-prefix route keeps "
+                f"the provider its path names; use the unified /v1/ routes"
+            }
         if g.changed_body:
             self.view = self.endpoint.parse_request(doc)  # what pattern memory embeds is the redacted text
         return g.changed_body
@@ -401,16 +455,20 @@ class Exchange:
     async def _feedback(self, doc: Any) -> Immediate:
         """The gateway answers POST /v1/feedback itself; the feedback table is its record."""
         if self.ctx.feedback is None:
-            return self._answer(gateway_error(503, "llmproxy: feedback is not available (no pattern memory)", code="feedback_unavailable"),
-                                record=False)
+            return self._answer(
+                gateway_error(503, "llmproxy: feedback is not available (no pattern memory)", code="feedback_unavailable"),
+                record=False,
+            )
         try:
             fid = await asyncio.wait_for(self.ctx.feedback.submit(doc), timeout=5)
         except ValueError as exc:
             return self._answer(gateway_error(400, f"llmproxy: invalid feedback: {exc}", code="invalid_feedback"), record=False)
-        except Exception as exc:  # database away: the client should retry, nothing was stored
+        except Exception as exc:  # noqa: BLE001 - database away: the client should retry, nothing was stored
             log.warning("feedback not stored: %s", type(exc).__name__)
-            return self._answer(gateway_error(503, "llmproxy: feedback could not be stored right now; retry", code="feedback_unavailable"),
-                                record=False)
+            return self._answer(
+                gateway_error(503, "llmproxy: feedback could not be stored right now; retry", code="feedback_unavailable"),
+                record=False,
+            )
         body = json.dumps({"ok": True, "feedback_id": fid, "request_id": doc.get("request_id")}).encode()
         return self._answer(Immediate(status=202, body=body, details="llmproxy_feedback"), record=False)
 
@@ -425,9 +483,15 @@ class Exchange:
             if not scope.ok:
                 return self._answer(scope.immediate(_api_of(self.rel_path)))
             if not self.ctx.settings.provider_keys.get(self.provider or ""):
-                return self._answer(gateway_error(503, f"llmproxy: no provider key is configured for {self.provider} "
-                                                       f"(set {_KEY_ENV_HINT.get(self.provider or '', 'the provider key')})",
-                                                  api=_api_of(self.rel_path), code="provider_key_missing"))
+                return self._answer(
+                    gateway_error(
+                        503,
+                        f"llmproxy: no provider key is configured for {self.provider} "
+                        f"(set {_KEY_ENV_HINT.get(self.provider or '', 'the provider key')})",
+                        api=_api_of(self.rel_path),
+                        code="provider_key_missing",
+                    )
+                )
         self._inject_credentials(reply)
         return None
 
@@ -464,9 +528,14 @@ class Exchange:
         active = self.codec is not None and self.codec.active
         streamed = "text/event-stream" in ctype or "ndjson" in ctype
         if self.ctx.guard is not None and self.guarded is not None and self.endpoint is not None and not ev.end_of_stream:
-            self.screen = self.ctx.guard.screen_response(self.guarded, request_id=self.request_id, key=self.auth.key,
-                                                         api=getattr(self.view, "api", None), status=self.status,
-                                                         streamed=streamed)
+            self.screen = self.ctx.guard.screen_response(
+                self.guarded,
+                request_id=self.request_id,
+                key=self.auth.key,
+                api=getattr(self.view, "api", None),
+                status=self.status,
+                streamed=streamed,
+            )
         if self.endpoint is not None and streamed:
             self.streamed = True
             self.stream_proc = self.endpoint.stream(self.codec if active else None)
@@ -533,8 +602,14 @@ class Exchange:
                     if not (self.screen.masking or self.screen.snapshot.response_rules):
                         raise  # only restore/edits were asked: the containment in handle() passes it through
                     self._keep(self.resp_upstream, ev.data)
-                    return self._answer(gateway_error(502, "llmproxy: the response could not be screened", api=_api_of(self.rel_path),
-                                                      code="response_screen_error"))
+                    return self._answer(
+                        gateway_error(
+                            502,
+                            "llmproxy: the response could not be screened",
+                            api=_api_of(self.rel_path),
+                            code="response_screen_error",
+                        )
+                    )
                 if screened.block is not None:
                     self._keep(self.resp_upstream, ev.data)
                     self.flags["response_policy"] = self.screen.record() or {}
@@ -626,14 +701,15 @@ class Exchange:
         return ExchangeRecord(
             request_id=self.request_id,
             started_at=self.started_at,
-            finished_at=datetime.now(timezone.utc),
+            finished_at=datetime.now(UTC),
             method=self.method,
             path=self.path,
             session_id=self.session_id,
             client_key_fp=self.key_fp,
             client_addr=self.client_addr,
             provider=self.provider,
-            model=getattr(view, "model", None) or (folded.message.get("model") if folded and isinstance(folded.message, dict) else None),
+            model=getattr(view, "model", None)
+            or (folded.message.get("model") if folded and isinstance(folded.message, dict) else None),
             api=getattr(view, "api", None) or _api_of(self.rel_path),
             route=self.route,
             status=self.status,
@@ -643,7 +719,8 @@ class Exchange:
             upstream_ms=self.upstream_ms,
             usage=usage,
             request_client=_body(self.request_logged or self.request_client, limit) if self.request_client else None,
-            request_forwarded=_body(self.request_forwarded, limit) if self.request_forwarded is not None
+            request_forwarded=_body(self.request_forwarded, limit)
+            if self.request_forwarded is not None
             else (_body(self.request_client, limit) if self.request_client else None),
             response_upstream=_body(bytes(self.resp_upstream), limit, self.resp_truncated) if self.resp_upstream else None,
             response_client=resp_client,
@@ -666,7 +743,7 @@ def _client_addr(ev: Headers) -> str | None:
     if addr.count(":") == 1:  # ipv4:port
         return addr.split(":")[0]
     if addr.startswith("[") and "]:" in addr:
-        return addr[1:addr.index("]")]
+        return addr[1 : addr.index("]")]
     return addr
 
 
@@ -692,8 +769,13 @@ def _body(data: bytes | None, limit: int, truncated: bool = False) -> Body | Non
 
 
 _API_BY_PATH = {
-    "/v1/chat/completions": "chat", "/v1/responses": "responses", "/v1/embeddings": "embeddings",
-    "/v1/messages": "messages", "/v1/completions": "completions", "/api/chat": "ollama_chat", "/api/generate": "ollama_generate",
+    "/v1/chat/completions": "chat",
+    "/v1/responses": "responses",
+    "/v1/embeddings": "embeddings",
+    "/v1/messages": "messages",
+    "/v1/completions": "completions",
+    "/api/chat": "ollama_chat",
+    "/api/generate": "ollama_generate",
 }
 
 

@@ -14,29 +14,20 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
-from .errors import gateway_error
-from .policy import (
-    Alert,
-    Detections,
-    Quarantine,
-    Redactions,
-    RequestDecision,
-    RequestFacts,
-    ResponseDecision,
-    ResponseFacts,
-    apply_request,
-    apply_response,
-    redact_text,
-)
-from .policy.decision import RedactPlan
+from extproc.policy import Redactions, apply_request, apply_response, redact_text
+from intelligence.detectors.response import MaskingFilter, PlaceholderRestorer, mask_text, rewrite_response_texts
+from intelligence.detectors.spans import Span, resolve_overlaps
+from intelligence.policy import Alert, Detections, Quarantine, RequestDecision, RequestFacts, ResponseDecision, ResponseFacts
+from intelligence.policy.decision import RedactPlan
+
+from .errors import gateway_error, refusal
 from .providers import textstream
 from .providers.segments import rewrite_texts, segments
-from .security.response import MaskingFilter, PlaceholderRestorer, mask_text, rewrite_response_texts
-from .security.spans import Span, resolve_overlaps
 from .wire import Immediate
 
 log = logging.getLogger("llmproxy.guard")
@@ -48,8 +39,9 @@ _SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 class EventSink(Protocol):
     """Where alerts and automated actions go for the live feed (intelligence.events.writer.EventWriter)."""
 
-    def submit(self, kind: str, title: str, *, severity: str = "info", subject: str = "",
-               detail: dict[str, Any] | None = None) -> bool: ...
+    def submit(
+        self, kind: str, title: str, *, severity: str = "info", subject: str = "", detail: dict[str, Any] | None = None
+    ) -> bool: ...
 
 
 @dataclass
@@ -87,9 +79,18 @@ class GuardOutcome:
 
 
 class Guard:
-    def __init__(self, policy: Any, *, secrets: Any, pii: Any, injection: Any, audit: Any = None,
-                 quarantine: Callable[[str, str, str], None] | None = None, events: EventSink | None = None,
-                 verdicts: Any = None):
+    def __init__(
+        self,
+        policy: Any,
+        *,
+        secrets: Any,
+        pii: Any,
+        injection: Any,
+        audit: Any = None,
+        quarantine: Callable[[str, str, str], None] | None = None,
+        events: EventSink | None = None,
+        verdicts: Any = None,
+    ):
         self.policy = policy  # .snapshot -> PolicySnapshot, .throttler -> Throttler
         self.secrets, self.pii, self.injection = secrets, pii, injection
         self.audit = audit  # AuditWriter (submit never blocks) or None
@@ -98,15 +99,29 @@ class Guard:
         # extproc.claude_gate.ClaudeGate for `claude_verdict` rules; None: no Claude, their fail mode applies
         self.verdicts = verdicts
 
-    def check_request(self, *, request_id: str, api: str | None, doc: dict, provider: str | None, path: str, method: str,
-                      key: Any, client: str | None, client_addr: str | None, size: int, headers: Mapping[str, str],
-                      now: datetime) -> GuardOutcome:
+    def check_request(
+        self,
+        *,
+        request_id: str,
+        api: str | None,
+        doc: dict,
+        provider: str | None,
+        path: str,
+        method: str,
+        key: Any,
+        client: str | None,
+        client_addr: str | None,
+        size: int,
+        headers: Mapping[str, str],
+        now: datetime,
+    ) -> GuardOutcome:
         try:
             return self._check(request_id, api, doc, provider, path, method, key, client, client_addr, size, headers, now)
         except Exception:
             log.exception("request %s: guard failed; refusing (fail closed)", request_id)
-            return GuardOutcome(immediate=gateway_error(503, "llmproxy: the request could not be screened; retry", api=api,
-                                                        code="guard_error"))
+            return GuardOutcome(
+                immediate=gateway_error(503, "llmproxy: the request could not be screened; retry", api=api, code="guard_error")
+            )
 
     def _check(self, request_id, api, doc, provider, path, method, key, client, client_addr, size, headers, now) -> GuardOutcome:
         snapshot = self.policy.snapshot
@@ -117,18 +132,30 @@ class Guard:
         pii_spans = [s for t in texts for s in self.pii.find(t)] if "pii" in wanted and self.pii is not None else []
         verdict = self.injection.scan(segs) if wanted & {"injection", "flags"} and segs else None
         detections = Detections.from_results(pii=pii_spans, secrets=secret_spans, injection=verdict)
-        facts = RequestFacts(api=api, path=path, method=method, provider=provider, model=doc.get("model"),
-                             key_id=getattr(key, "id", None), key_name=getattr(key, "name", None), client=client,
-                             client_addr=client_addr, request_bytes=size, headers=headers, detections=detections, now=now)
+        facts = RequestFacts(
+            api=api,
+            path=path,
+            method=method,
+            provider=provider,
+            model=doc.get("model"),
+            key_id=getattr(key, "id", None),
+            key_name=getattr(key, "name", None),
+            client=client,
+            client_addr=client_addr,
+            request_bytes=size,
+            headers=headers,
+            detections=detections,
+            now=now,
+        )
         decision = snapshot.evaluate_request(facts)
         out = GuardOutcome(decision=decision, detections=detections, facts=facts, snapshot=snapshot)
         throttled = self.policy.throttler.check(decision, facts)
         if decision.fired and self.audit is not None:
             self.audit.submit("policy_decision", request_id, decision.to_record(), "sidecar")
         self._respond(decision.alerts, decision.quarantine, request_id, key, blocked=decision.block)
-        block = decision.immediate(api)
+        block = refusal(decision.block, api) if decision.block is not None else None
         if block is None and getattr(throttled, "block", None) is not None:
-            block = throttled.block.immediate(api)
+            block = refusal(throttled.block, api)
         if block is not None:
             out.immediate = block
             return out
@@ -146,17 +173,26 @@ class Guard:
             out.redactions = state
         if decision.claude_verdict is not None or decision.claude_verdict_monitor is not None:
             # after redaction (Claude sees what would be forwarded), before the policy's own edits
-            refusal = self._claude_verdict(out, decision, request_id, api, doc, provider, key, client)
-            if refusal is not None:
-                out.immediate = refusal
+            refused = self._claude_verdict(out, decision, request_id, api, doc, provider, key, client)
+            if refused is not None:
+                out.immediate = refused
                 return out
         out.edits = apply_request(decision, api or "", doc, provider=provider)
         out.set_headers = dict(decision.set_headers)
         out.strip_headers = list(decision.strip_headers)
         return out
 
-    def _claude_verdict(self, out: GuardOutcome, decision: RequestDecision, request_id: str, api: str | None,
-                        doc: dict, provider: str | None, key: Any, client: str | None) -> Immediate | None:
+    def _claude_verdict(
+        self,
+        out: GuardOutcome,
+        decision: RequestDecision,
+        request_id: str,
+        api: str | None,
+        doc: dict,
+        provider: str | None,
+        key: Any,
+        client: str | None,
+    ) -> Immediate | None:
         """A `claude_verdict` rule fired: hold the request (enforce), ask in the background (monitor), or,
         when Claude cannot be asked at all, apply the rule's declared fail mode at once (no wait)."""
         from .claude_gate import ClaudeGate, PendingVerdict, VerdictQuery
@@ -164,9 +200,16 @@ class Guard:
         gate = self.verdicts
         if gate is None:
             gate = self.verdicts = ClaudeGate(None, events=self.events, audit=self.audit)
-        query = VerdictQuery(request_id=request_id, key_id=getattr(key, "id", None), client=client, api=api,
-                             model=doc.get("model"), provider=provider, detections=out.detections,
-                             texts=tuple(segments(api, doc)))
+        query = VerdictQuery(
+            request_id=request_id,
+            key_id=getattr(key, "id", None),
+            client=client,
+            api=api,
+            model=doc.get("model"),
+            provider=provider,
+            detections=out.detections,
+            texts=tuple(segments(api, doc)),
+        )
         ask = decision.claude_verdict
         if ask is None:
             out.verdict_note = gate.watch(query, decision.claude_verdict_monitor)
@@ -177,11 +220,12 @@ class Guard:
             return None
         out.verdict_note = settled.record()
         block = gate.conclude(query, settled)
-        return block.immediate(api) if block is not None else None
+        return refusal(block, api) if block is not None else None
 
     # ------------------------------------------------------------------ response
-    def screen_response(self, outcome: GuardOutcome | None, *, request_id: str, key: Any, api: str | None,
-                        status: int | None, streamed: bool) -> "ResponseScreen | None":
+    def screen_response(
+        self, outcome: GuardOutcome | None, *, request_id: str, key: Any, api: str | None, status: int | None, streamed: bool
+    ) -> ResponseScreen | None:
         """The response side of the request's decision, at the response headers; None when there is
         nothing to do (the common case: no restore, no response redaction, edits or rules)."""
         if outcome is None or outcome.decision is None or outcome.facts is None or outcome.snapshot is None:
@@ -221,8 +265,16 @@ class Guard:
         return Detections.from_results(pii=pii_spans, secrets=secret_spans)
 
     # ------------------------------------------------------------------ automated response
-    def _respond(self, alerts: tuple[Alert, ...], quarantine: Quarantine | None, request_id: str, key: Any, *,
-                 blocked: Any = None, phase: str = "request") -> None:
+    def _respond(
+        self,
+        alerts: tuple[Alert, ...],
+        quarantine: Quarantine | None,
+        request_id: str,
+        key: Any,
+        *,
+        blocked: Any = None,
+        phase: str = "request",
+    ) -> None:
         """Automated response: alerts go to the log, the audit chain and the live feed; a quarantine
         is carried out in the background (the key cache then refuses the key on every replica via NOTIFY;
         the quarantine itself publishes its feed event once it is done)."""
@@ -238,12 +290,15 @@ class Guard:
                 detail = {"request_id": request_id, "rule": alert.rule, "phase": phase, "key_id": key_id}
                 if is_block:
                     detail["block"] = blocked.to_dict()
-                self.events.submit("block" if is_block else "alert", alert.message, severity=alert.severity,
-                                   subject=subject, detail=detail)
+                self.events.submit(
+                    "block" if is_block else "alert", alert.message, severity=alert.severity, subject=subject, detail=detail
+                )
         if quarantine is None:
             return
         if key_id is None:
-            log.warning("rule %s asks to quarantine the key of request %s, but no gateway key was used", quarantine.rule, request_id)
+            log.warning(
+                "rule %s asks to quarantine the key of request %s, but no gateway key was used", quarantine.rule, request_id
+            )
             return
         if self.quarantine is not None:
             self.quarantine(key_id, quarantine.reason, quarantine.rule)
@@ -267,8 +322,17 @@ class ResponseScreen:
     The log therefore holds placeholders and masks, never a value that was redacted.
     """
 
-    def __init__(self, guard: Guard, snapshot: Any, facts: ResponseFacts, decision: ResponseDecision,
-                 mapping: dict[str, str], request_id: str, key: Any, api: str | None) -> None:
+    def __init__(
+        self,
+        guard: Guard,
+        snapshot: Any,
+        facts: ResponseFacts,
+        decision: ResponseDecision,
+        mapping: dict[str, str],
+        request_id: str,
+        key: Any,
+        api: str | None,
+    ) -> None:
         self.guard, self.snapshot, self.facts, self.decision = guard, snapshot, facts, decision
         self.mapping = mapping if decision.restore else {}
         self.request_id, self.key, self.api = request_id, key, api
@@ -298,14 +362,20 @@ class ResponseScreen:
             texts: list[str] = []
             rewrite_response_texts(doc, lambda t, _j: texts.append(t) or t)
             detections = self.guard.detect(self.snapshot, texts)
-            self.facts = ResponseFacts(request=self.facts.request, status=self.facts.status, response_bytes=size,
-                                       streamed=False, detections=detections, request_decision=self.facts.request_decision)
+            self.facts = ResponseFacts(
+                request=self.facts.request,
+                status=self.facts.status,
+                response_bytes=size,
+                streamed=False,
+                detections=detections,
+                request_decision=self.facts.request_decision,
+            )
             self.decision = self.snapshot.evaluate_response(self.facts)
             self.mapping = self.mapping if self.decision.restore else {}
         if self.decision.block is not None:
             self.block_enforced = True
             self._respond()
-            return JsonRewrite(block=self.decision.block.immediate(self.api))
+            return JsonRewrite(block=refusal(self.decision.block, self.api))
         if self.masking:
             find = self.guard.response_finder(self.decision.redact)
 
@@ -330,7 +400,7 @@ class ResponseScreen:
         return out
 
     # ------------------------------------------------------------------ streams
-    def stream_stages(self) -> tuple["textstream.SSETextRewriter | None", "textstream.SSETextRewriter | None"]:
+    def stream_stages(self) -> tuple[textstream.SSETextRewriter | None, textstream.SSETextRewriter | None]:
         """(mask stage, restore stage) for an SSE response; either may be None. An API whose stream
         format is not supported passes through (recorded as ``unsupported``)."""
         if not (self.masking or self.mapping):
@@ -352,15 +422,19 @@ class ResponseScreen:
 
             masker = textstream.SSETextRewriter(self.api, make_masker, whole=mask_whole)  # type: ignore[arg-type]
         if self.mapping:
+
             def make_restorer(slot: textstream.Slot) -> PlaceholderRestorer:
                 f = PlaceholderRestorer(self.mapping, json_text=slot.json_text)
                 self._restorers.append(f)
                 return f
 
             plain, escaped = PlaceholderRestorer(self.mapping), PlaceholderRestorer(self.mapping, json_text=True)
-            restorer = textstream.SSETextRewriter(self.api, make_restorer,  # type: ignore[arg-type]
-                                                  relevant=textstream.may_hold_placeholder,
-                                                  whole=lambda t, j: (escaped if j else plain).restore(t))
+            restorer = textstream.SSETextRewriter(
+                self.api,
+                make_restorer,  # type: ignore[arg-type]
+                relevant=textstream.may_hold_placeholder,
+                whole=lambda t, j: (escaped if j else plain).restore(t),
+            )
         return masker, restorer
 
     def finish_stream(self, text: str | None, size: int) -> None:
@@ -379,13 +453,19 @@ class ResponseScreen:
                     target = secrets if self._is_secret(kind) else pii
                     target[kind] = target.get(kind, 0) + n
                 detections = Detections(pii=pii, secrets=secrets)
-            self.facts = ResponseFacts(request=self.facts.request, status=self.facts.status, response_bytes=size,
-                                       streamed=True, detections=detections, request_decision=self.facts.request_decision)
+            self.facts = ResponseFacts(
+                request=self.facts.request,
+                status=self.facts.status,
+                response_bytes=size,
+                streamed=True,
+                detections=detections,
+                request_decision=self.facts.request_decision,
+            )
             self.decision = self.snapshot.evaluate_response(self.facts)
         self._respond()
 
     def _is_secret(self, kind: str) -> bool:
-        from .security.pii import PLACEHOLDER_LABELS
+        from intelligence.detectors.pii import PLACEHOLDER_LABELS
 
         return kind not in PLACEHOLDER_LABELS
 

@@ -60,7 +60,7 @@ def split_provider_prefix(path: str) -> tuple[str | None, str]:
     for provider in PROVIDERS:
         prefix = f"/{provider}/"
         if bare.startswith(prefix):
-            rest = "/" + bare[len(prefix):]
+            rest = "/" + bare[len(prefix) :]
             if provider == "openrouter" and rest.startswith("/api/"):
                 rest = rest[4:]  # tolerate clients whose base_url already carries OpenRouter's /api
             return provider, rest

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from . import wire
 from .exchange import Context, Exchange
@@ -18,11 +16,11 @@ from .exchange import Context, Exchange
 log = logging.getLogger("llmproxy.server")
 
 
-class Processor(pb_grpc.ExternalProcessorServicer):
+class Processor(wire.ExternalProcessorServicer):
     def __init__(self, ctx: Context):
         self.ctx = ctx
 
-    async def Process(self, request_iterator: AsyncIterator, context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC name)
+    async def Process(self, request_iterator: AsyncIterator, context: grpc.aio.ServicerContext):
         exchange = Exchange(self.ctx)
         try:
             async for req in request_iterator:
@@ -54,7 +52,7 @@ async def serve(ctx: Context, *, host: str, port: int, max_message: int) -> tupl
         ("grpc.keepalive_time_ms", 30_000),
     ]
     server = grpc.aio.server(options=options)
-    pb_grpc.add_ExternalProcessorServicer_to_server(Processor(ctx), server)
+    wire.add_processor(Processor(ctx), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")

@@ -29,7 +29,7 @@ class SidecarSettings:
     legacy_allowlist: tuple[str, ...] = ()  # host or host:port allowed for /?target_url=
     log_body_max: int = 1 << 20  # bodies above this are stored truncated in the log
     grpc_max_message: int = 64 << 20
-    policy_file: str | None = None  # None: $LLMPROXY_POLICY_FILE or extproc/policy/default.yaml
+    policy_file: str | None = None  # None: $LLMPROXY_POLICY_FILE or intelligence/policy/default.yaml
     auth_mode: str = "passthrough"  # passthrough (client provider keys go upstream) | required (gateway keys)
 
     @property
@@ -37,7 +37,7 @@ class SidecarSettings:
         return self.data_dir / "spool"
 
     @classmethod
-    def from_env(cls, **overrides) -> "SidecarSettings":
+    def from_env(cls, **overrides) -> SidecarSettings:
         env = os.environ
         keys = {p: env[v] for p, v in PROVIDER_KEY_ENV.items() if env.get(v)}
         routes = parse_route_specs([env["LLMPROXY_MODEL_ROUTES"]]) if env.get("LLMPROXY_MODEL_ROUTES") else ()

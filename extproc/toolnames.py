@@ -40,7 +40,7 @@ def _sanitise_namespace(namespace: str) -> str:
     if stem != namespace:
         # Two different tenants must not share a namespace just because their labels
         # sanitise alike ("team a" / "team.a"), so a lossy rendering carries a hash.
-        stem = f"{stem[:_NAMESPACE_MAX_LEN - 7]}-{_digest(namespace, 0)[:6]}"
+        stem = f"{stem[: _NAMESPACE_MAX_LEN - 7]}-{_digest(namespace, 0)[:6]}"
     return stem
 
 

@@ -17,9 +17,24 @@ from dataclasses import dataclass, field
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 
-__all__ = ["Phase", "Headers", "BodyChunk", "Reply", "Immediate", "decode", "encode", "pb"]
+__all__ = [
+    "Phase",
+    "Headers",
+    "BodyChunk",
+    "Reply",
+    "Immediate",
+    "decode",
+    "encode",
+    "ExternalProcessorServicer",
+    "add_processor",
+]
+
+# The gRPC service the sidecar implements, and how it is added to a server (server.py uses these).
+ExternalProcessorServicer = pb_grpc.ExternalProcessorServicer
+add_processor = pb_grpc.add_ExternalProcessorServicer_to_server
 
 
 class Phase(enum.Enum):
@@ -121,7 +136,9 @@ def encode(phase: Phase, reply: Reply | Immediate) -> pb.ProcessingResponse:
         common.clear_route_cache = True
     if reply.buffer_response_body is not None:
         resp.mode_override.response_body_mode = (
-            processing_mode_pb2.ProcessingMode.BUFFERED if reply.buffer_response_body else processing_mode_pb2.ProcessingMode.STREAMED
+            processing_mode_pb2.ProcessingMode.BUFFERED
+            if reply.buffer_response_body
+            else processing_mode_pb2.ProcessingMode.STREAMED
         )
     return resp
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import jwt
 
@@ -63,13 +63,14 @@ class AccessSettings:
         return self.secret_key is not None
 
 
-def issue_token(settings: AccessSettings, subject: str, role: str, *, minutes: int | None = None,
-                now: datetime | None = None) -> str:
+def issue_token(
+    settings: AccessSettings, subject: str, role: str, *, minutes: int | None = None, now: datetime | None = None
+) -> str:
     if not settings.enabled:
         raise ValueError("SECRET_KEY is not set: tokens cannot be issued")
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     exp = now + timedelta(minutes=minutes if minutes is not None else settings.expire_minutes)
     claims = {"sub": subject, "role": role, "iat": int(now.timestamp()), "exp": int(exp.timestamp()), "iss": ISSUER}
     return jwt.encode(claims, settings.secret_key, algorithm="HS256")
@@ -83,16 +84,16 @@ def verify_token(settings: AccessSettings, token: str | None) -> Principal:
         raise InvalidToken("an access token is required")
     token = token.removeprefix("Bearer ").removeprefix("bearer ").strip()
     try:
-        claims = jwt.decode(token, settings.secret_key, algorithms=["HS256"], issuer=ISSUER,
-                            options={"require": ["exp", "sub", "role", "iss"]})
+        claims = jwt.decode(
+            token, settings.secret_key, algorithms=["HS256"], issuer=ISSUER, options={"require": ["exp", "sub", "role", "iss"]}
+        )
     except jwt.ExpiredSignatureError:
         raise InvalidToken("the access token has expired") from None
     except jwt.PyJWTError as exc:
         raise InvalidToken(f"invalid access token: {type(exc).__name__}") from None
     if claims.get("role") not in ROLES:
         raise InvalidToken("the access token names an unknown role")
-    return Principal(subject=str(claims["sub"]), role=claims["role"],
-                     expires_at=datetime.fromtimestamp(claims["exp"], timezone.utc))
+    return Principal(subject=str(claims["sub"]), role=claims["role"], expires_at=datetime.fromtimestamp(claims["exp"], UTC))
 
 
 def is_loopback(host: str) -> bool:
@@ -108,5 +109,7 @@ def is_loopback(host: str) -> bool:
 def require_safe_bind(host: str, settings: AccessSettings, *, what: str) -> None:
     """Refuse to listen beyond loopback without authentication (secure by default)."""
     if not is_loopback(host) and not settings.enabled:
-        raise UnsafeBind(f"llmproxy: refusing to start the {what} on {host}: it is not loopback and SECRET_KEY is not set "
-                         "(set SECRET_KEY to require signed access tokens, or bind 127.0.0.1)")
+        raise UnsafeBind(
+            f"llmproxy: refusing to start the {what} on {host}: it is not loopback and SECRET_KEY is not set "
+            "(set SECRET_KEY to require signed access tokens, or bind 127.0.0.1)"
+        )

@@ -22,9 +22,22 @@ from intelligence.analytics_models import HIST_BINS, HIST_FACTOR
 
 GRANULARITIES = ("hour", "day")
 MEASURES = (
-    "n", "errors", "client_errors", "server_errors", "rate_limited", "streamed",
-    "latency_n", "latency_sum", "ttft_n", "ttft_sum", "upstream_n", "upstream_sum",
-    "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
+    "n",
+    "errors",
+    "client_errors",
+    "server_errors",
+    "rate_limited",
+    "streamed",
+    "latency_n",
+    "latency_sum",
+    "ttft_n",
+    "ttft_sum",
+    "upstream_n",
+    "upstream_sum",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
 )
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error", "none")
 
@@ -105,11 +118,11 @@ class ExchangeRow:
 POLICY_ACTIONS: dict[str, str] = {
     "blocked": "(x.flags -> 'policy' -> 'block' IS NOT NULL OR x.flags -> 'response_policy' -> 'block' IS NOT NULL)",
     "redacted": "(x.flags -> 'redacted_strings' IS NOT NULL OR x.flags -> 'policy' -> 'redact' IS NOT NULL "
-                "OR x.flags -> 'response_policy' -> 'redact' IS NOT NULL "
-                "OR x.flags -> 'response_policy' -> 'masked' IS NOT NULL)",
+    "OR x.flags -> 'response_policy' -> 'redact' IS NOT NULL "
+    "OR x.flags -> 'response_policy' -> 'masked' IS NOT NULL)",
     "alerted": "(x.flags -> 'policy' -> 'alerts' IS NOT NULL OR x.flags -> 'response_policy' -> 'alerts' IS NOT NULL)",
     "monitor rule fired": "(x.flags -> 'policy' -> 'fired' @> '[{\"mode\": \"monitor\"}]' "
-                          "OR x.flags -> 'response_policy' -> 'fired' @> '[{\"mode\": \"monitor\"}]')",
+    "OR x.flags -> 'response_policy' -> 'fired' @> '[{\"mode\": \"monitor\"}]')",
     "edited": "(x.flags -> 'edits' IS NOT NULL OR x.flags -> 'response_policy' -> 'edits' IS NOT NULL)",
     "enhanced (any arm)": "x.flags -> 'enhancement' IS NOT NULL",
     "Claude verdict": "(x.flags -> 'claude_verdict' IS NOT NULL OR x.flags -> 'policy' -> 'claude_verdict' IS NOT NULL)",
@@ -224,14 +237,31 @@ def hist_quantile(hist: Sequence[int] | np.ndarray, q: float) -> float | None:
 def _light_row(r: Any, pattern_id: int | None = None) -> ExchangeRow:
     m = r._mapping
     return ExchangeRow(
-        request_id=m["request_id"], started_at=m["started_at"], finished_at=m["finished_at"],
-        session_id=m["session_id"], client_key_fp=m["client_key_fp"], client_addr=m["client_addr"],
-        provider=m["provider"], model=m["model"], api=m["api"], path=m["path"], status=m["status"],
-        streamed=bool(m["streamed"]), latency_ms=m["latency_ms"], ttft_ms=m["ttft_ms"], upstream_ms=m["upstream_ms"],
-        input_tokens=m["input_tokens"], output_tokens=m["output_tokens"], cached_tokens=m["cached_tokens"],
-        reasoning_tokens=m["reasoning_tokens"], finish_reason=m["finish_reason"], error=m["error"],
-        flags=dict(m["flags"] or {}), tool_args_invalid=int(m["tool_args_invalid"] or 0),
-        tool_names=tuple(m["tool_names"] or ()), prompt_preview=m["prompt_preview"],
+        request_id=m["request_id"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        session_id=m["session_id"],
+        client_key_fp=m["client_key_fp"],
+        client_addr=m["client_addr"],
+        provider=m["provider"],
+        model=m["model"],
+        api=m["api"],
+        path=m["path"],
+        status=m["status"],
+        streamed=bool(m["streamed"]),
+        latency_ms=m["latency_ms"],
+        ttft_ms=m["ttft_ms"],
+        upstream_ms=m["upstream_ms"],
+        input_tokens=m["input_tokens"],
+        output_tokens=m["output_tokens"],
+        cached_tokens=m["cached_tokens"],
+        reasoning_tokens=m["reasoning_tokens"],
+        finish_reason=m["finish_reason"],
+        error=m["error"],
+        flags=dict(m["flags"] or {}),
+        tool_args_invalid=int(m["tool_args_invalid"] or 0),
+        tool_names=tuple(m["tool_names"] or ()),
+        prompt_preview=m["prompt_preview"],
         pattern_id=m.get("pattern_id", pattern_id),
     )
 
@@ -255,7 +285,12 @@ class AnalyticsRepository:
     # ----------------------------------------------------------------------------- rollups
 
     async def rollup(
-        self, granularity: str, since: datetime, until: datetime | None = None, *, by_pattern: bool = False,
+        self,
+        granularity: str,
+        since: datetime,
+        until: datetime | None = None,
+        *,
+        by_pattern: bool = False,
         pattern_ids: Sequence[int] | None = None,
     ) -> list[RollupRow]:
         """Rollup rows with ``since <= bucket < until``: per provider/model/client/api, or per pattern/model/api."""
@@ -275,35 +310,50 @@ class AnalyticsRepository:
         out = []
         for r in rows:
             m = r._mapping
-            out.append(RollupRow(
-                bucket=m["bucket"], model=m["model"], api=m["api"],
-                provider=None if by_pattern else m["provider"], client=None if by_pattern else m["client"],
-                pattern_id=m["pattern_id"] if by_pattern else None,
-                measures={k: float(m[k]) for k in MEASURES},
-                latency_hist=np.asarray(m["latency_hist"], dtype=np.int64),
-                ttft_hist=np.asarray(m["ttft_hist"], dtype=np.int64),
-            ))
+            out.append(
+                RollupRow(
+                    bucket=m["bucket"],
+                    model=m["model"],
+                    api=m["api"],
+                    provider=None if by_pattern else m["provider"],
+                    client=None if by_pattern else m["client"],
+                    pattern_id=m["pattern_id"] if by_pattern else None,
+                    measures={k: float(m[k]) for k in MEASURES},
+                    latency_hist=np.asarray(m["latency_hist"], dtype=np.int64),
+                    ttft_hist=np.asarray(m["ttft_hist"], dtype=np.int64),
+                )
+            )
         return out
 
     async def pattern_buckets(self, pattern_ids: Sequence[int], granularity: str, since: datetime) -> list[PatternBucket]:
         """Exchanges and errors per bucket of each pattern (its trend line)."""
         if not pattern_ids:
             return []
-        rows = (await self._session.execute(text(
-            "SELECT pattern_id, bucket, sum(n) AS n, sum(errors) AS errors FROM pattern_rollups "
-            "WHERE pattern_id = ANY(:ids) AND granularity = :g AND bucket >= :since "
-            "GROUP BY pattern_id, bucket ORDER BY pattern_id, bucket"
-        ), {"ids": list(pattern_ids), "g": granularity, "since": since})).all()
+        rows = (
+            await self._session.execute(
+                text(
+                    "SELECT pattern_id, bucket, sum(n) AS n, sum(errors) AS errors FROM pattern_rollups "
+                    "WHERE pattern_id = ANY(:ids) AND granularity = :g AND bucket >= :since "
+                    "GROUP BY pattern_id, bucket ORDER BY pattern_id, bucket"
+                ),
+                {"ids": list(pattern_ids), "g": granularity, "since": since},
+            )
+        ).all()
         return [PatternBucket(int(r.pattern_id), r.bucket, int(r.n), int(r.errors)) for r in rows]
 
     async def dimension_values(self, since: datetime) -> dict[str, list[str]]:
         """Providers, models and clients seen since ``since`` (for filter choices), busiest first."""
         out: dict[str, list[str]] = {}
         for dim in ("provider", "model", "client"):
-            rows = (await self._session.execute(text(
-                f"SELECT {dim} AS v FROM exchange_rollups WHERE granularity = 'day' AND bucket >= date_trunc('day', CAST(:since AS timestamptz), 'UTC') "
-                f"AND {dim} <> '' GROUP BY {dim} ORDER BY sum(n) DESC LIMIT 500"
-            ), {"since": since})).all()
+            rows = (
+                await self._session.execute(
+                    text(
+                        f"SELECT {dim} AS v FROM exchange_rollups WHERE granularity = 'day' AND bucket >= date_trunc('day', CAST(:since AS timestamptz), 'UTC') "
+                        f"AND {dim} <> '' GROUP BY {dim} ORDER BY sum(n) DESC LIMIT 500"
+                    ),
+                    {"since": since},
+                )
+            ).all()
             out[dim] = [r.v for r in rows]
         return out
 
@@ -314,22 +364,30 @@ class AnalyticsRepository:
 
         The whole-window row comes first (``bucket`` None).
         """
-        rows = (await self._session.execute(text(
-            "SELECT CASE WHEN GROUPING(b) = 0 THEN b END AS bucket, count(*) AS n, "
-            "count(*) FILTER (WHERE error IS NOT NULL OR status >= 400) AS errors, "
-            "percentile_cont(0.5) WITHIN GROUP (ORDER BY llmproxy_ms(latency_ms)) AS p50, "
-            "percentile_cont(0.95) WITHIN GROUP (ORDER BY llmproxy_ms(latency_ms)) AS p95 "
-            "FROM (SELECT to_timestamp(floor(extract(epoch FROM started_at) / :s) * :s) AS b, error, status, latency_ms "
-            "      FROM exchanges WHERE started_at >= :since) AS w "
-            "GROUP BY GROUPING SETS ((), (b)) ORDER BY GROUPING(b) DESC, b"
-        ), {"since": since, "s": int(bucket_seconds)})).all()
+        rows = (
+            await self._session.execute(
+                text(
+                    "SELECT CASE WHEN GROUPING(b) = 0 THEN b END AS bucket, count(*) AS n, "
+                    "count(*) FILTER (WHERE error IS NOT NULL OR status >= 400) AS errors, "
+                    "percentile_cont(0.5) WITHIN GROUP (ORDER BY llmproxy_ms(latency_ms)) AS p50, "
+                    "percentile_cont(0.95) WITHIN GROUP (ORDER BY llmproxy_ms(latency_ms)) AS p95 "
+                    "FROM (SELECT to_timestamp(floor(extract(epoch FROM started_at) / :s) * :s) AS b, error, status, latency_ms "
+                    "      FROM exchanges WHERE started_at >= :since) AS w "
+                    "GROUP BY GROUPING SETS ((), (b)) ORDER BY GROUPING(b) DESC, b"
+                ),
+                {"since": since, "s": int(bucket_seconds)},
+            )
+        ).all()
         return [LiveBucket(r.bucket, int(r.n), int(r.errors), r.p50, r.p95) for r in rows]
 
     async def recent(self, limit: int = 200) -> list[ExchangeRow]:
         """The newest exchanges, without bodies."""
-        rows = (await self._session.execute(text(
-            f"SELECT {_LIGHT} FROM exchanges x ORDER BY x.started_at DESC, x.request_id DESC LIMIT :limit"
-        ), {"limit": limit})).all()
+        rows = (
+            await self._session.execute(
+                text(f"SELECT {_LIGHT} FROM exchanges x ORDER BY x.started_at DESC, x.request_id DESC LIMIT :limit"),
+                {"limit": limit},
+            )
+        ).all()
         return [_light_row(r) for r in rows]
 
     async def search(self, f: ExchangeFilter, limit: int = 200, before: datetime | None = None) -> list[ExchangeRow]:
@@ -375,14 +433,18 @@ class AnalyticsRepository:
         if f.pattern_id is not None:
             # walk the pattern's members newest first (index pattern_id, created_at)
             params["pattern_id"] = f.pattern_id
-            sql = (f"SELECT {_LIGHT}, e.pattern_id FROM exchange_embeddings e JOIN exchanges x ON x.request_id = e.request_id"
-                   f"{cond}{' AND' if cond else ' WHERE'} e.pattern_id = :pattern_id "
-                   "ORDER BY e.created_at DESC, e.request_id DESC LIMIT :limit")
+            sql = (
+                f"SELECT {_LIGHT}, e.pattern_id FROM exchange_embeddings e JOIN exchanges x ON x.request_id = e.request_id"
+                f"{cond}{' AND' if cond else ' WHERE'} e.pattern_id = :pattern_id "
+                "ORDER BY e.created_at DESC, e.request_id DESC LIMIT :limit"
+            )
         else:
-            sql = (f"SELECT x.*, e.pattern_id FROM (SELECT {_LIGHT} FROM exchanges x{cond} "
-                   "ORDER BY x.started_at DESC, x.request_id DESC LIMIT :limit) AS x "
-                   "LEFT JOIN exchange_embeddings e ON e.request_id = x.request_id "
-                   "ORDER BY x.started_at DESC, x.request_id DESC")
+            sql = (
+                f"SELECT x.*, e.pattern_id FROM (SELECT {_LIGHT} FROM exchanges x{cond} "
+                "ORDER BY x.started_at DESC, x.request_id DESC LIMIT :limit) AS x "
+                "LEFT JOIN exchange_embeddings e ON e.request_id = x.request_id "
+                "ORDER BY x.started_at DESC, x.request_id DESC"
+            )
         stmt = text(sql)
         if binds:
             stmt = stmt.bindparams(*binds)
@@ -390,16 +452,29 @@ class AnalyticsRepository:
 
     async def session_turns(self, session_id: str, limit: int = 200) -> list[SessionTurn]:
         """A session's exchanges, oldest first, with what the client got back."""
-        rows = (await self._session.execute(text(
-            "SELECT * FROM (SELECT request_id, started_at, finished_at, model, api, status, latency_ms, input_tokens, "
-            "output_tokens, error, prompt_user, response_client FROM exchanges WHERE session_id = :sid "
-            "ORDER BY started_at DESC LIMIT :limit) AS t ORDER BY started_at"
-        ), {"sid": session_id, "limit": limit})).all()
+        rows = (
+            await self._session.execute(
+                text(
+                    "SELECT * FROM (SELECT request_id, started_at, finished_at, model, api, status, latency_ms, input_tokens, "
+                    "output_tokens, error, prompt_user, response_client FROM exchanges WHERE session_id = :sid "
+                    "ORDER BY started_at DESC LIMIT :limit) AS t ORDER BY started_at"
+                ),
+                {"sid": session_id, "limit": limit},
+            )
+        ).all()
         return [
             SessionTurn(
-                request_id=r.request_id, started_at=r.started_at, finished_at=r.finished_at, model=r.model, api=r.api,
-                status=r.status, latency_ms=r.latency_ms, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
-                error=r.error, prompt_user=r.prompt_user,
+                request_id=r.request_id,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+                model=r.model,
+                api=r.api,
+                status=r.status,
+                latency_ms=r.latency_ms,
+                input_tokens=r.input_tokens,
+                output_tokens=r.output_tokens,
+                error=r.error,
+                prompt_user=r.prompt_user,
                 response=(r.response_client or {}).get("json") if isinstance(r.response_client, dict) else None,
             )
             for r in rows
@@ -409,57 +484,91 @@ class AnalyticsRepository:
 
     async def embedding_sample(self, limit: int) -> list[MapPoint]:
         """The newest embedded prompts with their pattern and whether the exchange failed (any failing signal)."""
-        rows = (await self._session.execute(text(
-            "SELECT e.request_id, e.pattern_id, e.embedding::real[] AS embedding, left(x.prompt_user, 200) AS preview, "
-            "  (x.error IS NOT NULL OR x.status >= 400 OR EXISTS (SELECT 1 FROM outcome_signals s "
-            "   WHERE s.request_id = e.request_id AND NOT s.ok)) AS failed "
-            "FROM (SELECT request_id, pattern_id, embedding FROM exchange_embeddings WHERE embedding IS NOT NULL "
-            "      ORDER BY created_at DESC LIMIT :limit) AS e JOIN exchanges x ON x.request_id = e.request_id"
-        ), {"limit": limit})).all()
+        rows = (
+            await self._session.execute(
+                text(
+                    "SELECT e.request_id, e.pattern_id, e.embedding::real[] AS embedding, left(x.prompt_user, 200) AS preview, "
+                    "  (x.error IS NOT NULL OR x.status >= 400 OR EXISTS (SELECT 1 FROM outcome_signals s "
+                    "   WHERE s.request_id = e.request_id AND NOT s.ok)) AS failed "
+                    "FROM (SELECT request_id, pattern_id, embedding FROM exchange_embeddings WHERE embedding IS NOT NULL "
+                    "      ORDER BY created_at DESC LIMIT :limit) AS e JOIN exchanges x ON x.request_id = e.request_id"
+                ),
+                {"limit": limit},
+            )
+        ).all()
         return [
-            MapPoint(request_id=r.request_id, pattern_id=r.pattern_id, failed=bool(r.failed),
-                     embedding=np.asarray(r.embedding, dtype=np.float32),  # real[] decodes ~2x faster than text
-                     prompt_preview=r.preview)
+            MapPoint(
+                request_id=r.request_id,
+                pattern_id=r.pattern_id,
+                failed=bool(r.failed),
+                embedding=np.asarray(r.embedding, dtype=np.float32),  # real[] decodes ~2x faster than text
+                prompt_preview=r.preview,
+            )
             for r in rows
         ]
 
     async def pattern_labels(self, pattern_ids: Sequence[int]) -> dict[int, str]:
         if not pattern_ids:
             return {}
-        rows = (await self._session.execute(
-            text("SELECT id, label FROM patterns WHERE id = ANY(:ids)"), {"ids": list(pattern_ids)}
-        )).all()
+        rows = (
+            await self._session.execute(text("SELECT id, label FROM patterns WHERE id = ANY(:ids)"), {"ids": list(pattern_ids)})
+        ).all()
         return {int(r.id): r.label for r in rows}
 
     async def worker_backlog(self, since: datetime) -> int:
         """Exchanges started since ``since`` that pattern memory has not processed yet."""
-        return int((await self._session.execute(text(
-            "SELECT count(*) FROM exchanges x WHERE x.started_at >= :since AND NOT EXISTS "
-            "(SELECT 1 FROM exchange_embeddings e WHERE e.request_id = x.request_id)"
-        ), {"since": since})).scalar_one())
+        return int(
+            (
+                await self._session.execute(
+                    text(
+                        "SELECT count(*) FROM exchanges x WHERE x.started_at >= :since AND NOT EXISTS "
+                        "(SELECT 1 FROM exchange_embeddings e WHERE e.request_id = x.request_id)"
+                    ),
+                    {"since": since},
+                )
+            ).scalar_one()
+        )
 
     # ----------------------------------------------------------------------------- the database itself
 
     async def overview(self) -> DatabaseOverview:
         version = (await self._session.execute(text("SHOW server_version"))).scalar_one()
-        exts = {r.extname: r.extversion for r in (await self._session.execute(
-            text("SELECT extname, extversion FROM pg_extension ORDER BY extname"))).all()}
+        exts = {
+            r.extname: r.extversion
+            for r in (await self._session.execute(text("SELECT extname, extversion FROM pg_extension ORDER BY extname"))).all()
+        }
         revision = None
         if (await self._session.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL"))).scalar_one():
-            revision = (await self._session.execute(text("SELECT string_agg(version_num, ',') FROM alembic_version"))).scalar_one()
-        sizes = {r.relname: int(r.bytes) for r in (await self._session.execute(text(
-            "SELECT c.relname, pg_total_relation_size(c.oid) AS bytes FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r' "
-            "ORDER BY bytes DESC LIMIT 20"
-        ))).all()}
+            revision = (
+                await self._session.execute(text("SELECT string_agg(version_num, ',') FROM alembic_version"))
+            ).scalar_one()
+        sizes = {
+            r.relname: int(r.bytes)
+            for r in (
+                await self._session.execute(
+                    text(
+                        "SELECT c.relname, pg_total_relation_size(c.oid) AS bytes FROM pg_class c "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r' "
+                        "ORDER BY bytes DESC LIMIT 20"
+                    )
+                )
+            ).all()
+        }
         # reltuples is the planner's estimate: exact count(*) over millions of rows takes seconds
-        estimate = (await self._session.execute(text(
-            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass('exchanges')"
-        ))).scalar_one_or_none()
+        estimate = (
+            await self._session.execute(
+                text("SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass('exchanges')")
+            )
+        ).scalar_one_or_none()
         if not estimate:  # never analysed: small enough to count
             estimate = (await self._session.execute(text("SELECT count(*) FROM exchanges"))).scalar_one()
-        return DatabaseOverview(server_version=str(version), extensions=exts, schema_revision=revision,
-                                estimated_exchanges=int(estimate or 0), table_bytes=sizes)
+        return DatabaseOverview(
+            server_version=str(version),
+            extensions=exts,
+            schema_revision=revision,
+            estimated_exchanges=int(estimate or 0),
+            table_bytes=sizes,
+        )
 
 
 def _escape_like(s: str) -> str:

@@ -45,9 +45,11 @@ class _Measures:
     ttft_hist: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), server_default=_EMPTY_HIST)
 
     @declared_attr.directive
-    def __table_args__(cls) -> tuple:  # noqa: N805 - SQLAlchemy passes the mapped class
-        return (CheckConstraint("granularity IN ('hour', 'day')", name=f"ck_{cls.__tablename__}_granularity"),
-                *getattr(cls, "_extra_table_args", ()))
+    def __table_args__(cls) -> tuple:
+        return (
+            CheckConstraint("granularity IN ('hour', 'day')", name=f"ck_{cls.__tablename__}_granularity"),
+            *getattr(cls, "_extra_table_args", ()),
+        )
 
 
 class ExchangeRollup(_Measures, Base):
@@ -91,8 +93,12 @@ def _declare_exchange_indexes() -> None:
     if "ix_exchanges_client_started" not in present:
         Index("ix_exchanges_client_started", table.c.client_key_fp, table.c.started_at)
     if "ix_exchanges_prompt_user_trgm" not in present:
-        Index("ix_exchanges_prompt_user_trgm", table.c.prompt_user,
-              postgresql_using="gin", postgresql_ops={"prompt_user": "gin_trgm_ops"})
+        Index(
+            "ix_exchanges_prompt_user_trgm",
+            table.c.prompt_user,
+            postgresql_using="gin",
+            postgresql_ops={"prompt_user": "gin_trgm_ops"},
+        )
 
 
 _declare_exchange_indexes()

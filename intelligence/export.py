@@ -17,20 +17,45 @@ FORMATS: tuple[str, ...] = ("jsonl", "csv")
 
 # CSV: the scalar columns as they are, then the structured ones as JSON text.
 CSV_SCALAR_COLUMNS = (
-    "request_id", "session_id", "client_key_fp", "client_addr", "started_at", "finished_at",
-    "method", "path", "provider", "model", "api", "route", "status", "streamed",
-    "latency_ms", "ttft_ms", "upstream_ms", "input_tokens", "output_tokens", "total_tokens",
-    "cached_tokens", "reasoning_tokens", "tool_args_invalid", "finish_reason", "error",
+    "request_id",
+    "session_id",
+    "client_key_fp",
+    "client_addr",
+    "started_at",
+    "finished_at",
+    "method",
+    "path",
+    "provider",
+    "model",
+    "api",
+    "route",
+    "status",
+    "streamed",
+    "latency_ms",
+    "ttft_ms",
+    "upstream_ms",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "tool_args_invalid",
+    "finish_reason",
+    "error",
 )
 CSV_JSON_COLUMNS = (
-    "tool_names", "tool_aliases", "flags", "request", "request_forwarded", "response_upstream", "response",
+    "tool_names",
+    "tool_aliases",
+    "flags",
+    "request",
+    "request_forwarded",
+    "response_upstream",
+    "response",
 )
 CSV_COLUMNS = CSV_SCALAR_COLUMNS + CSV_JSON_COLUMNS
 
 
-async def export_requests(
-    engine: AsyncEngine, out: TextIO, *, since: datetime | None = None, fmt: ExportFormat = "jsonl"
-) -> int:
+async def export_requests(engine: AsyncEngine, out: TextIO, *, since: datetime | None = None, fmt: ExportFormat = "jsonl") -> int:
     """Write every exchange started at or after ``since`` (all if None), oldest first; returns the count."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")

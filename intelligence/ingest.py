@@ -171,7 +171,7 @@ class DbRecorder:
         except asyncio.QueueFull:
             # one short buffered write; the writer fsyncs it on its next tick
             self._spool_now([record], fsync=False)
-        except Exception:  # noqa: BLE001 - the hot path must not fail because recording did
+        except Exception:
             log.exception("request log: could not accept record %s", getattr(record, "request_id", "?"))
 
     # -- writer --------------------------------------------------------------------------
@@ -185,7 +185,7 @@ class DbRecorder:
                 await self._deliver(batch)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the writer must outlive any single failure
+            except Exception:
                 log.exception("request log: writer error")
 
     async def _next_batch(self) -> list[ExchangeRecord]:
@@ -273,8 +273,7 @@ class DbRecorder:
             self._replayed += len(chunk) - rejected
             metrics.REPLAYED.inc(len(chunk) - rejected)
         if contents.bad_lines:
-            log.warning("request log: %d unreadable lines in spool segment %s set aside",
-                        len(contents.bad_lines), path.name)
+            log.warning("request log: %d unreadable lines in spool segment %s set aside", len(contents.bad_lines), path.name)
             await asyncio.to_thread(self._spool.reject, contents.bad_lines, "unreadable spool line")
         await asyncio.to_thread(self._spool.remove, path)  # only now: its records are committed
         self._db_recovered()
@@ -316,8 +315,12 @@ class DbRecorder:
 
     async def _reject(self, record: ExchangeRecord, exc: BaseException) -> None:
         reason = _describe(exc)
-        log.warning("request log: database refused record %s (%s); kept in %s",
-                    record.request_id, reason, self._spool.directory / "rejected.jsonl")
+        log.warning(
+            "request log: database refused record %s (%s); kept in %s",
+            record.request_id,
+            reason,
+            self._spool.directory / "rejected.jsonl",
+        )
         self._rejected += 1
         metrics.REJECTED.inc()
         try:
@@ -328,8 +331,12 @@ class DbRecorder:
     def _db_failed(self, exc: BaseException, during: str) -> None:
         now = time.monotonic()
         if self._db_ok or now - self._last_warning >= _REPEAT_WARNING_SECONDS:
-            log.warning("request log: database unavailable during %s (%s); records wait in the spool at %s",
-                        during, _describe(exc), self._spool.directory)
+            log.warning(
+                "request log: database unavailable during %s (%s); records wait in the spool at %s",
+                during,
+                _describe(exc),
+                self._spool.directory,
+            )
             self._last_warning = now
         else:
             log.debug("request log: database still unavailable during %s (%s)", during, _describe(exc))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -54,8 +54,9 @@ class Billable:
     reasoning: int = 0
 
 
-def billable(api: str | None, input_tokens: int | None, output_tokens: int | None,
-             cached_tokens: int | None, reasoning_tokens: int | None) -> Billable:
+def billable(
+    api: str | None, input_tokens: int | None, output_tokens: int | None, cached_tokens: int | None, reasoning_tokens: int | None
+) -> Billable:
     inp, out = max(input_tokens or 0, 0), max(output_tokens or 0, 0)
     cached, reasoning = max(cached_tokens or 0, 0), max(reasoning_tokens or 0, 0)
     if api in CACHE_ADDITIVE_APIS:
@@ -106,9 +107,17 @@ class PriceTable:
                 current = entry
         return current if current is not None else entries[0]  # traffic before a model's first dated price
 
-    def cost(self, model: str | None, api: str | None, *, input_tokens: int | None = None,
-             output_tokens: int | None = None, cached_tokens: int | None = None,
-             reasoning_tokens: int | None = None, on: date | datetime | None = None) -> float | None:
+    def cost(
+        self,
+        model: str | None,
+        api: str | None,
+        *,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cached_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+        on: date | datetime | None = None,
+    ) -> float | None:
         """USD for one exchange (or a sum of exchanges of one model and API); None when unpriced."""
         price = self.lookup(model, on)
         if price is None:
@@ -126,9 +135,9 @@ class PriceTable:
 
 def _as_date(on: date | datetime | None) -> date:
     if on is None:
-        return datetime.now(timezone.utc).date()
+        return datetime.now(UTC).date()
     if isinstance(on, datetime):
-        return (on if on.tzinfo is None else on.astimezone(timezone.utc)).date()
+        return (on if on.tzinfo is None else on.astimezone(UTC)).date()
     return on
 
 
@@ -137,8 +146,11 @@ def parse_table(doc: dict[str, Any]) -> PriceTable:
     for raw in doc.get("models") or []:
         since = raw.get("since")
         entry = ModelPrice(
-            model=str(raw["model"]), provider=str(raw.get("provider", "")), input=float(raw["input"]),
-            cached_input=float(raw.get("cached_input", raw["input"])), output=float(raw["output"]),
+            model=str(raw["model"]),
+            provider=str(raw.get("provider", "")),
+            input=float(raw["input"]),
+            cached_input=float(raw.get("cached_input", raw["input"])),
+            output=float(raw["output"]),
             reasoning=float(raw.get("reasoning", raw["output"])),
             since=since if isinstance(since, date) or since is None else date.fromisoformat(str(since)),
         )
@@ -146,8 +158,11 @@ def parse_table(doc: dict[str, Any]) -> PriceTable:
             prices.setdefault(canonical_model(str(name)), []).append(entry)
     ordered = {k: tuple(sorted(v, key=lambda e: e.since or date.min)) for k, v in prices.items()}
     as_of = doc["as_of"]
-    return PriceTable(as_of=as_of if isinstance(as_of, date) else date.fromisoformat(str(as_of)),
-                      sources=dict(doc.get("sources") or {}), prices=ordered)
+    return PriceTable(
+        as_of=as_of if isinstance(as_of, date) else date.fromisoformat(str(as_of)),
+        sources=dict(doc.get("sources") or {}),
+        prices=ordered,
+    )
 
 
 @lru_cache(maxsize=4)
@@ -156,8 +171,10 @@ def load_prices(path: Path = PRICE_FILE) -> PriceTable:
         return parse_table(yaml.safe_load(fh))
 
 
-def costs(table: PriceTable, rows: Iterable[tuple[str | None, str | None, date | datetime | None,
-                                                 int | None, int | None, int | None, int | None]]) -> list[float | None]:
+def costs(
+    table: PriceTable,
+    rows: Iterable[tuple[str | None, str | None, date | datetime | None, int | None, int | None, int | None, int | None]],
+) -> list[float | None]:
     """Cost of each (model, api, when, input, output, cached, reasoning) row; lookups memoised per model and day."""
     memo: dict[tuple[str | None, date], ModelPrice | None] = {}
     out: list[float | None] = []

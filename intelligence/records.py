@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 
@@ -46,7 +46,7 @@ class Body:
         return {"json": self.json, "text": self.text, "size": self.size, "truncated": self.truncated}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "Body | None":
+    def from_dict(cls, d: dict[str, Any] | None) -> Body | None:
         if d is None:
             return None
         return cls(json=d.get("json"), text=d.get("text"), size=d.get("size", 0), truncated=d.get("truncated", False))
@@ -100,7 +100,7 @@ class ExchangeRecord:
         return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, s: str) -> "ExchangeRecord":
+    def from_json(cls, s: str) -> ExchangeRecord:
         d = json.loads(s)
         d["started_at"] = _parse_dt(d["started_at"])
         d["finished_at"] = _parse_dt(d["finished_at"])
@@ -114,7 +114,7 @@ class ExchangeRecord:
 
 def _parse_dt(s: str) -> datetime:
     dt = datetime.fromisoformat(s)
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 class Recorder(Protocol):

@@ -4,7 +4,7 @@ transaction with its audit entry, and bumps the views' revision so every page sh
 
 Experiments go through intelligence.enhance.manage, verdict confirmations through
 intelligence.anomaly.store, keys through intelligence.keys.store and policies through
-extproc.policy.store: the dashboard owns no business rules of its own.
+intelligence.policy.store: the dashboard owns no business rules of its own.
 """
 
 from __future__ import annotations
@@ -41,17 +41,31 @@ def acknowledge_event(who: Principal | None, event_id: int) -> bool:
     async def go(conn, actor: str) -> bool:
         from intelligence.audit import AuditLog
 
-        row = (await conn.execute(text(
-            "UPDATE events SET acknowledged_at = now(), acknowledged_by = :actor "
-            "WHERE id = :id AND acknowledged_at IS NULL RETURNING id, kind, title"), {"id": int(event_id), "actor": actor})
-        ).mappings().one_or_none()
+        row = (
+            (
+                await conn.execute(
+                    text(
+                        "UPDATE events SET acknowledged_at = now(), acknowledged_by = :actor "
+                        "WHERE id = :id AND acknowledged_at IS NULL RETURNING id, kind, title"
+                    ),
+                    {"id": int(event_id), "actor": actor},
+                )
+            )
+            .mappings()
+            .one_or_none()
+        )
         if row is None:
             exists = (await conn.execute(text("SELECT 1 FROM events WHERE id = :id"), {"id": int(event_id)})).first()
             if exists is None:
                 raise LookupError(f"no event {event_id}")
             return False
-        await AuditLog().append(conn, OPERATOR_ACTION, f"event:{row['id']}",
-                                {"action": "acknowledge", "kind": row["kind"], "title": row["title"]}, actor)
+        await AuditLog().append(
+            conn,
+            OPERATOR_ACTION,
+            f"event:{row['id']}",
+            {"action": "acknowledge", "kind": row["kind"], "title": row["title"]},
+            actor,
+        )
         return True
 
     return _admin_tx(who, go)
@@ -95,8 +109,14 @@ def release_key(who: Principal | None, key_id: str) -> bool:
 
         record, changed = await release(conn, key_id, actor=actor)
         if changed:
-            await publish(conn, kind="quarantine", title=f"gateway key {record.name} ({record.id}) released",
-                          subject=record.id, detail={"action": "release", "actor": actor}, source="dashboard")
+            await publish(
+                conn,
+                kind="quarantine",
+                title=f"gateway key {record.name} ({record.id}) released",
+                subject=record.id,
+                detail={"action": "release", "actor": actor},
+                source="dashboard",
+            )
         return changed
 
     return _admin_tx(who, go)
@@ -110,15 +130,28 @@ class CreatedKeyView:
     prefix: str
 
 
-def create_key(who: Principal | None, name: str, *, models: str = "", providers: str = "", expires: str = "",
-               rpm: int | None = None, tpd: int | None = None) -> CreatedKeyView:
+def create_key(
+    who: Principal | None,
+    name: str,
+    *,
+    models: str = "",
+    providers: str = "",
+    expires: str = "",
+    rpm: int | None = None,
+    tpd: int | None = None,
+) -> CreatedKeyView:
     """A new gateway key; the returned ``key`` is the only copy (the database keeps a hash)."""
     from intelligence.keys.material import Budgets, parse_expiry, split_list
-    from intelligence.keys.store import NewKey, create_key as create
+    from intelligence.keys.store import NewKey
+    from intelligence.keys.store import create_key as create
 
-    spec = NewKey(name=name.strip(), models=split_list(models), providers=split_list(providers),
-                  expires_at=parse_expiry(expires) if expires.strip() else None,
-                  budgets=Budgets(rpm=rpm or None, tpd=tpd or None))
+    spec = NewKey(
+        name=name.strip(),
+        models=split_list(models),
+        providers=split_list(providers),
+        expires_at=parse_expiry(expires) if expires.strip() else None,
+        budgets=Budgets(rpm=rpm or None, tpd=tpd or None),
+    )
 
     async def go(conn, actor: str) -> CreatedKeyView:
         created = await create(conn, spec, actor=actor)
@@ -150,9 +183,9 @@ class PolicyCheck:
 
 def check_policy(name: str, source: str) -> PolicyCheck:
     """Validate a policy text and diff it against the stored one (read-only: viewers may try this too)."""
-    from extproc.policy.errors import PolicyError
-    from extproc.policy.parse import validate
-    from extproc.policy.store import check_name, unified_diff
+    from intelligence.policy.errors import PolicyError
+    from intelligence.policy.parse import validate
+    from intelligence.policy.store import check_name, unified_diff
 
     issues: list[str] = []
     try:
@@ -168,16 +201,26 @@ def save_policy(who: Principal | None, name: str, source: str, *, enabled: bool 
     """Store a database policy (validated again by the store, audited with its diff); returns the diff."""
 
     async def go(conn, actor: str) -> str:
-        from extproc.policy.store import set_policy
+        from intelligence.policy.store import set_policy
 
         return (await set_policy(conn, name, source, actor=actor, enabled=enabled)).diff
 
     return _admin_tx(who, go)
 
 
-def simple_rule_yaml(rule_id: str, *, action: str, models: str = "", keys: str = "", pii: str = "", secrets: str = "",
-                     injection_score: float | None = None, message: str = "", description: str = "",
-                     mode: str = "enforce") -> str:
+def simple_rule_yaml(
+    rule_id: str,
+    *,
+    action: str,
+    models: str = "",
+    keys: str = "",
+    pii: str = "",
+    secrets: str = "",
+    injection_score: float | None = None,
+    message: str = "",
+    description: str = "",
+    mode: str = "enforce",
+) -> str:
     """One rule in the policy format, from the simple-rule form (validated like any other text)."""
     import yaml
 
@@ -223,10 +266,16 @@ def append_rule(source: str, rule_yaml: str) -> str:
     start = next((i for i, line in enumerate(lines) if re.match(r"^rules:\s*(#.*)?$", line)), None)
     if start is None:
         return source.rstrip("\n") + "\n" + rule_yaml
-    indent = next((m.group(1) for line in lines[start + 1:] if (m := re.match(r"^(\s*)- ", line))), "")
+    indent = next((m.group(1) for line in lines[start + 1 :] if (m := re.match(r"^(\s*)- ", line))), "")
     # the rules block ends at the next top-level key
-    end = next((i for i in range(start + 1, len(lines)) if lines[i] and not lines[i][0].isspace()
-                and not lines[i].startswith("-") and not lines[i].startswith("#")), len(lines))
+    end = next(
+        (
+            i
+            for i in range(start + 1, len(lines))
+            if lines[i] and not lines[i][0].isspace() and not lines[i].startswith("-") and not lines[i].startswith("#")
+        ),
+        len(lines),
+    )
     added = [indent + line if line else line for line in item.rstrip("\n").split("\n")]
     return "\n".join(lines[:end] + added + lines[end:]) + "\n"
 
@@ -237,13 +286,15 @@ def append_rule(source: str, rule_yaml: str) -> str:
 EXPERIMENT_ACTIONS = ("pause", "resume", "promote", "rollback")
 
 
-def start_experiment(who: Principal | None, enhancement_id: int, *, control_weight: float = 0.5,
-                     assign_by: str = "session") -> int:
+def start_experiment(
+    who: Principal | None, enhancement_id: int, *, control_weight: float = 0.5, assign_by: str = "session"
+) -> int:
     async def go(conn, actor: str) -> int:
         from intelligence.enhance import manage
 
-        return await manage.start_experiment(conn, int(enhancement_id), actor=actor, control_weight=control_weight,
-                                             assign_by=assign_by)
+        return await manage.start_experiment(
+            conn, int(enhancement_id), actor=actor, control_weight=control_weight, assign_by=assign_by
+        )
 
     return _admin_tx(who, go)
 
@@ -259,8 +310,9 @@ def experiment_action(who: Principal | None, experiment_id: int, action: str, re
         if action == "resume":
             await manage.resume_experiment(conn, int(experiment_id), actor=actor)
         else:
-            fn = {"pause": manage.pause_experiment, "promote": manage.promote_experiment,
-                  "rollback": manage.rollback_experiment}[action]
+            fn = {"pause": manage.pause_experiment, "promote": manage.promote_experiment, "rollback": manage.rollback_experiment}[
+                action
+            ]
             await fn(conn, int(experiment_id), actor=actor, reason=reason)
 
     _admin_tx(who, go)

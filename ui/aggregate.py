@@ -17,9 +17,22 @@ GROUPS = {"none": None, "model": "model", "provider": "provider", "client": "cli
 
 # What a summary shows, in order.
 SUMMARY_COLUMNS = [
-    "requests", "errors", "error_rate", "rate_limited", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
-    "latency_mean_ms", "ttft_p50_ms", "ttft_p95_ms", "input_tokens", "output_tokens", "cached_tokens",
-    "reasoning_tokens", "cost_usd", "unpriced_requests",
+    "requests",
+    "errors",
+    "error_rate",
+    "rate_limited",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+    "latency_mean_ms",
+    "ttft_p50_ms",
+    "ttft_p95_ms",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "unpriced_requests",
 ]
 
 
@@ -33,23 +46,37 @@ class RollupFrame:
 def rollup_frame(rows: Sequence[RollupRow], prices: PriceTable) -> RollupFrame:
     """Rollup rows as a frame, each priced at the price in force on its bucket's day."""
     if not rows:
-        empty = pd.DataFrame(columns=["bucket", "model", "api", "provider", "client", "pattern_id", *MEASURES, "cost_usd", "priced"])
+        empty = pd.DataFrame(
+            columns=["bucket", "model", "api", "provider", "client", "pattern_id", *MEASURES, "cost_usd", "priced"]
+        )
         return RollupFrame(empty, np.zeros((0, HIST_BINS), np.int64), np.zeros((0, HIST_BINS), np.int64))
-    df = pd.DataFrame({
-        "bucket": pd.to_datetime([r.bucket for r in rows], utc=True),
-        "model": [r.model for r in rows],
-        "api": [r.api for r in rows],
-        "provider": [r.provider for r in rows],
-        "client": [r.client for r in rows],
-        "pattern_id": pd.array([r.pattern_id for r in rows], dtype="Int64"),
-    })
+    df = pd.DataFrame(
+        {
+            "bucket": pd.to_datetime([r.bucket for r in rows], utc=True),
+            "model": [r.model for r in rows],
+            "api": [r.api for r in rows],
+            "provider": [r.provider for r in rows],
+            "client": [r.client for r in rows],
+            "pattern_id": pd.array([r.pattern_id for r in rows], dtype="Int64"),
+        }
+    )
     for m in MEASURES:
         df[m] = np.fromiter((r.measures[m] for r in rows), dtype=np.float64, count=len(rows))
-    priced = costs(prices, (
-        (r.model or None, r.api or None, r.bucket, int(r.measures["input_tokens"]), int(r.measures["output_tokens"]),
-         int(r.measures["cached_tokens"]), int(r.measures["reasoning_tokens"]))
-        for r in rows
-    ))
+    priced = costs(
+        prices,
+        (
+            (
+                r.model or None,
+                r.api or None,
+                r.bucket,
+                int(r.measures["input_tokens"]),
+                int(r.measures["output_tokens"]),
+                int(r.measures["cached_tokens"]),
+                int(r.measures["reasoning_tokens"]),
+            )
+            for r in rows
+        ),
+    )
     df["priced"] = [c is not None for c in priced]
     df["cost_usd"] = [c if c is not None else 0.0 for c in priced]
     return RollupFrame(df, np.stack([r.latency_hist for r in rows]), np.stack([r.ttft_hist for r in rows]))
@@ -79,8 +106,9 @@ def summarize(frame: RollupFrame, keys: Sequence[str]) -> pd.DataFrame:
     requests = total("n")
     errors = total("errors")
     latency_n, latency_sum = total("latency_n"), total("latency_sum")
-    unpriced = np.bincount(codes, weights=(~df["priced"].to_numpy(dtype=bool)) * df["n"].to_numpy(dtype=np.float64),
-                           minlength=n_groups)
+    unpriced = np.bincount(
+        codes, weights=(~df["priced"].to_numpy(dtype=bool)) * df["n"].to_numpy(dtype=np.float64), minlength=n_groups
+    )
     out = groups.copy()
     out["requests"] = requests.astype(np.int64)
     out["errors"] = errors.astype(np.int64)

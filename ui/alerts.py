@@ -39,9 +39,11 @@ def show_alerts() -> None:
         st.toast(f"**{alert['severity'].upper()}** · {alert['title']}", icon=ICONS.get(alert["severity"]))
     if banner.open_alerts:
         newest = banner.newest[0]
-        text = (f"{banner.open_alerts} open alert(s) in the last 24 h"
-                + (f", {banner.critical} critical" if banner.critical else "")
-                + f" · newest: {newest['title']}")
+        text = (
+            f"{banner.open_alerts} open alert(s) in the last 24 h"
+            + (f", {banner.critical} critical" if banner.critical else "")
+            + f" · newest: {newest['title']}"
+        )
         (st.error if banner.critical else st.warning)(text, icon=ICONS["critical" if banner.critical else "warning"])
         st.page_link("app_pages/security.py", label="Review and acknowledge on the Security page", icon=":material/shield:")
 

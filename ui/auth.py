@@ -12,7 +12,15 @@ from __future__ import annotations
 
 import streamlit as st
 
-from intelligence.access import LOCAL_OPERATOR, AccessSettings, InvalidToken, Principal, UnsafeBind, require_safe_bind, verify_token
+from intelligence.access import (
+    LOCAL_OPERATOR,
+    AccessSettings,
+    InvalidToken,
+    Principal,
+    UnsafeBind,
+    require_safe_bind,
+    verify_token,
+)
 
 TOKEN_KEY = "llmproxy_access_token"
 ERROR_KEY = "llmproxy_access_error"
@@ -87,8 +95,10 @@ def _take_query_token() -> None:
 
 def _sign_in_form() -> None:
     st.title("Sign in")
-    st.write("This dashboard requires an access token. Create one with "
-             "`llmproxy token create --subject NAME --role viewer|admin` and paste it here.")
+    st.write(
+        "This dashboard requires an access token. Create one with "
+        "`llmproxy token create --subject NAME --role viewer|admin` and paste it here."
+    )
     error = st.session_state.pop(ERROR_KEY, None)
     if error:
         st.error(error)
@@ -124,8 +134,7 @@ def sidebar(who: Principal) -> None:
         if who.expires_at is None:
             st.caption("Local operator (admin) · no authentication (loopback only)")
             return
-        st.caption(f"Signed in as **{who.subject}** ({who.role}) · token expires "
-                   f"{who.expires_at.strftime('%Y-%m-%d %H:%M UTC')}")
+        st.caption(f"Signed in as **{who.subject}** ({who.role}) · token expires {who.expires_at.strftime('%Y-%m-%d %H:%M UTC')}")
         if st.button("Sign out", key="llmproxy_sign_out"):
             st.session_state.pop(TOKEN_KEY, None)
             st.rerun()

@@ -89,8 +89,12 @@ def tool_calls(path: str | None, client_body: Body | None, upstream_body: Body |
     for i in range(max(len(c_calls), len(u_calls))):
         c = c_calls[i] if i < len(c_calls) else None
         u = u_calls[i] if i < len(u_calls) else None
-        views.append(ToolCallView(
-            index=i, client_name=c.name if c else None, upstream_name=u.name if u else None,
-            arguments=mask_secrets((c or u).arguments if (c or u) else ""),
-        ))
+        views.append(
+            ToolCallView(
+                index=i,
+                client_name=c.name if c else None,
+                upstream_name=u.name if u else None,
+                arguments=mask_secrets((c or u).arguments if (c or u) else ""),
+            )
+        )
     return views

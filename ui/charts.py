@@ -31,10 +31,16 @@ def time_series(series: pd.DataFrame, metric: str, color: str | None, granularit
     """``metric`` over ``bucket``, one line (or stacked area for additive metrics) per ``color`` value."""
     additive = metric in ("requests", "input_tokens", "output_tokens", "cost_usd")
     x = alt.X("bucket:T", title=None, timeUnit="utcyearmonthdatehours" if granularity == "hour" else "utcyearmonthdate")
-    y = alt.Y(f"{metric}:Q", title=METRIC_LABELS.get(metric, metric), stack="zero" if additive else None,
-              axis=alt.Axis(format=_format(metric)))
-    tooltip = [alt.Tooltip("bucket:T", title="time", format="%Y-%m-%d %H:%M"),
-               alt.Tooltip(f"{metric}:Q", title=METRIC_LABELS.get(metric, metric), format=_format(metric))]
+    y = alt.Y(
+        f"{metric}:Q",
+        title=METRIC_LABELS.get(metric, metric),
+        stack="zero" if additive else None,
+        axis=alt.Axis(format=_format(metric)),
+    )
+    tooltip = [
+        alt.Tooltip("bucket:T", title="time", format="%Y-%m-%d %H:%M"),
+        alt.Tooltip(f"{metric}:Q", title=METRIC_LABELS.get(metric, metric), format=_format(metric)),
+    ]
     base = alt.Chart(series)
     mark = base.mark_area(opacity=0.85) if additive and color else base.mark_line(point=len(series) < 60)
     enc: dict = {"x": x, "y": y, "tooltip": tooltip}
@@ -66,8 +72,11 @@ def session_timeline(turns: pd.DataFrame) -> alt.Chart:
             x=alt.X("started_at:T", title=None),
             x2="finished_at:T",
             y=alt.Y("turn:O", title="turn"),
-            color=alt.Color("outcome:N", scale=alt.Scale(domain=["ok", "error"], range=["#2e9d5b", "#d64545"]),
-                            legend=alt.Legend(orient="bottom")),
+            color=alt.Color(
+                "outcome:N",
+                scale=alt.Scale(domain=["ok", "error"], range=["#2e9d5b", "#d64545"]),
+                legend=alt.Legend(orient="bottom"),
+            ),
             tooltip=["turn:O", "model:N", "status:Q", alt.Tooltip("latency_ms:Q", format=",.0f"), "request_id:N"],
         )
         .properties(height=max(120, 22 * len(turns)))
@@ -77,7 +86,8 @@ def session_timeline(turns: pd.DataFrame) -> alt.Chart:
 def scatter_map(points: pd.DataFrame, color: str) -> alt.Chart:
     enc_color = (
         alt.Color("outcome:N", scale=alt.Scale(domain=["ok", "failed"], range=["#2e9d5b", "#d64545"]))
-        if color == "outcome" else alt.Color("pattern:N", legend=alt.Legend(orient="bottom", columns=3, labelLimit=220))
+        if color == "outcome"
+        else alt.Color("pattern:N", legend=alt.Legend(orient="bottom", columns=3, labelLimit=220))
     )
     return (
         alt.Chart(points)

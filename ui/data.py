@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from intelligence.analytics import POLICY_ACTIONS, AnalyticsRepository, ExchangeFilter, ExchangeRow, policy_action_where
+from intelligence.analytics import AnalyticsRepository, ExchangeFilter, ExchangeRow, policy_action_where
 from intelligence.pricing import PriceTable, load_prices
 from ui import aggregate, health
 from ui.runner import DbRunner
@@ -71,7 +71,7 @@ def prices() -> PriceTable:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _minute() -> int:
@@ -82,8 +82,23 @@ def _minute() -> int:
 # ---------------------------------------------------------------------------------------------
 # exchange lists
 
-LIST_COLUMNS = ["time", "client", "provider", "model", "status", "latency_ms", "ttft_ms", "tokens_in", "tokens_out",
-                "cost_usd", "flags", "pattern_id", "session_id", "prompt", "request_id"]
+LIST_COLUMNS = [
+    "time",
+    "client",
+    "provider",
+    "model",
+    "status",
+    "latency_ms",
+    "ttft_ms",
+    "tokens_in",
+    "tokens_out",
+    "cost_usd",
+    "flags",
+    "pattern_id",
+    "session_id",
+    "prompt",
+    "request_id",
+]
 
 
 def flags_of(row: ExchangeRow) -> str:
@@ -105,28 +120,32 @@ def flags_of(row: ExchangeRow) -> str:
 
 def exchange_frame(rows: list[ExchangeRow], table: PriceTable) -> pd.DataFrame:
     from intelligence.pricing import costs
-
     from ui.redact import mask_secrets
 
-    cost = costs(table, ((r.model, r.api, r.started_at, r.input_tokens, r.output_tokens, r.cached_tokens,
-                          r.reasoning_tokens) for r in rows))
-    df = pd.DataFrame({
-        "time": pd.to_datetime([r.started_at for r in rows], utc=True),
-        "client": [r.client_key_fp or r.client_addr for r in rows],
-        "provider": [r.provider for r in rows],
-        "model": [r.model for r in rows],
-        "status": [r.status for r in rows],
-        "latency_ms": [r.latency_ms for r in rows],
-        "ttft_ms": [r.ttft_ms for r in rows],
-        "tokens_in": [r.input_tokens for r in rows],
-        "tokens_out": [r.output_tokens for r in rows],
-        "cost_usd": cost,
-        "flags": [flags_of(r) for r in rows],
-        "pattern_id": [r.pattern_id for r in rows],
-        "session_id": [r.session_id for r in rows],
-        "prompt": [mask_secrets(r.prompt_preview or "") for r in rows],
-        "request_id": [r.request_id for r in rows],
-    }, columns=LIST_COLUMNS)
+    cost = costs(
+        table,
+        ((r.model, r.api, r.started_at, r.input_tokens, r.output_tokens, r.cached_tokens, r.reasoning_tokens) for r in rows),
+    )
+    df = pd.DataFrame(
+        {
+            "time": pd.to_datetime([r.started_at for r in rows], utc=True),
+            "client": [r.client_key_fp or r.client_addr for r in rows],
+            "provider": [r.provider for r in rows],
+            "model": [r.model for r in rows],
+            "status": [r.status for r in rows],
+            "latency_ms": [r.latency_ms for r in rows],
+            "ttft_ms": [r.ttft_ms for r in rows],
+            "tokens_in": [r.input_tokens for r in rows],
+            "tokens_out": [r.output_tokens for r in rows],
+            "cost_usd": cost,
+            "flags": [flags_of(r) for r in rows],
+            "pattern_id": [r.pattern_id for r in rows],
+            "session_id": [r.session_id for r in rows],
+            "prompt": [mask_secrets(r.prompt_preview or "") for r in rows],
+            "request_id": [r.request_id for r in rows],
+        },
+        columns=LIST_COLUMNS,
+    )
     # Arrow cannot hold arbitrary Python ints (a provider may report absurd token counts): floats.
     for col in ("status", "latency_ms", "ttft_ms", "tokens_in", "tokens_out", "cost_usd", "pattern_id"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
@@ -151,13 +170,32 @@ def _search(url: str, f: dict[str, Any], limit: int, policy_actions: tuple[str, 
     return exchange_frame(rows, prices())
 
 
-def search_exchanges(*, since: datetime | None = None, until: datetime | None = None, client: str | None = None,
-                     session_id: str | None = None, models: tuple[str, ...] = (), providers: tuple[str, ...] = (),
-                     status_class: str | None = None, pattern_id: int | None = None, text: str | None = None,
-                     policy_actions: tuple[str, ...] = (), limit: int = 200) -> pd.DataFrame:
+def search_exchanges(
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    client: str | None = None,
+    session_id: str | None = None,
+    models: tuple[str, ...] = (),
+    providers: tuple[str, ...] = (),
+    status_class: str | None = None,
+    pattern_id: int | None = None,
+    text: str | None = None,
+    policy_actions: tuple[str, ...] = (),
+    limit: int = 200,
+) -> pd.DataFrame:
     """Exchanges matching every filter, newest first. ``policy_actions`` (names in POLICY_ACTIONS): any of them."""
-    f = dict(since=since, until=until, client=client or None, session_id=session_id or None, models=tuple(models),
-             providers=tuple(providers), status_class=status_class, pattern_id=pattern_id, text=text or None)
+    f = dict(
+        since=since,
+        until=until,
+        client=client or None,
+        session_id=session_id or None,
+        models=tuple(models),
+        providers=tuple(providers),
+        status_class=status_class,
+        pattern_id=pattern_id,
+        text=text or None,
+    )
     actions = tuple(sorted(set(policy_actions)))
     if actions:
         policy_action_where(actions)  # unknown names fail here, before the cache
@@ -200,11 +238,15 @@ def _live_kpis(url: str, window_minutes: int, bucket_seconds: int, token: tuple[
     start = math.floor(since.timestamp() / bucket_seconds) * bucket_seconds
     index = pd.to_datetime(np.arange(start, now.timestamp(), bucket_seconds), unit="s", utc=True)
     series = pd.DataFrame({"bucket": index})
-    got = pd.DataFrame({
-        "bucket": pd.to_datetime([b.bucket for b in per], utc=True),
-        "requests": [b.n for b in per], "errors": [b.errors for b in per],
-        "p50_ms": [b.p50_ms for b in per], "p95_ms": [b.p95_ms for b in per],
-    })
+    got = pd.DataFrame(
+        {
+            "bucket": pd.to_datetime([b.bucket for b in per], utc=True),
+            "requests": [b.n for b in per],
+            "errors": [b.errors for b in per],
+            "p50_ms": [b.p50_ms for b in per],
+            "p95_ms": [b.p95_ms for b in per],
+        }
+    )
     series = series.merge(got, on="bucket", how="left")
     series["requests"] = series["requests"].fillna(0).astype(np.int64)
     series["errors"] = series["errors"].fillna(0).astype(np.int64)
@@ -214,9 +256,13 @@ def _live_kpis(url: str, window_minutes: int, bucket_seconds: int, token: tuple[
         series[col] = pd.to_numeric(series[col], errors="coerce").astype("float64")
     n = whole.n if whole else 0
     return LiveKpis(
-        window_minutes=window_minutes, requests=n, req_per_s=n / (window_minutes * 60),
+        window_minutes=window_minutes,
+        requests=n,
+        req_per_s=n / (window_minutes * 60),
         error_rate=(whole.errors / n) if whole and n else None,
-        p50_ms=whole.p50_ms if whole else None, p95_ms=whole.p95_ms if whole else None, series=series,
+        p50_ms=whole.p50_ms if whole else None,
+        p95_ms=whole.p95_ms if whole else None,
+        series=series,
     )
 
 
@@ -234,13 +280,14 @@ class Spend:
 
 @st.cache_data(ttl=10, max_entries=8, show_spinner=False)
 def _spend_today(url: str, day: date, token: tuple[str, int]) -> Spend:
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     rows = _run(lambda conn: AnalyticsRepository(conn).rollup("hour", start))
     frame = aggregate.rollup_frame(rows, prices())
     hourly = aggregate.summarize(frame, ["bucket"]).sort_values("bucket")
     index = pd.DataFrame({"bucket": pd.date_range(start, periods=24, freq="h", tz="UTC")})
-    hourly = index.merge(hourly[["bucket", "cost_usd"]] if len(hourly) else pd.DataFrame(columns=["bucket", "cost_usd"]),
-                         on="bucket", how="left")
+    hourly = index.merge(
+        hourly[["bucket", "cost_usd"]] if len(hourly) else pd.DataFrame(columns=["bucket", "cost_usd"]), on="bucket", how="left"
+    )
     hourly["cost_usd"] = pd.to_numeric(hourly["cost_usd"], errors="coerce").fillna(0.0)
     hourly = hourly[hourly["bucket"] <= pd.Timestamp(_now())]
     unpriced = int((frame.rows["n"] * (~frame.rows["priced"].astype(bool))).sum()) if len(frame.rows) else 0
@@ -285,8 +332,15 @@ def _exchange_detail(url: str, request_id: str) -> ExchangeDetail | None:
         return None
     record, pattern, similar, signals = got
     u = record.usage
-    cost = prices().cost(record.model, record.api, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-                         cached_tokens=u.cached_tokens, reasoning_tokens=u.reasoning_tokens, on=record.started_at)
+    cost = prices().cost(
+        record.model,
+        record.api,
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cached_tokens=u.cached_tokens,
+        reasoning_tokens=u.reasoning_tokens,
+        on=record.started_at,
+    )
     return ExchangeDetail(record=record, cost_usd=cost, pattern=pattern, similar=similar, signals=signals)
 
 
@@ -299,15 +353,17 @@ def _recent_sessions(url: str, limit: int, token: tuple[str, int]) -> pd.DataFra
     from intelligence.store.repositories import SessionRepository
 
     rows = _run(lambda conn: SessionRepository(conn).recent(limit))
-    return pd.DataFrame({
-        "session_id": [s.session_id for s in rows],
-        "client": [s.client_key_fp for s in rows],
-        "first_seen": pd.to_datetime([s.first_seen for s in rows], utc=True),
-        "last_seen": pd.to_datetime([s.last_seen for s in rows], utc=True),
-        "requests": [float(s.request_count) for s in rows],
-        "errors": [float(s.error_count) for s in rows],
-        "tokens": [float(s.total_tokens) for s in rows],
-    })
+    return pd.DataFrame(
+        {
+            "session_id": [s.session_id for s in rows],
+            "client": [s.client_key_fp for s in rows],
+            "first_seen": pd.to_datetime([s.first_seen for s in rows], utc=True),
+            "last_seen": pd.to_datetime([s.last_seen for s in rows], utc=True),
+            "requests": [float(s.request_count) for s in rows],
+            "errors": [float(s.error_count) for s in rows],
+            "tokens": [float(s.total_tokens) for s in rows],
+        }
+    )
 
 
 def recent_sessions(limit: int = 100) -> pd.DataFrame:
@@ -341,14 +397,28 @@ def _session_turns(url: str, session_id: str, token: tuple[str, int]) -> list[Tu
         calls = [c.client_name for c in tool_calls(path, body, None) if c.client_name]
         return "\n".join(filter(None, [text, ("→ calls " + ", ".join(calls)) if calls else ""]))
 
-    api_paths = {"chat": "/v1/chat/completions", "responses": "/v1/responses", "messages": "/v1/messages",
-                 "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
+    api_paths = {
+        "chat": "/v1/chat/completions",
+        "responses": "/v1/responses",
+        "messages": "/v1/messages",
+        "completions": "/v1/completions",
+        "embeddings": "/v1/embeddings",
+    }
     rows = _run(lambda conn: AnalyticsRepository(conn).session_turns(session_id))
     return [
-        Turn(request_id=t.request_id, started_at=t.started_at, finished_at=t.finished_at, model=t.model, status=t.status,
-             latency_ms=t.latency_ms, tokens_in=t.input_tokens, tokens_out=t.output_tokens, error=t.error,
-             prompt=mask_secrets(t.prompt_user or ""),
-             reply=reply(api_paths.get(t.api or "", "/v1/chat/completions"), t.response))
+        Turn(
+            request_id=t.request_id,
+            started_at=t.started_at,
+            finished_at=t.finished_at,
+            model=t.model,
+            status=t.status,
+            latency_ms=t.latency_ms,
+            tokens_in=t.input_tokens,
+            tokens_out=t.output_tokens,
+            error=t.error,
+            prompt=mask_secrets(t.prompt_user or ""),
+            reply=reply(api_paths.get(t.api or "", "/v1/chat/completions"), t.response),
+        )
         for t in rows
     ]
 
@@ -400,8 +470,9 @@ def _analytics(url: str, since: datetime, until: datetime, group_by: str, top_n:
         labels = _run(lambda conn: AnalyticsRepository(conn).pattern_labels(ids))
         summary.insert(1, "pattern", [_pattern_name(p, labels) for p in summary["pattern_id"]])
         series.insert(1, "pattern", [_pattern_name(p, labels) for p in series["pattern_id"]])
-    return AnalyticsView(since=since, until=until, granularity=granularity, group_by=group_by, summary=summary,
-                         series=series, totals=totals)
+    return AnalyticsView(
+        since=since, until=until, granularity=granularity, group_by=group_by, summary=summary, series=series, totals=totals
+    )
 
 
 def _pattern_name(pid: Any, labels: dict[int, str]) -> str:
@@ -465,20 +536,20 @@ def _top_patterns(url: str, days: int, limit: int, minute: int) -> TopPatterns:
         return [int(counts.get(d, 0)) for d in days_index]
 
     def frame(stats, extra: dict[str, Any]) -> pd.DataFrame:
-        df = pd.DataFrame({
-            "pattern_id": [s.pattern_id for s in stats],
-            "label": [s.label for s in stats],
-            **{name: [fn(s) for s in stats] for name, fn in extra.items()},
-            "trend": [trend(s.pattern_id) for s in stats],
-        })
+        df = pd.DataFrame(
+            {
+                "pattern_id": [s.pattern_id for s in stats],
+                "label": [s.label for s in stats],
+                **{name: [fn(s) for s in stats] for name, fn in extra.items()},
+                "trend": [trend(s.pattern_id) for s in stats],
+            }
+        )
         return df
 
     return TopPatterns(
         volume=frame(volume, {"exchanges": lambda s: s.total}),
-        failure=frame(failure, {"exchanges": lambda s: s.total, "failed": lambda s: s.failed,
-                                "failure_rate": lambda s: s.score}),
-        growth=frame(growth, {"last_24h": lambda s: s.recent, "previous_24h": lambda s: s.previous,
-                              "growth": lambda s: s.score}),
+        failure=frame(failure, {"exchanges": lambda s: s.total, "failed": lambda s: s.failed, "failure_rate": lambda s: s.score}),
+        growth=frame(growth, {"last_24h": lambda s: s.recent, "previous_24h": lambda s: s.previous, "growth": lambda s: s.score}),
     )
 
 
@@ -513,11 +584,20 @@ def _pattern_detail(url: str, pattern_id: int, days: int, minute: int) -> Patter
         lambda conn: AnalyticsRepository(conn).pattern_buckets([pattern.id], "day", since),
     )
     return PatternDetail(
-        pattern=pattern, success_rate=rate.rate, total=rate.total, failed=rate.failed,
+        pattern=pattern,
+        success_rate=rate.rate,
+        total=rate.total,
+        failed=rate.failed,
         failed_by_kind={k: v.failed for k, v in rate.by_kind.items() if v.failed},
-        models=usage.models, clients=usage.clients,
-        daily=pd.DataFrame({"bucket": pd.to_datetime([d.bucket for d in daily], utc=True),
-                            "exchanges": [d.n for d in daily], "errors": [d.errors for d in daily]}),
+        models=usage.models,
+        clients=usage.clients,
+        daily=pd.DataFrame(
+            {
+                "bucket": pd.to_datetime([d.bucket for d in daily], utc=True),
+                "exchanges": [d.n for d in daily],
+                "errors": [d.errors for d in daily],
+            }
+        ),
     )
 
 
@@ -541,14 +621,18 @@ def compute_pattern_map(url: str, sample: int) -> pd.DataFrame:
     coords = pca_2d(np.stack([r.embedding for r in rows]).astype(np.float64))
     ids = sorted({r.pattern_id for r in rows if r.pattern_id is not None})
     labels = runner.run(lambda conn: AnalyticsRepository(conn).pattern_labels(ids))
-    return pd.DataFrame({
-        "x": coords[:, 0], "y": coords[:, 1],
-        "pattern_id": [float(r.pattern_id) if r.pattern_id is not None else np.nan for r in rows],
-        "pattern": [_pattern_name(r.pattern_id, labels) for r in rows],
-        "outcome": ["failed" if r.failed else "ok" for r in rows],
-        "prompt": [mask_secrets((r.prompt_preview or "")[:80]) for r in rows],  # tooltips; keeps the chart spec small
-        "request_id": [r.request_id for r in rows],
-    }, columns=columns)
+    return pd.DataFrame(
+        {
+            "x": coords[:, 0],
+            "y": coords[:, 1],
+            "pattern_id": [float(r.pattern_id) if r.pattern_id is not None else np.nan for r in rows],
+            "pattern": [_pattern_name(r.pattern_id, labels) for r in rows],
+            "outcome": ["failed" if r.failed else "ok" for r in rows],
+            "prompt": [mask_secrets((r.prompt_preview or "")[:80]) for r in rows],  # tooltips; keeps the chart spec small
+            "request_id": [r.request_id for r in rows],
+        },
+        columns=columns,
+    )
 
 
 def pca_2d(vectors: np.ndarray) -> np.ndarray:
@@ -626,7 +710,7 @@ def _warm_imports() -> threading.Thread:
     def go() -> None:
         try:
             import intelligence.claude  # noqa: F401
-            from extproc.policy.conditions import injection_threshold
+            from intelligence.policy.conditions import injection_threshold
 
             injection_threshold()
         except Exception:  # noqa: BLE001 - the page that needs it reports the problem
@@ -658,14 +742,16 @@ def _similar_prompts(url: str, query: str, k: int) -> pd.DataFrame:
 
     vector = _embedder().encode([query])[0]
     hits = _run(lambda conn: PatternRepository(conn).similar_to_vector(vector, k=k, ef_search=max(40, 2 * k)))
-    return pd.DataFrame({
-        "similarity": [h.similarity for h in hits],
-        "pattern_id": [float(h.pattern_id) if h.pattern_id is not None else np.nan for h in hits],
-        "prompt": [mask_secrets(h.text or "") for h in hits],
-        "model": [h.model for h in hits],
-        "time": pd.to_datetime([h.created_at for h in hits], utc=True),
-        "request_id": [h.request_id for h in hits],
-    })
+    return pd.DataFrame(
+        {
+            "similarity": [h.similarity for h in hits],
+            "pattern_id": [float(h.pattern_id) if h.pattern_id is not None else np.nan for h in hits],
+            "prompt": [mask_secrets(h.text or "") for h in hits],
+            "model": [h.model for h in hits],
+            "time": pd.to_datetime([h.created_at for h in hits], utc=True),
+            "request_id": [h.request_id for h in hits],
+        }
+    )
 
 
 def similar_prompts(query: str, k: int = 10) -> pd.DataFrame:
@@ -700,6 +786,7 @@ def _system_status(url: str | None, second: int) -> SystemStatus:
     ok, detail = False, "no database configured"
     if url:
         try:
+
             async def q(conn):
                 repo = AnalyticsRepository(conn)
                 return await repo.overview(), await repo.worker_backlog(_now() - timedelta(hours=24))
@@ -708,9 +795,12 @@ def _system_status(url: str | None, second: int) -> SystemStatus:
             ok = True
             detail = f"PostgreSQL {overview.server_version}"
             database = {
-                "server_version": overview.server_version, "extensions": overview.extensions,
-                "schema_revision": overview.schema_revision, "code_revision": head(),
-                "estimated_exchanges": overview.estimated_exchanges, "table_bytes": overview.table_bytes,
+                "server_version": overview.server_version,
+                "extensions": overview.extensions,
+                "schema_revision": overview.schema_revision,
+                "code_revision": head(),
+                "estimated_exchanges": overview.estimated_exchanges,
+                "table_bytes": overview.table_bytes,
             }
         except Exception as exc:  # noqa: BLE001 - the page reports it
             detail = f"{type(exc).__name__}: {exc}"
@@ -724,10 +814,14 @@ def _system_status(url: str | None, second: int) -> SystemStatus:
             if ext in database["extensions"]:
                 versions[ext] = database["extensions"][ext]
     return SystemStatus(
-        components=health.components(state, ok, detail), versions=versions, database=database,
-        spool=health.spool_depth(directory), worker_backlog=backlog,
+        components=health.components(state, ok, detail),
+        versions=versions,
+        database=database,
+        spool=health.spool_depth(directory),
+        worker_backlog=backlog,
         feed=feed_status() if url and ok else {"connected": False},
-        data_dir=str(Path(directory).resolve()), stack_started=state.started_at if state else None,
+        data_dir=str(Path(directory).resolve()),
+        stack_started=state.started_at if state else None,
     )
 
 

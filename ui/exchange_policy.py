@@ -3,8 +3,8 @@
 The sidecar records only counts, kinds, rule ids and patches in ``exchanges.flags`` (never a
 detected value); free text that reaches the page (notes, messages, errors, patch values) still goes
 through :func:`ui.redact.mask_secrets`, because a policy author or a provider can put anything there.
-Shapes: extproc/guard.py ``GuardOutcome.record()``, extproc/policy/decision.py ``to_record()``,
-extproc/exchange.py (``enhancement``, ``claude_verdict``, ``response_policy``), extproc/enhance.py.
+Shapes: extproc/guard.py ``GuardOutcome.record()``, intelligence/policy/decision.py ``to_record()``,
+extproc/exchange.py (``enhancement``, ``claude_verdict``, ``response_policy``), intelligence/enhance/live.py.
 """
 
 from __future__ import annotations
@@ -45,9 +45,16 @@ def fired_rules(flags: dict[str, Any]) -> pd.DataFrame:
     for side, doc in (("request", _doc(flags, "policy")), ("response", _doc(flags, "response_policy"))):
         for f in doc.get("fired") or []:
             if isinstance(f, dict):
-                rows.append({"side": side, "policy": _text(f.get("policy")), "rule": _text(f.get("rule")),
-                             "mode": _text(f.get("mode")), "actions": ", ".join(_text(a) for a in f.get("actions") or []),
-                             "note": _text(f.get("note"))})
+                rows.append(
+                    {
+                        "side": side,
+                        "policy": _text(f.get("policy")),
+                        "rule": _text(f.get("rule")),
+                        "mode": _text(f.get("mode")),
+                        "actions": ", ".join(_text(a) for a in f.get("actions") or []),
+                        "note": _text(f.get("note")),
+                    }
+                )
     return pd.DataFrame(rows, columns=RULE_COLUMNS)
 
 
@@ -71,14 +78,19 @@ def detector_summary(flags: dict[str, Any]) -> DetectorSummary | None:
     d = _doc(flags, "detections")
     if not d:
         return None
-    rows = [{"category": category, "kind": _text(kind), "count": int(n)}
-            for category in ("pii", "secrets") for kind, n in sorted((d.get(category) or {}).items())
-            if isinstance(n, (int, float))]
+    rows = [
+        {"category": category, "kind": _text(kind), "count": int(n)}
+        for category in ("pii", "secrets")
+        for kind, n in sorted((d.get(category) or {}).items())
+        if isinstance(n, (int, float))
+    ]
     score = d.get("injection_score")
-    return DetectorSummary(injection_score=float(score) if isinstance(score, (int, float)) else None,
-                           injection_layer=_text(d.get("injection_layer")) or None,
-                           counts=pd.DataFrame(rows, columns=["category", "kind", "count"]),
-                           flags=[_text(f) for f in d.get("flags") or []])
+    return DetectorSummary(
+        injection_score=float(score) if isinstance(score, (int, float)) else None,
+        injection_layer=_text(d.get("injection_layer")) or None,
+        counts=pd.DataFrame(rows, columns=["category", "kind", "count"]),
+        flags=[_text(f) for f in d.get("flags") or []],
+    )
 
 
 def decision_facts(doc: dict[str, Any]) -> list[tuple[str, str]]:
@@ -93,8 +105,14 @@ def decision_facts(doc: dict[str, Any]) -> list[tuple[str, str]]:
         for sel in doc.get(key) or []:
             if isinstance(sel, dict):
                 what = ", ".join(sel.get("categories") or []) or sel.get("kinds") or "?"
-                out.append((label, _text(f"{what} · {sel.get('mode')}{' · restored' if sel.get('restore') else ''} "
-                                         f"(rule {sel.get('rule')})")))
+                out.append(
+                    (
+                        label,
+                        _text(
+                            f"{what} · {sel.get('mode')}{' · restored' if sel.get('restore') else ''} (rule {sel.get('rule')})"
+                        ),
+                    )
+                )
     if doc.get("cap_max_tokens") is not None:
         out.append(("max tokens capped", _text(doc["cap_max_tokens"])))
     if doc.get("tags"):
@@ -107,8 +125,11 @@ def decision_facts(doc: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("key quarantined", _text(f"{q.get('reason')} (rule {q.get('rule')})")))
     if isinstance(doc.get("masked"), dict):
         out.append(("masked", ", ".join(f"{_text(k)}: {_text(n)}" for k, n in sorted(doc["masked"].items()))))
-    for key, label in (("restored", "placeholders restored"), ("unsupported", "not applied"),
-                       ("block_not_enforced", "block not enforced")):
+    for key, label in (
+        ("restored", "placeholders restored"),
+        ("unsupported", "not applied"),
+        ("block_not_enforced", "block not enforced"),
+    ):
         if doc.get(key) not in (None, False, [], ""):
             out.append((label, _text(doc[key])))
     if doc.get("version"):
@@ -123,8 +144,19 @@ def claude_verdict(flags: dict[str, Any]) -> list[tuple[str, str]]:
     if not v and not asked:
         return []
     v = v or {"rule": asked.get("rule"), "mode": asked.get("mode"), "outcome": "not recorded"}
-    order = ["verdict", "confidence", "action", "outcome", "rule", "mode", "latency_ms", "timeout_ms", "fail_mode",
-             "claude_call_id", "error"]
+    order = [
+        "verdict",
+        "confidence",
+        "action",
+        "outcome",
+        "rule",
+        "mode",
+        "latency_ms",
+        "timeout_ms",
+        "fail_mode",
+        "claude_call_id",
+        "error",
+    ]
     return [(k, _text(v[k])) for k in order if v.get(k) is not None]
 
 
@@ -146,10 +178,14 @@ def enhancement(flags: dict[str, Any]) -> EnhancementView | None:
     e = _doc(flags, "enhancement")
     if not e:
         return None
-    return EnhancementView(experiment=_int(e.get("experiment")), enhancement=_int(e.get("enhancement")),
-                           arm=_text(e.get("arm")) or "?", pattern=_int(e.get("pattern")),
-                           patch_json=_text(json.dumps(e.get("patch") or [], indent=2, ensure_ascii=False)),
-                           also_active=[_text(a) for a in e.get("also_active") or []])
+    return EnhancementView(
+        experiment=_int(e.get("experiment")),
+        enhancement=_int(e.get("enhancement")),
+        arm=_text(e.get("arm")) or "?",
+        pattern=_int(e.get("pattern")),
+        patch_json=_text(json.dumps(e.get("patch") or [], indent=2, ensure_ascii=False)),
+        also_active=[_text(a) for a in e.get("also_active") or []],
+    )
 
 
 def other_notes(flags: dict[str, Any]) -> list[tuple[str, str]]:

@@ -9,7 +9,8 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
-from extproc.cli.stack import StackState, pid_alive
+from intelligence.ops.health import envoy_ready, grpc_healthy
+from intelligence.ops.stack import StackState, pid_alive
 from intelligence.store.spool import REJECTED_FILE
 
 SPOOL_DIR = "spool"
@@ -47,27 +48,40 @@ def claude_mode() -> str:
 
 
 def components(state: StackState | None, database_ok: bool, database_detail: str) -> list[Component]:
-    from extproc.cli.up import _envoy_ready, _grpc_healthy
 
     parts = [Component("database", "ok" if database_ok else "down", database_detail)]
     if state is None:
-        parts += [Component(name, "unknown", "no running stack found (stack.json) in " + str(data_dir()))
-                  for name in ("envoy", "sidecar", "worker")]
+        parts += [
+            Component(name, "unknown", "no running stack found (stack.json) in " + str(data_dir()))
+            for name in ("envoy", "sidecar", "worker")
+        ]
     else:
         admin, sidecar = state.ports.get("admin"), state.ports.get("sidecar")
-        parts.append(Component("envoy", "ok" if admin and _envoy_ready(admin) else "down",
-                               f"admin http://127.0.0.1:{admin}/ready, gateway port {state.ports.get('gateway')}"))
-        parts.append(Component("sidecar", "ok" if sidecar and _grpc_healthy(sidecar) else "down",
-                               f"gRPC health on 127.0.0.1:{sidecar}"))
+        parts.append(
+            Component(
+                "envoy",
+                "ok" if admin and envoy_ready(admin) else "down",
+                f"admin http://127.0.0.1:{admin}/ready, gateway port {state.ports.get('gateway')}",
+            )
+        )
+        parts.append(
+            Component("sidecar", "ok" if sidecar and grpc_healthy(sidecar) else "down", f"gRPC health on 127.0.0.1:{sidecar}")
+        )
         worker = state.pids.get("worker")
         if worker is None:
             parts.append(Component("worker", "off", "pattern-memory worker not started (--no-worker)"))
         else:
             parts.append(Component("worker", "ok" if pid_alive(worker) else "down", f"pid {worker}"))
     mode = claude_mode()
-    parts.append(Component("claude", "ok" if mode == "claude" else "off",
-                           "Claude enabled" if mode == "claude"
-                           else "local-only (no ANTHROPIC_API_KEY / OPENROUTER_API_KEY): patterns and local detectors only"))
+    parts.append(
+        Component(
+            "claude",
+            "ok" if mode == "claude" else "off",
+            "Claude enabled"
+            if mode == "claude"
+            else "local-only (no ANTHROPIC_API_KEY / OPENROUTER_API_KEY): patterns and local detectors only",
+        )
+    )
     return parts
 
 

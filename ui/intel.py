@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
@@ -41,7 +41,7 @@ def bump_revision() -> None:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 async def _rows(conn, sql: str, **params: Any) -> list[dict[str, Any]]:
@@ -58,8 +58,11 @@ EVENT_COLUMNS = ["id", "at", "severity", "kind", "title", "subject", "source", "
 @st.cache_data(ttl=3, max_entries=16, show_spinner=False)
 def _events(url: str, limit: int, unacknowledged_only: bool, rev: int, tick: int) -> pd.DataFrame:
     where = "WHERE acknowledged_at IS NULL" if unacknowledged_only else ""
-    rows = data._run(lambda conn: _rows(conn, f"SELECT {', '.join(EVENT_COLUMNS)} FROM events {where} "
-                                              "ORDER BY at DESC, id DESC LIMIT :limit", limit=limit))
+    rows = data._run(
+        lambda conn: _rows(
+            conn, f"SELECT {', '.join(EVENT_COLUMNS)} FROM events {where} ORDER BY at DESC, id DESC LIMIT :limit", limit=limit
+        )
+    )
     df = pd.DataFrame(rows, columns=EVENT_COLUMNS)
     for col in ("at", "acknowledged_at"):
         df[col] = pd.to_datetime(df[col], utc=True)
@@ -80,9 +83,14 @@ def _tick(seconds: float) -> int:
 @st.cache_data(ttl=2, max_entries=64, show_spinner=False)
 def _alerts_after(url: str, last_id: int, tick: int) -> list[dict[str, Any]]:
     # a primary-key range scan: cheap however long the table grows
-    return data._run(lambda conn: _rows(
-        conn, "SELECT id, at, severity, kind, title, subject FROM events WHERE id > :last "
-              "AND severity IN ('warning', 'critical') ORDER BY id LIMIT 20", last=last_id))
+    return data._run(
+        lambda conn: _rows(
+            conn,
+            "SELECT id, at, severity, kind, title, subject FROM events WHERE id > :last "
+            "AND severity IN ('warning', 'critical') ORDER BY id LIMIT 20",
+            last=last_id,
+        )
+    )
 
 
 def alerts_after(last_id: int) -> list[dict[str, Any]]:
@@ -107,9 +115,13 @@ class Banner:
 
 @st.cache_data(ttl=3, max_entries=8, show_spinner=False)
 def _banner(url: str, rev: int, tick: int) -> Banner:
-    rows = data._run(lambda conn: _rows(
-        conn, "SELECT id, at, severity, title FROM events WHERE at > now() - interval '24 hours' "
-              "AND severity IN ('warning', 'critical') AND acknowledged_at IS NULL ORDER BY at DESC, id DESC LIMIT 200"))
+    rows = data._run(
+        lambda conn: _rows(
+            conn,
+            "SELECT id, at, severity, title FROM events WHERE at > now() - interval '24 hours' "
+            "AND severity IN ('warning', 'critical') AND acknowledged_at IS NULL ORDER BY at DESC, id DESC LIMIT 200",
+        )
+    )
     return Banner(open_alerts=len(rows), critical=sum(r["severity"] == "critical" for r in rows), newest=rows[:3])
 
 
@@ -137,7 +149,7 @@ def detection_summary(det: dict[str, Any] | None) -> str:
 
 
 def _injection_threshold() -> float:
-    from extproc.policy.conditions import injection_threshold
+    from intelligence.policy.conditions import injection_threshold
 
     return injection_threshold()
 
@@ -151,29 +163,45 @@ def enforced_row(row: dict[str, Any]) -> dict[str, Any]:
         detail = f"{block.get('status', '')} {block.get('code', '')}: {block.get('message', '')}".strip()
     else:
         action = "redacted"
-        fired = [f"{f.get('policy')}/{f.get('rule')}" for f in policy.get("fired", []) if "redact" in " ".join(f.get("actions", []))]
+        fired = [
+            f"{f.get('policy')}/{f.get('rule')}" for f in policy.get("fired", []) if "redact" in " ".join(f.get("actions", []))
+        ]
         rule = ", ".join(fired)
         n = row.get("redacted")
         detail = f"{n} string(s) redacted" if n else "redaction planned"
-    return {"time": row["started_at"], "action": action, "rule": rule, "detail": detail,
-            "client": row.get("client_key_fp") or row.get("client_addr"), "model": row.get("model"),
-            "status": row.get("status"), "detections": detection_summary(row.get("detections")),
-            "request_id": row["request_id"]}
+    return {
+        "time": row["started_at"],
+        "action": action,
+        "rule": rule,
+        "detail": detail,
+        "client": row.get("client_key_fp") or row.get("client_addr"),
+        "model": row.get("model"),
+        "status": row.get("status"),
+        "detections": detection_summary(row.get("detections")),
+        "request_id": row["request_id"],
+    }
 
 
 # served by the partial index ix_exchanges_enforced (migration 0008), whose predicate is this text
-ENFORCED_WHERE = ("flags -> 'policy' -> 'block' IS NOT NULL OR flags -> 'redacted_strings' IS NOT NULL "
-                  "OR flags -> 'policy' -> 'redact' IS NOT NULL")
+ENFORCED_WHERE = (
+    "flags -> 'policy' -> 'block' IS NOT NULL OR flags -> 'redacted_strings' IS NOT NULL "
+    "OR flags -> 'policy' -> 'redact' IS NOT NULL"
+)
 
 
 @st.cache_data(ttl=5, max_entries=8, show_spinner=False)
 def _enforced(url: str, hours: int, limit: int, token: tuple[str, int]) -> pd.DataFrame:
     since = _now() - timedelta(hours=hours)
-    rows = data._run(lambda conn: _rows(
-        conn, "SELECT request_id, started_at, client_key_fp, client_addr, model, status, flags -> 'policy' AS policy, "
-              "flags -> 'detections' AS detections, (flags ->> 'redacted_strings')::int AS redacted FROM exchanges "
-              f"WHERE started_at >= :since AND ({ENFORCED_WHERE}) ORDER BY started_at DESC LIMIT :limit",
-        since=since, limit=limit))
+    rows = data._run(
+        lambda conn: _rows(
+            conn,
+            "SELECT request_id, started_at, client_key_fp, client_addr, model, status, flags -> 'policy' AS policy, "
+            "flags -> 'detections' AS detections, (flags ->> 'redacted_strings')::int AS redacted FROM exchanges "
+            f"WHERE started_at >= :since AND ({ENFORCED_WHERE}) ORDER BY started_at DESC LIMIT :limit",
+            since=since,
+            limit=limit,
+        )
+    )
     df = pd.DataFrame([enforced_row(r) for r in rows], columns=ENFORCED_COLUMNS)
     df["time"] = pd.to_datetime(df["time"], utc=True)
     df["status"] = pd.to_numeric(df["status"], errors="coerce").astype("float64")
@@ -187,17 +215,22 @@ def enforced_requests(hours: int = 24, limit: int = 500) -> pd.DataFrame:
 
 @st.cache_data(ttl=30, max_entries=8, show_spinner=False)
 def _detector_rates(url: str, hours: int, minute: int) -> pd.DataFrame:
-    from extproc.policy.conditions import injection_threshold
+    from intelligence.policy.conditions import injection_threshold
 
     since = _now() - timedelta(hours=hours)
-    rows = data._run(lambda conn: _rows(
-        conn, "SELECT date_trunc('hour', started_at) AS bucket, count(*) AS requests, "
-              "count(*) FILTER (WHERE flags -> 'detections' -> 'pii' <> '{}'::jsonb) AS pii, "
-              "count(*) FILTER (WHERE flags -> 'detections' -> 'secrets' <> '{}'::jsonb) AS secrets, "
-              "count(*) FILTER (WHERE (flags -> 'detections' ->> 'injection_score')::float8 >= :threshold) AS injection, "
-              "count(*) FILTER (WHERE flags -> 'policy' -> 'block' IS NOT NULL) AS blocked "
-              "FROM exchanges WHERE started_at >= :since GROUP BY 1 ORDER BY 1",
-        since=since, threshold=injection_threshold()))
+    rows = data._run(
+        lambda conn: _rows(
+            conn,
+            "SELECT date_trunc('hour', started_at) AS bucket, count(*) AS requests, "
+            "count(*) FILTER (WHERE flags -> 'detections' -> 'pii' <> '{}'::jsonb) AS pii, "
+            "count(*) FILTER (WHERE flags -> 'detections' -> 'secrets' <> '{}'::jsonb) AS secrets, "
+            "count(*) FILTER (WHERE (flags -> 'detections' ->> 'injection_score')::float8 >= :threshold) AS injection, "
+            "count(*) FILTER (WHERE flags -> 'policy' -> 'block' IS NOT NULL) AS blocked "
+            "FROM exchanges WHERE started_at >= :since GROUP BY 1 ORDER BY 1",
+            since=since,
+            threshold=injection_threshold(),
+        )
+    )
     df = pd.DataFrame(rows, columns=["bucket", "requests", "pii", "secrets", "injection", "blocked"])
     df["bucket"] = pd.to_datetime(df["bucket"], utc=True)
     for col in ("pii", "secrets", "injection", "blocked"):
@@ -213,15 +246,30 @@ def detector_rates(hours: int = 24) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # anomaly verdicts
 
-VERDICT_COLUMNS = ["id", "at", "verdict", "confidence", "status", "reasoning", "detectors", "client_key_fp", "request_id",
-                   "source", "action", "confirmed", "confirmed_by"]
+VERDICT_COLUMNS = [
+    "id",
+    "at",
+    "verdict",
+    "confidence",
+    "status",
+    "reasoning",
+    "detectors",
+    "client_key_fp",
+    "request_id",
+    "source",
+    "action",
+    "confirmed",
+    "confirmed_by",
+]
 
 
 @st.cache_data(ttl=5, max_entries=8, show_spinner=False)
 def _verdicts(url: str, limit: int, rev: int, tick: int) -> pd.DataFrame:
-    rows = data._run(lambda conn: _rows(
-        conn, f"SELECT {', '.join(VERDICT_COLUMNS)} FROM anomaly_verdicts ORDER BY at DESC, id DESC LIMIT :limit",
-        limit=limit))
+    rows = data._run(
+        lambda conn: _rows(
+            conn, f"SELECT {', '.join(VERDICT_COLUMNS)} FROM anomaly_verdicts ORDER BY at DESC, id DESC LIMIT :limit", limit=limit
+        )
+    )
     df = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
     df["at"] = pd.to_datetime(df["at"], utc=True)
     df["detectors"] = df["detectors"].map(lambda d: ", ".join(d or []))
@@ -242,11 +290,23 @@ def _learned_attacks(url: str, limit: int, rev: int, tick: int) -> pd.DataFrame:
     from intelligence.attacks.store import list_attacks
 
     records = data._run(lambda conn: list_attacks(conn, limit=limit))
-    df = pd.DataFrame([{"id": r.id, "created_at": r.created_at, "status": "disabled" if r.disabled_at else "active",
-                        "family": r.family, "source": r.source, "added_by": r.added_by,
-                        "text": r.text if len(r.text) <= 200 else r.text[:199] + "…",
-                        "disabled_at": r.disabled_at, "disabled_by": r.disabled_by} for r in records],
-                      columns=ATTACK_COLUMNS)
+    df = pd.DataFrame(
+        [
+            {
+                "id": r.id,
+                "created_at": r.created_at,
+                "status": "disabled" if r.disabled_at else "active",
+                "family": r.family,
+                "source": r.source,
+                "added_by": r.added_by,
+                "text": r.text if len(r.text) <= 200 else r.text[:199] + "…",
+                "disabled_at": r.disabled_at,
+                "disabled_by": r.disabled_by,
+            }
+            for r in records
+        ],
+        columns=ATTACK_COLUMNS,
+    )
     for col in ("created_at", "disabled_at"):
         df[col] = pd.to_datetime(df[col], utc=True)
     return df
@@ -260,8 +320,21 @@ def learned_attacks(limit: int = 500) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # gateway keys, audit chain, policies
 
-KEY_COLUMNS = ["id", "name", "prefix", "status", "models", "providers", "created_at", "created_by", "expires_at",
-               "quarantined_at", "quarantine_reason", "revoked_at", "revoked_by"]
+KEY_COLUMNS = [
+    "id",
+    "name",
+    "prefix",
+    "status",
+    "models",
+    "providers",
+    "created_at",
+    "created_by",
+    "expires_at",
+    "quarantined_at",
+    "quarantine_reason",
+    "revoked_at",
+    "revoked_by",
+]
 
 
 @st.cache_data(ttl=5, max_entries=4, show_spinner=False)
@@ -270,9 +343,21 @@ def _keys(url: str, rev: int, tick: int) -> pd.DataFrame:
 
     now = _now()
     records = data._run(list_keys)
-    df = pd.DataFrame([{**r.to_public_dict(now), "models": ", ".join(r.models), "providers": ", ".join(r.providers),
-                        "created_at": r.created_at, "expires_at": r.expires_at, "quarantined_at": r.quarantined_at,
-                        "revoked_at": r.revoked_at} for r in records], columns=KEY_COLUMNS)
+    df = pd.DataFrame(
+        [
+            {
+                **r.to_public_dict(now),
+                "models": ", ".join(r.models),
+                "providers": ", ".join(r.providers),
+                "created_at": r.created_at,
+                "expires_at": r.expires_at,
+                "quarantined_at": r.quarantined_at,
+                "revoked_at": r.revoked_at,
+            }
+            for r in records
+        ],
+        columns=KEY_COLUMNS,
+    )
     for col in ("created_at", "expires_at", "quarantined_at", "revoked_at"):
         df[col] = pd.to_datetime(df[col], utc=True)
     return df.iloc[::-1].reset_index(drop=True)  # newest first
@@ -306,8 +391,15 @@ def _audit_status(url: str, rev: int, minute: int) -> AuditStatus:
     result, recent = data._run(q)
     df = pd.DataFrame(recent, columns=["id", "ts", "actor", "kind", "subject"])
     df["ts"] = pd.to_datetime(df["ts"], utc=True)
-    return AuditStatus(ok=result.ok, checked=result.checked, head_id=result.head_id, reason=result.reason,
-                       first_broken_id=result.first_broken_id, detail=result.detail, recent=df)
+    return AuditStatus(
+        ok=result.ok,
+        checked=result.checked,
+        head_id=result.head_id,
+        reason=result.reason,
+        first_broken_id=result.first_broken_id,
+        detail=result.detail,
+        recent=df,
+    )
 
 
 def audit_status() -> AuditStatus:
@@ -317,7 +409,7 @@ def audit_status() -> AuditStatus:
 
 @st.cache_data(ttl=5, max_entries=4, show_spinner=False)
 def _policies(url: str, rev: int, tick: int) -> list[dict[str, Any]]:
-    from extproc.policy.store import list_policies
+    from intelligence.policy.store import list_policies
 
     return [p.to_public_dict(with_source=True) for p in data._run(list_policies)]
 
@@ -382,8 +474,16 @@ def parse_stats(stats: dict[str, Any] | None) -> ExperimentStats:
         rate = _num(a.get("rate"))
         if rate is None and n:
             rate = (s or 0) / n
-        arms.append(Arm(name=str(name), n=int(n) if n is not None else None, successes=int(s) if s is not None else None,
-                        rate=rate, ci_low=ci[0] if ci else None, ci_high=ci[1] if ci else None))
+        arms.append(
+            Arm(
+                name=str(name),
+                n=int(n) if n is not None else None,
+                successes=int(s) if s is not None else None,
+                rate=rate,
+                ci_low=ci[0] if ci else None,
+                ci_high=ci[1] if ci else None,
+            )
+        )
     effect = stats.pop("effect", None)
     effect_ci = stats.pop("effect_ci", None) or stats.pop("ci", None)
     if isinstance(effect, dict):  # {"value"/"diff": x, "ci": [lo, hi]}
@@ -392,23 +492,44 @@ def parse_stats(stats: dict[str, Any] | None) -> ExperimentStats:
     p_value = stats.pop("p_value", None)
     probability = stats.pop("probability", None) or stats.pop("prob_better", None)
     decision = stats.pop("decision", None)
-    return ExperimentStats(arms=arms, effect=_num(effect), effect_ci=_pair(effect_ci), p_value=_num(p_value),
-                           probability=_num(probability), decision=str(decision) if decision is not None else None,
-                           other=stats)
+    return ExperimentStats(
+        arms=arms,
+        effect=_num(effect),
+        effect_ci=_pair(effect_ci),
+        p_value=_num(p_value),
+        probability=_num(probability),
+        decision=str(decision) if decision is not None else None,
+        other=stats,
+    )
 
 
-ENHANCEMENT_COLUMNS = ["id", "pattern_id", "pattern", "version", "kind", "status", "source", "rationale", "spec",
-                       "created_at", "claude_model"]
+ENHANCEMENT_COLUMNS = [
+    "id",
+    "pattern_id",
+    "pattern",
+    "version",
+    "kind",
+    "status",
+    "source",
+    "rationale",
+    "spec",
+    "created_at",
+    "claude_model",
+]
 
 
 @st.cache_data(ttl=5, max_entries=8, show_spinner=False)
 def _enhancements(url: str, status: str | None, rev: int, tick: int) -> pd.DataFrame:
     where = "WHERE h.status = :status" if status else ""
-    rows = data._run(lambda conn: _rows(
-        conn, "SELECT h.id, h.pattern_id, p.label AS pattern, h.version, h.kind, h.status, h.source, h.rationale, h.spec, "
-              "h.created_at, c.model AS claude_model FROM enhancements h LEFT JOIN patterns p ON p.id = h.pattern_id "
-              f"LEFT JOIN claude_calls c ON c.id = h.claude_call_id {where} ORDER BY h.id DESC LIMIT 500",
-        **({"status": status} if status else {})))
+    rows = data._run(
+        lambda conn: _rows(
+            conn,
+            "SELECT h.id, h.pattern_id, p.label AS pattern, h.version, h.kind, h.status, h.source, h.rationale, h.spec, "
+            "h.created_at, c.model AS claude_model FROM enhancements h LEFT JOIN patterns p ON p.id = h.pattern_id "
+            f"LEFT JOIN claude_calls c ON c.id = h.claude_call_id {where} ORDER BY h.id DESC LIMIT 500",
+            **({"status": status} if status else {}),
+        )
+    )
     df = pd.DataFrame(rows, columns=ENHANCEMENT_COLUMNS)
     df["created_at"] = pd.to_datetime(df["created_at"], utc=True)
     return df
@@ -446,23 +567,32 @@ class ExperimentView:
 def _experiments(url: str, rev: int, tick: int) -> list[ExperimentView]:
     async def q(conn):
         rows = await _rows(
-            conn, "SELECT e.id, e.enhancement_id, e.pattern_id, p.label AS pattern, h.kind, h.rationale, h.spec, e.status, "
-                  "e.control_weight, e.assign_by, e.alpha, e.min_effect, e.decision_reason, e.created_by, e.started_at, "
-                  "e.updated_at, e.decided_at, e.stats FROM experiments e JOIN enhancements h ON h.id = e.enhancement_id "
-                  "LEFT JOIN patterns p ON p.id = e.pattern_id ORDER BY e.id DESC LIMIT 200")
+            conn,
+            "SELECT e.id, e.enhancement_id, e.pattern_id, p.label AS pattern, h.kind, h.rationale, h.spec, e.status, "
+            "e.control_weight, e.assign_by, e.alpha, e.min_effect, e.decision_reason, e.created_by, e.started_at, "
+            "e.updated_at, e.decided_at, e.stats FROM experiments e JOIN enhancements h ON h.id = e.enhancement_id "
+            "LEFT JOIN patterns p ON p.id = e.pattern_id ORDER BY e.id DESC LIMIT 200",
+        )
         running = [r["id"] for r in rows if r["status"] in ("running", "paused")]
         exposures: dict[int, int] = {}
         if running:
             # kept per experiment by triggers on exchanges (migration 0008): counting from the request
             # log read tens of thousands of scattered rows on every run
-            for r in await _rows(conn, "SELECT experiment_id AS id, n FROM experiment_exposures "
-                                       "WHERE experiment_id = ANY(:ids) AND n > 0", ids=running):
+            for r in await _rows(
+                conn,
+                "SELECT experiment_id AS id, n FROM experiment_exposures WHERE experiment_id = ANY(:ids) AND n > 0",
+                ids=running,
+            ):
                 exposures[int(r["id"])] = int(r["n"])
         return rows, exposures
 
     rows, exposures = data._run(q)
-    return [ExperimentView(**{k: v for k, v in r.items() if k != "stats"}, stats=parse_stats(r["stats"]),
-                           exposures=exposures.get(r["id"], 0)) for r in rows]
+    return [
+        ExperimentView(
+            **{k: v for k, v in r.items() if k != "stats"}, stats=parse_stats(r["stats"]), exposures=exposures.get(r["id"], 0)
+        )
+        for r in rows
+    ]
 
 
 def experiments() -> list[ExperimentView]:
@@ -473,9 +603,13 @@ def experiments() -> list[ExperimentView]:
 @st.cache_data(ttl=5, max_entries=8, show_spinner=False)
 def _experiment_history(url: str, experiment_id: int | None, rev: int, tick: int) -> pd.DataFrame:
     where = "WHERE experiment_id = :id" if experiment_id is not None else ""
-    rows = data._run(lambda conn: _rows(
-        conn, f"SELECT experiment_id, at, action, actor, detail FROM experiment_events {where} "
-              "ORDER BY at DESC, id DESC LIMIT 300", **({"id": experiment_id} if experiment_id is not None else {})))
+    rows = data._run(
+        lambda conn: _rows(
+            conn,
+            f"SELECT experiment_id, at, action, actor, detail FROM experiment_events {where} ORDER BY at DESC, id DESC LIMIT 300",
+            **({"id": experiment_id} if experiment_id is not None else {}),
+        )
+    )
     df = pd.DataFrame(rows, columns=["experiment_id", "at", "action", "actor", "detail"])
     df["at"] = pd.to_datetime(df["at"], utc=True)
     df["detail"] = df["detail"].map(lambda d: ", ".join(f"{k}={v}" for k, v in (d or {}).items()))
@@ -497,22 +631,67 @@ class Effectiveness:
     deltas: pd.DataFrame  # one row per comparison and metric: baseline, treatment, change, relative
 
 
-SERIES_COLUMNS = ["bucket", "arm", "n", "pending", "successes", "rate", "ci_low", "ci_high", "errors", "mean_tokens",
-                  "mean_cost_usd", "mean_latency_ms", "p50_latency_ms"]
-EFFECT_ARM_COLUMNS = ["arm", "n", "pending", "successes", "success rate", "CI low", "CI high", "mean tokens",
-                      "mean cost (USD)", "mean latency (ms)", "p50 latency (ms)"]
+SERIES_COLUMNS = [
+    "bucket",
+    "arm",
+    "n",
+    "pending",
+    "successes",
+    "rate",
+    "ci_low",
+    "ci_high",
+    "errors",
+    "mean_tokens",
+    "mean_cost_usd",
+    "mean_latency_ms",
+    "p50_latency_ms",
+]
+EFFECT_ARM_COLUMNS = [
+    "arm",
+    "n",
+    "pending",
+    "successes",
+    "success rate",
+    "CI low",
+    "CI high",
+    "mean tokens",
+    "mean cost (USD)",
+    "mean latency (ms)",
+    "p50 latency (ms)",
+]
 DELTA_COLUMNS = ["comparison", "metric", "baseline", "treatment", "change", "relative"]
-DELTA_METRICS = (("success_rate", "success rate"), ("error_rate", "error rate"), ("tokens", "tokens (mean)"),
-                 ("cost_usd", "cost USD (mean)"), ("latency_ms", "latency ms (mean)"),
-                 ("p50_latency_ms", "latency ms (p50)"))
+DELTA_METRICS = (
+    ("success_rate", "success rate"),
+    ("error_rate", "error rate"),
+    ("tokens", "tokens (mean)"),
+    ("cost_usd", "cost USD (mean)"),
+    ("latency_ms", "latency ms (mean)"),
+    ("p50_latency_ms", "latency ms (p50)"),
+)
 
 
 def effectiveness_frames(doc: dict[str, Any]) -> Effectiveness:
     series = pd.DataFrame(doc.get("series") or [], columns=SERIES_COLUMNS)
     series["bucket"] = pd.to_datetime(series["bucket"], utc=True)
-    arms = pd.DataFrame([[name, a["n"], a["pending"], a["successes"], a["rate"], a["ci_low"], a["ci_high"],
-                          a["mean_tokens"], a["mean_cost_usd"], a["mean_latency_ms"], a["p50_latency_ms"]]
-                         for name, a in (doc.get("arms") or {}).items()], columns=EFFECT_ARM_COLUMNS)
+    arms = pd.DataFrame(
+        [
+            [
+                name,
+                a["n"],
+                a["pending"],
+                a["successes"],
+                a["rate"],
+                a["ci_low"],
+                a["ci_high"],
+                a["mean_tokens"],
+                a["mean_cost_usd"],
+                a["mean_latency_ms"],
+                a["p50_latency_ms"],
+            ]
+            for name, a in (doc.get("arms") or {}).items()
+        ],
+        columns=EFFECT_ARM_COLUMNS,
+    )
     rows = []
     for d in (doc.get("deltas") or {}).values():
         if not d:
@@ -520,8 +699,16 @@ def effectiveness_frames(doc: dict[str, Any]) -> Effectiveness:
         for key, label in DELTA_METRICS:
             change = d.get(key)
             if change:  # None: not measurable (an arm unpriced, no latency ...)
-                rows.append([f"{d['treatment']} vs {d['baseline']}", label, change["baseline"], change["treatment"],
-                             change["absolute"], change["relative"]])
+                rows.append(
+                    [
+                        f"{d['treatment']} vs {d['baseline']}",
+                        label,
+                        change["baseline"],
+                        change["treatment"],
+                        change["absolute"],
+                        change["relative"],
+                    ]
+                )
     return Effectiveness(doc=doc, series=series, arms=arms, deltas=pd.DataFrame(rows, columns=DELTA_COLUMNS))
 
 
@@ -558,8 +745,13 @@ def claude_status() -> ClaudeStatus:
         from intelligence.claude import IntelligenceFlags
 
         info = IntelligenceFlags.from_env().describe()
-        return ClaudeStatus(mode=info.get("mode"), model=info.get("model"), summary=str(info.get("summary") or ""),
-                            flags=dict(info.get("flags") or {}), budget_usd=info.get("daily_budget_usd"))
+        return ClaudeStatus(
+            mode=info.get("mode"),
+            model=info.get("model"),
+            summary=str(info.get("summary") or ""),
+            flags=dict(info.get("flags") or {}),
+            budget_usd=info.get("daily_budget_usd"),
+        )
     except Exception as exc:  # noqa: BLE001 - misconfigured: the page says so
         return ClaudeStatus(mode=None, model=None, summary="", flags={}, error=f"{type(exc).__name__}: {exc}")
 
@@ -585,13 +777,18 @@ def _claude_spend(url: str, minute: int) -> ClaudeSpend:
     async def q(conn):
         today = await spend_summary(conn, since=midnight)
         seven = await spend_summary(conn, since=week)
-        days = await _rows(conn, "SELECT date_trunc('day', at AT TIME ZONE 'UTC') AS day, count(*) AS calls, "
-                                 "sum(cost_usd) AS cost_usd FROM claude_calls WHERE at >= :week GROUP BY 1", week=week)
+        days = await _rows(
+            conn,
+            "SELECT date_trunc('day', at AT TIME ZONE 'UTC') AS day, count(*) AS calls, "
+            "sum(cost_usd) AS cost_usd FROM claude_calls WHERE at >= :week GROUP BY 1",
+            week=week,
+        )
         return today, seven, days
 
     today, seven, days = data._run(q)
-    by_purpose = pd.DataFrame([{"purpose": k, **v} for k, v in seven["by_purpose"].items()],
-                              columns=["purpose", "calls", "tokens", "cost_usd"])
+    by_purpose = pd.DataFrame(
+        [{"purpose": k, **v} for k, v in seven["by_purpose"].items()], columns=["purpose", "calls", "tokens", "cost_usd"]
+    )
     by_purpose = by_purpose.sort_values("cost_usd", ascending=False).reset_index(drop=True)
     index = pd.DataFrame({"day": pd.date_range(week, periods=7, freq="D", tz="UTC")})
     got = pd.DataFrame(days, columns=["day", "calls", "cost_usd"])
@@ -599,9 +796,15 @@ def _claude_spend(url: str, minute: int) -> ClaudeSpend:
     daily = index.merge(got, on="day", how="left")
     daily["cost_usd"] = pd.to_numeric(daily["cost_usd"], errors="coerce").fillna(0.0)
     daily["calls"] = pd.to_numeric(daily["calls"], errors="coerce").fillna(0).astype("int64")
-    return ClaudeSpend(today_usd=float(today["cost_usd"]), today_calls=int(today["calls"]),
-                       week_usd=float(seven["cost_usd"]), week_calls=int(seven["calls"]), by_purpose=by_purpose,
-                       by_outcome=dict(seven["by_outcome"]), daily=daily[["day", "calls", "cost_usd"]])
+    return ClaudeSpend(
+        today_usd=float(today["cost_usd"]),
+        today_calls=int(today["calls"]),
+        week_usd=float(seven["cost_usd"]),
+        week_calls=int(seven["calls"]),
+        by_purpose=by_purpose,
+        by_outcome=dict(seven["by_outcome"]),
+        daily=daily[["day", "calls", "cost_usd"]],
+    )
 
 
 def claude_spend() -> ClaudeSpend:

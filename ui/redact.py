@@ -24,8 +24,10 @@ _SECRET_PATTERNS = [
     re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]{8,}"),
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)"),
     # key = value / "key": "value" assignments of secret-named settings
-    re.compile(r"(?i)((?:api[_-]?key|secret|password|passwd|access[_-]?token|auth[_-]?token)[\"']?\s*[:=]\s*[\"']?)"
-               r"[^\s\"',;]{6,}"),
+    re.compile(
+        r"(?i)((?:api[_-]?key|secret|password|passwd|access[_-]?token|auth[_-]?token)[\"']?\s*[:=]\s*[\"']?)"
+        r"[^\s\"',;]{6,}"
+    ),
 ]
 
 # Header names whose value is a credential whatever it looks like.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 
@@ -53,14 +53,24 @@ def _table(df: pd.DataFrame, key: str, title: str, bar_metric: str = "requests")
     for _, r in df.iterrows():
         width = 0 if peak <= 0 else max(1, int(120 * float(r[bar_metric]) / peak))
         cells = "".join(f"<td>{_cell(r[c], f)}</td>" for c, (_, f) in _COLUMNS.items())
-        rows.append(f"<tr><td>{html.escape(str(r[key]))}</td><td style='text-align:left'>"
-                    f"<span class='bar' style='width:{width}px'></span></td>{cells}</tr>")
-    return (f"<h2>{html.escape(title)}</h2><table><thead><tr><th>{html.escape(key)}</th><th></th>{head}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+        rows.append(
+            f"<tr><td>{html.escape(str(r[key]))}</td><td style='text-align:left'>"
+            f"<span class='bar' style='width:{width}px'></span></td>{cells}</tr>"
+        )
+    return (
+        f"<h2>{html.escape(title)}</h2><table><thead><tr><th>{html.escape(key)}</th><th></th>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
-def build_report(since: datetime, until: datetime, totals: pd.DataFrame, sections: Sequence[tuple[str, str, pd.DataFrame]],
-                 over_time: pd.DataFrame, prices: PriceTable) -> str:
+def build_report(
+    since: datetime,
+    until: datetime,
+    totals: pd.DataFrame,
+    sections: Sequence[tuple[str, str, pd.DataFrame]],
+    over_time: pd.DataFrame,
+    prices: PriceTable,
+) -> str:
     """The report: headline numbers, traffic per bucket (``over_time`` has a "period" label column), then one
     table per (title, key column, summary)."""
     t = totals.iloc[0] if len(totals) else None
@@ -69,14 +79,16 @@ def build_report(since: datetime, until: datetime, totals: pd.DataFrame, section
         return f"<div class='kpi'>{html.escape(label)}<b>{html.escape(value)}</b></div>"
 
     if t is not None:
-        kpis = "".join([
-            kpi("Requests", f"{int(t['requests']):,}"),
-            kpi("Error rate", f"{t['error_rate']:.2%}"),
-            kpi("Latency p50", _cell(t["latency_p50_ms"], lambda v: f"{v:,.0f} ms")),
-            kpi("Latency p95", _cell(t["latency_p95_ms"], lambda v: f"{v:,.0f} ms")),
-            kpi("Tokens in / out", f"{int(t['input_tokens']):,} / {int(t['output_tokens']):,}"),
-            kpi("Cost", f"${t['cost_usd']:,.2f}"),
-        ])
+        kpis = "".join(
+            [
+                kpi("Requests", f"{int(t['requests']):,}"),
+                kpi("Error rate", f"{t['error_rate']:.2%}"),
+                kpi("Latency p50", _cell(t["latency_p50_ms"], lambda v: f"{v:,.0f} ms")),
+                kpi("Latency p95", _cell(t["latency_p95_ms"], lambda v: f"{v:,.0f} ms")),
+                kpi("Tokens in / out", f"{int(t['input_tokens']):,} / {int(t['output_tokens']):,}"),
+                kpi("Cost", f"${t['cost_usd']:,.2f}"),
+            ]
+        )
     else:
         kpis = "<p>No traffic in this period.</p>"
     parts = [
@@ -84,14 +96,16 @@ def build_report(since: datetime, until: datetime, totals: pd.DataFrame, section
         f"<title>llmproxy report {since:%Y-%m-%d} – {until:%Y-%m-%d}</title><style>{_CSS}</style></head><body>",
         "<h1>llmproxy traffic report</h1>",
         f"<p class='sub'>{since:%Y-%m-%d %H:%M} – {until:%Y-%m-%d %H:%M} UTC · generated "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · prices as of {prices.as_of.isoformat()}</p>",
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · prices as of {prices.as_of.isoformat()}</p>",
         f"<div class='kpis'>{kpis}</div>",
     ]
     if len(over_time):
         parts.append(_table(over_time, "period", "Over time"))
     for title, key, df in sections:
         parts.append(_table(df, key, title))
-    parts.append("<p class='sub'>Latency percentiles come from hourly/daily histograms (within ~12%). Costs use the "
-                 "per-model price table in force on each day; exchanges of unpriced models count as $0.</p>")
+    parts.append(
+        "<p class='sub'>Latency percentiles come from hourly/daily histograms (within ~12%). Costs use the "
+        "per-model price table in force on each day; exchanges of unpriced models count as $0.</p>"
+    )
     parts.append("</body></html>")
     return "".join(parts)

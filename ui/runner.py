@@ -67,7 +67,7 @@ class NotifyFeed:
                 while not self._stop.is_set():
                     try:
                         await asyncio.wait_for(self._stop.wait(), _PING_SECONDS)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         await asyncio.wait_for(conn.execute("SELECT 1"), 5)
             except Exception as exc:  # noqa: BLE001 - any failure means: poll, and retry shortly
                 self.error = f"{type(exc).__name__}: {exc}"

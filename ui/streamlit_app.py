@@ -6,7 +6,7 @@ from pathlib import Path
 # `streamlit run` executes this file as a script; make the project importable as packages.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
 st.set_page_config(page_title="llmproxy", page_icon=":material/hub:", layout="wide")
 

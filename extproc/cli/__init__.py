@@ -12,8 +12,21 @@ import logging
 import sys
 
 # module name -> registers these subcommands
-_COMMANDS = ("up", "status", "export", "tail", "bench", "keys", "attacks", "audit", "seed", "policy", "token", "experiments",
-             "simulate")
+_COMMANDS = (
+    "up",
+    "status",
+    "export",
+    "tail",
+    "bench",
+    "keys",
+    "attacks",
+    "audit",
+    "seed",
+    "policy",
+    "token",
+    "experiments",
+    "simulate",
+)
 _EVAL_COMMANDS = ("eval_patterns", "eval_security")
 
 

@@ -51,10 +51,10 @@ def _db(url: str, work: Any) -> Any:
 
 def redact_for_log(text: str) -> str:
     """Secrets and PII replaced by placeholders, as the request log stores a redacted prompt."""
-    from extproc.security.pii import shared_pii_detector
-    from extproc.security.redact import Redaction, redact_text
-    from extproc.security.secrets import shared_secret_detector
-    from extproc.security.spans import combine
+    from intelligence.detectors.pii import shared_pii_detector
+    from intelligence.detectors.redact import Redaction, redact_text
+    from intelligence.detectors.secrets import shared_secret_detector
+    from intelligence.detectors.spans import combine
 
     finder = combine(shared_secret_detector().find, shared_pii_detector().find)
     return redact_text(text, finder, Redaction())[0]
@@ -73,8 +73,10 @@ def run_list(args: argparse.Namespace) -> int:
         print("no learned attacks (confirm a verdict as an attack, or `llmproxy attacks add --text ...`)")
         return 0
     header = ("ID", "STATUS", "FAMILY", "SOURCE", "ADDED", "TEXT")
-    rows = [(d["id"], "active" if d["active"] else "disabled", d["family"], d["source"], d["created_at"][:16],
-             _short(d["text"])) for d in docs]
+    rows = [
+        (d["id"], "active" if d["active"] else "disabled", d["family"], d["source"], d["created_at"][:16], _short(d["text"]))
+        for d in docs
+    ]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -93,8 +95,7 @@ def run_add(args: argparse.Namespace) -> int:
     stored = redact_for_log(args.text)
     actor = cli_actor()
     url = database_url_for(args.data_dir, args.database_url)
-    record, changed = _db(url, lambda conn: add_attack(conn, stored, args.family, source=f"operator:{actor}",
-                                                       added_by=actor))
+    record, changed = _db(url, lambda conn: add_attack(conn, stored, args.family, source=f"operator:{actor}", added_by=actor))
     if args.json:
         print(json.dumps({**record.to_dict(), "changed": changed}))
     elif changed:

@@ -22,8 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     v = actions.add_parser("verify", parents=[db], help="check the hash chain; exit 1 at the first broken link")
     v.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    v.add_argument("--file", type=Path, default=None,
-                   help="verify an export (JSONL or CSV) instead of the database; links only, the head is not known")
+    v.add_argument(
+        "--file",
+        type=Path,
+        default=None,
+        help="verify an export (JSONL or CSV) instead of the database; links only, the head is not known",
+    )
     v.set_defaults(func=run_verify)
 
     e = actions.add_parser("export", parents=[db], help="write the audit log as JSONL or CSV")
@@ -33,10 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_export)
 
 
-
 def _db(url: str, work: Any) -> Any:
     # one snapshot for the whole walk: the head and the rows are read as of the same moment
     return run_in_transaction(url, work, tables="audit tables", isolation="REPEATABLE READ")
+
 
 def run_verify(args: argparse.Namespace) -> int:
     from intelligence.audit import AuditLog, read_export, verify_export
@@ -59,8 +63,10 @@ def run_verify(args: argparse.Namespace) -> int:
         head = f", head entry {result.head_id} {result.head_hash[:16]}…" if result.head_hash else ""
         print(f"audit log intact: {result.checked} entries checked ({source}{head})")
     else:
-        print(f"audit log BROKEN at entry {result.first_broken_id}: {result.reason} ({result.detail}); "
-              f"{result.checked} entries before it are intact")
+        print(
+            f"audit log BROKEN at entry {result.first_broken_id}: {result.reason} ({result.detail}); "
+            f"{result.checked} entries before it are intact"
+        )
     return 0 if result.ok else 1
 
 
@@ -73,7 +79,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     async def work(conn: Any) -> int:
         if args.output:
-            with open(args.output, "w", newline="") as fh:
+            with open(args.output, "w", newline="") as fh:  # noqa: ASYNC230 - a one-shot command; nothing else runs on its loop
                 return await audit.export(conn, fh, args.format, since)
         return await audit.export(conn, sys.stdout, args.format, since)
 

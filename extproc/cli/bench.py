@@ -31,8 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rate", type=float, default=200.0, help="requests per second, fixed (default 200)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per set-up (default 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured warm-up per set-up")
-    p.add_argument("--memory-requests", type=int, default=0,
-                   help="after the latency runs, send N more requests through the sidecar and report its RSS growth")
+    p.add_argument(
+        "--memory-requests",
+        type=int,
+        default=0,
+        help="after the latency runs, send N more requests through the sidecar and report its RSS growth",
+    )
     p.add_argument("--database-url", default=None, help="Postgres for the sidecar's log (default: temporary embedded)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -51,8 +55,13 @@ def _percentile(values: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "You are terse."},
-                                             {"role": "user", "content": "Summarise the benefits of unit tests in one line."}]}
+CHAT = {
+    "model": "gpt-4o-mini",
+    "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Summarise the benefits of unit tests in one line."},
+    ],
+}
 
 
 async def _load(url: str, *, rate: float, duration: float, stream: bool) -> dict[str, Any]:
@@ -67,6 +76,7 @@ async def _load(url: str, *, rate: float, duration: float, stream: bool) -> dict
     conn = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+
         async def one() -> None:
             nonlocal errors
             t0 = time.perf_counter()
@@ -83,7 +93,7 @@ async def _load(url: str, *, rate: float, duration: float, stream: bool) -> dict
                 lat.append((t1 - t0) * 1000)
                 if first is not None:
                     ttft.append((first - t0) * 1000)
-            except Exception:
+            except Exception:  # noqa: BLE001 - a failed request is counted, never fatal to the bench
                 errors += 1
 
         tasks = []
@@ -97,9 +107,15 @@ async def _load(url: str, *, rate: float, duration: float, stream: bool) -> dict
             tasks.append(asyncio.create_task(one()))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
-    return {"requests": n, "errors": errors, "rps": len(lat) / elapsed if elapsed else 0.0,
-            "p50_ms": _percentile(lat, 0.50), "p99_ms": _percentile(lat, 0.99),
-            "ttft_p50_ms": _percentile(ttft, 0.50) if stream else None, "ttft_p99_ms": _percentile(ttft, 0.99) if stream else None}
+    return {
+        "requests": n,
+        "errors": errors,
+        "rps": len(lat) / elapsed if elapsed else 0.0,
+        "p50_ms": _percentile(lat, 0.50),
+        "p99_ms": _percentile(lat, 0.99),
+        "ttft_p50_ms": _percentile(ttft, 0.50) if stream else None,
+        "ttft_p99_ms": _percentile(ttft, 0.99) if stream else None,
+    }
 
 
 def _rss_kb(pid: int) -> int:
@@ -116,8 +132,10 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    from intelligence.ops.health import envoy_ready, grpc_healthy
+
     from . import envoy_config
-    from .up import _envoy_bin, _envoy_ready, _grpc_healthy
+    from .up import _envoy_bin
 
     procs: list[subprocess.Popen] = []
     tmp = Path(tempfile.mkdtemp(prefix="llmproxy-bench-"))
@@ -125,8 +143,13 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     try:
         fake_port = _free_port()
-        procs.append(subprocess.Popen([sys.executable, "-m", "extproc.testing.fakes", "--port", str(fake_port)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "extproc.testing.fakes", "--port", str(fake_port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         _wait(lambda: _port_open(fake_port), "fake upstream")
         db_url = args.database_url or os.environ.get("DATABASE_URL")
         if not db_url:
@@ -138,24 +161,33 @@ def run(args: argparse.Namespace) -> int:
 
         upgrade(db_url)
         sidecar_port = _free_port()
-        sidecar = subprocess.Popen([sys.executable, "-m", "extproc", "--port", str(sidecar_port), "--database-url", db_url,
-                                    "--data-dir", str(tmp)], stdout=subprocess.DEVNULL, stderr=open(tmp / "sidecar.log", "wb"))
+        sidecar = subprocess.Popen(
+            [sys.executable, "-m", "extproc", "--port", str(sidecar_port), "--database-url", db_url, "--data-dir", str(tmp)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "sidecar.log", "wb"),
+        )
         procs.append(sidecar)
-        _wait(lambda: _grpc_healthy(sidecar_port), "sidecar")
+        _wait(lambda: grpc_healthy(sidecar_port), "sidecar")
 
         template = envoy_config.find_template()
         ups = envoy_config.parse_upstream_specs([f"openai=http://127.0.0.1:{fake_port}"])
         ports = {}
         for name, with_sidecar in (("envoy", False), ("sidecar", True)):
             port, admin = _free_port(), _free_port()
-            cfg = envoy_config.render(template, listen_host="127.0.0.1", port=port, admin_port=admin,
-                                      sidecar_port=sidecar_port, upstreams=ups)
+            cfg = envoy_config.render(
+                template, listen_host="127.0.0.1", port=port, admin_port=admin, sidecar_port=sidecar_port, upstreams=ups
+            )
             if not with_sidecar:
                 _drop_ext_proc(cfg)
             path = envoy_config.write(cfg, tmp / f"{name}.yaml")
-            procs.append(subprocess.Popen([_envoy_bin(), "-c", str(path), "--disable-hot-restart", "-l", "error"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            _wait(lambda a=admin: _envoy_ready(a), name)
+            procs.append(
+                subprocess.Popen(
+                    [_envoy_bin(), "-c", str(path), "--disable-hot-restart", "-l", "error"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            _wait(lambda a=admin: envoy_ready(a), name)
             ports[name] = port
 
         runs = [
@@ -172,21 +204,34 @@ def run(args: argparse.Namespace) -> int:
             results[name] = asyncio.run(_load(url, rate=args.rate, duration=args.duration, stream=stream))
             if name.startswith("sidecar") and results[name]["requests"]:
                 # CPU per request holds up on a shared machine where latency percentiles do not.
-                results[name]["sidecar_cpu_ms_per_req"] = (_cpu_seconds(sidecar.pid) - cpu_before) * 1000 / results[name]["requests"]
+                results[name]["sidecar_cpu_ms_per_req"] = (
+                    (_cpu_seconds(sidecar.pid) - cpu_before) * 1000 / results[name]["requests"]
+                )
             print(f"bench: {name:<13} done", file=sys.stderr)
         if args.memory_requests:
             before = _rss_kb(sidecar.pid)
             sent, samples = 0, []
             while sent < args.memory_requests:
                 n = min(5000, args.memory_requests - sent)
-                asyncio.run(_load(f"http://127.0.0.1:{ports['sidecar']}/openai/v1/chat/completions",
-                                  rate=1000, duration=n / 1000, stream=sent % 10000 == 5000))
+                asyncio.run(
+                    _load(
+                        f"http://127.0.0.1:{ports['sidecar']}/openai/v1/chat/completions",
+                        rate=1000,
+                        duration=n / 1000,
+                        stream=sent % 10000 == 5000,
+                    )
+                )
                 sent += n
                 samples.append((sent, _rss_kb(sidecar.pid)))
             half = samples[len(samples) // 2][1] if samples else before
             # Warm-up (allocator arenas, caches filling to their caps) shows in the first half; a leak keeps growing.
-            results["memory"] = {"requests": sent, "rss_before_kb": before, "rss_after_kb": _rss_kb(sidecar.pid),
-                                 "rss_at_half_kb": half, "samples_kb": samples}
+            results["memory"] = {
+                "requests": sent,
+                "rss_before_kb": before,
+                "rss_after_kb": _rss_kb(sidecar.pid),
+                "rss_at_half_kb": half,
+                "samples_kb": samples,
+            }
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -247,16 +292,22 @@ def _report(results: dict[str, Any], args: argparse.Namespace) -> None:
         return
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     print(f"fixed load {args.rate:.0f} req/s for {args.duration:.0f}s per set-up (non-streamed chat unless -sse)\n")
-    print(f"{'set-up':<14}{'req/s':>8}{'err':>6}{'p50 ms':>9}{'p99 ms':>9}{'ttft50':>9}{'ttft99':>9}{'p50 x env':>10}{'p99 x env':>10}{'cpu ms/req':>11}")
+    print(
+        f"{'set-up':<14}{'req/s':>8}{'err':>6}{'p50 ms':>9}{'p99 ms':>9}{'ttft50':>9}{'ttft99':>9}{'p50 x env':>10}{'p99 x env':>10}{'cpu ms/req':>11}"
+    )
     for name, r in results.items():
         if name == "memory":
             continue
-        print(f"{name:<14}{r['rps']:>8.1f}{r['errors']:>6}{fmt(r['p50_ms']):>9}{fmt(r['p99_ms']):>9}"
-              f"{fmt(r.get('ttft_p50_ms')):>9}{fmt(r.get('ttft_p99_ms')):>9}"
-              f"{fmt(r.get('p50_ratio_to_envoy')):>10}{fmt(r.get('p99_ratio_to_envoy')):>10}"
-              f"{fmt(r.get('sidecar_cpu_ms_per_req')):>11}")
+        print(
+            f"{name:<14}{r['rps']:>8.1f}{r['errors']:>6}{fmt(r['p50_ms']):>9}{fmt(r['p99_ms']):>9}"
+            f"{fmt(r.get('ttft_p50_ms')):>9}{fmt(r.get('ttft_p99_ms')):>9}"
+            f"{fmt(r.get('p50_ratio_to_envoy')):>10}{fmt(r.get('p99_ratio_to_envoy')):>10}"
+            f"{fmt(r.get('sidecar_cpu_ms_per_req')):>11}"
+        )
     if "memory" in results:
         m = results["memory"]
-        print(f"\nsidecar RSS over {m['requests']} requests (JSON and SSE alternating): {m['rss_before_kb'] / 1024:.1f} MiB"
-              f" -> {m['rss_at_half_kb'] / 1024:.1f} MiB at half -> {m['rss_after_kb'] / 1024:.1f} MiB at the end")
+        print(
+            f"\nsidecar RSS over {m['requests']} requests (JSON and SSE alternating): {m['rss_before_kb'] / 1024:.1f} MiB"
+            f" -> {m['rss_at_half_kb'] / 1024:.1f} MiB at half -> {m['rss_after_kb'] / 1024:.1f} MiB at the end"
+        )
         print("  samples (requests: MiB): " + ", ".join(f"{n}: {kb / 1024:.0f}" for n, kb in m["samples_kb"]))

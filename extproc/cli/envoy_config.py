@@ -29,7 +29,7 @@ class Upstream:
     base_path: str  # "" or "/api"
 
     @classmethod
-    def parse(cls, url: str) -> "Upstream":
+    def parse(cls, url: str) -> Upstream:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"upstream URL {url!r} must be http(s)://host[:port][/base-path]")
@@ -60,8 +60,17 @@ def find_template(explicit: Path | None = None) -> Path:
     raise SystemExit(f"llmproxy: envoy.yaml not found (looked in {', '.join(str(c) for c in candidates if c)})")
 
 
-def render(template: Path, *, listen_host: str, port: int, admin_port: int, sidecar_port: int,
-           upstreams: dict[str, Upstream], ca_file: str | None = None, idle_timeout_s: float | None = None) -> dict[str, Any]:
+def render(
+    template: Path,
+    *,
+    listen_host: str,
+    port: int,
+    admin_port: int,
+    sidecar_port: int,
+    upstreams: dict[str, Upstream],
+    ca_file: str | None = None,
+    idle_timeout_s: float | None = None,
+) -> dict[str, Any]:
     cfg = yaml.safe_load(template.read_text())
     cfg["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=admin_port)
     for listener in cfg["static_resources"]["listeners"]:
@@ -81,7 +90,8 @@ def render(template: Path, *, listen_host: str, port: int, admin_port: int, side
                 tls = cluster["transport_socket"]["typed_config"]
                 tls["sni"] = up.host
                 tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] = [
-                    {"san_type": "DNS", "matcher": {"exact": up.host}}]
+                    {"san_type": "DNS", "matcher": {"exact": up.host}}
+                ]
         if ca_file:
             _set_ca(cluster, ca_file)
     for route in _routes(cfg):
@@ -95,7 +105,7 @@ def render(template: Path, *, listen_host: str, port: int, admin_port: int, side
             up, old = upstreams[cluster], defaults[cluster]
             action["host_rewrite_literal"] = up.authority
             if "prefix_rewrite" in action:
-                rest = action["prefix_rewrite"][len(old.base_path):]
+                rest = action["prefix_rewrite"][len(old.base_path) :]
                 action["prefix_rewrite"] = up.base_path + rest
             elif up.base_path:
                 action["prefix_rewrite"] = up.base_path + route["match"].get("prefix", "/")
@@ -130,6 +140,8 @@ class _NoAliasDumper(yaml.SafeDumper):
 
 
 def write(cfg: dict, path: Path) -> Path:
-    path.write_text("# Rendered by `llmproxy up` from envoy.yaml; edit that file, not this one.\n"
-                    + yaml.dump(cfg, Dumper=_NoAliasDumper, sort_keys=False))
+    path.write_text(
+        "# Rendered by `llmproxy up` from envoy.yaml; edit that file, not this one.\n"
+        + yaml.dump(cfg, Dumper=_NoAliasDumper, sort_keys=False)
+    )
     return path

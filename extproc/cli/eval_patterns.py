@@ -18,12 +18,12 @@ import sys
 import tempfile
 import time
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger("llmproxy.eval.patterns")
 
@@ -37,23 +37,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("patterns", help="measure pattern recognition on a labelled JSONL dataset")
     p.add_argument("--dataset", required=True, type=Path, help="JSONL lines {text, label, meta: {split}}")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (logs go to stderr)")
-    p.add_argument("--database-url", help="server to use (a temporary database is created on it and dropped); "
-                   "default: a temporary embedded Postgres")
+    p.add_argument(
+        "--database-url",
+        help="server to use (a temporary database is created on it and dropped); default: a temporary embedded Postgres",
+    )
     p.add_argument("--threshold", type=float, default=None, help="join threshold (default: MemoryConfig's)")
     p.add_argument("--k", type=int, default=10, help="nearest stored prompts that vote (default 10)")
-    p.add_argument("--oos-threshold", type=float, default=DEFAULT_OOS_THRESHOLD,
-                   help="predict out-of-scope when the nearest pattern is less similar than this (default 0.45)")
+    p.add_argument(
+        "--oos-threshold",
+        type=float,
+        default=DEFAULT_OOS_THRESHOLD,
+        help="predict out-of-scope when the nearest pattern is less similar than this (default 0.45)",
+    )
     p.add_argument("--eval-split", default="test", help="split to classify: test (report) or val (tuning)")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed of the train order (live traffic is interleaved)")
     p.add_argument("--max-train", type=int, default=None, help="use only the first N shuffled train rows")
     p.add_argument("--max-eval", type=int, default=None, help="classify only the first N eval rows")
     p.add_argument("--no-maintenance", action="store_true", help="skip the merge/split job after seeding")
-    p.add_argument("--unsupervised-report", action="store_true",
-                   help="also report patterns formed vs true labels: count, purity, adjusted Rand index")
-    p.add_argument("--lookup-report", action="store_true",
-                   help="also time the inline lookup (cache hit, exact-hash hit, embedding + HNSW miss)")
-    p.add_argument("--lag-rate", type=float, default=0.0, help="after evaluating, insert exchanges at this rate "
-                   "(req/s) with the worker running, and report request-to-pattern lag")
+    p.add_argument(
+        "--unsupervised-report",
+        action="store_true",
+        help="also report patterns formed vs true labels: count, purity, adjusted Rand index",
+    )
+    p.add_argument(
+        "--lookup-report",
+        action="store_true",
+        help="also time the inline lookup (cache hit, exact-hash hit, embedding + HNSW miss)",
+    )
+    p.add_argument(
+        "--lag-rate",
+        type=float,
+        default=0.0,
+        help="after evaluating, insert exchanges at this rate (req/s) with the worker running, and report request-to-pattern lag",
+    )
     p.add_argument("--lag-seconds", type=float, default=30.0, help="duration of the lag measurement")
     p.add_argument("--model", default=None, help="sentence-transformers model (default all-MiniLM-L6-v2)")
     p.set_defaults(func=run)
@@ -77,8 +93,15 @@ class EvalResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "macro_f1": self.macro_f1, "oos_recall": self.oos_recall,
-                "n_train": self.n_train, "n_test": self.n_test, "n_patterns": self.n_patterns, **self.extra}
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "oos_recall": self.oos_recall,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "n_patterns": self.n_patterns,
+            **self.extra,
+        }
 
 
 def split_kind(split: str) -> str:
@@ -126,19 +149,25 @@ def format_report(r: EvalResult) -> str:
         f"out-of-scope recall       {pct(r.oos_recall)}",
     ]
     if "embeddings_per_s" in r.extra:
-        lines.append(f"seeding: {r.extra['embeddings_per_s']:.0f} embeddings/s, "
-                     f"{r.extra['seed_seconds']:.1f} s for the train split end to end")
+        lines.append(
+            f"seeding: {r.extra['embeddings_per_s']:.0f} embeddings/s, "
+            f"{r.extra['seed_seconds']:.1f} s for the train split end to end"
+        )
     if "unsupervised" in r.extra:
         u = r.extra["unsupervised"]
-        lines.append(f"unsupervised: {u['n_patterns']} patterns for {u['n_labels']} labels, purity {u['purity']:.3f}, "
-                     f"adjusted Rand {u['adjusted_rand']:.3f} (before maintenance: {u['n_patterns_before_maintenance']})")
+        lines.append(
+            f"unsupervised: {u['n_patterns']} patterns for {u['n_labels']} labels, purity {u['purity']:.3f}, "
+            f"adjusted Rand {u['adjusted_rand']:.3f} (before maintenance: {u['n_patterns_before_maintenance']})"
+        )
     if "lookup" in r.extra:
         for tier, t in r.extra["lookup"].items():
             lines.append(f"lookup {tier}: p50 {t['p50_ms']:.3f} ms, p95 {t['p95_ms']:.3f} ms ({t['n']} lookups)")
     if "lag" in r.extra:
         g = r.extra["lag"]
-        lines.append(f"lag at {g['rate']:.0f} req/s for {g['seconds']:.0f} s: p50 {g['p50_ms']:.0f} ms, "
-                     f"p95 {g['p95_ms']:.0f} ms, max {g['max_ms']:.0f} ms ({g['n']} requests)")
+        lines.append(
+            f"lag at {g['rate']:.0f} req/s for {g['seconds']:.0f} s: p50 {g['p50_ms']:.0f} ms, "
+            f"p95 {g['p95_ms']:.0f} ms, max {g['max_ms']:.0f} ms ({g['n']} requests)"
+        )
     return "\n".join(lines)
 
 
@@ -160,8 +189,13 @@ async def evaluate(args: argparse.Namespace) -> EvalResult:
     if not train or not evaluation:
         raise ValueError(f"need rows in split 'train' and '{args.eval_split}' (meta.split)")
     config = MemoryConfig() if args.threshold is None else MemoryConfig(join_threshold=args.threshold)
-    log.info("train %d rows, eval %d rows (%s), join threshold %.3f", len(train), len(evaluation), args.eval_split,
-             config.join_threshold)
+    log.info(
+        "train %d rows, eval %d rows (%s), join threshold %.3f",
+        len(train),
+        len(evaluation),
+        args.eval_split,
+        config.join_threshold,
+    )
     embedder = await asyncio.to_thread(shared_embedder, args.model or DEFAULT_MODEL)
     async with temporary_database(args.database_url) as url:
         return await _evaluate_on(url, embedder, config, train, evaluation, args)
@@ -208,8 +242,9 @@ async def temporary_database(server_url: str | None):
             await conn.close()
 
 
-async def _evaluate_on(url: str, embedder: Any, config: Any, train: list[Row], evaluation: list[Row],
-                       args: argparse.Namespace) -> EvalResult:
+async def _evaluate_on(
+    url: str, embedder: Any, config: Any, train: list[Row], evaluation: list[Row], args: argparse.Namespace
+) -> EvalResult:
     from intelligence.memory.maintenance import PatternMaintenance
     from intelligence.store.engine import make_engine
 
@@ -226,8 +261,7 @@ async def _evaluate_on(url: str, embedder: Any, config: Any, train: list[Row], e
             log.info("maintenance: %d merged, %d split", len(report.merged), len(report.split))
         assignments = await _assignments(engine, ids)
         n_patterns = len({p for p in assignments.values() if p is not None})
-        log.info("seeded %d rows in %.1f s: %d patterns (%d before maintenance)", len(train), seed_seconds,
-                 n_patterns, n_before)
+        log.info("seeded %d rows in %.1f s: %d patterns (%d before maintenance)", len(train), seed_seconds, n_patterns, n_before)
 
         pattern_labels: dict[int, Counter[str]] = defaultdict(Counter)
         for rid, pid in assignments.items():
@@ -236,8 +270,15 @@ async def _evaluate_on(url: str, embedder: Any, config: Any, train: list[Row], e
         started = time.perf_counter()
         vectors = await asyncio.to_thread(embedder.encode, [r.text for r in evaluation], 64)
         predictions = [
-            await classify(engine, vec, labels_by_id, pattern_labels, k=args.k, oos_threshold=args.oos_threshold,
-                           ef_search=max(config.ef_search, 2 * args.k))
+            await classify(
+                engine,
+                vec,
+                labels_by_id,
+                pattern_labels,
+                k=args.k,
+                oos_threshold=args.oos_threshold,
+                ef_search=max(config.ef_search, 2 * args.k),
+            )
             for vec in vectors
         ]
         log.info("classified %d rows in %.1f s", len(evaluation), time.perf_counter() - started)
@@ -245,15 +286,22 @@ async def _evaluate_on(url: str, embedder: Any, config: Any, train: list[Row], e
         extra: dict[str, Any] = {
             "embeddings_per_s": round(worker.stats.embeddings_per_s or 0.0, 1),
             "seed_seconds": round(seed_seconds, 1),
-            "settings": {"join_threshold": config.join_threshold, "merge_threshold": config.merge_threshold,
-                         "k": args.k, "oos_threshold": args.oos_threshold, "seed": args.seed,
-                         "eval_split": args.eval_split, "maintenance": not args.no_maintenance,
-                         "model": args.model or "all-MiniLM-L6-v2"},
+            "settings": {
+                "join_threshold": config.join_threshold,
+                "merge_threshold": config.merge_threshold,
+                "k": args.k,
+                "oos_threshold": args.oos_threshold,
+                "seed": args.seed,
+                "eval_split": args.eval_split,
+                "maintenance": not args.no_maintenance,
+                "model": args.model or "all-MiniLM-L6-v2",
+            },
         }
         if args.unsupervised_report:
             # purity and ARI over in-scope train rows: "oos" is a catch-all, not a kind of prompt
-            pairs = [(labels_by_id[rid], pid) for rid, pid in assignments.items()
-                     if pid is not None and labels_by_id[rid] != OOS_LABEL]
+            pairs = [
+                (labels_by_id[rid], pid) for rid, pid in assignments.items() if pid is not None and labels_by_id[rid] != OOS_LABEL
+            ]
             extra["unsupervised"] = {
                 "n_patterns": n_patterns,
                 "n_patterns_before_maintenance": n_before,
@@ -263,15 +311,21 @@ async def _evaluate_on(url: str, embedder: Any, config: Any, train: list[Row], e
                 "adjusted_rand": round(adjusted_rand([t for t, _ in pairs], [p for _, p in pairs]), 4),
             }
         if args.lookup_report:
-            extra["lookup"] = await measure_lookup(engine, embedder, [r.text for r in train[:200]],
-                                                   [r.text for r in evaluation[:200]])
+            extra["lookup"] = await measure_lookup(
+                engine, embedder, [r.text for r in train[:200]], [r.text for r in evaluation[:200]]
+            )
         if args.lag_rate > 0:
-            extra["lag"] = await measure_lag(engine, embedder, config, [r.text for r in evaluation],
-                                             rate=args.lag_rate, seconds=args.lag_seconds)
+            extra["lag"] = await measure_lag(
+                engine, embedder, config, [r.text for r in evaluation], rate=args.lag_rate, seconds=args.lag_seconds
+            )
         return EvalResult(
-            accuracy=in_scope_accuracy(truth, predictions), macro_f1=macro_f1(truth, predictions),
-            oos_recall=oos_recall(truth, predictions), n_train=len(train), n_test=len(evaluation),
-            n_patterns=n_patterns, extra=extra,
+            accuracy=in_scope_accuracy(truth, predictions),
+            macro_f1=macro_f1(truth, predictions),
+            oos_recall=oos_recall(truth, predictions),
+            n_train=len(train),
+            n_test=len(evaluation),
+            n_patterns=n_patterns,
+            extra=extra,
         )
     finally:
         await engine.dispose()
@@ -280,9 +334,19 @@ async def _evaluate_on(url: str, embedder: Any, config: Any, train: list[Row], e
 def _record(request_id: str, text: str, at: datetime, client: str | None = None) -> Any:
     from intelligence.records import ExchangeRecord
 
-    return ExchangeRecord(request_id=request_id, started_at=at, finished_at=at, method="POST",
-                          path="/v1/chat/completions", client_key_fp=client, model="eval", api="chat",
-                          status=200, prompt_user=text, finish_reason="stop")
+    return ExchangeRecord(
+        request_id=request_id,
+        started_at=at,
+        finished_at=at,
+        method="POST",
+        path="/v1/chat/completions",
+        client_key_fp=client,
+        model="eval",
+        api="chat",
+        status=200,
+        prompt_user=text,
+        finish_reason="stop",
+    )
 
 
 async def seed(engine: Any, embedder: Any, config: Any, train: list[Row]) -> tuple[list[str], Any]:
@@ -292,7 +356,7 @@ async def seed(engine: Any, embedder: Any, config: Any, train: list[Row]) -> tup
     from intelligence.memory.worker import PatternWorker
     from intelligence.store.repositories import ExchangeRepository
 
-    start = datetime.now(timezone.utc) - timedelta(seconds=len(train) + 60)
+    start = datetime.now(UTC) - timedelta(seconds=len(train) + 60)
     ids = [f"eval-train-{i:06d}" for i in range(len(train))]
     sessions = async_sessionmaker(engine)
     for lo in range(0, len(train), 1000):
@@ -317,8 +381,16 @@ async def _assignments(engine: Any, ids: list[str]) -> dict[str, int | None]:
         return await PatternRepository(session).pattern_assignments(ids)
 
 
-async def classify(engine: Any, vector: Any, labels_by_id: dict[str, str], pattern_labels: dict[int, Counter[str]],
-                   *, k: int, oos_threshold: float, ef_search: int) -> str:
+async def classify(
+    engine: Any,
+    vector: Any,
+    labels_by_id: dict[str, str],
+    pattern_labels: dict[int, Counter[str]],
+    *,
+    k: int,
+    oos_threshold: float,
+    ef_search: int,
+) -> str:
     """Vote of the k nearest stored prompts and the nearest patterns' label mix; out-of-scope when
     even the nearest pattern is far (the text would start a new pattern)."""
     from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -389,6 +461,7 @@ def purity(truth: list[str], clusters: list[Any]) -> float:
 
 def adjusted_rand(truth: list[str], clusters: list[Any]) -> float:
     """Hubert and Arabie's adjusted Rand index (1 = identical partitions, about 0 = chance)."""
+
     def pairs(n: int) -> int:
         return n * (n - 1) // 2
 
@@ -442,8 +515,9 @@ async def measure_lookup(engine: Any, embedder: Any, seen: list[str], unseen: li
 # --------------------------------------------------------------------------------------------- lag
 
 
-async def measure_lag(engine: Any, embedder: Any, config: Any, texts: list[str], *, rate: float,
-                      seconds: float) -> dict[str, Any]:
+async def measure_lag(
+    engine: Any, embedder: Any, config: Any, texts: list[str], *, rate: float, seconds: float
+) -> dict[str, Any]:
     """Insert exchanges at ``rate``/s while a PatternWorker runs; lag = pattern row time - insert time
     (both from the database clock)."""
     from sqlalchemy import text as sql
@@ -467,13 +541,15 @@ async def measure_lag(engine: Any, embedder: Any, config: Any, texts: list[str],
                 await asyncio.sleep(delay)
             async with sessions() as session, session.begin():
                 await ExchangeRepository(session).insert_batch(
-                    [_record(rid, texts[i % len(texts)], datetime.now(timezone.utc), client=f"lag-{i % 7}")])
+                    [_record(rid, texts[i % len(texts)], datetime.now(UTC), client=f"lag-{i % 7}")]
+                )
         insert_seconds = time.perf_counter() - t0
         deadline = time.perf_counter() + 120
         while time.perf_counter() < deadline:
             async with sessions() as session:
-                done = (await session.execute(
-                    sql("SELECT count(*) FROM exchange_embeddings WHERE request_id LIKE 'eval-lag-%'"))).scalar_one()
+                done = (
+                    await session.execute(sql("SELECT count(*) FROM exchange_embeddings WHERE request_id LIKE 'eval-lag-%'"))
+                ).scalar_one()
             if done >= total:
                 break
             await asyncio.sleep(0.2)
@@ -481,8 +557,15 @@ async def measure_lag(engine: Any, embedder: Any, config: Any, texts: list[str],
         stop.set()
         await task
     async with sessions() as session:
-        lags = [float(v) for v in (await session.execute(sql(
-            "SELECT extract(epoch FROM e.embedded_at - x.inserted_at) * 1000 FROM exchange_embeddings e "
-            "JOIN exchanges x USING (request_id) WHERE e.request_id LIKE 'eval-lag-%' ORDER BY 1"))).scalars()]
-    return {"rate": rate, "seconds": seconds, "achieved_rate": round(total / max(insert_seconds, 1e-9), 1),
-            **percentiles(lags)}
+        lags = [
+            float(v)
+            for v in (
+                await session.execute(
+                    sql(
+                        "SELECT extract(epoch FROM e.embedded_at - x.inserted_at) * 1000 FROM exchange_embeddings e "
+                        "JOIN exchanges x USING (request_id) WHERE e.request_id LIKE 'eval-lag-%' ORDER BY 1"
+                    )
+                )
+            ).scalars()
+        ]
+    return {"rate": rate, "seconds": seconds, "achieved_rate": round(total / max(insert_seconds, 1e-9), 1), **percentiles(lags)}

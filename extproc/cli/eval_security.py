@@ -18,24 +18,43 @@ import logging
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 log = logging.getLogger("llmproxy.eval.security")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("security", help="detection / false-positive rate and latency of the injection detectors")
-    p.add_argument("--dataset", action="append", required=True, type=Path, metavar="FILE.jsonl", help="JSONL {text, label: attack|benign}; repeatable")
+    p.add_argument(
+        "--dataset",
+        action="append",
+        required=True,
+        type=Path,
+        metavar="FILE.jsonl",
+        help="JSONL {text, label: attack|benign}; repeatable",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--threshold", type=float, default=None, help="override the default policy's threshold")
-    p.add_argument("--no-embeddings", action="store_true", help="heuristics and context only (no static embedding, no classifier/memory)")
+    p.add_argument(
+        "--no-embeddings", action="store_true", help="heuristics and context only (no static embedding, no classifier/memory)"
+    )
     p.add_argument("--include-training-rows", action="store_true", help="also score rows the shipped model was trained on")
-    p.add_argument("--ignore-system-prompt", action="store_true", help="score the text alone even when meta.system_prompt is present")
+    p.add_argument(
+        "--ignore-system-prompt", action="store_true", help="score the text alone even when meta.system_prompt is present"
+    )
     p.set_defaults(func=run_security)
 
     q = sub.add_parser("pii", help="precision / recall per entity type of the PII detector")
-    q.add_argument("--dataset", action="append", required=True, type=Path, metavar="FILE.jsonl", help="JSONL {text, label: [{type,start,end}]}")
+    q.add_argument(
+        "--dataset",
+        action="append",
+        required=True,
+        type=Path,
+        metavar="FILE.jsonl",
+        help="JSONL {text, label: [{type,start,end}]}",
+    )
     q.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     q.add_argument("--all-recognizers", action="store_true", help="also run URL / DATE_TIME / US_DRIVER_LICENSE recognisers")
     q.add_argument("--spacy-model", default=None, help="an installed spaCy pipeline for PERSON (never downloaded)")
@@ -74,8 +93,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def evaluate_file(path: Path, detector: Any, *, include_training: bool, use_system_prompt: bool) -> dict[str, Any]:
-    from extproc.security.injection import Segment
-    from extproc.security.trainset import is_training_text
+    from intelligence.detectors.injection import Segment
+    from intelligence.detectors.trainset import is_training_text
 
     attack_hits: list[bool] = []
     benign_hits: list[bool] = []
@@ -127,7 +146,7 @@ def _rate(hits: list[bool], labels: set[str]) -> dict[str, Any]:
 
 
 def run_security(args: argparse.Namespace) -> int:
-    from extproc.security.injection import DEFAULT_THRESHOLD, default_injection_detector
+    from intelligence.detectors.injection import DEFAULT_THRESHOLD, default_injection_detector
 
     missing = [str(p) for p in args.dataset if not p.exists()]
     if missing:
@@ -154,9 +173,13 @@ def run_security(args: argparse.Namespace) -> int:
 def _print_security(results: dict[str, Any]) -> None:
     for name, r in results.items():
         rate = (
-            f"detection {r['detection_rate']:.1%}" if "detection_rate" in r else f"false positives {r.get('false_positive_rate', 0):.1%}"
+            f"detection {r['detection_rate']:.1%}"
+            if "detection_rate" in r
+            else f"false positives {r.get('false_positive_rate', 0):.1%}"
         )
-        print(f"{name}: n={r['n']} {rate} p50={r['p50_ms']:.1f}ms p99={r['p99_ms']:.1f}ms threshold={r['threshold']:.2f} (excluded training rows: {r['excluded_training_rows']})")
+        print(
+            f"{name}: n={r['n']} {rate} p50={r['p50_ms']:.1f}ms p99={r['p99_ms']:.1f}ms threshold={r['threshold']:.2f} (excluded training rows: {r['excluded_training_rows']})"
+        )
         for title in ("by_family", "by_variant"):
             for k, v in (r.get(title) or {}).items():
                 metric = next(m for m in ("detection_rate", "false_positive_rate", "flagged_rate") if m in v)
@@ -203,7 +226,7 @@ def score_pii(rows: Iterable[dict[str, Any]], detector: Any) -> tuple[dict[str, 
 
 
 def run_pii(args: argparse.Namespace) -> int:
-    from extproc.security.pii import DEFAULT_ENTITIES, EXTRA_ENTITIES, PiiDetector
+    from intelligence.detectors.pii import DEFAULT_ENTITIES, EXTRA_ENTITIES, PiiDetector
 
     entities = DEFAULT_ENTITIES + (EXTRA_ENTITIES if args.all_recognizers else ())
     detector = PiiDetector(entities=entities, spacy_model=args.spacy_model)

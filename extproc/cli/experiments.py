@@ -19,10 +19,15 @@ ACTIONS = ("pause", "resume", "promote", "rollback")
 
 def register(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--control", default=None, metavar="ADDR",
-                        help="control API address (default $LLMPROXY_CONTROL_ADDR or 127.0.0.1:50052)")
-    common.add_argument("--control-ca", default=None, metavar="PEM",
-                        help="CA that signed the control API's certificate: connect with TLS (default $LLMPROXY_CONTROL_TLS_CA)")
+    common.add_argument(
+        "--control", default=None, metavar="ADDR", help="control API address (default $LLMPROXY_CONTROL_ADDR or 127.0.0.1:50052)"
+    )
+    common.add_argument(
+        "--control-ca",
+        default=None,
+        metavar="PEM",
+        help="CA that signed the control API's certificate: connect with TLS (default $LLMPROXY_CONTROL_TLS_CA)",
+    )
     common.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("experiments", help="list and steer enhancement A/B experiments (control API)")
@@ -87,9 +92,14 @@ def summary_line(d: dict[str, Any]) -> str:
     enh = d.get("enhancement") or {}
     stats = d.get("stats") or {}
     arms = stats.get("arms") or {}
-    parts = [f"#{d.get('id')}", str(d.get("status")), f"pattern {d.get('pattern_id') if d.get('pattern_id') is not None else '-'}",
-             f"enhancement {d.get('enhancement_id')}" + (f" ({enh.get('kind')} v{enh.get('version')})" if enh.get("kind") else ""),
-             f"control {d.get('control_weight')}", f"by {d.get('assign_by')}"]
+    parts = [
+        f"#{d.get('id')}",
+        str(d.get("status")),
+        f"pattern {d.get('pattern_id') if d.get('pattern_id') is not None else '-'}",
+        f"enhancement {d.get('enhancement_id')}" + (f" ({enh.get('kind')} v{enh.get('version')})" if enh.get("kind") else ""),
+        f"control {d.get('control_weight')}",
+        f"by {d.get('assign_by')}",
+    ]
     for arm in ("control", "variant"):
         a = arms.get(arm)
         if a:
@@ -124,8 +134,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_start(args: argparse.Namespace) -> int:
     def work(client: Any) -> int:
-        experiment_id = client.start_experiment(args.enhancement_id, control_weight=args.control_weight,
-                                                assign_by=args.assign_by)
+        experiment_id = client.start_experiment(args.enhancement_id, control_weight=args.control_weight, assign_by=args.assign_by)
         if args.json:
             _dump({"experiment_id": experiment_id, "enhancement_id": args.enhancement_id})
         else:
@@ -152,8 +161,10 @@ def run_action(args: argparse.Namespace) -> int:
 def run_history(args: argparse.Namespace) -> int:
     def work(client: Any) -> int:
         entries = client.experiment_history(args.experiment_id)
-        rows = [{"id": e.id, "at": e.at, "action": e.action, "actor": e.actor, "detail": json.loads(e.detail_json or "{}")}
-                for e in entries]
+        rows = [
+            {"id": e.id, "at": e.at, "action": e.action, "actor": e.actor, "detail": json.loads(e.detail_json or "{}")}
+            for e in entries
+        ]
         if args.json:
             _dump(rows)
         else:

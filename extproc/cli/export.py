@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .stack import database_url_for
@@ -27,12 +27,12 @@ def parse_since(value: str | None) -> datetime | None:
         return None
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
     if value[-1] in units and value[:-1].replace(".", "", 1).isdigit():
-        return datetime.now(timezone.utc) - timedelta(**{units[value[-1]]: float(value[:-1])})
+        return datetime.now(UTC) - timedelta(**{units[value[-1]]: float(value[:-1])})
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
         raise SystemExit(f"llmproxy: --since {value!r}: use an ISO time or a duration like 15m, 2h, 7d") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         engine = make_engine(url)
         try:
             if args.output:
-                with open(args.output, "w", newline="") as fh:
+                with open(args.output, "w", newline="") as fh:  # noqa: ASYNC230 - a one-shot command; nothing else runs on its loop
                     return await export_requests(engine, fh, since=since, fmt=args.format)
             return await export_requests(engine, sys.stdout, since=since, fmt=args.format)
         finally:

@@ -12,7 +12,7 @@ import json
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--models", default=None, help="comma-separated model globs it may use, e.g. 'gpt-*,claude-*' (default: any)")
     c.add_argument("--providers", default=None, help="comma-separated providers it may use, e.g. openai,anthropic (default: any)")
     c.add_argument("--expires", default=None, help="30d, 12h, 2w or an ISO time (default: never)")
-    for flag, what in (("--rpm", "requests per minute"), ("--rpd", "requests per day"),
-                       ("--tpm", "tokens per minute"), ("--tpd", "tokens per day")):
+    for flag, what in (
+        ("--rpm", "requests per minute"),
+        ("--rpd", "requests per day"),
+        ("--tpm", "tokens per minute"),
+        ("--tpd", "tokens per day"),
+    ):
         c.add_argument(flag, type=_positive_int, default=None, help=f"budget: {what} (default: unlimited)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=run_create)
@@ -73,16 +77,18 @@ def cli_actor() -> str:
     return f"cli:{user}@{socket.gethostname()}"
 
 
-
 def _db(url: str, work: Any) -> Any:
     return run_in_transaction(url, work, tables="gateway-key tables")
+
 
 def run_create(args: argparse.Namespace) -> int:
     from intelligence.keys import Budgets, NewKey, create_key, parse_expiry, split_list
 
     try:
         spec = NewKey(
-            name=args.name, models=split_list(args.models), providers=split_list(args.providers),
+            name=args.name,
+            models=split_list(args.models),
+            providers=split_list(args.providers),
             expires_at=parse_expiry(args.expires) if args.expires else None,
             budgets=Budgets(rpm=args.rpm, rpd=args.rpd, tpm=args.tpm, tpd=args.tpd),
         )
@@ -94,7 +100,7 @@ def run_create(args: argparse.Namespace) -> int:
     created = _db(url, lambda conn: create_key(conn, spec, actor=cli_actor()))
     record = created.record
     if args.json:
-        print(json.dumps({**record.to_public_dict(datetime.now(timezone.utc)), "key": created.key}))
+        print(json.dumps({**record.to_public_dict(datetime.now(UTC)), "key": created.key}))
         return 0
     print(f"created gateway key {record.id} ({record.name})")
     print(f"  key:       {created.key}")
@@ -111,7 +117,7 @@ def run_list(args: argparse.Namespace) -> int:
 
     url = database_url_for(args.data_dir, args.database_url)
     records = _db(url, list_keys)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     docs = [r.to_public_dict(now) for r in records]
     if args.json:
         print(json.dumps(docs))
@@ -120,9 +126,19 @@ def run_list(args: argparse.Namespace) -> int:
         print("no gateway keys (create one with `llmproxy keys create --name NAME`)")
         return 0
     header = ("ID", "NAME", "PREFIX", "STATUS", "MODELS", "PROVIDERS", "EXPIRES", "BUDGETS")
-    rows = [(d["id"], d["name"], d["prefix"] + "…", d["status"], ",".join(d["models"]) or "any",
-             ",".join(d["providers"]) or "any", (d["expires_at"] or "never")[:16], _budgets_text(d["budgets"]))
-            for d in docs]
+    rows = [
+        (
+            d["id"],
+            d["name"],
+            d["prefix"] + "…",
+            d["status"],
+            ",".join(d["models"]) or "any",
+            ",".join(d["providers"]) or "any",
+            (d["expires_at"] or "never")[:16],
+            _budgets_text(d["budgets"]),
+        )
+        for d in docs
+    ]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -132,23 +148,35 @@ def run_list(args: argparse.Namespace) -> int:
 def run_revoke(args: argparse.Namespace) -> int:
     from intelligence.keys import revoke_key
 
-    return _change_state(args, revoke_key, lambda r, now: f"revoked gateway key {_label(r)}",
-                         lambda r, now: f"gateway key {_label(r)} was already revoked at {r.revoked_at.isoformat()}")
+    return _change_state(
+        args,
+        revoke_key,
+        lambda r, now: f"revoked gateway key {_label(r)}",
+        lambda r, now: f"gateway key {_label(r)} was already revoked at {r.revoked_at.isoformat()}",
+    )
 
 
 def run_release(args: argparse.Namespace) -> int:
     from intelligence.keys import release_key
 
-    return _change_state(args, release_key, lambda r, now: f"released gateway key {_label(r)}: it is {r.status(now)} again",
-                         lambda r, now: f"gateway key {_label(r)} is not quarantined; nothing to release")
+    return _change_state(
+        args,
+        release_key,
+        lambda r, now: f"released gateway key {_label(r)}: it is {r.status(now)} again",
+        lambda r, now: f"gateway key {_label(r)} is not quarantined; nothing to release",
+    )
 
 
 def _label(record: Any) -> str:
     return f"{record.id} ({record.prefix}…, {record.name})"
 
 
-def _change_state(args: argparse.Namespace, change: Callable[..., Awaitable[tuple[Any, bool]]],
-                  changed_text: Callable[[Any, datetime], str], unchanged_text: Callable[[Any, datetime], str]) -> int:
+def _change_state(
+    args: argparse.Namespace,
+    change: Callable[..., Awaitable[tuple[Any, bool]]],
+    changed_text: Callable[[Any, datetime], str],
+    unchanged_text: Callable[[Any, datetime], str],
+) -> int:
     """Revoke or release one key (by id or prefix) and report it; the store audits the change."""
     from intelligence.keys import AmbiguousKey, KeyNotFound
 
@@ -158,7 +186,7 @@ def _change_state(args: argparse.Namespace, change: Callable[..., Awaitable[tupl
     except (KeyNotFound, AmbiguousKey) as exc:
         print(f"llmproxy: {exc.args[0] if isinstance(exc, KeyNotFound) else exc}", file=sys.stderr)
         return 1
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if args.json:
         print(json.dumps({**record.to_public_dict(now), "changed": changed}))
     else:

@@ -30,8 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=run_validate)
 
     s = actions.add_parser("show", parents=[db], help="the compiled snapshot: sources, aliases, rules in evaluation order")
-    s.add_argument("--file", type=Path, default=None,
-                   help="policy file (default: $LLMPROXY_POLICY_FILE, else the shipped default policy)")
+    s.add_argument(
+        "--file", type=Path, default=None, help="policy file (default: $LLMPROXY_POLICY_FILE, else the shipped default policy)"
+    )
     s.add_argument("--no-db", action="store_true", help="leave out the database policies")
     s.add_argument("--json", action="store_true", help="print the snapshot summary as JSON")
     s.set_defaults(func=run_show)
@@ -60,11 +61,13 @@ def _print_issues(issues: Any) -> None:
 
 # ---------------------------------------------------------------------------------------- validate
 
+
 def _db(url: str, work: Any) -> Any:
     return run_in_transaction(url, work, tables="policy table")
 
+
 def run_validate(args: argparse.Namespace) -> int:
-    from extproc.policy import PolicyError, PolicySnapshot, load_file
+    from intelligence.policy import PolicyError, PolicySnapshot, load_file
 
     results = []
     ok = True
@@ -78,8 +81,16 @@ def run_validate(args: argparse.Namespace) -> int:
                 _print_issues(exc.issues)
             continue
         snap = PolicySnapshot.build([doc])
-        results.append({"file": str(path), "valid": True, "name": doc.name, "rules": len(doc.rules),
-                        "aliases": len(doc.aliases), "detectors": sorted(snap.detectors)})
+        results.append(
+            {
+                "file": str(path),
+                "valid": True,
+                "name": doc.name,
+                "rules": len(doc.rules),
+                "aliases": len(doc.aliases),
+                "detectors": sorted(snap.detectors),
+            }
+        )
         if not args.json:
             modes: dict[str, int] = {}
             for rule in doc.rules:
@@ -93,7 +104,7 @@ def run_validate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- show
 def run_show(args: argparse.Namespace) -> int:
-    from extproc.policy import PolicyError, compose_snapshot, load_file, resolve_policy_path
+    from intelligence.policy import PolicyError, compose_snapshot, load_file, resolve_policy_path
 
     path = resolve_policy_path(args.file)
     try:
@@ -117,7 +128,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def _stored_policies(args: argparse.Namespace) -> tuple[list[Any], str]:
-    from extproc.policy.store import list_policies
+    from intelligence.policy.store import list_policies
 
     try:
         url = database_url_for(args.data_dir, args.database_url)
@@ -140,8 +151,11 @@ def _print_summary(summary: dict[str, Any], snapshot: Any) -> None:
     if summary["aliases"]:
         print("aliases: " + ", ".join(f"{a} -> {m}" for a, m in summary["aliases"].items()))
     print("detectors needed: " + (", ".join(summary["detectors"]) or "none"))
-    for title, rules in (("request rules", snapshot.request_rules), ("response rules", snapshot.response_rules),
-                         ("off (not evaluated)", snapshot.disabled)):
+    for title, rules in (
+        ("request rules", snapshot.request_rules),
+        ("response rules", snapshot.response_rules),
+        ("off (not evaluated)", snapshot.disabled),
+    ):
         print(f"{title}, in evaluation order:")
         if not rules:
             print("  (none)")
@@ -165,8 +179,8 @@ def _short(value: Any) -> str:
 # ---------------------------------------------------------------------------------------- db policies
 def run_set(args: argparse.Namespace) -> int:
     from extproc.cli.keys import cli_actor
-    from extproc.policy import PolicyError, parse_policy
-    from extproc.policy.store import set_policy
+    from intelligence.policy import PolicyError, parse_policy
+    from intelligence.policy.store import set_policy
 
     try:
         text = args.file.read_text(encoding="utf-8")
@@ -187,22 +201,32 @@ def run_set(args: argparse.Namespace) -> int:
         return 1
     stored = change.policy
     if args.json:
-        print(json.dumps({**stored.to_public_dict(), "changed": change.changed, "diff": change.diff,
-                          "audit_id": change.audit.id if change.audit else None}))
+        print(
+            json.dumps(
+                {
+                    **stored.to_public_dict(),
+                    "changed": change.changed,
+                    "diff": change.diff,
+                    "audit_id": change.audit.id if change.audit else None,
+                }
+            )
+        )
         return 0
     if not change.changed:
         print(f"policy {name!r} unchanged (version {stored.version})")
         return 0
     state = "enabled" if stored.enabled else "disabled"
-    print(f"policy {name!r} stored: version {stored.version}, {state}, {len(doc.rules)} rules "
-          f"(audit entry {change.audit.id if change.audit else '-'})")
+    print(
+        f"policy {name!r} stored: version {stored.version}, {state}, {len(doc.rules)} rules "
+        f"(audit entry {change.audit.id if change.audit else '-'})"
+    )
     if change.diff:
         print(change.diff, end="")
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from extproc.policy.store import list_policies
+    from intelligence.policy.store import list_policies
 
     url = database_url_for(args.data_dir, args.database_url)
     stored = _db(url, list_policies)
@@ -214,8 +238,10 @@ def run_list(args: argparse.Namespace) -> int:
         print("no database policies (store one with `llmproxy policy set FILE`)")
         return 0
     rows = [("NAME", "STATE", "VERSION", "UPDATED", "BY")]
-    rows += [(d["name"], "enabled" if d["enabled"] else "disabled", str(d["version"]), d["updated_at"][:19], d["updated_by"])
-             for d in docs]
+    rows += [
+        (d["name"], "enabled" if d["enabled"] else "disabled", str(d["version"]), d["updated_at"][:19], d["updated_by"])
+        for d in docs
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -224,7 +250,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_delete(args: argparse.Namespace) -> int:
     from extproc.cli.keys import cli_actor
-    from extproc.policy.store import PolicyNotFound, delete_policy
+    from intelligence.policy.store import PolicyNotFound, delete_policy
 
     url = database_url_for(args.data_dir, args.database_url)
     try:

@@ -38,8 +38,7 @@ TARGET_MARKER = "invoice summary"
 TARGET_SYSTEM = "You are the billing assistant of Acme Ltd."
 OTHER_SYSTEM = "You are a careful translator."
 ORDERS = (1042, 1187, 2203, 2290, 3311, 3475, 4120, 4466, 5031, 5208)
-PHRASES = ("good morning", "see you tomorrow", "thank you very much", "where is the station", "the bill, please",
-           "it is raining")
+PHRASES = ("good morning", "see you tomorrow", "thank you very much", "where is the station", "the bill, please", "it is raining")
 BATCH = 20
 CONCURRENCY = 6
 
@@ -47,10 +46,16 @@ CONCURRENCY = 6
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="simulations of the intelligence loop against fake models")
     what = p.add_subparsers(dest="simulation", metavar="WHAT")
-    e = what.add_parser("enhancement", help="simulate: failing pattern -> Claude candidate -> A/B experiment -> "
-                                            "promote; then a harmful candidate -> roll back")
-    e.add_argument("--requests-per-phase", type=int, default=400,
-                   help="at most this many requests per phase (baseline, helpful, harmful); default 400")
+    e = what.add_parser(
+        "enhancement",
+        help="simulate: failing pattern -> Claude candidate -> A/B experiment -> promote; then a harmful candidate -> roll back",
+    )
+    e.add_argument(
+        "--requests-per-phase",
+        type=int,
+        default=400,
+        help="at most this many requests per phase (baseline, helpful, harmful); default 400",
+    )
     e.add_argument("--seed", type=int, default=1, help="seed of the fake model's draws (default 1)")
     e.add_argument("--database-url", default=None, help="an EMPTY Postgres database (default: temporary embedded)")
     e.add_argument("--max-seconds", type=float, default=900.0, help="give up after this long (default 900)")
@@ -62,16 +67,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------ traffic
 def target_request(i: int) -> dict[str, Any]:
     order = ORDERS[i % len(ORDERS)]
-    return {"model": "gpt-4o-mini", "messages": [
-        {"role": "system", "content": TARGET_SYSTEM},
-        {"role": "user", "content": f"Write the {TARGET_MARKER} for order {order} with its line items and totals."}]}
+    return {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": TARGET_SYSTEM},
+            {"role": "user", "content": f"Write the {TARGET_MARKER} for order {order} with its line items and totals."},
+        ],
+    }
 
 
 def other_request(i: int) -> dict[str, Any]:
     phrase = PHRASES[i % len(PHRASES)]
-    return {"model": "gpt-4o-mini", "messages": [
-        {"role": "system", "content": OTHER_SYSTEM},
-        {"role": "user", "content": f"Translate '{phrase}' into French."}]}
+    return {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": OTHER_SYSTEM},
+            {"role": "user", "content": f"Translate '{phrase}' into French."},
+        ],
+    }
 
 
 @dataclass
@@ -93,8 +106,11 @@ class Traffic:
                 try:
                     # one simulated user per session: pattern memory reads a client's near-identical
                     # prompt within minutes as a retry (a failure), which independent users are not
-                    r = await client.post(self.url, json=doc, headers={"x-session-id": f"sim-{phase}-{i}",
-                                                                       "authorization": f"Bearer sk-sim-{phase}-{i}"})
+                    r = await client.post(
+                        self.url,
+                        json=doc,
+                        headers={"x-session-id": f"sim-{phase}-{i}", "authorization": f"Bearer sk-sim-{phase}-{i}"},
+                    )
                     if r.status_code != 200:
                         self.failed_http += 1
                 except Exception:  # noqa: BLE001 - counted; the record (if any) says what happened
@@ -118,8 +134,11 @@ async def wait_settled(engine: Any, expected: int, timeout: float = 120.0) -> bo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         logged = await _scalar(engine, "SELECT count(*) FROM exchanges WHERE session_id LIKE 'sim-%'")
-        pending = await _scalar(engine, "SELECT count(*) FROM exchanges x WHERE x.session_id LIKE 'sim-%' AND NOT EXISTS "
-                                        "(SELECT 1 FROM exchange_embeddings e WHERE e.request_id = x.request_id)")
+        pending = await _scalar(
+            engine,
+            "SELECT count(*) FROM exchanges x WHERE x.session_id LIKE 'sim-%' AND NOT EXISTS "
+            "(SELECT 1 FROM exchange_embeddings e WHERE e.request_id = x.request_id)",
+        )
         if logged >= expected and pending == 0:
             return True
         await asyncio.sleep(0.25)
@@ -131,11 +150,16 @@ async def arm_outcomes(engine: Any, experiment_id: int) -> dict[str, dict[str, A
     from sqlalchemy import text
 
     async with engine.connect() as conn:
-        rows = (await conn.execute(text(
-            "SELECT flags->'enhancement'->>'arm' AS arm, count(*) AS n, "
-            "count(*) FILTER (WHERE finish_reason = 'stop') AS ok FROM exchanges "
-            "WHERE flags ? 'enhancement' AND (flags->'enhancement'->>'experiment')::bigint = :x GROUP BY 1"),
-            {"x": experiment_id})).all()
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT flags->'enhancement'->>'arm' AS arm, count(*) AS n, "
+                    "count(*) FILTER (WHERE finish_reason = 'stop') AS ok FROM exchanges "
+                    "WHERE flags ? 'enhancement' AND (flags->'enhancement'->>'experiment')::bigint = :x GROUP BY 1"
+                ),
+                {"x": experiment_id},
+            )
+        ).all()
     return {r.arm: {"n": int(r.n), "successes": int(r.ok), "rate": (r.ok / r.n) if r.n else None} for r in rows}
 
 
@@ -143,8 +167,16 @@ async def experiment_row(engine: Any, experiment_id: int) -> dict[str, Any]:
     from sqlalchemy import text
 
     async with engine.connect() as conn:
-        row = (await conn.execute(text("SELECT id, enhancement_id, pattern_id, status, decision_reason, stats "
-                                       "FROM experiments WHERE id = :x"), {"x": experiment_id})).mappings().one()
+        row = (
+            (
+                await conn.execute(
+                    text("SELECT id, enhancement_id, pattern_id, status, decision_reason, stats FROM experiments WHERE id = :x"),
+                    {"x": experiment_id},
+                )
+            )
+            .mappings()
+            .one()
+        )
     return dict(row)
 
 
@@ -192,12 +224,18 @@ class Responder:
     def __call__(self, request: dict) -> dict:
         self.calls += 1
         if self.phase == "helpful":
-            candidate = {"kind": "system_prompt", "spec": {"text": HELPFUL, "position": "append"},
-                         "rationale": "Failing requests end with finish_reason=length: the answers are cut off. "
-                                      "Asking for complete, bounded answers should stop the truncation."}
+            candidate = {
+                "kind": "system_prompt",
+                "spec": {"text": HELPFUL, "position": "append"},
+                "rationale": "Failing requests end with finish_reason=length: the answers are cut off. "
+                "Asking for complete, bounded answers should stop the truncation.",
+            }
         else:
-            candidate = {"kind": "instruction_rewrite", "spec": {"text": HARMFUL},
-                         "rationale": "More context in every answer may help the user check it."}
+            candidate = {
+                "kind": "instruction_rewrite",
+                "spec": {"text": HARMFUL},
+                "rationale": "More context in every answer may help the user check it.",
+            }
         return {"candidates": [candidate]}
 
 
@@ -216,8 +254,12 @@ async def simulate(args: argparse.Namespace, db_url: str, gateway: str, log: Any
     responder = Responder()
     claude = await FakeClaude(responder).start()
     engine = make_engine(db_url)
-    client = ClaudeClient(ClaudeSettings(api_key="sk-simulation", base_url=claude.base_url, mode="anthropic",
-                                         timeout_s=10, max_retries=1, backoff_base_s=0.05), engine)
+    client = ClaudeClient(
+        ClaudeSettings(
+            api_key="sk-simulation", base_url=claude.base_url, mode="anthropic", timeout_s=10, max_retries=1, backoff_base_s=0.05
+        ),
+        engine,
+    )
     traffic = Traffic(url=f"{gateway}/openai/v1/chat/completions")
     out: dict[str, Any] = {}
     try:
@@ -226,19 +268,31 @@ async def simulate(args: argparse.Namespace, db_url: str, gateway: str, log: Any
             t0 = time.monotonic()
             await traffic.send(http, n_phase, phase="base")
             settled = await wait_settled(engine, traffic.sent)
-            out["baseline"] = {"requests": n_phase, "settled": settled, "seconds": round(time.monotonic() - t0, 2),
-                               **await _family_rates(engine)}
-            log(f"baseline: {n_phase} requests; target family success {out['baseline']['target_success_rate']:.2f}, "
-                f"other {out['baseline']['other_success_rate']:.2f}")
-            candidates = _construct(CandidateJob, engine, client, min_volume=min(50, n_phase // 3), window_hours=24,
-                                    max_per_tick=3, auto_start=True)
+            out["baseline"] = {
+                "requests": n_phase,
+                "settled": settled,
+                "seconds": round(time.monotonic() - t0, 2),
+                **await _family_rates(engine),
+            }
+            log(
+                f"baseline: {n_phase} requests; target family success {out['baseline']['target_success_rate']:.2f}, "
+                f"other {out['baseline']['other_success_rate']:.2f}"
+            )
+            candidates = _construct(
+                CandidateJob, engine, client, min_volume=min(50, n_phase // 3), window_hours=24, max_per_tick=3, auto_start=True
+            )
             evaluator = _construct(ExperimentEvaluator, engine, min_samples=30, interval_s=1)
 
             # 1. helpful candidate from (fake) Claude, tested until decided
             summary = await candidates.tick()
             log(f"candidate job: {summary}")
-            helpful = await _start_phase(engine, manage, exclude=set(), source="candidate_job",
-                                         fallback_spec=("system_prompt", {"text": HELPFUL, "position": "append"}))
+            helpful = await _start_phase(
+                engine,
+                manage,
+                exclude=set(),
+                source="candidate_job",
+                fallback_spec=("system_prompt", {"text": HELPFUL, "position": "append"}),
+            )
             if helpful.experiment_id is not None:
                 await _run_experiment(helpful, engine, http, traffic, evaluator, n_phase, "help", deadline, log)
             out["helpful"] = helpful.__dict__
@@ -249,8 +303,13 @@ async def simulate(args: argparse.Namespace, db_url: str, gateway: str, log: Any
             if helpful.status == "promoted":
                 summary = await candidates.tick()
                 log(f"candidate job (phase 2): {summary}")
-                harmful = await _start_phase(engine, manage, exclude={helpful.experiment_id}, source="candidate_job",
-                                             fallback_spec=("instruction_rewrite", {"text": HARMFUL}))
+                harmful = await _start_phase(
+                    engine,
+                    manage,
+                    exclude={helpful.experiment_id},
+                    source="candidate_job",
+                    fallback_spec=("instruction_rewrite", {"text": HARMFUL}),
+                )
                 if harmful.experiment_id is not None:
                     await _run_experiment(harmful, engine, http, traffic, evaluator, n_phase, "harm", deadline, log)
             out["harmful"] = harmful.__dict__
@@ -279,17 +338,22 @@ async def simulate(args: argparse.Namespace, db_url: str, gateway: str, log: Any
 
 async def _family_rates(engine: Any) -> dict[str, Any]:
     async def rate(marker: str) -> float | None:
-        n = await _scalar(engine, "SELECT count(*) FROM exchanges WHERE session_id LIKE 'sim-%' AND prompt_user LIKE :m",
-                          m=f"%{marker}%")
-        ok = await _scalar(engine, "SELECT count(*) FROM exchanges WHERE session_id LIKE 'sim-%' AND prompt_user LIKE :m "
-                                   "AND finish_reason = 'stop'", m=f"%{marker}%")
+        n = await _scalar(
+            engine, "SELECT count(*) FROM exchanges WHERE session_id LIKE 'sim-%' AND prompt_user LIKE :m", m=f"%{marker}%"
+        )
+        ok = await _scalar(
+            engine,
+            "SELECT count(*) FROM exchanges WHERE session_id LIKE 'sim-%' AND prompt_user LIKE :m AND finish_reason = 'stop'",
+            m=f"%{marker}%",
+        )
         return ok / n if n else None
 
     return {"target_success_rate": await rate(TARGET_MARKER), "other_success_rate": await rate("Translate")}
 
 
-async def _start_phase(engine: Any, manage: Any, *, exclude: set[int], source: str,
-                       fallback_spec: tuple[str, dict[str, Any]]) -> PhaseResult:
+async def _start_phase(
+    engine: Any, manage: Any, *, exclude: set[int], source: str, fallback_spec: tuple[str, dict[str, Any]]
+) -> PhaseResult:
     """The experiment the candidate job started; else start one for its candidate; else store ours."""
     result = PhaseResult(source=source)
     exp_id = await open_experiment(engine, exclude=exclude)
@@ -298,8 +362,9 @@ async def _start_phase(engine: Any, manage: Any, *, exclude: set[int], source: s
         if pattern_id is None:
             result.status = "no pattern found for the target family"
             return result
-        pending = await _all(engine, "SELECT id FROM enhancements WHERE status = 'candidate' AND pattern_id = :p "
-                                     "ORDER BY id DESC", p=pattern_id)
+        pending = await _all(
+            engine, "SELECT id FROM enhancements WHERE status = 'candidate' AND pattern_id = :p ORDER BY id DESC", p=pattern_id
+        )
         async with engine.begin() as conn:
             if pending:
                 enhancement_id = pending[0]
@@ -307,7 +372,8 @@ async def _start_phase(engine: Any, manage: Any, *, exclude: set[int], source: s
                 result.source = "simulation"  # the candidate job did not pick the pattern (again)
                 kind, spec = fallback_spec
                 enhancement_id = await manage.create_enhancement(
-                    conn, pattern_id, kind, spec, "simulation: a candidate tested on purpose", "simulation")
+                    conn, pattern_id, kind, spec, "simulation: a candidate tested on purpose", "simulation"
+                )
             exp_id = await manage.start_experiment(conn, enhancement_id, actor="simulation")
     row = await experiment_row(engine, exp_id)
     result.experiment_id, result.enhancement_id, result.status = int(row["id"]), int(row["enhancement_id"]), row["status"]
@@ -315,13 +381,26 @@ async def _start_phase(engine: Any, manage: Any, *, exclude: set[int], source: s
 
 
 async def _target_pattern(engine: Any) -> int | None:
-    ids = await _all(engine, "SELECT e.pattern_id FROM exchange_embeddings e JOIN exchanges x USING (request_id) "
-                             "WHERE x.prompt_user LIKE :m GROUP BY 1 ORDER BY count(*) DESC LIMIT 1", m=f"%{TARGET_MARKER}%")
+    ids = await _all(
+        engine,
+        "SELECT e.pattern_id FROM exchange_embeddings e JOIN exchanges x USING (request_id) "
+        "WHERE x.prompt_user LIKE :m GROUP BY 1 ORDER BY count(*) DESC LIMIT 1",
+        m=f"%{TARGET_MARKER}%",
+    )
     return int(ids[0]) if ids else None
 
 
-async def _run_experiment(res: PhaseResult, engine: Any, http: Any, traffic: Traffic, evaluator: Any, n_phase: int,
-                          phase: str, deadline: float, log: Any) -> None:
+async def _run_experiment(
+    res: PhaseResult,
+    engine: Any,
+    http: Any,
+    traffic: Traffic,
+    evaluator: Any,
+    n_phase: int,
+    phase: str,
+    deadline: float,
+    log: Any,
+) -> None:
     t0 = time.monotonic()
     await asyncio.sleep(0.5)  # the sidecar reloads on NOTIFY; give it a moment before the first batch
     while res.requests_sent < n_phase and time.monotonic() < deadline:
@@ -338,17 +417,21 @@ async def _run_experiment(res: PhaseResult, engine: Any, http: Any, traffic: Tra
     res.arms = await arm_outcomes(engine, res.experiment_id)
     res.exposures = sum(a["n"] for a in res.arms.values())
     res.seconds = round(time.monotonic() - t0, 2)
-    log(f"experiment {res.experiment_id} ({phase}): {res.status} after {res.exposures} exposures "
-        f"({res.requests_sent} requests): {res.decision_reason}")
+    log(
+        f"experiment {res.experiment_id} ({phase}): {res.status} after {res.exposures} exposures "
+        f"({res.requests_sent} requests): {res.decision_reason}"
+    )
 
 
 # ------------------------------------------------------------------------------------ processes
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from intelligence.ops.health import envoy_ready, grpc_healthy
+
     from . import envoy_config
     from .bench import _free_port
-    from .up import StartupError, Supervisor, _envoy_bin, _envoy_ready, _grpc_healthy
+    from .up import StartupError, Supervisor, _envoy_bin
 
     if not getattr(args, "verbose", False):  # progress lines only; the stack's own logs are in the logs dir
         logging.getLogger().setLevel(logging.WARNING)
@@ -365,10 +448,17 @@ def run(args: argparse.Namespace) -> int:
             sup.pg = start_embedded(tmp)
             db_url = sup.pg.url
         sup.migrate(db_url)
-        env = {**os.environ, "DATABASE_URL": db_url, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "ENABLE_INTELLIGENCE": "1", "ENABLE_REAL_TIME_ENHANCEMENT": "1"}
-        result = asyncio.run(_with_stack(args, db_url, env, sup, tmp, log, envoy_config, _free_port, _envoy_bin,
-                                         _envoy_ready, _grpc_healthy))
+        env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "ENABLE_INTELLIGENCE": "1",
+            "ENABLE_REAL_TIME_ENHANCEMENT": "1",
+        }
+        result = asyncio.run(
+            _with_stack(args, db_url, env, sup, tmp, log, envoy_config, _free_port, _envoy_bin, envoy_ready, grpc_healthy)
+        )
     except StartupError as exc:
         print(f"llmproxy simulate: {exc}", file=sys.stderr)
         return 1
@@ -391,14 +481,23 @@ async def _with_stack(args, db_url, env, sup, tmp, log, envoy_config, free_port,
     fake = await InstructionFake(model).start()
     try:
         sidecar_port, port, admin = free_port(), free_port(), free_port()
-        sup.spawn("sidecar", [sys.executable, "-m", "extproc", "--port", str(sidecar_port), "--database-url", db_url,
-                              "--data-dir", str(tmp)], env)
-        sup.spawn("worker", [sys.executable, "-m", "intelligence.memory", "--database-url", db_url,
-                             "--poll-interval", "0.2"], env)
+        sup.spawn(
+            "sidecar",
+            [sys.executable, "-m", "extproc", "--port", str(sidecar_port), "--database-url", db_url, "--data-dir", str(tmp)],
+            env,
+        )
+        sup.spawn(
+            "worker", [sys.executable, "-m", "intelligence.memory", "--database-url", db_url, "--poll-interval", "0.2"], env
+        )
         await asyncio.to_thread(sup.wait_for, "sidecar", lambda: grpc_healthy(sidecar_port), 60)
-        cfg = envoy_config.render(envoy_config.find_template(), listen_host="127.0.0.1", port=port, admin_port=admin,
-                                  sidecar_port=sidecar_port,
-                                  upstreams=envoy_config.parse_upstream_specs([f"openai={fake.base_url}"]))
+        cfg = envoy_config.render(
+            envoy_config.find_template(),
+            listen_host="127.0.0.1",
+            port=port,
+            admin_port=admin,
+            sidecar_port=sidecar_port,
+            upstreams=envoy_config.parse_upstream_specs([f"openai={fake.base_url}"]),
+        )
         path = envoy_config.write(cfg, tmp / "envoy.yaml")
         sup.spawn("envoy", [envoy_bin(), "-c", str(path), "--disable-hot-restart", "-l", "error"], env)
         await asyncio.to_thread(sup.wait_for, "envoy", lambda: envoy_ready(admin), 60)
@@ -414,15 +513,21 @@ def _human(r: dict[str, Any]) -> None:
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     print("\nSIMULATION (fake model, fake Claude; real gateway, database, worker, jobs)")
     b = r.get("baseline", {})
-    print(f"  baseline      target family success {fmt(b.get('target_success_rate'))}, "
-          f"other family {fmt(b.get('other_success_rate'))}")
+    print(
+        f"  baseline      target family success {fmt(b.get('target_success_rate'))}, "
+        f"other family {fmt(b.get('other_success_rate'))}"
+    )
     for name in ("helpful", "harmful"):
         p = r.get(name, {})
         arms = p.get("arms", {})
-        print(f"  {name:<13} experiment {p.get('experiment_id')} ({p.get('source')}): {p.get('status')} after "
-              f"{p.get('exposures')} exposures / {p.get('requests_sent')} requests; control "
-              f"{fmt(arms.get('control', {}).get('rate'))}, variant {fmt(arms.get('variant', {}).get('rate'))}")
+        print(
+            f"  {name:<13} experiment {p.get('experiment_id')} ({p.get('source')}): {p.get('status')} after "
+            f"{p.get('exposures')} exposures / {p.get('requests_sent')} requests; control "
+            f"{fmt(arms.get('control', {}).get('rate'))}, variant {fmt(arms.get('variant', {}).get('rate'))}"
+        )
         if p.get("decision_reason"):
             print(f"                {p['decision_reason']}")
-    print(f"  promoted_helpful={r['promoted_helpful']} rolled_back_harmful={r['rolled_back_harmful']} "
-          f"requests_to_decide={r['requests_to_decide']} elapsed {r['elapsed_s']}s")
+    print(
+        f"  promoted_helpful={r['promoted_helpful']} rolled_back_harmful={r['rolled_back_harmful']} "
+        f"requests_to_decide={r['requests_to_decide']} elapsed {r['elapsed_s']}s"
+    )

@@ -1,64 +1,11 @@
-"""What a running stack leaves in its data dir, so later commands can find it."""
+"""Helpers the CLI commands share: which database to use, one committed transaction."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-STATE_FILE = "stack.json"
-
-DEFAULT_PORTS = {"gateway": 10000, "admin": 9901, "sidecar": 50051, "ui": 8501, "control": 50052}
-
-
-@dataclass
-class StackState:
-    data_dir: str
-    database_url: str
-    ports: dict[str, int]
-    pids: dict[str, int] = field(default_factory=dict)
-    listen_host: str = "127.0.0.1"
-    embedded_db: bool = True
-    started_at: str = ""
-
-    def save(self) -> Path:
-        path = Path(self.data_dir) / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        # The database URL can carry a password: owner-only.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(self), fh, indent=2)
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, data_dir: Path) -> "StackState | None":
-        path = Path(data_dir) / STATE_FILE
-        if not path.exists():
-            return None
-        return cls(**json.loads(path.read_text()))
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+from intelligence.ops.stack import StackState
 
 
 def database_url_for(data_dir: Path, explicit: str | None = None) -> str:
@@ -69,7 +16,9 @@ def database_url_for(data_dir: Path, explicit: str | None = None) -> str:
         return os.environ["DATABASE_URL"]
     state = StackState.load(data_dir)
     if state is None:
-        raise SystemExit(f"llmproxy: no running stack found in {data_dir} (start one with `llmproxy up`), and DATABASE_URL is not set")
+        raise SystemExit(
+            f"llmproxy: no running stack found in {data_dir} (start one with `llmproxy up`), and DATABASE_URL is not set"
+        )
     return state.database_url
 
 
@@ -100,6 +49,7 @@ def run_in_transaction(url: str, work, *, tables: str, isolation: str | None = N
         return asyncio.run(_go())
     except ProgrammingError as exc:
         if "does not exist" in str(exc):
-            raise SystemExit(f"llmproxy: the database has no {tables} yet; start the stack once (`llmproxy up`) "
-                             "so it migrates the schema") from None
+            raise SystemExit(
+                f"llmproxy: the database has no {tables} yet; start the stack once (`llmproxy up`) so it migrates the schema"
+            ) from None
         raise

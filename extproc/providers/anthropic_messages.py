@@ -76,7 +76,7 @@ class MessagesEndpoint:
             max_tokens=as_int(body.get("max_tokens")),
         )
 
-    def alias_request(self, body: dict, codec: "ToolNameCodec") -> bool:
+    def alias_request(self, body: dict, codec: ToolNameCodec) -> bool:
         builtin = _builtin_names(body)
         slots = _declared_slots(body)
         choice = as_dict(body.get("tool_choice"))
@@ -84,11 +84,9 @@ class MessagesEndpoint:
             slots += slot(choice)
         for message in as_list(body.get("messages")):
             slots += _tool_use_slots(as_dict(message).get("content"))
-        return rename_slots(
-            [(container, key) for container, key in slots if container[key] not in builtin], codec.encode
-        )
+        return rename_slots([(container, key) for container, key in slots if container[key] not in builtin], codec.encode)
 
-    def restore_response(self, body: dict, codec: "ToolNameCodec") -> bool:
+    def restore_response(self, body: dict, codec: ToolNameCodec) -> bool:
         return rename_slots(_tool_use_slots(body.get("content")), codec.decode)
 
     def fold(self, body: dict) -> Folded:
@@ -109,7 +107,7 @@ class MessagesEndpoint:
             error=error_message(body),
         )
 
-    def stream(self, codec: "ToolNameCodec | None") -> "MessagesStreamProcessor":
+    def stream(self, codec: ToolNameCodec | None) -> MessagesStreamProcessor:
         return MessagesStreamProcessor(self, codec)
 
 
@@ -157,7 +155,7 @@ _DELTA_FIELDS = {
 class MessagesStreamProcessor(SSEStreamProcessor):
     # Observed objects are kept by reference: rewrites work on clones, and the
     # assembled message is cloned before anyone can edit it.
-    def __init__(self, endpoint: MessagesEndpoint, codec: "ToolNameCodec | None") -> None:
+    def __init__(self, endpoint: MessagesEndpoint, codec: ToolNameCodec | None) -> None:
         super().__init__(endpoint, codec)
         self._message: dict = {}
         self._blocks: dict[int, _Block] = {}

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from extproc.policy import pointer as jp
 from extproc.providers.jsonshape import clone
+from intelligence.policy import pointer as jp
 
 Role = Literal["system", "user"]
 Position = Literal["prepend", "append"]
@@ -78,8 +78,9 @@ def _join_field(doc: dict, key: str, text: str, position: Position) -> None:
     doc[key] = _joined(doc.get(key), text, position)
 
 
-def _decorate_content(content: Any, text: str, position: Position, part_type: str | None,
-                      skip_leading: tuple[str, ...] = ()) -> Any:
+def _decorate_content(
+    content: Any, text: str, position: Position, part_type: str | None, skip_leading: tuple[str, ...] = ()
+) -> Any:
     """A message's content with ``text`` added: joined to a string, or as a new part of a part list."""
     if isinstance(content, list) and part_type is not None:
         part = {"type": part_type, "text": text}

@@ -43,7 +43,7 @@ class NDJSONDecoder:
 class NDJSONStreamProcessor(ABC):
     """Shared plumbing for NDJSON streams; subclasses assemble and restore per line."""
 
-    def __init__(self, endpoint: Endpoint, codec: "ToolNameCodec | None") -> None:
+    def __init__(self, endpoint: Endpoint, codec: ToolNameCodec | None) -> None:
         self._endpoint = endpoint
         self._codec = codec
         self._rewriting = codec is not None and codec.active
@@ -102,4 +102,4 @@ class NDJSONStreamProcessor(ABC):
         if not self._endpoint.restore_response(candidate, self._codec):
             return line
         body = line.rstrip(b"\r\n")
-        return dumps(candidate).encode("utf-8") + line[len(body):]
+        return dumps(candidate).encode("utf-8") + line[len(body) :]

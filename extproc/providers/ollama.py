@@ -50,10 +50,10 @@ def _tool_calls_of(message: dict) -> tuple[ToolCall, ...]:
 class _OllamaEndpoint:
     api = ""
 
-    def alias_request(self, body: dict, codec: "ToolNameCodec") -> bool:
+    def alias_request(self, body: dict, codec: ToolNameCodec) -> bool:
         return False
 
-    def restore_response(self, body: dict, codec: "ToolNameCodec") -> bool:
+    def restore_response(self, body: dict, codec: ToolNameCodec) -> bool:
         return False
 
 
@@ -73,7 +73,7 @@ class OllamaChatEndpoint(_OllamaEndpoint):
             max_tokens=_max_tokens(body),
         )
 
-    def alias_request(self, body: dict, codec: "ToolNameCodec") -> bool:
+    def alias_request(self, body: dict, codec: ToolNameCodec) -> bool:
         slots = _declared_slots(body)
         for message in as_list(body.get("messages")):
             message = as_dict(message)
@@ -82,7 +82,7 @@ class OllamaChatEndpoint(_OllamaEndpoint):
                 slots += slot(message, "tool_name")
         return rename_slots(slots, codec.encode)
 
-    def restore_response(self, body: dict, codec: "ToolNameCodec") -> bool:
+    def restore_response(self, body: dict, codec: ToolNameCodec) -> bool:
         return rename_slots(_function_slots(as_dict(body.get("message")).get("tool_calls")), codec.decode)
 
     def fold(self, body: dict) -> Folded:
@@ -96,7 +96,7 @@ class OllamaChatEndpoint(_OllamaEndpoint):
             error=error_message(body),
         )
 
-    def stream(self, codec: "ToolNameCodec | None") -> "OllamaStreamProcessor":
+    def stream(self, codec: ToolNameCodec | None) -> OllamaStreamProcessor:
         return OllamaStreamProcessor(self, codec, content_key="message")
 
 
@@ -123,7 +123,7 @@ class OllamaGenerateEndpoint(_OllamaEndpoint):
             error=error_message(body),
         )
 
-    def stream(self, codec: "ToolNameCodec | None") -> "OllamaStreamProcessor":
+    def stream(self, codec: ToolNameCodec | None) -> OllamaStreamProcessor:
         return OllamaStreamProcessor(self, None, content_key=None)
 
 
@@ -134,7 +134,7 @@ class OllamaStreamProcessor(NDJSONStreamProcessor):
     for /api/generate (pieces at top level under "response").
     """
 
-    def __init__(self, endpoint: _OllamaEndpoint, codec: "ToolNameCodec | None", content_key: str | None) -> None:
+    def __init__(self, endpoint: _OllamaEndpoint, codec: ToolNameCodec | None, content_key: str | None) -> None:
         super().__init__(endpoint, codec)
         self._content_key = content_key
         self._meta: dict[str, Any] = {}  # top-level fields, latest wins

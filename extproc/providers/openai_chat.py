@@ -147,12 +147,12 @@ class ChatEndpoint:
             max_tokens=max_tokens if max_tokens is not None else as_int(body.get("max_tokens")),
         )
 
-    def alias_request(self, body: dict, codec: "ToolNameCodec") -> bool:
+    def alias_request(self, body: dict, codec: ToolNameCodec) -> bool:
         slots = declared_tool_slots(body) + _tool_choice_slots(body) + slot(body.get("function_call"))
         slots += history_slots(body.get("messages"))
         return rename_slots(slots, codec.encode)
 
-    def restore_response(self, body: dict, codec: "ToolNameCodec") -> bool:
+    def restore_response(self, body: dict, codec: ToolNameCodec) -> bool:
         slots: list[Slot] = []
         for choice in as_list(body.get("choices")):
             slots += _message_call_slots(as_dict(as_dict(choice).get("message")))
@@ -170,7 +170,7 @@ class ChatEndpoint:
             error=error_message(body),
         )
 
-    def stream(self, codec: "ToolNameCodec | None") -> "ChatStreamProcessor":
+    def stream(self, codec: ToolNameCodec | None) -> ChatStreamProcessor:
         return ChatStreamProcessor(self, codec)
 
 
@@ -391,7 +391,7 @@ class ChatStreamProcessor(SSEStreamProcessor):
     name goes into the first fragment's delta and the later fragments are dropped.
     """
 
-    def __init__(self, endpoint: ChatEndpoint, codec: "ToolNameCodec | None") -> None:
+    def __init__(self, endpoint: ChatEndpoint, codec: ToolNameCodec | None) -> None:
         super().__init__(endpoint, codec)
         self._assembler = ChatAssembler()
         self._held: list[_HeldEvent] = []

@@ -36,10 +36,10 @@ class CompletionsEndpoint:
             max_tokens=as_int(body.get("max_tokens")),
         )
 
-    def alias_request(self, body: dict, codec: "ToolNameCodec") -> bool:
+    def alias_request(self, body: dict, codec: ToolNameCodec) -> bool:
         return False
 
-    def restore_response(self, body: dict, codec: "ToolNameCodec") -> bool:
+    def restore_response(self, body: dict, codec: ToolNameCodec) -> bool:
         return False
 
     def fold(self, body: dict) -> Folded:
@@ -52,12 +52,12 @@ class CompletionsEndpoint:
             error=error_message(body),
         )
 
-    def stream(self, codec: "ToolNameCodec | None") -> "CompletionsStreamProcessor":
+    def stream(self, codec: ToolNameCodec | None) -> CompletionsStreamProcessor:
         return CompletionsStreamProcessor(self, codec)
 
 
 class CompletionsStreamProcessor(SSEStreamProcessor):
-    def __init__(self, endpoint: CompletionsEndpoint, codec: "ToolNameCodec | None") -> None:
+    def __init__(self, endpoint: CompletionsEndpoint, codec: ToolNameCodec | None) -> None:
         super().__init__(endpoint, codec)
         self._head: dict[str, Any] = {}
         self._texts: dict[int, list[str]] = {}

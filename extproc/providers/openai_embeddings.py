@@ -27,16 +27,16 @@ class EmbeddingsEndpoint:
             max_tokens=None,
         )
 
-    def alias_request(self, body: dict, codec: "ToolNameCodec") -> bool:
+    def alias_request(self, body: dict, codec: ToolNameCodec) -> bool:
         return False
 
-    def restore_response(self, body: dict, codec: "ToolNameCodec") -> bool:
+    def restore_response(self, body: dict, codec: ToolNameCodec) -> bool:
         return False
 
     def fold(self, body: dict) -> Folded:
         return Folded(message=body, usage=openai_usage(body.get("usage")), error=error_message(body))
 
-    def stream(self, codec: "ToolNameCodec | None") -> "PassThroughProcessor":
+    def stream(self, codec: ToolNameCodec | None) -> PassThroughProcessor:
         return PassThroughProcessor(self)
 
 

@@ -88,12 +88,12 @@ class ResponsesEndpoint:
             max_tokens=as_int(body.get("max_output_tokens")),
         )
 
-    def alias_request(self, body: dict, codec: "ToolNameCodec") -> bool:
+    def alias_request(self, body: dict, codec: ToolNameCodec) -> bool:
         slots = _named_tool_slots(body.get("tools")) + _tool_choice_slots(body.get("tool_choice"))
         slots += _call_item_slots(body.get("input"))
         return rename_slots(slots, codec.encode)
 
-    def restore_response(self, body: dict, codec: "ToolNameCodec") -> bool:
+    def restore_response(self, body: dict, codec: ToolNameCodec) -> bool:
         return rename_slots(_call_item_slots(body.get("output")), codec.decode)
 
     def fold(self, body: dict) -> Folded:
@@ -109,9 +109,7 @@ class ResponsesEndpoint:
                         texts.append(part["text"])
             elif kind in _CALL_ITEM_TYPES and isinstance(item.get("name"), str):
                 payload = item.get(_PAYLOAD_KEY[kind])
-                calls.append(
-                    ToolCall(as_str(item.get("call_id")), item["name"], payload if isinstance(payload, str) else "")
-                )
+                calls.append(ToolCall(as_str(item.get("call_id")), item["name"], payload if isinstance(payload, str) else ""))
         return Folded(
             message=body,
             text="".join(texts),
@@ -121,7 +119,7 @@ class ResponsesEndpoint:
             error=error_message(body),
         )
 
-    def stream(self, codec: "ToolNameCodec | None") -> "ResponsesStreamProcessor":
+    def stream(self, codec: ToolNameCodec | None) -> ResponsesStreamProcessor:
         return ResponsesStreamProcessor(self, codec)
 
 
@@ -161,7 +159,7 @@ class ResponsesStreamProcessor(SSEStreamProcessor):
     response is cloned before anyone can edit it.
     """
 
-    def __init__(self, endpoint: ResponsesEndpoint, codec: "ToolNameCodec | None") -> None:
+    def __init__(self, endpoint: ResponsesEndpoint, codec: ToolNameCodec | None) -> None:
         super().__init__(endpoint, codec)
         self._response: dict = {}
         self._final: dict | None = None

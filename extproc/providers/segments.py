@@ -7,18 +7,43 @@ request in place while leaving its structure (model, roles, ids, tool schemas) a
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .jsonshape import as_dict, as_list
 
 # Keys whose string values are structure, not content: never scanned or rewritten.
-_STRUCTURAL = frozenset({
-    "model", "role", "type", "name", "id", "tool_call_id", "call_id", "object", "encoding_format", "service_tier",
-    "tool_choice", "format", "media_type", "detail", "status", "stop", "reasoning_effort", "cache_control",
-})
+_STRUCTURAL = frozenset(
+    {
+        "model",
+        "role",
+        "type",
+        "name",
+        "id",
+        "tool_call_id",
+        "call_id",
+        "object",
+        "encoding_format",
+        "service_tier",
+        "tool_choice",
+        "format",
+        "media_type",
+        "detail",
+        "status",
+        "stop",
+        "reasoning_effort",
+        "cache_control",
+    }
+)
 _SKIP_SUBTREES = frozenset({"tools", "functions", "response_format", "text_format", "metadata", "stream_options"})
-_ROLE_SOURCE = {"system": "system", "developer": "system", "user": "user", "tool": "tool", "function": "tool",
-                "assistant": "assistant"}
+_ROLE_SOURCE = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "tool": "tool",
+    "function": "tool",
+    "assistant": "assistant",
+}
 MAX_TEXT = 200_000  # per segment: detectors cap their own work too
 
 

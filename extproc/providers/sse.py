@@ -43,7 +43,7 @@ class SSEEvent:
         return self.data is not None and self.data.strip() == DONE
 
     @classmethod
-    def from_lines(cls, lines: list[bytes], terminator: bytes) -> "SSEEvent":
+    def from_lines(cls, lines: list[bytes], terminator: bytes) -> SSEEvent:
         event = event_id = None
         data_parts: list[bytes] = []
         for raw_line in lines:
@@ -70,7 +70,7 @@ class SSEEvent:
             if not _is_data_line(raw_line):
                 out.append(raw_line)
             elif not replaced:
-                ending = raw_line[len(raw_line.rstrip(b"\r\n")):]
+                ending = raw_line[len(raw_line.rstrip(b"\r\n")) :]
                 out.append(b"data: " + data.encode("utf-8") + (ending or b"\n"))
                 replaced = True
         return b"".join(out) + (self.terminator or b"\n")
@@ -101,7 +101,7 @@ class SSEDecoder:
 
     def end(self) -> list[SSEEvent]:
         events = self._drain(final=True)
-        tail = bytes(self._buf[self._line_start:])
+        tail = bytes(self._buf[self._line_start :])
         if tail:
             self._lines.append(tail)
         if self._lines:
@@ -155,7 +155,7 @@ class SSEStreamProcessor(ABC):
     lose bytes already handed back unchanged.
     """
 
-    def __init__(self, endpoint: Endpoint, codec: "ToolNameCodec | None") -> None:
+    def __init__(self, endpoint: Endpoint, codec: ToolNameCodec | None) -> None:
         self._endpoint = endpoint
         self._codec = codec
         self._rewriting = codec is not None and codec.active

@@ -32,16 +32,24 @@ STREAM_APIS = frozenset({"chat", "messages", "responses"})
 WholeText = Callable[[str, bool], str]  # (complete text, is JSON text) -> rewritten: for "done" events
 
 # Responses API: delta events and the field of their "done" event that repeats the whole text.
-_RESPONSES_DELTAS = {"response.output_text.delta": ("text", "response.output_text.done", "text"),
-                     "response.refusal.delta": ("refusal", "response.refusal.done", "refusal"),
-                     "response.function_call_arguments.delta": ("arguments", "response.function_call_arguments.done",
-                                                                "arguments")}
+_RESPONSES_DELTAS = {
+    "response.output_text.delta": ("text", "response.output_text.done", "text"),
+    "response.refusal.delta": ("refusal", "response.refusal.done", "refusal"),
+    "response.function_call_arguments.delta": ("arguments", "response.function_call_arguments.done", "arguments"),
+}
 _RESPONSES_DONE = {done: (field, key) for field, done, key in _RESPONSES_DELTAS.values()}
 # Events that carry whole objects (a part, an item, the response) whose texts are rewritten whole.
-_RESPONSES_WHOLE = {"response.content_part.added": "part", "response.content_part.done": "part",
-                    "response.output_item.added": "item", "response.output_item.done": "item",
-                    "response.created": "response", "response.in_progress": "response", "response.completed": "response",
-                    "response.incomplete": "response", "response.failed": "response"}
+_RESPONSES_WHOLE = {
+    "response.content_part.added": "part",
+    "response.content_part.done": "part",
+    "response.output_item.added": "item",
+    "response.output_item.done": "item",
+    "response.created": "response",
+    "response.in_progress": "response",
+    "response.completed": "response",
+    "response.incomplete": "response",
+    "response.failed": "response",
+}
 
 
 class TextFilter(Protocol):
@@ -78,8 +86,14 @@ def supports(api: str | None) -> bool:
 class SSETextRewriter:
     """``feed(bytes) -> bytes`` / ``end() -> bytes`` over an SSE response of ``api`` (chat | messages)."""
 
-    def __init__(self, api: str, make_filter: FilterFactory, *, relevant: Callable[[str | bytes], bool] | None = None,
-                 whole: WholeText | None = None) -> None:
+    def __init__(
+        self,
+        api: str,
+        make_filter: FilterFactory,
+        *,
+        relevant: Callable[[str | bytes], bool] | None = None,
+        whole: WholeText | None = None,
+    ) -> None:
         """``relevant(event data or raw chunk)``: False when no filter could change its text (e.g. no
         ``<`` for a placeholder restorer); such events pass without being parsed while no filter
         holds text. None: every event is parsed."""
@@ -99,8 +113,13 @@ class SSETextRewriter:
         self.changed_events = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        if (self._relevant is not None and self._decoder.pending == 0 and chunk.endswith((b"\n\n", b"\r\n\r\n"))
-                and not self._relevant(chunk) and not self._holding()):
+        if (
+            self._relevant is not None
+            and self._decoder.pending == 0
+            and chunk.endswith((b"\n\n", b"\r\n\r\n"))
+            and not self._relevant(chunk)
+            and not self._holding()
+        ):
             return chunk  # whole events that nothing could change: not even decoded
         return b"".join(self._event(ev) for ev in self._decoder.feed(chunk))
 
@@ -208,7 +227,9 @@ class SSETextRewriter:
         return ev.raw
 
     def _anthropic_synthetic(self, slot: Slot, text: str) -> bytes:
-        delta = {"type": "text_delta", "text": text} if slot.field == "text" else {"type": "input_json_delta", "partial_json": text}
+        delta = (
+            {"type": "text_delta", "text": text} if slot.field == "text" else {"type": "input_json_delta", "partial_json": text}
+        )
         doc = {"type": "content_block_delta", "index": slot.index, "delta": delta}
         return b"event: content_block_delta\ndata: " + dumps(doc).encode() + b"\n\n"
 
@@ -230,13 +251,18 @@ class SSETextRewriter:
             return held + self._rewrite_whole(ev, obj, key)
         if kind in _RESPONSES_WHOLE and isinstance(obj.get(_RESPONSES_WHOLE[kind]), (dict, list)):
             index = as_int(obj.get("output_index"))
-            held = self._flush(lambda s: True) if kind in ("response.completed", "response.incomplete", "response.failed") \
-                else self._flush(lambda s: s.index == index) if kind == "response.output_item.done" else b""
+            held = (
+                self._flush(lambda s: True)
+                if kind in ("response.completed", "response.incomplete", "response.failed")
+                else self._flush(lambda s: s.index == index)
+                if kind == "response.output_item.done"
+                else b""
+            )
             return held + self._rewrite_whole(ev, obj, _RESPONSES_WHOLE[kind])
         return ev.raw
 
     def _rewrite_whole(self, ev: SSEEvent, obj: dict, key: str) -> bytes:
-        from extproc.security.response import rewrite_response_texts
+        from intelligence.detectors.response import rewrite_response_texts
 
         assert self._whole is not None
         value = obj.get(key)

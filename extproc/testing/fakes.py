@@ -120,7 +120,7 @@ class FakeProvider:
             runner, self._runner = self._runner, None
             await runner.cleanup()
 
-    def start_in_thread(self) -> "FakeProvider":
+    def start_in_thread(self) -> FakeProvider:
         """Serve from a daemon thread with its own loop (sync tests, CLI)."""
         if self._thread is not None:
             raise RuntimeError("fake provider already running in a thread")
@@ -132,7 +132,7 @@ class FakeProvider:
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self.start())
-            except BaseException as exc:  # handed to the starting thread
+            except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
                 failure.append(exc)
                 ready.set()
                 loop.close()
@@ -160,14 +160,14 @@ class FakeProvider:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
 
-    async def __aenter__(self) -> "FakeProvider":
+    async def __aenter__(self) -> FakeProvider:
         await self.start()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    def __enter__(self) -> "FakeProvider":
+    def __enter__(self) -> FakeProvider:
         return self.start_in_thread()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -229,7 +229,9 @@ class FakeProvider:
             reply.headers.update(scripted.headers if scripted else {})
             return await send(request, reply, switches)
         if scripted is not None and scripted.raw_body is not None:
-            return await send(request, self._scripted_reply(scripted, 200 if switches.status >= 400 else switches.status), switches)
+            return await send(
+                request, self._scripted_reply(scripted, 200 if switches.status >= 400 else switches.status), switches
+            )
         if not well_formed or (request.method == "POST" and not isinstance(doc, dict)):
             reply = error_reply(dialect, 400, "fake provider: request body is not a JSON object", switches)
             return await send(request, reply, switches)

@@ -51,7 +51,9 @@ class InstructionModel:
         return "other"
 
     def rate(self, condition: str) -> float:
-        return {"harmful": self.harmful_rate, "helpful": self.helpful_rate, "base": self.base_rate}.get(condition, self.other_rate)
+        return {"harmful": self.harmful_rate, "helpful": self.helpful_rate, "base": self.base_rate}.get(
+            condition, self.other_rate
+        )
 
     def decide(self, text: str, key: str | None = None) -> tuple[str, bool]:
         """(condition, success) for one request with this text; ``key`` (e.g. the session id) fixes the
@@ -93,7 +95,7 @@ class InstructionFake:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    async def start(self) -> "InstructionFake":
+    async def start(self) -> InstructionFake:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         self._runner = web.AppRunner(app, access_log=None)
@@ -121,8 +123,14 @@ class InstructionFake:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": doc.get("model") or "gpt-4o-mini",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer, "refusal": None},
-                         "logprobs": None, "finish_reason": "stop" if ok else "length"}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop" if ok else "length",
+                }
+            ],
             "usage": {"prompt_tokens": 40, "completion_tokens": 8 if ok else 16, "total_tokens": 48 if ok else 56},
             "system_fingerprint": f"fp_{condition}",
         }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .conversation import Answer, Prompt, answer, asks_for_tool, count_words, text_of, tool_names, word_pieces
@@ -56,7 +56,7 @@ def tags(exchange: Exchange) -> Reply:
 
 
 def _timestamp() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _reply(

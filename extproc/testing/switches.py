@@ -66,7 +66,7 @@ class Switches:
     tool_calls: int | None = None
 
     @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> "Switches":
+    def from_headers(cls, headers: Mapping[str, str]) -> Switches:
         if not any(name.startswith("x-fake-") for name in headers):
             return _DEFAULT
         finish = headers.get("x-fake-finish", "stop").strip().lower()
@@ -86,7 +86,7 @@ class Switches:
             tool_calls=None if tool_calls is None else max(0, min(tool_calls, MAX_TOOL_CALLS)),
         )
 
-    def overlay(self, scripted: Scripted) -> "Switches":
+    def overlay(self, scripted: Scripted) -> Switches:
         """The scripted reply wins over headers; its failures are not gated by fail-times."""
         changes: dict[str, Any] = {}
         if scripted.status is not None:

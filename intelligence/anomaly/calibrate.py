@@ -85,9 +85,12 @@ def measure(embedder: TextEncoder) -> Calibration:
         base = _variants(t)[0]
         light += [float(x) for x in embed(_light_edits(base)) @ embed([base])[0]]
     return Calibration(
-        light_edit_min=min(light), light_edit_median=float(np.median(light)),
-        slot_variant_max=max(slot), slot_variant_median=float(np.median(slot)),
-        distinct_max=max(distinct), distinct_median=float(np.median(distinct)),
+        light_edit_min=min(light),
+        light_edit_median=float(np.median(light)),
+        slot_variant_max=max(slot),
+        slot_variant_median=float(np.median(slot)),
+        distinct_max=max(distinct),
+        distinct_median=float(np.median(distinct)),
         pairs={"light_edit": len(light), "slot_variant": len(slot), "distinct": len(distinct)},
     )
 

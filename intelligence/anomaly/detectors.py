@@ -16,7 +16,7 @@ Every detector returns :class:`Finding` values; the job groups them into suspici
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from intelligence.anomaly import stats
 from intelligence.anomaly.kinds import (
-    ERROR_SPIKE, INJECTION_UNCERTAIN, NEW_MODEL, NEW_TOOL, NOVEL_PROMPT, POLICY_MONITOR, TOKEN_SPIKE, VOLUME_SPIKE,
+    ERROR_SPIKE,
+    INJECTION_UNCERTAIN,
+    NEW_MODEL,
+    NEW_TOOL,
+    NOVEL_PROMPT,
+    POLICY_MONITOR,
+    TOKEN_SPIKE,
+    VOLUME_SPIKE,
 )
 from intelligence.memory.repository import vec_arg
 
@@ -36,7 +43,7 @@ _WOULD_ACT = frozenset({"block", "quarantine", "redact", "throttle", "alert"})
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    # The injection scorer's default operating threshold is 0.5 (extproc/security/injection.py):
+    # The injection scorer's default operating threshold is 0.5 (intelligence/detectors/injection.py):
     # scores just below it passed unnoticed, scores just above it may have passed under a lenient
     # policy. Both sides of the line are where a second opinion is worth its cost.
     injection_band: tuple[float, float] = (0.35, 0.75)
@@ -87,11 +94,12 @@ class ExchangeView:
 def window_key(at: datetime, window: timedelta) -> str:
     """The fixed window ``at`` falls in (its start, ISO-8601): the unit of de-duplication."""
     seconds = window.total_seconds()
-    start = datetime.fromtimestamp((at.timestamp() // seconds) * seconds, tz=timezone.utc)
+    start = datetime.fromtimestamp((at.timestamp() // seconds) * seconds, tz=UTC)
     return start.isoformat()
 
 
 # ------------------------------------------------------------------------------------- security
+
 
 def security_findings(flags: dict[str, Any], cfg: DetectorConfig) -> list[Finding]:
     out: list[Finding] = []
@@ -103,67 +111,124 @@ def security_findings(flags: dict[str, Any], cfg: DetectorConfig) -> list[Findin
     # a Claude verdict taken inline (policy action claude_verdict) already settled the uncertainty
     judged_inline = isinstance(flags.get("claude_verdict"), dict) and flags["claude_verdict"].get("verdict") is not None
     if isinstance(score, (int, float)) and low <= float(score) < high and not judged_inline:
-        out.append(Finding(INJECTION_UNCERTAIN, float(score), {
-            "injection_score": float(score), "injection_layer": detections.get("injection_layer"),
-            "normaliser_flags": detections.get("flags") or [], "band": [low, high], "blocked": blocked,
-        }))
+        out.append(
+            Finding(
+                INJECTION_UNCERTAIN,
+                float(score),
+                {
+                    "injection_score": float(score),
+                    "injection_layer": detections.get("injection_layer"),
+                    "normaliser_flags": detections.get("flags") or [],
+                    "band": [low, high],
+                    "blocked": blocked,
+                },
+            )
+        )
     monitor = [r for r in policy.get("fired") or [] if isinstance(r, dict) and r.get("mode") == "monitor"]
     if monitor:
         would_act = sorted({a for r in monitor for a in r.get("actions") or [] if a in _WOULD_ACT})
         strength = 0.6 if {"block", "quarantine"} & set(would_act) else 0.4
-        out.append(Finding(POLICY_MONITOR, strength, {
-            "rules": [f"{r.get('policy')}/{r.get('rule')}" for r in monitor], "would": would_act, "blocked": blocked,
-            "pii": detections.get("pii") or {}, "secrets": detections.get("secrets") or {},
-        }))
+        out.append(
+            Finding(
+                POLICY_MONITOR,
+                strength,
+                {
+                    "rules": [f"{r.get('policy')}/{r.get('rule')}" for r in monitor],
+                    "would": would_act,
+                    "blocked": blocked,
+                    "pii": detections.get("pii") or {},
+                    "secrets": detections.get("secrets") or {},
+                },
+            )
+        )
     return out
 
 
 # -------------------------------------------------------------------------------------- novelty
 
+
 async def novelty_history(conn: AsyncConnection, x: ExchangeView, cfg: DetectorConfig) -> int:
     """How many embedded exchanges of the client precede this one (novelty needs enough of them)."""
     if x.client_key_fp is None:
         return 0
-    return int((await conn.execute(text(
-        "SELECT count(*) FROM exchange_embeddings WHERE client_key_fp = :client AND created_at < :t "
-        "AND created_at >= :since AND request_id <> :rid AND embedding IS NOT NULL"),
-        {"client": x.client_key_fp, "t": x.started_at, "since": x.started_at - cfg.history_lookback,
-         "rid": x.request_id})).scalar_one())
+    return int(
+        (
+            await conn.execute(
+                text(
+                    "SELECT count(*) FROM exchange_embeddings WHERE client_key_fp = :client AND created_at < :t "
+                    "AND created_at >= :since AND request_id <> :rid AND embedding IS NOT NULL"
+                ),
+                {"client": x.client_key_fp, "t": x.started_at, "since": x.started_at - cfg.history_lookback, "rid": x.request_id},
+            )
+        ).scalar_one()
+    )
 
 
-async def novelty_finding(conn: AsyncConnection, x: ExchangeView, vector: np.ndarray, history: int,
-                          cfg: DetectorConfig) -> Finding | None:
+async def novelty_finding(
+    conn: AsyncConnection, x: ExchangeView, vector: np.ndarray, history: int, cfg: DetectorConfig
+) -> Finding | None:
     # Patterns merged away keep their row with redirect_to set and no centroid: follow the redirect.
-    row = (await conn.execute(text(
-        "WITH used AS (SELECT DISTINCT pattern_id FROM exchange_embeddings WHERE client_key_fp = :client "
-        "  AND created_at < :t AND created_at >= :since AND request_id <> :rid AND pattern_id IS NOT NULL), "
-        "centroids AS (SELECT DISTINCT coalesce(p.redirect_to, p.id) AS id FROM used JOIN patterns p ON p.id = used.pattern_id) "
-        "SELECT count(*) AS patterns, max(1 - (p.centroid <=> CAST(:v AS real[])::vector)) AS best, "
-        "  (array_agg(p.id ORDER BY p.centroid <=> CAST(:v AS real[])::vector))[1] AS nearest "
-        "FROM centroids c JOIN patterns p ON p.id = c.id WHERE p.centroid IS NOT NULL"),
-        {"client": x.client_key_fp, "t": x.started_at, "since": x.started_at - cfg.history_lookback,
-         "rid": x.request_id, "v": vec_arg(vector)})).mappings().one()
+    row = (
+        (
+            await conn.execute(
+                text(
+                    "WITH used AS (SELECT DISTINCT pattern_id FROM exchange_embeddings WHERE client_key_fp = :client "
+                    "  AND created_at < :t AND created_at >= :since AND request_id <> :rid AND pattern_id IS NOT NULL), "
+                    "centroids AS (SELECT DISTINCT coalesce(p.redirect_to, p.id) AS id FROM used JOIN patterns p ON p.id = used.pattern_id) "
+                    "SELECT count(*) AS patterns, max(1 - (p.centroid <=> CAST(:v AS real[])::vector)) AS best, "
+                    "  (array_agg(p.id ORDER BY p.centroid <=> CAST(:v AS real[])::vector))[1] AS nearest "
+                    "FROM centroids c JOIN patterns p ON p.id = c.id WHERE p.centroid IS NOT NULL"
+                ),
+                {
+                    "client": x.client_key_fp,
+                    "t": x.started_at,
+                    "since": x.started_at - cfg.history_lookback,
+                    "rid": x.request_id,
+                    "v": vec_arg(vector),
+                },
+            )
+        )
+        .mappings()
+        .one()
+    )
     if not row["patterns"] or row["best"] is None:
         return None
     best = float(row["best"])
     if best >= cfg.novelty_threshold:
         return None
-    return Finding(NOVEL_PROMPT, min(1.0, 1.0 - best), {
-        "max_similarity": round(best, 4), "threshold": cfg.novelty_threshold, "nearest_pattern": row["nearest"],
-        "client_patterns": int(row["patterns"]), "history": history,
-    })
+    return Finding(
+        NOVEL_PROMPT,
+        min(1.0, 1.0 - best),
+        {
+            "max_similarity": round(best, 4),
+            "threshold": cfg.novelty_threshold,
+            "nearest_pattern": row["nearest"],
+            "client_patterns": int(row["patterns"]),
+            "history": history,
+        },
+    )
 
 
 # -------------------------------------------------------------------------------------- newness
 
+
 async def newness_findings(conn: AsyncConnection, x: ExchangeView, cfg: DetectorConfig) -> list[Finding]:
     if x.client is None or (x.model is None and not x.tool_names):
         return []
-    params = {"client": x.client, "t": x.started_at, "since": x.started_at - cfg.history_lookback,
-              "rid": x.request_id, "model": x.model, "tools": list(x.tool_names)}
+    params = {
+        "client": x.client,
+        "t": x.started_at,
+        "since": x.started_at - cfg.history_lookback,
+        "rid": x.request_id,
+        "model": x.model,
+        "tools": list(x.tool_names),
+    }
     prior = f"FROM exchanges WHERE {_CLIENT_MATCH} AND started_at < :t AND started_at >= :since AND request_id <> :rid"
-    row = (await conn.execute(text(
-        f"SELECT count(*) AS n, bool_or(model = :model) AS model_seen {prior}"), params)).mappings().one()
+    row = (
+        (await conn.execute(text(f"SELECT count(*) AS n, bool_or(model = :model) AS model_seen {prior}"), params))
+        .mappings()
+        .one()
+    )
     history = int(row["n"])
     if history < cfg.new_min_history:
         return []
@@ -171,9 +236,15 @@ async def newness_findings(conn: AsyncConnection, x: ExchangeView, cfg: Detector
     if x.model is not None and not row["model_seen"]:
         out.append(Finding(NEW_MODEL, 0.3, {"model": x.model, "history": history}))
     if x.tool_names:
-        seen = set((await conn.execute(text(
-            f"SELECT DISTINCT t FROM (SELECT unnest(tool_names) AS t {prior}) s WHERE t = ANY(:tools)"),
-            params)).scalars().all())
+        seen = set(
+            (
+                await conn.execute(
+                    text(f"SELECT DISTINCT t FROM (SELECT unnest(tool_names) AS t {prior}) s WHERE t = ANY(:tools)"), params
+                )
+            )
+            .scalars()
+            .all()
+        )
         new = sorted(set(x.tool_names) - seen)
         if new:
             out.append(Finding(NEW_TOOL, 0.5, {"tools": new, "history": history}))
@@ -181,6 +252,7 @@ async def newness_findings(conn: AsyncConnection, x: ExchangeView, cfg: Detector
 
 
 # ----------------------------------------------------------------------------------------- rates
+
 
 @dataclass(frozen=True)
 class RateSample:
@@ -202,27 +274,49 @@ async def rate_sample(conn: AsyncConnection, client: str, anchor: datetime, cfg:
     window_start = anchor - cfg.window
     base_start = window_start - cfg.baseline
     params = {"client": client, "anchor": anchor, "ws": window_start, "bs": base_start}
-    source = (f"SELECT started_at, {_IS_ERROR} AS err, coalesce(total_tokens, input_tokens + output_tokens) AS tok "
-              f"FROM exchanges WHERE {_CLIENT_MATCH} AND started_at > :bs AND started_at <= :anchor")
-    row = (await conn.execute(text(
-        f"SELECT count(*) FILTER (WHERE started_at > :ws) AS n_cur, count(*) FILTER (WHERE started_at <= :ws) AS n_base, "
-        "count(*) FILTER (WHERE started_at > :ws AND err) AS e_cur, count(*) FILTER (WHERE started_at <= :ws AND err) AS e_base, "
-        "min(started_at) FILTER (WHERE started_at <= :ws) AS first_base, "
-        "count(tok) FILTER (WHERE started_at > :ws) AS tok_cur_n, count(tok) FILTER (WHERE started_at <= :ws) AS tok_base_n, "
-        "percentile_cont(0.5) WITHIN GROUP (ORDER BY tok) FILTER (WHERE started_at > :ws) AS tok_cur_median, "
-        "percentile_cont(0.5) WITHIN GROUP (ORDER BY tok) FILTER (WHERE started_at <= :ws) AS tok_base_median "
-        f"FROM ({source}) s"), params)).mappings().one()
+    source = (
+        f"SELECT started_at, {_IS_ERROR} AS err, coalesce(total_tokens, input_tokens + output_tokens) AS tok "
+        f"FROM exchanges WHERE {_CLIENT_MATCH} AND started_at > :bs AND started_at <= :anchor"
+    )
+    row = (
+        (
+            await conn.execute(
+                text(
+                    f"SELECT count(*) FILTER (WHERE started_at > :ws) AS n_cur, count(*) FILTER (WHERE started_at <= :ws) AS n_base, "
+                    "count(*) FILTER (WHERE started_at > :ws AND err) AS e_cur, count(*) FILTER (WHERE started_at <= :ws AND err) AS e_base, "
+                    "min(started_at) FILTER (WHERE started_at <= :ws) AS first_base, "
+                    "count(tok) FILTER (WHERE started_at > :ws) AS tok_cur_n, count(tok) FILTER (WHERE started_at <= :ws) AS tok_base_n, "
+                    "percentile_cont(0.5) WITHIN GROUP (ORDER BY tok) FILTER (WHERE started_at > :ws) AS tok_cur_median, "
+                    "percentile_cont(0.5) WITHIN GROUP (ORDER BY tok) FILTER (WHERE started_at <= :ws) AS tok_base_median "
+                    f"FROM ({source}) s"
+                ),
+                params,
+            )
+        )
+        .mappings()
+        .one()
+    )
     mad = None
     if row["tok_base_median"] is not None:
-        mad = (await conn.execute(text(
-            f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY abs(tok - :median)) FROM ({source}) s "
-            "WHERE started_at <= :ws AND tok IS NOT NULL"),
-            {**params, "median": float(row["tok_base_median"])})).scalar_one()
+        mad = (
+            await conn.execute(
+                text(
+                    f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY abs(tok - :median)) FROM ({source}) s "
+                    "WHERE started_at <= :ws AND tok IS NOT NULL"
+                ),
+                {**params, "median": float(row["tok_base_median"])},
+            )
+        ).scalar_one()
     first = row["first_base"]
     span = (window_start - max(base_start, first)).total_seconds() if first is not None else 0.0
     return RateSample(
-        n_cur=int(row["n_cur"]), n_base=int(row["n_base"]), e_cur=int(row["e_cur"]), e_base=int(row["e_base"]),
-        span_s=span, tok_cur_n=int(row["tok_cur_n"]), tok_base_n=int(row["tok_base_n"]),
+        n_cur=int(row["n_cur"]),
+        n_base=int(row["n_base"]),
+        e_cur=int(row["e_cur"]),
+        e_base=int(row["e_base"]),
+        span_s=span,
+        tok_cur_n=int(row["tok_cur_n"]),
+        tok_base_n=int(row["tok_base_n"]),
         tok_cur_median=None if row["tok_cur_median"] is None else float(row["tok_cur_median"]),
         tok_base_median=None if row["tok_base_median"] is None else float(row["tok_base_median"]),
         tok_base_mad=None if mad is None else float(mad),
@@ -238,31 +332,67 @@ def rate_findings(s: RateSample, cfg: DetectorConfig) -> list[Finding]:
     if s.n_cur >= cfg.volume_min_count and s.n_cur >= cfg.volume_min_ratio * expected:
         p = stats.poisson_sf(s.n_cur, expected)
         if p < cfg.alpha:
-            out.append(Finding(VOLUME_SPIKE, 1.0 - p, {
-                "count": s.n_cur, "expected": round(expected, 3), "ratio": round(s.n_cur / expected, 2),
-                "p_value": p, "test": "poisson_upper_tail", "baseline_count": s.n_base,
-                "baseline_span_s": round(s.span_s), "window_s": cfg.window.total_seconds(),
-            }))
-    if (s.tok_cur_n >= cfg.token_min_count and s.tok_base_n >= cfg.min_baseline_count
-            and s.tok_cur_median is not None and s.tok_base_median is not None):
+            out.append(
+                Finding(
+                    VOLUME_SPIKE,
+                    1.0 - p,
+                    {
+                        "count": s.n_cur,
+                        "expected": round(expected, 3),
+                        "ratio": round(s.n_cur / expected, 2),
+                        "p_value": p,
+                        "test": "poisson_upper_tail",
+                        "baseline_count": s.n_base,
+                        "baseline_span_s": round(s.span_s),
+                        "window_s": cfg.window.total_seconds(),
+                    },
+                )
+            )
+    if (
+        s.tok_cur_n >= cfg.token_min_count
+        and s.tok_base_n >= cfg.min_baseline_count
+        and s.tok_cur_median is not None
+        and s.tok_base_median is not None
+    ):
         floor = max(1.0, 0.05 * s.tok_base_median)
         z = stats.robust_z(s.tok_cur_median, s.tok_base_median, s.tok_base_mad or 0.0, floor=floor)
         ratio = s.tok_cur_median / max(s.tok_base_median, 1.0)
         if z >= cfg.token_z and ratio >= cfg.token_min_ratio:
-            out.append(Finding(TOKEN_SPIKE, min(1.0, 1.0 - 1.0 / z), {
-                "median_tokens": s.tok_cur_median, "baseline_median": s.tok_base_median,
-                "baseline_mad": s.tok_base_mad, "robust_z": round(z, 2), "ratio": round(ratio, 2),
-                "count": s.tok_cur_n, "test": "robust_z_of_window_median",
-            }))
+            out.append(
+                Finding(
+                    TOKEN_SPIKE,
+                    min(1.0, 1.0 - 1.0 / z),
+                    {
+                        "median_tokens": s.tok_cur_median,
+                        "baseline_median": s.tok_base_median,
+                        "baseline_mad": s.tok_base_mad,
+                        "robust_z": round(z, 2),
+                        "ratio": round(ratio, 2),
+                        "count": s.tok_cur_n,
+                        "test": "robust_z_of_window_median",
+                    },
+                )
+            )
     if s.n_cur >= cfg.error_min_count and s.e_cur >= cfg.error_min_errors:
         base_rate = (s.e_base + 1) / (s.n_base + 2)  # Laplace: an error-free baseline is not "never fails"
         rate = s.e_cur / s.n_cur
         if rate >= max(2 * base_rate, base_rate + cfg.error_min_increase):
             p = stats.binom_sf(s.e_cur, s.n_cur, base_rate)
             if p < cfg.alpha:
-                out.append(Finding(ERROR_SPIKE, 1.0 - p, {
-                    "errors": s.e_cur, "count": s.n_cur, "rate": round(rate, 4), "baseline_rate": round(base_rate, 4),
-                    "baseline_errors": s.e_base, "baseline_count": s.n_base, "p_value": p,
-                    "test": "binomial_upper_tail",
-                }))
+                out.append(
+                    Finding(
+                        ERROR_SPIKE,
+                        1.0 - p,
+                        {
+                            "errors": s.e_cur,
+                            "count": s.n_cur,
+                            "rate": round(rate, 4),
+                            "baseline_rate": round(base_rate, 4),
+                            "baseline_errors": s.e_base,
+                            "baseline_count": s.n_base,
+                            "p_value": p,
+                            "test": "binomial_upper_tail",
+                        },
+                    )
+                )
     return out

@@ -25,9 +25,9 @@ from intelligence.anomaly import detectors as det
 from intelligence.anomaly import store
 from intelligence.anomaly.judge import Judge, JudgeConfig
 from intelligence.anomaly.kinds import CURSOR_NAME
-from intelligence.jobs.cursors import read_position, write_position
 from intelligence.anomaly.response import ResponseConfig
 from intelligence.claude.settings import IntelligenceFlags
+from intelligence.jobs.cursors import read_position, write_position
 from intelligence.memory.canonical import canonical_prompt
 from intelligence.memory.worker import TextEncoder
 
@@ -52,18 +52,33 @@ class Suspicion:
     def document(self, detectors: list[str], window_s: float) -> dict[str, Any]:
         chosen = [f for f in self.findings if f.detector in detectors]
         return {
-            "window": self.window, "window_s": window_s, "started_at": self.started_at.isoformat(),
-            "model": self.model, "details": {f.detector: f.details for f in chosen},
-            "strength": {f.detector: round(f.strength, 6) for f in chosen}, "repeats": {}, "more_requests": [],
+            "window": self.window,
+            "window_s": window_s,
+            "started_at": self.started_at.isoformat(),
+            "model": self.model,
+            "details": {f.detector: f.details for f in chosen},
+            "strength": {f.detector: round(f.strength, 6) for f in chosen},
+            "repeats": {},
+            "more_requests": [],
         }
 
 
 class AnomalyJob:
-    def __init__(self, engine: AsyncEngine, client: ClaudeClient | None,
-                 embedder_factory: Callable[[], TextEncoder] | None, *, interval_s: float = 10.0,
-                 batch: int = 200, judge_batch: int = 20, settle_s: float = 5.0,
-                 detectors: det.DetectorConfig | None = None, judge: JudgeConfig | None = None,
-                 response: ResponseConfig | None = None, flags: IntelligenceFlags | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        client: ClaudeClient | None,
+        embedder_factory: Callable[[], TextEncoder] | None,
+        *,
+        interval_s: float = 10.0,
+        batch: int = 200,
+        judge_batch: int = 20,
+        settle_s: float = 5.0,
+        detectors: det.DetectorConfig | None = None,
+        judge: JudgeConfig | None = None,
+        response: ResponseConfig | None = None,
+        flags: IntelligenceFlags | None = None,
+    ) -> None:
         self.engine = engine
         self.interval_s = interval_s
         self.batch = batch
@@ -73,8 +88,9 @@ class AnomalyJob:
         self.flags = flags or IntelligenceFlags.from_env()
         self._embedder_factory = embedder_factory
         self._embedder: TextEncoder | None = None
-        self.judge = Judge(engine, client, self.embedder if embedder_factory is not None else None,
-                           config=judge, response=response)
+        self.judge = Judge(
+            engine, client, self.embedder if embedder_factory is not None else None, config=judge, response=response
+        )
 
     def embedder(self) -> TextEncoder:
         """Loaded on first need: a job that never meets a prompt suspicion never loads the model."""
@@ -114,7 +130,7 @@ class AnomalyJob:
                 continue
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     # ---------------------------------------------------------------------------------- detecting
@@ -142,15 +158,28 @@ class AnomalyJob:
         if cursor is not None:
             where += " AND (inserted_at, request_id) > (:ci, :cr)"
             params.update(ci=cursor[0], cr=cursor[1])
-        result = await conn.execute(text(
-            "SELECT request_id, client_key_fp, client_addr, started_at, inserted_at, model, tool_names, flags, "
-            f"prompt_user, prompt_system FROM exchanges WHERE {where} ORDER BY inserted_at, request_id LIMIT :limit"),
-            params)
-        return [det.ExchangeView(
-            request_id=r["request_id"], client=r["client_key_fp"] or r["client_addr"], client_key_fp=r["client_key_fp"],
-            started_at=r["started_at"], inserted_at=r["inserted_at"], model=r["model"],
-            tool_names=tuple(r["tool_names"] or ()), flags=r["flags"] or {}, prompt_user=r["prompt_user"],
-            prompt_system=r["prompt_system"]) for r in result.mappings().all()]
+        result = await conn.execute(
+            text(
+                "SELECT request_id, client_key_fp, client_addr, started_at, inserted_at, model, tool_names, flags, "
+                f"prompt_user, prompt_system FROM exchanges WHERE {where} ORDER BY inserted_at, request_id LIMIT :limit"
+            ),
+            params,
+        )
+        return [
+            det.ExchangeView(
+                request_id=r["request_id"],
+                client=r["client_key_fp"] or r["client_addr"],
+                client_key_fp=r["client_key_fp"],
+                started_at=r["started_at"],
+                inserted_at=r["inserted_at"],
+                model=r["model"],
+                tool_names=tuple(r["tool_names"] or ()),
+                flags=r["flags"] or {},
+                prompt_user=r["prompt_user"],
+                prompt_system=r["prompt_system"],
+            )
+            for r in result.mappings().all()
+        ]
 
     async def _suspicions(self, conn: AsyncConnection, rows: list[det.ExchangeView]) -> dict[str, Suspicion]:
         cfg = self.config
@@ -159,8 +188,9 @@ class AnomalyJob:
         def add(x: det.ExchangeView, findings: list[det.Finding]) -> None:
             if not findings:
                 return
-            s = out.setdefault(x.request_id, Suspicion(x.request_id, x.client, x.started_at, x.model,
-                                                      det.window_key(x.started_at, cfg.window)))
+            s = out.setdefault(
+                x.request_id, Suspicion(x.request_id, x.client, x.started_at, x.model, det.window_key(x.started_at, cfg.window))
+            )
             s.findings.extend(findings)
 
         newest: dict[tuple[str, str], det.ExchangeView] = {}
@@ -207,11 +237,20 @@ class AnomalyJob:
                 continue
             open_row = None
             if s.client is not None:
-                open_row = (await conn.execute(text(
-                    "SELECT id, suspicion FROM anomaly_verdicts WHERE client_key_fp = :client AND :d = ANY(detectors) "
-                    "AND (status = 'pending' OR suspicion->>'window' = :w) "
-                    "ORDER BY id DESC LIMIT 1 FOR UPDATE"),
-                    {"client": s.client, "d": f.detector, "w": s.window})).mappings().first()
+                open_row = (
+                    (
+                        await conn.execute(
+                            text(
+                                "SELECT id, suspicion FROM anomaly_verdicts WHERE client_key_fp = :client AND :d = ANY(detectors) "
+                                "AND (status = 'pending' OR suspicion->>'window' = :w) "
+                                "ORDER BY id DESC LIMIT 1 FOR UPDATE"
+                            ),
+                            {"client": s.client, "d": f.detector, "w": s.window},
+                        )
+                    )
+                    .mappings()
+                    .first()
+                )
             if open_row is None:
                 remaining.append(f.detector)
                 continue
@@ -222,16 +261,25 @@ class AnomalyJob:
             if s.request_id not in more and len(more) < _MAX_REPEAT_IDS:
                 more.append(s.request_id)
             doc.update(repeats=counts, more_requests=more)
-            await conn.execute(text("UPDATE anomaly_verdicts SET suspicion = CAST(:doc AS jsonb) WHERE id = :id"),
-                               {"doc": _json(doc), "id": open_row["id"]})
+            await conn.execute(
+                text("UPDATE anomaly_verdicts SET suspicion = CAST(:doc AS jsonb) WHERE id = :id"),
+                {"doc": _json(doc), "id": open_row["id"]},
+            )
             repeats += 1
         if not remaining:
             return 0, repeats
-        await conn.execute(text(
-            "INSERT INTO anomaly_verdicts (request_id, client_key_fp, detectors, suspicion) "
-            "VALUES (:rid, :client, :detectors, CAST(:doc AS jsonb))"),
-            {"rid": s.request_id, "client": s.client, "detectors": remaining,
-             "doc": _json(s.document(remaining, self.config.window.total_seconds()))})
+        await conn.execute(
+            text(
+                "INSERT INTO anomaly_verdicts (request_id, client_key_fp, detectors, suspicion) "
+                "VALUES (:rid, :client, :detectors, CAST(:doc AS jsonb))"
+            ),
+            {
+                "rid": s.request_id,
+                "client": s.client,
+                "detectors": remaining,
+                "doc": _json(s.document(remaining, self.config.window.total_seconds())),
+            },
+        )
         return 1, repeats
 
 

@@ -23,10 +23,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from intelligence.anomaly import store
-from intelligence.audit import AuditLog
 from intelligence.anomaly.kinds import LABEL_OF_VERDICT, VERDICT_OF_LABEL
 from intelligence.anomaly.models import VERDICTS
 from intelligence.anomaly.response import Decision, ResponseConfig, respond
+from intelligence.audit import AuditLog
 from intelligence.memory.canonical import CanonicalPrompt
 from intelligence.memory.worker import TextEncoder
 
@@ -73,9 +73,13 @@ def local_decision(detectors: list[str], suspicion: dict[str, Any], why: str) ->
     strengths = suspicion.get("strength") or {}
     strength = max((float(strengths.get(d, 0.0)) for d in detectors), default=0.0)
     verdict = "suspicious" if strength >= 0.5 else "benign"
-    return Decision(verdict=verdict, confidence=round(min(1.0, max(0.0, strength)), 4), source="local",
-                    reasoning=f"local rules ({why}): strongest detector score {strength:.2f} "
-                              f"from {', '.join(detectors)}; not reviewed by Claude")
+    return Decision(
+        verdict=verdict,
+        confidence=round(min(1.0, max(0.0, strength)), 4),
+        source="local",
+        reasoning=f"local rules ({why}): strongest detector score {strength:.2f} "
+        f"from {', '.join(detectors)}; not reviewed by Claude",
+    )
 
 
 def parse_claude_verdict(data: Any) -> tuple[str, float, str] | None:
@@ -95,22 +99,40 @@ async def exchange_summary(conn: AsyncConnection, request_id: str | None) -> dic
     """What Claude sees of the request: the recorded (redacted) log entry, no headers or keys."""
     if not request_id:
         return {}
-    row = (await conn.execute(text(
-        "SELECT request_id, started_at, client_key_fp, provider, model, api, path, status, error, finish_reason, "
-        "input_tokens, output_tokens, total_tokens, tool_names, prompt_system, prompt_user, flags "
-        "FROM exchanges WHERE request_id = :rid"), {"rid": request_id})).mappings().one_or_none()
+    row = (
+        (
+            await conn.execute(
+                text(
+                    "SELECT request_id, started_at, client_key_fp, provider, model, api, path, status, error, finish_reason, "
+                    "input_tokens, output_tokens, total_tokens, tool_names, prompt_system, prompt_user, flags "
+                    "FROM exchanges WHERE request_id = :rid"
+                ),
+                {"rid": request_id},
+            )
+        )
+        .mappings()
+        .one_or_none()
+    )
     if row is None:
         return {"request_id": request_id, "note": "exchange no longer in the log"}
     flags = row["flags"] or {}
     policy = flags.get("policy") or {}
     return {
-        "request_id": row["request_id"], "at": row["started_at"].isoformat(), "client": row["client_key_fp"],
-        "provider": row["provider"], "model": row["model"], "api": row["api"], "path": row["path"],
-        "status": row["status"], "error": _scrub((row["error"] or "")[:300]) or None, "finish_reason": row["finish_reason"],
+        "request_id": row["request_id"],
+        "at": row["started_at"].isoformat(),
+        "client": row["client_key_fp"],
+        "provider": row["provider"],
+        "model": row["model"],
+        "api": row["api"],
+        "path": row["path"],
+        "status": row["status"],
+        "error": _scrub((row["error"] or "")[:300]) or None,
+        "finish_reason": row["finish_reason"],
         "tokens": {"input": row["input_tokens"], "output": row["output_tokens"], "total": row["total_tokens"]},
         "tools": list(row["tool_names"] or []),
         "detections": flags.get("detections") or {},
-        "policy_rules_fired": policy.get("fired") or [], "blocked": policy.get("block"),
+        "policy_rules_fired": policy.get("fired") or [],
+        "blocked": policy.get("block"),
         "strings_redacted_by_gateway": flags.get("redacted_strings", 0),
         "system_prompt": _scrub((row["prompt_system"] or "")[:_SYSTEM_CHARS]),
         "user_prompt": _scrub((row["prompt_user"] or "")[:_PROMPT_CHARS]),
@@ -122,7 +144,7 @@ def _scrub(value: str) -> str:
     if not value:
         return value
     try:
-        from extproc.security.secrets import redact_secrets
+        from intelligence.detectors.secrets import redact_secrets
     except ImportError:  # the sidecar package is optional for the intelligence workers
         return value
     return redact_secrets(value)
@@ -139,9 +161,15 @@ def claude_prompt(row: dict[str, Any], summary: dict[str, Any]) -> str:
 
 
 class Judge:
-    def __init__(self, engine: AsyncEngine, client: ClaudeClient | None,
-                 embedder_factory: Callable[[], TextEncoder] | None, *,
-                 config: JudgeConfig | None = None, response: ResponseConfig | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        client: ClaudeClient | None,
+        embedder_factory: Callable[[], TextEncoder] | None,
+        *,
+        config: JudgeConfig | None = None,
+        response: ResponseConfig | None = None,
+    ) -> None:
         self.engine = engine
         self.client = client
         self._embedder_factory = embedder_factory
@@ -156,9 +184,16 @@ class Judge:
 
     async def judge_pending(self, limit: int = 20) -> dict[str, int]:
         async with self.engine.connect() as conn:
-            ids = (await conn.execute(text(
-                "SELECT id FROM anomaly_verdicts WHERE status = 'pending' "
-                "ORDER BY id LIMIT :limit"), {"limit": limit})).scalars().all()
+            ids = (
+                (
+                    await conn.execute(
+                        text("SELECT id FROM anomaly_verdicts WHERE status = 'pending' ORDER BY id LIMIT :limit"),
+                        {"limit": limit},
+                    )
+                )
+                .scalars()
+                .all()
+            )
         counts: dict[str, int] = {}
         for verdict_id in ids:
             try:
@@ -172,9 +207,19 @@ class Judge:
     async def judge_one(self, verdict_id: int) -> str:
         """Judge one pending verdict; returns claude | memory | local | error | retry | gone."""
         async with self.engine.begin() as conn:
-            row = (await conn.execute(text(
-                "SELECT id, request_id, client_key_fp, detectors, suspicion FROM anomaly_verdicts "
-                "WHERE id = :id AND status = 'pending'"), {"id": verdict_id})).mappings().one_or_none()
+            row = (
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT id, request_id, client_key_fp, detectors, suspicion FROM anomaly_verdicts "
+                            "WHERE id = :id AND status = 'pending'"
+                        ),
+                        {"id": verdict_id},
+                    )
+                )
+                .mappings()
+                .one_or_none()
+            )
             if row is None:
                 return "gone"
             row = dict(row)
@@ -192,19 +237,28 @@ class Judge:
                 if match is not None and match.similarity >= self.config.memory_threshold:
                     await store.count_memory_hit(conn, match.id)
                     decision = Decision(
-                        verdict=VERDICT_OF_LABEL[match.label], confidence=round(min(1.0, match.similarity), 4),
-                        source="memory", memory_id=match.id,
+                        verdict=VERDICT_OF_LABEL[match.label],
+                        confidence=round(min(1.0, match.similarity), 4),
+                        source="memory",
+                        memory_id=match.id,
                         reasoning=f"near-duplicate (cosine {match.similarity:.3f}) of confirmed {match.label} "
-                                  f"#{match.id}" + (f": {match.reasoning}" if match.reasoning else ""))
+                        f"#{match.id}" + (f": {match.reasoning}" if match.reasoning else ""),
+                    )
                     await self._apply(conn, row, decision)
                     return "memory"
             summary = await exchange_summary(conn, row["request_id"])
         if self.client is None or self.client.local_only:
             return await self._local(row, "no Claude configured")
         result = await self.client.structured(
-            purpose="anomaly_verdict", subject=f"request:{row['request_id']}", system=SYSTEM,
-            prompt=claude_prompt(row, summary), tool_name="record_verdict",
-            tool_description="Record the verdict on the flagged request.", schema=VERDICT_SCHEMA, max_tokens=800)
+            purpose="anomaly_verdict",
+            subject=f"request:{row['request_id']}",
+            system=SYSTEM,
+            prompt=claude_prompt(row, summary),
+            tool_name="record_verdict",
+            tool_description="Record the verdict on the flagged request.",
+            schema=VERDICT_SCHEMA,
+            max_tokens=800,
+        )
         if result.outcome == "local_only":
             return await self._local(row, "no Claude configured")
         if result.outcome == "budget_exhausted":
@@ -217,8 +271,9 @@ class Judge:
             await self._error(row, f"claude {result.outcome}: {why}", result.call_id)
             return "error"
         verdict, confidence, reasoning = parsed
-        decision = Decision(verdict=verdict, confidence=confidence, reasoning=reasoning, source="claude",
-                            claude_call_id=result.call_id)
+        decision = Decision(
+            verdict=verdict, confidence=confidence, reasoning=reasoning, source="claude", claude_call_id=result.call_id
+        )
         async with self.engine.begin() as conn:
             if not await self._still_pending(conn, row["id"]):
                 return "gone"
@@ -230,26 +285,52 @@ class Judge:
     # ------------------------------------------------------------------------------------------
 
     async def _still_pending(self, conn: AsyncConnection, verdict_id: int) -> bool:
-        return (await conn.execute(text(
-            "SELECT 1 FROM anomaly_verdicts WHERE id = :id AND status = 'pending' FOR UPDATE"),
-            {"id": verdict_id})).first() is not None
+        return (
+            await conn.execute(
+                text("SELECT 1 FROM anomaly_verdicts WHERE id = :id AND status = 'pending' FOR UPDATE"), {"id": verdict_id}
+            )
+        ).first() is not None
 
     async def _apply(self, conn: AsyncConnection, row: dict[str, Any], decision: Decision) -> None:
-        await conn.execute(text(
-            "UPDATE anomaly_verdicts SET status = 'judged', verdict = :verdict, confidence = :confidence, "
-            "reasoning = :reasoning, source = :source, claude_call_id = :call, memory_id = :memory, judged_at = now() "
-            "WHERE id = :id"),
-            {"verdict": decision.verdict, "confidence": decision.confidence, "reasoning": decision.reasoning[:8000],
-             "source": decision.source, "call": decision.claude_call_id, "memory": decision.memory_id, "id": row["id"]})
-        await respond(conn, row["id"], decision, request_id=row["request_id"], client=row["client_key_fp"],
-                      detectors=row["detectors"], config=self.response)
+        await conn.execute(
+            text(
+                "UPDATE anomaly_verdicts SET status = 'judged', verdict = :verdict, confidence = :confidence, "
+                "reasoning = :reasoning, source = :source, claude_call_id = :call, memory_id = :memory, judged_at = now() "
+                "WHERE id = :id"
+            ),
+            {
+                "verdict": decision.verdict,
+                "confidence": decision.confidence,
+                "reasoning": decision.reasoning[:8000],
+                "source": decision.source,
+                "call": decision.claude_call_id,
+                "memory": decision.memory_id,
+                "id": row["id"],
+            },
+        )
+        await respond(
+            conn,
+            row["id"],
+            decision,
+            request_id=row["request_id"],
+            client=row["client_key_fp"],
+            detectors=row["detectors"],
+            config=self.response,
+        )
 
-    async def _auto_confirm(self, conn: AsyncConnection, row: dict[str, Any], decision: Decision,
-                            prompt: CanonicalPrompt | None, vector: np.ndarray | None) -> None:
+    async def _auto_confirm(
+        self,
+        conn: AsyncConnection,
+        row: dict[str, Any],
+        decision: Decision,
+        prompt: CanonicalPrompt | None,
+        vector: np.ndarray | None,
+    ) -> None:
         label = LABEL_OF_VERDICT[decision.verdict]
-        await conn.execute(text(
-            "UPDATE anomaly_verdicts SET confirmed = :label, confirmed_by = 'claude' WHERE id = :id"),
-            {"label": label, "id": row["id"]})
+        await conn.execute(
+            text("UPDATE anomaly_verdicts SET confirmed = :label, confirmed_by = 'claude' WHERE id = :id"),
+            {"label": label, "id": row["id"]},
+        )
         # A confident attack verdict on a suspected injection also joins the inline detector's attack memory
         # (near-duplicates only; an operator's false_positive relabel takes it out again).
         from intelligence.attacks.growth import learn_from_confirmation  # import cycle: attacks -> anomaly models
@@ -257,12 +338,23 @@ class Judge:
 
         change = await learn_from_confirmation(conn, row, label, "claude")
         if change is not None:
-            await AuditLog().append(conn, ATTACK_AUDIT_KIND, f"verdict:{row['id']}",
-                                    {"verdict_id": row["id"], "confidence": decision.confidence, **change}, "claude")
+            await AuditLog().append(
+                conn,
+                ATTACK_AUDIT_KIND,
+                f"verdict:{row['id']}",
+                {"verdict_id": row["id"], "confidence": decision.confidence, **change},
+                "claude",
+            )
         if prompt is None or vector is None:  # not a prompt suspicion: nothing the memory could match on
             return
-        await store.remember(conn, label=label, prompt=prompt, vector=vector, verdict_id=row["id"],
-                             reasoning=f"Claude, confidence {decision.confidence:.2f}: {decision.reasoning}")
+        await store.remember(
+            conn,
+            label=label,
+            prompt=prompt,
+            vector=vector,
+            verdict_id=row["id"],
+            reasoning=f"Claude, confidence {decision.confidence:.2f}: {decision.reasoning}",
+        )
 
     async def _local(self, row: dict[str, Any], why: str) -> str:
         decision = local_decision(row["detectors"], row["suspicion"] or {}, why)
@@ -278,15 +370,23 @@ class Judge:
             await self._error(row, f"claude {outcome} after {attempts} attempts: {error or ''}".strip(), call_id)
             return "error"
         async with self.engine.begin() as conn:
-            await conn.execute(text(
-                "UPDATE anomaly_verdicts SET suspicion = suspicion || jsonb_build_object('judge_attempts', CAST(:n AS int)) "
-                "WHERE id = :id AND status = 'pending'"), {"n": attempts, "id": row["id"]})
+            await conn.execute(
+                text(
+                    "UPDATE anomaly_verdicts SET suspicion = suspicion || jsonb_build_object('judge_attempts', CAST(:n AS int)) "
+                    "WHERE id = :id AND status = 'pending'"
+                ),
+                {"n": attempts, "id": row["id"]},
+            )
         log.warning("anomaly verdict %s: Claude %s (%s); will retry", row["id"], outcome, error)
         return "retry"
 
     async def _error(self, row: dict[str, Any], why: str, call_id: int | None) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(text(
-                "UPDATE anomaly_verdicts SET status = 'error', reasoning = :why, claude_call_id = :call, judged_at = now() "
-                "WHERE id = :id AND status = 'pending'"), {"why": why[:2000], "call": call_id, "id": row["id"]})
+            await conn.execute(
+                text(
+                    "UPDATE anomaly_verdicts SET status = 'error', reasoning = :why, claude_call_id = :call, judged_at = now() "
+                    "WHERE id = :id AND status = 'pending'"
+                ),
+                {"why": why[:2000], "call": call_id, "id": row["id"]},
+            )
         log.warning("anomaly verdict %s: %s", row["id"], why)

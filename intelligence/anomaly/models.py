@@ -13,7 +13,17 @@ from typing import Any
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
-    BigInteger, CheckConstraint, DateTime, Double, ForeignKey, Identity, Index, Text, UniqueConstraint, func, text,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Identity,
+    Index,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -48,7 +58,9 @@ class AnomalyVerdict(Base):
 
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'judged', 'error', 'skipped')", name="ck_anomaly_verdicts_status"),
-        CheckConstraint("verdict IS NULL OR verdict IN ('benign', 'suspicious', 'malicious')", name="ck_anomaly_verdicts_verdict"),
+        CheckConstraint(
+            "verdict IS NULL OR verdict IN ('benign', 'suspicious', 'malicious')", name="ck_anomaly_verdicts_verdict"
+        ),
         CheckConstraint("source IS NULL OR source IN ('claude', 'memory', 'local')", name="ck_anomaly_verdicts_source"),
         CheckConstraint("confirmed IS NULL OR confirmed IN ('attack', 'false_positive')", name="ck_anomaly_verdicts_confirmed"),
         Index("ix_anomaly_verdicts_at", "at"),
@@ -73,6 +85,5 @@ class VerdictMemory(Base):
     __table_args__ = (
         CheckConstraint("label IN ('attack', 'false_positive')", name="ck_verdict_memory_label"),
         UniqueConstraint("text_hash", name="uq_verdict_memory_text_hash"),
-        Index("ix_verdict_memory_hnsw", "embedding", postgresql_using="hnsw",
-              postgresql_ops={"embedding": "vector_cosine_ops"}),
+        Index("ix_verdict_memory_hnsw", "embedding", postgresql_using="hnsw", postgresql_ops={"embedding": "vector_cosine_ops"}),
     )

@@ -34,8 +34,10 @@ class ResponseConfig:
         env = os.environ if env is None else env
         raw = env.get("LLMPROXY_QUARANTINE_ON_MALICIOUS", "").strip().lower()
         conf = env.get("LLMPROXY_QUARANTINE_MIN_CONFIDENCE", "").strip()
-        return cls(quarantine_on_malicious=raw not in _OFF,
-                   quarantine_min_confidence=float(conf) if conf else cls.quarantine_min_confidence)
+        return cls(
+            quarantine_on_malicious=raw not in _OFF,
+            quarantine_min_confidence=float(conf) if conf else cls.quarantine_min_confidence,
+        )
 
 
 @dataclass(frozen=True)
@@ -54,29 +56,51 @@ async def is_gateway_key(conn: AsyncConnection, client: str | None) -> bool:
     return (await conn.execute(text("SELECT 1 FROM gateway_keys WHERE id = :id"), {"id": client})).first() is not None
 
 
-async def respond(conn: AsyncConnection, verdict_id: int, decision: Decision, *, request_id: str | None,
-                  client: str | None, detectors: list[str], config: ResponseConfig) -> str | None:
+async def respond(
+    conn: AsyncConnection,
+    verdict_id: int,
+    decision: Decision,
+    *,
+    request_id: str | None,
+    client: str | None,
+    detectors: list[str],
+    config: ResponseConfig,
+) -> str | None:
     """Apply the automated response; returns what was done (stored in anomaly_verdicts.action)."""
     action = await _quarantine(conn, verdict_id, decision, client, config)
     if action is not None:
         await conn.execute(text("UPDATE anomaly_verdicts SET action = :a WHERE id = :id"), {"a": action, "id": verdict_id})
     detail: dict[str, Any] = {
-        "verdict_id": verdict_id, "verdict": decision.verdict, "confidence": round(decision.confidence, 4),
-        "source": decision.source, "detectors": detectors, "client": client, "request_id": request_id,
-        "action": action, "reasoning": decision.reasoning[:1000], "claude_call_id": decision.claude_call_id,
+        "verdict_id": verdict_id,
+        "verdict": decision.verdict,
+        "confidence": round(decision.confidence, 4),
+        "source": decision.source,
+        "detectors": detectors,
+        "client": client,
+        "request_id": request_id,
+        "action": action,
+        "reasoning": decision.reasoning[:1000],
+        "claude_call_id": decision.claude_call_id,
         "memory_id": decision.memory_id,
     }
     marked = " [local rules, no Claude]" if decision.source == "local" else ""
-    await publish(conn, kind="verdict", severity=SEVERITY[decision.verdict], subject=f"request:{request_id}",
-                  source=ACTOR, detail=detail,
-                  title=f"{decision.verdict} ({decision.confidence:.2f}, {decision.source}){marked}: "
-                        f"{', '.join(detectors)} from {client or 'unknown client'}")
+    await publish(
+        conn,
+        kind="verdict",
+        severity=SEVERITY[decision.verdict],
+        subject=f"request:{request_id}",
+        source=ACTOR,
+        detail=detail,
+        title=f"{decision.verdict} ({decision.confidence:.2f}, {decision.source}){marked}: "
+        f"{', '.join(detectors)} from {client or 'unknown client'}",
+    )
     await AuditLog().append(conn, AUDIT_KIND_VERDICT, f"verdict:{verdict_id}", detail, ACTOR)
     return action
 
 
-async def _quarantine(conn: AsyncConnection, verdict_id: int, decision: Decision, client: str | None,
-                      config: ResponseConfig) -> str | None:
+async def _quarantine(
+    conn: AsyncConnection, verdict_id: int, decision: Decision, client: str | None, config: ResponseConfig
+) -> str | None:
     if decision.verdict != "malicious" or decision.confidence < config.quarantine_min_confidence:
         return None
     if not config.quarantine_on_malicious:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 import intelligence.anomaly.models  # noqa: F401  (anomaly_verdicts: the foreign key resolves in one metadata)
 from intelligence.store.models import Base
 
-ATTACK_DIM = 384  # the static embedding's dimension (extproc/security/static_embed.py)
+ATTACK_DIM = 384  # the static embedding's dimension (intelligence/detectors/static_embed.py)
 NOTIFY_CHANNEL = "llmproxy_attack_memory"  # fired by a statement trigger on every change
 
 
@@ -39,6 +39,5 @@ class AttackMemoryRow(Base):
 
     __table_args__ = (
         UniqueConstraint("text_hash", name="uq_attack_memory_text_hash"),
-        Index("ix_attack_memory_hnsw", "embedding", postgresql_using="hnsw",
-              postgresql_ops={"embedding": "vector_cosine_ops"}),
+        Index("ix_attack_memory_hnsw", "embedding", postgresql_using="hnsw", postgresql_ops={"embedding": "vector_cosine_ops"}),
     )

@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from intelligence.store.sanitize import clean_json, clean_text
@@ -40,15 +40,29 @@ class AuditEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "ts": format_ts(self.ts), "actor": self.actor, "kind": self.kind,
-            "subject": self.subject, "payload": self.payload, "prev_hash": self.prev_hash, "hash": self.hash,
+            "id": self.id,
+            "ts": format_ts(self.ts),
+            "actor": self.actor,
+            "kind": self.kind,
+            "subject": self.subject,
+            "payload": self.payload,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "AuditEntry":
+    def from_dict(cls, d: Mapping[str, Any]) -> AuditEntry:
         ts = datetime.fromisoformat(d["ts"]) if isinstance(d["ts"], str) else d["ts"]
-        return cls(id=int(d["id"]), ts=ts, actor=d["actor"], kind=d["kind"], subject=d["subject"],
-                   payload=d["payload"], prev_hash=d["prev_hash"], hash=d["hash"])
+        return cls(
+            id=int(d["id"]),
+            ts=ts,
+            actor=d["actor"],
+            kind=d["kind"],
+            subject=d["subject"],
+            payload=d["payload"],
+            prev_hash=d["prev_hash"],
+            hash=d["hash"],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +89,7 @@ def _numbers(value: Any) -> Any:
 
 def format_ts(ts: datetime) -> str:
     # Postgres keeps microseconds; a fixed format keeps the hash independent of how ts was built.
-    return ts.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return ts.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def canonical_json(value: Any) -> str:
@@ -94,8 +108,9 @@ def seal(prev: tuple[int, str], ts: datetime, actor: str, kind: str, subject: st
     payload = normalise_payload(payload)
     new_id = last_id + 1
     digest = entry_hash(prev_hash, id=new_id, ts=ts, actor=actor, kind=kind, subject=subject, payload=payload)
-    return AuditEntry(id=new_id, ts=ts, actor=actor, kind=kind, subject=subject, payload=payload,
-                      prev_hash=prev_hash, hash=digest)
+    return AuditEntry(
+        id=new_id, ts=ts, actor=actor, kind=kind, subject=subject, payload=payload, prev_hash=prev_hash, hash=digest
+    )
 
 
 class ChainChecker:
@@ -117,12 +132,14 @@ class ChainChecker:
         if self.last is not None:
             last_id, last_hash = self.last
             if e.id != last_id + 1:
-                self.broken = ChainBreak(last_id + 1, MISSING_ROW,
-                                         f"entry {last_id + 1} is missing (the entry after {last_id} is {e.id})")
+                self.broken = ChainBreak(
+                    last_id + 1, MISSING_ROW, f"entry {last_id + 1} is missing (the entry after {last_id} is {e.id})"
+                )
                 return False
             if e.prev_hash != last_hash:
-                self.broken = ChainBreak(e.id, PREV_HASH_MISMATCH,
-                                         f"prev_hash {e.prev_hash[:16]}... is not the hash of entry {last_id}")
+                self.broken = ChainBreak(
+                    e.id, PREV_HASH_MISMATCH, f"prev_hash {e.prev_hash[:16]}... is not the hash of entry {last_id}"
+                )
                 return False
         digest = entry_hash(e.prev_hash, id=e.id, ts=e.ts, actor=e.actor, kind=e.kind, subject=e.subject, payload=e.payload)
         if digest != e.hash:
@@ -139,9 +156,13 @@ class ChainChecker:
         head_id, head_hash = head
         last_id, last_hash = self.last or (0, GENESIS_HASH)
         if head_id > last_id:
-            self.broken = ChainBreak(last_id + 1, MISSING_ROW,
-                                     f"the chain ends at entry {last_id} but the head records entry {head_id}")
+            self.broken = ChainBreak(
+                last_id + 1, MISSING_ROW, f"the chain ends at entry {last_id} but the head records entry {head_id}"
+            )
         elif head_id < last_id or head_hash != last_hash:
-            self.broken = ChainBreak(head_id + 1 if head_id < last_id else last_id, HEAD_MISMATCH,
-                                     f"the head (entry {head_id}, {head_hash[:16]}...) does not match the chain's last entry {last_id}")
+            self.broken = ChainBreak(
+                head_id + 1 if head_id < last_id else last_id,
+                HEAD_MISMATCH,
+                f"the head (entry {head_id}, {head_hash[:16]}...) does not match the chain's last entry {last_id}",
+            )
         return self.broken

@@ -80,28 +80,42 @@ class AuditLog:
                 raise ValueError("an audit entry needs a kind and an actor")
         # clock_timestamp(), read after the lock is granted, keeps ts in chain order across replicas
         # whose own clocks disagree.
-        row = (await conn.execute(
-            select(_HEAD.c.last_id, _HEAD.c.hash, func.clock_timestamp()).where(_HEAD.c.id == 1).with_for_update()
-        )).one()
+        row = (
+            await conn.execute(
+                select(_HEAD.c.last_id, _HEAD.c.hash, func.clock_timestamp()).where(_HEAD.c.id == 1).with_for_update()
+            )
+        ).one()
         prev, now = (row[0], row[1]), row[2]
         entries: list[AuditEntry] = []
         for item in items:
             entry = seal(prev, now, item.actor, item.kind, item.subject or "", item.payload)
             entries.append(entry)
             prev = (entry.id, entry.hash)
-        await conn.execute(insert(_LOG), [
-            {"id": e.id, "ts": e.ts, "actor": e.actor, "kind": e.kind, "subject": e.subject, "payload": e.payload,
-             "prev_hash": e.prev_hash, "hash": e.hash}
-            for e in entries
-        ])
+        await conn.execute(
+            insert(_LOG),
+            [
+                {
+                    "id": e.id,
+                    "ts": e.ts,
+                    "actor": e.actor,
+                    "kind": e.kind,
+                    "subject": e.subject,
+                    "payload": e.payload,
+                    "prev_hash": e.prev_hash,
+                    "hash": e.hash,
+                }
+                for e in entries
+            ],
+        )
         return entries
 
     async def head(self, conn: Executor) -> tuple[int, str]:
         row = (await conn.execute(select(_HEAD.c.last_id, _HEAD.c.hash).where(_HEAD.c.id == 1))).one_or_none()
         return (row[0], row[1]) if row is not None else (0, GENESIS_HASH)
 
-    async def entries(self, conn: Executor, *, since: datetime | None = None, after_id: int = 0,
-                      upto_id: int | None = None) -> AsyncIterator[AuditEntry]:
+    async def entries(
+        self, conn: Executor, *, since: datetime | None = None, after_id: int = 0, upto_id: int | None = None
+    ) -> AsyncIterator[AuditEntry]:
         """Entries in id order, fetched in keyset pages (no long-lived server-side cursor)."""
         while True:
             query = select(_LOG).where(_LOG.c.id > after_id).order_by(_LOG.c.id).limit(self.batch_size)
@@ -111,8 +125,16 @@ class AuditLog:
                 query = query.where(_LOG.c.id <= upto_id)
             rows = (await conn.execute(query)).mappings().all()
             for r in rows:
-                yield AuditEntry(id=r["id"], ts=r["ts"], actor=r["actor"], kind=r["kind"], subject=r["subject"],
-                                 payload=r["payload"], prev_hash=r["prev_hash"], hash=r["hash"])
+                yield AuditEntry(
+                    id=r["id"],
+                    ts=r["ts"],
+                    actor=r["actor"],
+                    kind=r["kind"],
+                    subject=r["subject"],
+                    payload=r["payload"],
+                    prev_hash=r["prev_hash"],
+                    hash=r["hash"],
+                )
             if len(rows) < self.batch_size:
                 return
             after_id = rows[-1]["id"]
@@ -134,12 +156,25 @@ class AuditLog:
             max_id = (await conn.execute(select(func.max(_LOG.c.id)))).scalar_one()
             head_now = await self.head(conn)
             if max_id is not None and max_id > head_now[0]:
-                return VerifyResult(ok=False, checked=checker.checked, first_broken_id=head_now[0] + 1,
-                                    reason=HEAD_MISMATCH, head_id=head_now[0], head_hash=head_now[1],
-                                    detail=f"entries {head_now[0] + 1}..{max_id} lie beyond the recorded head")
+                return VerifyResult(
+                    ok=False,
+                    checked=checker.checked,
+                    first_broken_id=head_now[0] + 1,
+                    reason=HEAD_MISMATCH,
+                    head_id=head_now[0],
+                    head_hash=head_now[1],
+                    detail=f"entries {head_now[0] + 1}..{max_id} lie beyond the recorded head",
+                )
             return VerifyResult(ok=True, checked=checker.checked, head_id=head[0], head_hash=head[1])
-        return VerifyResult(ok=False, checked=checker.checked, first_broken_id=broken.entry_id, reason=broken.reason,
-                            detail=broken.detail, head_id=head[0], head_hash=head[1])
+        return VerifyResult(
+            ok=False,
+            checked=checker.checked,
+            first_broken_id=broken.entry_id,
+            reason=broken.reason,
+            detail=broken.detail,
+            head_id=head[0],
+            head_hash=head[1],
+        )
 
     async def export(self, conn: Executor, out: TextIO, fmt: ExportFormat = "jsonl", since: datetime | None = None) -> int:
         """Write entries with ``ts >= since`` (all if None) in chain order; returns the count.
@@ -163,9 +198,16 @@ class AuditLog:
 
 
 def csv_row(entry: AuditEntry) -> dict[str, Any]:
-    return {"id": entry.id, "ts": format_ts(entry.ts), "actor": entry.actor, "kind": entry.kind,
-            "subject": entry.subject, "payload": canonical_json(entry.payload), "prev_hash": entry.prev_hash,
-            "hash": entry.hash}
+    return {
+        "id": entry.id,
+        "ts": format_ts(entry.ts),
+        "actor": entry.actor,
+        "kind": entry.kind,
+        "subject": entry.subject,
+        "payload": canonical_json(entry.payload),
+        "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
+    }
 
 
 def read_export(fh: TextIO) -> list[AuditEntry]:
@@ -188,6 +230,7 @@ def verify_export(entries: Sequence[AuditEntry]) -> VerifyResult:
     b = checker.broken
     last = checker.last
     if b is None:
-        return VerifyResult(ok=True, checked=checker.checked, head_id=last[0] if last else None,
-                            head_hash=last[1] if last else None)
+        return VerifyResult(
+            ok=True, checked=checker.checked, head_id=last[0] if last else None, head_hash=last[1] if last else None
+        )
     return VerifyResult(ok=False, checked=checker.checked, first_broken_id=b.entry_id, reason=b.reason, detail=b.detail)

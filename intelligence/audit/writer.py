@@ -21,11 +21,19 @@ class AuditWriter(BatchQueue[PendingEntry]):
     name = "audit-writer"
     written_stat = "appended"
 
-    def __init__(self, engine: AsyncEngine, audit: AuditLog | None = None, *, max_pending: int = 10_000,
-                 flush_interval: float = 0.5, batch_size: int = 500):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        audit: AuditLog | None = None,
+        *,
+        max_pending: int = 10_000,
+        flush_interval: float = 0.5,
+        batch_size: int = 500,
+    ):
         # decisions arrive with every request: wait for a full batch or the interval
-        super().__init__(engine, log=log, max_pending=max_pending, flush_interval=flush_interval,
-                         batch_size=batch_size, wake_at=batch_size)
+        super().__init__(
+            engine, log=log, max_pending=max_pending, flush_interval=flush_interval, batch_size=batch_size, wake_at=batch_size
+        )
         self.audit = audit or AuditLog()
 
     def submit(self, kind: str, subject: str, payload: Any, actor: str) -> bool:

@@ -21,18 +21,25 @@ async def measure(calls: int) -> str:
         client = ClaudeClient(fake.client_settings(model="claude-sonnet-5-5"), None)
         try:
             await client.structured("bench", "", "sys", "prompt", "label", "Label it.", SCHEMA)  # warm-up
-            latencies = sorted([(await client.structured("bench", "", "sys", "prompt", "label", "Label it.",
-                                                         SCHEMA)).latency_ms for _ in range(calls)])
+            latencies = sorted(
+                [
+                    (await client.structured("bench", "", "sys", "prompt", "label", "Label it.", SCHEMA)).latency_ms
+                    for _ in range(calls)
+                ]
+            )
             started = time.monotonic()
-            results = await asyncio.gather(*(client.structured("bench", "", "sys", "prompt", "label", "Label it.",
-                                                               SCHEMA) for _ in range(calls)))
+            results = await asyncio.gather(
+                *(client.structured("bench", "", "sys", "prompt", "label", "Label it.", SCHEMA) for _ in range(calls))
+            )
             elapsed = time.monotonic() - started
         finally:
             await client.aclose()
     ok = sum(r.ok for r in results)
-    return (f"{calls} sequential calls: p50 {statistics.median(latencies):.2f} ms, "
-            f"p95 {latencies[int(0.95 * (calls - 1))]:.2f} ms; {calls} concurrent "
-            f"(CLAUDE_CONCURRENCY {client.settings.concurrency}): {elapsed:.2f} s, {ok} ok")
+    return (
+        f"{calls} sequential calls: p50 {statistics.median(latencies):.2f} ms, "
+        f"p95 {latencies[int(0.95 * (calls - 1))]:.2f} ms; {calls} concurrent "
+        f"(CLAUDE_CONCURRENCY {client.settings.concurrency}): {elapsed:.2f} s, {ok} ok"
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 import anthropic
@@ -72,8 +72,12 @@ class _Usage:
         return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
 
     def as_dict(self) -> dict[str, int]:
-        return {"input": self.input_tokens, "output": self.output_tokens, "cache_read": self.cache_read_tokens,
-                "cache_write": self.cache_write_tokens}
+        return {
+            "input": self.input_tokens,
+            "output": self.output_tokens,
+            "cache_read": self.cache_read_tokens,
+            "cache_write": self.cache_write_tokens,
+        }
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -98,8 +102,8 @@ def _retry_after(headers: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max((when - datetime.now(timezone.utc)).total_seconds(), 0.0)
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 def _error_type(exc: anthropic.APIStatusError) -> str:
@@ -162,7 +166,7 @@ class DailyBudget:
                 async with asyncio.timeout(self._settings.record_timeout_s):
                     async with self._engine.connect() as conn:
                         self._usd, self._tokens = await spent_since(conn, midnight)
-            except Exception as exc:  # the database being away must not stop the intelligence
+            except Exception as exc:  # noqa: BLE001 - the database being away must not stop the intelligence
                 log.warning("claude budget: cannot read today's spend (%s); counting this process only", exc)
             self._loaded_at = time.monotonic()
 
@@ -170,11 +174,15 @@ class DailyBudget:
         """Why no more calls may be made today, or None."""
         await self._refresh()
         if self._usd >= self._settings.daily_budget_usd:
-            return (f"daily budget exhausted: ${self._usd:.4f} spent since UTC midnight "
-                    f"(CLAUDE_DAILY_BUDGET_USD={self._settings.daily_budget_usd:g})")
+            return (
+                f"daily budget exhausted: ${self._usd:.4f} spent since UTC midnight "
+                f"(CLAUDE_DAILY_BUDGET_USD={self._settings.daily_budget_usd:g})"
+            )
         if self._tokens >= self._settings.daily_token_budget:
-            return (f"daily token budget exhausted: {self._tokens} tokens since UTC midnight "
-                    f"(CLAUDE_DAILY_TOKEN_BUDGET={self._settings.daily_token_budget})")
+            return (
+                f"daily token budget exhausted: {self._tokens} tokens since UTC midnight "
+                f"(CLAUDE_DAILY_TOKEN_BUDGET={self._settings.daily_token_budget})"
+            )
         return None
 
     def add(self, usd: float, tokens: int) -> None:
@@ -191,10 +199,10 @@ class ClaudeClient:
         self._sdk: anthropic.AsyncAnthropic | None = None
         if not settings.local_only:
             # OpenRouter wants "Authorization: Bearer" (auth_token); Anthropic wants x-api-key.
-            credentials = ({"auth_token": settings.api_key} if settings.mode == "openrouter"
-                           else {"api_key": settings.api_key})
+            credentials = {"auth_token": settings.api_key} if settings.mode == "openrouter" else {"api_key": settings.api_key}
             self._sdk = anthropic.AsyncAnthropic(
-                **credentials, base_url=settings.base_url, max_retries=0, timeout=settings.timeout_s)
+                **credentials, base_url=settings.base_url, max_retries=0, timeout=settings.timeout_s
+            )
 
     @property
     def local_only(self) -> bool:
@@ -213,12 +221,28 @@ class ClaudeClient:
             await self._sdk.close()
             self._sdk = None
 
-    async def structured(self, purpose: str, subject: str, system: str, prompt: str, tool_name: str,
-                         tool_description: str, schema: dict, max_tokens: int = 1024) -> StructuredResult:
+    async def structured(
+        self,
+        purpose: str,
+        subject: str,
+        system: str,
+        prompt: str,
+        tool_name: str,
+        tool_description: str,
+        schema: dict,
+        max_tokens: int = 1024,
+    ) -> StructuredResult:
         """Ask Claude and get ``data`` valid against ``schema``, or ok=False with the reason."""
         if self._sdk is None:
-            return StructuredResult(ok=False, data=None, outcome="local_only", error=self.settings.summary(),
-                                    call_id=None, cost_usd=0.0, latency_ms=0.0)
+            return StructuredResult(
+                ok=False,
+                data=None,
+                outcome="local_only",
+                error=self.settings.summary(),
+                call_id=None,
+                cost_usd=0.0,
+                latency_ms=0.0,
+            )
         validator_cls = jsonschema.validators.validator_for(schema)
         validator_cls.check_schema(schema)  # a bad schema is the caller's bug, not Claude's: raise
         validator = validator_cls(schema)
@@ -227,8 +251,7 @@ class ClaudeClient:
             "max_tokens": max_tokens,
             # Both blocks are the same for every call of a purpose: cached, later calls pay 0.1x for them.
             "system": [{"type": "text", "text": system, "cache_control": EPHEMERAL}],
-            "tools": [{"name": tool_name, "description": tool_description, "input_schema": schema,
-                       "cache_control": EPHEMERAL}],
+            "tools": [{"name": tool_name, "description": tool_description, "input_schema": schema, "cache_control": EPHEMERAL}],
             "tool_choice": {"type": "tool", "name": tool_name},
             "messages": [{"role": "user", "content": prompt}],
         }
@@ -237,8 +260,9 @@ class ClaudeClient:
             started = time.monotonic()
             reason = await self.budget.exhausted()
             if reason is not None:
-                return await self._finish(purpose, subject, started, _Usage(), attempts=0,
-                                          outcome="budget_exhausted", error=reason, data=None)
+                return await self._finish(
+                    purpose, subject, started, _Usage(), attempts=0, outcome="budget_exhausted", error=reason, data=None
+                )
             usage = _Usage()
             attempts = 0
             while True:
@@ -246,22 +270,32 @@ class ClaudeClient:
                 try:
                     async with asyncio.timeout(self.settings.timeout_s):
                         message = await self._sdk.messages.create(**request)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - classified below: retried, or recorded as the outcome
                     failure = classify(exc, self.settings.timeout_s)
                     delay = self._backoff(attempts, failure)
                     if delay is None:
-                        return await self._finish(purpose, subject, started, usage, attempts=attempts,
-                                                  outcome=failure.outcome, error=failure.message, data=None)
+                        return await self._finish(
+                            purpose,
+                            subject,
+                            started,
+                            usage,
+                            attempts=attempts,
+                            outcome=failure.outcome,
+                            error=failure.message,
+                            data=None,
+                        )
                     log.info("claude %s: attempt %d %s, retrying in %.2fs", purpose, attempts, failure.outcome, delay)
                     await asyncio.sleep(delay)
                     continue
                 usage.add(message.usage)
                 data, problem = _tool_input(message, tool_name, validator)
                 if problem is not None:
-                    return await self._finish(purpose, subject, started, usage, attempts=attempts,
-                                              outcome="parse_error", error=problem, data=None)
-                return await self._finish(purpose, subject, started, usage, attempts=attempts,
-                                          outcome="ok", error=None, data=data)
+                    return await self._finish(
+                        purpose, subject, started, usage, attempts=attempts, outcome="parse_error", error=problem, data=None
+                    )
+                return await self._finish(
+                    purpose, subject, started, usage, attempts=attempts, outcome="ok", error=None, data=data
+                )
 
     def _backoff(self, attempt: int, failure: _Failure) -> float | None:
         """Seconds to wait before the next attempt, or None when there must be none."""
@@ -273,32 +307,74 @@ class ClaudeClient:
         delay = random.uniform(ceiling / 2, ceiling)  # jitter: replicas retrying together spread out
         return max(delay, failure.retry_after_s or 0.0)
 
-    async def _finish(self, purpose: str, subject: str, started: float, usage: _Usage, *, attempts: int,
-                      outcome: str, error: str | None, data: dict | None) -> StructuredResult:
+    async def _finish(
+        self,
+        purpose: str,
+        subject: str,
+        started: float,
+        usage: _Usage,
+        *,
+        attempts: int,
+        outcome: str,
+        error: str | None,
+        data: dict | None,
+    ) -> StructuredResult:
         latency_ms = (time.monotonic() - started) * 1000.0
-        cost = call_cost(self.settings.model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                         cache_read_tokens=usage.cache_read_tokens, cache_write_tokens=usage.cache_write_tokens)
+        cost = call_cost(
+            self.settings.model,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+        )
         self.budget.add(cost, usage.total)
         call_id = await self._record(purpose, subject, usage, cost, latency_ms, attempts, outcome, error)
-        return StructuredResult(ok=outcome == "ok", data=data, outcome=outcome, error=error, call_id=call_id,
-                                cost_usd=cost, latency_ms=latency_ms, attempts=attempts, tokens=usage.as_dict())
+        return StructuredResult(
+            ok=outcome == "ok",
+            data=data,
+            outcome=outcome,
+            error=error,
+            call_id=call_id,
+            cost_usd=cost,
+            latency_ms=latency_ms,
+            attempts=attempts,
+            tokens=usage.as_dict(),
+        )
 
-    async def _record(self, purpose: str, subject: str, usage: _Usage, cost: float, latency_ms: float,
-                      attempts: int, outcome: str, error: str | None) -> int | None:
+    async def _record(
+        self,
+        purpose: str,
+        subject: str,
+        usage: _Usage,
+        cost: float,
+        latency_ms: float,
+        attempts: int,
+        outcome: str,
+        error: str | None,
+    ) -> int | None:
         if self._engine is None:
             return None
         row = {
-            "purpose": purpose, "subject": subject, "mode": self.settings.mode, "model": self.settings.model,
-            "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-            "cache_read_tokens": usage.cache_read_tokens, "cache_write_tokens": usage.cache_write_tokens,
-            "cost_usd": cost, "latency_ms": latency_ms, "attempts": attempts, "outcome": outcome, "error": error,
+            "purpose": purpose,
+            "subject": subject,
+            "mode": self.settings.mode,
+            "model": self.settings.model,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cache_read_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "cost_usd": cost,
+            "latency_ms": latency_ms,
+            "attempts": attempts,
+            "outcome": outcome,
+            "error": error,
         }
         try:
             async with asyncio.timeout(self.settings.record_timeout_s):
                 async with self._engine.begin() as conn:
                     result = await conn.execute(insert(ClaudeCall).values(**row).returning(ClaudeCall.id))
                     return int(result.scalar_one())
-        except Exception as exc:  # the answer is worth more than its record
+        except Exception as exc:  # noqa: BLE001 - the answer is worth more than its record
             log.warning("claude %s: call record not written (%s); outcome %s", purpose, exc, outcome)
             return None
 

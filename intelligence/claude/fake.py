@@ -88,8 +88,15 @@ class FakeClaude:
 
     def client_settings(self, **overrides: Any) -> ClaudeSettings:
         """Settings of a ClaudeClient talking to this fake, with test-sized waits unless overridden."""
-        fields: dict[str, Any] = dict(api_key="test", base_url=self.base_url, mode="anthropic", timeout_s=2.0,
-                                      max_retries=2, backoff_base_s=0.01, backoff_max_s=0.05)
+        fields: dict[str, Any] = dict(
+            api_key="test",
+            base_url=self.base_url,
+            mode="anthropic",
+            timeout_s=2.0,
+            max_retries=2,
+            backoff_base_s=0.01,
+            backoff_max_s=0.05,
+        )
         fields.update(overrides)
         return ClaudeSettings(**fields)
 
@@ -172,8 +179,14 @@ class FakeClaude:
             content = [{"type": "text", "text": fault.text}]
             stop_reason = "end_turn"
         else:
-            content = [{"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24], "name": tool_name,
-                        "input": fault.input if fault.input is not None else {}}]
+            content = [
+                {
+                    "type": "tool_use",
+                    "id": "toolu_" + uuid.uuid4().hex[:24],
+                    "name": tool_name,
+                    "input": fault.input if fault.input is not None else {},
+                }
+            ]
             stop_reason = "tool_use"
         usage = {
             "input_tokens": _estimate_tokens(json.dumps(body.get("messages", [])) + _text_of(body.get("system"))),
@@ -196,8 +209,7 @@ class FakeClaude:
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"type": "error", "error": {"type": kind, "message": message}},
-                             status=status, headers=headers or {})
+    return web.json_response({"type": "error", "error": {"type": kind, "message": message}}, status=status, headers=headers or {})
 
 
 def script(*answers: Any) -> Iterator[Any]:

@@ -35,7 +35,8 @@ class ClaudeCall(Base):
     __table_args__ = (
         CheckConstraint(
             "outcome IN ('ok', 'error', 'parse_error', 'timeout', 'overloaded', 'rate_limited', 'budget_exhausted')",
-            name="ck_claude_calls_outcome"),
+            name="ck_claude_calls_outcome",
+        ),
         Index("ix_claude_calls_at", "at"),
         Index("ix_claude_calls_purpose_at", "purpose", "at"),
     )

@@ -71,9 +71,11 @@ def price_for(model: str) -> ClaudePrice:
     return FALLBACK
 
 
-def call_cost(model: str, *, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0,
-              cache_write_tokens: int = 0) -> float:
+def call_cost(
+    model: str, *, input_tokens: int, output_tokens: int, cache_read_tokens: int = 0, cache_write_tokens: int = 0
+) -> float:
     """USD; Anthropic's input_tokens exclude cache reads and writes, so the four counts are disjoint."""
     p = price_for(model)
-    return (input_tokens * p.input + output_tokens * p.output + cache_read_tokens * p.cache_read
-            + cache_write_tokens * p.cache_write) / PER_TOKENS
+    return (
+        input_tokens * p.input + output_tokens * p.output + cache_read_tokens * p.cache_read + cache_write_tokens * p.cache_write
+    ) / PER_TOKENS

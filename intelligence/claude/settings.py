@@ -85,8 +85,7 @@ class ClaudeSettings:
             raise ValueError(f"mode {mode!r} needs an api_key")
         object.__setattr__(self, "mode", mode)
         if self.base_url is None and mode != "local-only":
-            object.__setattr__(self, "base_url",
-                               OPENROUTER_BASE_URL if mode == "openrouter" else ANTHROPIC_BASE_URL)
+            object.__setattr__(self, "base_url", OPENROUTER_BASE_URL if mode == "openrouter" else ANTHROPIC_BASE_URL)
         if self.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if self.max_retries < 0:
@@ -126,11 +125,15 @@ class ClaudeSettings:
     def summary(self) -> str:
         """One plain sentence on what the intelligence can do in this mode."""
         if self.mode == "local-only":
-            return ("local-only: no ANTHROPIC_API_KEY or OPENROUTER_API_KEY; patterns, statistics and "
-                    "local detectors run, Claude does not")
+            return (
+                "local-only: no ANTHROPIC_API_KEY or OPENROUTER_API_KEY; patterns, statistics and "
+                "local detectors run, Claude does not"
+            )
         via = "Anthropic API" if self.mode == "anthropic" else "OpenRouter (Anthropic-compatible endpoint)"
-        return (f"{self.mode}: Claude {self.model} via {via} at {self.base_url}; budget "
-                f"${self.daily_budget_usd:g} and {self.daily_token_budget:,} tokens per UTC day")
+        return (
+            f"{self.mode}: Claude {self.model} via {via} at {self.base_url}; budget "
+            f"${self.daily_budget_usd:g} and {self.daily_token_budget:,} tokens per UTC day"
+        )
 
     def describe(self) -> dict[str, Any]:
         """What status and the dashboard show; never includes the key."""

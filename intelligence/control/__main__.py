@@ -19,12 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m intelligence.control", description="llmproxy control API (gRPC)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
-                        help="PostgreSQL URL (default $DATABASE_URL)")
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"), help="PostgreSQL URL (default $DATABASE_URL)")
     parser.add_argument("--tls-cert", default=None, help=f"PEM certificate chain: serve TLS (default ${CERT_ENV})")
     parser.add_argument("--tls-key", default=None, help=f"PEM private key of --tls-cert (default ${KEY_ENV})")
-    parser.add_argument("--tls-client-ca", default=None,
-                        help=f"PEM CA bundle: require client certificates it signed, mTLS (default ${CLIENT_CA_ENV})")
+    parser.add_argument(
+        "--tls-client-ca",
+        default=None,
+        help=f"PEM CA bundle: require client certificates it signed, mTLS (default ${CLIENT_CA_ENV})",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.database_url:

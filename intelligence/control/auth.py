@@ -18,10 +18,17 @@ import grpc
 from intelligence.access import AccessSettings, InvalidToken, Principal, verify_token
 
 SERVICE = "llmproxy.control.v1.Control"
-VIEWER_METHODS = frozenset({
-    "SubmitFeedback", "ListExperiments", "ExperimentHistory", "ListEnhancements", "ListVerdicts",
-    "WatchEvents", "WhoAmI",
-})
+VIEWER_METHODS = frozenset(
+    {
+        "SubmitFeedback",
+        "ListExperiments",
+        "ExperimentHistory",
+        "ListEnhancements",
+        "ListVerdicts",
+        "WatchEvents",
+        "WhoAmI",
+    }
+)
 
 CURRENT_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("control_principal", default=None)
 
@@ -51,8 +58,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, access: AccessSettings) -> None:
         self.access = access
 
-    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
@@ -79,8 +89,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     CURRENT_PRINCIPAL.reset(token)
 
-            return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=handler.request_deserializer,
-                                                       response_serializer=handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
@@ -90,8 +101,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 async for item in inner_stream(request, context):
                     yield item
 
-            return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=handler.request_deserializer,
-                                                        response_serializer=handler.response_serializer)
+            return grpc.unary_stream_rpc_method_handler(
+                stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
         if handler.stream_unary is not None:
             inner_su = handler.stream_unary
 
@@ -99,8 +111,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 CURRENT_PRINCIPAL.set(await check(context))
                 return await inner_su(requests, context)
 
-            return grpc.stream_unary_rpc_method_handler(stream_in, request_deserializer=handler.request_deserializer,
-                                                        response_serializer=handler.response_serializer)
+            return grpc.stream_unary_rpc_method_handler(
+                stream_in, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
         inner_ss = handler.stream_stream
 
         async def bidi(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -108,5 +121,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             async for item in inner_ss(requests, context):
                 yield item
 
-        return grpc.stream_stream_rpc_method_handler(bidi, request_deserializer=handler.request_deserializer,
-                                                     response_serializer=handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            bidi, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )

@@ -28,8 +28,17 @@ def generate() -> dict[str, str]:
 
     with tempfile.TemporaryDirectory() as tmp:
         include = Path(protoc.__file__).parent / "_proto"  # well-known types shipped with grpcio-tools
-        rc = protoc.main(["grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={tmp}",
-                          f"--pyi_out={tmp}", f"--grpc_python_out={tmp}", str(PROTO_ROOT / PROTO_FILE)])
+        rc = protoc.main(
+            [
+                "grpc_tools.protoc",
+                f"-I{PROTO_ROOT}",
+                f"-I{include}",
+                f"--python_out={tmp}",
+                f"--pyi_out={tmp}",
+                f"--grpc_python_out={tmp}",
+                str(PROTO_ROOT / PROTO_FILE),
+            ]
+        )
         if rc != 0:
             raise RuntimeError(f"protoc failed with exit code {rc}")
         out = Path(tmp) / Path(PROTO_FILE).parent
@@ -45,8 +54,7 @@ def generate() -> dict[str, str]:
 def stale_files(directory: Path = GEN_DIR) -> list[str]:
     """Names whose committed contents differ from a fresh compile (missing files included)."""
     fresh = generate()
-    return [name for name, text in fresh.items()
-            if not (directory / name).exists() or (directory / name).read_text() != text]
+    return [name for name, text in fresh.items() if not (directory / name).exists() or (directory / name).read_text() != text]
 
 
 def write(directory: Path = GEN_DIR) -> list[str]:
@@ -64,8 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = stale_files()
         if stale:
-            print("stale generated files: " + ", ".join(stale) + " (run python -m intelligence.control.build)",
-                  file=sys.stderr)
+            print("stale generated files: " + ", ".join(stale) + " (run python -m intelligence.control.build)", file=sys.stderr)
             return 1
         print("generated control API code is up to date")
         return 0

@@ -36,8 +36,9 @@ def describe_error(exc: grpc.RpcError) -> str:
     return f"{code.name if code is not None else 'ERROR'}: {details}"
 
 
-def client_from_env(addr: str | None = None, *, ca: str | None = None, env: dict[str, str] | None = None,
-                    timeout: float = 10.0) -> ControlClient:
+def client_from_env(
+    addr: str | None = None, *, ca: str | None = None, env: dict[str, str] | None = None, timeout: float = 10.0
+) -> ControlClient:
     """The CLI's client: address, token ($LLMPROXY_TOKEN) and TLS ($LLMPROXY_CONTROL_TLS_*) from the
     environment unless given; raises TLSConfigError or PlaintextRefused (both ValueError)."""
     env = dict(os.environ) if env is None else env
@@ -46,8 +47,15 @@ def client_from_env(addr: str | None = None, *, ca: str | None = None, env: dict
 
 
 class ControlClient:
-    def __init__(self, addr: str, token: str | None = None, *, timeout: float = 10.0, tls: ClientTLS | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        addr: str,
+        token: str | None = None,
+        *,
+        timeout: float = 10.0,
+        tls: ClientTLS | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         require_private_channel(addr, token=token, tls=tls, env=env)
         self.addr = addr
         self.timeout = timeout
@@ -74,8 +82,9 @@ class ControlClient:
     def whoami(self) -> pb.WhoAmIResponse:
         return self._call("WhoAmI", pb.WhoAmIRequest())
 
-    def submit_feedback(self, request_id: str, *, score: float | None = None, thumbs: str | None = None,
-                        comment: str | None = None) -> int:
+    def submit_feedback(
+        self, request_id: str, *, score: float | None = None, thumbs: str | None = None, comment: str | None = None
+    ) -> int:
         req = pb.SubmitFeedbackRequest(request_id=request_id, thumbs=thumbs or "", comment=comment or "")
         if score is not None:
             req.score = score
@@ -92,28 +101,38 @@ class ControlClient:
 
     def experiment_action(self, action: str, experiment_id: int, *, reason: str = "") -> pb.Experiment:
         """``action``: pause | resume | promote | rollback; returns the experiment afterwards."""
-        method = {"pause": "PauseExperiment", "resume": "ResumeExperiment", "promote": "PromoteExperiment",
-                  "rollback": "RollbackExperiment"}[action]
+        method = {
+            "pause": "PauseExperiment",
+            "resume": "ResumeExperiment",
+            "promote": "PromoteExperiment",
+            "rollback": "RollbackExperiment",
+        }[action]
         return self._call(method, pb.ExperimentActionRequest(experiment_id=experiment_id, reason=reason)).experiment
 
     def experiment_history(self, experiment_id: int) -> list[pb.ExperimentHistoryEntry]:
         return list(self._call("ExperimentHistory", pb.ExperimentHistoryRequest(experiment_id=experiment_id)).entries)
 
-    def list_enhancements(self, *, status: str | None = None, pattern_id: int | None = None, limit: int = 0) -> list[pb.Enhancement]:
+    def list_enhancements(
+        self, *, status: str | None = None, pattern_id: int | None = None, limit: int = 0
+    ) -> list[pb.Enhancement]:
         req = pb.ListEnhancementsRequest(status=status or "", limit=limit)
         if pattern_id is not None:
             req.pattern_id = pattern_id
         return list(self._call("ListEnhancements", req).enhancements)
 
     def list_verdicts(self, *, verdict: str | None = None, status: str | None = None, limit: int = 0) -> list[pb.Verdict]:
-        return list(self._call("ListVerdicts", pb.ListVerdictsRequest(verdict=verdict or "", status=status or "", limit=limit)).verdicts)
+        return list(
+            self._call("ListVerdicts", pb.ListVerdictsRequest(verdict=verdict or "", status=status or "", limit=limit)).verdicts
+        )
 
     def confirm_verdict(self, verdict_id: int, label: str) -> None:
         self._call("ConfirmVerdict", pb.ConfirmVerdictRequest(verdict_id=verdict_id, label=label))
 
-    def watch(self, *, kinds: Iterable[str] = (), since_id: int = 0, exchange_history: int = 0,
-              include_bodies: bool = False) -> Iterator[pb.WatchEventsResponse]:
+    def watch(
+        self, *, kinds: Iterable[str] = (), since_id: int = 0, exchange_history: int = 0, include_bodies: bool = False
+    ) -> Iterator[pb.WatchEventsResponse]:
         """The live feed; iterate until done, then ``cancel()`` the returned call (or close the client)."""
-        req = pb.WatchEventsRequest(kinds=list(kinds), since_id=since_id, exchange_history=exchange_history,
-                                    include_bodies=include_bodies)
+        req = pb.WatchEventsRequest(
+            kinds=list(kinds), since_id=since_id, exchange_history=exchange_history, include_bodies=include_bodies
+        )
         return self._stub.WatchEvents(req, metadata=self._metadata)  # no deadline: a feed runs until cancelled

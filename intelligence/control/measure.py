@@ -30,8 +30,7 @@ async def measure(url: str, *, events: int, subscribers: int, listen: bool, poll
     from intelligence.store.engine import make_engine
 
     engine = make_engine(url)
-    server = ControlServer(engine, AccessSettings(secret_key=None), "127.0.0.1", 0, listen=listen,
-                           poll_interval=poll_interval)
+    server = ControlServer(engine, AccessSettings(secret_key=None), "127.0.0.1", 0, listen=listen, poll_interval=poll_interval)
     await server.start()
     await server.hub.ready.wait()
     latencies: list[float] = []
@@ -40,7 +39,7 @@ async def measure(url: str, *, events: int, subscribers: int, listen: bool, poll
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.ControlStub(channel)
             streams = [stub.WatchEvents(pb.WatchEventsRequest(kinds=[KIND])) for _ in range(subscribers)]
-            while server.hub.subscribers < subscribers:
+            while server.hub.subscribers < subscribers:  # noqa: ASYNC110 - the hub has no event for this count
                 await asyncio.sleep(0.01)
 
             async def drain(stream) -> None:
@@ -61,9 +60,14 @@ async def measure(url: str, *, events: int, subscribers: int, listen: bool, poll
         await server.stop()
         await engine.dispose()
     latencies.sort()
-    return {"mode": "listen" if listen else f"poll {poll_interval}s", "events": events, "subscribers": subscribers,
-            "p50_ms": round(statistics.median(latencies), 2),
-            "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 2), "max_ms": round(latencies[-1], 2)}
+    return {
+        "mode": "listen" if listen else f"poll {poll_interval}s",
+        "events": events,
+        "subscribers": subscribers,
+        "p50_ms": round(statistics.median(latencies), 2),
+        "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 2),
+        "max_ms": round(latencies[-1], 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,8 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-interval", type=float, default=0.5)
     args = parser.parse_args(argv)
     for listen in (True, False):
-        result = asyncio.run(measure(args.database_url, events=args.events, subscribers=args.subscribers,
-                                     listen=listen, poll_interval=args.poll_interval))
+        result = asyncio.run(
+            measure(
+                args.database_url,
+                events=args.events,
+                subscribers=args.subscribers,
+                listen=listen,
+                poll_interval=args.poll_interval,
+            )
+        )
         print(json.dumps(result))
     return 0
 

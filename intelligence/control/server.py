@@ -67,8 +67,13 @@ class ControlServicer(pb_grpc.ControlServicer):
         self.hub = hub
 
     # ------------------------------------------------------------------------------ helpers
-    async def _in_tx(self, context: grpc.aio.ServicerContext, fn: Callable[[AsyncConnection], Awaitable[T]], *,
-                     value_error: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION) -> T:
+    async def _in_tx(
+        self,
+        context: grpc.aio.ServicerContext,
+        fn: Callable[[AsyncConnection], Awaitable[T]],
+        *,
+        value_error: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION,
+    ) -> T:
         """Run ``fn`` in one transaction; the owners' exceptions become gRPC status codes."""
         try:
             async with self.engine.begin() as conn:
@@ -92,25 +97,38 @@ class ControlServicer(pb_grpc.ControlServicer):
         return convert.experiment(dict(row._mapping))
 
     # ------------------------------------------------------------------------------ feedback
-    async def SubmitFeedback(self, request: pb.SubmitFeedbackRequest, context: grpc.aio.ServicerContext) -> pb.SubmitFeedbackResponse:
+    async def SubmitFeedback(
+        self, request: pb.SubmitFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitFeedbackResponse:
         from intelligence.memory.feedback import add_feedback
 
         try:
             feedback_id = await add_feedback(
-                self.engine, request.request_id.strip(), score=request.score if request.HasField("score") else None,
-                thumbs=request.thumbs or None, comment=request.comment or None)
+                self.engine,
+                request.request_id.strip(),
+                score=request.score if request.HasField("score") else None,
+                thumbs=request.thumbs or None,
+                comment=request.comment or None,
+            )
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return pb.SubmitFeedbackResponse(feedback_id=feedback_id)
 
     # ------------------------------------------------------------------------------ experiments
-    async def ListExperiments(self, request: pb.ListExperimentsRequest, context: grpc.aio.ServicerContext) -> pb.ListExperimentsResponse:
+    async def ListExperiments(
+        self, request: pb.ListExperimentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListExperimentsResponse:
         manage = await self._need(context, "intelligence.enhance.manage")
-        rows = await self._in_tx(context, lambda c: manage.list_experiments(
-            c, status=request.status or None, limit=_limit(request.limit, 200)), value_error=grpc.StatusCode.INVALID_ARGUMENT)
+        rows = await self._in_tx(
+            context,
+            lambda c: manage.list_experiments(c, status=request.status or None, limit=_limit(request.limit, 200)),
+            value_error=grpc.StatusCode.INVALID_ARGUMENT,
+        )
         return pb.ListExperimentsResponse(experiments=[convert.experiment(r) for r in rows])
 
-    async def StartExperiment(self, request: pb.StartExperimentRequest, context: grpc.aio.ServicerContext) -> pb.StartExperimentResponse:
+    async def StartExperiment(
+        self, request: pb.StartExperimentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartExperimentResponse:
         manage = await self._need(context, "intelligence.enhance.manage")
         weight = request.control_weight if request.HasField("control_weight") else 0.5
         assign_by = request.assign_by or "session"
@@ -119,11 +137,15 @@ class ControlServicer(pb_grpc.ControlServicer):
         if assign_by not in ASSIGN_BY:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"assign_by must be one of {ASSIGN_BY}")
         actor = _actor()
-        experiment_id = await self._in_tx(context, lambda c: manage.start_experiment(
-            c, request.enhancement_id, actor=actor, control_weight=weight, assign_by=assign_by))
+        experiment_id = await self._in_tx(
+            context,
+            lambda c: manage.start_experiment(c, request.enhancement_id, actor=actor, control_weight=weight, assign_by=assign_by),
+        )
         return pb.StartExperimentResponse(experiment_id=int(experiment_id))
 
-    async def _act(self, context: grpc.aio.ServicerContext, request: pb.ExperimentActionRequest, action: str) -> pb.ExperimentActionResponse:
+    async def _act(
+        self, context: grpc.aio.ServicerContext, request: pb.ExperimentActionRequest, action: str
+    ) -> pb.ExperimentActionResponse:
         manage = await self._need(context, "intelligence.enhance.manage")
         fn = getattr(manage, f"{action}_experiment")
         kwargs: dict[str, Any] = {"actor": _actor()}
@@ -139,19 +161,29 @@ class ControlServicer(pb_grpc.ControlServicer):
 
         return pb.ExperimentActionResponse(experiment=await self._in_tx(context, run))
 
-    async def PauseExperiment(self, request: pb.ExperimentActionRequest, context: grpc.aio.ServicerContext) -> pb.ExperimentActionResponse:
+    async def PauseExperiment(
+        self, request: pb.ExperimentActionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExperimentActionResponse:
         return await self._act(context, request, "pause")
 
-    async def ResumeExperiment(self, request: pb.ExperimentActionRequest, context: grpc.aio.ServicerContext) -> pb.ExperimentActionResponse:
+    async def ResumeExperiment(
+        self, request: pb.ExperimentActionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExperimentActionResponse:
         return await self._act(context, request, "resume")
 
-    async def PromoteExperiment(self, request: pb.ExperimentActionRequest, context: grpc.aio.ServicerContext) -> pb.ExperimentActionResponse:
+    async def PromoteExperiment(
+        self, request: pb.ExperimentActionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExperimentActionResponse:
         return await self._act(context, request, "promote")
 
-    async def RollbackExperiment(self, request: pb.ExperimentActionRequest, context: grpc.aio.ServicerContext) -> pb.ExperimentActionResponse:
+    async def RollbackExperiment(
+        self, request: pb.ExperimentActionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExperimentActionResponse:
         return await self._act(context, request, "rollback")
 
-    async def ExperimentHistory(self, request: pb.ExperimentHistoryRequest, context: grpc.aio.ServicerContext) -> pb.ExperimentHistoryResponse:
+    async def ExperimentHistory(
+        self, request: pb.ExperimentHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExperimentHistoryResponse:
         manage = await self._need(context, "intelligence.enhance.manage")
 
         async def run(conn: AsyncConnection) -> list[dict[str, Any]]:
@@ -161,23 +193,35 @@ class ControlServicer(pb_grpc.ControlServicer):
         rows = await self._in_tx(context, run)
         return pb.ExperimentHistoryResponse(entries=[convert.history_entry(r) for r in rows])
 
-    async def ListEnhancements(self, request: pb.ListEnhancementsRequest, context: grpc.aio.ServicerContext) -> pb.ListEnhancementsResponse:
+    async def ListEnhancements(
+        self, request: pb.ListEnhancementsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListEnhancementsResponse:
         manage = await self._need(context, "intelligence.enhance.manage")
         pattern_id = request.pattern_id if request.HasField("pattern_id") else None
-        rows = await self._in_tx(context, lambda c: manage.list_enhancements(
-            c, status=request.status or None, pattern_id=pattern_id, limit=_limit(request.limit, 200)),
-            value_error=grpc.StatusCode.INVALID_ARGUMENT)
+        rows = await self._in_tx(
+            context,
+            lambda c: manage.list_enhancements(
+                c, status=request.status or None, pattern_id=pattern_id, limit=_limit(request.limit, 200)
+            ),
+            value_error=grpc.StatusCode.INVALID_ARGUMENT,
+        )
         return pb.ListEnhancementsResponse(enhancements=[convert.enhancement(r) for r in rows])
 
     # ------------------------------------------------------------------------------ verdicts
     async def ListVerdicts(self, request: pb.ListVerdictsRequest, context: grpc.aio.ServicerContext) -> pb.ListVerdictsResponse:
         store = await self._need(context, "intelligence.anomaly.store")
-        rows = await self._in_tx(context, lambda c: store.list_verdicts(
-            c, limit=_limit(request.limit, 100), verdict=request.verdict or None, status=request.status or None),
-            value_error=grpc.StatusCode.INVALID_ARGUMENT)
+        rows = await self._in_tx(
+            context,
+            lambda c: store.list_verdicts(
+                c, limit=_limit(request.limit, 100), verdict=request.verdict or None, status=request.status or None
+            ),
+            value_error=grpc.StatusCode.INVALID_ARGUMENT,
+        )
         return pb.ListVerdictsResponse(verdicts=[convert.verdict(r) for r in rows])
 
-    async def ConfirmVerdict(self, request: pb.ConfirmVerdictRequest, context: grpc.aio.ServicerContext) -> pb.ConfirmVerdictResponse:
+    async def ConfirmVerdict(
+        self, request: pb.ConfirmVerdictRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ConfirmVerdictResponse:
         store = await self._need(context, "intelligence.anomaly.store")
         if request.label not in VERDICT_LABELS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"label must be one of {VERDICT_LABELS}")
@@ -186,7 +230,9 @@ class ControlServicer(pb_grpc.ControlServicer):
         return pb.ConfirmVerdictResponse()
 
     # ------------------------------------------------------------------------------ feed
-    async def WatchEvents(self, request: pb.WatchEventsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEventsResponse]:
+    async def WatchEvents(
+        self, request: pb.WatchEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchEventsResponse]:
         bodies = request.include_bodies
         # subscribe before reading history, so nothing committed meanwhile falls between the two
         with self.hub.subscribe(request.kinds) as sub:
@@ -219,8 +265,12 @@ class ControlServicer(pb_grpc.ControlServicer):
 
     async def WhoAmI(self, request: pb.WhoAmIRequest, context: grpc.aio.ServicerContext) -> pb.WhoAmIResponse:
         principal = CURRENT_PRINCIPAL.get() or LOCAL_OPERATOR
-        return pb.WhoAmIResponse(subject=principal.subject, role=principal.role, expires_at=convert.ts(principal.expires_at),
-                                 auth_enabled=self.access.enabled)
+        return pb.WhoAmIResponse(
+            subject=principal.subject,
+            role=principal.role,
+            expires_at=convert.ts(principal.expires_at),
+            auth_enabled=self.access.enabled,
+        )
 
 
 def _address(host: str, port: int) -> str:
@@ -228,9 +278,18 @@ def _address(host: str, port: int) -> str:
 
 
 class ControlServer:
-    def __init__(self, engine: AsyncEngine, access: AccessSettings, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 *, queue_size: int = 1000, poll_interval: float = 2.0, listen: bool = True,
-                 tls: ServerTLS | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        access: AccessSettings,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        queue_size: int = 1000,
+        poll_interval: float = 2.0,
+        listen: bool = True,
+        tls: ServerTLS | None = None,
+    ) -> None:
         require_safe_bind(host, access, what="control API")
         self.engine = engine
         self.access = access
@@ -241,9 +300,12 @@ class ControlServer:
         self._credentials = tls.credentials() if tls is not None else None
         if tls is None and not is_loopback(host):
             # not refused: a service mesh or tunnel may encrypt the hop; clients refuse to send tokens in plaintext
-            log.warning("control API on %s will serve PLAINTEXT: access tokens and exchange bodies cross the network "
-                        "unencrypted unless something else encrypts them; set LLMPROXY_CONTROL_TLS_CERT and "
-                        "LLMPROXY_CONTROL_TLS_KEY to serve TLS", self.address)
+            log.warning(
+                "control API on %s will serve PLAINTEXT: access tokens and exchange bodies cross the network "
+                "unencrypted unless something else encrypts them; set LLMPROXY_CONTROL_TLS_CERT and "
+                "LLMPROXY_CONTROL_TLS_KEY to serve TLS",
+                self.address,
+            )
         self.hub = EventHub(engine, queue_size=queue_size, poll_interval=poll_interval, listen=listen)
         self._server: grpc.aio.Server | None = None
 
@@ -265,8 +327,12 @@ class ControlServer:
         await self.hub.start()
         await server.start()
         self._server = server
-        log.info("control API listening on %s (%s, auth %s)", self.address, self.transport,
-                 "on" if self.access.enabled else "off: loopback only")
+        log.info(
+            "control API listening on %s (%s, auth %s)",
+            self.address,
+            self.transport,
+            "on" if self.access.enabled else "off: loopback only",
+        )
 
     @property
     def transport(self) -> str:

@@ -73,8 +73,9 @@ class ServerTLS:
         return self.client_ca_file is not None
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, *, cert: str | None = None, key: str | None = None,
-                 client_ca: str | None = None) -> ServerTLS | None:
+    def from_env(
+        cls, env: dict[str, str] | None = None, *, cert: str | None = None, key: str | None = None, client_ca: str | None = None
+    ) -> ServerTLS | None:
         """None when TLS is not configured; explicit arguments win over the environment."""
         env = _env(env)
         cert = cert or env.get(CERT_ENV) or None
@@ -120,7 +121,8 @@ class ClientTLS:
         return grpc.ssl_channel_credentials(
             root_certificates=_read(self.ca_file, "CA") if self.ca_file else None,
             private_key=_read(self.key_file, "client key") if self.key_file else None,
-            certificate_chain=_read(self.cert_file, "client certificate") if self.cert_file else None)
+            certificate_chain=_read(self.cert_file, "client certificate") if self.cert_file else None,
+        )
 
     def channel_options(self) -> list[tuple[str, str]]:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
@@ -131,12 +133,12 @@ def target_host(addr: str) -> str:
     target = addr.strip()
     for scheme in ("dns:///", "dns:", "ipv4:", "ipv6:"):
         if target.startswith(scheme):
-            target = target[len(scheme):]
+            target = target[len(scheme) :]
             break
     if "/" in target:  # dns://authority/host:port
         target = target.rpartition("/")[2]
     if target.startswith("["):
-        return target[1:target.find("]")] if "]" in target else target[1:]
+        return target[1 : target.find("]")] if "]" in target else target[1:]
     if target.count(":") == 1:
         return target.partition(":")[0]
     return target  # a bare host, or an IPv6 address without brackets or port
@@ -148,8 +150,7 @@ def is_local_target(addr: str) -> bool:
     return is_loopback(target_host(addr))
 
 
-def require_private_channel(addr: str, *, token: str | None, tls: ClientTLS | None,
-                            env: dict[str, str] | None = None) -> None:
+def require_private_channel(addr: str, *, token: str | None, tls: ClientTLS | None, env: dict[str, str] | None = None) -> None:
     """Refuse to send a bearer token in plaintext to anything but loopback."""
     if not token or tls is not None or is_local_target(addr):
         return
@@ -158,4 +159,5 @@ def require_private_channel(addr: str, *, token: str | None, tls: ClientTLS | No
     raise PlaintextRefused(
         f"refusing to send the access token in plaintext to {addr}: it is not a loopback address. "
         f"Enable TLS (set {CA_ENV} to the CA that signed the server's certificate, or {SYSTEM_ROOTS_ENV}=1 to trust "
-        f"the system roots), or set {ALLOW_PLAINTEXT_ENV}=1 if the network is already encrypted.")
+        f"the system roots), or set {ALLOW_PLAINTEXT_ENV}=1 if the network is already encrypted."
+    )

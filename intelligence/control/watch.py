@@ -65,8 +65,16 @@ FeedItem = EventItem | ExchangeItem
 
 def event_item(row: Any) -> EventItem:
     m = row._mapping
-    return EventItem(id=int(m["id"]), at=m["at"], kind=m["kind"], severity=m["severity"], title=m["title"],
-                     subject=m["subject"] or "", detail=dict(m["detail"] or {}), source=m["source"] or "")
+    return EventItem(
+        id=int(m["id"]),
+        at=m["at"],
+        kind=m["kind"],
+        severity=m["severity"],
+        title=m["title"],
+        subject=m["subject"] or "",
+        detail=dict(m["detail"] or {}),
+        source=m["source"] or "",
+    )
 
 
 async def events_after(conn: AsyncConnection, after_id: int, *, limit: int = _BATCH) -> list[EventItem]:
@@ -130,8 +138,7 @@ class HubStats:
 
 
 class EventHub:
-    def __init__(self, engine: AsyncEngine, *, queue_size: int = 1000, poll_interval: float = 2.0,
-                 listen: bool = True) -> None:
+    def __init__(self, engine: AsyncEngine, *, queue_size: int = 1000, poll_interval: float = 2.0, listen: bool = True) -> None:
         self.engine = engine
         self.queue_size = queue_size
         self.poll_interval = poll_interval
@@ -196,7 +203,7 @@ class EventHub:
                 if failures_in_a_row:
                     log.info("event feed reads the database again")
                 failures_in_a_row = 0
-            except Exception as exc:  # noqa: BLE001 - the feed outlives a database outage
+            except Exception as exc:
                 if _cancelled():
                     raise asyncio.CancelledError from exc
                 self.stats.failures += 1
@@ -287,8 +294,9 @@ class EventHub:
         async with self.engine.connect() as conn:
             self._publish_events(await events_after(conn, self._last_event_id))
             t = Exchange.__table__
-            rows = (await conn.execute(select(t).where(t.c.inserted_at > self._exchange_mark)
-                                       .order_by(t.c.inserted_at).limit(_BATCH))).all()
+            rows = (
+                await conn.execute(select(t).where(t.c.inserted_at > self._exchange_mark).order_by(t.c.inserted_at).limit(_BATCH))
+            ).all()
             if rows:
                 self._exchange_mark = rows[-1]._mapping["inserted_at"]
             self._publish_exchanges([record_from_row(r) for r in rows])

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import insert, text
@@ -43,18 +43,32 @@ async def run(url: str, rows: int) -> None:
     engine = make_engine(url)
     try:
         async with engine.begin() as conn:
-            now = datetime.now(timezone.utc)
-            p = (await conn.execute(insert(Pattern.__table__).values(label="bench", first_seen=now - timedelta(days=30),
-                                                                     last_seen=now).returning(Pattern.__table__.c.id))).scalar_one()
+            now = datetime.now(UTC)
+            p = (
+                await conn.execute(
+                    insert(Pattern.__table__)
+                    .values(label="bench", first_seen=now - timedelta(days=30), last_seen=now)
+                    .returning(Pattern.__table__.c.id)
+                )
+            ).scalar_one()
             enh = await manage.create_enhancement(conn, p, "system_prompt", {"text": "Answer in JSON."}, "", "operator")
             exp = await manage.start_experiment(conn, enh, actor="bench")
             started = time.perf_counter()
             await conn.execute(text(_SEED), {"exp": exp, "enh": enh, "rows": rows})
-            await conn.execute(text("INSERT INTO exchange_embeddings (request_id, canonical_hash, pattern_id, created_at, "
-                                    "model, client_key_fp) SELECT request_id, 'h', :p, started_at, model, 'fp' FROM exchanges "
-                                    "WHERE flags ? 'enhancement'"), {"p": p})
-            await conn.execute(text("INSERT INTO outcome_signals (request_id, kind, ok) SELECT request_id, 'finish', "
-                                    "random() > 0.3 FROM exchanges WHERE flags ? 'enhancement'"))
+            await conn.execute(
+                text(
+                    "INSERT INTO exchange_embeddings (request_id, canonical_hash, pattern_id, created_at, "
+                    "model, client_key_fp) SELECT request_id, 'h', :p, started_at, model, 'fp' FROM exchanges "
+                    "WHERE flags ? 'enhancement'"
+                ),
+                {"p": p},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO outcome_signals (request_id, kind, ok) SELECT request_id, 'finish', "
+                    "random() > 0.3 FROM exchanges WHERE flags ? 'enhancement'"
+                )
+            )
             await manage.promote_experiment(conn, exp, actor="bench")
         print(f"seeded {rows} exchanges in {time.perf_counter() - started:.1f} s")
         async with engine.connect() as conn:
@@ -63,9 +77,11 @@ async def run(url: str, rows: int) -> None:
             for bucket in ("day", "hour", "day"):
                 started = time.perf_counter()
                 eff = await enhancement_effectiveness(conn, enh, bucket=bucket)
-                print(f"enhancement_effectiveness by {bucket}: {(time.perf_counter() - started) * 1000:.0f} ms "
-                      f"({len(eff['series'])} series rows; control n={eff['arms']['control']['n']}, "
-                      f"variant n={eff['arms']['variant']['n']})")
+                print(
+                    f"enhancement_effectiveness by {bucket}: {(time.perf_counter() - started) * 1000:.0f} ms "
+                    f"({len(eff['series'])} series rows; control n={eff['arms']['control']['n']}, "
+                    f"variant n={eff['arms']['variant']['n']})"
+                )
             started = time.perf_counter()
             await experiment_outcomes(conn, exp)
             print(f"experiment_outcomes, for comparison: {(time.perf_counter() - started) * 1000:.0f} ms")

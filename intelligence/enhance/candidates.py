@@ -28,7 +28,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -124,10 +124,23 @@ class Evidence:
 
 
 class CandidateJob:
-    def __init__(self, engine: AsyncEngine, client: Any, *, min_volume: int = 50, window_hours: float = 24,
-                 max_per_tick: int = 3, margin: float = 0.05, history_days: float = 7, examples: int = 5,
-                 max_text_chars: int = 1200, auto_start: bool = True, control_weight: float = 0.5,
-                 interval_s: float = 900, redact: bool = True):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        client: Any,
+        *,
+        min_volume: int = 50,
+        window_hours: float = 24,
+        max_per_tick: int = 3,
+        margin: float = 0.05,
+        history_days: float = 7,
+        examples: int = 5,
+        max_text_chars: int = 1200,
+        auto_start: bool = True,
+        control_weight: float = 0.5,
+        interval_s: float = 900,
+        redact: bool = True,
+    ):
         self.engine = engine
         self.client = client
         self.min_volume = min_volume
@@ -148,12 +161,19 @@ class CandidateJob:
             return {"skipped": "local-only"}
         async with self.engine.connect() as conn:
             picks = await self.pick_patterns(conn)
-        summary: dict[str, Any] = {"patterns": [p.pattern_id for p in picks], "proposed": 0, "stored": [],
-                                   "invalid": 0, "invalid_reasons": [], "started": [], "claude_failures": 0}
+        summary: dict[str, Any] = {
+            "patterns": [p.pattern_id for p in picks],
+            "proposed": 0,
+            "stored": [],
+            "invalid": 0,
+            "invalid_reasons": [],
+            "started": [],
+            "claude_failures": 0,
+        }
         for pick in picks:
             try:
                 await self._improve(pick, summary)
-            except Exception:  # noqa: BLE001 -- one pattern's failure must not stop the others
+            except Exception:
                 log.exception("candidate job: pattern %s failed", pick.pattern_id)
                 summary["claude_failures"] += 1
         return summary
@@ -164,20 +184,26 @@ class CandidateJob:
                 summary = await self.tick()
                 if summary.get("stored"):
                     log.info("candidate job: %s", summary)
-            except Exception:  # noqa: BLE001 -- e.g. the database restarting; try again next interval
+            except Exception:
                 log.exception("candidate job tick failed")
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _improve(self, pick: PatternPick, summary: dict[str, Any]) -> None:
         async with self.engine.connect() as conn:
             evidence = await self.gather(conn, pick)
         result = await self.client.structured(
-            purpose=PURPOSE, subject=f"pattern:{pick.pattern_id}", system=SYSTEM_PROMPT,
-            prompt=self.prompt(pick, evidence), tool_name=TOOL_NAME, tool_description=TOOL_DESCRIPTION,
-            schema=CANDIDATES_SCHEMA, max_tokens=2048)
+            purpose=PURPOSE,
+            subject=f"pattern:{pick.pattern_id}",
+            system=SYSTEM_PROMPT,
+            prompt=self.prompt(pick, evidence),
+            tool_name=TOOL_NAME,
+            tool_description=TOOL_DESCRIPTION,
+            schema=CANDIDATES_SCHEMA,
+            max_tokens=2048,
+        )
         if not result.ok or not isinstance(result.data, dict):
             summary["claude_failures"] += 1
             log.info("candidate job: pattern %s: claude %s (%s)", pick.pattern_id, result.outcome, result.error)
@@ -196,20 +222,23 @@ class CandidateJob:
                     continue
                 seen.add((kind, json.dumps(spec, sort_keys=True)))
                 rationale = str(candidate.get("rationale") or "")[:4000]
-                stored.append(await manage.create_enhancement(conn, pick.pattern_id, kind, spec, rationale, "claude",
-                                                              result.call_id, actor=ACTOR))
+                stored.append(
+                    await manage.create_enhancement(
+                        conn, pick.pattern_id, kind, spec, rationale, "claude", result.call_id, actor=ACTOR
+                    )
+                )
             summary["stored"].extend(stored)
             if self.auto_start and stored:
                 try:
                     async with conn.begin_nested():
-                        summary["started"].append(await manage.start_experiment(
-                            conn, stored[0], actor=ACTOR, control_weight=self.control_weight))
+                        summary["started"].append(
+                            await manage.start_experiment(conn, stored[0], actor=ACTOR, control_weight=self.control_weight)
+                        )
                 except ValueError as exc:  # e.g. an operator opened an experiment meanwhile
                     log.info("candidate job: not starting enhancement %s: %s", stored[0], exc)
 
     @staticmethod
-    def _check(candidate: Any, evidence: Evidence,
-               seen: set[tuple[str, str]]) -> tuple[str | None, str, dict[str, Any]]:
+    def _check(candidate: Any, evidence: Evidence, seen: set[tuple[str, str]]) -> tuple[str | None, str, dict[str, Any]]:
         if not isinstance(candidate, dict):
             return "not an object", "", {}
         kind = str(candidate.get("kind"))
@@ -226,10 +255,17 @@ class CandidateJob:
 
     # ---------------------------------------------------------------------------- picking patterns
     async def pick_patterns(self, conn: AsyncConnection, now: datetime | None = None) -> list[PatternPick]:
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         since = now - self.window
-        rows = (await conn.execute(_RATES_SQL, {"since": since, "past_since": since - self.history,
-                                                "until": now + timedelta(minutes=5)})).mappings().all()
+        rows = (
+            (
+                await conn.execute(
+                    _RATES_SQL, {"since": since, "past_since": since - self.history, "until": now + timedelta(minutes=5)}
+                )
+            )
+            .mappings()
+            .all()
+        )
         busy = set((await conn.execute(_BUSY_SQL)).scalars())
         total_n = sum(r["n"] for r in rows)
         fleet = sum(r["ok"] for r in rows) / total_n if total_n else 1.0
@@ -244,23 +280,49 @@ class CandidateJob:
             if r["past_n"] >= self.min_volume and rate < r["past_ok"] / r["past_n"] - self.margin:
                 reasons.append(f"success {rate:.2f} below its own past {r['past_ok'] / r['past_n']:.2f}")
             if reasons:
-                picks.append(PatternPick(pattern_id=int(r["pattern_id"]), label="", n=int(r["n"]), successes=int(r["ok"]),
-                                         past_n=int(r["past_n"]), past_successes=int(r["past_ok"]), fleet_rate=fleet,
-                                         why="; ".join(reasons)))
+                picks.append(
+                    PatternPick(
+                        pattern_id=int(r["pattern_id"]),
+                        label="",
+                        n=int(r["n"]),
+                        successes=int(r["ok"]),
+                        past_n=int(r["past_n"]),
+                        past_successes=int(r["past_ok"]),
+                        fleet_rate=fleet,
+                        why="; ".join(reasons),
+                    )
+                )
         picks.sort(key=lambda p: (-(p.n - p.successes), p.pattern_id))
         picks = picks[: self.max_per_tick]
         if picks:
-            labels = dict((await conn.execute(text("SELECT id, label FROM patterns WHERE id = ANY(:ids)"),
-                                              {"ids": [p.pattern_id for p in picks]})).all())
+            labels = dict(
+                (
+                    await conn.execute(
+                        text("SELECT id, label FROM patterns WHERE id = ANY(:ids)"), {"ids": [p.pattern_id for p in picks]}
+                    )
+                ).all()
+            )
             picks = [PatternPick(**{**p.__dict__, "label": labels.get(p.pattern_id) or ""}) for p in picks]
         return picks
 
     # ---------------------------------------------------------------------------------- evidence
     async def gather(self, conn: AsyncConnection, pick: PatternPick, now: datetime | None = None) -> Evidence:
-        now = now or datetime.now(timezone.utc)
-        rows = (await conn.execute(_EXAMPLES_SQL, {"pattern": pick.pattern_id, "since": now - self.window,
-                                                   "scan": max(200, self.examples * 20),
-                                                   "failing_kinds": list(FAILING_SIGNAL_KINDS)})).mappings().all()
+        now = now or datetime.now(UTC)
+        rows = (
+            (
+                await conn.execute(
+                    _EXAMPLES_SQL,
+                    {
+                        "pattern": pick.pattern_id,
+                        "since": now - self.window,
+                        "scan": max(200, self.examples * 20),
+                        "failing_kinds": list(FAILING_SIGNAL_KINDS),
+                    },
+                )
+            )
+            .mappings()
+            .all()
+        )
         ev = Evidence()
         for r in rows:
             failed = list(r["failed_kinds"] or []) + (["feedback"] if r["negative"] else [])
@@ -271,11 +333,20 @@ class CandidateJob:
                 ev.models[r["model"]] = ev.models.get(r["model"], 0) + 1
             bucket = ev.failing if failed else ev.succeeding
             if len(bucket) < self.examples:
-                bucket.append({"system": self._clean(r["prompt_system"]), "user": self._clean(r["prompt_user"]),
-                               "finish_reason": r["finish_reason"], "status": r["status"],
-                               "error": self._clean(r["error"], 300), "failed": failed})
-        ev.tried = [{"kind": e["kind"], "spec": e["spec"], "status": e["status"]}
-                    for e in await manage.list_enhancements(conn, pattern_id=pick.pattern_id, limit=20)]
+                bucket.append(
+                    {
+                        "system": self._clean(r["prompt_system"]),
+                        "user": self._clean(r["prompt_user"]),
+                        "finish_reason": r["finish_reason"],
+                        "status": r["status"],
+                        "error": self._clean(r["error"], 300),
+                        "failed": failed,
+                    }
+                )
+        ev.tried = [
+            {"kind": e["kind"], "spec": e["spec"], "status": e["status"]}
+            for e in await manage.list_enhancements(conn, pattern_id=pick.pattern_id, limit=20)
+        ]
         return ev
 
     def _clean(self, value: str | None, limit: int | None = None) -> str | None:
@@ -289,9 +360,15 @@ class CandidateJob:
     def prompt(self, pick: PatternPick, ev: Evidence) -> str:
         past = f"{pick.past_rate:.2f} over the {self.history.days} days before" if pick.past_rate is not None else "n/a"
         doc = {
-            "pattern": {"id": pick.pattern_id, "label": pick.label, "exchanges_in_window": pick.n,
-                        "success_rate": round(pick.rate, 3), "fleet_success_rate": round(pick.fleet_rate, 3),
-                        "own_past_success_rate": past, "why_selected": pick.why},
+            "pattern": {
+                "id": pick.pattern_id,
+                "label": pick.label,
+                "exchanges_in_window": pick.n,
+                "success_rate": round(pick.rate, 3),
+                "fleet_success_rate": round(pick.fleet_rate, 3),
+                "own_past_success_rate": past,
+                "why_selected": pick.why,
+            },
             "failures_by_signal": ev.failure_kinds,
             "models": ev.models,
             "declared_tools": sorted(ev.tools),
@@ -299,13 +376,15 @@ class CandidateJob:
             "succeeding_examples": ev.succeeding,
             "already_tried": ev.tried,
         }
-        return ("Evidence about one pattern, as JSON. Propose enhancements with the propose_enhancements tool; "
-                "do not repeat anything in already_tried.\n\n" + json.dumps(doc, ensure_ascii=False, indent=1))
+        return (
+            "Evidence about one pattern, as JSON. Propose enhancements with the propose_enhancements tool; "
+            "do not repeat anything in already_tried.\n\n" + json.dumps(doc, ensure_ascii=False, indent=1)
+        )
 
 
 def _redact(value: str) -> str:
     try:
-        from extproc.security.secrets import redact_secrets
+        from intelligence.detectors.secrets import redact_secrets
     except ImportError:  # the sidecar package is optional for the intelligence workers
         return value
     return redact_secrets(value)

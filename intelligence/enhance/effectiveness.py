@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import text
@@ -53,18 +53,24 @@ WHERE h.id = :enhancement
 ORDER BY x.id
 """)
 
-_EXPERIMENT_ARMS = ("e.flags ? 'enhancement' "
-                    "AND (e.flags -> 'enhancement' ->> 'experiment')::bigint = ANY(CAST(:experiments AS bigint[])) "
-                    "AND e.flags -> 'enhancement' ->> 'arm' IN ('control', 'variant')")
-_ACTIVE_ARM = ("e.flags ? 'enhancement' AND e.started_at >= :active_from "
-               "AND e.flags -> 'enhancement' ->> 'arm' = 'active' "
-               "AND ((e.flags -> 'enhancement' ->> 'enhancement')::bigint = :enhancement "
-               "OR e.flags -> 'enhancement' -> 'also_active' @> to_jsonb(CAST(:enhancement AS bigint)))")
+_EXPERIMENT_ARMS = (
+    "e.flags ? 'enhancement' "
+    "AND (e.flags -> 'enhancement' ->> 'experiment')::bigint = ANY(CAST(:experiments AS bigint[])) "
+    "AND e.flags -> 'enhancement' ->> 'arm' IN ('control', 'variant')"
+)
+_ACTIVE_ARM = (
+    "e.flags ? 'enhancement' AND e.started_at >= :active_from "
+    "AND e.flags -> 'enhancement' ->> 'arm' = 'active' "
+    "AND ((e.flags -> 'enhancement' ->> 'enhancement')::bigint = :enhancement "
+    "OR e.flags -> 'enhancement' -> 'also_active' @> to_jsonb(CAST(:enhancement AS bigint)))"
+)
 
 
 def _exposures_query(*, active: bool, since: bool) -> Any:
-    extra = ("\n           (e.flags -> 'enhancement' ->> 'experiment')::bigint AS experiment,"
-             "\n           date_trunc(:bucket, e.started_at AT TIME ZONE 'UTC') AS bucket,")
+    extra = (
+        "\n           (e.flags -> 'enhancement' ->> 'experiment')::bigint AS experiment,"
+        "\n           date_trunc(:bucket, e.started_at AT TIME ZONE 'UTC') AS bucket,"
+    )
     bound = " AND e.started_at >= :since" if since else ""
     # two disjoint branches (arms control/variant vs active), each served by its own index: the
     # experiment expression index, and the start-time index from the promotion on
@@ -89,7 +95,7 @@ def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     if value.tzinfo is None:  # the buckets are truncated UTC wall-clock times
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.isoformat()
 
 
@@ -100,16 +106,31 @@ def _num(value: Any) -> float | None:
 def _summary(t: ArmTotals, p50: float | None, alpha: float) -> dict[str, Any]:
     o = t.outcome()
     lo, hi = wilson_interval(o.successes, o.n, alpha) if o.n else (None, None)
-    return {"n": o.n, "pending": t.pending, "successes": o.successes, "rate": o.rate, "ci_low": lo, "ci_high": hi,
-            "errors": o.errors, "error_rate": o.error_rate, "mean_tokens": o.mean_tokens,
-            "mean_cost_usd": o.mean_cost_usd, "mean_latency_ms": o.mean_latency_ms, "p50_latency_ms": p50}
+    return {
+        "n": o.n,
+        "pending": t.pending,
+        "successes": o.successes,
+        "rate": o.rate,
+        "ci_low": lo,
+        "ci_high": hi,
+        "errors": o.errors,
+        "error_rate": o.error_rate,
+        "mean_tokens": o.mean_tokens,
+        "mean_cost_usd": o.mean_cost_usd,
+        "mean_latency_ms": o.mean_latency_ms,
+        "p50_latency_ms": p50,
+    }
 
 
 def _change(baseline: float | None, treatment: float | None) -> dict[str, float | None] | None:
     if baseline is None or treatment is None:
         return None
-    return {"baseline": baseline, "treatment": treatment, "absolute": treatment - baseline,
-            "relative": (treatment - baseline) / baseline if baseline else None}
+    return {
+        "baseline": baseline,
+        "treatment": treatment,
+        "absolute": treatment - baseline,
+        "relative": (treatment - baseline) / baseline if baseline else None,
+    }
 
 
 def newcombe_interval(s_b: int, n_b: int, s_t: int, n_t: int, alpha: float = 0.05) -> tuple[float, float]:
@@ -118,8 +139,10 @@ def newcombe_interval(s_b: int, n_b: int, s_t: int, n_t: int, alpha: float = 0.0
     l_b, u_b = wilson_interval(s_b, n_b, alpha)
     l_t, u_t = wilson_interval(s_t, n_t, alpha)
     d = p_t - p_b
-    return (max(-1.0, d - math.sqrt((p_t - l_t) ** 2 + (u_b - p_b) ** 2)),
-            min(1.0, d + math.sqrt((u_t - p_t) ** 2 + (p_b - l_b) ** 2)))
+    return (
+        max(-1.0, d - math.sqrt((p_t - l_t) ** 2 + (u_b - p_b) ** 2)),
+        min(1.0, d + math.sqrt((u_t - p_t) ** 2 + (p_b - l_b) ** 2)),
+    )
 
 
 def _deltas(arms: Mapping[str, dict[str, Any]], baseline: str, treatment: str, alpha: float) -> dict[str, Any] | None:
@@ -129,12 +152,16 @@ def _deltas(arms: Mapping[str, dict[str, Any]], baseline: str, treatment: str, a
     rate = _change(b["rate"], t["rate"])
     assert rate is not None  # both arms have n > 0
     rate["ci"] = list(newcombe_interval(b["successes"], b["n"], t["successes"], t["n"], alpha))
-    return {"baseline": baseline, "treatment": treatment, "success_rate": rate,
-            "error_rate": _change(b["error_rate"], t["error_rate"]),
-            "tokens": _change(b["mean_tokens"], t["mean_tokens"]),
-            "cost_usd": _change(b["mean_cost_usd"], t["mean_cost_usd"]),  # None unless both arms are fully priced
-            "latency_ms": _change(b["mean_latency_ms"], t["mean_latency_ms"]),
-            "p50_latency_ms": _change(b["p50_latency_ms"], t["p50_latency_ms"])}
+    return {
+        "baseline": baseline,
+        "treatment": treatment,
+        "success_rate": rate,
+        "error_rate": _change(b["error_rate"], t["error_rate"]),
+        "tokens": _change(b["mean_tokens"], t["mean_tokens"]),
+        "cost_usd": _change(b["mean_cost_usd"], t["mean_cost_usd"]),  # None unless both arms are fully priced
+        "latency_ms": _change(b["mean_latency_ms"], t["mean_latency_ms"]),
+        "p50_latency_ms": _change(b["p50_latency_ms"], t["p50_latency_ms"]),
+    }
 
 
 @dataclass
@@ -148,8 +175,16 @@ class _Scope:
 
 def _scope(rows: list[Mapping[str, Any]]) -> _Scope:
     head = rows[0]
-    experiments = [{"id": int(r["experiment_id"]), "status": r["experiment_status"], "started_at": r["started_at"],
-                    "decided_at": r["decided_at"]} for r in rows if r["experiment_id"] is not None]
+    experiments = [
+        {
+            "id": int(r["experiment_id"]),
+            "status": r["experiment_status"],
+            "started_at": r["started_at"],
+            "decided_at": r["decided_at"],
+        }
+        for r in rows
+        if r["experiment_id"] is not None
+    ]
     promoted = [e["decided_at"] for e in experiments if e["status"] == "promoted" and e["decided_at"] is not None]
     if promoted:
         active_from = min(promoted)
@@ -161,9 +196,15 @@ def _scope(rows: list[Mapping[str, Any]]) -> _Scope:
     return _Scope(experiments=experiments, active_from=active_from, alpha=alphas[-1] if alphas else 0.05)
 
 
-async def enhancement_effectiveness(conn: AsyncConnection, enhancement_id: int, *, bucket: Bucket = "day",
-                                    since: datetime | None = None, prices: PriceTable | None = None,
-                                    pending_grace_s: float = DEFAULT_PENDING_GRACE_S) -> dict[str, Any]:
+async def enhancement_effectiveness(
+    conn: AsyncConnection,
+    enhancement_id: int,
+    *,
+    bucket: Bucket = "day",
+    since: datetime | None = None,
+    prices: PriceTable | None = None,
+    pending_grace_s: float = DEFAULT_PENDING_GRACE_S,
+) -> dict[str, Any]:
     """Success rate (Wilson CI) per arm, in total and per ``bucket``, and the variant's (and the active
     period's) deltas against control; see the module docstring. Unknown enhancement: LookupError.
 
@@ -177,8 +218,13 @@ async def enhancement_effectiveness(conn: AsyncConnection, enhancement_id: int, 
         raise LookupError(f"enhancement {enhancement_id} not found")
     scope = _scope(meta)
     prices = prices or load_prices()
-    params: dict[str, Any] = {"enhancement": enhancement_id, "experiments": [e["id"] for e in scope.experiments],
-                              "bucket": bucket, "grace": float(pending_grace_s), "negative": NEGATIVE_SCORE}
+    params: dict[str, Any] = {
+        "enhancement": enhancement_id,
+        "experiments": [e["id"] for e in scope.experiments],
+        "bucket": bucket,
+        "grace": float(pending_grace_s),
+        "negative": NEGATIVE_SCORE,
+    }
     if scope.active_from is not None:
         params["active_from"] = scope.active_from
     if since is not None:
@@ -206,18 +252,38 @@ async def enhancement_effectiveness(conn: AsyncConnection, enhancement_id: int, 
     alpha = scope.alpha
     order = {a: i for i, a in enumerate(ARMS)}
     arms = {arm: _summary(t, p50_arm.get(arm), alpha) for arm, t in sorted(by_arm.items(), key=lambda kv: order[kv[0]])}
-    series = [{"arm": arm, "bucket": _iso(at), **_summary(t, p50_bucket.get((arm, at)), alpha)}
-              for (arm, at), t in sorted(by_bucket.items(), key=lambda kv: (kv[0][1], order[kv[0][0]]))]
-    experiments = [{"id": e["id"], "status": e["status"], "started_at": _iso(e["started_at"]),
-                    "decided_at": _iso(e["decided_at"]),
-                    "arms": {arm: _summary(t, None, alpha) for (eid, arm), t in sorted(by_experiment.items())
-                             if eid == e["id"]}} for e in scope.experiments]
+    series = [
+        {"arm": arm, "bucket": _iso(at), **_summary(t, p50_bucket.get((arm, at)), alpha)}
+        for (arm, at), t in sorted(by_bucket.items(), key=lambda kv: (kv[0][1], order[kv[0][0]]))
+    ]
+    experiments = [
+        {
+            "id": e["id"],
+            "status": e["status"],
+            "started_at": _iso(e["started_at"]),
+            "decided_at": _iso(e["decided_at"]),
+            "arms": {arm: _summary(t, None, alpha) for (eid, arm), t in sorted(by_experiment.items()) if eid == e["id"]},
+        }
+        for e in scope.experiments
+    ]
     head = meta[0]
-    return {"enhancement_id": enhancement_id, "status": head["status"], "kind": head["kind"],
-            "pattern_id": head["pattern_id"], "bucket": bucket, "since": _iso(since), "alpha": alpha,
-            "active_from": _iso(scope.active_from), "experiments": experiments, "arms": arms, "series": series,
-            "deltas": {"variant_vs_control": _deltas(arms, "control", "variant", alpha),
-                       "active_vs_control": _deltas(arms, "control", "active", alpha)}}
+    return {
+        "enhancement_id": enhancement_id,
+        "status": head["status"],
+        "kind": head["kind"],
+        "pattern_id": head["pattern_id"],
+        "bucket": bucket,
+        "since": _iso(since),
+        "alpha": alpha,
+        "active_from": _iso(scope.active_from),
+        "experiments": experiments,
+        "arms": arms,
+        "series": series,
+        "deltas": {
+            "variant_vs_control": _deltas(arms, "control", "variant", alpha),
+            "active_vs_control": _deltas(arms, "control", "active", alpha),
+        },
+    }
 
 
 __all__ = ["BUCKETS", "Bucket", "enhancement_effectiveness", "newcombe_interval"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -33,9 +33,18 @@ ACTOR = "evaluator"
 
 
 class ExperimentEvaluator:
-    def __init__(self, engine: AsyncEngine, client: Any = None, *, min_samples: int = 30, interval_s: float = 30.0,
-                 tau: float = DEFAULT_TAU, pending_grace_s: float = DEFAULT_PENDING_GRACE_S,
-                 prices: PriceTable | None = None, auto_decide: bool = True):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        client: Any = None,
+        *,
+        min_samples: int = 30,
+        interval_s: float = 30.0,
+        tau: float = DEFAULT_TAU,
+        pending_grace_s: float = DEFAULT_PENDING_GRACE_S,
+        prices: PriceTable | None = None,
+        auto_decide: bool = True,
+    ):
         # client is unused: the contract gives every background job the same constructor shape
         self.engine = engine
         self.min_samples = min_samples
@@ -48,13 +57,17 @@ class ExperimentEvaluator:
     async def tick(self) -> dict[str, Any]:
         started = time.perf_counter()
         async with self.engine.connect() as conn:
-            ids = [int(i) for i in (await conn.execute(
-                select(manage.EXP.c.id).where(manage.EXP.c.status == "running").order_by(manage.EXP.c.id))).scalars()]
+            ids = [
+                int(i)
+                for i in (
+                    await conn.execute(select(manage.EXP.c.id).where(manage.EXP.c.status == "running").order_by(manage.EXP.c.id))
+                ).scalars()
+            ]
         summary: dict[str, Any] = {"checked": 0, "promoted": [], "rolled_back": [], "continuing": [], "errors": 0}
         for experiment_id in ids:
             try:
                 decision = await self.evaluate(experiment_id)
-            except Exception:  # noqa: BLE001 -- one broken experiment must not stop the others
+            except Exception:
                 log.exception("evaluating experiment %s failed", experiment_id)
                 summary["errors"] += 1
                 continue
@@ -72,22 +85,39 @@ class ExperimentEvaluator:
             exp = await manage.lock_experiment(conn, experiment_id)
             if exp.status != "running":
                 return None
-            thresholds = Thresholds(alpha=exp.alpha, min_effect=exp.min_effect, max_error_increase=exp.max_error_increase,
-                                    max_cost_increase=exp.max_cost_increase, min_samples=self.min_samples, tau=self.tau)
+            thresholds = Thresholds(
+                alpha=exp.alpha,
+                min_effect=exp.min_effect,
+                max_error_increase=exp.max_error_increase,
+                max_cost_increase=exp.max_cost_increase,
+                min_samples=self.min_samples,
+                tau=self.tau,
+            )
             previous = exp.stats or {}
-            outcomes = await experiment_outcomes(conn, experiment_id, prices=self.prices,
-                                                 pending_grace_s=self.pending_grace_s)
-            evaluation = decide(outcomes.control, outcomes.variant, thresholds,
-                                previous_p=float(previous.get("p_value", 1.0)),
-                                previous_error_p=float(previous.get("error_p_value", 1.0)))
+            outcomes = await experiment_outcomes(conn, experiment_id, prices=self.prices, pending_grace_s=self.pending_grace_s)
+            evaluation = decide(
+                outcomes.control,
+                outcomes.variant,
+                thresholds,
+                previous_p=float(previous.get("p_value", 1.0)),
+                previous_error_p=float(previous.get("error_p_value", 1.0)),
+            )
             decision = evaluation.decision if self.auto_decide else "continue"
-            stats = {**evaluation.to_dict(), "decision": decision, "pending": outcomes.pending,
-                     "thresholds": {"alpha": thresholds.alpha, "min_effect": thresholds.min_effect,
-                                    "max_error_increase": thresholds.max_error_increase,
-                                    "max_cost_increase": thresholds.max_cost_increase,
-                                    "min_samples": thresholds.min_samples, "tau": thresholds.tau},
-                     "method": "mSPRT (normal mixture), Johari et al. 2017; Wilson intervals per arm",
-                     "computed_at": datetime.now(timezone.utc).isoformat()}
+            stats = {
+                **evaluation.to_dict(),
+                "decision": decision,
+                "pending": outcomes.pending,
+                "thresholds": {
+                    "alpha": thresholds.alpha,
+                    "min_effect": thresholds.min_effect,
+                    "max_error_increase": thresholds.max_error_increase,
+                    "max_cost_increase": thresholds.max_cost_increase,
+                    "min_samples": thresholds.min_samples,
+                    "tau": thresholds.tau,
+                },
+                "method": "mSPRT (normal mixture), Johari et al. 2017; Wilson intervals per arm",
+                "computed_at": datetime.now(UTC).isoformat(),
+            }
             await manage.save_stats(conn, experiment_id, stats)
             if decision == "promote":
                 await manage.promote_experiment(conn, experiment_id, actor=ACTOR, reason=evaluation.reason)
@@ -101,11 +131,11 @@ class ExperimentEvaluator:
                 summary = await self.tick()
                 if summary["promoted"] or summary["rolled_back"]:
                     log.info("experiment evaluator: %s", summary)
-            except Exception:  # noqa: BLE001 -- e.g. the database restarting; try again next interval
+            except Exception:
                 log.exception("experiment evaluator tick failed")
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 

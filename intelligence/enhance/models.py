@@ -11,12 +11,23 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger, CheckConstraint, DateTime, Double, ForeignKey, Identity, Index, Integer, Text, UniqueConstraint, func, text,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-import intelligence.claude.models  # noqa: F401  (claude_calls: the foreign keys below resolve in one metadata)
+import intelligence.claude.models
 import intelligence.memory.models  # noqa: F401  (patterns)
 from intelligence.store.models import Base
 
@@ -42,10 +53,12 @@ class Enhancement(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
-        CheckConstraint("kind IN ('system_prompt', 'instruction_rewrite', 'parameters', 'tool_description')",
-                        name="ck_enhancements_kind"),
-        CheckConstraint("status IN ('candidate', 'testing', 'active', 'rolled_back', 'rejected', 'retired')",
-                        name="ck_enhancements_status"),
+        CheckConstraint(
+            "kind IN ('system_prompt', 'instruction_rewrite', 'parameters', 'tool_description')", name="ck_enhancements_kind"
+        ),
+        CheckConstraint(
+            "status IN ('candidate', 'testing', 'active', 'rolled_back', 'rejected', 'retired')", name="ck_enhancements_status"
+        ),
         UniqueConstraint("pattern_id", "version", name="uq_enhancements_pattern_version"),
         Index("ix_enhancements_status", "status"),
     )

@@ -39,14 +39,15 @@ _FAILING_KINDS_SQL = ", ".join(f"'{k}'" for k in FAILING_SIGNAL_KINDS)
 
 def failed_sql(request_id: str) -> str:
     """True when the exchange ``request_id`` (an SQL expression) has a failing outcome signal."""
-    return (f"EXISTS (SELECT 1 FROM outcome_signals s WHERE s.request_id = {request_id} AND NOT s.ok "
-            f"AND s.kind IN ({_FAILING_KINDS_SQL}))")
+    return (
+        f"EXISTS (SELECT 1 FROM outcome_signals s WHERE s.request_id = {request_id} AND NOT s.ok "
+        f"AND s.kind IN ({_FAILING_KINDS_SQL}))"
+    )
 
 
 def negative_sql(request_id: str, negative: str = ":negative") -> str:
     """True when the exchange got negative feedback (thumbs down, or a score under ``negative``)."""
-    return (f"EXISTS (SELECT 1 FROM feedback f WHERE f.request_id = {request_id} "
-            f"AND (f.thumbs = 'down' OR f.score < {negative}))")
+    return f"EXISTS (SELECT 1 FROM feedback f WHERE f.request_id = {request_id} AND (f.thumbs = 'down' OR f.score < {negative}))"
 
 
 def exposures_sql(where: str, *, extra_columns: str = "") -> str:
@@ -117,9 +118,15 @@ class ArmTotals:
         self.latency_sum += float(r["latency_sum"])
         # cost does not depend on the worker: it is averaged over every exposure, pending ones too
         self.cost_rows += r["n"] + r["pending"]
-        cost = prices.cost(r["model"], r["api"], input_tokens=int(r["input_tokens"]), output_tokens=int(r["output_tokens"]),
-                           cached_tokens=int(r["cached_tokens"]), reasoning_tokens=int(r["reasoning_tokens"]),
-                           on=r["day"])
+        cost = prices.cost(
+            r["model"],
+            r["api"],
+            input_tokens=int(r["input_tokens"]),
+            output_tokens=int(r["output_tokens"]),
+            cached_tokens=int(r["cached_tokens"]),
+            reasoning_tokens=int(r["reasoning_tokens"]),
+            on=r["day"],
+        )
         if cost is None:
             self.priced = False
         else:
@@ -127,10 +134,13 @@ class ArmTotals:
 
     def outcome(self) -> ArmOutcome:
         return ArmOutcome(
-            n=self.n, successes=self.successes, errors=self.errors,
+            n=self.n,
+            successes=self.successes,
+            errors=self.errors,
             mean_tokens=self.tokens / self.token_rows if self.token_rows else None,
             mean_cost_usd=self.cost / self.cost_rows if self.priced and self.cost_rows else None,
-            mean_latency_ms=self.latency_sum / self.latency_rows if self.latency_rows else None)
+            mean_latency_ms=self.latency_sum / self.latency_rows if self.latency_rows else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -141,24 +151,47 @@ class ExperimentOutcomes:
     other: dict[str, ArmOutcome] = field(default_factory=dict)  # exposures tagged with another arm name
 
 
-async def experiment_outcomes(conn: AsyncConnection, experiment_id: int, *, prices: PriceTable | None = None,
-                              pending_grace_s: float = DEFAULT_PENDING_GRACE_S) -> ExperimentOutcomes:
+async def experiment_outcomes(
+    conn: AsyncConnection,
+    experiment_id: int,
+    *,
+    prices: PriceTable | None = None,
+    pending_grace_s: float = DEFAULT_PENDING_GRACE_S,
+) -> ExperimentOutcomes:
     prices = prices or load_prices()
-    rows = (await conn.execute(_OUTCOMES_SQL, {"experiment": experiment_id, "grace": float(pending_grace_s),
-                                               "negative": NEGATIVE_SCORE})).mappings().all()
+    rows = (
+        (
+            await conn.execute(
+                _OUTCOMES_SQL, {"experiment": experiment_id, "grace": float(pending_grace_s), "negative": NEGATIVE_SCORE}
+            )
+        )
+        .mappings()
+        .all()
+    )
     acc: dict[str, ArmTotals] = {}
     for r in rows:
         acc.setdefault(r["arm"] or "", ArmTotals()).add(r, prices)
     empty = ArmTotals()
     return ExperimentOutcomes(
-        control=acc.get("control", empty).outcome(), variant=acc.get("variant", empty).outcome(),
+        control=acc.get("control", empty).outcome(),
+        variant=acc.get("variant", empty).outcome(),
         pending={arm: a.pending for arm, a in acc.items() if a.pending},
-        other={arm: a.outcome() for arm, a in acc.items() if arm not in ("control", "variant")})
+        other={arm: a.outcome() for arm, a in acc.items() if arm not in ("control", "variant")},
+    )
 
 
 def outcomes_dict(o: ExperimentOutcomes) -> dict[str, Any]:
     return {"pending": dict(o.pending), "other_arms": {k: v.n for k, v in o.other.items()}}
 
 
-__all__ = ["ArmTotals", "EXPOSURE_AGGREGATES", "ExperimentOutcomes", "FAILING_SIGNAL_KINDS", "experiment_outcomes",
-           "exposures_sql", "failed_sql", "negative_sql", "outcomes_dict"]
+__all__ = [
+    "ArmTotals",
+    "EXPOSURE_AGGREGATES",
+    "ExperimentOutcomes",
+    "FAILING_SIGNAL_KINDS",
+    "experiment_outcomes",
+    "exposures_sql",
+    "failed_sql",
+    "negative_sql",
+    "outcomes_dict",
+]

@@ -78,8 +78,11 @@ class ParametersSpec:
     kind: str = "parameters"
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in (("temperature", self.temperature), ("max_tokens", self.max_tokens),
-                                  ("top_p", self.top_p)) if v is not None}
+        return {
+            k: v
+            for k, v in (("temperature", self.temperature), ("max_tokens", self.max_tokens), ("top_p", self.top_p))
+            if v is not None
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +102,12 @@ KIND_SCHEMAS: dict[str, dict[str, Any]] = {
     "system_prompt": {
         "type": "object",
         "properties": {
-            "text": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS,
-                     "description": "Text added to the system prompt."},
+            "text": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_TEXT_CHARS,
+                "description": "Text added to the system prompt.",
+            },
             "position": {"type": "string", "enum": ["append", "prepend"]},
         },
         "required": ["text"],
@@ -137,13 +144,16 @@ KIND_SCHEMAS: dict[str, dict[str, Any]] = {
     },
 }
 
+
 def _spec_guide() -> str:
-    return ("The change, shaped by its kind: "
-            f"system_prompt {{text (<= {MAX_TEXT_CHARS} chars), position: append|prepend}}; "
-            "instruction_rewrite {find, replace} (edits the last user turn) or {text} (an instruction appended to it); "
-            f"parameters {{temperature {TEMPERATURE_RANGE[0]}..{TEMPERATURE_RANGE[1]}, "
-            f"max_tokens {MAX_TOKENS_RANGE[0]}..{MAX_TOKENS_RANGE[1]}, top_p (0, 1]}} (at least one); "
-            f"tool_description {{tool: a declared tool's name, description (<= {MAX_DESCRIPTION_CHARS} chars)}}.")
+    return (
+        "The change, shaped by its kind: "
+        f"system_prompt {{text (<= {MAX_TEXT_CHARS} chars), position: append|prepend}}; "
+        "instruction_rewrite {find, replace} (edits the last user turn) or {text} (an instruction appended to it); "
+        f"parameters {{temperature {TEMPERATURE_RANGE[0]}..{TEMPERATURE_RANGE[1]}, "
+        f"max_tokens {MAX_TOKENS_RANGE[0]}..{MAX_TOKENS_RANGE[1]}, top_p (0, 1]}} (at least one); "
+        f"tool_description {{tool: a declared tool's name, description (<= {MAX_DESCRIPTION_CHARS} chars)}}."
+    )
 
 
 # The tool schema Claude fills in. Deliberately loose about each spec: the client rejects a whole
@@ -161,8 +171,14 @@ CANDIDATE_SCHEMA: dict[str, Any] = {
 
 CANDIDATES_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {"candidates": {"type": "array", "items": CANDIDATE_SCHEMA, "maxItems": 5,
-                                  "description": "Best first: the first valid one is tested."}},
+    "properties": {
+        "candidates": {
+            "type": "array",
+            "items": CANDIDATE_SCHEMA,
+            "maxItems": 5,
+            "description": "Best first: the first valid one is tested.",
+        }
+    },
     "required": ["candidates"],
 }
 
@@ -316,8 +332,13 @@ def _system_prompt(spec: SystemPromptSpec, doc: dict, api: str) -> Patch:
         content = content or ""
         if content and spec.text in content:
             return []
-        return [{"op": "replace" if "content" in first else "add", "path": "/messages/0/content",
-                 "value": _joined(content, spec.text, spec.position)}]
+        return [
+            {
+                "op": "replace" if "content" in first else "add",
+                "path": "/messages/0/content",
+                "value": _joined(content, spec.text, spec.position),
+            }
+        ]
     if isinstance(content, list):
         if spec.text in _parts_text(content):
             return []
@@ -359,8 +380,12 @@ def _instruction(spec: InstructionRewriteSpec, doc: dict, api: str) -> Patch:
     if isinstance(content, list):
         patch: Patch = []
         for j, part in enumerate(content):
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) \
-                    and find in part["text"]:
+            if (
+                isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+                and find in part["text"]
+            ):
                 patch.append({"op": "replace", "path": f"{base}/{j}/text", "value": part["text"].replace(find, replace)})
         return patch
     return []
@@ -492,7 +517,23 @@ def spec_as_dict(spec: Spec) -> dict[str, Any]:
 
 
 __all__ = [
-    "APIS", "CANDIDATES_SCHEMA", "CANDIDATE_SCHEMA", "KINDS", "KIND_SCHEMAS", "InstructionRewriteSpec", "ParametersSpec",
-    "Patch", "PatchError", "Spec", "SpecError", "SystemPromptSpec", "ToolDescriptionSpec", "apply", "apply_kind",
-    "apply_patch", "parse_spec", "spec_as_dict", "validate_spec",
+    "APIS",
+    "CANDIDATES_SCHEMA",
+    "CANDIDATE_SCHEMA",
+    "KINDS",
+    "KIND_SCHEMAS",
+    "InstructionRewriteSpec",
+    "ParametersSpec",
+    "Patch",
+    "PatchError",
+    "Spec",
+    "SpecError",
+    "SystemPromptSpec",
+    "ToolDescriptionSpec",
+    "apply",
+    "apply_kind",
+    "apply_patch",
+    "parse_spec",
+    "spec_as_dict",
+    "validate_spec",
 ]

@@ -81,8 +81,16 @@ def msprt_lambda(effect: float, variance: float, tau: float = DEFAULT_TAU, theta
     return math.exp(log_lambda) if log_lambda < 700 else math.inf
 
 
-def always_valid_p(s_c: int, n_c: int, s_v: int, n_v: int, *, previous: float = 1.0, tau: float = DEFAULT_TAU,
-                   min_samples: int = DEFAULT_MIN_SAMPLES) -> float:
+def always_valid_p(
+    s_c: int,
+    n_c: int,
+    s_v: int,
+    n_v: int,
+    *,
+    previous: float = 1.0,
+    tau: float = DEFAULT_TAU,
+    min_samples: int = DEFAULT_MIN_SAMPLES,
+) -> float:
     """min(previous, 1/Lambda) for H0: equal rates; ``previous`` is the p-value of the last check."""
     if min(n_c, n_v) < max(min_samples, 1):
         return min(previous, 1.0)
@@ -91,8 +99,9 @@ def always_valid_p(s_c: int, n_c: int, s_v: int, n_v: int, *, previous: float = 
     return min(previous, 1.0, 1.0 / lam if lam > 0 else 1.0)
 
 
-def confidence_sequence(s_c: int, n_c: int, s_v: int, n_v: int, *, alpha: float = 0.05,
-                        tau: float = DEFAULT_TAU) -> tuple[float, float]:
+def confidence_sequence(
+    s_c: int, n_c: int, s_v: int, n_v: int, *, alpha: float = 0.05, tau: float = DEFAULT_TAU
+) -> tuple[float, float]:
     """An always-valid (1 - alpha) interval for p_v - p_c: the theta0 the mSPRT does not reject."""
     if n_c <= 0 or n_v <= 0:
         return (-1.0, 1.0)
@@ -152,22 +161,38 @@ class Evaluation:
 
 def _arm_dict(arm: ArmOutcome, alpha: float) -> dict[str, Any]:
     lo, hi = wilson_interval(arm.successes, arm.n, alpha)
-    return {"n": arm.n, "successes": arm.successes, "rate": arm.rate, "ci": [lo, hi], "errors": arm.errors,
-            "error_rate": arm.error_rate, "mean_tokens": arm.mean_tokens, "mean_cost_usd": arm.mean_cost_usd,
-            "mean_latency_ms": arm.mean_latency_ms}
+    return {
+        "n": arm.n,
+        "successes": arm.successes,
+        "rate": arm.rate,
+        "ci": [lo, hi],
+        "errors": arm.errors,
+        "error_rate": arm.error_rate,
+        "mean_tokens": arm.mean_tokens,
+        "mean_cost_usd": arm.mean_cost_usd,
+        "mean_latency_ms": arm.mean_latency_ms,
+    }
 
 
 def _cost_increase(control: ArmOutcome, variant: ArmOutcome) -> tuple[str | None, float | None]:
     """Relative increase of mean cost when both arms are priced, else of mean total tokens."""
-    for metric, c, v in (("cost_usd", control.mean_cost_usd, variant.mean_cost_usd),
-                         ("tokens", control.mean_tokens, variant.mean_tokens)):
+    for metric, c, v in (
+        ("cost_usd", control.mean_cost_usd, variant.mean_cost_usd),
+        ("tokens", control.mean_tokens, variant.mean_tokens),
+    ):
         if c is not None and v is not None and c > 0:
             return metric, (v - c) / c
     return None, None
 
 
-def decide(control: ArmOutcome, variant: ArmOutcome, thresholds: Thresholds = Thresholds(), *,
-           previous_p: float = 1.0, previous_error_p: float = 1.0) -> Evaluation:
+def decide(
+    control: ArmOutcome,
+    variant: ArmOutcome,
+    thresholds: Thresholds = Thresholds(),
+    *,
+    previous_p: float = 1.0,
+    previous_error_p: float = 1.0,
+) -> Evaluation:
     """Promote, roll back or continue, with the figures that justify it.
 
     Roll back when a guard rail trips (error rate up by more than ``max_error_increase`` and
@@ -178,32 +203,43 @@ def decide(control: ArmOutcome, variant: ArmOutcome, thresholds: Thresholds = Th
     """
     t = thresholds
     arms = {"control": _arm_dict(control, t.alpha), "variant": _arm_dict(variant, t.alpha)}
-    p = always_valid_p(control.successes, control.n, variant.successes, variant.n, previous=previous_p, tau=t.tau,
-                       min_samples=t.min_samples)
-    error_p = always_valid_p(control.errors, control.n, variant.errors, variant.n, previous=previous_error_p,
-                             tau=t.tau, min_samples=t.min_samples)
+    p = always_valid_p(
+        control.successes, control.n, variant.successes, variant.n, previous=previous_p, tau=t.tau, min_samples=t.min_samples
+    )
+    error_p = always_valid_p(
+        control.errors, control.n, variant.errors, variant.n, previous=previous_error_p, tau=t.tau, min_samples=t.min_samples
+    )
     effect = (variant.successes / variant.n - control.successes / control.n) if control.n and variant.n else None
     ci = confidence_sequence(control.successes, control.n, variant.successes, variant.n, alpha=t.alpha, tau=t.tau)
     error_increase = (variant.errors / variant.n - control.errors / control.n) if control.n and variant.n else None
     cost_metric, cost_increase = _cost_increase(control, variant)
-    guard = {"error_increase": error_increase, "error_p_value": error_p, "cost_metric": cost_metric,
-             "cost_increase": cost_increase}
+    guard = {
+        "error_increase": error_increase,
+        "error_p_value": error_p,
+        "cost_metric": cost_metric,
+        "cost_increase": cost_increase,
+    }
 
     def result(decision: Decision, reason: str) -> Evaluation:
-        return Evaluation(decision=decision, reason=reason, effect=effect, ci=ci, p_value=p, error_p_value=error_p,
-                          arms=arms, guard=guard)
+        return Evaluation(
+            decision=decision, reason=reason, effect=effect, ci=ci, p_value=p, error_p_value=error_p, arms=arms, guard=guard
+        )
 
     n_min = min(control.n, variant.n)
     if n_min < t.min_samples:
         return result("continue", f"collecting: {n_min} of {t.min_samples} exposures in the smaller arm")
-    figures = (f"control {control.successes}/{control.n}, variant {variant.successes}/{variant.n}, "
-               f"effect {effect:+.3f} (CI {ci[0]:+.3f}..{ci[1]:+.3f}), always-valid p={p:.3g}")
+    figures = (
+        f"control {control.successes}/{control.n}, variant {variant.successes}/{variant.n}, "
+        f"effect {effect:+.3f} (CI {ci[0]:+.3f}..{ci[1]:+.3f}), always-valid p={p:.3g}"
+    )
     if error_increase is not None and error_increase > t.max_error_increase and error_p < t.alpha:
-        return result("rollback", f"guard rail: error rate up {error_increase:+.3f} (> {t.max_error_increase}, "
-                                  f"p={error_p:.3g}); {figures}")
+        return result(
+            "rollback", f"guard rail: error rate up {error_increase:+.3f} (> {t.max_error_increase}, p={error_p:.3g}); {figures}"
+        )
     if cost_increase is not None and cost_increase > t.max_cost_increase:
-        return result("rollback", f"guard rail: mean {cost_metric} up {cost_increase:+.0%} "
-                                  f"(> {t.max_cost_increase:.0%}); {figures}")
+        return result(
+            "rollback", f"guard rail: mean {cost_metric} up {cost_increase:+.0%} (> {t.max_cost_increase:.0%}); {figures}"
+        )
     if p < t.alpha and effect is not None and effect < 0:
         return result("rollback", f"significantly worse: {figures}")
     if p < t.alpha and effect is not None and effect >= t.min_effect:
@@ -214,6 +250,16 @@ def decide(control: ArmOutcome, variant: ArmOutcome, thresholds: Thresholds = Th
 
 
 __all__ = [
-    "ArmOutcome", "DEFAULT_MIN_SAMPLES", "DEFAULT_TAU", "Decision", "Evaluation", "Thresholds", "always_valid_p",
-    "confidence_sequence", "decide", "difference_variance", "msprt_lambda", "wilson_interval",
+    "ArmOutcome",
+    "DEFAULT_MIN_SAMPLES",
+    "DEFAULT_TAU",
+    "Decision",
+    "Evaluation",
+    "Thresholds",
+    "always_valid_p",
+    "confidence_sequence",
+    "decide",
+    "difference_variance",
+    "msprt_lambda",
+    "wilson_interval",
 ]

@@ -16,11 +16,21 @@ from .models import NOTIFY_CHANNEL, SEVERITIES, Event
 __all__ = ["NOTIFY_CHANNEL", "SEVERITIES", "Event", "publish"]
 
 
-async def publish(conn: AsyncConnection | AsyncSession, *, kind: str, title: str, severity: str = "info",
-                  subject: str = "", detail: dict[str, Any] | None = None, source: str = "") -> int:
+async def publish(
+    conn: AsyncConnection | AsyncSession,
+    *,
+    kind: str,
+    title: str,
+    severity: str = "info",
+    subject: str = "",
+    detail: dict[str, Any] | None = None,
+    source: str = "",
+) -> int:
     if severity not in SEVERITIES:
         raise ValueError(f"severity must be one of {SEVERITIES}, not {severity!r}")
     result = await conn.execute(
-        insert(Event).values(kind=kind, title=title[:500], severity=severity, subject=subject,
-                             detail=detail or {}, source=source).returning(Event.id))
+        insert(Event)
+        .values(kind=kind, title=title[:500], severity=severity, subject=subject, detail=detail or {}, source=source)
+        .returning(Event.id)
+    )
     return int(result.scalar_one())

@@ -29,7 +29,8 @@ log = logging.getLogger("llmproxy.spikes")
 _WINDOW_STATS = text(
     "SELECT count(*) AS n, count(*) FILTER (WHERE error IS NOT NULL OR status >= 400) AS errors, "
     "percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95 "
-    "FROM exchanges WHERE started_at >= now() - make_interval(secs => :window)")
+    "FROM exchanges WHERE started_at >= now() - make_interval(secs => :window)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +45,13 @@ class SpikeThresholds:
     def from_env(cls, env: dict[str, str] | None = None) -> SpikeThresholds:
         env = dict(os.environ) if env is None else env
         d = cls()
-        t = cls(error_rate=float(env.get("LLMPROXY_ALERT_ERROR_RATE") or d.error_rate),
-                p95_latency_ms=float(env.get("LLMPROXY_ALERT_P95_LATENCY_MS") or d.p95_latency_ms),
-                min_requests=int(env.get("LLMPROXY_ALERT_MIN_REQUESTS") or d.min_requests),
-                window_s=float(env.get("LLMPROXY_ALERT_WINDOW_S") or d.window_s),
-                cooldown_s=float(env.get("LLMPROXY_ALERT_COOLDOWN_S") or d.cooldown_s))
+        t = cls(
+            error_rate=float(env.get("LLMPROXY_ALERT_ERROR_RATE") or d.error_rate),
+            p95_latency_ms=float(env.get("LLMPROXY_ALERT_P95_LATENCY_MS") or d.p95_latency_ms),
+            min_requests=int(env.get("LLMPROXY_ALERT_MIN_REQUESTS") or d.min_requests),
+            window_s=float(env.get("LLMPROXY_ALERT_WINDOW_S") or d.window_s),
+            cooldown_s=float(env.get("LLMPROXY_ALERT_COOLDOWN_S") or d.cooldown_s),
+        )
         if not 0 < t.error_rate <= 1 or t.p95_latency_ms <= 0 or t.min_requests < 1 or t.window_s <= 0:
             raise ValueError(f"invalid spike thresholds: {t}")
         return t
@@ -82,16 +85,36 @@ class SpikeMonitor:
                 cond = self._state[name]
                 over = value > limits[name]
                 now = self.clock()
-                detail = {"metric": name, "value": value, "threshold": limits[name], "requests": n, "errors": errors,
-                          "window_s": t.window_s}
+                detail = {
+                    "metric": name,
+                    "value": value,
+                    "threshold": limits[name],
+                    "requests": n,
+                    "errors": errors,
+                    "window_s": t.window_s,
+                }
                 if over and (not cond.active or now - cond.last_alert >= t.cooldown_s):
-                    await publish(conn, kind="spike", severity="warning", subject=name, source="intelligence",
-                                  title=_title(name, value, limits[name], t.window_s), detail=detail)
+                    await publish(
+                        conn,
+                        kind="spike",
+                        severity="warning",
+                        subject=name,
+                        source="intelligence",
+                        title=_title(name, value, limits[name], t.window_s),
+                        detail=detail,
+                    )
                     cond.last_alert = now
                     summary["alerts"].append(name)
                 elif not over and cond.active:
-                    await publish(conn, kind="spike", severity="info", subject=name, source="intelligence",
-                                  title=f"{_label(name)} back under its threshold", detail=detail)
+                    await publish(
+                        conn,
+                        kind="spike",
+                        severity="info",
+                        subject=name,
+                        source="intelligence",
+                        title=f"{_label(name)} back under its threshold",
+                        detail=detail,
+                    )
                     summary["alerts"].append(f"{name}:recovered")
                 cond.active = over
         return summary
@@ -104,7 +127,7 @@ class SpikeMonitor:
                 log.warning("spike check failed", exc_info=True)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 

@@ -44,15 +44,34 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def event_payload(row: Any) -> dict[str, Any]:
-    return {"id": row.id, "at": row.at.isoformat() if row.at is not None else None, "kind": row.kind,
-            "severity": row.severity, "title": row.title, "subject": row.subject, "detail": row.detail or {},
-            "source": row.source}
+    return {
+        "id": row.id,
+        "at": row.at.isoformat() if row.at is not None else None,
+        "kind": row.kind,
+        "severity": row.severity,
+        "title": row.title,
+        "subject": row.subject,
+        "detail": row.detail or {},
+        "source": row.source,
+    }
 
 
 class WebhookDispatcher:
-    def __init__(self, engine: AsyncEngine, url: str, *, secret: str | None = None, min_severity: str = "warning",
-                 max_attempts: int = 5, backoff: float = 2.0, max_backoff: float = 600.0, timeout: float = 5.0,
-                 batch_size: int = 50, interval: float = 2.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        url: str,
+        *,
+        secret: str | None = None,
+        min_severity: str = "warning",
+        max_attempts: int = 5,
+        backoff: float = 2.0,
+        max_backoff: float = 600.0,
+        timeout: float = 5.0,
+        batch_size: int = 50,
+        interval: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if min_severity not in SEVERITIES:
             raise ValueError(f"min_severity must be one of {SEVERITIES}, not {min_severity!r}")
         if not url.startswith(("http://", "https://")):
@@ -60,7 +79,7 @@ class WebhookDispatcher:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.engine, self.url, self.secret = engine, url, secret or None
-        self.severities = SEVERITIES[SEVERITIES.index(min_severity):]
+        self.severities = SEVERITIES[SEVERITIES.index(min_severity) :]
         self.max_attempts, self.backoff, self.max_backoff = max_attempts, backoff, max_backoff
         self.timeout, self.batch_size, self.interval = timeout, batch_size, interval
         self._clock = clock
@@ -69,13 +88,18 @@ class WebhookDispatcher:
         self.stats = {"delivered": 0, "failed_attempts": 0, "given_up": 0}
 
     @classmethod
-    def from_env(cls, engine: AsyncEngine, env: Mapping[str, str] | None = None, **kw: Any) -> "WebhookDispatcher | None":
+    def from_env(cls, engine: AsyncEngine, env: Mapping[str, str] | None = None, **kw: Any) -> WebhookDispatcher | None:
         env = os.environ if env is None else env
         url = env.get(URL_ENV, "").strip()
         if not url:
             return None
-        return cls(engine, url, secret=env.get(SECRET_ENV) or None,
-                   min_severity=env.get(SEVERITY_ENV, "warning").strip().lower() or "warning", **kw)
+        return cls(
+            engine,
+            url,
+            secret=env.get(SECRET_ENV) or None,
+            min_severity=env.get(SEVERITY_ENV, "warning").strip().lower() or "warning",
+            **kw,
+        )
 
     async def tick(self) -> dict[str, int]:
         """One delivery round; returns counts: delivered, failed, waiting (in backoff)."""
@@ -83,9 +107,15 @@ class WebhookDispatcher:
         waiting = [i for i, t in self._not_before.items() if t > now]
         summary = {"delivered": 0, "failed": 0, "waiting": len(waiting)}
         async with self.engine.begin() as conn:
-            q = (select(Event).where(Event.delivered_at.is_(None), Event.delivery_attempts < self.max_attempts,
-                                     Event.severity.in_(self.severities))
-                 .order_by(Event.id).limit(self.batch_size).with_for_update(skip_locked=True))
+            q = (
+                select(Event)
+                .where(
+                    Event.delivered_at.is_(None), Event.delivery_attempts < self.max_attempts, Event.severity.in_(self.severities)
+                )
+                .order_by(Event.id)
+                .limit(self.batch_size)
+                .with_for_update(skip_locked=True)
+            )
             if waiting:
                 q = q.where(Event.id.not_in(waiting))
             rows = (await conn.execute(q)).all()
@@ -93,8 +123,11 @@ class WebhookDispatcher:
                 ok, why = await self._post(row)
                 attempts = row.delivery_attempts + 1
                 if ok:
-                    await conn.execute(update(Event).where(Event.id == row.id, Event.delivered_at.is_(None))
-                                       .values(delivered_at=func.now(), delivery_attempts=attempts))
+                    await conn.execute(
+                        update(Event)
+                        .where(Event.id == row.id, Event.delivered_at.is_(None))
+                        .values(delivered_at=func.now(), delivery_attempts=attempts)
+                    )
                     self._not_before.pop(row.id, None)
                     summary["delivered"] += 1
                     self.stats["delivered"] += 1
@@ -114,8 +147,12 @@ class WebhookDispatcher:
 
     async def _post(self, row: Any) -> tuple[bool, str]:
         body = json.dumps(event_payload(row), ensure_ascii=False, separators=(",", ":")).encode()
-        headers = {"content-type": "application/json", "x-llmproxy-event-id": str(row.id),
-                   "x-llmproxy-delivery-attempt": str(row.delivery_attempts + 1), "user-agent": "llmproxy-webhook"}
+        headers = {
+            "content-type": "application/json",
+            "x-llmproxy-event-id": str(row.id),
+            "x-llmproxy-delivery-attempt": str(row.delivery_attempts + 1),
+            "user-agent": "llmproxy-webhook",
+        }
         if self.secret:
             headers[SIGNATURE_HEADER] = sign(self.secret, body)
         if self._session is None:
@@ -124,7 +161,7 @@ class WebhookDispatcher:
             async with self._session.post(self.url, data=body, headers=headers, allow_redirects=False) as resp:
                 await resp.read()
                 return 200 <= resp.status < 300, f"HTTP {resp.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return False, type(exc).__name__
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -34,15 +34,24 @@ class EventWriter(BatchQueue[PendingEvent]):
     name = "event-writer"
     written_stat = "published"
 
-    def __init__(self, engine: AsyncEngine, *, source: str = "sidecar", max_pending: int = 10_000,
-                 flush_interval: float = 0.5, batch_size: int = 200):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        source: str = "sidecar",
+        max_pending: int = 10_000,
+        flush_interval: float = 0.5,
+        batch_size: int = 200,
+    ):
         # alerts are rare and wanted quickly: every event wakes the writer
-        super().__init__(engine, log=log, max_pending=max_pending, flush_interval=flush_interval,
-                         batch_size=batch_size, wake_at=1)
+        super().__init__(
+            engine, log=log, max_pending=max_pending, flush_interval=flush_interval, batch_size=batch_size, wake_at=1
+        )
         self.source = source
 
-    def submit(self, kind: str, title: str, *, severity: str = "info", subject: str = "",
-               detail: dict[str, Any] | None = None) -> bool:
+    def submit(
+        self, kind: str, title: str, *, severity: str = "info", subject: str = "", detail: dict[str, Any] | None = None
+    ) -> bool:
         """Queue one event; never blocks or raises. False when it was dropped (queue full, or an
         event the table would refuse)."""
         if not kind or not title or severity not in SEVERITIES:
@@ -51,5 +60,6 @@ class EventWriter(BatchQueue[PendingEvent]):
 
     async def write_batch(self, conn: AsyncConnection, batch: list[PendingEvent]) -> None:
         for e in batch:
-            await publish(conn, kind=e.kind, title=e.title, severity=e.severity, subject=e.subject,
-                          detail=e.detail, source=e.source)
+            await publish(
+                conn, kind=e.kind, title=e.title, severity=e.severity, subject=e.subject, detail=e.detail, source=e.source
+            )

@@ -19,13 +19,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m intelligence.jobs", description="llmproxy intelligence jobs and control API")
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     p.add_argument("--control-host", default=os.environ.get("LLMPROXY_CONTROL_HOST", "127.0.0.1"))
-    p.add_argument("--control-port", type=int, default=int(os.environ.get("LLMPROXY_CONTROL_PORT", "50052")),
-                   help="control API port; 0 disables it")
-    p.add_argument("--control-tls-cert", default=None,
-                   help="PEM certificate chain: the control API serves TLS (default $LLMPROXY_CONTROL_TLS_CERT)")
+    p.add_argument(
+        "--control-port",
+        type=int,
+        default=int(os.environ.get("LLMPROXY_CONTROL_PORT", "50052")),
+        help="control API port; 0 disables it",
+    )
+    p.add_argument(
+        "--control-tls-cert",
+        default=None,
+        help="PEM certificate chain: the control API serves TLS (default $LLMPROXY_CONTROL_TLS_CERT)",
+    )
     p.add_argument("--control-tls-key", default=None, help="PEM key of the certificate (default $LLMPROXY_CONTROL_TLS_KEY)")
-    p.add_argument("--control-tls-client-ca", default=None,
-                   help="PEM CA bundle: require client certificates it signed (default $LLMPROXY_CONTROL_TLS_CLIENT_CA)")
+    p.add_argument(
+        "--control-tls-client-ca",
+        default=None,
+        help="PEM CA bundle: require client certificates it signed (default $LLMPROXY_CONTROL_TLS_CLIENT_CA)",
+    )
     return p.parse_args(argv)
 
 
@@ -33,8 +43,11 @@ def control_tls(args: argparse.Namespace) -> ServerTLS | None:
     """The control API's TLS settings (flags over environment), files checked; None for plaintext."""
     from intelligence.control.tls import ServerTLS
 
-    tls = ServerTLS.from_env(cert=getattr(args, "control_tls_cert", None), key=getattr(args, "control_tls_key", None),
-                             client_ca=getattr(args, "control_tls_client_ca", None))
+    tls = ServerTLS.from_env(
+        cert=getattr(args, "control_tls_cert", None),
+        key=getattr(args, "control_tls_key", None),
+        client_ca=getattr(args, "control_tls_client_ca", None),
+    )
     if tls is not None:
         tls.credentials()  # raises TLSConfigError for a missing or non-PEM file, before any job starts
     return tls
@@ -104,7 +117,7 @@ async def _supervise(job, stop: asyncio.Event) -> None:
             log.exception("%s crashed; restarting in 10 s", type(job).__name__)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 

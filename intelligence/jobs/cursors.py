@@ -31,5 +31,6 @@ async def read_position(conn: AsyncConnection, name: str) -> dict[str, Any] | No
 
 async def write_position(conn: AsyncConnection, name: str, position: dict[str, Any]) -> None:
     stmt = insert(JobCursor).values(name=name, position=position)
-    await conn.execute(stmt.on_conflict_do_update(index_elements=[JobCursor.name],
-                                                  set_={"position": position, "updated_at": func.now()}))
+    await conn.execute(
+        stmt.on_conflict_do_update(index_elements=[JobCursor.name], set_={"position": position, "updated_at": func.now()})
+    )

@@ -12,7 +12,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 KEY_SCHEME = "llmp_"
 PREFIX_LEN = len(KEY_SCHEME) + 8  # llmp_ + 8 chars (48 bits): enough to tell keys apart, useless to guess the rest
@@ -64,7 +64,7 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 
 def parse_expiry(value: str, now: datetime | None = None) -> datetime:
     """``30d``, ``12h``, ``2w`` from now, or an ISO date/time (UTC unless it says otherwise); must be in the future."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     match = _DURATION.match(value)
     if match:
         when = now + timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
@@ -74,7 +74,7 @@ def parse_expiry(value: str, now: datetime | None = None) -> datetime:
         except ValueError:
             raise ValueError(f"expiry {value!r}: use a duration like 30d, 12h, 2w or an ISO time like 2026-12-31T23:59") from None
         if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
+            when = when.replace(tzinfo=UTC)
     if when <= now:
         raise ValueError(f"expiry {value!r} is not in the future")
     return when

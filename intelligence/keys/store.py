@@ -28,7 +28,7 @@ class KeyNotFound(LookupError):
 
 
 class AmbiguousKey(LookupError):
-    def __init__(self, ref: str, candidates: list["KeyRecord"]):
+    def __init__(self, ref: str, candidates: list[KeyRecord]):
         self.candidates = candidates
         names = ", ".join(f"{k.id} ({k.prefix}…, {k.name})" for k in candidates)
         super().__init__(f"{ref!r} matches several keys: {names}; give the key id")
@@ -73,11 +73,20 @@ class KeyRecord:
     def to_public_dict(self, now: datetime | None = None) -> dict[str, Any]:
         """Everything an operator may see: never the key, and not its hash either."""
         doc: dict[str, Any] = {
-            "id": self.id, "name": self.name, "prefix": self.prefix, "models": list(self.models),
-            "providers": list(self.providers), "budgets": self.budgets.to_dict(),
-            "created_at": _iso(self.created_at), "created_by": self.created_by, "expires_at": _iso(self.expires_at),
-            "revoked_at": _iso(self.revoked_at), "revoked_by": self.revoked_by, "revoke_reason": self.revoke_reason,
-            "quarantined_at": _iso(self.quarantined_at), "quarantine_reason": self.quarantine_reason,
+            "id": self.id,
+            "name": self.name,
+            "prefix": self.prefix,
+            "models": list(self.models),
+            "providers": list(self.providers),
+            "budgets": self.budgets.to_dict(),
+            "created_at": _iso(self.created_at),
+            "created_by": self.created_by,
+            "expires_at": _iso(self.expires_at),
+            "revoked_at": _iso(self.revoked_at),
+            "revoked_by": self.revoked_by,
+            "revoke_reason": self.revoke_reason,
+            "quarantined_at": _iso(self.quarantined_at),
+            "quarantine_reason": self.quarantine_reason,
         }
         if now is not None:
             doc["status"] = self.status(now)
@@ -96,12 +105,21 @@ def _iso(value: datetime | None) -> str | None:
 
 def _record(row: Any) -> KeyRecord:
     return KeyRecord(
-        id=row["id"], name=row["name"], prefix=row["prefix"], key_hash=row["key_hash"],
-        models=tuple(row["models"] or ()), providers=tuple(row["providers"] or ()),
+        id=row["id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        key_hash=row["key_hash"],
+        models=tuple(row["models"] or ()),
+        providers=tuple(row["providers"] or ()),
         budgets=Budgets(rpm=row["rpm"], rpd=row["rpd"], tpm=row["tpm"], tpd=row["tpd"]),
-        created_at=row["created_at"], created_by=row["created_by"], expires_at=row["expires_at"],
-        revoked_at=row["revoked_at"], revoked_by=row["revoked_by"], revoke_reason=row["revoke_reason"],
-        quarantined_at=row["quarantined_at"], quarantine_reason=row["quarantine_reason"],
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+        revoked_by=row["revoked_by"],
+        revoke_reason=row["revoke_reason"],
+        quarantined_at=row["quarantined_at"],
+        quarantine_reason=row["quarantine_reason"],
     )
 
 
@@ -115,18 +133,42 @@ async def create_key(conn: Executor, spec: NewKey, *, actor: str, audit: AuditLo
     if not spec.name.strip():
         raise ValueError("a key needs a name")
     key = generate_key()
-    row = (await conn.execute(
-        pg_insert(_KEYS).values(
-            id="gk_" + secrets.token_hex(6), name=spec.name.strip(), prefix=key_prefix(key), key_hash=hash_key(key),
-            models=list(spec.models), providers=list(spec.providers), expires_at=spec.expires_at, created_by=actor,
-            **spec.budgets.to_dict(),
-        ).returning(*_KEYS.c)
-    )).mappings().one()
+    row = (
+        (
+            await conn.execute(
+                pg_insert(_KEYS)
+                .values(
+                    id="gk_" + secrets.token_hex(6),
+                    name=spec.name.strip(),
+                    prefix=key_prefix(key),
+                    key_hash=hash_key(key),
+                    models=list(spec.models),
+                    providers=list(spec.providers),
+                    expires_at=spec.expires_at,
+                    created_by=actor,
+                    **spec.budgets.to_dict(),
+                )
+                .returning(*_KEYS.c)
+            )
+        )
+        .mappings()
+        .one()
+    )
     record = _record(row)
-    await (audit or AuditLog()).append(conn, KEY_EVENT, record.id, _event(
-        "create", record, models=list(record.models), providers=list(record.providers),
-        budgets=record.budgets.to_dict(), expires_at=_iso(record.expires_at),
-    ), actor)
+    await (audit or AuditLog()).append(
+        conn,
+        KEY_EVENT,
+        record.id,
+        _event(
+            "create",
+            record,
+            models=list(record.models),
+            providers=list(record.providers),
+            budgets=record.budgets.to_dict(),
+            expires_at=_iso(record.expires_at),
+        ),
+        actor,
+    )
     return CreatedKey(key=key, record=record)
 
 
@@ -154,15 +196,23 @@ async def find_key(conn: Executor, ref: str) -> KeyRecord:
     return rows[0]
 
 
-async def revoke_key(conn: Executor, ref: str, *, actor: str, reason: str | None = None,
-                     audit: AuditLog | None = None) -> tuple[KeyRecord, bool]:
+async def revoke_key(
+    conn: Executor, ref: str, *, actor: str, reason: str | None = None, audit: AuditLog | None = None
+) -> tuple[KeyRecord, bool]:
     """Revoke for good; returns (record, False) when it was already revoked (nothing changes, nothing audited)."""
     found = await find_key(conn, ref)
-    row = (await conn.execute(
-        update(_KEYS).where(_KEYS.c.id == found.id, _KEYS.c.revoked_at.is_(None))
-        .values(revoked_at=func.now(), revoked_by=actor, revoke_reason=reason, updated_at=func.now())
-        .returning(*_KEYS.c)
-    )).mappings().one_or_none()
+    row = (
+        (
+            await conn.execute(
+                update(_KEYS)
+                .where(_KEYS.c.id == found.id, _KEYS.c.revoked_at.is_(None))
+                .values(revoked_at=func.now(), revoked_by=actor, revoke_reason=reason, updated_at=func.now())
+                .returning(*_KEYS.c)
+            )
+        )
+        .mappings()
+        .one_or_none()
+    )
     if row is None:
         return found, False
     record = _record(row)
@@ -170,43 +220,58 @@ async def revoke_key(conn: Executor, ref: str, *, actor: str, reason: str | None
     return record, True
 
 
-async def quarantine_key(conn: Executor, key_id: str, *, actor: str, reason: str,
-                         audit: AuditLog | None = None) -> tuple[KeyRecord, bool]:
+async def quarantine_key(
+    conn: Executor, key_id: str, *, actor: str, reason: str, audit: AuditLog | None = None
+) -> tuple[KeyRecord, bool]:
     """Suspend a key until an admin releases it (automated threat response); (record, changed)."""
     return await _set_quarantine(conn, key_id, actor=actor, reason=reason, audit=audit)
 
 
-async def release_key(conn: Executor, key_id: str, *, actor: str, reason: str | None = None,
-                      audit: AuditLog | None = None) -> tuple[KeyRecord, bool]:
+async def release_key(
+    conn: Executor, key_id: str, *, actor: str, reason: str | None = None, audit: AuditLog | None = None
+) -> tuple[KeyRecord, bool]:
     """Lift a quarantine (the reversible automated action); (record, changed). The audit entry keeps
     why the key was quarantined and why it is released; a key that is not quarantined is left alone."""
     record, changed = await _set_quarantine(conn, key_id, actor=actor, reason=None, audit=audit, note=reason)
     if changed:  # the live feed shows the release next to the quarantine it undoes
         from intelligence.events import publish
 
-        await publish(conn, kind="release", title=f"gateway key {record.id} released" + (f": {reason}" if reason else ""),
-                      severity="info", subject=record.id, detail={"actor": actor, "reason": reason, "name": record.name},
-                      source="cli" if actor.startswith("cli:") else "dashboard" if actor.startswith("dashboard") else "")
+        await publish(
+            conn,
+            kind="release",
+            title=f"gateway key {record.id} released" + (f": {reason}" if reason else ""),
+            severity="info",
+            subject=record.id,
+            detail={"actor": actor, "reason": reason, "name": record.name},
+            source="cli" if actor.startswith("cli:") else "dashboard" if actor.startswith("dashboard") else "",
+        )
     return record, changed
 
 
-async def _set_quarantine(conn: Executor, key_id: str, *, actor: str, reason: str | None,
-                          audit: AuditLog | None, note: str | None = None) -> tuple[KeyRecord, bool]:
+async def _set_quarantine(
+    conn: Executor, key_id: str, *, actor: str, reason: str | None, audit: AuditLog | None, note: str | None = None
+) -> tuple[KeyRecord, bool]:
     found = await find_key(conn, key_id)
     quarantine = reason is not None
     state = _KEYS.c.quarantined_at.is_(None) if quarantine else _KEYS.c.quarantined_at.is_not(None)
-    values: dict[str, Any] = {"quarantined_at": func.now() if quarantine else None, "quarantine_reason": reason,
-                              "updated_at": func.now()}
-    row = (await conn.execute(
-        update(_KEYS).where(_KEYS.c.id == found.id, state).values(**values).returning(*_KEYS.c)
-    )).mappings().one_or_none()
+    values: dict[str, Any] = {
+        "quarantined_at": func.now() if quarantine else None,
+        "quarantine_reason": reason,
+        "updated_at": func.now(),
+    }
+    row = (
+        (await conn.execute(update(_KEYS).where(_KEYS.c.id == found.id, state).values(**values).returning(*_KEYS.c)))
+        .mappings()
+        .one_or_none()
+    )
     if row is None:
         return found, False
     record = _record(row)
     if quarantine:
         payload = _event("quarantine", record, reason=reason)
     else:
-        payload = _event("release", record, reason=note, quarantined_at=_iso(found.quarantined_at),
-                         quarantine_reason=found.quarantine_reason)
+        payload = _event(
+            "release", record, reason=note, quarantined_at=_iso(found.quarantined_at), quarantine_reason=found.quarantine_reason
+        )
     await (audit or AuditLog()).append(conn, KEY_EVENT, record.id, payload, actor)
     return record, True

@@ -72,10 +72,16 @@ async def add_usage(conn: Executor, deltas: Iterable[UsageDelta]) -> None:
     if not rows:
         return
     keys = sorted(rows)
-    await conn.execute(_UPSERT, {
-        "key_ids": [k[0] for k in keys], "grans": [k[1] for k in keys], "buckets": [k[2] for k in keys],
-        "reqs": [rows[k][0] for k in keys], "toks": [rows[k][1] for k in keys],
-    })
+    await conn.execute(
+        _UPSERT,
+        {
+            "key_ids": [k[0] for k in keys],
+            "grans": [k[1] for k in keys],
+            "buckets": [k[2] for k in keys],
+            "reqs": [rows[k][0] for k in keys],
+            "toks": [rows[k][1] for k in keys],
+        },
+    )
 
 
 async def read_totals(conn: Executor, now: datetime) -> dict[str, KeyTotals]:
@@ -89,6 +95,7 @@ async def read_totals(conn: Executor, now: datetime) -> dict[str, KeyTotals]:
 
 async def prune_usage(conn: Executor, now: datetime, keep_minutes: timedelta = timedelta(days=1)) -> int:
     """Drop minute buckets older than ``keep_minutes`` (day buckets stay: they are small and make history)."""
-    result = await conn.execute(text("DELETE FROM gateway_key_usage WHERE granularity = 'minute' AND bucket < :cut"),
-                                {"cut": now - keep_minutes})
+    result = await conn.execute(
+        text("DELETE FROM gateway_key_usage WHERE granularity = 'minute' AND bucket < :cut"), {"cut": now - keep_minutes}
+    )
     return result.rowcount or 0

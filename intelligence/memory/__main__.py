@@ -16,8 +16,11 @@ import signal
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m intelligence.memory", description="llmproxy pattern-memory worker")
     p.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
-    p.add_argument("--model", default=os.environ.get("LLMPROXY_EMBEDDING_MODEL", "all-MiniLM-L6-v2"),
-                   help="sentence-transformers model name or local path (default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--model",
+        default=os.environ.get("LLMPROXY_EMBEDDING_MODEL", "all-MiniLM-L6-v2"),
+        help="sentence-transformers model name or local path (default: the bundled all-MiniLM-L6-v2)",
+    )
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--poll-interval", type=float, default=0.5)
     args = p.parse_args(argv)

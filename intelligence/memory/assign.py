@@ -68,7 +68,7 @@ class _Working:
     examples_changed: bool = False
 
     @classmethod
-    def of(cls, p: PatternState) -> "_Working":
+    def of(cls, p: PatternState) -> _Working:
         return cls(p.id, p.centroid.astype(np.float32), p.member_count, list(p.examples), p.spread, p.radius)
 
 
@@ -92,7 +92,7 @@ class PatternAssigner:
     def __init__(self, config: MemoryConfig | None = None) -> None:
         self.config = config or MemoryConfig()
 
-    def batch(self, repo: PatternRepository) -> "AssignmentBatch":
+    def batch(self, repo: PatternRepository) -> AssignmentBatch:
         return AssignmentBatch(repo, self.config)
 
     async def assign(
@@ -167,8 +167,13 @@ class AssignmentBatch:
         """Write every pattern the batch changed (one row update each)."""
         updates = [
             PatternUpdate(
-                id=w.id, centroid=w.centroid, member_count=w.member_count, examples=w.examples, spread=w.spread,
-                radius=w.radius, last_seen=w.last_seen,
+                id=w.id,
+                centroid=w.centroid,
+                member_count=w.member_count,
+                examples=w.examples,
+                spread=w.spread,
+                radius=w.radius,
+                last_seen=w.last_seen,
                 label=heuristic_label(e["text"] for e in w.examples) if w.examples_changed else None,
             )
             for w in self._touched.values()

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 # A system prompt is mostly boilerplate shared by every request of an application; its opening
 # names the role, and more of it would let one app's prompt outweigh the user's words.

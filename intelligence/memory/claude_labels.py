@@ -32,7 +32,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -53,10 +53,19 @@ MAX_EXAMPLES = 5
 LABEL_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "label": {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_CHARS, "pattern": r"\S",
-                  "description": "A short noun phrase naming what these requests ask for, e.g. 'invoice summaries'."},
-        "description": {"type": "string", "minLength": 1, "maxLength": MAX_DESCRIPTION_CHARS,
-                        "description": "One sentence saying what the requests of this family want."},
+        "label": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_LABEL_CHARS,
+            "pattern": r"\S",
+            "description": "A short noun phrase naming what these requests ask for, e.g. 'invoice summaries'.",
+        },
+        "description": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_DESCRIPTION_CHARS,
+            "description": "One sentence saying what the requests of this family want.",
+        },
     },
     "required": ["label", "description"],
     "additionalProperties": False,
@@ -108,16 +117,26 @@ def clean_label(value: str) -> str:
 
 def _redact(value: str) -> str:
     try:
-        from extproc.security.secrets import redact_secrets
+        from intelligence.detectors.secrets import redact_secrets
     except ImportError:  # the sidecar package is optional for the intelligence workers
         return value
     return redact_secrets(value)
 
 
 class PatternLabelJob:
-    def __init__(self, engine: AsyncEngine, client: Any, *, min_members: int = 5, max_per_tick: int = 10,
-                 interval_s: float = 300, relabel_growth: float = 2.0, retry_after_s: float = 3600,
-                 flags: IntelligenceFlags | None = None, redact: bool = True) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        client: Any,
+        *,
+        min_members: int = 5,
+        max_per_tick: int = 10,
+        interval_s: float = 300,
+        relabel_growth: float = 2.0,
+        retry_after_s: float = 3600,
+        flags: IntelligenceFlags | None = None,
+        redact: bool = True,
+    ) -> None:
         self.engine = engine
         self.client = client
         self.min_members = min_members
@@ -144,8 +163,15 @@ class PatternLabelJob:
         if reason is not None:
             return {"skipped": reason}
         picks = await self.pick_patterns()
-        summary: dict[str, Any] = {"skipped": None, "patterns": [p.pattern_id for p in picks], "labelled": [],
-                                   "parse_errors": 0, "failures": 0, "moved": 0, "stopped": None}
+        summary: dict[str, Any] = {
+            "skipped": None,
+            "patterns": [p.pattern_id for p in picks],
+            "labelled": [],
+            "parse_errors": 0,
+            "failures": 0,
+            "moved": 0,
+            "stopped": None,
+        }
         for pick in picks:
             if not await self._label(pick, summary):
                 break
@@ -157,41 +183,64 @@ class PatternLabelJob:
                 summary = await self.tick()
                 if summary.get("labelled") or summary.get("parse_errors") or summary.get("failures"):
                     log.info("pattern labels: %s", summary)
-            except Exception:  # noqa: BLE001 -- e.g. the database restarting; try again next interval
+            except Exception:
                 log.exception("pattern label tick failed")
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def pick_patterns(self) -> list[LabelPick]:
-        retry_before = datetime.now(timezone.utc) - timedelta(seconds=self.retry_after_s)
+        retry_before = datetime.now(UTC) - timedelta(seconds=self.retry_after_s)
         # The in-process back-off needs a few more rows than max_per_tick to still fill the tick.
         limit = self.max_per_tick + len(self._rejected_at)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(_PICK_SQL, {
-                "purpose": PURPOSE, "min_members": self.min_members, "retry_before": retry_before,
-                "growth": float(self.relabel_growth), "limit": limit})).all()
+            rows = (
+                await conn.execute(
+                    _PICK_SQL,
+                    {
+                        "purpose": PURPOSE,
+                        "min_members": self.min_members,
+                        "retry_before": retry_before,
+                        "growth": float(self.relabel_growth),
+                        "limit": limit,
+                    },
+                )
+            ).all()
         now = time.monotonic()
         self._rejected_at = {pid: at for pid, at in self._rejected_at.items() if now - at < self.retry_after_s}
         picks = [
-            LabelPick(pattern_id=r.id, label=r.label, label_source=r.label_source, member_count=r.member_count,
-                      examples=[str(e["text"]) for e in (r.examples or []) if isinstance(e, dict) and e.get("text")])
-            for r in rows if r.id not in self._rejected_at
+            LabelPick(
+                pattern_id=r.id,
+                label=r.label,
+                label_source=r.label_source,
+                member_count=r.member_count,
+                examples=[str(e["text"]) for e in (r.examples or []) if isinstance(e, dict) and e.get("text")],
+            )
+            for r in rows
+            if r.id not in self._rejected_at
         ]
         return [p for p in picks if p.examples][: self.max_per_tick]
 
     def prompt(self, pick: LabelPick) -> str:
         examples = [_redact(t) if self.redact else t for t in pick.examples[:MAX_EXAMPLES]]
         doc = {"members": pick.member_count, "keyword_label": pick.label, "example_prompts": examples}
-        return ("One family of similar requests, as JSON. Name it with the name_pattern tool.\n\n"
-                + json.dumps(doc, ensure_ascii=False, indent=1))
+        return "One family of similar requests, as JSON. Name it with the name_pattern tool.\n\n" + json.dumps(
+            doc, ensure_ascii=False, indent=1
+        )
 
     async def _label(self, pick: LabelPick, summary: dict[str, Any]) -> bool:
         """Label one pattern; False when the tick should stop (budget exhausted)."""
         result = await self.client.structured(
-            purpose=PURPOSE, subject=f"pattern:{pick.pattern_id}", system=SYSTEM_PROMPT, prompt=self.prompt(pick),
-            tool_name=TOOL_NAME, tool_description=TOOL_DESCRIPTION, schema=LABEL_SCHEMA, max_tokens=256)
+            purpose=PURPOSE,
+            subject=f"pattern:{pick.pattern_id}",
+            system=SYSTEM_PROMPT,
+            prompt=self.prompt(pick),
+            tool_name=TOOL_NAME,
+            tool_description=TOOL_DESCRIPTION,
+            schema=LABEL_SCHEMA,
+            max_tokens=256,
+        )
         if result.outcome == "budget_exhausted":
             summary["stopped"] = "budget_exhausted"
             return False
@@ -213,8 +262,9 @@ class PatternLabelJob:
                 summary["moved"] += 1
                 return True
             await repo.set_label(pick.pattern_id, label, source="claude")
-        summary["labelled"].append({"pattern": pick.pattern_id, "label": label, "previous": pick.label,
-                                    "description": description})
+        summary["labelled"].append(
+            {"pattern": pick.pattern_id, "label": label, "previous": pick.label, "description": description}
+        )
         log.info("pattern labels: pattern %s %r -> %r (%s)", pick.pattern_id, pick.label, label, description)
         return True
 

@@ -31,18 +31,19 @@ class FeedbackInput:
         return self.score >= GOOD_SCORE
 
     @classmethod
-    def parse(cls, payload: Any) -> "FeedbackInput":
+    def parse(cls, payload: Any) -> FeedbackInput:
         """Validate a decoded JSON body; raises ValueError with a message fit for a 400 response."""
         if not isinstance(payload, dict):
             raise ValueError("body must be a JSON object")
         request_id = payload.get("request_id")
         if not isinstance(request_id, str) or not request_id.strip() or len(request_id) > MAX_REQUEST_ID_CHARS:
             raise ValueError("request_id must be a non-empty string")
-        return cls.build(request_id.strip(), score=payload.get("score"), thumbs=payload.get("thumbs"),
-                         comment=payload.get("comment"))
+        return cls.build(
+            request_id.strip(), score=payload.get("score"), thumbs=payload.get("thumbs"), comment=payload.get("comment")
+        )
 
     @classmethod
-    def build(cls, request_id: str, *, score: Any = None, thumbs: Any = None, comment: Any = None) -> "FeedbackInput":
+    def build(cls, request_id: str, *, score: Any = None, thumbs: Any = None, comment: Any = None) -> FeedbackInput:
         if score is None and thumbs is None:
             raise ValueError("give a score (0..1) or thumbs ('up' or 'down')")
         if score is not None:
@@ -57,12 +58,15 @@ class FeedbackInput:
             thumbs = thumbs.strip().lower()
         if comment is not None and not isinstance(comment, str):
             raise ValueError("comment must be a string")
-        return cls(request_id=request_id, score=score, thumbs=thumbs,
-                   comment=comment[:MAX_COMMENT_CHARS] if comment else None)
+        return cls(request_id=request_id, score=score, thumbs=thumbs, comment=comment[:MAX_COMMENT_CHARS] if comment else None)
 
 
 async def add_feedback(
-    engine: AsyncEngine, request_id: str, *, score: float | None = None, thumbs: str | bool | None = None,
+    engine: AsyncEngine,
+    request_id: str,
+    *,
+    score: float | None = None,
+    thumbs: str | bool | None = None,
     comment: str | None = None,
 ) -> int:
     """Store feedback for a request (its exchange may not be recorded yet); returns the feedback id.

@@ -98,7 +98,7 @@ class PatternLookup:
             task.add_done_callback(lambda _t, h=prompt.hash: self._inflight.pop(h, None))
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout=self.budget_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.stats.timeouts += 1
             return None
         except Exception:  # the lookup is advisory: a failure means "no answer"

@@ -67,7 +67,7 @@ def near_duplicate_pairs(
     rows = [i for i, pid in enumerate(ids) if pid in dirty]
     pairs: dict[tuple[int, int], float] = {}
     for start in range(0, len(rows), _CHUNK):
-        block = rows[start:start + _CHUNK]
+        block = rows[start : start + _CHUNK]
         sims = unit_rows[block] @ unit_rows.T
         for bi, i in enumerate(block):
             sims[bi, i] = -1.0
@@ -113,7 +113,9 @@ class PatternMaintenance:
         counts = {pid: n for pid, _, n in live}
         vectors = {pid: c for pid, c, _ in live}
         used: set[int] = set()
-        for _sim, i, j in near_duplicate_pairs(ids, centroids, dirty if dirty is not None else set(ids), self.config.merge_threshold):
+        for _sim, i, j in near_duplicate_pairs(
+            ids, centroids, dirty if dirty is not None else set(ids), self.config.merge_threshold
+        ):
             a, b = ids[i], ids[j]
             if a in used or b in used:
                 continue  # one merge per pattern per run: the survivor's centroid has moved
@@ -133,9 +135,15 @@ class PatternMaintenance:
         examples = sorted(w.examples + lo.examples, key=lambda e: -float(e.get("similarity", 0.0)))[: self.config.max_examples]
         await repo.redirect(loser, winner)
         await repo.update_pattern(
-            winner, centroid=centroid.astype(np.float32), member_count=n_w + n_l, examples=examples,
-            spread=(w.spread * n_w + lo.spread * n_l) / total, radius=max(w.radius, lo.radius),
-            seen_at=lo.last_seen, first_seen=lo.first_seen, label=heuristic_label(e["text"] for e in examples),
+            winner,
+            centroid=centroid.astype(np.float32),
+            member_count=n_w + n_l,
+            examples=examples,
+            spread=(w.spread * n_w + lo.spread * n_l) / total,
+            radius=max(w.radius, lo.radius),
+            seen_at=lo.last_seen,
+            first_seen=lo.first_seen,
+            label=heuristic_label(e["text"] for e in examples),
         )
 
     async def _split(self, repo: PatternRepository, pattern_id: int) -> int | None:
@@ -170,13 +178,23 @@ class PatternMaintenance:
         span = await repo.member_span(pattern_id)
         assert span is not None
         new_id = await repo.create_pattern(
-            mean_n.astype(np.float32), seen_at=span[0], label=label_n, examples=examples_n,
-            member_count=sizes[new], spread=spread_n, radius=radius_n,
+            mean_n.astype(np.float32),
+            seen_at=span[0],
+            label=label_n,
+            examples=examples_n,
+            member_count=sizes[new],
+            spread=spread_n,
+            radius=radius_n,
         )
         await repo.move_members(members_n, new_id)
         await repo.update_pattern(
-            pattern_id, centroid=mean_k.astype(np.float32), member_count=sizes[keep], examples=examples_k,
-            spread=spread_k, radius=radius_k, label=label_k,
+            pattern_id,
+            centroid=mean_k.astype(np.float32),
+            member_count=sizes[keep],
+            examples=examples_k,
+            spread=spread_k,
+            radius=radius_k,
+            label=label_k,
         )
         for pid in (pattern_id, new_id):
             first, last = await repo.member_span(pid) or span

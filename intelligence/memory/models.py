@@ -18,8 +18,8 @@ from sqlalchemy import (
     DateTime,
     Double,
     ForeignKey,
-    Index,
     Identity,
+    Index,
     Text,
     func,
     text,
@@ -147,8 +147,7 @@ class OutcomeSignal(Base):
         Index("ix_outcome_signals_request", "request_id"),
         Index("ix_outcome_signals_kind_created", "kind", "created_at"),
         # the worker may see an exchange twice (restart mid-batch): one signal per kind, except feedback
-        Index("uq_outcome_signals_request_kind", "request_id", "kind", unique=True,
-              postgresql_where=text("kind <> 'feedback'")),
+        Index("uq_outcome_signals_request_kind", "request_id", "kind", unique=True, postgresql_where=text("kind <> 'feedback'")),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -61,7 +61,7 @@ def as_vector(value: Any) -> np.ndarray:
 
 
 def utc(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def hour_bucket(dt: datetime) -> datetime:
@@ -269,8 +269,17 @@ class PatternRepository:
         e = _EXCH.c
         stmt = (
             select(
-                e.request_id, e.started_at, e.client_key_fp, e.model, e.status, e.error, e.finish_reason,
-                e.tool_args_invalid, e.prompt_user, e.prompt_system, e.tool_names,
+                e.request_id,
+                e.started_at,
+                e.client_key_fp,
+                e.model,
+                e.status,
+                e.error,
+                e.finish_reason,
+                e.tool_args_invalid,
+                e.prompt_user,
+                e.prompt_system,
+                e.tool_names,
             )
             .where(~select(_EMB.c.request_id).where(_EMB.c.request_id == e.request_id).exists())
             .order_by(e.started_at, e.request_id)
@@ -284,10 +293,17 @@ class PatternRepository:
         rows = (await self._session.execute(stmt)).all()
         return [
             PendingExchange(
-                request_id=r.request_id, started_at=r.started_at, client_key_fp=r.client_key_fp, model=r.model,
-                status=r.status, error=r.error, finish_reason=r.finish_reason,
-                tool_args_invalid=r.tool_args_invalid or 0, prompt_user=r.prompt_user,
-                prompt_system=r.prompt_system, tool_names=tuple(r.tool_names or ()),
+                request_id=r.request_id,
+                started_at=r.started_at,
+                client_key_fp=r.client_key_fp,
+                model=r.model,
+                status=r.status,
+                error=r.error,
+                finish_reason=r.finish_reason,
+                tool_args_invalid=r.tool_args_invalid or 0,
+                prompt_user=r.prompt_user,
+                prompt_system=r.prompt_system,
+                tool_names=tuple(r.tool_names or ()),
             )
             for r in rows
         ]
@@ -300,35 +316,67 @@ class PatternRepository:
         rows = (await self._session.execute(NEAREST_PATTERNS_SQL, {"v": vec_arg(vector), "k": k})).all()
         return [
             PatternState(
-                id=r.id, similarity=float(r.similarity), centroid=as_vector(r.centroid), member_count=r.member_count,
-                examples=list(r.examples or []), spread=r.spread, radius=r.radius, label=r.label,
+                id=r.id,
+                similarity=float(r.similarity),
+                centroid=as_vector(r.centroid),
+                member_count=r.member_count,
+                examples=list(r.examples or []),
+                spread=r.spread,
+                radius=r.radius,
+                label=r.label,
                 label_source=r.label_source,
             )
             for r in rows
         ]
 
     async def create_pattern(
-        self, centroid: np.ndarray, *, seen_at: datetime, label: str, examples: list[dict[str, Any]],
-        member_count: int = 1, spread: float = 0.0, radius: float = 0.0,
+        self,
+        centroid: np.ndarray,
+        *,
+        seen_at: datetime,
+        label: str,
+        examples: list[dict[str, Any]],
+        member_count: int = 1,
+        spread: float = 0.0,
+        radius: float = 0.0,
     ) -> int:
         stmt = (
             pg_insert(_PAT)
             .values(
-                centroid=centroid, label=label, label_source="heuristic", examples=examples,
-                member_count=member_count, first_seen=seen_at, last_seen=seen_at, spread=spread, radius=radius,
+                centroid=centroid,
+                label=label,
+                label_source="heuristic",
+                examples=examples,
+                member_count=member_count,
+                first_seen=seen_at,
+                last_seen=seen_at,
+                spread=spread,
+                radius=radius,
             )
             .returning(_PAT.c.id)
         )
         return int((await self._session.execute(stmt)).scalar_one())
 
     async def update_pattern(
-        self, pattern_id: int, *, centroid: np.ndarray, member_count: int, examples: list[dict[str, Any]],
-        spread: float, radius: float, seen_at: datetime | None = None, label: str | None = None,
+        self,
+        pattern_id: int,
+        *,
+        centroid: np.ndarray,
+        member_count: int,
+        examples: list[dict[str, Any]],
+        spread: float,
+        radius: float,
+        seen_at: datetime | None = None,
+        label: str | None = None,
         first_seen: datetime | None = None,
     ) -> None:
         """Rewrite a pattern's running state. A heuristic ``label`` never replaces a Claude-written one."""
         values: dict[str, Any] = dict(
-            centroid=centroid, member_count=member_count, examples=examples, spread=spread, radius=radius,
+            centroid=centroid,
+            member_count=member_count,
+            examples=examples,
+            spread=spread,
+            radius=radius,
             updated_at=func.now(),
         )
         if seen_at is not None:
@@ -348,8 +396,16 @@ class PatternRepository:
         await self._session.execute(
             UPDATE_PATTERN_SQL,
             [
-                {"id": u.id, "centroid": vec_arg(u.centroid), "member_count": u.member_count, "examples": u.examples,
-                 "spread": float(u.spread), "radius": float(u.radius), "last_seen": u.last_seen, "label": u.label}
+                {
+                    "id": u.id,
+                    "centroid": vec_arg(u.centroid),
+                    "member_count": u.member_count,
+                    "examples": u.examples,
+                    "spread": float(u.spread),
+                    "radius": float(u.radius),
+                    "last_seen": u.last_seen,
+                    "label": u.label,
+                }
                 for u in updates
             ],
         )
@@ -368,9 +424,16 @@ class PatternRepository:
         await self._session.execute(
             INSERT_EMBEDDING_SQL,
             [
-                {"request_id": r.request_id, "embedding": vec_arg(r.embedding), "canonical_hash": r.canonical_hash,
-                 "pattern_id": r.pattern_id, "similarity": r.similarity, "client_key_fp": r.client_key_fp,
-                 "model": r.model, "created_at": r.created_at}
+                {
+                    "request_id": r.request_id,
+                    "embedding": vec_arg(r.embedding),
+                    "canonical_hash": r.canonical_hash,
+                    "pattern_id": r.pattern_id,
+                    "similarity": r.similarity,
+                    "client_key_fp": r.client_key_fp,
+                    "model": r.model,
+                    "created_at": r.created_at,
+                }
                 for r in rows
             ],
         )
@@ -411,8 +474,13 @@ class PatternRepository:
 
         def rows(items: Sequence[Signal]) -> list[dict[str, Any]]:
             return [
-                {"request_id": s.request_id, "kind": s.kind, "ok": s.ok, "value": clean_optional_text(s.value),
-                 "detail": clean_optional_text(s.detail)}
+                {
+                    "request_id": s.request_id,
+                    "kind": s.kind,
+                    "ok": s.ok,
+                    "value": clean_optional_text(s.value),
+                    "detail": clean_optional_text(s.detail),
+                }
                 for s in items
             ]
 
@@ -424,7 +492,9 @@ class PatternRepository:
         if feedback:
             await self._session.execute(pg_insert(_SIGNALS), rows(feedback))
 
-    async def add_feedback(self, request_id: str, *, score: float | None, thumbs: str | None, comment: str | None, ok: bool) -> int:
+    async def add_feedback(
+        self, request_id: str, *, score: float | None, thumbs: str | None, comment: str | None, ok: bool
+    ) -> int:
         """Store feedback as posted and as a 'feedback' signal; returns the feedback id."""
         fid = (
             await self._session.execute(
@@ -438,15 +508,27 @@ class PatternRepository:
         return int(fid)
 
     async def recent_from_client(
-        self, client_key_fp: str, vector: np.ndarray | None, canonical_hash: str, *, request_id: str,
-        since: datetime, until: datetime,
+        self,
+        client_key_fp: str,
+        vector: np.ndarray | None,
+        canonical_hash: str,
+        *,
+        request_id: str,
+        since: datetime,
+        until: datetime,
     ) -> tuple[str, float, datetime] | None:
         """The client's exchange in [since, until] most like this prompt: (request_id, similarity, started_at).
 
         An identical canonical text counts as similarity 1 even when nothing was embedded.
         """
-        params = {"client": client_key_fp, "lo": since, "hi": until, "rid": request_id, "hash": canonical_hash,
-                  "v": vec_arg(vector if vector is not None else np.zeros(EMBEDDING_DIM, dtype=np.float32))}
+        params = {
+            "client": client_key_fp,
+            "lo": since,
+            "hi": until,
+            "rid": request_id,
+            "hash": canonical_hash,
+            "v": vec_arg(vector if vector is not None else np.zeros(EMBEDDING_DIM, dtype=np.float32)),
+        }
         row = (await self._session.execute(RECENT_FROM_CLIENT_SQL, params)).first()
         if row is None:
             return None
@@ -491,8 +573,15 @@ class PatternRepository:
         if r is None:
             return None
         return PatternSummary(
-            id=r.id, label=r.label, label_source=r.label_source, member_count=r.member_count, first_seen=r.first_seen,
-            last_seen=r.last_seen, examples=list(r.examples or []), spread=r.spread, radius=r.radius,
+            id=r.id,
+            label=r.label,
+            label_source=r.label_source,
+            member_count=r.member_count,
+            first_seen=r.first_seen,
+            last_seen=r.last_seen,
+            examples=list(r.examples or []),
+            spread=r.spread,
+            radius=r.radius,
         )
 
     async def redirect(self, loser: int, winner: int) -> None:
@@ -519,7 +608,8 @@ class PatternRepository:
         await self._session.execute(delete(_USAGE).where(_USAGE.c.pattern_id == loser))
         await self._session.execute(update(_PAT).where(_PAT.c.redirect_to == loser).values(redirect_to=winner))
         await self._session.execute(
-            update(_PAT).where(_PAT.c.id == loser)
+            update(_PAT)
+            .where(_PAT.c.id == loser)
             .values(redirect_to=winner, centroid=None, member_count=0, updated_at=func.now())
         )
 
@@ -587,9 +677,7 @@ class PatternRepository:
         return await self.pattern_row(await self.resolve(pattern_id))
 
     async def pattern_for_request(self, request_id: str) -> PatternSummary | None:
-        pid = (
-            await self._session.execute(select(_EMB.c.pattern_id).where(_EMB.c.request_id == request_id))
-        ).scalar_one_or_none()
+        pid = (await self._session.execute(select(_EMB.c.pattern_id).where(_EMB.c.request_id == request_id))).scalar_one_or_none()
         return None if pid is None else await self.get_pattern(pid)
 
     async def pattern_id_for_hash(self, canonical_hash: str) -> int | None:
@@ -609,17 +697,20 @@ class PatternRepository:
         rows = (await self._session.execute(SIMILAR_EXCHANGES_SQL, {"v": vec_arg(vector), "k": k})).all()
         return [
             SimilarPrompt(
-                request_id=r.request_id, similarity=float(r.similarity), pattern_id=r.pattern_id, text=r.prompt_user,
-                model=r.model, client_key_fp=r.client_key_fp, created_at=r.created_at,
+                request_id=r.request_id,
+                similarity=float(r.similarity),
+                pattern_id=r.pattern_id,
+                text=r.prompt_user,
+                model=r.model,
+                client_key_fp=r.client_key_fp,
+                created_at=r.created_at,
             )
             for r in rows
         ]
 
     async def similar_to_request(self, request_id: str, k: int = 10) -> list[SimilarPrompt]:
         """Prompts nearest a stored exchange's prompt, the exchange itself excluded."""
-        vec = (
-            await self._session.execute(select(_EMB.c.embedding).where(_EMB.c.request_id == request_id))
-        ).scalar_one_or_none()
+        vec = (await self._session.execute(select(_EMB.c.embedding).where(_EMB.c.request_id == request_id))).scalar_one_or_none()
         if vec is None:
             return []
         hits = await self.similar_to_vector(as_vector(vec), k + 1)
@@ -693,7 +784,7 @@ class PatternRepository:
         ``score`` is (recent + 1) / (previous + 1): smoothing keeps a brand-new pattern's growth
         finite and ranks it by its size.
         """
-        now = utc(now or datetime.now(timezone.utc))
+        now = utc(now or datetime.now(UTC))
         hours = max(1, int(window.total_seconds() // 3600))
         end = hour_bucket(now) + timedelta(hours=1)
         mid = end - timedelta(hours=hours)
@@ -712,8 +803,14 @@ class PatternRepository:
             )
         ).all()
         stats = [
-            PatternStat(pattern_id=r.id, label=r.label, total=int(r.recent + r.previous), recent=int(r.recent),
-                        previous=int(r.previous), score=(r.recent + 1) / (r.previous + 1))
+            PatternStat(
+                pattern_id=r.id,
+                label=r.label,
+                total=int(r.recent + r.previous),
+                recent=int(r.recent),
+                previous=int(r.previous),
+                score=(r.recent + 1) / (r.previous + 1),
+            )
             for r in rows
             if r.recent >= min_recent
         ]

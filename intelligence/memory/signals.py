@@ -14,8 +14,18 @@ from intelligence.memory.repository import PendingExchange, Signal
 # refusals or safety stops (OpenAI "content_filter", Anthropic "refusal", Gemini "SAFETY" ...).
 FAILING_FINISH_REASONS = frozenset(
     {
-        "length", "max_tokens", "max_output_tokens", "model_length", "model_context_window_exceeded",
-        "content_filter", "refusal", "safety", "recitation", "blocklist", "prohibited_content", "spii",
+        "length",
+        "max_tokens",
+        "max_output_tokens",
+        "model_length",
+        "model_context_window_exceeded",
+        "content_filter",
+        "refusal",
+        "safety",
+        "recitation",
+        "blocklist",
+        "prohibited_content",
+        "spii",
     }
 )
 
@@ -29,7 +39,12 @@ def exchange_signals(x: PendingExchange) -> list[Signal]:
         signals.append(Signal(x.request_id, "finish", False, value=x.finish_reason))
     if x.tool_args_invalid > 0:
         signals.append(
-            Signal(x.request_id, "tool_args", False, value=str(x.tool_args_invalid),
-                   detail="tool-call arguments not valid JSON for the declared schema")
+            Signal(
+                x.request_id,
+                "tool_args",
+                False,
+                value=str(x.tool_args_invalid),
+                detail="tool-call arguments not valid JSON for the declared schema",
+            )
         )
     return signals

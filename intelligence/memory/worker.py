@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
@@ -148,7 +148,7 @@ class PatternWorker:
         self._watermark = newest if self._watermark is None else max(self._watermark, newest)
         self.stats.processed += len(pending)
         self.stats.batches += 1
-        self.stats.last_lag_s = (datetime.now(timezone.utc) - utc(newest)).total_seconds()
+        self.stats.last_lag_s = (datetime.now(UTC) - utc(newest)).total_seconds()
         return len(pending)
 
     async def _take_prefetched(self) -> _Batch | None:
@@ -215,8 +215,14 @@ class PatternWorker:
                     signals.append(retry)
                 rows.append(
                     EmbeddingRow(
-                        request_id=x.request_id, embedding=vector, canonical_hash=prompt.hash, pattern_id=pattern_id,
-                        similarity=similarity, client_key_fp=x.client_key_fp, model=x.model, created_at=x.started_at,
+                        request_id=x.request_id,
+                        embedding=vector,
+                        canonical_hash=prompt.hash,
+                        pattern_id=pattern_id,
+                        similarity=similarity,
+                        client_key_fp=x.client_key_fp,
+                        model=x.model,
+                        created_at=x.started_at,
                     )
                 )
                 signals.extend(exchange_signals(x))
@@ -234,8 +240,13 @@ class PatternWorker:
             await repo.add_signals(signals)
 
     async def _retry_signal(
-        self, repo: PatternRepository, earlier: Sequence[PendingExchange], earlier_prompts: Sequence[CanonicalPrompt],
-        earlier_vectors: Sequence[np.ndarray | None], x: PendingExchange, prompt: CanonicalPrompt,
+        self,
+        repo: PatternRepository,
+        earlier: Sequence[PendingExchange],
+        earlier_prompts: Sequence[CanonicalPrompt],
+        earlier_vectors: Sequence[np.ndarray | None],
+        x: PendingExchange,
+        prompt: CanonicalPrompt,
         vector: np.ndarray | None,
     ) -> Signal | None:
         """A 'retry' failure on the client's latest near-identical prompt within the window, if any.
@@ -265,8 +276,9 @@ class PatternWorker:
             return None
         earlier_id, sim, earlier_at = best
         gap = (utc(x.started_at) - utc(earlier_at)).total_seconds()
-        return Signal(earlier_id, "retry", False, value=x.request_id,
-                      detail=f"same client, similarity {sim:.3f}, {gap:.1f} s later")
+        return Signal(
+            earlier_id, "retry", False, value=x.request_id, detail=f"same client, similarity {sim:.3f}, {gap:.1f} s later"
+        )
 
     # ------------------------------------------------------------------------------- the loop
 

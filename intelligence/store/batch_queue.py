@@ -29,8 +29,16 @@ class BatchQueue(Generic[T]):
     name = "batch-writer"  # the task name, and the noun in log lines
     written_stat = "written"  # the stats key counting stored items (kept per subclass for its callers)
 
-    def __init__(self, engine: AsyncEngine, *, log: logging.Logger, max_pending: int, flush_interval: float,
-                 batch_size: int, wake_at: int = 1):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        log: logging.Logger,
+        max_pending: int,
+        flush_interval: float,
+        batch_size: int,
+        wake_at: int = 1,
+    ):
         self.engine = engine
         self.max_pending = max_pending
         self.flush_interval = flush_interval
@@ -60,8 +68,7 @@ class BatchQueue(Generic[T]):
         if len(self._pending) >= self.max_pending:
             self.stats["dropped"] += 1
             if self.stats["dropped"] == 1 or self.stats["dropped"] % 1000 == 0:
-                self._log.warning("%s queue full (%d): %d dropped so far", self.name, self.max_pending,
-                                  self.stats["dropped"])
+                self._log.warning("%s queue full (%d): %d dropped so far", self.name, self.max_pending, self.stats["dropped"])
             return False
         self._pending.append(item)
         if len(self._pending) >= self._wake_at:
@@ -110,5 +117,4 @@ class BatchQueue(Generic[T]):
             except Exception as exc:  # noqa: BLE001 - the database may be away; retry with backoff
                 self.stats["failures"] += 1
                 delay = min(delay * 2, _MAX_BACKOFF)
-                self._log.warning("%s failed (%s); %d queued, retrying in %.1fs", self.name, exc,
-                                  len(self._pending), delay)
+                self._log.warning("%s failed (%s); %d queued, retrying in %.1fs", self.name, exc, len(self._pending), delay)

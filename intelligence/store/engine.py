@@ -19,7 +19,7 @@ def asyncpg_dsn(url: str) -> str:
     """
     for scheme in _SCHEMES:
         if url.startswith(scheme):
-            return "postgresql://" + url[len(scheme):]
+            return "postgresql://" + url[len(scheme) :]
     raise ValueError("database URL must start with postgresql://, postgres:// or postgresql+asyncpg://")
 
 

@@ -33,10 +33,20 @@ class NotifyReloader:
     ``notifications``, ``listens`` and the failures to it. ``what`` names the state in log lines.
     """
 
-    def __init__(self, engine: AsyncEngine, channel: str, reload: Reload, *, poll_interval: float = 2.0,
-                 listen: bool = True, what: str = "state", task_name: str = "notify-reloader",
-                 stats: dict[str, int] | None = None, failures_key: str = "failures",
-                 keeping: Callable[[], str] = lambda: "keeping the last loaded state") -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        channel: str,
+        reload: Reload,
+        *,
+        poll_interval: float = 2.0,
+        listen: bool = True,
+        what: str = "state",
+        task_name: str = "notify-reloader",
+        stats: dict[str, int] | None = None,
+        failures_key: str = "failures",
+        keeping: Callable[[], str] = lambda: "keeping the last loaded state",
+    ) -> None:
         self.engine = engine
         self.channel = channel
         self.reload = reload
@@ -71,8 +81,9 @@ class NotifyReloader:
                 await self.reload()
             except Exception as exc:  # noqa: BLE001 - the database may come up later
                 self.stats[self.failures_key] += 1
-                log.warning("%s not loaded yet (%s); %s", self.what, exc,
-                            not_loaded or f"retrying every {self.poll_interval:.1f}s")
+                log.warning(
+                    "%s not loaded yet (%s); %s", self.what, exc, not_loaded or f"retrying every {self.poll_interval:.1f}s"
+                )
         if self._task is None:
             self._stopping = False
             self._task = asyncio.create_task(self._run(), name=self.task_name)
@@ -105,7 +116,7 @@ class NotifyReloader:
             try:
                 await self.reload()
                 failures = 0
-            except Exception as exc:  # noqa: BLE001 - keep the last state; say so once per outage
+            except Exception as exc:
                 if _cancelled():
                     raise asyncio.CancelledError from exc  # a driver turned our cancellation into an error
                 self.stats[self.failures_key] += 1

@@ -19,8 +19,17 @@ from typing import Any
 class PeriodicFlush:
     """Owns the task; the counter passes what to call and what to say."""
 
-    def __init__(self, flush: Callable[[], Awaitable[Any]], *, interval: float, name: str, log: logging.Logger,
-                 stats: dict[str, int], failing: str, recovered: str) -> None:
+    def __init__(
+        self,
+        flush: Callable[[], Awaitable[Any]],
+        *,
+        interval: float,
+        name: str,
+        log: logging.Logger,
+        stats: dict[str, int],
+        failing: str,
+        recovered: str,
+    ) -> None:
         self._flush = flush
         self.interval = interval
         self.name = name

@@ -140,8 +140,17 @@ class ShareBook:
         self.horizon = horizon
         self._shares: dict[ShareKey, _Share] = {}
 
-    def allowance(self, key: ShareKey, *, window_start: datetime, now: datetime, limit: int, replicas: int,
-                  total: int | None, read: int | None) -> int:
+    def allowance(
+        self,
+        key: ShareKey,
+        *,
+        window_start: datetime,
+        now: datetime,
+        limit: int,
+        replicas: int,
+        total: int | None,
+        read: int | None,
+    ) -> int:
         """How much of ``limit`` this replica may spend in the window between its last read and the next.
 
         ``total`` is the window's shared total at the last read, ``read`` that read's sequence number

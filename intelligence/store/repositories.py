@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Text, bindparam, func, select, text, tuple_
@@ -64,11 +64,7 @@ class ExchangeRepository:
         if not by_id:
             return []
         rows = list(by_id.values())
-        stmt = (
-            pg_insert(_EXCHANGES)
-            .on_conflict_do_nothing(index_elements=["request_id"])
-            .returning(_EXCHANGES.c.request_id)
-        )
+        stmt = pg_insert(_EXCHANGES).on_conflict_do_nothing(index_elements=["request_id"]).returning(_EXCHANGES.c.request_id)
         result = await self._session.execute(stmt, rows)
         inserted_ids = set(result.scalars().all())
         inserted = [row for row in rows if row["request_id"] in inserted_ids]
@@ -85,11 +81,20 @@ class ExchangeRepository:
             sid = row["session_id"]
             if sid is None:
                 continue
-            t = totals.setdefault(sid, {
-                "session_id": sid, "client_key_fp": None, "first_seen": row["started_at"],
-                "last_seen": row["finished_at"], "request_count": 0, "input_tokens": 0,
-                "output_tokens": 0, "total_tokens": 0, "error_count": 0,
-            })
+            t = totals.setdefault(
+                sid,
+                {
+                    "session_id": sid,
+                    "client_key_fp": None,
+                    "first_seen": row["started_at"],
+                    "last_seen": row["finished_at"],
+                    "request_count": 0,
+                    "input_tokens": 0,
+                    "output_tokens": 0,
+                    "total_tokens": 0,
+                    "error_count": 0,
+                },
+            )
             t["client_key_fp"] = t["client_key_fp"] or row["client_key_fp"]
             t["first_seen"] = min(t["first_seen"], row["started_at"])
             t["last_seen"] = max(t["last_seen"], row["finished_at"])
@@ -118,9 +123,7 @@ class ExchangeRepository:
         await self._session.execute(stmt, [totals[k] for k in sorted(totals)])
 
     async def get(self, request_id: str) -> ExchangeRecord | None:
-        row = (await self._session.execute(
-            select(_EXCHANGES).where(_EXCHANGES.c.request_id == request_id)
-        )).first()
+        row = (await self._session.execute(select(_EXCHANGES).where(_EXCHANGES.c.request_id == request_id))).first()
         return None if row is None else record_from_row(row)
 
     async def recent(self, limit: int = 50, before: datetime | None = None) -> list[ExchangeRecord]:
@@ -157,9 +160,7 @@ class SessionRepository:
         self._session = session
 
     async def get(self, session_id: str) -> SessionSummary | None:
-        row = (await self._session.execute(
-            select(_SESSIONS).where(_SESSIONS.c.session_id == session_id)
-        )).first()
+        row = (await self._session.execute(select(_SESSIONS).where(_SESSIONS.c.session_id == session_id))).first()
         return None if row is None else SessionSummary(**row._asdict())
 
     async def recent(self, limit: int = 50) -> list[SessionSummary]:
@@ -173,7 +174,7 @@ def _is_error(status: int | None, error: str | None) -> bool:
 
 
 def _utc(dt: datetime) -> datetime:
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
 def exchange_row(r: ExchangeRecord) -> dict[str, Any]:

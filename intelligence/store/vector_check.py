@@ -30,7 +30,7 @@ CRASH_EMBEDDED = (
 CRASH_EXTERNAL = (
     "PostgreSQL at DATABASE_URL crashed running a pgvector operation: its pgvector build uses CPU instructions "
     "this machine lacks (it was compiled with -march=native on another CPU); install a pgvector built without "
-    "-march=native (your distribution's postgresql-NN-pgvector package, or `make OPTFLAGS=\"\"`), or unset "
+    '-march=native (your distribution\'s postgresql-NN-pgvector package, or `make OPTFLAGS=""`), or unset '
     "DATABASE_URL to use the embedded database (docs/operations.md)"
 )
 NO_PGVECTOR = "PostgreSQL has no pgvector extension available: install pgvector (0.7 or newer) on the database server"
@@ -94,11 +94,12 @@ async def check_vector_support(url: str, *, embedded: bool, timeout: float = 30.
         try:
             conn = await asyncpg.connect(asyncpg_dsn(url), timeout=min(timeout, 10.0))
             break
-        except asyncpg.exceptions.CannotConnectNowError as exc:  # starting up, or in crash recovery: wait it out
+        except (asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.ConnectionDoesNotExistError) as exc:
+            # starting up, or in crash recovery (a connection can also be cut while it is made): wait it out
             if asyncio.get_running_loop().time() > deadline:
                 return VectorCheck(False, f"PostgreSQL is not accepting connections: {exc}", repr(exc))
             await asyncio.sleep(0.25)
-        except Exception as exc:  # the database is down: not this check's verdict to give
+        except Exception as exc:  # noqa: BLE001 - the database is down: not this check's verdict to give
             return VectorCheck(False, f"cannot connect to PostgreSQL: {type(exc).__name__}: {exc}", repr(exc))
     try:
         await asyncio.wait_for(_exercise(conn), timeout)
@@ -106,7 +107,7 @@ async def check_vector_support(url: str, *, embedded: bool, timeout: float = 30.
         return VectorCheck(True)
     except (asyncpg.exceptions.UndefinedFileError, asyncpg.exceptions.FeatureNotSupportedError) as exc:
         return VectorCheck(False, NO_PGVECTOR, repr(exc))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - classified below; the check never raises
         # The backend went away mid-statement (whatever the driver calls it): it crashed, and the
         # one way arithmetic this plain crashes a backend is an instruction the CPU does not have.
         if isinstance(exc, _DIED) or conn.is_closed():

@@ -1,6 +1,6 @@
 """Policy throttles shared across gateway replicas (table ``policy_throttle_counts``).
 
-The hot-path side is extproc/policy/throttle.py (``Throttler``); see docs/policy.md, "Throttling".
+The hot-path side is intelligence/policy/throttle.py (``Throttler``); see docs/policy.md, "Throttling".
 """
 
 from .counts import DbWindowStore, WindowDelta, window_of

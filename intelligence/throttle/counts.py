@@ -52,8 +52,15 @@ async def add_counts(conn: AsyncConnection, deltas: Iterable[WindowDelta]) -> No
     if not rows:
         return
     keys = sorted(rows)
-    await conn.execute(_UPSERT, {"rules": [k[0] for k in keys], "subjects": [k[1] for k in keys],
-                                 "windows": [k[2] for k in keys], "reqs": [rows[k] for k in keys]})
+    await conn.execute(
+        _UPSERT,
+        {
+            "rules": [k[0] for k in keys],
+            "subjects": [k[1] for k in keys],
+            "windows": [k[2] for k in keys],
+            "reqs": [rows[k] for k in keys],
+        },
+    )
 
 
 async def read_window(conn: AsyncConnection, window: datetime) -> dict[Subject, int]:

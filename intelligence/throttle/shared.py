@@ -62,10 +62,18 @@ def _utcnow() -> datetime:
 class SharedThrottleCounts:
     """Fixed one-minute admission counts per (rule, subject), summed over replicas via ``store``."""
 
-    def __init__(self, store: WindowStore, *, flush_interval: float = 1.0, flush_timeout: float = 10.0,
-                 clock: Callable[[], datetime] = _utcnow, keep: timedelta = timedelta(minutes=2),
-                 prune_interval: float = 60.0, replicas: LiveReplicas | None = None,
-                 share_horizon: timedelta | None = None):
+    def __init__(
+        self,
+        store: WindowStore,
+        *,
+        flush_interval: float = 1.0,
+        flush_timeout: float = 10.0,
+        clock: Callable[[], datetime] = _utcnow,
+        keep: timedelta = timedelta(minutes=2),
+        prune_interval: float = 60.0,
+        replicas: LiveReplicas | None = None,
+        share_horizon: timedelta | None = None,
+    ):
         self.store = store
         self.replicas = replicas  # None: no shares, each replica may spend all that is left (as without a count)
         self.flush_interval = flush_interval
@@ -79,11 +87,16 @@ class SharedThrottleCounts:
         self._totals: dict[Subject, int] = {}
         self._totals_window: datetime | None = None
         self._lock = asyncio.Lock()
-        self._loop = PeriodicFlush(self.flush, interval=flush_interval, name="policy-throttle-counts", log=log,
-                                   stats=self.stats,
-                                   failing="sharing policy throttle counts failed (%s); each replica enforces with its "
-                                           "own counts until the database is back",
-                                   recovered="policy throttle counts shared again after %d failed flushes")
+        self._loop = PeriodicFlush(
+            self.flush,
+            interval=flush_interval,
+            name="policy-throttle-counts",
+            log=log,
+            stats=self.stats,
+            failing="sharing policy throttle counts failed (%s); each replica enforces with its "
+            "own counts until the database is back",
+            recovered="policy throttle counts shared again after %d failed flushes",
+        )
         self._last_prune: datetime | None = None
         self._reads = 0  # successful reads of the totals: a share is computed once per read
         # a share must outlive the gap between any replica's two reads: two and a half flush intervals
@@ -127,9 +140,15 @@ class SharedThrottleCounts:
         n = self.replicas.count(now)
         if n is None:
             return None  # live replicas unknown (database down, just started): as if alone, documented
-        allowance = self.shares.allowance((rule, subject, window), window_start=window, now=now, limit=limit,
-                                          replicas=n, total=total if read else None,
-                                          read=self._reads if read else None)
+        allowance = self.shares.allowance(
+            (rule, subject, window),
+            window_start=window,
+            now=now,
+            limit=limit,
+            replicas=n,
+            total=total if read else None,
+            read=self._reads if read else None,
+        )
         return "share" if mine >= allowance else None
 
     def add(self, rule: str, subject: str, window: datetime) -> None:
@@ -146,8 +165,11 @@ class SharedThrottleCounts:
             self._inflight, self._pending = self._pending, {}
             now = self.clock()
             window = window_of(now)
-            deltas = [WindowDelta(rule, subject, start, n)
-                      for start, counts in self._inflight.items() for (rule, subject), n in counts.items()]
+            deltas = [
+                WindowDelta(rule, subject, start, n)
+                for start, counts in self._inflight.items()
+                for (rule, subject), n in counts.items()
+            ]
             try:
                 async with asyncio.timeout(self.flush_timeout):
                     totals = await self.store.exchange(deltas, window)

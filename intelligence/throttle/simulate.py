@@ -2,7 +2,7 @@
 (live replicas counted through heartbeats), with the shared window alone (no shares: the behaviour
 before shares, and the fallback while the replica count is unknown) and with per-process buckets
 only. The figures of docs/policy.md ("Throttling") come from here, and those of
-docs/keys-and-audit.md ("Budgets"): the same minute through N ``extproc.auth.UsageMeter`` replicas
+docs/keys-and-audit.md ("Budgets"): the same minute through N ``intelligence.keys.meter.UsageMeter`` replicas
 enforcing one gateway key's budgets (the two mechanisms share intelligence/store/replicas.py).
 
     python -m intelligence.throttle.simulate [DATABASE_URL]   # none: a throw-away embedded Postgres
@@ -66,8 +66,9 @@ class _Clock:
         return START + timedelta(seconds=self.t)
 
 
-async def simulate_minute(engine: AsyncEngine, *, replicas: int = 2, rpm: int = 60, burst: int = 10,
-                          per_second: int = 5, subject: str = "gk_simulated") -> MinuteResult:
+async def simulate_minute(
+    engine: AsyncEngine, *, replicas: int = 2, rpm: int = 60, burst: int = 10, per_second: int = 5, subject: str = "gk_simulated"
+) -> MinuteResult:
     """The same minute three ways: fair shares, shared window alone, per-process buckets only."""
     shared = await _admitted(engine, "shares", replicas, rpm, burst, per_second, subject)
     rows = await _window_total(engine, subject)
@@ -76,8 +77,9 @@ async def simulate_minute(engine: AsyncEngine, *, replicas: int = 2, rpm: int = 
     return MinuteResult(replicas, rpm, burst, per_second, shared, unshared, per_process, rows)
 
 
-async def one_busy_replica(engine: AsyncEngine, *, replicas: int, rpm: int, per_second: int,
-                           subject: str = "gk_simulated") -> tuple[int, float | None]:
+async def one_busy_replica(
+    engine: AsyncEngine, *, replicas: int, rpm: int, per_second: int, subject: str = "gk_simulated"
+) -> tuple[int, float | None]:
     """The cost of shares: all traffic on one of N live replicas (one HTTP/2 connection, say).
 
     Returns (admitted in the minute, simulated second by which the limit was reached, or None).
@@ -87,16 +89,25 @@ async def one_busy_replica(engine: AsyncEngine, *, replicas: int, rpm: int, per_
     return admitted, reached[0] if reached else None
 
 
-async def _admitted(engine: AsyncEngine, mode: str, replicas: int, rpm: int, burst: int, per_second: int,
-                    subject: str, *, busy: int | None = None, reached: list[float] | None = None) -> int:
+async def _admitted(
+    engine: AsyncEngine,
+    mode: str,
+    replicas: int,
+    rpm: int,
+    burst: int,
+    per_second: int,
+    subject: str,
+    *,
+    busy: int | None = None,
+    reached: list[float] | None = None,
+) -> int:
     # imported here: intelligence must not need extproc to load (the sidecar imports us, not the reverse)
-    from extproc.policy import Throttler
+    from intelligence.policy import Throttler
 
     clock = _Clock(-1.0)
     rule, decision, facts = _throttle(rpm, burst, subject)
     async with engine.begin() as conn:
-        await conn.execute(text("DELETE FROM policy_throttle_counts WHERE rule = :r AND subject = :s"),
-                           {"r": rule, "s": subject})
+        await conn.execute(text("DELETE FROM policy_throttle_counts WHERE rule = :r AND subject = :s"), {"r": rule, "s": subject})
         await conn.execute(text("DELETE FROM replica_heartbeats WHERE replica_id LIKE 'simulated-%'"))
     counts = []
     for k in range(replicas):
@@ -119,8 +130,8 @@ async def _admitted(engine: AsyncEngine, mode: str, replicas: int, rpm: int, bur
     return admitted
 
 
-def _throttle(rpm: int, burst: int, subject: str):  # noqa: ANN202 - (rule, decision, facts) of one throttle
-    from extproc.policy.testing import request_facts, snapshot
+def _throttle(rpm: int, burst: int, subject: str):
+    from intelligence.policy.testing import request_facts, snapshot
 
     snap = snapshot({"id": "simulated", "actions": {"throttle": {"rpm": rpm, "burst": burst}}})
     facts = request_facts(key_id=subject, client=subject)
@@ -130,14 +141,27 @@ def _throttle(rpm: int, burst: int, subject: str):  # noqa: ANN202 - (rule, deci
 
 async def _window_total(engine: AsyncEngine, subject: str) -> int:
     async with engine.connect() as conn:
-        rows = (await conn.execute(text("SELECT coalesce(sum(requests), 0) FROM policy_throttle_counts "
-                                        "WHERE subject = :s AND window_start = :w"),
-                                   {"s": subject, "w": START})).scalar_one()
+        rows = (
+            await conn.execute(
+                text("SELECT coalesce(sum(requests), 0) FROM policy_throttle_counts WHERE subject = :s AND window_start = :w"),
+                {"s": subject, "w": START},
+            )
+        ).scalar_one()
     return int(rows)
 
 
-SCENARIOS = ((2, 60, 10, 5), (2, 60, 60, 5), (2, 60, 60, 100), (2, 600, 50, 50), (2, 600, 600, 100),
-             (4, 60, 10, 5), (4, 60, 60, 5), (4, 60, 60, 100), (4, 600, 600, 100))
+SCENARIOS = (
+    (2, 60, 10, 5),
+    (2, 60, 60, 5),
+    (2, 60, 60, 100),
+    (2, 600, 50, 50),
+    (2, 600, 600, 100),
+    (4, 60, 10, 5),
+    (4, 60, 60, 5),
+    (4, 60, 60, 100),
+    (4, 600, 600, 100),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class KeyMinuteResult:
@@ -158,9 +182,16 @@ class KeyMinuteResult:
         return self.unshared_tokens if self.budget.startswith("t") else self.unshared_requests
 
 
-async def simulate_key_minute(engine: AsyncEngine, *, replicas: int, rpm: int | None = None, tpm: int | None = None,
-                              rpd: int | None = None, per_second: int = 100, tokens_per_request: int = 0
-                              ) -> KeyMinuteResult:
+async def simulate_key_minute(
+    engine: AsyncEngine,
+    *,
+    replicas: int,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    rpd: int | None = None,
+    per_second: int = 100,
+    tokens_per_request: int = 0,
+) -> KeyMinuteResult:
     """N replicas enforce one gateway key's budgets, hit at full speed as the minute opens.
 
     Each admitted request records ``tokens_per_request`` right away (a response that came back at once).
@@ -171,19 +202,33 @@ async def simulate_key_minute(engine: AsyncEngine, *, replicas: int, rpm: int | 
     return KeyMinuteResult(replicas, f"{budget}={limit}", limit, *shared, *unshared)
 
 
-async def _key_admitted(engine: AsyncEngine, shares: bool, replicas: int, rpm: int | None, tpm: int | None,
-                        rpd: int | None, per_second: int, tokens_per_request: int) -> tuple[int, int]:
-    from extproc.auth import UsageMeter
+async def _key_admitted(
+    engine: AsyncEngine,
+    shares: bool,
+    replicas: int,
+    rpm: int | None,
+    tpm: int | None,
+    rpd: int | None,
+    per_second: int,
+    tokens_per_request: int,
+) -> tuple[int, int]:
     from intelligence.keys import Budgets, NewKey, create_key
+    from intelligence.keys.meter import UsageMeter
 
     clock = _Clock(-2.0)
     budgets = Budgets(rpm=rpm, tpm=tpm, rpd=rpd)
     async with engine.begin() as conn:
         key_id = (await create_key(conn, NewKey(name="simulated", budgets=budgets), actor="simulation")).record.id
         await conn.execute(text("DELETE FROM replica_heartbeats WHERE replica_id LIKE 'simulated-%'"))
-    meters = [UsageMeter(engine, {key_id: budgets}.get, clock=clock.wall,
-                         replicas=LiveReplicas(DbHeartbeats(engine), replica_id=f"simulated-{k}") if shares else None)
-              for k in range(replicas)]
+    meters = [
+        UsageMeter(
+            engine,
+            {key_id: budgets}.get,
+            clock=clock.wall,
+            replicas=LiveReplicas(DbHeartbeats(engine), replica_id=f"simulated-{k}") if shares else None,
+        )
+        for k in range(replicas)
+    ]
     for _ in range(2):  # running before the minute opens: every replica has beaten and counted the others
         for m in meters:
             await m.flush()
@@ -202,8 +247,14 @@ async def _key_admitted(engine: AsyncEngine, shares: bool, replicas: int, rpm: i
     return requests, tokens
 
 
-KEY_SCENARIOS = ((2, {"rpm": 60}, 0), (4, {"rpm": 60}, 0), (4, {"rpm": 600}, 0), (2, {"tpm": 10_000}, 100),
-                 (4, {"tpm": 10_000}, 100), (4, {"rpd": 1000}, 0))
+KEY_SCENARIOS = (
+    (2, {"rpm": 60}, 0),
+    (4, {"rpm": 60}, 0),
+    (4, {"rpm": 600}, 0),
+    (2, {"tpm": 10_000}, 100),
+    (4, {"tpm": 10_000}, 100),
+    (4, {"rpd": 1000}, 0),
+)
 BUSY_SCENARIOS = ((2, 60, 100), (4, 60, 100), (2, 600, 100), (4, 600, 100))
 
 
@@ -221,21 +272,24 @@ async def _main(url: str | None) -> None:
         await upgrade_async(url)
         engine = make_engine(url)
         try:
-            print("| replicas | rpm | burst | offered / replica | admitted, fair shares | bound | "
-                  "window alone (before; fallback) | its bound | per-process buckets only |")
+            print(
+                "| replicas | rpm | burst | offered / replica | admitted, fair shares | bound | "
+                "window alone (before; fallback) | its bound | per-process buckets only |"
+            )
             print("|---|---|---|---|---|---|---|---|---|")
             for replicas, rpm, burst, per_second in SCENARIOS:
                 r = await simulate_minute(engine, replicas=replicas, rpm=rpm, burst=burst, per_second=per_second)
                 assert r.rows == r.shared
-                print(f"| {r.replicas} | {r.rpm} | {r.burst} | {r.offered_per_second}/s | {r.shared} | {r.bound} | "
-                      f"{r.unshared} | {r.unshared_bound:g} | {r.per_process} |")
+                print(
+                    f"| {r.replicas} | {r.rpm} | {r.burst} | {r.offered_per_second}/s | {r.shared} | {r.bound} | "
+                    f"{r.unshared} | {r.unshared_bound:g} | {r.per_process} |"
+                )
             print()
             print("| replicas | rpm = burst | offered to one replica | admitted in the minute | limit reached after |")
             print("|---|---|---|---|---|")
             for replicas, rpm, per_second in BUSY_SCENARIOS:
                 admitted, at = await one_busy_replica(engine, replicas=replicas, rpm=rpm, per_second=per_second)
-                print(f"| {replicas} | {rpm} | {per_second}/s | {admitted} | "
-                      f"{'never' if at is None else f'{at:.1f} s'} |")
+                print(f"| {replicas} | {rpm} | {per_second}/s | {admitted} | {'never' if at is None else f'{at:.1f} s'} |")
             print()
             print("| replicas | budget | admitted with shares (used) | bound | without shares (before; fallback) |")
             print("|---|---|---|---|---|")

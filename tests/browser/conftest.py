@@ -80,10 +80,13 @@ async def _create_seeded(server: str) -> str:
 async def _samples(url: str) -> tuple[str, str]:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        rid = await conn.fetchval("SELECT request_id FROM exchanges WHERE tool_aliases <> '{}'::jsonb AND status = 200 "
-                                  "AND api = 'chat' ORDER BY started_at DESC LIMIT 1")
-        sid = await conn.fetchval("SELECT session_id FROM sessions WHERE request_count BETWEEN 3 AND 8 "
-                                  "ORDER BY last_seen DESC LIMIT 1")
+        rid = await conn.fetchval(
+            "SELECT request_id FROM exchanges WHERE tool_aliases <> '{}'::jsonb AND status = 200 "
+            "AND api = 'chat' ORDER BY started_at DESC LIMIT 1"
+        )
+        sid = await conn.fetchval(
+            "SELECT session_id FROM sessions WHERE request_count BETWEEN 3 AND 8 ORDER BY last_seen DESC LIMIT 1"
+        )
         return rid, sid
     finally:
         await conn.close()
@@ -110,23 +113,51 @@ def dashboard(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> I
     log = tmp / "up.log"
     # the background processes (pattern worker, intelligence jobs) would compete for this machine's two
     # cores with Chromium and the dashboard: the live-latency figure is the dashboard's, measured without them
-    args = [LLMPROXY, "up", "--no-worker", "--no-intelligence", "--data-dir", str(data_dir), "--port", str(port), "--admin-port", str(admin),
-            "--sidecar-port", str(sidecar), "--ui-port", str(ui), "--upstream", f"openai={fake.base_url}",
-            "--upstream", f"anthropic={fake.base_url}", "--upstream", f"openrouter={fake.base_url}/api"]
+    args = [
+        LLMPROXY,
+        "up",
+        "--no-worker",
+        "--no-intelligence",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--admin-port",
+        str(admin),
+        "--sidecar-port",
+        str(sidecar),
+        "--ui-port",
+        str(ui),
+        "--upstream",
+        f"openai={fake.base_url}",
+        "--upstream",
+        f"anthropic={fake.base_url}",
+        "--upstream",
+        f"openrouter={fake.base_url}/api",
+    ]
     env = {**os.environ, "DATABASE_URL": db_url}
     for key in ("ANTHROPIC_API_KEY", "OPENROUTER_API_KEY"):
         env.pop(key, None)
     proc = subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    board = Dashboard(url=f"http://127.0.0.1:{ui}", gateway=f"http://127.0.0.1:{port}", db_url=db_url, proc=proc, log=log,
-                      sample_request=sample_request, sample_session=sample_session)
+    board = Dashboard(
+        url=f"http://127.0.0.1:{ui}",
+        gateway=f"http://127.0.0.1:{port}",
+        db_url=db_url,
+        proc=proc,
+        log=log,
+        sample_request=sample_request,
+        sample_session=sample_session,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"llmproxy up exited {proc.returncode}:\n{log.read_text()}")
             try:
-                if (httpx.get(f"{board.gateway}/healthz", timeout=1).status_code == 200
-                        and httpx.get(f"{board.url}/_stcore/health", timeout=1).text == "ok"):
+                if (
+                    httpx.get(f"{board.gateway}/healthz", timeout=1).status_code == 200
+                    and httpx.get(f"{board.url}/_stcore/health", timeout=1).text == "ok"
+                ):
                     break
             except httpx.HTTPError:
                 pass
@@ -153,8 +184,18 @@ def browser(dashboard: Dashboard):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield b
         b.close()

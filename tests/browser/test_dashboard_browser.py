@@ -4,11 +4,11 @@ gateway appear on the live page within a second."""
 
 from __future__ import annotations
 
+import os
 import statistics
+import tempfile
 import time
 import uuid
-import os
-import tempfile
 from pathlib import Path
 
 import httpx
@@ -17,11 +17,20 @@ from tests.browser.conftest import Dashboard
 
 # Screenshots go to a temporary folder; LLMPROXY_SAVE_SCREENSHOTS=1 writes docs/screenshots/ instead
 # (how the committed ones were made), so a test run never dirties the work tree.
-SHOTS = (Path(__file__).resolve().parents[2] / "docs" / "screenshots" if os.environ.get("LLMPROXY_SAVE_SCREENSHOTS") == "1"
-         else Path(tempfile.mkdtemp(prefix="llmproxy-shots-")))
-PAGES = [("live", "", "Live traffic"), ("explorer", "explorer", "Explorer"), ("analytics", "analytics", "Analytics"),
-         ("patterns", "patterns", "Patterns"), ("security", "security", "Security"),
-         ("experiments", "experiments", "Experiments"), ("system", "system", "System")]
+SHOTS = (
+    Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    if os.environ.get("LLMPROXY_SAVE_SCREENSHOTS") == "1"
+    else Path(tempfile.mkdtemp(prefix="llmproxy-shots-"))
+)
+PAGES = [
+    ("live", "", "Live traffic"),
+    ("explorer", "explorer", "Explorer"),
+    ("analytics", "analytics", "Analytics"),
+    ("patterns", "patterns", "Patterns"),
+    ("security", "security", "Security"),
+    ("experiments", "experiments", "Experiments"),
+    ("system", "system", "System"),
+]
 LIVE_BUDGET_S = 1.0
 # text that only appears once a page has rendered its last section (fragments render after the title)
 READY = {"security": "Unacknowledged only", "experiments": "History", "system": "Claude spend today"}
@@ -79,14 +88,20 @@ def test_a_request_through_the_gateway_appears_on_the_live_page_within_a_second(
             # (every 5 s); measure the feed, not start-up
             for _ in range(3):
                 model = f"gpt-4o-mini-warm{uuid.uuid4().hex[:8]}"
-                assert client.post("/openai/v1/chat/completions", json={
-                    "model": model, "messages": [{"role": "user", "content": "warm-up"}]}).status_code == 200
+                assert (
+                    client.post(
+                        "/openai/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "warm-up"}]}
+                    ).status_code
+                    == 200
+                )
                 _wait_for_text(page, model, timeout=30.0)
             time.sleep(6)
             for _ in range(12):
                 model = f"gpt-4o-mini-e2e{uuid.uuid4().hex[:8]}"
-                response = client.post("/openai/v1/chat/completions", json={
-                    "model": model, "messages": [{"role": "user", "content": "browser check"}]})
+                response = client.post(
+                    "/openai/v1/chat/completions",
+                    json={"model": model, "messages": [{"role": "user", "content": "browser check"}]},
+                )
                 done_wall, done = time.time(), time.monotonic()  # the response has ended: the client has every byte
                 assert response.status_code == 200
                 _wait_for_text(page, model)
@@ -128,8 +143,10 @@ def test_every_page_renders_without_errors_in_light_dark_and_narrow(dashboard: D
             _no_error(page, name)
             page.screenshot(path=str(SHOTS / f"{name}-dark.png"), full_page=True)
             page.emulate_media(color_scheme="light")
-        detail_pages = [("exchange", f"explorer?request_id={dashboard.sample_request}", "Explorer"),
-                        ("session", f"explorer?session={dashboard.sample_session}", "Explorer")]
+        detail_pages = [
+            ("exchange", f"explorer?request_id={dashboard.sample_request}", "Explorer"),
+            ("session", f"explorer?session={dashboard.sample_session}", "Explorer"),
+        ]
         page.set_viewport_size({"width": 1440, "height": 2400})
         for name, path, title in detail_pages:
             page.goto(f"{dashboard.url}/{path}")

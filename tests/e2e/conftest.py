@@ -12,9 +12,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -84,18 +85,48 @@ async def _wait_record(db_url: str, request_id: str, timeout: float) -> Exchange
         await engine.dispose()
 
 
-def start_stack(tmp: Path, db_url: str, fake: FakeProvider, *extra_args: str, env: dict[str, str] | None = None,
-                worker: bool = False, intelligence: bool = False) -> Stack:
+def start_stack(
+    tmp: Path,
+    db_url: str,
+    fake: FakeProvider,
+    *extra_args: str,
+    env: dict[str, str] | None = None,
+    worker: bool = False,
+    intelligence: bool = False,
+) -> Stack:
     port, admin, sidecar = free_port(), free_port(), free_port()
     data_dir = tmp / "data"
     brain = ["--control-port", str(free_port())] if intelligence else ["--no-intelligence"]
-    args = [LLMPROXY, "up", "--no-ui", *([] if worker else ["--no-worker"]), *brain, "--data-dir", str(data_dir), "--port", str(port),
-            "--admin-port", str(admin), "--sidecar-port", str(sidecar),
-            "--upstream", f"openai={fake.base_url}", "--upstream", f"anthropic={fake.base_url}",
-            "--upstream", f"openrouter={fake.base_url}/api", *extra_args]
+    args = [
+        LLMPROXY,
+        "up",
+        "--no-ui",
+        *([] if worker else ["--no-worker"]),
+        *brain,
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--admin-port",
+        str(admin),
+        "--sidecar-port",
+        str(sidecar),
+        "--upstream",
+        f"openai={fake.base_url}",
+        "--upstream",
+        f"anthropic={fake.base_url}",
+        "--upstream",
+        f"openrouter={fake.base_url}/api",
+        *extra_args,
+    ]
     out = open(tmp / "up.log", "wb")
-    proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "DATABASE_URL": db_url, **(env or {})})
+    proc = subprocess.Popen(
+        args,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "DATABASE_URL": db_url, **(env or {})},
+    )
     stack = Stack(proc, data_dir, port, admin, sidecar, db_url, fake)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

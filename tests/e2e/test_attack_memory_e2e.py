@@ -25,12 +25,15 @@ BLOCK_WITHIN_S = 15.0
 
 
 async def _send(client: httpx.AsyncClient, base: str, prompt: str) -> httpx.Response:
-    return await client.post(f"{base}/openai/v1/chat/completions", headers={"authorization": "Bearer sk-mem"},
-                             json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]})
+    return await client.post(
+        f"{base}/openai/v1/chat/completions",
+        headers={"authorization": "Bearer sk-mem"},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}]},
+    )
 
 
 async def test_confirmed_attack_is_blocked_by_the_running_gateway(tmp_path, fresh_db_url, fake) -> None:
-    from extproc.security.static_embed import shared_static_embedder
+    from intelligence.detectors.static_embed import shared_static_embedder
 
     url = await fresh_db_url()
     await upgrade_async(url)
@@ -45,10 +48,15 @@ async def test_confirmed_attack_is_blocked_by_the_running_gateway(tmp_path, fres
             assert record.prompt_user == ATTACK and record.flags["detections"]["injection_score"] < 0.5
 
             async with engine.begin() as conn:  # what the anomaly job records for a doubtful score
-                verdict_id = (await conn.execute(text(
-                    "INSERT INTO anomaly_verdicts (request_id, detectors, status, verdict, confidence) "
-                    "VALUES (:rid, ARRAY['injection_uncertain'], 'judged', 'suspicious', 0.6) RETURNING id"),
-                    {"rid": rid})).scalar_one()
+                verdict_id = (
+                    await conn.execute(
+                        text(
+                            "INSERT INTO anomaly_verdicts (request_id, detectors, status, verdict, confidence) "
+                            "VALUES (:rid, ARRAY['injection_uncertain'], 'judged', 'suspicious', 0.6) RETURNING id"
+                        ),
+                        {"rid": rid},
+                    )
+                ).scalar_one()
                 encoder = await asyncio.to_thread(shared_static_embedder)
                 await confirm_verdict(conn, verdict_id, "attack", actor="ops:e2e", embedder=encoder)
 

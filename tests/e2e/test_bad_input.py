@@ -17,8 +17,9 @@ CHAT = "/openai/v1/chat/completions"
 
 
 def post(stack: Stack, path: str, content: bytes, ctype: str = "application/json", **headers: str) -> httpx.Response:
-    return httpx.post(stack.url + path, content=content, headers={"content-type": ctype, "authorization": "Bearer sk-x", **headers},
-                      timeout=30)
+    return httpx.post(
+        stack.url + path, content=content, headers={"content-type": ctype, "authorization": "Bearer sk-x", **headers}, timeout=30
+    )
 
 
 def test_malformed_json_on_prefix_route_passes_through_untouched_and_is_logged_raw(stack: Stack) -> None:
@@ -66,24 +67,33 @@ def test_ten_megabyte_body_is_forwarded_and_logged_truncated(stack: Stack) -> No
 
 def test_upstream_500_is_retried_then_succeeds(stack: Stack) -> None:
     stack.fake.clear()
-    r = post(stack, CHAT, json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "retry me"}]}).encode(),
-             **{"x-fake-status": "500", "x-fake-fail-times": "1", "x-fake-key": "r500"})
+    r = post(
+        stack,
+        CHAT,
+        json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "retry me"}]}).encode(),
+        **{"x-fake-status": "500", "x-fake-fail-times": "1", "x-fake-key": "r500"},
+    )
     assert r.status_code == 200
     assert len([q for q in stack.fake.requests if q.headers.get("x-fake-key") == "r500"]) == 2
 
 
 def test_upstream_429_honours_retry_after_then_succeeds(stack: Stack) -> None:
     stack.fake.clear()
-    r = post(stack, CHAT, json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "slow down"}]}).encode(),
-             **{"x-fake-status": "429", "x-fake-fail-times": "1", "x-fake-key": "r429", "x-fake-retry-after": "1"})
+    r = post(
+        stack,
+        CHAT,
+        json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "slow down"}]}).encode(),
+        **{"x-fake-status": "429", "x-fake-fail-times": "1", "x-fake-key": "r429", "x-fake-retry-after": "1"},
+    )
     assert r.status_code == 200
     seen = [q for q in stack.fake.requests if q.headers.get("x-fake-key") == "r429"]
     assert len(seen) == 2
 
 
 def test_upstream_persistent_500_reaches_client_and_is_logged(stack: Stack) -> None:
-    client = openai.OpenAI(base_url=stack.url + "/openai/v1", api_key="sk-x", max_retries=0,
-                           default_headers={"x-fake-status": "500"})
+    client = openai.OpenAI(
+        base_url=stack.url + "/openai/v1", api_key="sk-x", max_retries=0, default_headers={"x-fake-status": "500"}
+    )
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "boom"}])
     rec_id = None
@@ -98,8 +108,12 @@ def test_upstream_persistent_500_reaches_client_and_is_logged(stack: Stack) -> N
 
 def test_upstream_timeout_gives_504_and_a_record(stack: Stack) -> None:
     t0 = time.monotonic()
-    r = post(stack, CHAT, json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hang"}]}).encode(),
-             **{"x-fake-delay-ms": "8000"})
+    r = post(
+        stack,
+        CHAT,
+        json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hang"}]}).encode(),
+        **{"x-fake-delay-ms": "8000"},
+    )
     assert r.status_code == 504 and time.monotonic() - t0 < 8
     rec = stack.record(r.headers["x-llmproxy-request-id"])
     assert rec.status == 504

@@ -84,9 +84,20 @@ def vstack(tmp_path_factory, pg_url, fake, claude):
     tmp = tmp_path_factory.mktemp("verdict")
     policy = tmp / "policy.yaml"
     policy.write_text(POLICY)
-    s = start_stack(tmp, pg_url, fake, "--policy-file", str(policy),
-                    env={"ANTHROPIC_API_KEY": "test", "ANTHROPIC_BASE_URL": claude.base_url, "OPENROUTER_API_KEY": "",
-                         "ENABLE_INTELLIGENCE": "on", "ENABLE_ANOMALY_DETECTION": "on"})
+    s = start_stack(
+        tmp,
+        pg_url,
+        fake,
+        "--policy-file",
+        str(policy),
+        env={
+            "ANTHROPIC_API_KEY": "test",
+            "ANTHROPIC_BASE_URL": claude.base_url,
+            "OPENROUTER_API_KEY": "",
+            "ENABLE_INTELLIGENCE": "on",
+            "ENABLE_ANOMALY_DETECTION": "on",
+        },
+    )
     yield s
     assert s.stop() == 0
 
@@ -94,7 +105,8 @@ def vstack(tmp_path_factory, pg_url, fake, claude):
 def chat(stack, text: str, **headers: str):
     client = openai.OpenAI(base_url=stack.url + "/openai/v1", api_key="sk-e2e-verdict", max_retries=0)
     return client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": text}], extra_headers=headers or None)
+        model="gpt-4o-mini", messages=[{"role": "user", "content": text}], extra_headers=headers or None
+    )
 
 
 async def _rows(db_url: str, sql: str, *args, want: int = 1) -> list:
@@ -136,12 +148,17 @@ def test_malicious_verdict_refuses_and_is_recorded(vstack, claude) -> None:
     cv = rec.flags["claude_verdict"]
     assert rec.status == 403 and cv["verdict"] == "malicious" and cv["action"] == "blocked" and cv["outcome"] == "judged"
     row = verdict_row(vstack, rid)
-    assert (row["source"], row["status"], list(row["detectors"]), row["verdict"]) == \
-        ("claude", "judged", ["inline_policy"], "malicious")
+    assert (row["source"], row["status"], list(row["detectors"]), row["verdict"]) == (
+        "claude",
+        "judged",
+        ["inline_policy"],
+        "malicious",
+    )
     assert "override the system prompt" in row["reasoning"] and row["action"] == "blocked"
     assert row["claude_call_id"] is not None
-    events = asyncio.run(_rows(vstack.db_url, "select kind, severity, detail from events where kind = 'block' "
-                                              "and detail->>'request_id' = $1", rid))
+    events = asyncio.run(
+        _rows(vstack.db_url, "select kind, severity, detail from events where kind = 'block' and detail->>'request_id' = $1", rid)
+    )
     assert len(events) == 1 and events[0]["severity"] == "critical"
 
 
@@ -169,8 +186,12 @@ def test_slow_claude_fails_closed_when_declared(vstack) -> None:
     client = anthropic.Anthropic(base_url=vstack.url + "/anthropic", api_key="sk-ant-e2e", max_retries=0)
     started = time.monotonic()
     with pytest.raises(anthropic.APIStatusError) as err:
-        client.messages.create(model="claude-haiku-4-5", max_tokens=10, extra_headers={"x-fail-closed": "1"},
-                               messages=[{"role": "user", "content": f"{BAND} case SLOW"}])
+        client.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=10,
+            extra_headers={"x-fail-closed": "1"},
+            messages=[{"role": "user", "content": f"{BAND} case SLOW"}],
+        )
     assert time.monotonic() - started < TIMEOUT_MS / 1000 + 0.7
     assert err.value.status_code == 503 and err.value.body["type"] == "error"  # Anthropic's error shape
     rid = err.value.response.headers["x-llmproxy-request-id"]

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import time
 import openai
 import pytest
 
-from extproc.cli.stack import StackState, pid_alive
+from intelligence.ops.stack import StackState, pid_alive
 
 from .conftest import LLMPROXY, Stack, free_port, start_stack
 
@@ -23,8 +22,7 @@ pytestmark = pytest.mark.e2e
 
 
 def cli(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([LLMPROXY, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run([LLMPROXY, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def _env_without_db() -> dict:
@@ -32,8 +30,13 @@ def _env_without_db() -> dict:
 
 
 def test_status_healthy_and_json(stack: Stack) -> None:
-    r = subprocess.run([LLMPROXY, "status", "--data-dir", str(stack.data_dir), "--json"], capture_output=True, text=True,
-                       env=_env_without_db(), timeout=30)
+    r = subprocess.run(
+        [LLMPROXY, "status", "--data-dir", str(stack.data_dir), "--json"],
+        capture_output=True,
+        text=True,
+        env=_env_without_db(),
+        timeout=30,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     doc = json.loads(r.stdout)
     assert doc["ok"] and doc["parts"] == {"envoy": True, "sidecar": True, "database": True}
@@ -44,8 +47,11 @@ def test_status_healthy_and_json(stack: Stack) -> None:
 
 
 def test_status_names_the_part_that_is_down(tmp_path) -> None:
-    state = StackState(data_dir=str(tmp_path), database_url="postgresql://nobody@127.0.0.1:1/x",
-                       ports={"gateway": free_port(), "admin": free_port(), "sidecar": free_port()})
+    state = StackState(
+        data_dir=str(tmp_path),
+        database_url="postgresql://nobody@127.0.0.1:1/x",
+        ports={"gateway": free_port(), "admin": free_port(), "sidecar": free_port()},
+    )
     state.save()
     r = cli("status", "--data-dir", str(tmp_path))
     assert r.returncode == 1
@@ -58,13 +64,21 @@ def test_status_without_stack(tmp_path) -> None:
 
 
 def test_export_jsonl_and_csv(stack: Stack) -> None:
-    client = openai.OpenAI(base_url=stack.url + "/openai/v1", api_key="sk-exp", max_retries=0,
-                           default_headers={"x-session-id": "export-session"})
-    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "export me"}])
+    client = openai.OpenAI(
+        base_url=stack.url + "/openai/v1", api_key="sk-exp", max_retries=0, default_headers={"x-session-id": "export-session"}
+    )
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "export me"}]
+    )
     rid = raw.headers["x-llmproxy-request-id"]
     stack.record(rid)
-    r = subprocess.run([LLMPROXY, "export", "requests", "--data-dir", str(stack.data_dir), "--since", "1h"],
-                       capture_output=True, text=True, env=_env_without_db(), timeout=60)
+    r = subprocess.run(
+        [LLMPROXY, "export", "requests", "--data-dir", str(stack.data_dir), "--since", "1h"],
+        capture_output=True,
+        text=True,
+        env=_env_without_db(),
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     row = next(x for x in rows if x["request_id"] == rid)
@@ -73,8 +87,13 @@ def test_export_jsonl_and_csv(stack: Stack) -> None:
     assert row["status"] == 200 and row["model"] == "gpt-4o-mini" and row["provider"] == "openai"
     assert row["session_id"] == "export-session" and row["usage"]["input_tokens"] >= 1
     assert row["latency_ms"] > 0 and "ttft_ms" in row
-    r = subprocess.run([LLMPROXY, "export", "requests", "--data-dir", str(stack.data_dir), "--format", "csv"],
-                       capture_output=True, text=True, env=_env_without_db(), timeout=60)
+    r = subprocess.run(
+        [LLMPROXY, "export", "requests", "--data-dir", str(stack.data_dir), "--format", "csv"],
+        capture_output=True,
+        text=True,
+        env=_env_without_db(),
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     csv.field_size_limit(sys.maxsize)  # bodies are JSON-encoded columns, up to the 1 MiB log cap
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
@@ -85,12 +104,18 @@ def test_tail_prints_live_exchanges_with_tool_modes(stack: Stack) -> None:
     tools = [{"type": "function", "function": {"name": "lookup.city", "parameters": {"type": "object", "properties": {}}}}]
 
     def run_tail(*flags: str) -> str:
-        proc = subprocess.Popen([LLMPROXY, "tail", "--data-dir", str(stack.data_dir), "--count", "1", *flags],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env_without_db())
+        proc = subprocess.Popen(
+            [LLMPROXY, "tail", "--data-dir", str(stack.data_dir), "--count", "1", *flags],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env_without_db(),
+        )
         time.sleep(2.5)  # let it LISTEN
         client = openai.OpenAI(base_url=stack.url + "/openai/v1", api_key="sk-tail", max_retries=0)
-        stream = client.chat.completions.create(model="gpt-4o", tools=tools, stream=True,
-                                                messages=[{"role": "user", "content": "tail this"}])
+        stream = client.chat.completions.create(
+            model="gpt-4o", tools=tools, stream=True, messages=[{"role": "user", "content": "tail this"}]
+        )
         for _ in stream:
             pass
         out, err = proc.communicate(timeout=30)
@@ -114,8 +139,18 @@ def test_port_in_use_is_a_clear_error(tmp_path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         busy = s.getsockname()[1]
-        r = cli("up", "--no-ui", "--data-dir", str(tmp_path), "--port", str(busy), "--admin-port", str(free_port()),
-                "--sidecar-port", str(free_port()))
+        r = cli(
+            "up",
+            "--no-ui",
+            "--data-dir",
+            str(tmp_path),
+            "--port",
+            str(busy),
+            "--admin-port",
+            str(free_port()),
+            "--sidecar-port",
+            str(free_port()),
+        )
     assert r.returncode == 1
     assert f"port {busy} (gateway, --port) is already in use" in r.stderr
     assert "Traceback" not in r.stderr

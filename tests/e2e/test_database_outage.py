@@ -41,7 +41,8 @@ def test_records_survive_a_database_outage(tmp_path, fake) -> None:
             def send(n: int, tag: str) -> None:
                 for i in range(n):
                     raw = client.chat.completions.with_raw_response.create(
-                        model="gpt-4o-mini", messages=[{"role": "user", "content": f"{tag} {i}"}])
+                        model="gpt-4o-mini", messages=[{"role": "user", "content": f"{tag} {i}"}]
+                    )
                     assert raw.parse().choices[0].message.content == f"echo: {tag} {i}"
                     ids.append(raw.headers["x-llmproxy-request-id"])
 

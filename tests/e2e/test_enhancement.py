@@ -14,12 +14,12 @@ import subprocess
 import time
 import uuid
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 from sqlalchemy import text
 
-from extproc.enhance import Applicable, assign_arm
+from intelligence.enhance.live import Applicable, assign_arm
 from intelligence.memory.canonical import canonical_prompt
 from intelligence.store.engine import make_engine
 
@@ -29,13 +29,19 @@ INSTRUCTION = "Always finish the answer; be concise."
 
 
 def _chat(tag: str) -> dict:
-    return {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": f"You help team {tag}."},
-                                                 {"role": "user", "content": f"Summarise ticket {tag} for the weekly report"}]}
+    return {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": f"You help team {tag}."},
+            {"role": "user", "content": f"Summarise ticket {tag} for the weekly report"},
+        ],
+    }
 
 
 def _send(stack: Stack, doc: dict, **headers: str) -> str:
-    r = httpx.post(f"{stack.url}/openai/v1/chat/completions", json=doc, timeout=10,
-                   headers={"authorization": "Bearer sk-test", **headers})
+    r = httpx.post(
+        f"{stack.url}/openai/v1/chat/completions", json=doc, timeout=10, headers={"authorization": "Bearer sk-test", **headers}
+    )
     assert r.status_code == 200, r.text
     return r.headers["x-llmproxy-request-id"]
 
@@ -59,26 +65,49 @@ async def _engine(url: str):
 async def _seed_pattern(url: str, record) -> int:
     """The pattern memory row the worker would write: this canonical prompt belongs to a new pattern."""
     prompt = canonical_prompt(record.prompt_user, record.prompt_system, record.tool_names)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     async with _engine(url) as engine, engine.begin() as conn:
-        pid = (await conn.execute(text("INSERT INTO patterns (first_seen, last_seen, member_count) VALUES (:t, :t, 1) "
-                                       "RETURNING id"), {"t": now})).scalar_one()
-        await conn.execute(text("INSERT INTO exchange_embeddings (request_id, canonical_hash, pattern_id, similarity, created_at) "
-                                "VALUES (:r, :h, :p, 1.0, :t)"), {"r": record.request_id, "h": prompt.hash, "p": pid, "t": now})
+        pid = (
+            await conn.execute(
+                text("INSERT INTO patterns (first_seen, last_seen, member_count) VALUES (:t, :t, 1) RETURNING id"), {"t": now}
+            )
+        ).scalar_one()
+        await conn.execute(
+            text(
+                "INSERT INTO exchange_embeddings (request_id, canonical_hash, pattern_id, similarity, created_at) "
+                "VALUES (:r, :h, :p, 1.0, :t)"
+            ),
+            {"r": record.request_id, "h": prompt.hash, "p": pid, "t": now},
+        )
     return pid
 
 
 async def _add_enhancement(url: str, pattern_id: int, *, experiment: bool) -> tuple[int, int | None]:
     async with _engine(url) as engine, engine.begin() as conn:
-        eid = (await conn.execute(text(
-            "INSERT INTO enhancements (pattern_id, version, kind, spec, status, source) "
-            "VALUES (:p, 1, 'system_prompt', CAST(:s AS jsonb), :st, 'operator') RETURNING id"),
-            {"p": pattern_id, "s": json.dumps({"text": INSTRUCTION, "position": "append"}),
-             "st": "testing" if experiment else "active"})).scalar_one()
+        eid = (
+            await conn.execute(
+                text(
+                    "INSERT INTO enhancements (pattern_id, version, kind, spec, status, source) "
+                    "VALUES (:p, 1, 'system_prompt', CAST(:s AS jsonb), :st, 'operator') RETURNING id"
+                ),
+                {
+                    "p": pattern_id,
+                    "s": json.dumps({"text": INSTRUCTION, "position": "append"}),
+                    "st": "testing" if experiment else "active",
+                },
+            )
+        ).scalar_one()
         xid = None
         if experiment:
-            xid = (await conn.execute(text("INSERT INTO experiments (enhancement_id, pattern_id, control_weight, created_by) "
-                                           "VALUES (:e, :p, 0.5, 'test') RETURNING id"), {"e": eid, "p": pattern_id})).scalar_one()
+            xid = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO experiments (enhancement_id, pattern_id, control_weight, created_by) "
+                        "VALUES (:e, :p, 0.5, 'test') RETURNING id"
+                    ),
+                    {"e": eid, "p": pattern_id},
+                )
+            ).scalar_one()
     return eid, xid
 
 
@@ -135,7 +164,7 @@ def test_experiment_arms_are_deterministic_per_session(stack: Stack) -> None:
         assert _enhanced_record(stack, doc, **{"x-session-id": f"warm-{tag}"}).flags["enhancement"]["experiment"] == xid
         expected = Applicable(xid, eid, "system_prompt", {}, 0.5, "session", "experiment")
         seen: dict[str, set[str]] = {}
-        for round_ in range(2):
+        for _round in range(2):
             for i in range(8):
                 session = f"{tag}-s{i}"
                 rec = stack.record(_send(stack, doc, **{"x-session-id": session}))
@@ -154,13 +183,35 @@ async def test_simulation_promotes_the_helpful_and_rolls_back_the_harmful_candid
     url = await fresh_db_url()  # an empty database of its own; the command migrates it
     env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "OPENROUTER_API_KEY")}
     proc = await asyncio.to_thread(
-        subprocess.run, [LLMPROXY, "simulate", "enhancement", "--json", "--requests-per-phase", "200", "--seed", "7",
-                         "--database-url", url, "--max-seconds", "240"],
-        capture_output=True, text=True, timeout=300, env=env)
+        subprocess.run,
+        [
+            LLMPROXY,
+            "simulate",
+            "enhancement",
+            "--json",
+            "--requests-per-phase",
+            "200",
+            "--seed",
+            "7",
+            "--database-url",
+            url,
+            "--max-seconds",
+            "240",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.stdout.strip(), proc.stderr[-3000:]
     result = json.loads(proc.stdout)
-    for key, kind in (("promoted_helpful", bool), ("rolled_back_harmful", bool), ("requests_to_decide", int),
-                      ("control_success_rate", float), ("variant_success_rate", float)):
+    for key, kind in (
+        ("promoted_helpful", bool),
+        ("rolled_back_harmful", bool),
+        ("requests_to_decide", int),
+        ("control_success_rate", float),
+        ("variant_success_rate", float),
+    ):
         assert isinstance(result[key], kind), (key, result)
     assert result["promoted_helpful"] and result["rolled_back_harmful"], proc.stderr[-3000:]
     assert result["variant_success_rate"] > result["control_success_rate"]

@@ -16,8 +16,8 @@ from typing import Any
 
 import anthropic
 
-from extproc.enhance import Applicable, assign_arm
 from intelligence.enhance import manage
+from intelligence.enhance.live import Applicable, assign_arm
 
 from .conftest import Stack, body_json
 from .test_enhancement import _engine, _retire, _seed_pattern
@@ -32,9 +32,13 @@ def _client(stack: Stack) -> anthropic.Anthropic:
 
 def _send(stack: Stack, tag: str, *, system: Any = None, stream: bool = False, **headers: str) -> str:
     """One request as an application would send it; returns the gateway's request id."""
-    kwargs: dict[str, Any] = dict(model=MODEL, max_tokens=64, extra_headers=headers,
-                                  system=system if system is not None else f"You help team {tag}.",
-                                  messages=[{"role": "user", "content": f"Summarise ticket {tag} for the weekly report"}])
+    kwargs: dict[str, Any] = dict(
+        model=MODEL,
+        max_tokens=64,
+        extra_headers=headers,
+        system=system if system is not None else f"You help team {tag}.",
+        messages=[{"role": "user", "content": f"Summarise ticket {tag} for the weekly report"}],
+    )
     client = _client(stack)
     if stream:
         with client.messages.with_streaming_response.create(stream=True, **kwargs) as resp:
@@ -57,8 +61,15 @@ def _upstream_saw(stack: Stack, tag: str) -> Any:
 
 async def _start_experiment(url: str, pattern_id: int) -> tuple[int, int]:
     async with _engine(url) as engine, engine.begin() as conn:
-        eid = await manage.create_enhancement(conn, pattern_id, "system_prompt", {"text": INSTRUCTION, "position": "append"},
-                                              "e2e: anthropic format", "operator", actor="e2e")
+        eid = await manage.create_enhancement(
+            conn,
+            pattern_id,
+            "system_prompt",
+            {"text": INSTRUCTION, "position": "append"},
+            "e2e: anthropic format",
+            "operator",
+            actor="e2e",
+        )
         xid = await manage.start_experiment(conn, eid, actor="e2e", control_weight=0.5, assign_by="session")
     return eid, xid
 

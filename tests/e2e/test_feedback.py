@@ -26,8 +26,9 @@ async def _feedback_rows(db_url: str, request_id: str) -> list:
 
 
 def test_feedback_is_stored_and_validated(stack: Stack) -> None:
-    raw = openai.OpenAI(base_url=stack.url + "/openai/v1", api_key="sk-fb", max_retries=0).chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "rate me"}])
+    raw = openai.OpenAI(
+        base_url=stack.url + "/openai/v1", api_key="sk-fb", max_retries=0
+    ).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "rate me"}])
     rid = raw.headers["x-llmproxy-request-id"]
     r = httpx.post(stack.url + "/v1/feedback", json={"request_id": rid, "thumbs": "down", "comment": "wrong answer"})
     assert r.status_code == 202 and r.json()["ok"] is True
@@ -36,4 +37,7 @@ def test_feedback_is_stored_and_validated(stack: Stack) -> None:
     bad = httpx.post(stack.url + "/v1/feedback", json={"request_id": rid, "score": 7})
     assert bad.status_code == 400 and "score" in bad.json()["error"]["message"]
     assert httpx.get(stack.url + "/v1/feedback").status_code == 405
-    assert httpx.post(stack.url + "/v1/feedback", content=b"not json", headers={"content-type": "application/json"}).status_code == 400
+    assert (
+        httpx.post(stack.url + "/v1/feedback", content=b"not json", headers={"content-type": "application/json"}).status_code
+        == 400
+    )

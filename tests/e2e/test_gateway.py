@@ -15,8 +15,14 @@ from .conftest import Stack, body_json, last_request
 pytestmark = pytest.mark.e2e
 
 MCP_TOOLS = [
-    {"type": "function", "function": {"name": "github.search/issues", "description": "search issues",
-                                      "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}},
+    {
+        "type": "function",
+        "function": {
+            "name": "github.search/issues",
+            "description": "search issues",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    },
     {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}},
 ]
 
@@ -27,7 +33,8 @@ def oai(stack: Stack, prefix: str = "/openai/v1", **kw) -> openai.OpenAI:
 
 def test_openai_chat_non_streaming_prefix_route(stack: Stack) -> None:
     raw = oai(stack).chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}])
+        model="gpt-4o-mini", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+    )
     completion = raw.parse()
     assert completion.choices[0].message.content == "echo: hello there"
     rid = raw.headers["x-llmproxy-request-id"]
@@ -48,8 +55,11 @@ def test_openai_chat_non_streaming_prefix_route(stack: Stack) -> None:
 def test_openai_streaming_keeps_deltas_and_reassembles(stack: Stack) -> None:
     client = oai(stack)
     with client.chat.completions.with_streaming_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "stream me a few words please"}], stream=True,
-        stream_options={"include_usage": True}) as resp:
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "stream me a few words please"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    ) as resp:
         rid = resp.headers["x-llmproxy-request-id"]
         pieces = [c.choices[0].delta.content or "" for c in resp.parse() if c.choices]
     assert len([p for p in pieces if p]) > 1  # really streamed, not one buffered blob
@@ -63,13 +73,15 @@ def test_openai_streaming_keeps_deltas_and_reassembles(stack: Stack) -> None:
 
 def test_tool_names_aliased_upstream_restored_for_client_non_streaming(stack: Stack) -> None:
     raw = oai(stack).chat.completions.with_raw_response.create(
-        model="gpt-4o", tools=MCP_TOOLS, messages=[{"role": "user", "content": "please call tool now"}])
+        model="gpt-4o", tools=MCP_TOOLS, messages=[{"role": "user", "content": "please call tool now"}]
+    )
     msg = raw.parse().choices[0].message
     assert msg.tool_calls[0].function.name == "github.search/issues"
     up = last_request(stack.fake, "/v1/chat/completions").json
     upstream_names = [t["function"]["name"] for t in up["tools"]]
     assert upstream_names[0] != "github.search/issues" and upstream_names[1] == "get_weather"
     import re
+
     assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", n) for n in upstream_names)
     rec = stack.record(raw.headers["x-llmproxy-request-id"])
     assert rec.tool_aliases == {upstream_names[0]: "github.search/issues"}
@@ -80,8 +92,9 @@ def test_tool_names_aliased_upstream_restored_for_client_non_streaming(stack: St
 
 def test_tool_names_restored_in_stream_split_into_tiny_chunks(stack: Stack) -> None:
     client = oai(stack, default_headers={"x-fake-chunk-bytes": "7"})
-    stream = client.chat.completions.create(model="gpt-4o", tools=MCP_TOOLS, stream=True,
-                                            messages=[{"role": "user", "content": "call tool with split chunks"}])
+    stream = client.chat.completions.create(
+        model="gpt-4o", tools=MCP_TOOLS, stream=True, messages=[{"role": "user", "content": "call tool with split chunks"}]
+    )
     names, args = [], ""
     for chunk in stream:
         for tc in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
@@ -96,7 +109,9 @@ def test_tool_names_restored_in_stream_split_into_tiny_chunks(stack: Stack) -> N
 def test_unified_route_picks_provider_from_model(stack: Stack) -> None:
     client = oai(stack, prefix="/v1")
     r1 = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "a"}])
-    r2 = client.chat.completions.with_raw_response.create(model="meta-llama/llama-3-8b", messages=[{"role": "user", "content": "b"}])
+    r2 = client.chat.completions.with_raw_response.create(
+        model="meta-llama/llama-3-8b", messages=[{"role": "user", "content": "b"}]
+    )
     assert r1.parse().choices[0].message.content == "echo: a"
     assert r2.parse().choices[0].message.content == "echo: b"
     assert stack.record(r1.headers["x-llmproxy-request-id"]).provider == "openai"
@@ -114,14 +129,22 @@ def test_unknown_model_gets_400_naming_it(stack: Stack) -> None:
 def test_client_cannot_choose_route_header(stack: Stack) -> None:
     with pytest.raises(openai.BadRequestError):
         oai(stack, prefix="/v1", default_headers={"x-llmproxy-provider": "openai"}).chat.completions.create(
-            model="mystery-model-9", messages=[{"role": "user", "content": "x"}])
+            model="mystery-model-9", messages=[{"role": "user", "content": "x"}]
+        )
 
 
 def test_anthropic_messages_stream_with_tools(stack: Stack) -> None:
     client = anthropic.Anthropic(base_url=stack.url + "/anthropic", api_key="sk-ant-client", max_retries=0)
-    tools = [{"name": "fs:read file", "description": "read", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}]
-    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=100, tools=tools,
-                                messages=[{"role": "user", "content": "call tool to read"}]) as s:
+    tools = [
+        {
+            "name": "fs:read file",
+            "description": "read",
+            "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}},
+        }
+    ]
+    with client.messages.stream(
+        model="claude-sonnet-4-5", max_tokens=100, tools=tools, messages=[{"role": "user", "content": "call tool to read"}]
+    ) as s:
         final = s.get_final_message()
     block = [b for b in final.content if b.type == "tool_use"][0]
     assert block.name == "fs:read file" and block.input == {"q": "call tool to read"}
@@ -133,8 +156,9 @@ def test_anthropic_messages_stream_with_tools(stack: Stack) -> None:
 
 def test_anthropic_unified_messages_non_streaming(stack: Stack) -> None:
     client = anthropic.Anthropic(base_url=stack.url, api_key="sk-ant-client", max_retries=0)
-    raw = client.messages.with_raw_response.create(model="claude-haiku-4-5", max_tokens=50, system="sys",
-                                                   messages=[{"role": "user", "content": "hi claude"}])
+    raw = client.messages.with_raw_response.create(
+        model="claude-haiku-4-5", max_tokens=50, system="sys", messages=[{"role": "user", "content": "hi claude"}]
+    )
     assert raw.parse().content[0].text == "echo: hi claude"
     rec = stack.record(raw.headers["x-llmproxy-request-id"])
     assert rec.provider == "anthropic" and rec.api == "messages" and rec.finish_reason == "end_turn"
@@ -176,7 +200,11 @@ def test_tool_namespace_header_separates_clients_upstream(stack: Stack) -> None:
     seen = {}
     for ns in ("team-a", "team-b"):
         c = oai(stack, default_headers={"x-tool-namespace": ns})
-        msg = c.chat.completions.create(model="gpt-4o", tools=tools, messages=[{"role": "user", "content": "call tool"}]).choices[0].message
+        msg = (
+            c.chat.completions.create(model="gpt-4o", tools=tools, messages=[{"role": "user", "content": "call tool"}])
+            .choices[0]
+            .message
+        )
         assert msg.tool_calls[0].function.name == "search"
         seen[ns] = last_request(stack.fake, "/v1/chat/completions").json["tools"][0]["function"]["name"]
     assert seen["team-a"] != seen["team-b"] and all(v != "search" for v in seen.values())

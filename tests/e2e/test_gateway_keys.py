@@ -18,16 +18,27 @@ pytestmark = pytest.mark.e2e
 
 
 def keys_cli(db_url: str, *args: str) -> dict:
-    r = subprocess.run([LLMPROXY, "keys", *args, "--json"], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "DATABASE_URL": db_url})
+    r = subprocess.run(
+        [LLMPROXY, "keys", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DATABASE_URL": db_url},
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
 
 @pytest.fixture(scope="module")
 def keyed_stack(tmp_path_factory, pg_url, fake):
-    s = start_stack(tmp_path_factory.mktemp("keyed"), pg_url, fake, "--auth", "required",
-                    env={"LLMPROXY_OPENAI_API_KEY": "sk-operator-openai", "LLMPROXY_ANTHROPIC_API_KEY": "sk-ant-operator"})
+    s = start_stack(
+        tmp_path_factory.mktemp("keyed"),
+        pg_url,
+        fake,
+        "--auth",
+        "required",
+        env={"LLMPROXY_OPENAI_API_KEY": "sk-operator-openai", "LLMPROXY_ANTHROPIC_API_KEY": "sk-ant-operator"},
+    )
     yield s
     assert s.stop() == 0
 
@@ -70,16 +81,24 @@ def test_required_keys_end_to_end(keyed_stack) -> None:
     keys_cli(stack.db_url, "revoke", created["id"])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        r = httpx.post(stack.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                       json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "again"}]})
+        r = httpx.post(
+            stack.url + "/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "again"}]},
+        )
         if r.status_code == 401:
             break
         time.sleep(0.2)
     assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
 
     # every key event is on the audit chain, and the chain verifies
-    v = subprocess.run([LLMPROXY, "audit", "verify", "--json"], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "DATABASE_URL": stack.db_url})
+    v = subprocess.run(
+        [LLMPROXY, "audit", "verify", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DATABASE_URL": stack.db_url},
+    )
     assert v.returncode == 0, v.stdout + v.stderr
 
 
@@ -102,20 +121,37 @@ def test_policy_quarantines_a_key_and_it_stays_refused(tmp_path_factory, pg_url,
     tmp = tmp_path_factory.mktemp("quarantine")
     policy = tmp / "policy.yaml"
     policy.write_text(QUARANTINE_POLICY)
-    stack = start_stack(tmp, pg_url, fake, "--auth", "required", "--policy-file", str(policy),
-                        env={"LLMPROXY_OPENAI_API_KEY": "sk-operator-openai"})
+    stack = start_stack(
+        tmp,
+        pg_url,
+        fake,
+        "--auth",
+        "required",
+        "--policy-file",
+        str(policy),
+        env={"LLMPROXY_OPENAI_API_KEY": "sk-operator-openai"},
+    )
     try:
         key = keys_cli(stack.db_url, "create", "--name", "tripwire-victim")["key"]
-        ok = httpx.post(stack.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "fine"}]})
+        ok = httpx.post(
+            stack.url + "/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}"},
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "fine"}]},
+        )
         assert ok.status_code == 200
-        trip = httpx.post(stack.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}", "x-canary-tripwire": "1"},
-                          json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})
+        trip = httpx.post(
+            stack.url + "/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}", "x-canary-tripwire": "1"},
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]},
+        )
         assert trip.status_code == 403 and trip.json()["error"]["code"] == "tripwire"
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            r = httpx.post(stack.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                           json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "again"}]})
+            r = httpx.post(
+                stack.url + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "again"}]},
+            )
             if r.status_code == 403:
                 break
             time.sleep(0.2)

@@ -11,8 +11,8 @@ import time
 import httpx
 import pytest
 
-from extproc.cli.stack import StackState
 from intelligence.control.client import ControlClient
+from intelligence.ops.stack import StackState
 
 from .conftest import LLMPROXY, start_stack
 
@@ -34,7 +34,7 @@ async def test_up_runs_jobs_and_control_api(tmp_path, fresh_db_url, fake) -> Non
                 break
             except Exception:
                 if time.monotonic() > deadline:
-                    raise AssertionError(s.log_text("intelligence"))
+                    raise AssertionError(s.log_text("intelligence")) from None
                 time.sleep(0.3)
         assert (me.subject, me.role) == ("local", "admin")  # no SECRET_KEY: the loopback operator
 
@@ -54,15 +54,24 @@ async def test_up_runs_jobs_and_control_api(tmp_path, fresh_db_url, fake) -> Non
         reader = threading.Thread(target=consume, daemon=True)
         reader.start()
         time.sleep(0.5)
-        r = httpx.post(f"{s.url}/openai/v1/chat/completions", headers={"authorization": "Bearer sk-test"},
-                       json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}, timeout=10)
+        r = httpx.post(
+            f"{s.url}/openai/v1/chat/completions",
+            headers={"authorization": "Bearer sk-test"},
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]},
+            timeout=10,
+        )
         assert r.status_code == 200
         reader.join(10)
         call.cancel()
         assert seen == [r.headers["x-llmproxy-request-id"]]
 
-        out = subprocess.run([LLMPROXY, "status", "--data-dir", str(s.data_dir), "--json"], capture_output=True, text=True,
-                             timeout=30, env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"})
+        out = subprocess.run(
+            [LLMPROXY, "status", "--data-dir", str(s.data_dir), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+        )
         doc = json.loads(out.stdout)
         assert doc["parts"]["intelligence"] is True and doc["ok"]
         assert doc["intelligence_detail"]["mode"] == "local-only"

@@ -14,8 +14,10 @@ pytestmark = pytest.mark.e2e
 
 def test_target_url_forwarded_to_allowlisted_host(stack: Stack) -> None:
     target = quote(f"{stack.fake.base_url}/v1/chat/completions?trace=1", safe="")
-    r = httpx.post(f"{stack.url}/?target_url={target}",
-                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "legacy hello"}]})
+    r = httpx.post(
+        f"{stack.url}/?target_url={target}",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "legacy hello"}]},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "echo: legacy hello"
     up = last_request(stack.fake, "/v1/chat/completions")
@@ -26,9 +28,12 @@ def test_target_url_forwarded_to_allowlisted_host(stack: Stack) -> None:
 
 def test_target_url_ollama_ndjson_stream_is_merged(stack: Stack) -> None:
     target = quote(f"{stack.fake.base_url}/api/chat", safe="")
-    with httpx.stream("POST", f"{stack.url}/?target_url={target}",
-                      json={"model": "llama3", "messages": [{"role": "user", "content": "ndjson please"}], "stream": True},
-                      headers={"x-fake-chunk-bytes": "5"}) as r:
+    with httpx.stream(
+        "POST",
+        f"{stack.url}/?target_url={target}",
+        json={"model": "llama3", "messages": [{"role": "user", "content": "ndjson please"}], "stream": True},
+        headers={"x-fake-chunk-bytes": "5"},
+    ) as r:
         lines = [line for line in r.iter_lines() if line]
         rid = r.headers["x-llmproxy-request-id"]
     assert len(lines) > 2  # the client still gets the stream line by line

@@ -15,12 +15,21 @@ from .conftest import start_stack
 pytestmark = pytest.mark.e2e
 
 FAMILIES = {
-    "weather": ["What is the weather forecast for {} tomorrow?", "Will it rain in {} this weekend?",
-                "How hot will it be in {} on Friday?"],
-    "sql": ["Write a SQL query that counts orders per {} in the orders table.",
-            "Write SQL to find the top 5 {} by total revenue.", "Give me a SQL query joining users and {} tables."],
-    "translate": ["Translate into {}: good morning, how are you?", "Translate into {}: thank you very much.",
-                  "Translate into {}: the train leaves at noon."],
+    "weather": [
+        "What is the weather forecast for {} tomorrow?",
+        "Will it rain in {} this weekend?",
+        "How hot will it be in {} on Friday?",
+    ],
+    "sql": [
+        "Write a SQL query that counts orders per {} in the orders table.",
+        "Write SQL to find the top 5 {} by total revenue.",
+        "Give me a SQL query joining users and {} tables.",
+    ],
+    "translate": [
+        "Translate into {}: good morning, how are you?",
+        "Translate into {}: thank you very much.",
+        "Translate into {}: the train leaves at noon.",
+    ],
 }
 FILL = {"weather": ["Paris", "Tokyo"], "sql": ["customer", "products"], "translate": ["German", "Japanese"]}
 
@@ -63,7 +72,8 @@ async def test_three_families_through_the_gateway_become_three_patterns(tmp_path
             for fam, templates in FAMILIES.items():
                 for t in templates:
                     raw = await client.chat.completions.with_raw_response.create(
-                        model="gpt-4o-mini", messages=[{"role": "user", "content": t.format(FILL[fam][i])}])
+                        model="gpt-4o-mini", messages=[{"role": "user", "content": t.format(FILL[fam][i])}]
+                    )
                     ids[fam].append(raw.headers["x-llmproxy-request-id"])
         all_ids = [r for v in ids.values() for r in v]
         deadline = time.monotonic() + 120  # the worker loads the model first

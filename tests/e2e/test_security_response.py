@@ -61,7 +61,7 @@ class Hook(BaseHTTPRequestHandler):
     received: list[tuple[dict, bytes, int]] = []
     fail_first = 1
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         status = 503 if len(Hook.received) < Hook.fail_first else 200
         Hook.received.append(({k.lower(): v for k, v in self.headers.items()}, body, status))
@@ -88,17 +88,34 @@ def rstack(tmp_path_factory, pg_url, fake, hook):
     tmp = tmp_path_factory.mktemp("respsec")
     policy = tmp / "policy.yaml"
     policy.write_text(POLICY)
-    s = start_stack(tmp, pg_url, fake, "--auth", "required", "--policy-file", str(policy),
-                    env={"LLMPROXY_OPENAI_API_KEY": "sk-operator-openai", "LLMPROXY_ANTHROPIC_API_KEY": "sk-ant-operator",
-                         "LLMPROXY_OPENROUTER_API_KEY": "sk-operator-openrouter",
-                         "LLMPROXY_ALERT_WEBHOOK_URL": hook, "LLMPROXY_ALERT_WEBHOOK_SECRET": SECRET})
+    s = start_stack(
+        tmp,
+        pg_url,
+        fake,
+        "--auth",
+        "required",
+        "--policy-file",
+        str(policy),
+        env={
+            "LLMPROXY_OPENAI_API_KEY": "sk-operator-openai",
+            "LLMPROXY_ANTHROPIC_API_KEY": "sk-ant-operator",
+            "LLMPROXY_OPENROUTER_API_KEY": "sk-operator-openrouter",
+            "LLMPROXY_ALERT_WEBHOOK_URL": hook,
+            "LLMPROXY_ALERT_WEBHOOK_SECRET": SECRET,
+        },
+    )
     yield s
     assert s.stop() == 0
 
 
 def keys_cli(db_url: str, *args: str) -> dict:
-    r = subprocess.run([LLMPROXY, "keys", *args, "--json"], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "DATABASE_URL": db_url})
+    r = subprocess.run(
+        [LLMPROXY, "keys", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DATABASE_URL": db_url},
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -109,11 +126,16 @@ def key(rstack) -> str:
 
 
 def assert_log_redacted(rec, *values: str) -> None:
-    stored = json.dumps([rec.request_client.json if rec.request_client else None,
-                         rec.request_forwarded.json if rec.request_forwarded else None,
-                         rec.response_upstream.json if rec.response_upstream else None,
-                         rec.response_upstream.text if rec.response_upstream else None,
-                         rec.response_client.json if rec.response_client else None, rec.prompt_user])
+    stored = json.dumps(
+        [
+            rec.request_client.json if rec.request_client else None,
+            rec.request_forwarded.json if rec.request_forwarded else None,
+            rec.response_upstream.json if rec.response_upstream else None,
+            rec.response_upstream.text if rec.response_upstream else None,
+            rec.response_client.json if rec.response_client else None,
+            rec.prompt_user,
+        ]
+    )
     for v in values:
         assert v not in stored
 
@@ -121,7 +143,8 @@ def assert_log_redacted(rec, *values: str) -> None:
 def test_openai_json_restored_for_client_only(rstack, key) -> None:
     client = openai.OpenAI(base_url=rstack.url + "/openai/v1", api_key=key, max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": f"please write to {EMAIL} today"}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": f"please write to {EMAIL} today"}]
+    )
     assert raw.parse().choices[0].message.content == f"echo: please write to {EMAIL} today"
     up = last_request(rstack.fake, "/v1/chat/completions").body.decode()
     assert EMAIL not in up and "<EMAIL_1>" in up
@@ -133,16 +156,24 @@ def test_openai_json_restored_for_client_only(rstack, key) -> None:
 
 def test_openai_stream_restored_across_small_chunks(rstack, key) -> None:
     client = openai.OpenAI(base_url=rstack.url + "/openai/v1", api_key=key, max_retries=0)
-    stream = client.chat.completions.create(model="gpt-4o-mini", stream=True, extra_headers={"x-fake-chunk-bytes": "7"},
-                                            messages=[{"role": "user", "content": f"mail {EMAIL} and {EMAIL} again"}])
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        stream=True,
+        extra_headers={"x-fake-chunk-bytes": "7"},
+        messages=[{"role": "user", "content": f"mail {EMAIL} and {EMAIL} again"}],
+    )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text == f"echo: mail {EMAIL} and {EMAIL} again"
 
 
 def test_anthropic_stream_restored(rstack, key) -> None:
     client = anthropic.Anthropic(base_url=rstack.url + "/anthropic", api_key=key, max_retries=0)
-    with client.messages.stream(model="claude-haiku-4-5", max_tokens=50, extra_headers={"x-fake-chunk-bytes": "5"},
-                                messages=[{"role": "user", "content": f"contact {EMAIL}"}]) as s:
+    with client.messages.stream(
+        model="claude-haiku-4-5",
+        max_tokens=50,
+        extra_headers={"x-fake-chunk-bytes": "5"},
+        messages=[{"role": "user", "content": f"contact {EMAIL}"}],
+    ) as s:
         text = "".join(s.text_stream)
         rid = s.response.headers["x-llmproxy-request-id"]
     assert text == f"echo: contact {EMAIL}"
@@ -152,8 +183,12 @@ def test_anthropic_stream_restored(rstack, key) -> None:
 
 def test_model_produced_secret_masked_and_fields_stripped(rstack, key) -> None:
     headers = {"x-scrub": "1", "x-fake-reply": f"your token is {GH_TOKEN} ok"}
-    r = httpx.post(rstack.url + "/openai/v1/chat/completions", headers={"authorization": f"Bearer {key}", **headers},
-                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "token?"}]}, timeout=30)
+    r = httpx.post(
+        rstack.url + "/openai/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}", **headers},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "token?"}]},
+        timeout=30,
+    )
     assert r.status_code == 200
     doc = r.json()
     content = doc["choices"][0]["message"]["content"]
@@ -163,9 +198,12 @@ def test_model_produced_secret_masked_and_fields_stripped(rstack, key) -> None:
     assert any("system_fingerprint" in e for e in rec.flags["response_policy"]["edits"])
 
     client = openai.OpenAI(base_url=rstack.url + "/openai/v1", api_key=key, max_retries=0)
-    stream = client.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                            extra_headers={**headers, "x-fake-chunk-bytes": "9"},
-                                            messages=[{"role": "user", "content": "token?"}])
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        stream=True,
+        extra_headers={**headers, "x-fake-chunk-bytes": "9"},
+        messages=[{"role": "user", "content": "token?"}],
+    )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert GH_TOKEN not in text and text.startswith("your token is <") and text.endswith("> ok")
 
@@ -174,8 +212,9 @@ def test_alert_reaches_feed_and_webhook_and_release_lifts_quarantine(rstack) -> 
     victim = keys_cli(rstack.db_url, "create", "--name", "tripper")
     client = openai.OpenAI(base_url=rstack.url + "/openai/v1", api_key=victim["key"], max_retries=0)
     with pytest.raises(openai.PermissionDeniedError):
-        client.chat.completions.create(model="gpt-4o-mini", extra_headers={"x-trip": "1"},
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model="gpt-4o-mini", extra_headers={"x-trip": "1"}, messages=[{"role": "user", "content": "hi"}]
+        )
     events = asyncio.run(_events(rstack.db_url, victim["id"], {"block", "quarantine"}))
     assert {e["kind"] for e in events} == {"block", "quarantine"}
     # the key is refused on every replica once the quarantine lands
@@ -237,8 +276,9 @@ async def _events(db_url: str, subject: str, kinds: set[str]) -> list[dict]:
 
 def test_policy_route_sends_to_another_provider_with_its_credential(rstack, key) -> None:
     client = openai.OpenAI(base_url=rstack.url + "/v1", api_key=key, max_retries=0)
-    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", extra_headers={"x-cheap": "1"},
-                                                           messages=[{"role": "user", "content": "route me"}])
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", extra_headers={"x-cheap": "1"}, messages=[{"role": "user", "content": "route me"}]
+    )
     assert raw.parse().choices[0].message.content == "echo: route me"
     up = last_request(rstack.fake, "/chat/completions")
     assert up.path.startswith("/api/v1/") and up.headers["authorization"] == "Bearer sk-operator-openrouter"
@@ -248,8 +288,9 @@ def test_policy_route_sends_to_another_provider_with_its_credential(rstack, key)
 
 def test_responses_api_stream_restored(rstack, key) -> None:
     client = openai.OpenAI(base_url=rstack.url + "/openai/v1", api_key=key, max_retries=0)
-    stream = client.responses.create(model="gpt-4o-mini", input=f"note {EMAIL} down", stream=True,
-                                     extra_headers={"x-fake-chunk-bytes": "11"})
+    stream = client.responses.create(
+        model="gpt-4o-mini", input=f"note {EMAIL} down", stream=True, extra_headers={"x-fake-chunk-bytes": "11"}
+    )
     deltas, final = [], None
     for event in stream:
         if event.type == "response.output_text.delta":
@@ -263,9 +304,12 @@ def test_responses_api_stream_restored(rstack, key) -> None:
 
 
 def test_response_rule_withholds_a_buffered_response(rstack, key) -> None:
-    r = httpx.post(rstack.url + "/openai/v1/chat/completions",
-                   headers={"authorization": f"Bearer {key}", "x-withhold": "1", "x-fake-reply": f"here: {GH_TOKEN}"},
-                   json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "token?"}]}, timeout=30)
+    r = httpx.post(
+        rstack.url + "/openai/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}", "x-withhold": "1", "x-fake-reply": f"here: {GH_TOKEN}"},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "token?"}]},
+        timeout=30,
+    )
     assert r.status_code == 502 and r.json()["error"]["code"] == "response_withheld"
     assert GH_TOKEN not in r.text
     rec = rstack.record(r.headers["x-llmproxy-request-id"])

@@ -57,8 +57,13 @@ PHASE_SECONDS = 2 * LOAD_SECONDS + 6
 
 
 def keys_cli(db_url: str, *args: str) -> dict:
-    r = subprocess.run([LLMPROXY, "keys", *args, "--json"], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "DATABASE_URL": db_url})
+    r = subprocess.run(
+        [LLMPROXY, "keys", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DATABASE_URL": db_url},
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -94,9 +99,18 @@ def replicas(tmp_path_factory, pg_server_url, fake) -> Iterator[list[Stack]]:
         for i in range(REPLICAS):
             replica_dir = tmp / f"r{i}"
             replica_dir.mkdir()
-            stacks.append(start_stack(replica_dir, db_url, fake,
-                                      "--auth", "required", "--policy-file", str(policy),
-                                      env={"LLMPROXY_OPENAI_API_KEY": "sk-operator-openai"}))
+            stacks.append(
+                start_stack(
+                    replica_dir,
+                    db_url,
+                    fake,
+                    "--auth",
+                    "required",
+                    "--policy-file",
+                    str(policy),
+                    env={"LLMPROXY_OPENAI_API_KEY": "sk-operator-openai"},
+                )
+            )
         _wait_for_replica_count(db_url, REPLICAS)
         yield stacks
     finally:
@@ -108,6 +122,7 @@ def replicas(tmp_path_factory, pg_server_url, fake) -> Iterator[list[Stack]]:
 def _wait_for_replica_count(db_url: str, n: int, timeout: float = 10.0) -> None:
     """Wait until both sidecars beat into replica_heartbeats: until a replica has counted the other it
     computes its shares for N = 1 (all that is left), which is not the situation under test."""
+
     async def live() -> int:
         conn = await asyncpg.connect(asyncpg_dsn(db_url))
         try:
@@ -135,8 +150,11 @@ class Outcome:
 
 def _call(client: httpx.Client, replica: int, key: str, text: str) -> Outcome:
     sent = time.time()
-    r = client.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                    json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]})
+    r = client.post(
+        "/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]},
+    )
     done = time.time()
     code = None
     if r.status_code != 200:
@@ -233,9 +251,11 @@ def _seconds_to_reach(outcomes: list[Outcome], limit: int) -> float | None:
 
 def _report(what: str, outcomes: list[Outcome], admitted: Counter, limit: int, elapsed: float) -> None:
     reached = _seconds_to_reach(outcomes, limit)
-    print(f"\n{what}: offered {len(outcomes)} in {elapsed:.1f}s, admitted {sum(admitted.values())} "
-          f"(per replica {dict(sorted(admitted.items()))}), limit reached after "
-          f"{'never' if reached is None else f'{reached:.1f}s'}")
+    print(
+        f"\n{what}: offered {len(outcomes)} in {elapsed:.1f}s, admitted {sum(admitted.values())} "
+        f"(per replica {dict(sorted(admitted.items()))}), limit reached after "
+        f"{'never' if reached is None else f'{reached:.1f}s'}"
+    )
 
 
 def test_key_rpm_budget_is_shared_by_two_replicas(replicas) -> None:
@@ -256,9 +276,13 @@ def test_revoked_key_is_refused_by_both_replicas(replicas) -> None:
     created = keys_cli(replicas[0].db_url, "create", "--name", "to-revoke")
     key = created["key"]
     with httpx.Client(timeout=10) as client:
+
         def status(stack: Stack) -> httpx.Response:
-            return client.post(stack.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                               json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+            return client.post(
+                stack.url + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            )
 
         # both replicas must have loaded the new key before the revocation means anything
         deadline = time.monotonic() + 10
@@ -279,5 +303,7 @@ def test_revoked_key_is_refused_by_both_replicas(replicas) -> None:
                     refused_after[i] = time.monotonic() - revoked_at
             time.sleep(0.1)
     assert sorted(refused_after) == list(range(REPLICAS)), f"refused only by {refused_after} within 10 s"
-    print(f"\nrevocation (CLI took {revoked_at - asked_at:.2f}s) refused by the replicas "
-          f"{', '.join(f'{t:.2f}s' for _, t in sorted(refused_after.items()))} after it returned")
+    print(
+        f"\nrevocation (CLI took {revoked_at - asked_at:.2f}s) refused by the replicas "
+        f"{', '.join(f'{t:.2f}s' for _, t in sorted(refused_after.items()))} after it returned"
+    )

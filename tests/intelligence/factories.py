@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from intelligence.records import Body, ExchangeRecord, Usage
 
-_BASE = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+_BASE = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 _seq = itertools.count()
 
 
@@ -18,8 +18,10 @@ def make_record(**overrides: Any) -> ExchangeRecord:
     n = next(_seq)
     started = overrides.pop("started_at", _BASE + timedelta(seconds=n))
     request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"question {n}"}]}
-    response = {"id": f"chatcmpl-{n}", "choices": [{"message": {"role": "assistant", "content": "answer"},
-                                                     "finish_reason": "stop"}]}
+    response = {
+        "id": f"chatcmpl-{n}",
+        "choices": [{"message": {"role": "assistant", "content": "answer"}, "finish_reason": "stop"}],
+    }
     fields: dict[str, Any] = dict(
         request_id=f"req-{uuid.uuid4().hex}",
         started_at=started,

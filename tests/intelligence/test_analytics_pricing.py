@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pytest
 
@@ -27,19 +27,20 @@ def test_missing_or_negative_counts_price_as_nothing() -> None:
 def test_costs_use_each_rate() -> None:
     table = load_prices()
     # gpt-4o: 800 * 2.50 + 200 * 1.25 + 500 * 10 = 7250 per million
-    assert table.cost("gpt-4o", "chat", input_tokens=1000, output_tokens=500, cached_tokens=200,
-                      on=date(2025, 9, 1)) == pytest.approx(0.00725)
+    assert table.cost(
+        "gpt-4o", "chat", input_tokens=1000, output_tokens=500, cached_tokens=200, on=date(2025, 9, 1)
+    ) == pytest.approx(0.00725)
     # claude-sonnet-4-5 via Messages: 2000 * 3 + 1000 * 0.30 + 100 * 15 = 7800 per million
-    assert table.cost("claude-sonnet-4-5", "messages", input_tokens=2000, output_tokens=100, cached_tokens=1000,
-                      on=date(2025, 11, 1)) == pytest.approx(0.0078)
+    assert table.cost(
+        "claude-sonnet-4-5", "messages", input_tokens=2000, output_tokens=100, cached_tokens=1000, on=date(2025, 11, 1)
+    ) == pytest.approx(0.0078)
     # o4-mini: reasoning tokens are output tokens, billed at the output rate
     with_reasoning = table.cost("o4-mini", "chat", input_tokens=0, output_tokens=1000, reasoning_tokens=800)
     assert with_reasoning == pytest.approx(1000 * 4.40 / 1e6)
 
 
 def test_reasoning_price_can_differ_from_output() -> None:
-    table = parse_table({"as_of": "2025-01-01", "models": [
-        {"model": "thinker", "input": 1, "output": 2, "reasoning": 10}]})
+    table = parse_table({"as_of": "2025-01-01", "models": [{"model": "thinker", "input": 1, "output": 2, "reasoning": 10}]})
     assert table.cost("thinker", "chat", output_tokens=100, reasoning_tokens=60) == pytest.approx((40 * 2 + 60 * 10) / 1e6)
 
 
@@ -47,7 +48,7 @@ def test_dated_prices_apply_on_their_days() -> None:
     table = load_prices()
     assert table.lookup("o3", date(2025, 5, 1)).input == 10.0
     assert table.lookup("o3", date(2025, 6, 10)).input == 2.0
-    assert table.lookup("o3", datetime(2025, 7, 1, tzinfo=timezone.utc)).output == 8.0
+    assert table.lookup("o3", datetime(2025, 7, 1, tzinfo=UTC)).output == 8.0
     # traffic from before a model's first dated price gets its earliest price rather than nothing
     assert table.lookup("o3", date(2024, 1, 1)).input == 10.0
 
@@ -74,9 +75,15 @@ def test_price_table_file_is_dated_sourced_and_sane() -> None:
 
 def test_bulk_costs_match_single_costs() -> None:
     table = load_prices()
-    rows = [("gpt-4o", "chat", date(2025, 9, 1), 1000, 500, 200, None), ("unknown-x", "chat", None, 5, 5, None, None),
-            ("o3", "responses", date(2025, 5, 1), 100, 100, 0, 50)]
+    rows = [
+        ("gpt-4o", "chat", date(2025, 9, 1), 1000, 500, 200, None),
+        ("unknown-x", "chat", None, 5, 5, None, None),
+        ("o3", "responses", date(2025, 5, 1), 100, 100, 0, 50),
+    ]
     got = costs(table, rows)
     assert got[0] == pytest.approx(0.00725) and got[1] is None
-    assert got[2] == pytest.approx(table.cost("o3", "responses", input_tokens=100, output_tokens=100, cached_tokens=0,
-                                              reasoning_tokens=50, on=date(2025, 5, 1)))
+    assert got[2] == pytest.approx(
+        table.cost(
+            "o3", "responses", input_tokens=100, output_tokens=100, cached_tokens=0, reasoning_tokens=50, on=date(2025, 5, 1)
+        )
+    )

@@ -6,7 +6,7 @@ import importlib.util
 import math
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -26,7 +26,7 @@ from intelligence.store.repositories import ExchangeRepository
 from tests.conftest import database_url
 from tests.intelligence.factories import make_record
 
-HOUR = datetime(2025, 4, 2, 10, 0, tzinfo=timezone.utc)
+HOUR = datetime(2025, 4, 2, 10, 0, tzinfo=UTC)
 _MIGRATION = Path(__file__).resolve().parents[2] / "intelligence/store/migrations/versions/0003_analytics_rollups.py"
 
 
@@ -74,17 +74,32 @@ async def _insert(engine: AsyncEngine, records) -> list[str]:
 
 async def _rollup(engine: AsyncEngine, where: str, params: dict) -> list:
     async with engine.connect() as conn:
-        return (await conn.execute(text(f"SELECT * FROM exchange_rollups WHERE {where} ORDER BY granularity, bucket"),
-                                   params)).mappings().all()
+        return (
+            (await conn.execute(text(f"SELECT * FROM exchange_rollups WHERE {where} ORDER BY granularity, bucket"), params))
+            .mappings()
+            .all()
+        )
 
 
 async def test_rollups_count_each_inserted_exchange_once(engine: AsyncEngine) -> None:
     model = f"m-{uuid.uuid4().hex[:6]}"
     recs = [
-        make_record(model=model, started_at=HOUR + timedelta(minutes=5), latency_ms=100.0, ttft_ms=None, streamed=False,
-                    usage=Usage(input_tokens=10, output_tokens=5, cached_tokens=2, reasoning_tokens=1)),
-        make_record(model=model, started_at=HOUR + timedelta(minutes=50), latency_ms=300.0, ttft_ms=50.0, streamed=True,
-                    usage=Usage(input_tokens=20, output_tokens=7)),
+        make_record(
+            model=model,
+            started_at=HOUR + timedelta(minutes=5),
+            latency_ms=100.0,
+            ttft_ms=None,
+            streamed=False,
+            usage=Usage(input_tokens=10, output_tokens=5, cached_tokens=2, reasoning_tokens=1),
+        ),
+        make_record(
+            model=model,
+            started_at=HOUR + timedelta(minutes=50),
+            latency_ms=300.0,
+            ttft_ms=50.0,
+            streamed=True,
+            usage=Usage(input_tokens=20, output_tokens=7),
+        ),
         make_record(model=model, started_at=HOUR + timedelta(minutes=70), status=429, latency_ms=20.0, error=None),
         make_record(model=model, started_at=HOUR + timedelta(minutes=75), status=502, error="upstream 502", latency_ms=20.0),
     ]
@@ -106,11 +121,26 @@ async def test_rollups_count_each_inserted_exchange_once(engine: AsyncEngine) ->
 async def test_garbage_values_never_fail_an_insert_and_are_left_out(engine: AsyncEngine) -> None:
     model = f"g-{uuid.uuid4().hex[:6]}"
     recs = [
-        make_record(model=model, started_at=HOUR, latency_ms=float("nan"), ttft_ms=float("inf"),
-                    usage=Usage(input_tokens=2**62, output_tokens=-5)),
-        make_record(model=model, started_at=HOUR, latency_ms=-3.0, ttft_ms=1e12, status=None, error="reset",
-                    client_key_fp=None, client_addr=None, provider=None, api=None,
-                    usage=Usage(input_tokens=7, output_tokens=1)),
+        make_record(
+            model=model,
+            started_at=HOUR,
+            latency_ms=float("nan"),
+            ttft_ms=float("inf"),
+            usage=Usage(input_tokens=2**62, output_tokens=-5),
+        ),
+        make_record(
+            model=model,
+            started_at=HOUR,
+            latency_ms=-3.0,
+            ttft_ms=1e12,
+            status=None,
+            error="reset",
+            client_key_fp=None,
+            client_addr=None,
+            provider=None,
+            api=None,
+            usage=Usage(input_tokens=7, output_tokens=1),
+        ),
     ]
     assert len(await _insert(engine, recs)) == 2
     rows = await _rollup(engine, "model = :m AND granularity = 'day'", {"m": model})
@@ -146,8 +176,16 @@ def test_histogram_quantiles_are_within_the_bin_error() -> None:
 
 async def test_pattern_rollups_follow_members_through_moves_and_merges(engine: AsyncEngine) -> None:
     model = f"p-{uuid.uuid4().hex[:6]}"
-    recs = [make_record(model=model, started_at=HOUR + timedelta(minutes=i), latency_ms=100.0 + i,
-                        status=500 if i == 0 else 200, error="upstream 500" if i == 0 else None) for i in range(5)]
+    recs = [
+        make_record(
+            model=model,
+            started_at=HOUR + timedelta(minutes=i),
+            latency_ms=100.0 + i,
+            status=500 if i == 0 else 200,
+            error="upstream 500" if i == 0 else None,
+        )
+        for i in range(5)
+    ]
     await _insert(engine, recs)
     vec = np.ones(EMBEDDING_DIM, dtype=np.float32) / math.sqrt(EMBEDDING_DIM)
     async with engine.begin() as conn:
@@ -155,14 +193,21 @@ async def test_pattern_rollups_follow_members_through_moves_and_merges(engine: A
         a = await memory.create_pattern(vec, seen_at=HOUR, label="a", examples=[])
         b = await memory.create_pattern(vec, seen_at=HOUR, label="b", examples=[])
         c = await memory.create_pattern(vec, seen_at=HOUR, label="c", examples=[])
-        await memory.insert_embeddings([
-            EmbeddingRow(r.request_id, vec, r.request_id, a, 0.9, r.client_key_fp, r.model, r.started_at) for r in recs])
+        await memory.insert_embeddings(
+            [EmbeddingRow(r.request_id, vec, r.request_id, a, 0.9, r.client_key_fp, r.model, r.started_at) for r in recs]
+        )
 
     async def counts() -> dict[int, tuple[int, int]]:
         async with engine.connect() as conn:
-            rows = (await conn.execute(text(
-                "SELECT pattern_id, sum(n) AS n, sum(errors) AS e FROM pattern_rollups WHERE model = :m "
-                "AND granularity = 'day' GROUP BY pattern_id"), {"m": model})).all()
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT pattern_id, sum(n) AS n, sum(errors) AS e FROM pattern_rollups WHERE model = :m "
+                        "AND granularity = 'day' GROUP BY pattern_id"
+                    ),
+                    {"m": model},
+                )
+            ).all()
         return {r.pattern_id: (int(r.n), int(r.e)) for r in rows}
 
     assert await counts() == {a: (5, 1)}
@@ -173,8 +218,9 @@ async def test_pattern_rollups_follow_members_through_moves_and_merges(engine: A
         await PatternRepository(conn).redirect(b, c)
     assert await counts() == {a: (3, 0), c: (2, 1)}
     async with engine.connect() as conn:
-        rows = await AnalyticsRepository(conn).rollup("hour", HOUR, HOUR + timedelta(hours=1), by_pattern=True,
-                                                      pattern_ids=[a, c])
+        rows = await AnalyticsRepository(conn).rollup(
+            "hour", HOUR, HOUR + timedelta(hours=1), by_pattern=True, pattern_ids=[a, c]
+        )
     assert sorted((r.pattern_id, int(r.measures["n"])) for r in rows if r.model == model) == [(a, 3), (c, 2)]
     assert all(int(r.latency_hist.sum()) == int(r.measures["n"]) for r in rows if r.model == model)
 
@@ -195,9 +241,14 @@ async def test_upgrade_counts_existing_rows_and_downgrade_removes_everything(pg_
         await __import__("asyncio").to_thread(migrate.downgrade, url, before)
         eng = make_engine(url)
         async with eng.connect() as conn:
-            left = (await conn.execute(text(
-                "SELECT to_regclass('exchange_rollups') IS NULL AND to_regclass('pattern_rollups') IS NULL "
-                "AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname LIKE 'trg_%rollup%')"))).scalar_one()
+            left = (
+                await conn.execute(
+                    text(
+                        "SELECT to_regclass('exchange_rollups') IS NULL AND to_regclass('pattern_rollups') IS NULL "
+                        "AND NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname LIKE 'trg_%rollup%')"
+                    )
+                )
+            ).scalar_one()
         assert left
         assert len(await _insert(eng, [make_record(model="old-model", started_at=HOUR)])) == 1
     finally:
@@ -207,14 +258,33 @@ async def test_upgrade_counts_existing_rows_and_downgrade_removes_everything(pg_
 
 async def test_explorer_search_filters(engine: AsyncEngine) -> None:
     tag = uuid.uuid4().hex[:8]
-    t0 = datetime.now(timezone.utc) - timedelta(minutes=30)
+    t0 = datetime.now(UTC) - timedelta(minutes=30)
     recs = [
-        make_record(started_at=t0, client_key_fp=f"fp-{tag}-a", model=f"ma-{tag}", prompt_user=f"zebra {tag} crossing",
-                    session_id=f"s-{tag}"),
-        make_record(started_at=t0 + timedelta(seconds=1), client_key_fp=f"fp-{tag}-a", model=f"mb-{tag}", status=503,
-                    error="upstream 503", prompt_user=f"giraffe {tag}", session_id=f"s-{tag}"),
-        make_record(started_at=t0 + timedelta(seconds=2), client_key_fp=None, client_addr=f"10.0.0.{tag[:2]}",
-                    model=f"mb-{tag}", status=404, prompt_user=f"zebra {tag} again 100%_done", provider="anthropic"),
+        make_record(
+            started_at=t0,
+            client_key_fp=f"fp-{tag}-a",
+            model=f"ma-{tag}",
+            prompt_user=f"zebra {tag} crossing",
+            session_id=f"s-{tag}",
+        ),
+        make_record(
+            started_at=t0 + timedelta(seconds=1),
+            client_key_fp=f"fp-{tag}-a",
+            model=f"mb-{tag}",
+            status=503,
+            error="upstream 503",
+            prompt_user=f"giraffe {tag}",
+            session_id=f"s-{tag}",
+        ),
+        make_record(
+            started_at=t0 + timedelta(seconds=2),
+            client_key_fp=None,
+            client_addr=f"10.0.0.{tag[:2]}",
+            model=f"mb-{tag}",
+            status=404,
+            prompt_user=f"zebra {tag} again 100%_done",
+            provider="anthropic",
+        ),
     ]
     await _insert(engine, recs)
     ids = [r.request_id for r in recs]
@@ -247,17 +317,37 @@ async def test_explorer_search_filters(engine: AsyncEngine) -> None:
 
 async def test_search_by_pattern_and_memory_queries(engine: AsyncEngine) -> None:
     tag = uuid.uuid4().hex[:8]
-    now = datetime.now(timezone.utc)
-    recs = [make_record(started_at=now - timedelta(minutes=i), model=f"pm-{tag}", prompt_user=f"p {tag} {i}",
-                        status=200 if i else 500, error=None if i else "x") for i in range(4)]
+    now = datetime.now(UTC)
+    recs = [
+        make_record(
+            started_at=now - timedelta(minutes=i),
+            model=f"pm-{tag}",
+            prompt_user=f"p {tag} {i}",
+            status=200 if i else 500,
+            error=None if i else "x",
+        )
+        for i in range(4)
+    ]
     await _insert(engine, recs)
     rng = np.random.default_rng(0)
     async with engine.begin() as conn:
         memory = PatternRepository(conn)
         pid = await memory.create_pattern(np.ones(EMBEDDING_DIM, np.float32), seen_at=now, label=f"label {tag}", examples=[])
-        await memory.insert_embeddings([
-            EmbeddingRow(r.request_id, rng.normal(size=EMBEDDING_DIM).astype(np.float32), r.request_id, pid, 0.9,
-                         r.client_key_fp, r.model, r.started_at) for r in recs[:3]])
+        await memory.insert_embeddings(
+            [
+                EmbeddingRow(
+                    r.request_id,
+                    rng.normal(size=EMBEDDING_DIM).astype(np.float32),
+                    r.request_id,
+                    pid,
+                    0.9,
+                    r.client_key_fp,
+                    r.model,
+                    r.started_at,
+                )
+                for r in recs[:3]
+            ]
+        )
         await memory.add_signals([Signal(recs[1].request_id, "finish", False, value="length")])
     async with engine.connect() as conn:
         repo = AnalyticsRepository(conn)
@@ -278,10 +368,17 @@ async def test_search_by_pattern_and_memory_queries(engine: AsyncEngine) -> None
 
 async def test_live_buckets_recent_and_overview(engine: AsyncEngine) -> None:
     tag = uuid.uuid4().hex[:8]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     # a minute ahead of now: newer than anything other tests of this module inserted
-    recs = [make_record(started_at=now + timedelta(seconds=60 - 5 * i), model=f"lv-{tag}", latency_ms=float(100 * (i + 1)),
-                        status=500 if i == 3 else 200) for i in range(4)]
+    recs = [
+        make_record(
+            started_at=now + timedelta(seconds=60 - 5 * i),
+            model=f"lv-{tag}",
+            latency_ms=float(100 * (i + 1)),
+            status=500 if i == 3 else 200,
+        )
+        for i in range(4)
+    ]
     await _insert(engine, recs)
     async with engine.connect() as conn:
         repo = AnalyticsRepository(conn)
@@ -304,9 +401,19 @@ async def test_live_buckets_recent_and_overview(engine: AsyncEngine) -> None:
 async def test_text_search_is_served_by_the_trigram_index(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.execute(text("SET LOCAL enable_seqscan = off"))
-        plan = "\n".join(r[0] for r in (await conn.execute(text(
-            "EXPLAIN SELECT request_id FROM exchanges WHERE prompt_user ILIKE '%zebra crossing%'"))).all())
-        client_plan = "\n".join(r[0] for r in (await conn.execute(text(
-            "EXPLAIN SELECT request_id FROM exchanges WHERE client_key_fp = 'x' ORDER BY started_at DESC LIMIT 10"))).all())
+        plan = "\n".join(
+            r[0]
+            for r in (
+                await conn.execute(text("EXPLAIN SELECT request_id FROM exchanges WHERE prompt_user ILIKE '%zebra crossing%'"))
+            ).all()
+        )
+        client_plan = "\n".join(
+            r[0]
+            for r in (
+                await conn.execute(
+                    text("EXPLAIN SELECT request_id FROM exchanges WHERE client_key_fp = 'x' ORDER BY started_at DESC LIMIT 10")
+                )
+            ).all()
+        )
     assert "ix_exchanges_prompt_user_trgm" in plan
     assert "ix_exchanges_client_started" in client_plan

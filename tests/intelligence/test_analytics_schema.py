@@ -26,8 +26,9 @@ async def test_analytics_models_match_the_migrated_schema(pg_url: str) -> None:
     engine = make_engine(pg_url)
 
     def diff(sync_conn) -> list:
-        ctx = MigrationContext.configure(sync_conn, opts={"compare_type": True, "compare_server_default": False,
-                                                          "include_object": _mine})
+        ctx = MigrationContext.configure(
+            sync_conn, opts={"compare_type": True, "compare_server_default": False, "include_object": _mine}
+        )
         return compare_metadata(ctx, Base.metadata)
 
     try:

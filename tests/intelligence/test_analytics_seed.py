@@ -44,7 +44,9 @@ async def _one(url: str, sql: str):
 async def test_every_table_agrees_on_the_exchanges(seeded) -> None:
     url, result = seeded
     assert result["rows"] == ROWS and result["patterns"] == len(seed_cli.TASKS)
-    r = await _one(url, """
+    r = await _one(
+        url,
+        """
         SELECT (SELECT count(*) FROM exchanges) AS exchanges,
                (SELECT sum(request_count) FROM sessions) AS session_requests,
                (SELECT count(*) FROM sessions) AS sessions,
@@ -57,7 +59,8 @@ async def test_every_table_agrees_on_the_exchanges(seeded) -> None:
                (SELECT count(*) FROM exchange_embeddings WHERE embedding IS NOT NULL) AS vectors,
                (SELECT count(*) FROM exchanges WHERE status IS DISTINCT FROM 200) AS failed,
                (SELECT count(DISTINCT request_id) FROM outcome_signals WHERE kind = 'status') AS status_signals
-    """)
+    """,
+    )
     assert r["exchanges"] == r["session_requests"] == r["rolled"] == r["rolled_hourly"] == ROWS
     assert r["pattern_rolled"] == r["members"] == r["counted"] == r["assigned"] == ROWS
     assert r["sessions"] == result["sessions"] and r["sessions"] < ROWS  # conversations of several turns
@@ -67,7 +70,9 @@ async def test_every_table_agrees_on_the_exchanges(seeded) -> None:
 
 async def test_traffic_looks_like_a_real_gateway(seeded) -> None:
     url, _ = seeded
-    r = await _one(url, """
+    r = await _one(
+        url,
+        """
         SELECT count(DISTINCT model) AS models, count(DISTINCT provider) AS providers,
                count(DISTINCT coalesce(client_key_fp, client_addr)) AS clients,
                count(*) FILTER (WHERE status = 429) AS limited, count(*) FILTER (WHERE status >= 500) AS server,
@@ -78,7 +83,8 @@ async def test_traffic_looks_like_a_real_gateway(seeded) -> None:
                min(started_at) > now() - interval '10 days 1 hour' AS within_period, max(started_at) <= now() AS not_future,
                count(*) FILTER (WHERE api = 'messages') AS anthropic, count(*) FILTER (WHERE api = 'embeddings') AS embeddings
         FROM exchanges
-    """)
+    """,
+    )
     assert r["models"] >= 10 and r["providers"] == 3 and r["clients"] >= 20
     assert r["server"] > 0 and r["streamed"] > ROWS / 5 and r["cached"] > 0 and r["reasoning"] > 0
     assert r["aliased"] > 0 and r["anthropic"] > 0 and r["embeddings"] > 0
@@ -87,8 +93,11 @@ async def test_traffic_looks_like_a_real_gateway(seeded) -> None:
 
 async def test_bodies_are_shaped_like_the_provider_apis(seeded) -> None:
     url, _ = seeded
-    row = await _one(url, """SELECT * FROM exchanges WHERE tool_aliases <> '{}'::jsonb AND api = 'chat' AND status = 200
-                             ORDER BY started_at LIMIT 1""")
+    row = await _one(
+        url,
+        """SELECT * FROM exchanges WHERE tool_aliases <> '{}'::jsonb AND api = 'chat' AND status = 200
+                             ORDER BY started_at LIMIT 1""",
+    )
     aliases = json.loads(row["tool_aliases"])
     sent = json.loads(row["request_client"])["json"]
     forwarded = json.loads(row["request_forwarded"])["json"]
@@ -131,9 +140,12 @@ async def test_command_line_seeds_the_given_database(pg_server_url: str, capsys)
         assert out["rows"] == 120 and out["vectors"] == "synthetic"
         assert (await _one(url, "SELECT count(*) AS n FROM exchanges"))["n"] == 120
         assert await asyncio.to_thread(args.func, args) == 0  # seeding again adds to the same patterns
-        again = await _one(url, "SELECT count(*) AS n, (SELECT count(*) FROM patterns) AS p, "
-                                "(SELECT sum(member_count) FROM patterns) AS m, "
-                                "(SELECT sum(n) FROM pattern_counts WHERE granularity = 'day') AS c FROM exchanges")
+        again = await _one(
+            url,
+            "SELECT count(*) AS n, (SELECT count(*) FROM patterns) AS p, "
+            "(SELECT sum(member_count) FROM patterns) AS m, "
+            "(SELECT sum(n) FROM pattern_counts WHERE granularity = 'day') AS c FROM exchanges",
+        )
         assert (again["n"], again["p"], again["m"], again["c"]) == (240, len(seed_cli.TASKS), 240, 240)
         bad = parser.parse_args(["seed", "--rows", "-1", "--database-url", url])
         assert args.func(bad) == 2

@@ -24,19 +24,20 @@ END = T0 + timedelta(hours=25)
 
 # ------------------------------------------------------------------------------------ statistics
 
+
 def test_poisson_tail_matches_closed_forms() -> None:
     assert stats.poisson_sf(0, 3.0) == 1.0
     assert stats.poisson_sf(1, 2.0) == pytest.approx(1 - math.exp(-2.0))
     assert stats.poisson_sf(2, 1.0) == pytest.approx(1 - 2 * math.exp(-1.0))
     # upper-tail branch (k > lam) against the complement of the lower sum
-    lower = sum(math.exp(-4.0) * 4.0 ** i / math.factorial(i) for i in range(12))
+    lower = sum(math.exp(-4.0) * 4.0**i / math.factorial(i) for i in range(12))
     assert stats.poisson_sf(12, 4.0) == pytest.approx(1 - lower, rel=1e-9)
     assert stats.poisson_sf(2000, 1000.0) < 1e-100  # no overflow in the far tail
 
 
 def test_binomial_tail_matches_closed_forms() -> None:
-    assert stats.binom_sf(1, 10, 0.1) == pytest.approx(1 - 0.9 ** 10)
-    assert stats.binom_sf(10, 10, 0.3) == pytest.approx(0.3 ** 10)
+    assert stats.binom_sf(1, 10, 0.1) == pytest.approx(1 - 0.9**10)
+    assert stats.binom_sf(10, 10, 0.3) == pytest.approx(0.3**10)
     assert stats.binom_sf(0, 10, 0.3) == 1.0
     assert stats.binom_sf(11, 10, 0.3) == 0.0
 
@@ -47,6 +48,7 @@ def test_robust_z_uses_floor_for_a_flat_baseline() -> None:
 
 
 # -------------------------------------------------------------------------------- security flags
+
 
 def test_injection_score_in_band_is_suspicious_outside_is_not() -> None:
     cfg = DetectorConfig()
@@ -65,8 +67,10 @@ def test_injection_score_in_band_is_suspicious_outside_is_not() -> None:
 
 def test_monitor_rule_is_suspicious_enforced_rule_is_not() -> None:
     cfg = DetectorConfig()
-    monitor = {"policy": {"fired": [{"rule": "no-secrets", "policy": "default", "mode": "monitor", "actions": ["block"]}]},
-               "detections": {"secrets": {"AWS_ACCESS_KEY": 1}}}
+    monitor = {
+        "policy": {"fired": [{"rule": "no-secrets", "policy": "default", "mode": "monitor", "actions": ["block"]}]},
+        "detections": {"secrets": {"AWS_ACCESS_KEY": 1}},
+    }
     (finding,) = security_findings(monitor, cfg)
     assert finding.detector == "policy_monitor"
     assert finding.details["rules"] == ["default/no-secrets"] and finding.details["would"] == ["block"]
@@ -75,6 +79,7 @@ def test_monitor_rule_is_suspicious_enforced_rule_is_not() -> None:
 
 
 # ----------------------------------------------------------------------------------- rates (db)
+
 
 async def test_volume_spike_fires_and_steady_traffic_does_not(migrated_db) -> None:
     engine = migrated_db.engine
@@ -125,8 +130,7 @@ async def test_error_spike_fires_and_usual_errors_do_not(migrated_db) -> None:
     await job.detect()
     assert await suspicions(engine) == []
     start = END + timedelta(minutes=20)
-    await insert(engine, [exchange("c-err", start + timedelta(minutes=m), status=500 if m < 7 else 200)
-                          for m in range(0, 10)])
+    await insert(engine, [exchange("c-err", start + timedelta(minutes=m), status=500 if m < 7 else 200) for m in range(0, 10)])
     await job.detect()
     (row,) = await suspicions(engine)
     assert row["detectors"] == ["error_spike"]
@@ -144,6 +148,7 @@ async def test_steady_history_examined_from_scratch_raises_nothing(migrated_db) 
 
 # -------------------------------------------------------------------------------------- newness
 
+
 async def test_new_tool_and_model_need_history(migrated_db) -> None:
     engine = migrated_db.engine
     await insert(engine, [exchange("c-new", T0 + timedelta(minutes=i)) for i in range(25)])
@@ -151,12 +156,15 @@ async def test_new_tool_and_model_need_history(migrated_db) -> None:
     await skip_to_end(engine)
     job = detect_only_job(engine)
     at = T0 + timedelta(hours=1)
-    await insert(engine, [
-        exchange("c-new", at, tools=("get_weather", "exec_shell")),
-        exchange("c-new", at + timedelta(seconds=1), model="gpt-4o"),
-        exchange("c-new", at + timedelta(seconds=2)),  # the usual tool and model
-        exchange("c-young", at, tools=("exec_shell",), model="gpt-4o"),  # too little history to judge
-    ])
+    await insert(
+        engine,
+        [
+            exchange("c-new", at, tools=("get_weather", "exec_shell")),
+            exchange("c-new", at + timedelta(seconds=1), model="gpt-4o"),
+            exchange("c-new", at + timedelta(seconds=2)),  # the usual tool and model
+            exchange("c-young", at, tools=("exec_shell",), model="gpt-4o"),  # too little history to judge
+        ],
+    )
     await job.detect()
     rows = await suspicions(engine)
     assert sorted(d for r in rows for d in r["detectors"]) == ["new_model", "new_tool"]
@@ -174,8 +182,10 @@ CITIES = ["Oslo", "Paris", "Lima", "Cairo", "Tokyo", "Quito", "Rome", "Delhi", "
 async def test_novel_prompt_fires_far_from_client_patterns(migrated_db) -> None:
     engine = migrated_db.engine
     embedder = shared_embedder()
-    history = [exchange("c-nov", T0 + timedelta(minutes=i), prompt=f"What is the weather forecast in {city} for {day}?")
-               for i, (city, day) in enumerate((c, d) for d in ("today", "tomorrow") for c in CITIES)]
+    history = [
+        exchange("c-nov", T0 + timedelta(minutes=i), prompt=f"What is the weather forecast in {city} for {day}?")
+        for i, (city, day) in enumerate((c, d) for d in ("today", "tomorrow") for c in CITIES)
+    ]
     await insert(engine, history)
     worker = PatternWorker(engine, embedder, batch=64, poll_interval=0.01)
     while await worker.run_once():
@@ -184,11 +194,17 @@ async def test_novel_prompt_fires_far_from_client_patterns(migrated_db) -> None:
     await skip_to_end(engine)
     job = detect_only_job(engine, embedder_factory=lambda: embedder)
     at = T0 + timedelta(hours=1)
-    await insert(engine, [
-        exchange("c-nov", at, prompt="Will it rain in Madrid this weekend? Give me the forecast."),
-        exchange("c-nov", at + timedelta(seconds=1),
-                 prompt="Export every customer's credit card number and password into a CSV file."),
-    ])
+    await insert(
+        engine,
+        [
+            exchange("c-nov", at, prompt="Will it rain in Madrid this weekend? Give me the forecast."),
+            exchange(
+                "c-nov",
+                at + timedelta(seconds=1),
+                prompt="Export every customer's credit card number and password into a CSV file.",
+            ),
+        ],
+    )
     await job.detect()
     (row,) = await suspicions(engine)
     assert row["detectors"] == ["novel_prompt"]
@@ -197,6 +213,7 @@ async def test_novel_prompt_fires_far_from_client_patterns(migrated_db) -> None:
 
 
 # ------------------------------------------------------------------------------ dedup and resume
+
 
 async def test_one_open_suspicion_per_client_detector_window_and_resume(migrated_db) -> None:
     engine = migrated_db.engine
@@ -235,7 +252,6 @@ async def test_run_works_until_stopped(migrated_db) -> None:
 async def test_switched_off_job_does_nothing(migrated_db) -> None:
     engine = migrated_db.engine
     await insert(engine, [exchange("c-off", T0, flags={"detections": {"injection_score": 0.5}})])
-    job = AnomalyJob(engine, None, None, settle_s=0.0,
-                     flags=IntelligenceFlags.from_env({"ENABLE_ANOMALY_DETECTION": "off"}))
+    job = AnomalyJob(engine, None, None, settle_s=0.0, flags=IntelligenceFlags.from_env({"ENABLE_ANOMALY_DETECTION": "off"}))
     assert await job.tick() == {"enabled": False}
     assert await suspicions(engine) == []

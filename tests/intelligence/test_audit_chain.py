@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
 
@@ -24,7 +24,7 @@ from intelligence.audit.chain import (
 )
 from intelligence.store.engine import asyncpg_dsn
 
-T0 = datetime(2026, 1, 1, 9, 30, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 9, 30, tzinfo=UTC)
 
 
 def _chain(n: int) -> list[AuditEntry]:
@@ -45,8 +45,14 @@ def test_hash_covers_every_field() -> None:
     base = dict(id=1, ts=T0, actor="a", kind="k", subject="s", payload={"x": 1})
     h = entry_hash(GENESIS_HASH, **base)
     assert h == entry_hash(GENESIS_HASH, **{**base, "ts": T0.astimezone(timezone(timedelta(hours=5)))})
-    for field, other in (("id", 2), ("ts", T0 + timedelta(microseconds=1)), ("actor", "b"), ("kind", "j"),
-                         ("subject", "t"), ("payload", {"x": 2})):
+    for field, other in (
+        ("id", 2),
+        ("ts", T0 + timedelta(microseconds=1)),
+        ("actor", "b"),
+        ("kind", "j"),
+        ("subject", "t"),
+        ("payload", {"x": 2}),
+    ):
         assert entry_hash(GENESIS_HASH, **{**base, field: other}) != h, field
     assert entry_hash("f" * 64, **base) != h
 
@@ -79,8 +85,11 @@ def test_checker_on_intact_and_broken_chains() -> None:
 
 def test_checker_end_against_the_head() -> None:
     entries = _chain(3)
-    for head, expected in (((5, "x" * 64), (4, MISSING_ROW)), ((2, entries[1].hash), (3, HEAD_MISMATCH)),
-                           ((3, "y" * 64), (3, HEAD_MISMATCH))):
+    for head, expected in (
+        ((5, "x" * 64), (4, MISSING_ROW)),
+        ((2, entries[1].hash), (3, HEAD_MISMATCH)),
+        ((3, "y" * 64), (3, HEAD_MISMATCH)),
+    ):
         checker = ChainChecker()
         for e in entries:
             checker.feed(e)
@@ -105,8 +114,25 @@ def test_entry_dict_round_trip() -> None:
 def _random_value(rng: random.Random, depth: int = 0) -> object:
     kind = rng.randrange(9 if depth < 3 else 6)
     if kind == 0:
-        return rng.choice([0.1, 1e16, 1e300, -2.5e-300, 5e-324, 1.0, -0.0, 123456.789, float("inf"), float("nan"),
-                           2.0**53, 1e-7, 3.141592653589793, rng.uniform(-1e6, 1e6), rng.random() * 10 ** rng.randrange(-20, 20)])
+        return rng.choice(
+            [
+                0.1,
+                1e16,
+                1e300,
+                -2.5e-300,
+                5e-324,
+                1.0,
+                -0.0,
+                123456.789,
+                float("inf"),
+                float("nan"),
+                2.0**53,
+                1e-7,
+                3.141592653589793,
+                rng.uniform(-1e6, 1e6),
+                rng.random() * 10 ** rng.randrange(-20, 20),
+            ]
+        )
     if kind == 1:
         return rng.choice([0, -1, 2**63 - 1, 2**80, -(2**70)])
     if kind == 2:
@@ -116,8 +142,10 @@ def _random_value(rng: random.Random, depth: int = 0) -> object:
     if kind in (4, 5):
         return rng.randrange(-1000, 1000)
     if kind in (6, 7):
-        return {str(_random_value(rng, depth + 1))[:10] if rng.random() < 0.5 else f"k{i}": _random_value(rng, depth + 1)
-                for i in range(rng.randrange(4))}
+        return {
+            str(_random_value(rng, depth + 1))[:10] if rng.random() < 0.5 else f"k{i}": _random_value(rng, depth + 1)
+            for i in range(rng.randrange(4))
+        }
     return [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from extproc.cli import audit as audit_cli
-from extproc.cli.stack import StackState
 from intelligence.audit import MISSING_ROW, POLICY_CHANGE, AuditLog
-from tests.intelligence.test_audit_log import SecurityDb, security_database, security_db  # noqa: F401 (fixtures)
+from intelligence.ops.stack import StackState
+from tests.intelligence.conftest import SecurityDb
 from tests.intelligence.test_keys_store import InProcessCli, cli
 
 
@@ -24,9 +24,9 @@ async def _seed(db: SecurityDb, n: int) -> None:
             await AuditLog().append(conn, POLICY_CHANGE, "default.yaml", {"diff": f"+ rule {i}"}, "admin:alice")
 
 
-async def test_verify_and_export_from_the_command_line(security_db: SecurityDb, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str],
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_verify_and_export_from_the_command_line(
+    security_db: SecurityDb, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     await _seed(security_db, 5)
     url = security_db.url
     run = InProcessCli(url, capsys, monkeypatch)
@@ -70,9 +70,9 @@ async def test_verify_and_export_from_the_command_line(security_db: SecurityDb, 
     assert (r.returncode, doc["ok"], doc["first_broken_id"], doc["reason"]) == (1, False, 2, MISSING_ROW)
 
 
-async def test_commands_find_the_database_of_a_running_stack(security_db: SecurityDb, tmp_path: Path,
-                                                             fresh_db_url, monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+async def test_commands_find_the_database_of_a_running_stack(
+    security_db: SecurityDb, tmp_path: Path, fresh_db_url, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     await _seed(security_db, 2)
     StackState(data_dir=str(tmp_path), database_url=security_db.url, ports={}).save()
     monkeypatch.delenv("DATABASE_URL", raising=False)

@@ -11,10 +11,7 @@ import asyncio
 import csv
 import io
 import json
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -41,58 +38,10 @@ from intelligence.audit import (
 from intelligence.audit.models import AUDIT_TABLES
 from intelligence.keys.models import KEY_TABLES
 from intelligence.store.engine import asyncpg_dsn, make_engine
-from intelligence.store.migrate import upgrade
 from intelligence.store.models import Base
-from tests.conftest import database_url
+from tests.intelligence.conftest import SecurityDb
 
 SECURITY_TABLES = set(AUDIT_TABLES) | set(KEY_TABLES)
-
-
-# ------------------------------------------------------------------------------- fixtures (shared)
-@pytest.fixture(scope="session")
-def security_database(pg_server_url: str) -> Iterator[str]:
-    """One migrated database for all security tests; :func:`security_db` empties it before each test."""
-    name = f"t_sec_{uuid.uuid4().hex[:12]}"
-
-    async def _admin(sql: str) -> None:
-        conn = await asyncpg.connect(asyncpg_dsn(pg_server_url))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    url = database_url(pg_server_url, name)
-    upgrade(url)
-    yield url
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@dataclass
-class SecurityDb:
-    url: str
-    engine: AsyncEngine
-
-    async def superuser(self) -> asyncpg.Connection:
-        """A raw connection that bypasses triggers, as a DBA tampering with the table would."""
-        conn = await asyncpg.connect(asyncpg_dsn(self.url))
-        await conn.execute("SET session_replication_role = replica")
-        return conn
-
-
-@pytest.fixture
-async def security_db(security_database: str) -> AsyncIterator[SecurityDb]:
-    """The security tables, empty and with the audit chain back at genesis (resetting is a few
-    milliseconds; a database per test would cost seconds each on a loaded machine)."""
-    db = SecurityDb(url=security_database, engine=make_engine(security_database))
-    su = await db.superuser()  # the append-only triggers would (rightly) refuse this reset
-    try:
-        await su.execute("TRUNCATE audit_log, gateway_key_usage, gateway_keys")
-        await su.execute("UPDATE audit_head SET last_id = 0, hash = $1 WHERE id = 1", GENESIS_HASH)
-    finally:
-        await su.close()
-    yield db
-    await db.engine.dispose()
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -113,14 +62,18 @@ async def _verify(engine: AsyncEngine, audit: AuditLog | None = None):
 # ------------------------------------------------------------------------------- tests
 async def test_schema_matches_models(security_db: SecurityDb) -> None:
     def diff(sync_conn) -> list:
-        ctx = MigrationContext.configure(sync_conn, opts={
-            "compare_type": True,
-            "include_object": lambda obj, name, type_, reflected, compare_to: (
-                (obj.table.name if type_ in ("column", "index", "unique_constraint", "foreign_key_constraint") else name)
-                in SECURITY_TABLES if type_ in ("table", "column", "index", "unique_constraint", "foreign_key_constraint")
-                else True
-            ),
-        })
+        ctx = MigrationContext.configure(
+            sync_conn,
+            opts={
+                "compare_type": True,
+                "include_object": lambda obj, name, type_, reflected, compare_to: (
+                    (obj.table.name if type_ in ("column", "index", "unique_constraint", "foreign_key_constraint") else name)
+                    in SECURITY_TABLES
+                    if type_ in ("table", "column", "index", "unique_constraint", "foreign_key_constraint")
+                    else True
+                ),
+            },
+        )
         return compare_metadata(ctx, Base.metadata)
 
     async with security_db.engine.connect() as conn:
@@ -146,8 +99,16 @@ async def test_append_links_entries_and_verify_passes(security_db: SecurityDb) -
 
 
 async def test_awkward_payloads_survive_the_jsonb_round_trip(security_db: SecurityDb) -> None:
-    payload = {"b": 1.0, "a": [1e16, 0.1, 1e-7, -2.5e-300], "nan": float("nan"), "nul": "x\x00y", "n": None,
-               "deep": {"z": True, "é": "ü"}, 3: "int key", "big": 2**70}
+    payload = {
+        "b": 1.0,
+        "a": [1e16, 0.1, 1e-7, -2.5e-300],
+        "nan": float("nan"),
+        "nul": "x\x00y",
+        "n": None,
+        "deep": {"z": True, "é": "ü"},
+        3: "int key",
+        "big": 2**70,
+    }
     async with security_db.engine.begin() as conn:
         entry = await AuditLog().append(conn, KEY_EVENT, "k", payload, "admin")
     assert entry.payload["b"] == 1 and entry.payload["nan"] is None and entry.payload["nul"] == "x\ufffdy"
@@ -204,12 +165,17 @@ async def test_cut_off_tail_is_reported_missing(security_db: SecurityDb) -> None
 async def test_rows_slipped_in_past_the_head_are_reported(security_db: SecurityDb) -> None:
     entries = await _append(security_db.engine, 2)
     last = entries[-1]
-    ts = datetime.now(timezone.utc)
+    ts = datetime.now(UTC)
     forged = entry_hash(last.hash, id=3, ts=ts, actor="x", kind="policy_change", subject="s", payload={})
     su = await security_db.superuser()
     try:
-        await su.execute("INSERT INTO audit_log (id, ts, actor, kind, subject, payload, prev_hash, hash) "
-                         "VALUES (3, $1, 'x', 'policy_change', 's', '{}', $2, $3)", ts, last.hash, forged)
+        await su.execute(
+            "INSERT INTO audit_log (id, ts, actor, kind, subject, payload, prev_hash, hash) "
+            "VALUES (3, $1, 'x', 'policy_change', 's', '{}', $2, $3)",
+            ts,
+            last.hash,
+            forged,
+        )
     finally:
         await su.close()
     result = await _verify(security_db.engine)
@@ -229,9 +195,14 @@ async def test_head_rewritten_to_hide_the_last_row_is_caught(security_db: Securi
 
 async def test_update_delete_truncate_are_refused_for_the_app(security_db: SecurityDb) -> None:
     await _append(security_db.engine, 2)
-    for sql in ("UPDATE audit_log SET actor = 'x' WHERE id = 1", "DELETE FROM audit_log WHERE id = 2",
-                "TRUNCATE audit_log", "UPDATE audit_head SET last_id = 0", "DELETE FROM audit_head",
-                "INSERT INTO audit_head (id, last_id, hash) VALUES (2, 0, 'x')"):
+    for sql in (
+        "UPDATE audit_log SET actor = 'x' WHERE id = 1",
+        "DELETE FROM audit_log WHERE id = 2",
+        "TRUNCATE audit_log",
+        "UPDATE audit_head SET last_id = 0",
+        "DELETE FROM audit_head",
+        "INSERT INTO audit_head (id, last_id, hash) VALUES (2, 0, 'x')",
+    ):
         with pytest.raises(DBAPIError) as info:
             async with security_db.engine.begin() as conn:
                 await conn.execute(text(sql))
@@ -243,8 +214,12 @@ async def test_an_insert_that_does_not_extend_the_head_is_refused(security_db: S
     await _append(security_db.engine, 1)
     with pytest.raises(DBAPIError, match="fork refused"):
         async with security_db.engine.begin() as conn:
-            await conn.execute(text("INSERT INTO audit_log (id, ts, actor, kind, subject, payload, prev_hash, hash) "
-                                    f"VALUES (2, now(), 'x', 'k', '', '{{}}', '{GENESIS_HASH}', 'h')"))
+            await conn.execute(
+                text(
+                    "INSERT INTO audit_log (id, ts, actor, kind, subject, payload, prev_hash, hash) "
+                    f"VALUES (2, now(), 'x', 'k', '', '{{}}', '{GENESIS_HASH}', 'h')"
+                )
+            )
 
 
 async def test_concurrent_appenders_never_fork_the_chain(security_db: SecurityDb) -> None:
@@ -296,7 +271,7 @@ async def test_export_jsonl_and_csv_round_trip_and_verify(security_db: SecurityD
         assert await audit.export(conn, out_csv, "csv") == 4
         with pytest.raises(ValueError):
             await audit.export(conn, io.StringIO(), "xml")  # type: ignore[arg-type]
-        assert await audit.export(conn, io.StringIO(), "jsonl", datetime.now(timezone.utc) + timedelta(hours=1)) == 0
+        assert await audit.export(conn, io.StringIO(), "jsonl", datetime.now(UTC) + timedelta(hours=1)) == 0
     lines = [json.loads(x) for x in out_jsonl.getvalue().splitlines()]
     assert [x["id"] for x in lines] == [1, 2, 3, 4]
     assert set(lines[0]) == {"id", "ts", "actor", "kind", "subject", "payload", "prev_hash", "hash"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -38,8 +38,16 @@ def settings_for(fake: FakeClaude, **overrides: Any) -> ClaudeSettings:
 
 
 async def ask(client: ClaudeClient, purpose: str = "pattern_label", subject: str = "pattern:1") -> StructuredResult:
-    return await client.structured(purpose, subject, "You label request patterns.", "Label this: summarise text",
-                                   "label_pattern", "Give the pattern a label.", SCHEMA, max_tokens=256)
+    return await client.structured(
+        purpose,
+        subject,
+        "You label request patterns.",
+        "Label this: summarise text",
+        "label_pattern",
+        "Give the pattern a label.",
+        SCHEMA,
+        max_tokens=256,
+    )
 
 
 async def calls(engine) -> list[ClaudeCall]:
@@ -63,8 +71,7 @@ async def fake_factory() -> AsyncIterator:
 
 
 async def test_success_is_recorded_with_its_cost(migrated_db, fake_factory) -> None:
-    usage = {"input_tokens": 1000, "output_tokens": 200, "cache_creation_input_tokens": 500,
-             "cache_read_input_tokens": 300}
+    usage = {"input_tokens": 1000, "output_tokens": 200, "cache_creation_input_tokens": 500, "cache_read_input_tokens": 300}
     fake = await fake_factory(lambda request: FakeFault(kind="ok", input=GOOD, usage=usage))
     client = ClaudeClient(settings_for(fake), migrated_db.engine)
     try:
@@ -78,17 +85,27 @@ async def test_success_is_recorded_with_its_cost(migrated_db, fake_factory) -> N
     [row] = await calls(migrated_db.engine)
     assert row.id == res.call_id
     assert (row.purpose, row.subject, row.mode, row.model, row.outcome) == (
-        "pattern_label", "pattern:1", "anthropic", MODEL, "ok")
+        "pattern_label",
+        "pattern:1",
+        "anthropic",
+        MODEL,
+        "ok",
+    )
     assert (row.input_tokens, row.output_tokens, row.cache_write_tokens, row.cache_read_tokens) == (1000, 200, 500, 300)
     assert row.cost_usd == pytest.approx(expected_cost) and row.attempts == 1 and row.latency_ms > 0
 
     # What went over the wire: cached system block and tool, the tool forced, the key as a bearer token.
     [request] = fake.requests
     body = request["body"]
-    assert body["system"] == [{"type": "text", "text": "You label request patterns.",
-                               "cache_control": {"type": "ephemeral"}}]
-    assert body["tools"] == [{"name": "label_pattern", "description": "Give the pattern a label.",
-                              "input_schema": SCHEMA, "cache_control": {"type": "ephemeral"}}]
+    assert body["system"] == [{"type": "text", "text": "You label request patterns.", "cache_control": {"type": "ephemeral"}}]
+    assert body["tools"] == [
+        {
+            "name": "label_pattern",
+            "description": "Give the pattern a label.",
+            "input_schema": SCHEMA,
+            "cache_control": {"type": "ephemeral"},
+        }
+    ]
     assert body["tool_choice"] == {"type": "tool", "name": "label_pattern"}
     assert body["model"] == MODEL and body["max_tokens"] == 256
     assert request["prompt"] == "Label this: summarise text"
@@ -157,11 +174,14 @@ async def test_a_waiting_time_beyond_the_limit_ends_the_call(fake_factory) -> No
     assert res.outcome == "rate_limited" and res.attempts == 1
 
 
-@pytest.mark.parametrize("answer", [
-    FakeFault(kind="malformed"),  # text, no tool call
-    FakeFault(kind="malformed", input={"label": "x", "confidence": 7}),  # out of range
-    FakeFault(kind="malformed", input={"label": "x"}),  # missing field
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        FakeFault(kind="malformed"),  # text, no tool call
+        FakeFault(kind="malformed", input={"label": "x", "confidence": 7}),  # out of range
+        FakeFault(kind="malformed", input={"label": "x"}),  # missing field
+    ],
+)
 async def test_malformed_answers_are_parse_errors_without_data(migrated_db, fake_factory, answer) -> None:
     fake = await fake_factory(lambda request: answer)
     client = ClaudeClient(settings_for(fake), migrated_db.engine)
@@ -178,18 +198,27 @@ async def test_malformed_answers_are_parse_errors_without_data(migrated_db, fake
 async def test_usd_budget_stops_calls_before_any_request(migrated_db, fake_factory) -> None:
     fake = await fake_factory(lambda request: GOOD)
     async with migrated_db.engine.begin() as conn:
-        await conn.execute(insert(ClaudeCall).values(purpose="enhancement", mode="anthropic", model=MODEL,
-                                                     cost_usd=0.75, outcome="ok"))
+        await conn.execute(
+            insert(ClaudeCall).values(purpose="enhancement", mode="anthropic", model=MODEL, cost_usd=0.75, outcome="ok")
+        )
         # Yesterday's spend does not count against today.
-        await conn.execute(insert(ClaudeCall).values(purpose="enhancement", mode="anthropic", model=MODEL,
-                                                     cost_usd=50.0, outcome="ok",
-                                                     at=datetime.now(timezone.utc) - timedelta(days=1, hours=1)))
+        await conn.execute(
+            insert(ClaudeCall).values(
+                purpose="enhancement",
+                mode="anthropic",
+                model=MODEL,
+                cost_usd=50.0,
+                outcome="ok",
+                at=datetime.now(UTC) - timedelta(days=1, hours=1),
+            )
+        )
     client = ClaudeClient(settings_for(fake, daily_budget_usd=1.0), migrated_db.engine)
     try:
         assert (await ask(client)).ok
         async with migrated_db.engine.begin() as conn:
-            await conn.execute(insert(ClaudeCall).values(purpose="enhancement", mode="anthropic", model=MODEL,
-                                                         cost_usd=0.30, outcome="ok"))
+            await conn.execute(
+                insert(ClaudeCall).values(purpose="enhancement", mode="anthropic", model=MODEL, cost_usd=0.30, outcome="ok")
+            )
         client.budget._loaded_at = None  # as if the cache had expired: re-read the table
         res = await ask(client)
     finally:
@@ -201,8 +230,7 @@ async def test_usd_budget_stops_calls_before_any_request(migrated_db, fake_facto
 
 
 async def test_token_budget_counts_this_process_between_refreshes(migrated_db, fake_factory) -> None:
-    fake = await fake_factory(lambda request: FakeFault(kind="ok", input=GOOD,
-                                                        usage={"input_tokens": 600, "output_tokens": 100}))
+    fake = await fake_factory(lambda request: FakeFault(kind="ok", input=GOOD, usage={"input_tokens": 600, "output_tokens": 100}))
     client = ClaudeClient(settings_for(fake, daily_token_budget=1000, budget_cache_s=3600), migrated_db.engine)
     try:
         first, second, third = [await ask(client) for _ in range(3)]
@@ -236,8 +264,9 @@ async def test_local_only_makes_no_call_and_records_nothing(migrated_db) -> None
 
 async def test_openrouter_client_sends_its_model_name_and_bearer_key(fake_factory) -> None:
     fake = await fake_factory(lambda request: GOOD)
-    settings = ClaudeSettings.from_env({"OPENROUTER_API_KEY": "or-key", "OPENROUTER_BASE_URL": fake.base_url,
-                                        "CLAUDE_MODEL": "claude-opus-4-5"})
+    settings = ClaudeSettings.from_env(
+        {"OPENROUTER_API_KEY": "or-key", "OPENROUTER_BASE_URL": fake.base_url, "CLAUDE_MODEL": "claude-opus-4-5"}
+    )
     client = ClaudeClient(settings, None)
     try:
         res = await ask(client)
@@ -247,8 +276,9 @@ async def test_openrouter_client_sends_its_model_name_and_bearer_key(fake_factor
     [request] = fake.requests
     assert request["body"]["model"] == "anthropic/claude-opus-4.5"
     assert request["headers"]["authorization"] == "Bearer or-key" and "x-api-key" not in request["headers"]
-    assert res.cost_usd == pytest.approx(call_cost("claude-opus-4-5", input_tokens=res.tokens["input"],
-                                                   output_tokens=res.tokens["output"]))
+    assert res.cost_usd == pytest.approx(
+        call_cost("claude-opus-4-5", input_tokens=res.tokens["input"], output_tokens=res.tokens["output"])
+    )
 
 
 async def test_database_down_still_returns_the_answer(fake_factory, caplog) -> None:
@@ -269,11 +299,14 @@ async def test_spend_summary_groups_by_purpose_and_outcome(migrated_db, fake_fac
     fake = await fake_factory([GOOD, FakeFault(kind="malformed"), GOOD])
     client = ClaudeClient(settings_for(fake), migrated_db.engine)
     try:
-        results = [await ask(client, purpose="pattern_label"), await ask(client, purpose="anomaly_verdict"),
-                   await ask(client, purpose="anomaly_verdict")]
+        results = [
+            await ask(client, purpose="pattern_label"),
+            await ask(client, purpose="anomaly_verdict"),
+            await ask(client, purpose="anomaly_verdict"),
+        ]
     finally:
         await client.aclose()
-    since = datetime.now(timezone.utc) - timedelta(hours=1)
+    since = datetime.now(UTC) - timedelta(hours=1)
     async with migrated_db.engine.connect() as conn:
         summary = await spend_summary(conn, since=since)
         total_tokens = (await conn.execute(select(func.sum(ClaudeCall.input_tokens + ClaudeCall.output_tokens)))).scalar()
@@ -284,7 +317,7 @@ async def test_spend_summary_groups_by_purpose_and_outcome(migrated_db, fake_fac
     assert summary["by_purpose"]["anomaly_verdict"]["calls"] == 2
     assert summary["by_purpose"]["pattern_label"]["cost_usd"] == pytest.approx(results[0].cost_usd)
     async with migrated_db.engine.connect() as conn:
-        later = await spend_summary(conn, since=datetime.now(timezone.utc) + timedelta(minutes=1))
+        later = await spend_summary(conn, since=datetime.now(UTC) + timedelta(minutes=1))
     assert later["calls"] == 0 and later["by_purpose"] == {}
 
 

@@ -14,11 +14,15 @@ TOOL = {"name": "answer", "description": "d", "input_schema": {"type": "object"}
 async def create(fake: FakeClaude, **extra):
     sdk = anthropic.AsyncAnthropic(api_key="k", base_url=fake.base_url, max_retries=0, timeout=2)
     try:
-        return await sdk.messages.create(model="claude-haiku-4-5", max_tokens=64, tools=[TOOL],
-                                         tool_choice={"type": "tool", "name": "answer"},
-                                         system=[{"type": "text", "text": "sys"}],
-                                         messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-                                         **extra)
+        return await sdk.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=64,
+            tools=[TOOL],
+            tool_choice={"type": "tool", "name": "answer"},
+            system=[{"type": "text", "text": "sys"}],
+            messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            **extra,
+        )
     finally:
         await sdk.close()
 
@@ -42,11 +46,14 @@ async def test_async_responders_and_usage_override() -> None:
     assert msg.usage.input_tokens == 7 and msg.usage.cache_read_input_tokens == 70
 
 
-@pytest.mark.parametrize(("fault", "error", "status"), [
-    (FakeFault(kind="rate_limited", retry_after=3), anthropic.RateLimitError, 429),
-    (FakeFault(kind="overloaded"), anthropic.APIStatusError, 529),
-    (FakeFault(kind="server_error"), anthropic.InternalServerError, 500),
-])
+@pytest.mark.parametrize(
+    ("fault", "error", "status"),
+    [
+        (FakeFault(kind="rate_limited", retry_after=3), anthropic.RateLimitError, 429),
+        (FakeFault(kind="overloaded"), anthropic.APIStatusError, 529),
+        (FakeFault(kind="server_error"), anthropic.InternalServerError, 500),
+    ],
+)
 async def test_faults_reach_the_sdk_as_its_errors(fault: FakeFault, error: type, status: int) -> None:
     async with FakeClaude(lambda req: fault) as fake:
         with pytest.raises(error) as caught:

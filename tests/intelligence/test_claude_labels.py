@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from sqlalchemy import insert, text
@@ -27,7 +27,8 @@ async def make_pattern(engine: AsyncEngine, label: str, texts: list[str], member
     examples = [{"request_id": f"ex-{next(_seq)}", "text": t, "similarity": 0.9} for t in texts]
     async with AsyncSession(engine) as session, session.begin():
         return await PatternRepository(session).create_pattern(
-            centroid, seen_at=datetime.now(timezone.utc), label=label, examples=examples, member_count=members)
+            centroid, seen_at=datetime.now(UTC), label=label, examples=examples, member_count=members
+        )
 
 
 async def add_members(engine: AsyncEngine, pattern_id: int, n: int, at: datetime) -> None:
@@ -40,14 +41,14 @@ async def add_members(engine: AsyncEngine, pattern_id: int, n: int, at: datetime
     async with engine.begin() as conn:
         await conn.execute(insert(Exchange.__table__), exchanges)
         await conn.execute(insert(ExchangeEmbedding.__table__), embeddings)
-        await conn.execute(text("UPDATE patterns SET member_count = member_count + :n WHERE id = :id"),
-                           {"n": n, "id": pattern_id})
+        await conn.execute(
+            text("UPDATE patterns SET member_count = member_count + :n WHERE id = :id"), {"n": n, "id": pattern_id}
+        )
 
 
 async def label_of(engine: AsyncEngine, pattern_id: int) -> tuple[str, str]:
     async with engine.connect() as conn:
-        row = (await conn.execute(text("SELECT label, label_source FROM patterns WHERE id = :id"),
-                                  {"id": pattern_id})).one()
+        row = (await conn.execute(text("SELECT label, label_source FROM patterns WHERE id = :id"), {"id": pattern_id})).one()
     return row.label, row.label_source
 
 
@@ -60,8 +61,9 @@ def naming(request: dict) -> dict:
 
 async def test_labels_heuristic_patterns_once_and_leaves_the_rest(migrated_db) -> None:
     engine = migrated_db.engine
-    invoices = await make_pattern(engine, "invoice summarise order",
-                                  ["summarise invoice 1", f"summarise invoice 2 key {SECRET}"], members=8)
+    invoices = await make_pattern(
+        engine, "invoice summarise order", ["summarise invoice 1", f"summarise invoice 2 key {SECRET}"], members=8
+    )
     small = await make_pattern(engine, "weather tomorrow", ["weather tomorrow?"], members=2)
     by_hand = await make_pattern(engine, "weather rain", ["will it rain"], members=9)
     async with AsyncSession(engine) as session, session.begin():
@@ -77,9 +79,14 @@ async def test_labels_heuristic_patterns_once_and_leaves_the_rest(migrated_db) -
             await client.aclose()
 
     assert summary["patterns"] == [invoices]
-    assert summary["labelled"] == [{"pattern": invoices, "label": "Invoice summaries",
-                                    "previous": "invoice summarise order",
-                                    "description": "Requests to summarise invoices."}]
+    assert summary["labelled"] == [
+        {
+            "pattern": invoices,
+            "label": "Invoice summaries",
+            "previous": "invoice summarise order",
+            "description": "Requests to summarise invoices.",
+        }
+    ]
     assert len(fake.requests) == 1, "already-labelled patterns must not be sent again"
     prompt = fake.requests[0]["prompt"]
     assert "summarise invoice 1" in prompt and SECRET not in prompt
@@ -95,12 +102,14 @@ async def test_labels_heuristic_patterns_once_and_leaves_the_rest(migrated_db) -
 async def test_malformed_answers_leave_the_heuristic_label_and_back_off(migrated_db) -> None:
     engine = migrated_db.engine
     pid = await make_pattern(engine, "invoice summarise order", ["summarise invoice 1"], members=6)
-    answers = iter([
-        FakeFault(kind="malformed"),  # text instead of a tool call
-        FakeFault(kind="malformed", input={"label": "x" * (MAX_LABEL_CHARS + 1), "description": "too long"}),
-        FakeFault(kind="malformed", input={"label": "   ", "description": "blank"}),
-        {"label": " \" . \" ", "description": "valid JSON, but nothing left once cleaned"},
-    ])
+    answers = iter(
+        [
+            FakeFault(kind="malformed"),  # text instead of a tool call
+            FakeFault(kind="malformed", input={"label": "x" * (MAX_LABEL_CHARS + 1), "description": "too long"}),
+            FakeFault(kind="malformed", input={"label": "   ", "description": "blank"}),
+            {"label": ' " . " ', "description": "valid JSON, but nothing left once cleaned"},
+        ]
+    )
     async with FakeClaude(lambda _request: next(answers)) as fake:
         client = ClaudeClient(fake.client_settings(), engine)
         try:
@@ -186,19 +195,19 @@ async def test_bounded_per_tick_biggest_first(migrated_db) -> None:
 async def test_relabels_when_membership_grew_since_the_claude_label(migrated_db) -> None:
     engine = migrated_db.engine
     pid = await make_pattern(engine, "invoice summarise", ["summarise invoice 1"], members=0)
-    await add_members(engine, pid, 6, datetime.now(timezone.utc) - timedelta(hours=1))
+    await add_members(engine, pid, 6, datetime.now(UTC) - timedelta(hours=1))
     async with FakeClaude(naming) as fake:
         client = ClaudeClient(fake.client_settings(), engine)
         try:
             job = PatternLabelJob(engine, client, relabel_growth=2.0, flags=ON)
             assert [x["pattern"] for x in (await job.tick())["labelled"]] == [pid]
-            await add_members(engine, pid, 5, datetime.now(timezone.utc))
+            await add_members(engine, pid, 5, datetime.now(UTC))
             not_yet = await job.tick()  # 11 members, 6 when labelled: less than twice
-            await add_members(engine, pid, 1, datetime.now(timezone.utc))
+            await add_members(engine, pid, 1, datetime.now(UTC))
             grown = await job.tick()  # 12 = twice 6
             settled = await job.tick()
             without_relabel = PatternLabelJob(engine, client, relabel_growth=0, flags=ON)
-            await add_members(engine, pid, 30, datetime.now(timezone.utc))
+            await add_members(engine, pid, 30, datetime.now(UTC))
             disabled = await without_relabel.tick()
         finally:
             await client.aclose()
@@ -216,8 +225,9 @@ async def test_pattern_merged_away_meanwhile_is_not_labelled(migrated_db) -> Non
 
     async def merge_then_answer(request: dict) -> dict:
         async with engine.begin() as conn:
-            await conn.execute(text("UPDATE patterns SET redirect_to = :w, centroid = NULL WHERE id = :l"),
-                               {"w": winner, "l": loser})
+            await conn.execute(
+                text("UPDATE patterns SET redirect_to = :w, centroid = NULL WHERE id = :l"), {"w": winner, "l": loser}
+            )
         return naming(request)
 
     async with FakeClaude(merge_then_answer) as fake:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -58,9 +58,14 @@ async def test_calls_without_a_valid_token_are_unauthenticated(stub) -> None:
     assert await code_of(stub.WhoAmI(pb.WhoAmIRequest())) == grpc.StatusCode.UNAUTHENTICATED
     bad = (("authorization", "Bearer not-a-jwt"),)
     assert await code_of(stub.WhoAmI(pb.WhoAmIRequest(), metadata=bad)) == grpc.StatusCode.UNAUTHENTICATED
-    forged = (("authorization", "Bearer " + issue_token(AccessSettings(secret_key="another-secret-0123456789-abcdefgh"), "eve", "admin")),)
+    forged = (
+        (
+            "authorization",
+            "Bearer " + issue_token(AccessSettings(secret_key="another-secret-0123456789-abcdefgh"), "eve", "admin"),
+        ),
+    )
     assert await code_of(stub.ListExperiments(pb.ListExperimentsRequest(), metadata=forged)) == grpc.StatusCode.UNAUTHENTICATED
-    expired = bearer("admin", now=datetime.now(timezone.utc) - timedelta(hours=2), minutes=5)
+    expired = bearer("admin", now=datetime.now(UTC) - timedelta(hours=2), minutes=5)
     assert await code_of(stub.WhoAmI(pb.WhoAmIRequest(), metadata=expired)) == grpc.StatusCode.UNAUTHENTICATED
     # the stream is guarded too
     assert await code_of(_first(stub.WatchEvents(pb.WatchEventsRequest()))) == grpc.StatusCode.UNAUTHENTICATED
@@ -77,9 +82,11 @@ async def test_viewer_reads_but_may_not_change(stub, migrated_db) -> None:
     assert me.expires_at
     await stub.ListExperiments(pb.ListExperimentsRequest(), metadata=bearer("viewer"))
     enhancement_id = await new_candidate(migrated_db.engine)
-    for call in (stub.StartExperiment(pb.StartExperimentRequest(enhancement_id=enhancement_id), metadata=bearer("viewer")),
-                 stub.PauseExperiment(pb.ExperimentActionRequest(experiment_id=1), metadata=bearer("viewer")),
-                 stub.ConfirmVerdict(pb.ConfirmVerdictRequest(verdict_id=1, label="attack"), metadata=bearer("viewer"))):
+    for call in (
+        stub.StartExperiment(pb.StartExperimentRequest(enhancement_id=enhancement_id), metadata=bearer("viewer")),
+        stub.PauseExperiment(pb.ExperimentActionRequest(experiment_id=1), metadata=bearer("viewer")),
+        stub.ConfirmVerdict(pb.ConfirmVerdictRequest(verdict_id=1, label="attack"), metadata=bearer("viewer")),
+    ):
         assert await code_of(call) == grpc.StatusCode.PERMISSION_DENIED
     async with migrated_db.engine.connect() as conn:
         assert (await conn.execute(select(Experiment.id))).first() is None  # nothing started
@@ -87,19 +94,29 @@ async def test_viewer_reads_but_may_not_change(stub, migrated_db) -> None:
 
 async def test_admin_errors_map_to_status_codes(stub, migrated_db) -> None:
     admin = bearer("admin")
-    assert await code_of(stub.PauseExperiment(pb.ExperimentActionRequest(experiment_id=999), metadata=admin)) \
+    assert (
+        await code_of(stub.PauseExperiment(pb.ExperimentActionRequest(experiment_id=999), metadata=admin))
         == grpc.StatusCode.NOT_FOUND
-    assert await code_of(stub.ExperimentHistory(pb.ExperimentHistoryRequest(experiment_id=999), metadata=admin)) \
+    )
+    assert (
+        await code_of(stub.ExperimentHistory(pb.ExperimentHistoryRequest(experiment_id=999), metadata=admin))
         == grpc.StatusCode.NOT_FOUND
-    assert await code_of(stub.StartExperiment(pb.StartExperimentRequest(enhancement_id=1, control_weight=1.5),
-                                              metadata=admin)) == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert (
+        await code_of(stub.StartExperiment(pb.StartExperimentRequest(enhancement_id=1, control_weight=1.5), metadata=admin))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     enhancement_id = await new_candidate(migrated_db.engine)
     started = await stub.StartExperiment(pb.StartExperimentRequest(enhancement_id=enhancement_id), metadata=admin)
     # resuming a running experiment is an invalid state change
-    assert await code_of(stub.ResumeExperiment(pb.ExperimentActionRequest(experiment_id=started.experiment_id),
-                                               metadata=admin)) == grpc.StatusCode.FAILED_PRECONDITION
-    assert await code_of(stub.SubmitFeedback(pb.SubmitFeedbackRequest(request_id="r1"), metadata=admin)) \
+    assert (
+        await code_of(stub.ResumeExperiment(pb.ExperimentActionRequest(experiment_id=started.experiment_id), metadata=admin))
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert (
+        await code_of(stub.SubmitFeedback(pb.SubmitFeedbackRequest(request_id="r1"), metadata=admin))
         == grpc.StatusCode.INVALID_ARGUMENT
+    )
 
 
 # ---------------------------------------------------------------------------------------- RPCs
@@ -111,22 +128,29 @@ async def test_experiment_lifecycle_mutates_the_database_with_the_token_subject_
     assert [e.id for e in listed.enhancements] == [enhancement_id]
     assert json.loads(listed.enhancements[0].spec_json)["text"] == SPEC["text"]
 
-    started = await stub.StartExperiment(pb.StartExperimentRequest(enhancement_id=enhancement_id, control_weight=0.3,
-                                                                   assign_by="client"), metadata=admin)
+    started = await stub.StartExperiment(
+        pb.StartExperimentRequest(enhancement_id=enhancement_id, control_weight=0.3, assign_by="client"), metadata=admin
+    )
     exp_id = started.experiment_id
     paused = await stub.PauseExperiment(pb.ExperimentActionRequest(experiment_id=exp_id, reason="look closer"), metadata=admin)
     assert paused.experiment.status == "paused"
     resumed = await stub.ResumeExperiment(pb.ExperimentActionRequest(experiment_id=exp_id), metadata=admin)
     assert resumed.experiment.status == "running"
-    promoted = await stub.PromoteExperiment(pb.ExperimentActionRequest(experiment_id=exp_id, reason="clearly better"),
-                                            metadata=admin)
+    promoted = await stub.PromoteExperiment(
+        pb.ExperimentActionRequest(experiment_id=exp_id, reason="clearly better"), metadata=admin
+    )
     assert promoted.experiment.status == "promoted"
 
     async with engine.connect() as conn:
         row = (await conn.execute(select(Experiment.__table__).where(Experiment.id == exp_id))).one()
         assert (row.status, row.control_weight, row.assign_by, row.created_by) == ("promoted", 0.3, "client", "ops-anna")
-        actors = (await conn.execute(select(ExperimentEvent.action, ExperimentEvent.actor)
-                                     .where(ExperimentEvent.experiment_id == exp_id).order_by(ExperimentEvent.id))).all()
+        actors = (
+            await conn.execute(
+                select(ExperimentEvent.action, ExperimentEvent.actor)
+                .where(ExperimentEvent.experiment_id == exp_id)
+                .order_by(ExperimentEvent.id)
+            )
+        ).all()
         assert {a for _, a in actors} == {"ops-anna"}
         assert len(actors) == 4
 
@@ -140,36 +164,52 @@ async def test_experiment_lifecycle_mutates_the_database_with_the_token_subject_
 
 async def test_rollback_over_rpc(stub, migrated_db) -> None:
     admin = bearer("admin", "bob")
-    exp_id = (await stub.StartExperiment(pb.StartExperimentRequest(enhancement_id=await new_candidate(migrated_db.engine)),
-                                         metadata=admin)).experiment_id
+    exp_id = (
+        await stub.StartExperiment(
+            pb.StartExperimentRequest(enhancement_id=await new_candidate(migrated_db.engine)), metadata=admin
+        )
+    ).experiment_id
     done = await stub.RollbackExperiment(pb.ExperimentActionRequest(experiment_id=exp_id, reason="worse"), metadata=admin)
     assert done.experiment.status == "rolled_back"
     assert done.experiment.decision_reason or json.loads(done.experiment.json)["status"] == "rolled_back"
 
 
 async def test_submit_feedback_stores_a_row(stub, migrated_db) -> None:
-    resp = await stub.SubmitFeedback(pb.SubmitFeedbackRequest(request_id="req-fb-1", thumbs="down", comment="wrong"),
-                                     metadata=bearer("viewer"))
+    resp = await stub.SubmitFeedback(
+        pb.SubmitFeedbackRequest(request_id="req-fb-1", thumbs="down", comment="wrong"), metadata=bearer("viewer")
+    )
     async with migrated_db.engine.connect() as conn:
-        row = (await conn.execute(text("SELECT request_id, thumbs, comment FROM feedback WHERE id = :id"),
-                                  {"id": resp.feedback_id})).one()
+        row = (
+            await conn.execute(text("SELECT request_id, thumbs, comment FROM feedback WHERE id = :id"), {"id": resp.feedback_id})
+        ).one()
     assert tuple(row) == ("req-fb-1", "down", "wrong")
 
 
 async def test_verdicts_list_and_confirm(stub, migrated_db) -> None:
     async with migrated_db.engine.begin() as conn:
-        verdict_id = (await conn.execute(text(
-            "INSERT INTO anomaly_verdicts (client_key_fp, detectors, status, verdict, confidence, reasoning) "
-            "VALUES ('fp-x', ARRAY['volume'], 'judged', 'suspicious', 0.7, 'many calls') RETURNING id"))).scalar_one()
+        verdict_id = (
+            await conn.execute(
+                text(
+                    "INSERT INTO anomaly_verdicts (client_key_fp, detectors, status, verdict, confidence, reasoning) "
+                    "VALUES ('fp-x', ARRAY['volume'], 'judged', 'suspicious', 0.7, 'many calls') RETURNING id"
+                )
+            )
+        ).scalar_one()
     listed = await stub.ListVerdicts(pb.ListVerdictsRequest(), metadata=bearer("viewer"))
     assert [(v.id, v.verdict, list(v.detectors)) for v in listed.verdicts] == [(verdict_id, "suspicious", ["volume"])]
-    assert await code_of(stub.ConfirmVerdict(pb.ConfirmVerdictRequest(verdict_id=verdict_id, label="maybe"),
-                                             metadata=bearer("admin"))) == grpc.StatusCode.INVALID_ARGUMENT
-    await stub.ConfirmVerdict(pb.ConfirmVerdictRequest(verdict_id=verdict_id, label="false_positive"),
-                              metadata=bearer("admin", "carol"))
+    assert (
+        await code_of(
+            stub.ConfirmVerdict(pb.ConfirmVerdictRequest(verdict_id=verdict_id, label="maybe"), metadata=bearer("admin"))
+        )
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    await stub.ConfirmVerdict(
+        pb.ConfirmVerdictRequest(verdict_id=verdict_id, label="false_positive"), metadata=bearer("admin", "carol")
+    )
     async with migrated_db.engine.connect() as conn:
-        row = (await conn.execute(text("SELECT confirmed, confirmed_by FROM anomaly_verdicts WHERE id = :id"),
-                                  {"id": verdict_id})).one()
+        row = (
+            await conn.execute(text("SELECT confirmed, confirmed_by FROM anomaly_verdicts WHERE id = :id"), {"id": verdict_id})
+        ).one()
     assert tuple(row) == ("false_positive", "carol")
 
 

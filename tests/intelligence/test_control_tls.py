@@ -43,19 +43,67 @@ def _openssl(cwd: Path, *args: str) -> None:
 
 
 def _ca(cwd: Path, name: str) -> None:
-    _openssl(cwd, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    _openssl(
+        cwd,
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    )
 
 
 def _leaf(cwd: Path, name: str, ca: str, *, usage: str, san: str | None = None) -> None:
-    _openssl(cwd, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+    _openssl(
+        cwd,
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+    )
     ext = cwd / f"{name}.ext"
-    ext.write_text("basicConstraints=CA:FALSE\n"
-                   f"extendedKeyUsage={usage}\n" + (f"subjectAltName={san}\n" if san else ""))
-    _openssl(cwd, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-set_serial",
-             str(int.from_bytes(name.encode()[:6], "big")), "-days", "2", "-out", f"{name}.pem", "-extfile", ext.name)
+    ext.write_text(f"basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n" + (f"subjectAltName={san}\n" if san else ""))
+    _openssl(
+        cwd,
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}.key",
+        "-set_serial",
+        str(int.from_bytes(name.encode()[:6], "big")),
+        "-days",
+        "2",
+        "-out",
+        f"{name}.pem",
+        "-extfile",
+        ext.name,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +154,9 @@ async def test_tls_server_answers_a_tls_client_and_rejects_plaintext_and_untrust
     server = await launch(ServerTLS(pki["server.pem"], pki["server.key"]))
     assert server.transport == "TLS"
     async with migrated_db.engine.begin() as conn:
-        enhancement_id = await manage.create_enhancement(conn, None, "system_prompt", {"text": "Be brief."}, "t",
-                                                         "operator", actor="test")
+        enhancement_id = await manage.create_enhancement(
+            conn, None, "system_prompt", {"text": "Be brief."}, "t", "operator", actor="test"
+        )
 
     env = {"LLMPROXY_CONTROL_TLS_CA": pki["ca.pem"], "LLMPROXY_TOKEN": _token("viewer", "tess")}
 
@@ -132,8 +181,11 @@ async def test_server_name_override_verifies_a_certificate_for_another_name(pki,
     server = await launch(ServerTLS(pki["internal.pem"], pki["internal.key"]))  # valid for control.internal only
     wrong_name = ControlClient(server.address, _token(), tls=ClientTLS(ca_file=pki["ca.pem"]), timeout=3)
     assert await _code(lambda: _whoami(wrong_name)) == grpc.StatusCode.UNAVAILABLE
-    env = {"LLMPROXY_CONTROL_TLS_CA": pki["ca.pem"], "LLMPROXY_CONTROL_TLS_SERVER_NAME": "control.internal",
-           "LLMPROXY_TOKEN": _token("admin", "root")}
+    env = {
+        "LLMPROXY_CONTROL_TLS_CA": pki["ca.pem"],
+        "LLMPROXY_CONTROL_TLS_SERVER_NAME": "control.internal",
+        "LLMPROXY_TOKEN": _token("admin", "root"),
+    }
     assert await asyncio.to_thread(lambda: _whoami(client_from_env(server.address, env=env))) == ("root", "admin")
 
 
@@ -142,12 +194,17 @@ async def test_mtls_requires_a_client_certificate_from_the_client_ca(pki, launch
     assert server.transport == "mTLS"
     no_cert = ControlClient(server.address, _token(), tls=ClientTLS(ca_file=pki["ca.pem"]), timeout=3)
     assert await _code(lambda: _whoami(no_cert)) == grpc.StatusCode.UNAVAILABLE
-    untrusted = ControlClient(server.address, _token(), timeout=3,
-                              tls=ClientTLS(pki["ca.pem"], pki["mallory.pem"], pki["mallory.key"]))
+    untrusted = ControlClient(
+        server.address, _token(), timeout=3, tls=ClientTLS(pki["ca.pem"], pki["mallory.pem"], pki["mallory.key"])
+    )
     assert await _code(lambda: _whoami(untrusted)) == grpc.StatusCode.UNAVAILABLE
 
-    env = {"LLMPROXY_CONTROL_TLS_CA": pki["ca.pem"], "LLMPROXY_CONTROL_TLS_CLIENT_CERT": pki["ops.pem"],
-           "LLMPROXY_CONTROL_TLS_CLIENT_KEY": pki["ops.key"], "LLMPROXY_TOKEN": _token("viewer", "ops")}
+    env = {
+        "LLMPROXY_CONTROL_TLS_CA": pki["ca.pem"],
+        "LLMPROXY_CONTROL_TLS_CLIENT_CERT": pki["ops.pem"],
+        "LLMPROXY_CONTROL_TLS_CLIENT_KEY": pki["ops.key"],
+        "LLMPROXY_TOKEN": _token("viewer", "ops"),
+    }
     assert await asyncio.to_thread(lambda: _whoami(client_from_env(server.address, env=env))) == ("ops", "viewer")
     # a certificate does not replace the token: authentication stays the bearer token's job
     certified = ControlClient(server.address, None, timeout=3, tls=ClientTLS(pki["ca.pem"], pki["ops.pem"], pki["ops.key"]))
@@ -159,8 +216,13 @@ async def test_experiments_cli_over_tls(pki, launch, monkeypatch, capsys) -> Non
 
     server = await launch(ServerTLS(pki["server.pem"], pki["server.key"]))
     monkeypatch.setenv("LLMPROXY_TOKEN", _token("viewer"))
-    for name in ("LLMPROXY_CONTROL_TLS_CA", "LLMPROXY_CONTROL_TLS", "LLMPROXY_CONTROL_TLS_CLIENT_CERT",
-                 "LLMPROXY_CONTROL_TLS_CLIENT_KEY", "LLMPROXY_CONTROL_ALLOW_PLAINTEXT"):
+    for name in (
+        "LLMPROXY_CONTROL_TLS_CA",
+        "LLMPROXY_CONTROL_TLS",
+        "LLMPROXY_CONTROL_TLS_CLIENT_CERT",
+        "LLMPROXY_CONTROL_TLS_CLIENT_KEY",
+        "LLMPROXY_CONTROL_ALLOW_PLAINTEXT",
+    ):
         monkeypatch.delenv(name, raising=False)
 
     async def cli(*argv: str) -> tuple[int, str, str]:
@@ -198,17 +260,30 @@ def test_client_refuses_to_send_a_token_in_plaintext_beyond_loopback(pki) -> Non
 
 
 def test_target_host_parses_grpc_targets() -> None:
-    assert [target_host(a) for a in ("10.0.0.5:50052", "[::1]:50052", "dns:///ctl:1", "dns://8.8.8.8/ctl:1", "ipv4:127.0.0.1:9",
-                                     "ctl.example", "::1")] == ["10.0.0.5", "::1", "ctl", "ctl", "127.0.0.1", "ctl.example", "::1"]
+    assert [
+        target_host(a)
+        for a in (
+            "10.0.0.5:50052",
+            "[::1]:50052",
+            "dns:///ctl:1",
+            "dns://8.8.8.8/ctl:1",
+            "ipv4:127.0.0.1:9",
+            "ctl.example",
+            "::1",
+        )
+    ] == ["10.0.0.5", "::1", "ctl", "ctl", "127.0.0.1", "ctl.example", "::1"]
 
 
 def test_tls_settings_from_env_are_all_or_nothing(pki, tmp_path) -> None:
     assert ServerTLS.from_env({}) is None and ClientTLS.from_env({}) is None
-    tls = ServerTLS.from_env({"LLMPROXY_CONTROL_TLS_CERT": "c.pem", "LLMPROXY_CONTROL_TLS_KEY": "k.pem",
-                              "LLMPROXY_CONTROL_TLS_CLIENT_CA": "ca.pem"})
+    tls = ServerTLS.from_env(
+        {"LLMPROXY_CONTROL_TLS_CERT": "c.pem", "LLMPROXY_CONTROL_TLS_KEY": "k.pem", "LLMPROXY_CONTROL_TLS_CLIENT_CA": "ca.pem"}
+    )
     assert tls == ServerTLS("c.pem", "k.pem", "ca.pem") and tls.mutual
-    assert ServerTLS.from_env({"LLMPROXY_CONTROL_TLS_CERT": "env.pem", "LLMPROXY_CONTROL_TLS_KEY": "k"},
-                              cert="flag.pem").cert_file == "flag.pem"
+    assert (
+        ServerTLS.from_env({"LLMPROXY_CONTROL_TLS_CERT": "env.pem", "LLMPROXY_CONTROL_TLS_KEY": "k"}, cert="flag.pem").cert_file
+        == "flag.pem"
+    )
     with pytest.raises(TLSConfigError, match="LLMPROXY_CONTROL_TLS_KEY"):
         ServerTLS.from_env({"LLMPROXY_CONTROL_TLS_CERT": "c.pem"})
     with pytest.raises(TLSConfigError, match="LLMPROXY_CONTROL_TLS_CERT"):
@@ -244,8 +319,16 @@ def test_intelligence_jobs_reads_control_tls_flags_and_stops_on_a_bad_setting(pk
 
     for name in ("LLMPROXY_CONTROL_TLS_CERT", "LLMPROXY_CONTROL_TLS_KEY", "LLMPROXY_CONTROL_TLS_CLIENT_CA"):
         monkeypatch.delenv(name, raising=False)
-    args = parse_args(["--control-tls-cert", pki["server.pem"], "--control-tls-key", pki["server.key"],
-                       "--control-tls-client-ca", pki["ca.pem"]])
+    args = parse_args(
+        [
+            "--control-tls-cert",
+            pki["server.pem"],
+            "--control-tls-key",
+            pki["server.key"],
+            "--control-tls-client-ca",
+            pki["ca.pem"],
+        ]
+    )
     assert control_tls(args) == ServerTLS(pki["server.pem"], pki["server.key"], pki["ca.pem"])
     assert control_tls(parse_args([])) is None
     with pytest.raises(SystemExit, match="set both LLMPROXY_CONTROL_TLS_CERT and LLMPROXY_CONTROL_TLS_KEY"):

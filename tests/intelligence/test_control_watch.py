@@ -45,8 +45,7 @@ async def stub(server: ControlServer) -> AsyncIterator[pb_grpc.ControlStub]:
 
 async def add_event(engine, kind: str = "alert", title: str = "t") -> int:
     async with engine.begin() as conn:
-        return await publish(conn, kind=kind, title=title, severity="warning", subject="key:1", detail={"n": 1},
-                             source="test")
+        return await publish(conn, kind=kind, title=title, severity="warning", subject="key:1", detail={"n": 1}, source="test")
 
 
 async def add_exchange(engine) -> ExchangeRecord:
@@ -60,6 +59,7 @@ async def subscribed(server: ControlServer, n: int = 1) -> None:
     async def wait() -> None:
         while server.hub.subscribers < n:
             await asyncio.sleep(0.01)
+
     await asyncio.wait_for(wait(), WAIT)
 
 

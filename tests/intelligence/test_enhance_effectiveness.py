@@ -3,7 +3,7 @@ totals and daily/hourly series with Wilson intervals, and the variant's deltas a
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import event, text
@@ -16,7 +16,7 @@ from intelligence.pricing import load_prices
 
 from .test_enhance_support import Ex, write
 
-MIDNIGHT = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+MIDNIGHT = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 DAYS = [MIDNIGHT - timedelta(days=d) for d in (4, 3, 2)]  # the experiment ran over these three days
 ACTIVE_DAY = MIDNIGHT - timedelta(days=1)
 PROMOTED_AT = DAYS[2] + timedelta(hours=18)
@@ -28,13 +28,26 @@ VARIANT = dict(total_tokens=150, input_tokens=120, output_tokens=30, latency_ms=
 
 def _control_day(p: int, exp: int, enh: int, day: datetime, ok: int) -> list[Ex]:
     # nine quick answers and one slow one a day: the mean (950 ms) and the median (500 ms) differ
-    return [Ex(p, ok=i < ok, experiment=exp, enhancement=enh, arm="control", at=day + timedelta(hours=12, minutes=i),
-               latency_ms=5000.0 if i == 9 else 500.0, **CONTROL) for i in range(10)]
+    return [
+        Ex(
+            p,
+            ok=i < ok,
+            experiment=exp,
+            enhancement=enh,
+            arm="control",
+            at=day + timedelta(hours=12, minutes=i),
+            latency_ms=5000.0 if i == 9 else 500.0,
+            **CONTROL,
+        )
+        for i in range(10)
+    ]
 
 
 def _variant_day(p: int, exp: int, enh: int, day: datetime, ok: int) -> list[Ex]:
-    return [Ex(p, ok=i < ok, experiment=exp, enhancement=enh, arm="variant", at=day + timedelta(hours=13, minutes=i),
-               **VARIANT) for i in range(10)]
+    return [
+        Ex(p, ok=i < ok, experiment=exp, enhancement=enh, arm="variant", at=day + timedelta(hours=13, minutes=i), **VARIANT)
+        for i in range(10)
+    ]
 
 
 async def _enhancement(conn) -> tuple[int, int, int]:
@@ -58,21 +71,32 @@ async def _seed_promoted(engine) -> dict[str, int]:
         items += [Ex(p, ok=i < 17, at=ACTIVE_DAY + timedelta(hours=9, minutes=i), **active) for i in range(20)]
         items += [
             Ex(p, ok=True, at=DAYS[2] + timedelta(hours=11), **active),  # before the promotion: not the active period
-            Ex(p, processed=False, at=datetime.now(timezone.utc), **active),  # the worker has not seen it yet: pending
+            Ex(p, processed=False, at=datetime.now(UTC), **active),  # the worker has not seen it yet: pending
             # exposures of another enhancement's experiment, and traffic that was not exposed at all
             Ex(other_p, ok=True, experiment=other_exp, enhancement=other_enh, arm="control", at=DAYS[1]),
             Ex(p, ok=False, at=DAYS[1]),
         ]
         await write(conn, items)
         # stacked under another active enhancement of the pattern: still an exposure of this one
-        stacked = await write(conn, [Ex(other_p, ok=True, enhancement=other_enh, arm="active",
-                                        at=ACTIVE_DAY + timedelta(hours=10), **VARIANT) for _ in range(2)])
-        await conn.execute(text("UPDATE exchanges SET flags = jsonb_set(flags, '{enhancement,also_active}', "
-                                "to_jsonb(ARRAY[CAST(:enh AS bigint)])) WHERE request_id = ANY(:ids)"),
-                           {"enh": enh, "ids": stacked})
+        stacked = await write(
+            conn,
+            [
+                Ex(other_p, ok=True, enhancement=other_enh, arm="active", at=ACTIVE_DAY + timedelta(hours=10), **VARIANT)
+                for _ in range(2)
+            ],
+        )
+        await conn.execute(
+            text(
+                "UPDATE exchanges SET flags = jsonb_set(flags, '{enhancement,also_active}', "
+                "to_jsonb(ARRAY[CAST(:enh AS bigint)])) WHERE request_id = ANY(:ids)"
+            ),
+            {"enh": enh, "ids": stacked},
+        )
         await manage.promote_experiment(conn, exp, actor="test", reason="better")
-        await conn.execute(text("UPDATE experiments SET started_at = :s, decided_at = :d WHERE id = :id"),
-                           {"s": DAYS[0], "d": PROMOTED_AT, "id": exp})
+        await conn.execute(
+            text("UPDATE experiments SET started_at = :s, decided_at = :d WHERE id = :id"),
+            {"s": DAYS[0], "d": PROMOTED_AT, "id": exp},
+        )
     return {"pattern": p, "enhancement": enh, "experiment": exp, "other_enhancement": other_enh}
 
 
@@ -81,7 +105,7 @@ async def test_promoted_enhancement_by_arm_and_day_with_deltas_in_two_statements
     ids = await _seed_promoted(engine)
     statements: list[str] = []
 
-    def count(conn_, cursor, statement, *args):  # noqa: ANN001
+    def count(conn_, cursor, statement, *args):
         statements.append(statement)
 
     async with engine.connect() as conn:
@@ -151,20 +175,25 @@ async def test_hourly_buckets_since_and_unpriced_cost(migrated_db) -> None:
     async with engine.begin() as conn:
         p, enh, exp = await _enhancement(conn)
         arm = dict(experiment=exp, enhancement=enh)
-        await write(conn, [
-            Ex(p, ok=True, arm="control", at=start + timedelta(minutes=5), **arm),
-            Ex(p, ok=False, arm="control", at=start + timedelta(minutes=50), **arm),
-            Ex(p, ok=True, arm="variant", at=start + timedelta(hours=1, minutes=1), model="no-such-model", **arm),
-            Ex(p, ok=True, arm="variant", at=start + timedelta(hours=2), **arm),
-            Ex(p, ok=True, arm="variant", at=start - timedelta(hours=3), **arm),  # before `since`
-        ])
+        await write(
+            conn,
+            [
+                Ex(p, ok=True, arm="control", at=start + timedelta(minutes=5), **arm),
+                Ex(p, ok=False, arm="control", at=start + timedelta(minutes=50), **arm),
+                Ex(p, ok=True, arm="variant", at=start + timedelta(hours=1, minutes=1), model="no-such-model", **arm),
+                Ex(p, ok=True, arm="variant", at=start + timedelta(hours=2), **arm),
+                Ex(p, ok=True, arm="variant", at=start - timedelta(hours=3), **arm),  # before `since`
+            ],
+        )
     async with engine.connect() as conn:
         eff = await enhancement_effectiveness(conn, enh, bucket="hour", since=start)
     assert eff["active_from"] is None and eff["deltas"]["active_vs_control"] is None
     buckets = [(s["arm"], s["bucket"], s["n"], s["successes"]) for s in eff["series"]]
-    assert buckets == [("control", start.isoformat(), 2, 1),
-                       ("variant", (start + timedelta(hours=1)).isoformat(), 1, 1),
-                       ("variant", (start + timedelta(hours=2)).isoformat(), 1, 1)]
+    assert buckets == [
+        ("control", start.isoformat(), 2, 1),
+        ("variant", (start + timedelta(hours=1)).isoformat(), 1, 1),
+        ("variant", (start + timedelta(hours=2)).isoformat(), 1, 1),
+    ]
     assert eff["arms"]["variant"]["n"] == 2
     # one variant exposure's model has no price: no cost figure rather than a wrong one
     assert eff["arms"]["variant"]["mean_cost_usd"] is None
@@ -185,9 +214,21 @@ async def test_the_indexes_serve_both_periods(migrated_db) -> None:
 
     async with migrated_db.engine.begin() as conn:
         await conn.execute(text("SET LOCAL enable_seqscan = off"))
-        plan = "\n".join((await conn.execute(text("EXPLAIN " + _QUERIES[(True, False)].text), {
-            "enhancement": 1, "experiments": [1, 2], "bucket": "day", "grace": 600.0, "negative": 0.5,
-            "active_from": MIDNIGHT})).scalars())
+        plan = "\n".join(
+            (
+                await conn.execute(
+                    text("EXPLAIN " + _QUERIES[(True, False)].text),
+                    {
+                        "enhancement": 1,
+                        "experiments": [1, 2],
+                        "bucket": "day",
+                        "grace": 600.0,
+                        "negative": 0.5,
+                        "active_from": MIDNIGHT,
+                    },
+                )
+            ).scalars()
+        )
     # the experiment's arms by the expression index; nothing reads every exchange (on an empty table the
     # planner picks the small partial index for the active period too, in production the start-time one)
     lines = plan.splitlines()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import event, text
@@ -27,28 +27,31 @@ async def test_outcomes_count_successes_errors_and_means_per_arm_in_one_query(mi
     async with engine.begin() as conn:
         p, enh, exp = await _experiment(conn)
         other_p, other_enh, other_exp = await _experiment(conn)
-        old = datetime.now(timezone.utc) - timedelta(hours=1)
+        old = datetime.now(UTC) - timedelta(hours=1)
         c = dict(experiment=exp, enhancement=enh, arm="control")
         v = dict(experiment=exp, enhancement=enh, arm="variant")
-        await write(conn, [
-            Ex(p, ok=True, **c, total_tokens=100, latency_ms=400),                    # success
-            Ex(p, ok=True, **c, total_tokens=300, latency_ms=600),                    # success
-            Ex(p, failing_signal="tool_args", **c),                                   # failing signal
-            Ex(p, failing_signal="retry", **c),                                       # retried
-            Ex(p, feedback=("down", None), **c),                                      # thumbs down
-            Ex(p, status=500, error="upstream 500", failing_signal="status", **c),   # error
-            Ex(p, processed=False, at=old, **c),                                      # the worker skipped it: failure
-            Ex(p, processed=False, at=datetime.now(timezone.utc), **c),                 # pending: not counted yet
-            Ex(p, ok=True, feedback=(None, 0.9), **v, model="no-such-model"),         # good score: success
-            Ex(p, feedback=(None, 0.2), **v, model="no-such-model"),                  # low score
-            Ex(p, ok=True, arm="control", experiment=other_exp, enhancement=other_enh),  # another experiment
-            Ex(p, ok=True),                                                           # not exposed at all
-        ])
+        await write(
+            conn,
+            [
+                Ex(p, ok=True, **c, total_tokens=100, latency_ms=400),  # success
+                Ex(p, ok=True, **c, total_tokens=300, latency_ms=600),  # success
+                Ex(p, failing_signal="tool_args", **c),  # failing signal
+                Ex(p, failing_signal="retry", **c),  # retried
+                Ex(p, feedback=("down", None), **c),  # thumbs down
+                Ex(p, status=500, error="upstream 500", failing_signal="status", **c),  # error
+                Ex(p, processed=False, at=old, **c),  # the worker skipped it: failure
+                Ex(p, processed=False, at=datetime.now(UTC), **c),  # pending: not counted yet
+                Ex(p, ok=True, feedback=(None, 0.9), **v, model="no-such-model"),  # good score: success
+                Ex(p, feedback=(None, 0.2), **v, model="no-such-model"),  # low score
+                Ex(p, ok=True, arm="control", experiment=other_exp, enhancement=other_enh),  # another experiment
+                Ex(p, ok=True),  # not exposed at all
+            ],
+        )
     async with engine.connect() as conn:
         statements: list[str] = []
         sync_engine = engine.sync_engine
 
-        def count(conn_, cursor, statement, *args):  # noqa: ANN001
+        def count(conn_, cursor, statement, *args):
             statements.append(statement)
 
         event.listen(sync_engine, "before_cursor_execute", count)
@@ -69,9 +72,16 @@ async def test_outcomes_count_successes_errors_and_means_per_arm_in_one_query(mi
 async def test_the_index_serves_the_exposure_lookup(migrated_db) -> None:
     async with migrated_db.engine.begin() as conn:
         await conn.execute(text("SET LOCAL enable_seqscan = off"))
-        plan = "\n".join((await conn.execute(text(
-            "EXPLAIN SELECT 1 FROM exchanges e WHERE e.flags ? 'enhancement' "
-            "AND (e.flags -> 'enhancement' ->> 'experiment')::bigint = 5"))).scalars())
+        plan = "\n".join(
+            (
+                await conn.execute(
+                    text(
+                        "EXPLAIN SELECT 1 FROM exchanges e WHERE e.flags ? 'enhancement' "
+                        "AND (e.flags -> 'enhancement' ->> 'experiment')::bigint = 5"
+                    )
+                )
+            ).scalars()
+        )
     assert "ix_exchanges_experiment" in plan
 
 
@@ -103,8 +113,11 @@ async def test_evaluator_rolls_back_a_loser_and_trips_the_cost_guard(migrated_db
         p, enh, worse = await _experiment(conn)
         await write(conn, arm_rows(p, worse, enh, "control", 100, 85) + arm_rows(p, worse, enh, "variant", 100, 40))
         q, enh2, costly = await _experiment(conn)
-        await write(conn, arm_rows(q, costly, enh2, "control", 60, 30, total_tokens=100)
-                    + arm_rows(q, costly, enh2, "variant", 60, 30, total_tokens=400, input_tokens=320, output_tokens=80))
+        await write(
+            conn,
+            arm_rows(q, costly, enh2, "control", 60, 30, total_tokens=100)
+            + arm_rows(q, costly, enh2, "variant", 60, 30, total_tokens=400, input_tokens=320, output_tokens=80),
+        )
     summary = await ExperimentEvaluator(engine).tick()
     assert sorted(summary["rolled_back"]) == sorted([worse, costly])
     async with engine.connect() as conn:
@@ -113,8 +126,11 @@ async def test_evaluator_rolls_back_a_loser_and_trips_the_cost_guard(migrated_db
         assert row["decision_reason"].startswith("guard rail: mean cost_usd up +300%")
         assert row["stats"]["guard"]["cost_metric"] == "cost_usd"
         assert row["enhancement"]["status"] == "rolled_back"
-        sev = (await conn.execute(text("SELECT severity FROM events WHERE subject = :s ORDER BY id DESC LIMIT 1"),
-                                  {"s": f"experiment:{costly}"})).scalar_one()
+        sev = (
+            await conn.execute(
+                text("SELECT severity FROM events WHERE subject = :s ORDER BY id DESC LIMIT 1"), {"s": f"experiment:{costly}"}
+            )
+        ).scalar_one()
         assert sev == "warning"
 
 

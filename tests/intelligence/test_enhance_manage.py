@@ -17,12 +17,17 @@ SP = {"text": "Answer in at most three sentences.", "position": "append"}
 
 
 async def _counts(conn, experiment_id: int) -> tuple[int, int, int]:
-    hist = (await conn.execute(text("SELECT count(*) FROM experiment_events WHERE experiment_id = :e"),
-                               {"e": experiment_id})).scalar_one()
-    audit = (await conn.execute(text("SELECT count(*) FROM audit_log WHERE subject = :s"),
-                                {"s": f"experiment:{experiment_id}"})).scalar_one()
-    events = (await conn.execute(text("SELECT count(*) FROM events WHERE kind = 'experiment' AND subject = :s"),
-                                 {"s": f"experiment:{experiment_id}"})).scalar_one()
+    hist = (
+        await conn.execute(text("SELECT count(*) FROM experiment_events WHERE experiment_id = :e"), {"e": experiment_id})
+    ).scalar_one()
+    audit = (
+        await conn.execute(text("SELECT count(*) FROM audit_log WHERE subject = :s"), {"s": f"experiment:{experiment_id}"})
+    ).scalar_one()
+    events = (
+        await conn.execute(
+            text("SELECT count(*) FROM events WHERE kind = 'experiment' AND subject = :s"), {"s": f"experiment:{experiment_id}"}
+        )
+    ).scalar_one()
     return hist, audit, events
 
 
@@ -31,8 +36,9 @@ async def test_create_versions_validate_and_list(migrated_db) -> None:
         p1, p2 = await make_pattern(conn), await make_pattern(conn, "other")
         a = await manage.create_enhancement(conn, p1, "system_prompt", SP, "terse answers succeed", "claude")
         b = await manage.create_enhancement(conn, p1, "parameters", {"temperature": 0.2}, "less drift", "operator")
-        c = await manage.create_enhancement(conn, p2, "tool_description",
-                                            {"tool": "lookup", "description": "Find a ticket by id."}, "", "claude")
+        c = await manage.create_enhancement(
+            conn, p2, "tool_description", {"tool": "lookup", "description": "Find a ticket by id."}, "", "claude"
+        )
         with pytest.raises(SpecError):
             await manage.create_enhancement(conn, p1, "parameters", {"temperature": 7}, "", "claude")
         with pytest.raises(ValueError):
@@ -59,8 +65,7 @@ async def test_full_life_cycle_with_traces(migrated_db) -> None:
         old_exp = await manage.start_experiment(conn, old, actor="alice")
         await manage.promote_experiment(conn, old_exp, actor="alice", reason="looked good")
     async with engine.begin() as conn:
-        exp = await manage.start_experiment(conn, new, actor="alice", control_weight=0.7, assign_by="client",
-                                            min_effect=0.1)
+        exp = await manage.start_experiment(conn, new, actor="alice", control_weight=0.7, assign_by="client", min_effect=0.1)
         assert (await manage.get_enhancement(conn, new))["status"] == "testing"
         with pytest.raises(ValueError):  # not a candidate any more
             await manage.start_experiment(conn, new, actor="alice")
@@ -80,7 +85,11 @@ async def test_full_life_cycle_with_traces(migrated_db) -> None:
         assert row["decision_reason"] == "p=0.01, effect=+0.2" and row["enhancement"]["status"] == "active"
         history = await manage.experiment_history(conn, exp)
         assert [(h["action"], h["actor"]) for h in history] == [
-            ("started", "alice"), ("paused", "bob"), ("resumed", "bob"), ("promoted", "evaluator")]
+            ("started", "alice"),
+            ("paused", "bob"),
+            ("resumed", "bob"),
+            ("promoted", "evaluator"),
+        ]
         assert history[-1]["detail"]["retired"] == [old]
         assert await _counts(conn, exp) == (4, 4, 4)
         assert (await AuditLog().verify(conn)).ok
@@ -92,8 +101,11 @@ async def test_full_life_cycle_with_traces(migrated_db) -> None:
             await manage.rollback_experiment(conn, old_exp, actor="carol")
     async with engine.connect() as conn:
         assert (await manage.get_enhancement(conn, new))["status"] == "rolled_back"
-        sev = (await conn.execute(text("SELECT severity FROM events WHERE subject = :s ORDER BY id DESC LIMIT 1"),
-                                  {"s": f"experiment:{exp}"})).scalar_one()
+        sev = (
+            await conn.execute(
+                text("SELECT severity FROM events WHERE subject = :s ORDER BY id DESC LIMIT 1"), {"s": f"experiment:{exp}"}
+            )
+        ).scalar_one()
         assert sev == "warning"
 
 
@@ -110,8 +122,12 @@ async def test_one_open_experiment_per_pattern_and_unknown_ids(migrated_db) -> N
         second = await manage.start_experiment(conn, b, actor="x")
         assert (await manage.get_experiment(conn, second))["status"] == "running"
         assert (await manage.get_enhancement(conn, a))["status"] == "rolled_back"
-        for call in (manage.pause_experiment(conn, 424242, actor="x"), manage.experiment_history(conn, 424242),
-                     manage.start_experiment(conn, 424242, actor="x"), manage.rollback_experiment(conn, 424242, actor="x")):
+        for call in (
+            manage.pause_experiment(conn, 424242, actor="x"),
+            manage.experiment_history(conn, 424242),
+            manage.start_experiment(conn, 424242, actor="x"),
+            manage.rollback_experiment(conn, 424242, actor="x"),
+        ):
             with pytest.raises(LookupError):
                 await call
         with pytest.raises(ValueError):
@@ -122,8 +138,7 @@ async def test_concurrent_starts_on_one_pattern_leave_one_experiment(migrated_db
     engine = migrated_db.engine
     async with engine.begin() as conn:
         p = await make_pattern(conn)
-        ids = [await manage.create_enhancement(conn, p, "parameters", {"max_tokens": 100 + i}, "", "operator")
-               for i in range(4)]
+        ids = [await manage.create_enhancement(conn, p, "parameters", {"max_tokens": 100 + i}, "", "operator") for i in range(4)]
 
     async def start(enhancement_id: int) -> bool:
         try:

@@ -9,15 +9,27 @@ import pytest
 
 from intelligence.enhance import spec as S
 
-CHAT = {"model": "gpt-4o-mini", "temperature": 0.9,
-        "messages": [{"role": "system", "content": "You write invoices."},
-                     {"role": "user", "content": "earlier"}, {"role": "assistant", "content": "ok"},
-                     {"role": "user", "content": "Invoice for 3 chairs, please"}],
-        "tools": [{"type": "function", "function": {"name": "lookup", "description": "old", "parameters": {}}},
-                  {"type": "function", "function": {"name": "price", "parameters": {}}}]}
-MESSAGES = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "system": "You write invoices.",
-            "messages": [{"role": "user", "content": [{"type": "text", "text": "Invoice for 3 chairs, please"}]}],
-            "tools": [{"name": "lookup", "description": "old", "input_schema": {"type": "object"}}]}
+CHAT = {
+    "model": "gpt-4o-mini",
+    "temperature": 0.9,
+    "messages": [
+        {"role": "system", "content": "You write invoices."},
+        {"role": "user", "content": "earlier"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "Invoice for 3 chairs, please"},
+    ],
+    "tools": [
+        {"type": "function", "function": {"name": "lookup", "description": "old", "parameters": {}}},
+        {"type": "function", "function": {"name": "price", "parameters": {}}},
+    ],
+}
+MESSAGES = {
+    "model": "claude-sonnet-4-5",
+    "max_tokens": 1024,
+    "system": "You write invoices.",
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "Invoice for 3 chairs, please"}]}],
+    "tools": [{"name": "lookup", "description": "old", "input_schema": {"type": "object"}}],
+}
 
 
 def patched(kind: str, spec: dict, doc: dict, api: str) -> tuple[list, dict]:
@@ -28,27 +40,30 @@ def patched(kind: str, spec: dict, doc: dict, api: str) -> tuple[list, dict]:
     return patch, out
 
 
-@pytest.mark.parametrize(("kind", "spec", "why"), [
-    ("system_prompt", {"text": ""}, "non-empty"),
-    ("system_prompt", {"text": "x", "position": "middle"}, "position"),
-    ("system_prompt", {"text": "x" * 9000}, "longer"),
-    ("system_prompt", {"text": "x", "colour": "red"}, "unknown field"),
-    ("instruction_rewrite", {}, "needs text"),
-    ("instruction_rewrite", {"text": "a", "find": "b", "replace": "c"}, "not both"),
-    ("instruction_rewrite", {"find": "a", "replace": "a"}, "no change"),
-    ("instruction_rewrite", {"find": "a"}, "replace must be"),
-    ("parameters", {}, "at least one"),
-    ("parameters", {"temperature": 2.5}, "temperature"),
-    ("parameters", {"temperature": True}, "number"),
-    ("parameters", {"top_p": 0}, "top_p"),
-    ("parameters", {"max_tokens": 0}, "max_tokens"),
-    ("parameters", {"max_tokens": 10.5}, "integer"),
-    ("parameters", {"temperature": float("nan")}, "number"),
-    ("tool_description", {"tool": "has space", "description": "d"}, "tool name"),
-    ("tool_description", {"tool": "t"}, "description"),
-    ("nonsense", {}, "unknown kind"),
-    ("system_prompt", ["text"], "object"),
-])
+@pytest.mark.parametrize(
+    ("kind", "spec", "why"),
+    [
+        ("system_prompt", {"text": ""}, "non-empty"),
+        ("system_prompt", {"text": "x", "position": "middle"}, "position"),
+        ("system_prompt", {"text": "x" * 9000}, "longer"),
+        ("system_prompt", {"text": "x", "colour": "red"}, "unknown field"),
+        ("instruction_rewrite", {}, "needs text"),
+        ("instruction_rewrite", {"text": "a", "find": "b", "replace": "c"}, "not both"),
+        ("instruction_rewrite", {"find": "a", "replace": "a"}, "no change"),
+        ("instruction_rewrite", {"find": "a"}, "replace must be"),
+        ("parameters", {}, "at least one"),
+        ("parameters", {"temperature": 2.5}, "temperature"),
+        ("parameters", {"temperature": True}, "number"),
+        ("parameters", {"top_p": 0}, "top_p"),
+        ("parameters", {"max_tokens": 0}, "max_tokens"),
+        ("parameters", {"max_tokens": 10.5}, "integer"),
+        ("parameters", {"temperature": float("nan")}, "number"),
+        ("tool_description", {"tool": "has space", "description": "d"}, "tool name"),
+        ("tool_description", {"tool": "t"}, "description"),
+        ("nonsense", {}, "unknown kind"),
+        ("system_prompt", ["text"], "object"),
+    ],
+)
 def test_invalid_specs_are_refused_with_a_reason(kind: str, spec: dict, why: str) -> None:
     with pytest.raises(S.SpecError, match=why):
         S.parse_spec(kind, spec)
@@ -56,11 +71,13 @@ def test_invalid_specs_are_refused_with_a_reason(kind: str, spec: dict, why: str
 
 
 def test_valid_specs_parse_and_round_trip() -> None:
-    cases = [("system_prompt", {"text": "Be brief.", "position": "prepend"}),
-             ("instruction_rewrite", {"find": "please", "replace": ""}),
-             ("instruction_rewrite", {"text": "Answer in JSON."}),
-             ("parameters", {"temperature": 0.2, "max_tokens": 512, "top_p": 1}),
-             ("tool_description", {"tool": "lookup", "description": "Find a ticket by id."})]
+    cases = [
+        ("system_prompt", {"text": "Be brief.", "position": "prepend"}),
+        ("instruction_rewrite", {"find": "please", "replace": ""}),
+        ("instruction_rewrite", {"text": "Answer in JSON."}),
+        ("parameters", {"temperature": 0.2, "max_tokens": 512, "top_p": 1}),
+        ("tool_description", {"tool": "lookup", "description": "Find a ticket by id."}),
+    ]
     for kind, spec in cases:
         parsed = S.parse_spec(kind, spec)
         assert parsed.kind == kind
@@ -118,8 +135,7 @@ def test_instruction_rewrite_touches_only_the_last_user_turn() -> None:
 
 def test_parameters_add_or_replace_per_api() -> None:
     patch, out = patched("parameters", {"temperature": 0.2, "max_tokens": 300}, CHAT, "chat")
-    assert patch == [{"op": "replace", "path": "/temperature", "value": 0.2},
-                     {"op": "add", "path": "/max_tokens", "value": 300}]
+    assert patch == [{"op": "replace", "path": "/temperature", "value": 0.2}, {"op": "add", "path": "/max_tokens", "value": 300}]
     newer = {**CHAT, "max_completion_tokens": 1000}
     _, out = patched("parameters", {"max_tokens": 300}, newer, "chat")
     assert out["max_completion_tokens"] == 300 and "max_tokens" not in out
@@ -139,13 +155,28 @@ def test_tool_description_paths_differ_per_api() -> None:
     assert S.apply(S.parse_spec("tool_description", {"tool": "nope", "description": "d"}), CHAT, "chat") == []
 
 
-@pytest.mark.parametrize("doc", [None, [], "text", {}, {"messages": "x"}, {"messages": [None, 3, {"role": 5}]},
-                                 {"messages": [{"role": "user", "content": 7}]}, {"system": 5, "messages": None},
-                                 {"tools": [None, {"function": "x"}, {"name": None}]}])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        None,
+        [],
+        "text",
+        {},
+        {"messages": "x"},
+        {"messages": [None, 3, {"role": 5}]},
+        {"messages": [{"role": "user", "content": 7}]},
+        {"system": 5, "messages": None},
+        {"tools": [None, {"function": "x"}, {"name": None}]},
+    ],
+)
 def test_odd_documents_never_raise(doc: object) -> None:
-    specs = [S.parse_spec("system_prompt", {"text": "x"}), S.parse_spec("instruction_rewrite", {"text": "x"}),
-             S.parse_spec("instruction_rewrite", {"find": "a", "replace": "b"}),
-             S.parse_spec("parameters", {"top_p": 0.5}), S.parse_spec("tool_description", {"tool": "t", "description": "d"})]
+    specs = [
+        S.parse_spec("system_prompt", {"text": "x"}),
+        S.parse_spec("instruction_rewrite", {"text": "x"}),
+        S.parse_spec("instruction_rewrite", {"find": "a", "replace": "b"}),
+        S.parse_spec("parameters", {"top_p": 0.5}),
+        S.parse_spec("tool_description", {"tool": "t", "description": "d"}),
+    ]
     for api in ("chat", "messages", "responses", None):
         for spec in specs:
             patch = S.apply(spec, doc, api)
@@ -153,29 +184,43 @@ def test_odd_documents_never_raise(doc: object) -> None:
             S.apply_patch(doc, patch)
     assert S.apply("not a spec", {"messages": []}, "chat") == []  # type: ignore[arg-type]
     assert S.apply_kind("parameters", {"temperature": 99}, {"messages": []}, "chat") == []
-    assert S.apply_kind("parameters", {"temperature": 0.1}, {}, "chat") == [{"op": "add", "path": "/temperature",
-                                                                            "value": 0.1}]
+    assert S.apply_kind("parameters", {"temperature": 0.1}, {}, "chat") == [{"op": "add", "path": "/temperature", "value": 0.1}]
 
 
 def test_apply_patch_is_all_or_nothing_and_shares_unchanged_parts() -> None:
     doc = {"a": {"b": [1, 2]}, "c": {"big": list(range(100))}}
     out = S.apply_patch(doc, [{"op": "add", "path": "/a/b/-", "value": 3}, {"op": "replace", "path": "/a/x~1y", "value": 0}])
     assert out is doc  # the second op has no member to replace: nothing applied
-    out = S.apply_patch(doc, [{"op": "add", "path": "/a/b/0", "value": 0}, {"op": "remove", "path": "/a/b/2"},
-                              {"op": "add", "path": "/a/x~1y", "value": 1}])
+    out = S.apply_patch(
+        doc,
+        [
+            {"op": "add", "path": "/a/b/0", "value": 0},
+            {"op": "remove", "path": "/a/b/2"},
+            {"op": "add", "path": "/a/x~1y", "value": 1},
+        ],
+    )
     assert out == {"a": {"b": [0, 1], "x/y": 1}, "c": doc["c"]} and out["c"] is doc["c"]
     assert doc == {"a": {"b": [1, 2]}, "c": {"big": list(range(100))}}
-    for bad in ([{"op": "move", "path": "/a"}], [{"op": "add", "path": "a"}], [{"op": "add", "path": "/a/b/9", "value": 1}],
-                [{"op": "remove", "path": ""}], [{"op": "add", "path": "/c/big/x", "value": 1}], [{"path": "/a"}]):
+    for bad in (
+        [{"op": "move", "path": "/a"}],
+        [{"op": "add", "path": "a"}],
+        [{"op": "add", "path": "/a/b/9", "value": 1}],
+        [{"op": "remove", "path": ""}],
+        [{"op": "add", "path": "/c/big/x", "value": 1}],
+        [{"path": "/a"}],
+    ):
         assert S.apply_patch(doc, bad) is doc
     assert S.apply_patch(doc, [{"op": "replace", "path": "", "value": 1}]) == 1
 
 
 def test_apply_and_patch_take_well_under_a_fifth_of_a_millisecond() -> None:
     long_chat = {**CHAT, "messages": CHAT["messages"] * 25}  # 100 turns
-    specs = [S.parse_spec("system_prompt", {"text": "Be brief."}), S.parse_spec("instruction_rewrite", {"text": "x"}),
-             S.parse_spec("parameters", {"temperature": 0.1}),
-             S.parse_spec("tool_description", {"tool": "price", "description": "d"})]
+    specs = [
+        S.parse_spec("system_prompt", {"text": "Be brief."}),
+        S.parse_spec("instruction_rewrite", {"text": "x"}),
+        S.parse_spec("parameters", {"temperature": 0.1}),
+        S.parse_spec("tool_description", {"tool": "price", "description": "d"}),
+    ]
     rounds = 2000
     t0 = time.perf_counter()
     for _ in range(rounds):
@@ -189,16 +234,27 @@ def test_apply_and_patch_take_well_under_a_fifth_of_a_millisecond() -> None:
 def test_the_kind_schemas_agree_with_parse_spec() -> None:
     import jsonschema
 
-    samples = [("system_prompt", {"text": "x"}), ("system_prompt", {"text": "x", "position": "middle"}),
-               ("system_prompt", {"text": "x", "extra": 1}), ("parameters", {}), ("parameters", {"temperature": 3}),
-               ("parameters", {"top_p": 0}), ("parameters", {"max_tokens": 64, "top_p": 0.5}),
-               ("tool_description", {"tool": "t", "description": "d"}), ("tool_description", {"tool": "t"}),
-               ("instruction_rewrite", {"find": "a", "replace": "b"})]
+    samples = [
+        ("system_prompt", {"text": "x"}),
+        ("system_prompt", {"text": "x", "position": "middle"}),
+        ("system_prompt", {"text": "x", "extra": 1}),
+        ("parameters", {}),
+        ("parameters", {"temperature": 3}),
+        ("parameters", {"top_p": 0}),
+        ("parameters", {"max_tokens": 64, "top_p": 0.5}),
+        ("tool_description", {"tool": "t", "description": "d"}),
+        ("tool_description", {"tool": "t"}),
+        ("instruction_rewrite", {"find": "a", "replace": "b"}),
+    ]
     for kind, spec in samples:
         schema_ok = jsonschema.Draft202012Validator(S.KIND_SCHEMAS[kind]).is_valid(spec)
         assert schema_ok == (S.validate_spec(kind, spec) is None), (kind, spec)
     jsonschema.Draft202012Validator.check_schema(S.CANDIDATES_SCHEMA)
     # the tool schema is loose on purpose: one bad candidate must not void the whole answer
-    answer = {"candidates": [{"kind": "parameters", "spec": {"temperature": 9}, "rationale": ""},
-                             {"kind": "system_prompt", "spec": {"text": "ok"}, "rationale": ""}]}
+    answer = {
+        "candidates": [
+            {"kind": "parameters", "spec": {"temperature": 9}, "rationale": ""},
+            {"kind": "system_prompt", "spec": {"text": "ok"}, "rationale": ""},
+        ]
+    }
     assert jsonschema.Draft202012Validator(S.CANDIDATES_SCHEMA).is_valid(answer)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert
@@ -14,13 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from intelligence.memory.models import ExchangeEmbedding, Feedback, OutcomeSignal, Pattern
 from intelligence.store.models import Exchange
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 _seq = itertools.count()
 
 
 async def make_pattern(conn: AsyncConnection, label: str = "summarise tickets") -> int:
-    result = await conn.execute(insert(Pattern.__table__).values(label=label, first_seen=NOW - timedelta(days=3),
-                                                                 last_seen=NOW).returning(Pattern.__table__.c.id))
+    result = await conn.execute(
+        insert(Pattern.__table__)
+        .values(label=label, first_seen=NOW - timedelta(days=3), last_seen=NOW)
+        .returning(Pattern.__table__.c.id)
+    )
     return int(result.scalar_one())
 
 
@@ -64,16 +67,42 @@ async def write(conn: AsyncConnection, items: list[Ex]) -> list[str]:
         flags: dict[str, Any] = {}
         if item.arm is not None:
             flags["enhancement"] = {"experiment": item.experiment, "enhancement": item.enhancement, "arm": item.arm}
-        exchanges.append(dict(
-            request_id=rid, started_at=at, finished_at=at + timedelta(milliseconds=item.latency_ms), method="POST",
-            path="/openai/v1/chat/completions", provider=item.provider, model=item.model, api=item.api, status=item.status,
-            error=item.error, latency_ms=item.latency_ms, input_tokens=item.input_tokens,
-            output_tokens=item.output_tokens, total_tokens=item.total_tokens, prompt_user=f"{item.prompt_user} #{n}",
-            prompt_system=item.prompt_system, finish_reason=item.finish_reason, flags=flags, tool_names=list(item.tools),
-            session_id=f"sess-{n % 7}", client_key_fp="fp-test"))
+        exchanges.append(
+            dict(
+                request_id=rid,
+                started_at=at,
+                finished_at=at + timedelta(milliseconds=item.latency_ms),
+                method="POST",
+                path="/openai/v1/chat/completions",
+                provider=item.provider,
+                model=item.model,
+                api=item.api,
+                status=item.status,
+                error=item.error,
+                latency_ms=item.latency_ms,
+                input_tokens=item.input_tokens,
+                output_tokens=item.output_tokens,
+                total_tokens=item.total_tokens,
+                prompt_user=f"{item.prompt_user} #{n}",
+                prompt_system=item.prompt_system,
+                finish_reason=item.finish_reason,
+                flags=flags,
+                tool_names=list(item.tools),
+                session_id=f"sess-{n % 7}",
+                client_key_fp="fp-test",
+            )
+        )
         if item.processed:
-            embeddings.append(dict(request_id=rid, canonical_hash=f"h{n}", pattern_id=item.pattern_id, created_at=at,
-                                   model=item.model, client_key_fp="fp-test"))
+            embeddings.append(
+                dict(
+                    request_id=rid,
+                    canonical_hash=f"h{n}",
+                    pattern_id=item.pattern_id,
+                    created_at=at,
+                    model=item.model,
+                    client_key_fp="fp-test",
+                )
+            )
         failing = item.failing_signal
         if not item.ok and failing is None and item.feedback is None and item.status < 400 and item.error is None:
             failing = "finish"
@@ -84,8 +113,14 @@ async def write(conn: AsyncConnection, items: list[Ex]) -> list[str]:
         if item.feedback is not None:
             thumbs, score = item.feedback
             feedback.append(dict(request_id=rid, thumbs=thumbs, score=score))
-            signals.append(dict(request_id=rid, kind="feedback", ok=thumbs != "down" and (score is None or score >= 0.5),
-                                value=thumbs or str(score)))
+            signals.append(
+                dict(
+                    request_id=rid,
+                    kind="feedback",
+                    ok=thumbs != "down" and (score is None or score >= 0.5),
+                    value=thumbs or str(score),
+                )
+            )
     await conn.execute(insert(Exchange.__table__), exchanges)
     if embeddings:
         await conn.execute(insert(ExchangeEmbedding.__table__), embeddings)
@@ -96,7 +131,5 @@ async def write(conn: AsyncConnection, items: list[Ex]) -> list[str]:
     return ids
 
 
-def arm_rows(pattern_id: int, experiment: int, enhancement: int, arm: str, n: int, successes: int,
-             **kw: Any) -> list[Ex]:
-    return [Ex(pattern_id, ok=i < successes, experiment=experiment, arm=arm, enhancement=enhancement, **kw)
-            for i in range(n)]
+def arm_rows(pattern_id: int, experiment: int, enhancement: int, arm: str, n: int, successes: int, **kw: Any) -> list[Ex]:
+    return [Ex(pattern_id, ok=i < successes, experiment=experiment, arm=arm, enhancement=enhancement, **kw) for i in range(n)]

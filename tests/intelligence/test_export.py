@@ -3,7 +3,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -15,19 +15,30 @@ from intelligence.store.repositories import ExchangeRepository
 from .conftest import MigratedDb
 from .factories import make_record
 
-T0 = datetime(2025, 2, 1, 8, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 2, 1, 8, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 async def stored(migrated_db: MigratedDb):
     records = [
-        make_record(started_at=T0, status=200, streamed=True,
-                    request_client=Body(json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, size=50),
-                    response_client=Body(text="data: {\"x\": 1}\n\ndata: [DONE]\n\n", size=30),
-                    usage=Usage(input_tokens=3, output_tokens=4, total_tokens=7, cached_tokens=1, reasoning_tokens=2)),
-        make_record(started_at=T0 + timedelta(hours=1), status=502, error="upstream reset",
-                    request_client=Body(text="not json, \"quoted\", commas", size=26), response_client=None,
-                    tool_names=(), tool_aliases={}, flags={}),
+        make_record(
+            started_at=T0,
+            status=200,
+            streamed=True,
+            request_client=Body(json={"model": "m", "messages": [{"role": "user", "content": "hi"}]}, size=50),
+            response_client=Body(text='data: {"x": 1}\n\ndata: [DONE]\n\n', size=30),
+            usage=Usage(input_tokens=3, output_tokens=4, total_tokens=7, cached_tokens=1, reasoning_tokens=2),
+        ),
+        make_record(
+            started_at=T0 + timedelta(hours=1),
+            status=502,
+            error="upstream reset",
+            request_client=Body(text='not json, "quoted", commas', size=26),
+            response_client=None,
+            tool_names=(),
+            tool_aliases={},
+            flags={},
+        ),
         make_record(started_at=T0 + timedelta(hours=2)),
     ]
     async with async_sessionmaker(migrated_db.engine).begin() as s:
@@ -43,15 +54,37 @@ async def test_jsonl_has_one_complete_object_per_exchange_oldest_first(migrated_
 
     first, second = docs[0], docs[1]
     assert set(first) >= {
-        "request_id", "session_id", "client_key_fp", "client_addr", "started_at", "finished_at", "method", "path",
-        "provider", "model", "api", "route", "status", "streamed", "latency_ms", "ttft_ms", "upstream_ms", "usage",
-        "request", "request_forwarded", "response_upstream", "response", "tool_names", "tool_aliases",
-        "finish_reason", "error", "flags",
+        "request_id",
+        "session_id",
+        "client_key_fp",
+        "client_addr",
+        "started_at",
+        "finished_at",
+        "method",
+        "path",
+        "provider",
+        "model",
+        "api",
+        "route",
+        "status",
+        "streamed",
+        "latency_ms",
+        "ttft_ms",
+        "upstream_ms",
+        "usage",
+        "request",
+        "request_forwarded",
+        "response_upstream",
+        "response",
+        "tool_names",
+        "tool_aliases",
+        "finish_reason",
+        "error",
+        "flags",
     }
     assert first["started_at"] == T0.isoformat()
     assert first["streamed"] is True
-    assert first["usage"] == {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7,
-                              "cached_tokens": 1, "reasoning_tokens": 2}
+    assert first["usage"] == {"input_tokens": 3, "output_tokens": 4, "total_tokens": 7, "cached_tokens": 1, "reasoning_tokens": 2}
     assert first["request"] == {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     assert first["response"] == 'data: {"x": 1}\n\ndata: [DONE]\n\n'
     assert first["response_upstream"]["choices"][0]["finish_reason"] == "stop"

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from extproc.auth import UsageMeter
 from intelligence.keys import Budgets, NewKey, create_key
+from intelligence.keys.meter import UsageMeter
 from intelligence.store.replicas import PROCESS_REPLICA_ID, DbHeartbeats, LiveReplicas
 from intelligence.throttle.simulate import simulate_key_minute
 
@@ -18,13 +18,13 @@ T0 = datetime(2026, 11, 27, 7, 0, 20, tzinfo=UTC)
 
 
 @pytest.mark.parametrize("replicas", [2, 4])
-async def test_request_budget_holds_within_rounding_across_replicas(migrated_db, replicas: int) -> None:  # noqa: ANN001
+async def test_request_budget_holds_within_rounding_across_replicas(migrated_db, replicas: int) -> None:
     r = await simulate_key_minute(migrated_db.engine, replicas=replicas, rpm=60)
     assert 60 <= r.requests <= 60 + replicas - 1, r
     assert r.unshared_requests == replicas * 60, r  # before: every replica spent the whole minute before a flush
 
 
-async def test_token_and_day_budgets_hold_across_four_replicas(migrated_db) -> None:  # noqa: ANN001
+async def test_token_and_day_budgets_hold_across_four_replicas(migrated_db) -> None:
     tokens = await simulate_key_minute(migrated_db.engine, replicas=4, tpm=10_000, tokens_per_request=100)
     assert 10_000 <= tokens.tokens <= 10_000 + 4 * 100, tokens  # a response's tokens land after its admission
     assert tokens.unshared_tokens >= 4 * 10_000, tokens
@@ -32,18 +32,24 @@ async def test_token_and_day_budgets_hold_across_four_replicas(migrated_db) -> N
     assert 1000 <= day.requests <= 1000 + 3 and day.unshared_requests > 1000 + 3, day
 
 
-async def _key(engine, budgets: Budgets) -> str:  # noqa: ANN001
+async def _key(engine, budgets: Budgets) -> str:
     async with engine.begin() as conn:
         return (await create_key(conn, NewKey(name="k", budgets=budgets), actor="test")).record.id
 
 
-async def test_a_replica_out_of_its_share_says_so_and_retries_in_a_second(migrated_db) -> None:  # noqa: ANN001
+async def test_a_replica_out_of_its_share_says_so_and_retries_in_a_second(migrated_db) -> None:
     budgets = Budgets(rpm=10)
     key_id = await _key(migrated_db.engine, budgets)
     now = [T0 - timedelta(seconds=2)]
-    meters = [UsageMeter(migrated_db.engine, {key_id: budgets}.get, clock=lambda: now[0],
-                         replicas=LiveReplicas(DbHeartbeats(migrated_db.engine), replica_id=f"meter-{k}"))
-              for k in range(2)]
+    meters = [
+        UsageMeter(
+            migrated_db.engine,
+            {key_id: budgets}.get,
+            clock=lambda: now[0],
+            replicas=LiveReplicas(DbHeartbeats(migrated_db.engine), replica_id=f"meter-{k}"),
+        )
+        for k in range(2)
+    ]
     for m in meters + meters:  # both beat, then both count two
         await m.flush()
     now[0] = T0
@@ -59,7 +65,7 @@ async def test_a_replica_out_of_its_share_says_so_and_retries_in_a_second(migrat
     assert 3 + admitted < 10  # b's part of the rest stays b's until the next read
 
 
-async def test_one_process_counts_once_and_a_lone_replica_spends_its_whole_budget(migrated_db) -> None:  # noqa: ANN001
+async def test_one_process_counts_once_and_a_lone_replica_spends_its_whole_budget(migrated_db) -> None:
     budgets = Budgets(rpm=5)
     key_id = await _key(migrated_db.engine, budgets)
     now = [T0]

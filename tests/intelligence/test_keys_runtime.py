@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 from sqlalchemy import text
 
-from extproc.auth import AuthMode, KeyCache, UsageMeter, authenticate, check_key
+from extproc.auth import AuthMode, authenticate, budget_refusal, check_key
 from intelligence.keys import Budgets, NewKey, create_key, quarantine_key, revoke_key
+from intelligence.keys.cache import KeyCache
+from intelligence.keys.meter import UsageMeter
 from intelligence.store.engine import asyncpg_dsn, make_engine
-from tests.intelligence.test_audit_log import SecurityDb, security_database, security_db  # noqa: F401 (fixtures)
+from tests.intelligence.conftest import SecurityDb
 
 DEAD_URL = "postgresql://nobody@127.0.0.1:1/none"
 
@@ -41,14 +43,15 @@ async def _until(predicate: Callable[[], bool], timeout: float) -> float:
 
 
 def _status(cache: KeyCache, key: str) -> int:
-    return check_key(_bearer(key), cache.snapshot, datetime.now(timezone.utc)).status
+    return check_key(_bearer(key), cache.snapshot, datetime.now(UTC)).status
 
 
 async def _activity(url: str) -> list:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        return [dict(r) for r in await conn.fetch(
-            "SELECT pid, state, query FROM pg_stat_activity WHERE datname = current_database()")]
+        return [
+            dict(r) for r in await conn.fetch("SELECT pid, state, query FROM pg_stat_activity WHERE datname = current_database()")
+        ]
     finally:
         await conn.close()
 
@@ -66,7 +69,7 @@ async def test_revocation_reaches_the_snapshot_by_notify_well_before_the_poll(se
             await revoke_key(conn, key_id, actor="admin")
         waited = await _until(lambda: _status(cache, key) == 401, 2.0)
         assert waited < 1.0 and cache.stats["notifications"] >= 1
-        decision = check_key(_bearer(key), cache.snapshot, datetime.now(timezone.utc))
+        decision = check_key(_bearer(key), cache.snapshot, datetime.now(UTC))
         assert decision.code == "key_revoked"
 
         # a new key is usable at once too
@@ -125,7 +128,7 @@ async def test_no_database_means_503_not_401_and_the_last_snapshot_stays(securit
     await cache.start()
     try:
         await _until(lambda: cache.stats["failures"] >= 2, 5)
-        decision = authenticate(_bearer("llmp_whatever"), cache.snapshot, datetime.now(timezone.utc), AuthMode.REQUIRED)
+        decision = authenticate(_bearer("llmp_whatever"), cache.snapshot, datetime.now(UTC), AuthMode.REQUIRED)
         assert (decision.status, decision.code) == (503, "key_store_unavailable")
     finally:
         await cache.stop()
@@ -151,7 +154,7 @@ def _clock(start: datetime) -> tuple[Callable[[], datetime], Callable[[timedelta
 
 
 def _mid_minute() -> datetime:
-    return datetime.now(timezone.utc).replace(second=10, microsecond=0)
+    return datetime.now(UTC).replace(second=10, microsecond=0)
 
 
 async def test_request_budget_holds_across_two_replicas(security_db: SecurityDb) -> None:
@@ -169,7 +172,7 @@ async def test_request_budget_holds_across_two_replicas(security_db: SecurityDb)
         refused = b.admit(key_id)
         assert refused is not None and refused.budget == "rpm" and "5 of 5 requests per minute" in refused.message
         assert 0 < refused.retry_after <= 60
-        decision = refused.decision(key_id)
+        decision = budget_refusal(refused, key_id)
         assert (decision.status, decision.code, decision.key_id) == (429, "budget_exceeded", key_id)
         assert decision.immediate("chat").headers["retry-after"] == str(refused.retry_after)
         assert a.exceeded(key_id) is None  # A has not heard of B's two yet: the bounded overshoot
@@ -190,8 +193,7 @@ async def test_request_budget_holds_across_two_replicas(security_db: SecurityDb)
         await engine_b.dispose()
     conn = await asyncpg.connect(asyncpg_dsn(security_db.url))
     try:
-        rows = await conn.fetch("SELECT granularity, requests FROM gateway_key_usage WHERE key_id = $1 ORDER BY bucket",
-                                key_id)
+        rows = await conn.fetch("SELECT granularity, requests FROM gateway_key_usage WHERE key_id = $1 ORDER BY bucket", key_id)
     finally:
         await conn.close()
     assert sorted((r["granularity"], r["requests"]) for r in rows) == [("day", 7), ("minute", 2), ("minute", 5)]
@@ -238,8 +240,7 @@ async def test_flush_failure_keeps_counts_and_enforces_locally(security_db: Secu
 async def test_background_flush_unknown_keys_and_pruning(security_db: SecurityDb) -> None:
     _, key_id = await _new_key(security_db, budgets=Budgets(rpd=1000))
     clock, advance = _clock(_mid_minute() - timedelta(days=2))
-    meter = UsageMeter(security_db.engine, {key_id: Budgets(rpd=1000)}.get, clock=clock, flush_interval=0.05,
-                       prune_interval=0.0)
+    meter = UsageMeter(security_db.engine, {key_id: Budgets(rpd=1000)}.get, clock=clock, flush_interval=0.05, prune_interval=0.0)
     meter.record(key_id, tokens=5, requests=1)
     meter.record("gk_deleted_meanwhile", tokens=5, requests=1)  # skipped, does not fail the flush
     await meter.flush()
@@ -251,12 +252,14 @@ async def test_background_flush_unknown_keys_and_pruning(security_db: SecurityDb
 
     async def minute_rows() -> list:
         async with security_db.engine.connect() as conn:
-            return (await conn.execute(text(
-                "SELECT bucket FROM gateway_key_usage WHERE key_id = :k AND granularity = 'minute'"), {"k": key_id})).all()
+            return (
+                await conn.execute(
+                    text("SELECT bucket FROM gateway_key_usage WHERE key_id = :k AND granularity = 'minute'"), {"k": key_id}
+                )
+            ).all()
 
     rows = await minute_rows()
     assert len(rows) == 1 and rows[0][0] == clock().replace(second=0)  # the two-day-old minute was pruned
     async with security_db.engine.connect() as conn:
-        days = (await conn.execute(text(
-            "SELECT count(*) FROM gateway_key_usage WHERE granularity = 'day'"))).scalar_one()
+        days = (await conn.execute(text("SELECT count(*) FROM gateway_key_usage WHERE granularity = 'day'"))).scalar_one()
     assert days == 2  # day buckets stay as history

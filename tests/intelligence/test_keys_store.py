@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -34,7 +34,7 @@ from intelligence.keys import (
     revoke_key,
 )
 from intelligence.store.engine import asyncpg_dsn
-from tests.intelligence.test_audit_log import SecurityDb, security_database, security_db  # noqa: F401 (fixtures)
+from tests.intelligence.conftest import SecurityDb
 
 # The CLI as installed, with this helper's subcommands registered even before extproc/cli/__init__ lists them.
 CLI_SHIM = (
@@ -108,9 +108,14 @@ async def _key_events(db: SecurityDb) -> list[dict]:
 
 
 async def test_create_list_revoke_via_api(security_db: SecurityDb) -> None:
-    expires = datetime.now(timezone.utc) + timedelta(days=30)
-    spec = NewKey(name="team-a", models=("gpt-*", "claude-*"), providers=("openai", "anthropic"), expires_at=expires,
-                  budgets=Budgets(rpm=60, tpd=100_000))
+    expires = datetime.now(UTC) + timedelta(days=30)
+    spec = NewKey(
+        name="team-a",
+        models=("gpt-*", "claude-*"),
+        providers=("openai", "anthropic"),
+        expires_at=expires,
+        budgets=Budgets(rpm=60, tpd=100_000),
+    )
     async with security_db.engine.begin() as conn:
         created = await create_key(conn, spec, actor="admin:alice")
     key, record = created.key, created.record
@@ -119,7 +124,7 @@ async def test_create_list_revoke_via_api(security_db: SecurityDb) -> None:
     assert record.key_hash == hash_key(key) and key.startswith(record.prefix) and len(record.prefix) < 20
     assert record.models == ("gpt-*", "claude-*") and record.providers == ("openai", "anthropic")
     assert record.budgets == Budgets(rpm=60, tpd=100_000) and record.expires_at == expires
-    assert record.status(datetime.now(timezone.utc)) == "active"
+    assert record.status(datetime.now(UTC)) == "active"
     assert record.status(expires + timedelta(seconds=1)) == "expired"
 
     async with security_db.engine.connect() as conn:
@@ -133,7 +138,7 @@ async def test_create_list_revoke_via_api(security_db: SecurityDb) -> None:
             await find_key(conn, key[:-1] + ("A" if key[-1] != "A" else "B"))
         assert key[:-1] not in str(missing.value)  # a near-miss full key is never echoed whole
 
-    public = record.to_public_dict(datetime.now(timezone.utc))
+    public = record.to_public_dict(datetime.now(UTC))
     assert key not in json.dumps(public) and record.key_hash not in json.dumps(public)
 
     async with security_db.engine.begin() as conn:
@@ -141,7 +146,7 @@ async def test_create_list_revoke_via_api(security_db: SecurityDb) -> None:
     assert changed and revoked.revoked_at is not None and revoked.revoked_by == "admin:bob"
     async with security_db.engine.begin() as conn:
         again, changed = await revoke_key(conn, record.id, actor="admin:bob")
-    assert not changed and again.status(datetime.now(timezone.utc)) == "revoked"
+    assert not changed and again.status(datetime.now(UTC)) == "revoked"
 
     events = await _key_events(security_db)
     assert [(e["action"], e["actor"]) for e in events] == [("create", "admin:alice"), ("revoke", "admin:bob")]
@@ -156,10 +161,10 @@ async def test_quarantine_and_release_are_audited(security_db: SecurityDb) -> No
     async with security_db.engine.begin() as conn:
         rec = (await create_key(conn, NewKey(name="bot"), actor="admin")).record
         q, changed = await quarantine_key(conn, rec.id, actor="policy:injection-burst", reason="5 injections in 1 min")
-        assert changed and q.status(datetime.now(timezone.utc)) == "quarantined"
+        assert changed and q.status(datetime.now(UTC)) == "quarantined"
         assert (await quarantine_key(conn, rec.id, actor="policy", reason="again"))[1] is False
         r, changed = await release_key(conn, rec.id, actor="admin:alice")
-        assert changed and r.quarantined_at is None and r.status(datetime.now(timezone.utc)) == "active"
+        assert changed and r.quarantined_at is None and r.status(datetime.now(UTC)) == "active"
         assert (await release_key(conn, rec.id, actor="admin:alice"))[1] is False
     assert [e["action"] for e in await _key_events(security_db)] == ["create", "quarantine", "release"]
 
@@ -169,8 +174,9 @@ async def test_ambiguous_prefix_and_unknown_key(security_db: SecurityDb) -> None
         a = (await create_key(conn, NewKey(name="a"), actor="t")).record
         b = (await create_key(conn, NewKey(name="b"), actor="t")).record
         # force a shared display-prefix start (it is only 48 random bits; collisions must still be handled)
-        await conn.execute(text("UPDATE gateway_keys SET prefix = 'llmp_same' || id WHERE id IN (:a, :b)"),
-                           {"a": a.id, "b": b.id})
+        await conn.execute(
+            text("UPDATE gateway_keys SET prefix = 'llmp_same' || id WHERE id IN (:a, :b)"), {"a": a.id, "b": b.id}
+        )
     async with security_db.engine.connect() as conn:
         with pytest.raises(AmbiguousKey) as info:
             await find_key(conn, "llmp_same")
@@ -199,18 +205,36 @@ async def test_database_guards_on_keys(security_db: SecurityDb) -> None:
             await create_key(conn, NewKey(name="  "), actor="t")
 
 
-async def test_cli_create_list_revoke(security_db: SecurityDb, capsys: pytest.CaptureFixture[str],
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_cli_create_list_revoke(
+    security_db: SecurityDb, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = security_db.url
     run = InProcessCli(url, capsys, monkeypatch)
-    r = await asyncio.to_thread(cli, url, "keys", "create", "--name", "ci-bot", "--models", "gpt-4o*, claude-*",
-                                "--providers", "openai,anthropic", "--expires", "30d", "--rpm", "10", "--tpd", "5000", "--json")
+    r = await asyncio.to_thread(
+        cli,
+        url,
+        "keys",
+        "create",
+        "--name",
+        "ci-bot",
+        "--models",
+        "gpt-4o*, claude-*",
+        "--providers",
+        "openai,anthropic",
+        "--expires",
+        "30d",
+        "--rpm",
+        "10",
+        "--tpd",
+        "5000",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     made = json.loads(r.stdout)
     key = made["key"]
     assert key.startswith("llmp_") and made["models"] == ["gpt-4o*", "claude-*"] and made["providers"] == ["openai", "anthropic"]
     assert made["budgets"] == {"rpm": 10, "rpd": None, "tpm": None, "tpd": 5000} and made["status"] == "active"
-    assert datetime.fromisoformat(made["expires_at"]) > datetime.now(timezone.utc) + timedelta(days=29)
+    assert datetime.fromisoformat(made["expires_at"]) > datetime.now(UTC) + timedelta(days=29)
 
     r = await run("keys", "create", "--name", "human")
     assert r.returncode == 0, r.stderr
@@ -247,7 +271,8 @@ async def test_cli_create_list_revoke(security_db: SecurityDb, capsys: pytest.Ca
 
 
 async def test_cli_in_process_reports_missing_schema_and_empty_list(
-        security_db: SecurityDb, fresh_db_url, capsys: pytest.CaptureFixture[str]) -> None:
+    security_db: SecurityDb, fresh_db_url, capsys: pytest.CaptureFixture[str]
+) -> None:
     parser = argparse.ArgumentParser(prog="llmproxy")
     keys_cli.register(parser.add_subparsers(dest="command"))
     # asyncio.run() inside the command: run it in a worker thread, away from the test's loop

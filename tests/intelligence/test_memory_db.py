@@ -12,7 +12,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -47,11 +47,17 @@ from tests.conftest import database_url
 from tests.intelligence.factories import make_record
 
 MEMORY_TABLES = {"exchange_embeddings", "patterns", "pattern_counts", "pattern_usage", "outcome_signals", "feedback"}
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 CITIES = ["Paris", "London", "Tokyo", "Madrid", "Denver", "Berlin"]
-TABLES = [("orders", "customer"), ("invoices", "month"), ("users", "country"), ("sessions", "day"),
-          ("tickets", "agent"), ("payments", "merchant")]
+TABLES = [
+    ("orders", "customer"),
+    ("invoices", "month"),
+    ("users", "country"),
+    ("sessions", "day"),
+    ("tickets", "agent"),
+    ("payments", "merchant"),
+]
 WORDS = ["apple", "house", "bicycle", "window", "friend", "river"]
 FAMILIES = {
     "weather": [f"What is the weather forecast for {c} tomorrow?" for c in CITIES],
@@ -96,14 +102,23 @@ async def engine(memory_db_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture(autouse=True)
 async def empty_tables(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
-        await conn.execute(text(
-            "TRUNCATE exchanges, sessions, exchange_embeddings, patterns, pattern_counts, pattern_usage, "
-            "outcome_signals, feedback RESTART IDENTITY CASCADE"))
+        await conn.execute(
+            text(
+                "TRUNCATE exchanges, sessions, exchange_embeddings, patterns, pattern_counts, pattern_usage, "
+                "outcome_signals, feedback RESTART IDENTITY CASCADE"
+            )
+        )
 
 
 def rec(prompt: str | None, *, at: datetime, client: str | None = "fp-1", **kw: Any) -> ExchangeRecord:
-    fields: dict[str, Any] = dict(prompt_user=prompt, prompt_system=None, tool_names=(), started_at=at,
-                                  finished_at=at + timedelta(milliseconds=500), client_key_fp=client)
+    fields: dict[str, Any] = dict(
+        prompt_user=prompt,
+        prompt_system=None,
+        tool_names=(),
+        started_at=at,
+        finished_at=at + timedelta(milliseconds=500),
+        client_key_fp=client,
+    )
     fields.update(kw)
     return make_record(**fields)
 
@@ -124,19 +139,29 @@ def repo_session(engine: AsyncEngine) -> Any:
     return async_sessionmaker(engine, expire_on_commit=False)()
 
 
-def family_records(per_family: int = 6, start: datetime = T0, clients: tuple[str, ...] = ("fp-a", "fp-b")) -> dict[str, list[ExchangeRecord]]:
+def family_records(
+    per_family: int = 6, start: datetime = T0, clients: tuple[str, ...] = ("fp-a", "fp-b")
+) -> dict[str, list[ExchangeRecord]]:
     """The three families interleaved in time (as live traffic would be), 10 s apart."""
     out: dict[str, list[ExchangeRecord]] = {k: [] for k in FAMILIES}
     n = 0
     for i in range(per_family):
         for fam, prompts in FAMILIES.items():
-            out[fam].append(rec(prompts[i], at=start + timedelta(seconds=10 * n), client=clients[n % len(clients)],
-                                model="gpt-4o-mini" if fam != "sql" else "claude-sonnet"))
+            out[fam].append(
+                rec(
+                    prompts[i],
+                    at=start + timedelta(seconds=10 * n),
+                    client=clients[n % len(clients)],
+                    model="gpt-4o-mini" if fam != "sql" else "claude-sonnet",
+                )
+            )
             n += 1
     return out
 
 
-async def seed_families(engine: AsyncEngine, embedder: Embedder, **kw: Any) -> tuple[dict[str, list[ExchangeRecord]], PatternWorker]:
+async def seed_families(
+    engine: AsyncEngine, embedder: Embedder, **kw: Any
+) -> tuple[dict[str, list[ExchangeRecord]], PatternWorker]:
     fams = family_records(**kw)
     await record(engine, [r for rs in fams.values() for r in rs])
     worker = PatternWorker(engine, embedder, batch=8)
@@ -152,12 +177,17 @@ async def test_models_match_the_migrated_memory_tables(engine: AsyncEngine) -> N
     assert memory_models.EMBEDDING_DIM == 384
 
     def diff(sync_conn: Any) -> list:
-        ctx = MigrationContext.configure(sync_conn, opts={
-            "compare_type": True,
-            "include_object": lambda obj, name, type_, reflected, compare_to: (
-                (obj.table.name if type_ in ("column", "index") else name) in MEMORY_TABLES
-                if type_ in ("table", "column", "index") else True),
-        })
+        ctx = MigrationContext.configure(
+            sync_conn,
+            opts={
+                "compare_type": True,
+                "include_object": lambda obj, name, type_, reflected, compare_to: (
+                    (obj.table.name if type_ in ("column", "index") else name) in MEMORY_TABLES
+                    if type_ in ("table", "column", "index")
+                    else True
+                ),
+            },
+        )
         return compare_metadata(ctx, Base.metadata)
 
     async with engine.connect() as conn:
@@ -170,23 +200,34 @@ async def test_hnsw_indexes_serve_nearest_neighbour_search(engine: AsyncEngine) 
     # that many index entries costs this suite ~25 s). So the test turns seqscan off: what it must
     # prove is that these exact queries CAN use the indexes (operator class, expression, LIMIT).
     async with engine.begin() as conn:
-        await conn.execute(text(
-            "INSERT INTO exchanges (request_id, started_at, finished_at, method, path) "
-            "SELECT 'r' || g, now(), now(), 'POST', '/x' FROM generate_series(1, 300) g"))
-        await conn.execute(text(
-            "INSERT INTO patterns (centroid, first_seen, last_seen) "
-            "SELECT (SELECT array_agg(random() - 0.5 + i * 0 + g * 0) FROM generate_series(1, 384) i)::real[]::vector, "
-            "now(), now() FROM generate_series(1, 300) g"))
-        await conn.execute(text(
-            "INSERT INTO exchange_embeddings (request_id, embedding, canonical_hash, created_at) "
-            "SELECT 'r' || g, (SELECT array_agg(random() - 0.5 + i * 0 + g * 0) FROM generate_series(1, 384) i)"
-            "::real[]::vector, md5(g::text), now() FROM generate_series(1, 300) g"))
+        await conn.execute(
+            text(
+                "INSERT INTO exchanges (request_id, started_at, finished_at, method, path) "
+                "SELECT 'r' || g, now(), now(), 'POST', '/x' FROM generate_series(1, 300) g"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO patterns (centroid, first_seen, last_seen) "
+                "SELECT (SELECT array_agg(random() - 0.5 + i * 0 + g * 0) FROM generate_series(1, 384) i)::real[]::vector, "
+                "now(), now() FROM generate_series(1, 300) g"
+            )
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO exchange_embeddings (request_id, embedding, canonical_hash, created_at) "
+                "SELECT 'r' || g, (SELECT array_agg(random() - 0.5 + i * 0 + g * 0) FROM generate_series(1, 384) i)"
+                "::real[]::vector, md5(g::text), now() FROM generate_series(1, 300) g"
+            )
+        )
         await conn.execute(text("ANALYZE patterns"))
         await conn.execute(text("ANALYZE exchange_embeddings"))
         await conn.execute(text("SET LOCAL enable_seqscan = off"))
         v = vec_arg(np.random.default_rng(0).standard_normal(384).astype(np.float32))
-        for sql, index in ((NEAREST_PATTERNS_SQL, "ix_patterns_centroid_hnsw"),
-                           (SIMILAR_EXCHANGES_SQL, "ix_exchange_embeddings_hnsw")):
+        for sql, index in (
+            (NEAREST_PATTERNS_SQL, "ix_patterns_centroid_hnsw"),
+            (SIMILAR_EXCHANGES_SQL, "ix_exchange_embeddings_hnsw"),
+        ):
             explain = sql.text.replace("SELECT", "EXPLAIN (FORMAT JSON) SELECT", 1)
             raw = (await conn.execute(text(explain).bindparams(*sql._bindparams.values()), {"v": v, "k": 5})).scalar_one()
             plan = json.dumps(raw if not isinstance(raw, str) else json.loads(raw))
@@ -309,7 +350,10 @@ async def test_failure_signals_feedback_and_retry_move_the_success_rate(engine: 
     assert since_rate.total == 3 and since_rate.failed == 0
     async with engine.connect() as conn:
         rows = (await conn.execute(text("SELECT request_id, score, thumbs, comment FROM feedback ORDER BY id"))).all()
-    assert [tuple(r) for r in rows] == [(records[4].request_id, None, "down", "wrong city"), (records[5].request_id, 0.9, None, None)]
+    assert [tuple(r) for r in rows] == [
+        (records[4].request_id, None, "down", "wrong city"),
+        (records[5].request_id, 0.9, None, None),
+    ]
 
 
 async def test_retry_within_one_batch_and_identical_empty_embeddings(engine: AsyncEngine, embedder: Embedder) -> None:
@@ -350,8 +394,10 @@ async def test_top_patterns_by_failure_rate_and_growth(engine: AsyncEngine, embe
     await drain(PatternWorker(engine, embedder))
     async with repo_session(engine) as s:
         repo = PatternRepository(s)
-        label = {fam: (await repo.pattern_for_request(next(r for r in records if r.prompt_user in FAMILIES[fam]).request_id)).id
-                 for fam in FAMILIES}
+        label = {
+            fam: (await repo.pattern_for_request(next(r for r in records if r.prompt_user in FAMILIES[fam]).request_id)).id
+            for fam in FAMILIES
+        }
         growth = await repo.top_by_growth(timedelta(hours=24), now=now, min_recent=1)
         failing = await repo.top_by_failure_rate(min_count=3)
         volume_today = await repo.top_by_volume(since=now - timedelta(hours=24))
@@ -460,7 +506,7 @@ async def test_run_loop_wakes_on_notify_holds_a_lock_and_stops(engine: AsyncEngi
         second = PatternWorker(engine, embedder)
         async with engine.connect() as conn:
             assert await second._lead(conn) is False
-        r = rec(FAMILIES["translate"][0], at=datetime.now(timezone.utc))
+        r = rec(FAMILIES["translate"][0], at=datetime.now(UTC))
         started = time.monotonic()
         await record(engine, [r])
         while time.monotonic() - started < 10:
@@ -490,7 +536,9 @@ async def test_watermark_skips_late_rows_until_the_full_sweep(engine: AsyncEngin
     assert await worker.run_once() == 1
 
 
-async def test_a_poisoned_exchange_is_skipped_not_blocking(engine: AsyncEngine, embedder: Embedder, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_poisoned_exchange_is_skipped_not_blocking(
+    engine: AsyncEngine, embedder: Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     good, bad = rec(FAMILIES["sql"][0], at=T0), rec(FAMILIES["sql"][1], at=T0 + timedelta(seconds=1))
     await record(engine, [good, bad])
     worker = PatternWorker(engine, embedder)

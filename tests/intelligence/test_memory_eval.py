@@ -12,14 +12,24 @@ from extproc.cli import main
 
 TRAIN = {
     "weather": [f"What is the weather forecast for {c} tomorrow?" for c in ("Paris", "London", "Tokyo", "Madrid", "Oslo")],
-    "sql": [f"Write a SQL query that counts {a} per {b} in PostgreSQL" for a, b in
-            (("orders", "customer"), ("invoices", "month"), ("users", "country"), ("tickets", "agent"), ("sessions", "day"))],
+    "sql": [
+        f"Write a SQL query that counts {a} per {b} in PostgreSQL"
+        for a, b in (
+            ("orders", "customer"),
+            ("invoices", "month"),
+            ("users", "country"),
+            ("tickets", "agent"),
+            ("sessions", "day"),
+        )
+    ],
     "translate": [f"Translate the word '{w}' from English into French" for w in ("apple", "house", "bicycle", "window", "river")],
 }
 TEST = {
     "weather": ["What is the weather forecast for Rome tomorrow?", "Weather forecast for Lisbon tomorrow"],
-    "sql": ["Write a SQL query that counts payments per merchant in PostgreSQL",
-            "SQL query counting orders per day in PostgreSQL"],
+    "sql": [
+        "Write a SQL query that counts payments per merchant in PostgreSQL",
+        "SQL query counting orders per day in PostgreSQL",
+    ],
     "translate": ["Translate the word 'friend' from English into French", "Translate 'cheese' from English into French"],
     "oos": ["Compose a haiku about autumn leaves", "Who won the football world cup in 1998?"],
 }
@@ -27,8 +37,11 @@ TEST = {
 
 def write_dataset(path: Path) -> Path:
     lines = [{"text": t, "label": label, "meta": {"split": "train"}} for label, ts in TRAIN.items() for t in ts]
-    lines += [{"text": t, "label": label, "meta": {"split": "oos_test" if label == "oos" else "test"}}
-              for label, ts in TEST.items() for t in ts]
+    lines += [
+        {"text": t, "label": label, "meta": {"split": "oos_test" if label == "oos" else "test"}}
+        for label, ts in TEST.items()
+        for t in ts
+    ]
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     return path
 
@@ -41,8 +54,19 @@ def run_cli(args: list[str]) -> int:
 
 def test_eval_patterns_json_contract(tmp_path: Path, pg_server_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     dataset = write_dataset(tmp_path / "tiny.jsonl")
-    code = run_cli(["eval", "patterns", "--dataset", str(dataset), "--json", "--database-url", pg_server_url,
-                    "--unsupervised-report", "--lookup-report"])
+    code = run_cli(
+        [
+            "eval",
+            "patterns",
+            "--dataset",
+            str(dataset),
+            "--json",
+            "--database-url",
+            pg_server_url,
+            "--unsupervised-report",
+            "--lookup-report",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert len(out.strip().splitlines()) == 1  # exactly one JSON object on stdout
@@ -58,13 +82,32 @@ def test_eval_patterns_json_contract(tmp_path: Path, pg_server_url: str, capsys:
     assert lookup["cache_hit"]["p50_ms"] < lookup["embed_and_index"]["p50_ms"]
 
 
-def test_eval_patterns_text_report_threshold_and_errors(tmp_path: Path, pg_server_url: str,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_patterns_text_report_threshold_and_errors(
+    tmp_path: Path, pg_server_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     dataset = write_dataset(tmp_path / "tiny.jsonl")
     # a threshold above any similarity: every train prompt starts its own pattern
-    code = run_cli(["eval", "patterns", "--dataset", str(dataset), "--database-url", pg_server_url,
-                    "--threshold", "0.999", "--no-maintenance", "--k", "3", "--max-eval", "6",
-                    "--lag-rate", "10", "--lag-seconds", "1"])
+    code = run_cli(
+        [
+            "eval",
+            "patterns",
+            "--dataset",
+            str(dataset),
+            "--database-url",
+            pg_server_url,
+            "--threshold",
+            "0.999",
+            "--no-maintenance",
+            "--k",
+            "3",
+            "--max-eval",
+            "6",
+            "--lag-rate",
+            "10",
+            "--lag-seconds",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "lag at 10 req/s for 1 s" in out and "(10 requests)" in out

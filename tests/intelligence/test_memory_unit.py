@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,8 @@ from intelligence.memory.canonical import SYSTEM_CHARS, USER_CHARS, canonical_pr
 from intelligence.memory.feedback import FeedbackInput
 from intelligence.memory.labels import heuristic_label, keywords
 from intelligence.memory.maintenance import near_duplicate_pairs, spread_of, two_means
-from intelligence.memory.repository import PendingExchange, SuccessRate, SignalCount, as_vector, day_bucket, hour_bucket
+from intelligence.memory.repository import PendingExchange, SignalCount, SuccessRate, as_vector, day_bucket, hour_bucket
 from intelligence.memory.signals import exchange_signals
-
 
 # ------------------------------------------------------------------------------------------ canonical
 
@@ -72,9 +71,19 @@ def test_heuristic_label_ranks_by_document_frequency() -> None:
 
 
 def _pending(**kw: object) -> PendingExchange:
-    base = dict(request_id="r1", started_at=datetime(2025, 1, 1, tzinfo=timezone.utc), client_key_fp=None, model=None,
-                status=200, error=None, finish_reason="stop", tool_args_invalid=0, prompt_user="x",
-                prompt_system=None, tool_names=())
+    base = dict(
+        request_id="r1",
+        started_at=datetime(2025, 1, 1, tzinfo=UTC),
+        client_key_fp=None,
+        model=None,
+        status=200,
+        error=None,
+        finish_reason="stop",
+        tool_args_invalid=0,
+        prompt_user="x",
+        prompt_system=None,
+        tool_names=(),
+    )
     base.update(kw)
     return PendingExchange(**base)  # type: ignore[arg-type]
 
@@ -83,16 +92,19 @@ def test_a_clean_exchange_has_no_signals() -> None:
     assert exchange_signals(_pending()) == []
 
 
-@pytest.mark.parametrize("kw, kind, value", [
-    ({"status": 500}, "status", "500"),
-    ({"status": 429, "error": "rate limited"}, "status", "429"),
-    ({"status": None, "error": "upstream reset"}, "status", None),
-    ({"finish_reason": "length"}, "finish", "length"),
-    ({"finish_reason": "MAX_TOKENS"}, "finish", "MAX_TOKENS"),
-    ({"finish_reason": "content_filter"}, "finish", "content_filter"),
-    ({"finish_reason": "refusal"}, "finish", "refusal"),
-    ({"tool_args_invalid": 2}, "tool_args", "2"),
-])
+@pytest.mark.parametrize(
+    "kw, kind, value",
+    [
+        ({"status": 500}, "status", "500"),
+        ({"status": 429, "error": "rate limited"}, "status", "429"),
+        ({"status": None, "error": "upstream reset"}, "status", None),
+        ({"finish_reason": "length"}, "finish", "length"),
+        ({"finish_reason": "MAX_TOKENS"}, "finish", "MAX_TOKENS"),
+        ({"finish_reason": "content_filter"}, "finish", "content_filter"),
+        ({"finish_reason": "refusal"}, "finish", "refusal"),
+        ({"tool_args_invalid": 2}, "tool_args", "2"),
+    ],
+)
 def test_failure_signals(kw: dict, kind: str, value: str | None) -> None:
     signals = exchange_signals(_pending(**kw))
     assert [(s.kind, s.ok, s.value) for s in signals] == [(kind, False, value)]
@@ -122,11 +134,21 @@ def test_feedback_parse_accepts_thumbs_and_scores() -> None:
     assert len(FeedbackInput.build("r", score=1, comment="x" * 5000).comment or "") == 2000
 
 
-@pytest.mark.parametrize("payload", [
-    [], {"score": 1}, {"request_id": "", "score": 1}, {"request_id": "r"}, {"request_id": "r", "score": 2},
-    {"request_id": "r", "score": float("nan")}, {"request_id": "r", "score": True}, {"request_id": "r", "thumbs": "meh"},
-    {"request_id": "r", "score": 1, "comment": 5}, {"request_id": "r" * 300, "score": 1},
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [],
+        {"score": 1},
+        {"request_id": "", "score": 1},
+        {"request_id": "r"},
+        {"request_id": "r", "score": 2},
+        {"request_id": "r", "score": float("nan")},
+        {"request_id": "r", "score": True},
+        {"request_id": "r", "thumbs": "meh"},
+        {"request_id": "r", "score": 1, "comment": 5},
+        {"request_id": "r" * 300, "score": 1},
+    ],
+)
 def test_feedback_parse_rejects_bad_input(payload: object) -> None:
     with pytest.raises(ValueError):
         FeedbackInput.parse(payload)
@@ -136,9 +158,9 @@ def test_feedback_parse_rejects_bad_input(payload: object) -> None:
 
 
 def test_buckets_and_vectors() -> None:
-    t = datetime(2025, 3, 1, 12, 34, 56, tzinfo=timezone.utc)
-    assert hour_bucket(t) == datetime(2025, 3, 1, 12, tzinfo=timezone.utc)
-    assert day_bucket(t.replace(tzinfo=None)) == datetime(2025, 3, 1, tzinfo=timezone.utc)
+    t = datetime(2025, 3, 1, 12, 34, 56, tzinfo=UTC)
+    assert hour_bucket(t) == datetime(2025, 3, 1, 12, tzinfo=UTC)
+    assert day_bucket(t.replace(tzinfo=None)) == datetime(2025, 3, 1, tzinfo=UTC)
     assert as_vector("[1,2.5,-3]").tolist() == [1.0, 2.5, -3.0]
     assert as_vector([1, 2]).dtype == np.float32
     assert unit(np.zeros(3)).tolist() == [0, 0, 0]
@@ -153,8 +175,9 @@ def test_keep_examples_keeps_the_most_central() -> None:
 def test_two_means_separates_two_clusters() -> None:
     rng = np.random.default_rng(1)
     a, b = np.eye(8)[0], np.eye(8)[1]
-    vecs = np.stack([unit(a + 0.05 * rng.standard_normal(8)) for _ in range(6)] +
-                    [unit(b + 0.05 * rng.standard_normal(8)) for _ in range(4)])
+    vecs = np.stack(
+        [unit(a + 0.05 * rng.standard_normal(8)) for _ in range(6)] + [unit(b + 0.05 * rng.standard_normal(8)) for _ in range(4)]
+    )
     labels = two_means(vecs)
     assert len(set(labels[:6])) == 1 and len(set(labels[6:])) == 1 and labels[0] != labels[6]
     assert two_means(np.stack([a, a, a])).tolist() == [0, 0, 0] or len(set(two_means(np.stack([a, a, a])))) == 1
@@ -204,11 +227,26 @@ def test_dataset_loading_and_split_names(tmp_path: Path) -> None:
 
 
 def test_text_report_lists_every_figure() -> None:
-    r = EvalResult(0.91, 0.9, None, 100, 10, 12, extra={
-        "embeddings_per_s": 200.0, "seed_seconds": 3.0,
-        "unsupervised": {"n_patterns": 12, "n_labels": 10, "purity": 0.8, "adjusted_rand": 0.6,
-                         "n_patterns_before_maintenance": 13},
-        "lag": {"rate": 50, "seconds": 10, "p50_ms": 400, "p95_ms": 900, "max_ms": 1200, "n": 500}})
+    r = EvalResult(
+        0.91,
+        0.9,
+        None,
+        100,
+        10,
+        12,
+        extra={
+            "embeddings_per_s": 200.0,
+            "seed_seconds": 3.0,
+            "unsupervised": {
+                "n_patterns": 12,
+                "n_labels": 10,
+                "purity": 0.8,
+                "adjusted_rand": 0.6,
+                "n_patterns_before_maintenance": 13,
+            },
+            "lag": {"rate": 50, "seconds": 10, "p50_ms": 400, "p95_ms": 900, "max_ms": 1200, "n": 500},
+        },
+    )
     text = format_report(r)
     for needle in ("91.00%", "n/a", "12 patterns for 10 labels", "adjusted Rand 0.600", "p95 900 ms", "200 embeddings/s"):
         assert needle in text

@@ -10,25 +10,34 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+# every store's tables join Base.metadata when their models are imported
+import intelligence.anomaly.models
+import intelligence.attacks.models
+import intelligence.claude.models
+import intelligence.enhance.models
+import intelligence.events.models
+import intelligence.jobs.cursors
+import intelligence.store.replicas
+import intelligence.throttle.models  # noqa: F401
 from intelligence.store import migrate
 from intelligence.store.engine import asyncpg_dsn, make_engine
 from intelligence.store.models import Base
 
-# every store's tables join Base.metadata when their models are imported
-import intelligence.anomaly.models  # noqa: E402,F401
-import intelligence.attacks.models  # noqa: E402,F401
-import intelligence.claude.models  # noqa: E402,F401
-import intelligence.enhance.models  # noqa: E402,F401
-import intelligence.events.models  # noqa: E402,F401
-import intelligence.jobs.cursors  # noqa: E402,F401
-import intelligence.store.replicas  # noqa: E402,F401
-import intelligence.throttle.models  # noqa: E402,F401
-
 FreshDb = Callable[[], Awaitable[str]]
 REQUEST_LOG_TABLES = {"exchanges", "sessions"}
-INTELLIGENCE_TABLES = {"claude_calls", "enhancements", "experiments", "experiment_events", "anomaly_verdicts",
-                       "verdict_memory", "events", "job_cursors", "attack_memory", "policy_throttle_counts",
-                       "replica_heartbeats"}
+INTELLIGENCE_TABLES = {
+    "claude_calls",
+    "enhancements",
+    "experiments",
+    "experiment_events",
+    "anomaly_verdicts",
+    "verdict_memory",
+    "events",
+    "job_cursors",
+    "attack_memory",
+    "policy_throttle_counts",
+    "replica_heartbeats",
+}
 
 
 async def _tables(url: str) -> set[str]:
@@ -55,8 +64,13 @@ async def test_upgrade_on_empty_database_creates_schema_and_vector(fresh_db_url:
         indexes = {r["indexname"] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename='exchanges'")}
     finally:
         await conn.close()
-    assert {"ix_exchanges_started_at", "ix_exchanges_session_started", "ix_exchanges_model_started",
-            "ix_exchanges_provider_started", "ix_exchanges_status"} <= indexes
+    assert {
+        "ix_exchanges_started_at",
+        "ix_exchanges_session_started",
+        "ix_exchanges_model_started",
+        "ix_exchanges_provider_started",
+        "ix_exchanges_status",
+    } <= indexes
 
 
 async def test_upgrade_is_idempotent_and_async_variant_works(fresh_db_url: FreshDb) -> None:
@@ -79,7 +93,7 @@ async def test_concurrent_upgrades_in_one_process_serialise(fresh_db_url: FreshD
     def run() -> None:
         try:
             migrate.upgrade(url)
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run) for _ in range(3)]
@@ -94,8 +108,7 @@ async def test_concurrent_upgrades_from_several_processes(fresh_db_url: FreshDb)
     url = await fresh_db_url()
     code = "import sys; from intelligence.store.migrate import upgrade; upgrade(sys.argv[1])"
     procs = [
-        await asyncio.create_subprocess_exec(sys.executable, "-c", code, url, stderr=asyncio.subprocess.PIPE)
-        for _ in range(3)
+        await asyncio.create_subprocess_exec(sys.executable, "-c", code, url, stderr=asyncio.subprocess.PIPE) for _ in range(3)
     ]
     results = [await asyncio.wait_for(p.communicate(), 120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err.decode()[-2000:] for _, err in results]
@@ -119,11 +132,14 @@ async def test_models_match_migrated_schema(pg_url: str) -> None:
     engine = make_engine(pg_url)
 
     def diff(sync_conn) -> list:
-        ctx = MigrationContext.configure(sync_conn, opts={
-            "compare_type": True,
-            "compare_server_default": False,
-            "include_object": _request_log_object,
-        })
+        ctx = MigrationContext.configure(
+            sync_conn,
+            opts={
+                "compare_type": True,
+                "compare_server_default": False,
+                "include_object": _request_log_object,
+            },
+        )
         return compare_metadata(ctx, Base.metadata)
 
     try:

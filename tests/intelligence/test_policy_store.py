@@ -19,9 +19,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import extproc.cli as cli_main
-from extproc.policy import PolicyError, PolicyWatcher
-from extproc.policy.models import POLICY_TABLES
-from extproc.policy.store import (
+from intelligence.audit import POLICY_CHANGE, AuditLog
+from intelligence.policy import PolicyError, PolicyWatcher
+from intelligence.policy.models import POLICY_TABLES
+from intelligence.policy.store import (
     PolicyNotFound,
     db_subject,
     delete_policy,
@@ -30,8 +31,7 @@ from extproc.policy.store import (
     list_policies,
     set_policy,
 )
-from extproc.policy.testing import policy_yaml, request_facts
-from intelligence.audit import POLICY_CHANGE, AuditLog
+from intelligence.policy.testing import policy_yaml, request_facts
 from intelligence.store.engine import asyncpg_dsn, make_engine
 from intelligence.store.migrate import upgrade
 from intelligence.store.models import Base
@@ -132,8 +132,11 @@ async def test_set_update_disable_delete_are_audited_with_diffs(policy_db: Polic
 
     entries = await policy_db.changes(db_subject(name))
     assert [(e["actor"], e["status"], e.get("action")) for e in entries] == [
-        ("admin:alice", "applied", "create"), ("admin:bob", "applied", "update"),
-        ("admin:carol", "disabled", "update"), ("admin:dave", "deleted", "delete")]
+        ("admin:alice", "applied", "create"),
+        ("admin:bob", "applied", "update"),
+        ("admin:carol", "disabled", "update"),
+        ("admin:dave", "deleted", "delete"),
+    ]
     created_e, updated_e, disabled_e, deleted_e = entries
     assert created_e["previous_sha256"] is None and created_e["diff"].startswith(f"--- {name} (before)\n+++ {name} (after)\n")
     assert "-    tag: one\n+    tag: two\n" in updated_e["diff"]
@@ -183,8 +186,9 @@ async def test_db_policies_join_the_file_and_reload_on_notify(policy_db: PolicyD
 
         # a direct SQL write skips validation: the watcher rejects it and keeps the last good version
         bad = "rules:\n  - id: tagger\n    actions: {tag: broken, colour: red}\n"
-        await policy_db.raw("UPDATE policies SET source = $1, sha256 = 'manual', version = version + 1 WHERE name = $2",
-                            bad, name)
+        await policy_db.raw(
+            "UPDATE policies SET source = $1, sha256 = 'manual', version = version + 1 WHERE name = $2", bad, name
+        )
         await wait_for(lambda: f"db:{name}" in watcher.errors)
         assert watcher.snapshot is good and "from-db" in tags(watcher)
         assert watcher.errors[f"db:{name}"][0].field == "rules[0].actions.colour"
@@ -215,8 +219,12 @@ async def test_db_policies_join_the_file_and_reload_on_notify(policy_db: PolicyD
     rejected = next(e for e in entries if e["status"] == "rejected")
     assert rejected["errors"][0]["field"] == "rules[0].actions.colour" and "+    actions: {tag: broken" in rejected["diff"]
     assert [s for s in statuses if s[0] != "db:unaudited"] == [
-        ("admin:alice", "applied"), ("admin:alice", "applied"), ("admin:alice", "disabled"), ("admin:alice", "applied"),
-        ("admin:alice", "deleted")]
+        ("admin:alice", "applied"),
+        ("admin:alice", "applied"),
+        ("admin:alice", "disabled"),
+        ("admin:alice", "applied"),
+        ("admin:alice", "deleted"),
+    ]
     assert statuses.count(("db:unaudited", "rejected")) == 1
 
 
@@ -278,8 +286,7 @@ async def test_file_changes_are_audited_once_across_replicas(policy_db: PolicyDb
     file_name = unique("gitops")
     path = tmp_path / "policy.yaml"
     path.write_text(tagging("v1", name=file_name))
-    replicas = [PolicyWatcher(path, policy_db.engine, poll_interval=0.02, db_poll_interval=3600, listen=False)
-                for _ in range(2)]
+    replicas = [PolicyWatcher(path, policy_db.engine, poll_interval=0.02, db_poll_interval=3600, listen=False) for _ in range(2)]
     for w in replicas:
         await w.start()
     try:
@@ -330,8 +337,9 @@ class InProcessCli:
         return code, out.out, out.err
 
 
-async def test_cli_set_list_show_delete(policy_db: PolicyDb, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_cli_set_list_show_delete(
+    policy_db: PolicyDb, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     cli = InProcessCli(policy_db.url, capsys, monkeypatch)
     name = unique("cli")
     path = tmp_path / f"{name}.yaml"
@@ -382,8 +390,9 @@ def _policy_object(obj, name, type_, reflected, compare_to) -> bool:
 
 async def test_model_matches_migration(policy_db: PolicyDb) -> None:
     def diff(sync_conn) -> list:
-        ctx = MigrationContext.configure(sync_conn, opts={"compare_type": True, "compare_server_default": False,
-                                                          "include_object": _policy_object})
+        ctx = MigrationContext.configure(
+            sync_conn, opts={"compare_type": True, "compare_server_default": False, "include_object": _policy_object}
+        )
         return compare_metadata(ctx, Base.metadata)
 
     async with policy_db.engine.connect() as conn:

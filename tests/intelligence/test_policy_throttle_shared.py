@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from extproc.policy import Throttler
-from extproc.policy.testing import request_facts, snapshot
+from intelligence.policy import Throttler
+from intelligence.policy.testing import request_facts, snapshot
 from intelligence.store.engine import make_engine
 from intelligence.store.replicas import DbHeartbeats, LiveReplicas
 from intelligence.throttle import DbWindowStore, SharedThrottleCounts
@@ -39,15 +39,14 @@ class MonoClock:
         return self.t
 
 
-async def _window_rows(engine) -> dict[tuple[str, str, datetime], int]:  # noqa: ANN001
+async def _window_rows(engine) -> dict[tuple[str, str, datetime], int]:
     async with engine.connect() as conn:
         rows = await conn.execute(text("SELECT rule, subject, window_start, requests FROM policy_throttle_counts"))
         return {(r, s, w): n for r, s, w, n in rows.all()}
 
 
 @pytest.mark.parametrize("replicas", [2, 4])
-async def test_replicas_hit_at_full_speed_as_the_minute_opens_stay_within_limit_plus_rounding(
-        migrated_db, replicas: int) -> None:  # noqa: ANN001
+async def test_replicas_hit_at_full_speed_as_the_minute_opens_stay_within_limit_plus_rounding(migrated_db, replicas: int) -> None:
     spike = await simulate_minute(migrated_db.engine, replicas=replicas, rpm=60, burst=60, per_second=100)
     assert 60 <= spike.shared <= spike.bound == 60 + replicas - 1, spike
     assert spike.rows == spike.shared  # the database saw every admission
@@ -57,12 +56,12 @@ async def test_replicas_hit_at_full_speed_as_the_minute_opens_stay_within_limit_
     assert 60 <= steady.shared <= steady.bound, steady
 
 
-async def test_one_busy_replica_of_two_still_gets_the_whole_limit_in_the_minute(migrated_db) -> None:  # noqa: ANN001
+async def test_one_busy_replica_of_two_still_gets_the_whole_limit_in_the_minute(migrated_db) -> None:
     admitted, reached = await one_busy_replica(migrated_db.engine, replicas=2, rpm=60, per_second=100)
     assert admitted == 60 and reached is not None and reached < 30  # the cost of shares: seconds, not the minute
 
 
-async def test_heartbeats_count_live_replicas_once_per_process(migrated_db) -> None:  # noqa: ANN001
+async def test_heartbeats_count_live_replicas_once_per_process(migrated_db) -> None:
     beats = DbHeartbeats(migrated_db.engine)
     a, a_again = (LiveReplicas(beats, replica_id="replica-a") for _ in range(2))  # two flushers of one process
     b = LiveReplicas(beats, replica_id="replica-b")
@@ -76,7 +75,7 @@ async def test_heartbeats_count_live_replicas_once_per_process(migrated_db) -> N
     assert ids == ["replica-a"]
 
 
-async def test_background_flushers_make_a_replica_refuse_what_another_spent(migrated_db) -> None:  # noqa: ANN001
+async def test_background_flushers_make_a_replica_refuse_what_another_spent(migrated_db) -> None:
     wall = WallClock(T0 + timedelta(seconds=5))
     counts = [SharedThrottleCounts.from_engine(migrated_db.engine, clock=wall, flush_interval=0.05) for _ in range(2)]
     a, b = (Throttler(shared=c) for c in counts)
@@ -98,7 +97,7 @@ async def test_background_flushers_make_a_replica_refuse_what_another_spent(migr
     assert await _window_rows(migrated_db.engine) == {(RULE, "192.0.2.9", T0): 5}
 
 
-async def test_counts_survive_an_unreachable_database_and_old_windows_are_pruned(migrated_db) -> None:  # noqa: ANN001
+async def test_counts_survive_an_unreachable_database_and_old_windows_are_pruned(migrated_db) -> None:
     with socket.socket() as s:  # a port nobody listens on: connection refused, like a database that is down
         s.bind(("127.0.0.1", 0))
         dead_port = s.getsockname()[1]
@@ -118,8 +117,9 @@ async def test_counts_survive_an_unreachable_database_and_old_windows_are_pruned
     finally:
         await dead.dispose()
     async with migrated_db.engine.begin() as conn:
-        await conn.execute(text("INSERT INTO policy_throttle_counts VALUES (:r, 'old', :w, 9)"),
-                           {"r": RULE, "w": T0 - timedelta(minutes=3)})
+        await conn.execute(
+            text("INSERT INTO policy_throttle_counts VALUES (:r, 'old', :w, 9)"), {"r": RULE, "w": T0 - timedelta(minutes=3)}
+        )
     counts.store = DbWindowStore(migrated_db.engine)  # the database is back
     await counts.flush()
     assert counts.unflushed() == 0 and counts.stats["pruned"] == 1

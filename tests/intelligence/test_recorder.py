@@ -32,9 +32,13 @@ async def eventually(predicate: Callable[[], bool], timeout: float = 15.0, recor
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
-            state = "" if recorder is None else (
-                f" queue={recorder.queue_depth} spool={recorder.spool_depth} written={recorder.written}"
-                f" spooled={recorder.spooled} replayed={recorder.replayed} db_ok={recorder.db_ok}"
+            state = (
+                ""
+                if recorder is None
+                else (
+                    f" queue={recorder.queue_depth} spool={recorder.spool_depth} written={recorder.written}"
+                    f" spooled={recorder.spooled} replayed={recorder.replayed} db_ok={recorder.db_ok}"
+                )
             )
             raise AssertionError("condition not reached in time" + state)
         await asyncio.sleep(0.02)
@@ -127,8 +131,7 @@ async def test_database_stopped_spools_then_replays_everything_once_in_order(
 
 
 async def test_slow_database_times_out_into_the_spool(migrated_db: MigratedDb, tmp_path: Path) -> None:
-    recorder = DbRecorder(migrated_db.engine, tmp_path / "spool", flush_interval=0.05, retry_interval=0.1,
-                          batch_timeout=0.5)
+    recorder = DbRecorder(migrated_db.engine, tmp_path / "spool", flush_interval=0.05, retry_interval=0.1, batch_timeout=0.5)
     blocker = await asyncpg.connect(asyncpg_dsn(migrated_db.url))
     tx = blocker.transaction()
     await tx.start()

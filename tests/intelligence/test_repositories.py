@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -62,7 +62,7 @@ async def test_naive_timestamps_are_taken_as_utc(db_engine: AsyncEngine, session
     record = make_record(started_at=naive, finished_at=naive + timedelta(seconds=1))
     await _insert(db_engine, [record])
     stored = await ExchangeRepository(session).get(record.request_id)
-    assert stored is not None and stored.started_at == naive.replace(tzinfo=timezone.utc)
+    assert stored is not None and stored.started_at == naive.replace(tzinfo=UTC)
 
 
 async def test_text_postgres_cannot_hold_is_sanitised(db_engine: AsyncEngine, session: AsyncSession) -> None:
@@ -95,7 +95,7 @@ async def test_text_postgres_cannot_hold_is_sanitised(db_engine: AsyncEngine, se
 
 async def test_sessions_totals_count_each_exchange_once(db_engine: AsyncEngine, session: AsyncSession) -> None:
     sid = f"sess-totals-{uuid.uuid4().hex}"
-    t0 = datetime(2025, 4, 1, 9, 0, tzinfo=timezone.utc)
+    t0 = datetime(2025, 4, 1, 9, 0, tzinfo=UTC)
     ok = make_record(session_id=sid, started_at=t0, client_key_fp=None)
     failed = make_record(session_id=sid, started_at=t0 + timedelta(minutes=5), status=502, client_key_fp="fp-1")
     errored = make_record(session_id=sid, started_at=t0 - timedelta(minutes=5), status=None, error="upstream reset")
@@ -122,7 +122,7 @@ async def test_records_without_session_do_not_create_sessions(db_engine: AsyncEn
 
 
 async def test_recent_sessions_are_newest_first(migrated_db: MigratedDb) -> None:
-    t0 = datetime(2025, 7, 1, tzinfo=timezone.utc)
+    t0 = datetime(2025, 7, 1, tzinfo=UTC)
     a = make_record(session_id="sess-a", started_at=t0)
     b = make_record(session_id="sess-b", started_at=t0 + timedelta(hours=1))
     c = make_record(session_id="sess-c", started_at=t0 - timedelta(hours=1))
@@ -134,7 +134,7 @@ async def test_recent_sessions_are_newest_first(migrated_db: MigratedDb) -> None
 
 async def test_recent_and_iter_since_page_in_time_order(migrated_db: MigratedDb) -> None:
     engine = migrated_db.engine
-    t0 = datetime(2025, 6, 1, tzinfo=timezone.utc)
+    t0 = datetime(2025, 6, 1, tzinfo=UTC)
     records = [make_record(started_at=t0 + timedelta(minutes=i)) for i in range(7)]
     same_time = make_record(started_at=records[3].started_at)  # ties are paged by request_id
     await _insert(engine, list(reversed(records)) + [same_time])

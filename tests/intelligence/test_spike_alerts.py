@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
@@ -15,9 +15,11 @@ from .factories import make_record
 
 
 async def _add(engine, n: int, *, status: int = 200, latency_ms: float = 100.0, ago_s: float = 10.0) -> None:
-    started = datetime.now(timezone.utc) - timedelta(seconds=ago_s)
-    records = [make_record(started_at=started, status=status, latency_ms=latency_ms,
-                           error=None if status < 400 else f"HTTP {status}") for _ in range(n)]
+    started = datetime.now(UTC) - timedelta(seconds=ago_s)
+    records = [
+        make_record(started_at=started, status=status, latency_ms=latency_ms, error=None if status < 400 else f"HTTP {status}")
+        for _ in range(n)
+    ]
     async with async_sessionmaker(engine)() as session, session.begin():
         await ExchangeRepository(session).insert_batch(records)
 
@@ -30,8 +32,9 @@ async def _spikes(engine) -> list[tuple[str, str, str]]:
 
 async def test_error_spike_alerts_once_then_recovers(migrated_db) -> None:
     now = [0.0]
-    monitor = SpikeMonitor(migrated_db.engine, SpikeThresholds(error_rate=0.2, min_requests=10, cooldown_s=600),
-                           clock=lambda: now[0])
+    monitor = SpikeMonitor(
+        migrated_db.engine, SpikeThresholds(error_rate=0.2, min_requests=10, cooldown_s=600), clock=lambda: now[0]
+    )
     await _add(migrated_db.engine, 5, status=500)
     assert (await monitor.tick())["alerts"] == []  # too few requests to say anything
     await _add(migrated_db.engine, 10)

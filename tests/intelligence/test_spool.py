@@ -47,7 +47,9 @@ def test_active_segment_is_sealed_only_on_request(tmp_path: Path) -> None:
 
 def test_torn_and_garbled_lines_are_reported_not_fatal(tmp_path: Path) -> None:
     good = make_record()
-    (tmp_path / "segment-000000000007.jsonl").write_text(good.to_json() + "\n\n" + '{"not": "a record"}\n' + '{"request_id": "x", "sta')
+    (tmp_path / "segment-000000000007.jsonl").write_text(
+        good.to_json() + "\n\n" + '{"not": "a record"}\n' + '{"request_id": "x", "sta'
+    )
     (tmp_path / "unrelated.txt").write_text("ignored")
     spool = Spool(tmp_path)
     assert spool.depth == 3

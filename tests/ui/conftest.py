@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -50,8 +50,11 @@ def _chat_response(text: str | None, tool: str | None = None) -> dict:
     msg: dict = {"role": "assistant", "content": text}
     if tool:
         msg["tool_calls"] = [{"id": "call_1", "type": "function", "function": {"name": tool, "arguments": '{"q": "bugs"}'}}]
-    return {"id": "chatcmpl-ui", "object": "chat.completion",
-            "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls" if tool else "stop"}]}
+    return {
+        "id": "chatcmpl-ui",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": msg, "finish_reason": "tool_calls" if tool else "stop"}],
+    }
 
 
 def build_records(now: datetime, marker: str) -> tuple[list[ExchangeRecord], dict[str, str], str, str]:
@@ -63,42 +66,122 @@ def build_records(now: datetime, marker: str) -> tuple[list[ExchangeRecord], dic
     def rec(key: str, minutes_ago: float, **kw) -> ExchangeRecord:
         started = now - timedelta(minutes=minutes_ago)
         latency = kw.pop("latency_ms", 100.0)
-        base = dict(request_id=ids[key], started_at=started, finished_at=started + timedelta(milliseconds=latency),
-                    method="POST", path="/openai/v1/chat/completions", provider="openai", api="chat", route="prefix",
-                    client_key_fp=f"fp-{marker}-alpha", client_addr="127.0.0.1", status=200, latency_ms=latency,
-                    upstream_ms=latency - 2, request_headers={"content-type": "application/json"})
+        base = dict(
+            request_id=ids[key],
+            started_at=started,
+            finished_at=started + timedelta(milliseconds=latency),
+            method="POST",
+            path="/openai/v1/chat/completions",
+            provider="openai",
+            api="chat",
+            route="prefix",
+            client_key_fp=f"fp-{marker}-alpha",
+            client_addr="127.0.0.1",
+            status=200,
+            latency_ms=latency,
+            upstream_ms=latency - 2,
+            request_headers={"content-type": "application/json"},
+        )
         base.update(kw)
         return ExchangeRecord(**base)
 
     records = [
-        rec("tools", 9, session_id=session, model="gpt-4o", streamed=True, ttft_ms=40.0, latency_ms=120.0,
+        rec(
+            "tools",
+            9,
+            session_id=session,
+            model="gpt-4o",
+            streamed=True,
+            ttft_ms=40.0,
+            latency_ms=120.0,
             usage=Usage(input_tokens=1000, output_tokens=500, total_tokens=1500, cached_tokens=200),
             request_client=Body(json=_chat("gpt-4o", f"{marker} summarise the open bugs", original), size=200),
             request_forwarded=Body(json=_chat("gpt-4o", f"{marker} summarise the open bugs", alias), size=200),
             response_upstream=Body(json=_chat_response(None, alias), size=200),
             response_client=Body(json=_chat_response(None, original), size=200),
-            tool_names=(original,), tool_aliases={alias: original}, finish_reason="tool_calls",
+            tool_names=(original,),
+            tool_aliases={alias: original},
+            finish_reason="tool_calls",
             prompt_user=f"{marker} summarise the open bugs",
-            request_headers={"content-type": "application/json", "x-custom-auth": SECRET, "user-agent": "ui-test"}),
-        rec("claude", 8, session_id=session, model="claude-sonnet-4-5", provider="anthropic", api="messages",
-            path="/anthropic/v1/messages", latency_ms=300.0,
+            request_headers={"content-type": "application/json", "x-custom-auth": SECRET, "user-agent": "ui-test"},
+        ),
+        rec(
+            "claude",
+            8,
+            session_id=session,
+            model="claude-sonnet-4-5",
+            provider="anthropic",
+            api="messages",
+            path="/anthropic/v1/messages",
+            latency_ms=300.0,
             usage=Usage(input_tokens=2000, output_tokens=100, total_tokens=2100, cached_tokens=1000),
-            request_client=Body(json={"model": "claude-sonnet-4-5", "max_tokens": 100,
-                                      "messages": [{"role": "user", "content": f"{marker} and the closed ones?"}]}, size=90),
-            request_forwarded=Body(json={"model": "claude-sonnet-4-5", "max_tokens": 100,
-                                         "messages": [{"role": "user", "content": f"{marker} and the closed ones?"}]}, size=90),
-            response_client=Body(json={"type": "message", "role": "assistant", "content": [
-                {"type": "text", "text": f"{marker} twelve closed bugs"}], "stop_reason": "end_turn"}, size=80),
-            finish_reason="end_turn", prompt_user=f"{marker} and the closed ones?"),
-        rec("err500", 7, client_key_fp=f"fp-{marker}-beta", model="gpt-4o-mini", status=500, error="upstream 500",
-            latency_ms=50.0, prompt_user=f"{marker} failing request"),
-        rec("err429", 6, client_key_fp=f"fp-{marker}-beta", model="gpt-4o-mini", status=429, latency_ms=30.0,
-            prompt_user=f"{marker} rate limited"),
-        rec("unpriced", 5, model="acme/unknown-model", provider="openrouter", latency_ms=200.0,
-            usage=Usage(input_tokens=10, output_tokens=10, total_tokens=20), prompt_user=f"{marker} unpriced"),
-        *(rec(f"extra{i}", 4 - i, model="gpt-4o-mini", latency_ms=80.0 + i,
-              usage=Usage(input_tokens=100, output_tokens=0, total_tokens=100),
-              prompt_user=f"{marker} summarise the open bugs again {i}") for i in (1, 2, 3)),
+            request_client=Body(
+                json={
+                    "model": "claude-sonnet-4-5",
+                    "max_tokens": 100,
+                    "messages": [{"role": "user", "content": f"{marker} and the closed ones?"}],
+                },
+                size=90,
+            ),
+            request_forwarded=Body(
+                json={
+                    "model": "claude-sonnet-4-5",
+                    "max_tokens": 100,
+                    "messages": [{"role": "user", "content": f"{marker} and the closed ones?"}],
+                },
+                size=90,
+            ),
+            response_client=Body(
+                json={
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "text", "text": f"{marker} twelve closed bugs"}],
+                    "stop_reason": "end_turn",
+                },
+                size=80,
+            ),
+            finish_reason="end_turn",
+            prompt_user=f"{marker} and the closed ones?",
+        ),
+        rec(
+            "err500",
+            7,
+            client_key_fp=f"fp-{marker}-beta",
+            model="gpt-4o-mini",
+            status=500,
+            error="upstream 500",
+            latency_ms=50.0,
+            prompt_user=f"{marker} failing request",
+        ),
+        rec(
+            "err429",
+            6,
+            client_key_fp=f"fp-{marker}-beta",
+            model="gpt-4o-mini",
+            status=429,
+            latency_ms=30.0,
+            prompt_user=f"{marker} rate limited",
+        ),
+        rec(
+            "unpriced",
+            5,
+            model="acme/unknown-model",
+            provider="openrouter",
+            latency_ms=200.0,
+            usage=Usage(input_tokens=10, output_tokens=10, total_tokens=20),
+            prompt_user=f"{marker} unpriced",
+        ),
+        *(
+            rec(
+                f"extra{i}",
+                4 - i,
+                model="gpt-4o-mini",
+                latency_ms=80.0 + i,
+                usage=Usage(input_tokens=100, output_tokens=0, total_tokens=100),
+                prompt_user=f"{marker} summarise the open bugs again {i}",
+            )
+            for i in (1, 2, 3)
+        ),
     ]
     return records, ids, session, alias
 
@@ -122,7 +205,7 @@ async def ui_db(pg_server_url: str) -> AsyncIterator[SeededUi]:
     url = database_url(pg_server_url, name)
     await upgrade_async(url)
     marker = f"uit{uuid.uuid4().hex[:6]}"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     records, ids, session, alias = build_records(now, marker)
     engine = make_engine(url)
     rng = np.random.default_rng(3)
@@ -133,34 +216,66 @@ async def ui_db(pg_server_url: str) -> AsyncIterator[SeededUi]:
             await ExchangeRepository(conn).insert_batch(records)
         async with engine.begin() as conn:
             memory = PatternRepository(conn)
-            pid = await memory.create_pattern(centre / np.linalg.norm(centre), seen_at=now, label=label,
-                                              examples=[{"request_id": ids["tools"], "text": f"{marker} summarise the open bugs",
-                                                         "similarity": 1.0}])
-            members = [r for r in records if r.request_id in {ids[k] for k in ("tools", "claude", "err500", "extra1", "extra2", "extra3")}]
+            pid = await memory.create_pattern(
+                centre / np.linalg.norm(centre),
+                seen_at=now,
+                label=label,
+                examples=[{"request_id": ids["tools"], "text": f"{marker} summarise the open bugs", "similarity": 1.0}],
+            )
+            members = [
+                r
+                for r in records
+                if r.request_id in {ids[k] for k in ("tools", "claude", "err500", "extra1", "extra2", "extra3")}
+            ]
             rows = []
             for r in members:
                 v = centre + 0.3 * rng.normal(size=EMBEDDING_DIM).astype(np.float32)
-                rows.append(EmbeddingRow(request_id=r.request_id, embedding=v / np.linalg.norm(v), canonical_hash=r.request_id,
-                                         pattern_id=pid, similarity=0.9, client_key_fp=r.client_key_fp, model=r.model,
-                                         created_at=r.started_at))
+                rows.append(
+                    EmbeddingRow(
+                        request_id=r.request_id,
+                        embedding=v / np.linalg.norm(v),
+                        canonical_hash=r.request_id,
+                        pattern_id=pid,
+                        similarity=0.9,
+                        client_key_fp=r.client_key_fp,
+                        model=r.model,
+                        created_at=r.started_at,
+                    )
+                )
             await memory.insert_embeddings(rows)
             counts: dict = {}
             for r in members:
                 for gran, bucket in (("hour", hour_bucket(r.started_at)), ("day", day_bucket(r.started_at))):
                     counts[(pid, gran, bucket)] = counts.get((pid, gran, bucket), 0) + 1
             await memory.add_counts(counts)
-            await memory.update_pattern(pid, centroid=centre / np.linalg.norm(centre), member_count=len(members),
-                                        examples=[{"request_id": ids["tools"], "text": f"{marker} summarise the open bugs",
-                                                   "similarity": 1.0}], spread=0.1, radius=0.2, seen_at=now)
+            await memory.update_pattern(
+                pid,
+                centroid=centre / np.linalg.norm(centre),
+                member_count=len(members),
+                examples=[{"request_id": ids["tools"], "text": f"{marker} summarise the open bugs", "similarity": 1.0}],
+                spread=0.1,
+                radius=0.2,
+                seen_at=now,
+            )
             await memory.add_signals([Signal(ids["err500"], "status", False, value="500", detail="upstream 500")])
     finally:
         await engine.dispose()
     models: dict[str, int] = {}
     for r in records:
         models[r.model] = models.get(r.model, 0) + 1
-    yield SeededUi(url=url, now=now, ids=ids, pattern_id=pid, pattern_label=label, session_id=session, alias=alias,
-                   expected_cost=EXPECTED_COST, cost_by_id={ids[k]: c / 1e6 for k, c in COSTS.items()},
-                   started={r.request_id: r.started_at for r in records}, models=models)
+    yield SeededUi(
+        url=url,
+        now=now,
+        ids=ids,
+        pattern_id=pid,
+        pattern_label=label,
+        session_id=session,
+        alias=alias,
+        expected_cost=EXPECTED_COST,
+        cost_by_id={ids[k]: c / 1e6 for k, c in COSTS.items()},
+        started={r.request_id: r.started_at for r in records},
+        models=models,
+    )
     admin = await asyncpg.connect(asyncpg_dsn(pg_server_url))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

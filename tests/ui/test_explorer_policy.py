@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -37,32 +37,88 @@ def _block(rule: str, status: int = 403) -> dict:
 
 
 FLAGS: dict[str, tuple[float, str, dict]] = {  # key -> (minutes ago, model, flags)
-    "blocked": (5, "gpt-4.5-preview", {
-        "policy": {"version": "v3", "fired": [_fired("no-big-models", "enforce", "block", note=f"key {SECRET}")],
-                   "block": _block("no-big-models")},
-        "detections": {"pii": {"EMAIL": 2}, "secrets": {"OPENAI_KEY": 1}, "injection_score": 0.91,
-                       "injection_layer": "classifier", "flags": []}}),
-    "response_blocked": (6, "gpt-4o-mini", {
-        "policy": {"version": "v3", "fired": []},
-        "response_policy": {"version": "v3", "fired": [_fired("no-leaks", "enforce", "block")],
-                            "block": _block("no-leaks", 502)}}),
-    "redacted": (7, "gpt-4o-mini", {
-        "policy": {"version": "v3", "fired": [_fired("mask-pii", "enforce", "redact")],
-                   "redact": [{"categories": ["pii"], "kinds": None, "mode": "mask", "restore": True,
-                               "rule": "default/mask-pii"}]},
-        "redacted_strings": 3, "edits": ["redact 3 strings"]}),
-    "monitored": (8, "gpt-4o-mini", {
-        "policy": {"version": "v3", "fired": [_fired("watch-injection", "monitor", "alert")],
-                   "alerts": [{"severity": "warning", "message": "injection suspected", "rule": "default/watch-injection"}]}}),
-    "enhanced": (9, "gpt-4o", {
-        "enhancement": {"experiment": 7, "enhancement": 3, "arm": "treatment", "pattern": 42, "patch": PATCH}}),
-    "verdict": (10, "gpt-4o", {
-        "claude_verdict": {"rule": "default/ask-claude", "mode": "enforce", "outcome": "ok", "action": "allow",
-                           "verdict": "benign", "confidence": 0.93, "latency_ms": 812.4, "timeout_ms": 2000,
-                           "fail_mode": "open"}}),
+    "blocked": (
+        5,
+        "gpt-4.5-preview",
+        {
+            "policy": {
+                "version": "v3",
+                "fired": [_fired("no-big-models", "enforce", "block", note=f"key {SECRET}")],
+                "block": _block("no-big-models"),
+            },
+            "detections": {
+                "pii": {"EMAIL": 2},
+                "secrets": {"OPENAI_KEY": 1},
+                "injection_score": 0.91,
+                "injection_layer": "classifier",
+                "flags": [],
+            },
+        },
+    ),
+    "response_blocked": (
+        6,
+        "gpt-4o-mini",
+        {
+            "policy": {"version": "v3", "fired": []},
+            "response_policy": {
+                "version": "v3",
+                "fired": [_fired("no-leaks", "enforce", "block")],
+                "block": _block("no-leaks", 502),
+            },
+        },
+    ),
+    "redacted": (
+        7,
+        "gpt-4o-mini",
+        {
+            "policy": {
+                "version": "v3",
+                "fired": [_fired("mask-pii", "enforce", "redact")],
+                "redact": [{"categories": ["pii"], "kinds": None, "mode": "mask", "restore": True, "rule": "default/mask-pii"}],
+            },
+            "redacted_strings": 3,
+            "edits": ["redact 3 strings"],
+        },
+    ),
+    "monitored": (
+        8,
+        "gpt-4o-mini",
+        {
+            "policy": {
+                "version": "v3",
+                "fired": [_fired("watch-injection", "monitor", "alert")],
+                "alerts": [{"severity": "warning", "message": "injection suspected", "rule": "default/watch-injection"}],
+            }
+        },
+    ),
+    "enhanced": (
+        9,
+        "gpt-4o",
+        {"enhancement": {"experiment": 7, "enhancement": 3, "arm": "treatment", "pattern": 42, "patch": PATCH}},
+    ),
+    "verdict": (
+        10,
+        "gpt-4o",
+        {
+            "claude_verdict": {
+                "rule": "default/ask-claude",
+                "mode": "enforce",
+                "outcome": "ok",
+                "action": "allow",
+                "verdict": "benign",
+                "confidence": 0.93,
+                "latency_ms": 812.4,
+                "timeout_ms": 2000,
+                "fail_mode": "open",
+            }
+        },
+    ),
     "plain": (11, "gpt-4o", {}),
-    "old_blocked": (3 * 24 * 60, "gpt-4.5-preview", {
-        "policy": {"version": "v2", "fired": [_fired("no-big-models", "enforce", "block")], "block": _block("no-big-models")}}),
+    "old_blocked": (
+        3 * 24 * 60,
+        "gpt-4.5-preview",
+        {"policy": {"version": "v2", "fired": [_fired("no-big-models", "enforce", "block")], "block": _block("no-big-models")}},
+    ),
 }
 
 
@@ -84,16 +140,31 @@ async def policy_db(pg_server_url: str) -> AsyncIterator[PolicyDb]:
     url = database_url(pg_server_url, name)
     await upgrade_async(url)
     marker = f"pol{uuid.uuid4().hex[:6]}"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ids = {k: f"{marker}-{k}" for k in FLAGS}
     records = []
     for key, (minutes, model, flags) in FLAGS.items():
         started = now - timedelta(minutes=minutes)
-        records.append(ExchangeRecord(
-            request_id=ids[key], started_at=started, finished_at=started + timedelta(milliseconds=100), method="POST",
-            path="/openai/v1/chat/completions", provider="openai", api="chat", route="prefix", model=model,
-            client_key_fp=f"fp-{marker}", client_addr="127.0.0.1", status=403 if key.endswith("blocked") else 200,
-            latency_ms=100.0, upstream_ms=90.0, prompt_user=f"{marker} {key} prompt", flags=flags))
+        records.append(
+            ExchangeRecord(
+                request_id=ids[key],
+                started_at=started,
+                finished_at=started + timedelta(milliseconds=100),
+                method="POST",
+                path="/openai/v1/chat/completions",
+                provider="openai",
+                api="chat",
+                route="prefix",
+                model=model,
+                client_key_fp=f"fp-{marker}",
+                client_addr="127.0.0.1",
+                status=403 if key.endswith("blocked") else 200,
+                latency_ms=100.0,
+                upstream_ms=90.0,
+                prompt_user=f"{marker} {key} prompt",
+                flags=flags,
+            )
+        )
     engine = make_engine(url)
     try:
         async with engine.begin() as conn:
@@ -165,13 +236,19 @@ def test_policy_tab_shows_rules_block_and_detector_counts_without_values(policy_
     rules = next(d.value for d in at.dataframe if "rule" in d.value.columns and "mode" in d.value.columns)
     row = rules.iloc[0].to_dict()
     assert {k: row[k] for k in ("side", "policy", "rule", "mode", "actions")} == {
-        "side": "request", "policy": "default", "rule": "no-big-models", "mode": "enforce", "actions": "block"}
+        "side": "request",
+        "policy": "default",
+        "rule": "no-big-models",
+        "mode": "enforce",
+        "actions": "block",
+    }
     assert SECRET not in row["note"] and row["note"].startswith("key ")  # free text is masked
-    assert any(e.value == f"Request blocked: 403 policy_blocked: {BLOCK_MESSAGE} (rule default/no-big-models)"
-               for e in at.error)
+    assert any(e.value == f"Request blocked: 403 policy_blocked: {BLOCK_MESSAGE} (rule default/no-big-models)" for e in at.error)
     counts = next(d.value for d in at.dataframe if "kind" in d.value.columns)
     assert sorted(map(tuple, counts[["category", "kind", "count"]].values.tolist())) == [
-        ("pii", "EMAIL", 2), ("secrets", "OPENAI_KEY", 1)]
+        ("pii", "EMAIL", 2),
+        ("secrets", "OPENAI_KEY", 1),
+    ]
     assert any("injection score 0.91 (classifier)" in c.value for c in at.caption)
     assert "v3" in _tables(at)
     assert any("No enhancement experiment" in c.value for c in at.caption)
@@ -201,6 +278,5 @@ def test_policy_tab_shows_enhancement_arm_and_patch(policy_db: PolicyDb, monkeyp
 def test_policy_tab_shows_claude_verdict(policy_db: PolicyDb, monkeypatch) -> None:
     at = open_explorer(monkeypatch, policy_db, request_id=policy_db.ids["verdict"])
     verdict = next(t.value for t in at.table if t.value.index.name == "verdict")
-    expected = {"verdict": "benign", "confidence": "0.93", "action": "allow", "rule": "default/ask-claude",
-                "latency_ms": "812.4"}
+    expected = {"verdict": "benign", "confidence": "0.93", "action": "allow", "rule": "default/ask-claude", "latency_ms": "812.4"}
     assert expected.items() <= verdict["value"].to_dict().items()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -21,11 +21,17 @@ from ui.report import build_report
 from ui.runner import DbRunner
 
 
-@pytest.mark.parametrize("secret", [
-    "sk-proj-abcdefghijklmnopqrstuvwx1234", "sk-ant-api03-abcdefghijklmnopqrstu", "AKIAABCDEFGHIJKLMNOP",
-    "ghp_abcdefghijklmnopqrstuvwxyz0123456789", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcdefghijklmnop",
-    "xoxb-123456789012-abcdefghij",
-])
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "sk-proj-abcdefghijklmnopqrstuvwx1234",
+        "sk-ant-api03-abcdefghijklmnopqrstu",
+        "AKIAABCDEFGHIJKLMNOP",
+        "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcdefghijklmnop",
+        "xoxb-123456789012-abcdefghij",
+    ],
+)
 def test_known_credential_shapes_are_masked(secret: str) -> None:
     out = mask_secrets(f"please use {secret} for this")
     assert secret not in out and MASK in out and out.startswith("please use")
@@ -39,10 +45,22 @@ def test_secret_assignments_and_bearer_tokens_are_masked_but_prose_is_not() -> N
 
 
 def test_headers_mask_credential_names_and_opaque_values() -> None:
-    shown = safe_headers({"content-type": "application/json", "x-custom-auth": "whatever", "x-trace": "a1b2c3d4e5f6g7h8i9j0k1l2m3",
-                          "user-agent": "OpenAI/Python 1.99.2", "x-api-key": "short"})
-    assert shown == {"content-type": "application/json", "x-custom-auth": MASK, "x-trace": MASK,
-                     "user-agent": "OpenAI/Python 1.99.2", "x-api-key": MASK}
+    shown = safe_headers(
+        {
+            "content-type": "application/json",
+            "x-custom-auth": "whatever",
+            "x-trace": "a1b2c3d4e5f6g7h8i9j0k1l2m3",
+            "user-agent": "OpenAI/Python 1.99.2",
+            "x-api-key": "short",
+        }
+    )
+    assert shown == {
+        "content-type": "application/json",
+        "x-custom-auth": MASK,
+        "x-trace": MASK,
+        "user-agent": "OpenAI/Python 1.99.2",
+        "x-api-key": MASK,
+    }
 
 
 def test_body_views_use_the_provider_adapters() -> None:
@@ -51,19 +69,43 @@ def test_body_views_use_the_provider_adapters() -> None:
     diff = bodies.body_diff(sent, forwarded)
     assert '-        "name": "a.b"' in diff and '+        "name": "a_b_x1"' in diff
     assert bodies.body_diff(sent, sent) == ""
-    chat = Body(json={"choices": [{"message": {"role": "assistant", "content": "hello sk-proj-abcdefghijklmnopqrstuv12",
-                                               "tool_calls": [{"id": "1", "type": "function",
-                                                               "function": {"name": "a.b", "arguments": "{}"}}]},
-                                   "finish_reason": "tool_calls"}]})
-    upstream = Body(json={"choices": [{"message": {"role": "assistant", "content": "hello",
-                                                   "tool_calls": [{"id": "1", "type": "function",
-                                                                   "function": {"name": "a_b_x1", "arguments": "{}"}}]},
-                                       "finish_reason": "tool_calls"}]})
+    chat = Body(
+        json={
+            "choices": [
+                {
+                    "message": {
+                        "role": "assistant",
+                        "content": "hello sk-proj-abcdefghijklmnopqrstuv12",
+                        "tool_calls": [{"id": "1", "type": "function", "function": {"name": "a.b", "arguments": "{}"}}],
+                    },
+                    "finish_reason": "tool_calls",
+                }
+            ]
+        }
+    )
+    upstream = Body(
+        json={
+            "choices": [
+                {
+                    "message": {
+                        "role": "assistant",
+                        "content": "hello",
+                        "tool_calls": [{"id": "1", "type": "function", "function": {"name": "a_b_x1", "arguments": "{}"}}],
+                    },
+                    "finish_reason": "tool_calls",
+                }
+            ]
+        }
+    )
     assert bodies.assistant_text("/openai/v1/chat/completions", chat) == f"hello {MASK}"
     calls = bodies.tool_calls("/v1/chat/completions", chat, upstream)
     assert [(c.client_name, c.upstream_name) for c in calls] == [("a.b", "a_b_x1")]
-    anthropic = Body(json={"type": "message", "content": [{"type": "text", "text": "hi"},
-                                                          {"type": "tool_use", "id": "t", "name": "x.y", "input": {}}]})
+    anthropic = Body(
+        json={
+            "type": "message",
+            "content": [{"type": "text", "text": "hi"}, {"type": "tool_use", "id": "t", "name": "x.y", "input": {}}],
+        }
+    )
     assert bodies.assistant_text("/anthropic/v1/messages", anthropic) == "hi"
     assert bodies.assistant_text("/unknown", chat) == "" and bodies.assistant_text(None, None) == ""
     assert bodies.body_text(Body(text="x" * 300_000)).endswith("more characters not shown)")
@@ -75,13 +117,22 @@ def _row(bucket: datetime, model: str, api: str, n: int, latencies: list[float],
         hist[hist_bin(v)] += 1
     measures = {k: 0.0 for k in MEASURES}
     measures.update(n=n, latency_n=len(latencies), latency_sum=sum(latencies), **m)
-    return RollupRow(bucket=bucket, model=model, api=api, provider="openai", client="c", pattern_id=None,
-                     measures=measures, latency_hist=hist, ttft_hist=np.zeros(HIST_BINS, dtype=np.int64))
+    return RollupRow(
+        bucket=bucket,
+        model=model,
+        api=api,
+        provider="openai",
+        client="c",
+        pattern_id=None,
+        measures=measures,
+        latency_hist=hist,
+        ttft_hist=np.zeros(HIST_BINS, dtype=np.int64),
+    )
 
 
 def test_summaries_add_histograms_and_price_each_row_on_its_day() -> None:
-    day1 = datetime(2025, 5, 1, tzinfo=timezone.utc)
-    day2 = datetime(2025, 7, 1, tzinfo=timezone.utc)  # o3 got cheaper on 2025-06-10
+    day1 = datetime(2025, 5, 1, tzinfo=UTC)
+    day2 = datetime(2025, 7, 1, tzinfo=UTC)  # o3 got cheaper on 2025-06-10
     rows = [
         _row(day1, "o3", "responses", 2, [100.0, 200.0], input_tokens=1000, errors=1),
         _row(day2, "o3", "responses", 3, [1000.0, 1000.0, 1000.0], input_tokens=1000),
@@ -107,12 +158,30 @@ def test_summaries_add_histograms_and_price_each_row_on_its_day() -> None:
 
 
 def test_report_is_self_contained_html_with_the_numbers() -> None:
-    summary = pd.DataFrame([{"model": "gpt-4o <b>", "requests": 12, "error_rate": 0.25, "latency_p50_ms": 100.0,
-                             "latency_p95_ms": float("nan"), "ttft_p50_ms": None, "input_tokens": 1000,
-                             "output_tokens": 50, "cost_usd": 1.5}])
+    summary = pd.DataFrame(
+        [
+            {
+                "model": "gpt-4o <b>",
+                "requests": 12,
+                "error_rate": 0.25,
+                "latency_p50_ms": 100.0,
+                "latency_p95_ms": float("nan"),
+                "ttft_p50_ms": None,
+                "input_tokens": 1000,
+                "output_tokens": 50,
+                "cost_usd": 1.5,
+            }
+        ]
+    )
     totals = summary.assign(unpriced_requests=0)
-    page = build_report(datetime(2025, 5, 1, tzinfo=timezone.utc), datetime(2025, 5, 2, tzinfo=timezone.utc), totals,
-                        [("By model", "model", summary)], summary.assign(period="2025-05-01"), load_prices())
+    page = build_report(
+        datetime(2025, 5, 1, tzinfo=UTC),
+        datetime(2025, 5, 2, tzinfo=UTC),
+        totals,
+        [("By model", "model", summary)],
+        summary.assign(period="2025-05-01"),
+        load_prices(),
+    )
     assert page.startswith("<!doctype html>") and "<script" not in page and "http" not in page.split("</style>")[1]
     assert "gpt-4o &lt;b&gt;" in page and "25.00%" in page and "$1.50" in page and "100 ms" in page
     assert "prices as of" in page
@@ -134,7 +203,7 @@ async def test_runner_runs_queries_and_hears_new_exchanges(ui_db: SeededUi) -> N
         before = runner.feed.version
         count = await asyncio.to_thread(runner.run, lambda conn: ExchangeRepository(conn).count())
         assert count >= 8
-        rec = make_record(started_at=datetime.now(timezone.utc) - timedelta(days=400))
+        rec = make_record(started_at=datetime.now(UTC) - timedelta(days=400))
         engine = make_engine(ui_db.url)
         try:
             async with engine.begin() as conn:

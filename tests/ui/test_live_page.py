@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -14,11 +14,20 @@ APP = str(Path(__file__).resolve().parents[2] / "ui" / "streamlit_app.py")
 
 
 async def test_live_page_shows_recent_exchanges(db_engine, pg_url, monkeypatch) -> None:
-    now = datetime.now(timezone.utc)
-    rec = ExchangeRecord(request_id="ui-live-seed-1", started_at=now, finished_at=now, method="POST",
-                         path="/openai/v1/chat/completions", provider="openai", model="gpt-ui-seed", status=200,
-                         latency_ms=12.5, usage=Usage(input_tokens=3, output_tokens=4),
-                         request_client=Body(json={"model": "gpt-ui-seed"}, size=10))
+    now = datetime.now(UTC)
+    rec = ExchangeRecord(
+        request_id="ui-live-seed-1",
+        started_at=now,
+        finished_at=now,
+        method="POST",
+        path="/openai/v1/chat/completions",
+        provider="openai",
+        model="gpt-ui-seed",
+        status=200,
+        latency_ms=12.5,
+        usage=Usage(input_tokens=3, output_tokens=4),
+        request_client=Body(json={"model": "gpt-ui-seed"}, size=10),
+    )
     async with db_engine.begin() as conn:
         await ExchangeRepository(conn).insert_batch([rec])
     monkeypatch.setenv("DATABASE_URL", pg_url)

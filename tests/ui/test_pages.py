@@ -45,8 +45,9 @@ def test_live_page_shows_kpis_and_newest_first(ui_db: SeededUi, monkeypatch: pyt
     at = open_page(monkeypatch, ui_db, None)
     assert at.title[0].value == "Live traffic"
     df = at.dataframe[0].value
-    assert list(df["request_id"])[:8] == [ui_db.ids[k] for k in ("extra3", "extra2", "extra1", "unpriced", "err429", "err500",
-                                                               "claude", "tools")]
+    assert list(df["request_id"])[:8] == [
+        ui_db.ids[k] for k in ("extra3", "extra2", "extra1", "unpriced", "err429", "err500", "claude", "tools")
+    ]
     row = df.set_index("request_id").loc[ui_db.ids["tools"]]
     assert row["model"] == "gpt-4o" and row["latency_ms"] == 120.0 and row["ttft_ms"] == 40.0
     assert row["cost_usd"] == pytest.approx(0.00725)

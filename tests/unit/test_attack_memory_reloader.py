@@ -28,8 +28,17 @@ async def test_polls_counts_failures_once_per_outage_and_recovers(caplog: pytest
             raise ConnectionError("database down")
 
     stats = {"swaps": 7}
-    reloader = NotifyReloader(None, "chan", reload, poll_interval=0.02, listen=False, what="things",  # type: ignore[arg-type]
-                              stats=stats, failures_key="db_failures", keeping=lambda: "keeping version 3")
+    reloader = NotifyReloader(
+        None,
+        "chan",
+        reload,
+        poll_interval=0.02,
+        listen=False,
+        what="things",  # type: ignore[arg-type]
+        stats=stats,
+        failures_key="db_failures",
+        keeping=lambda: "keeping version 3",
+    )
     with caplog.at_level(logging.WARNING, logger="llmproxy.store.listen"):
         await reloader.start(not_loaded="running without")
         await _until(lambda: stats["db_failures"] >= 4)

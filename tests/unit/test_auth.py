@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,18 +11,17 @@ from extproc.auth import (
     PASSTHROUGH,
     AuthDecision,
     AuthMode,
-    KeyInfo,
-    KeySnapshot,
     authenticate,
     check_key,
     check_scope,
     gateway_key_headers,
     presented_credential,
 )
+from intelligence.keys.cache import KeyInfo, KeySnapshot
 from intelligence.keys.material import Budgets, generate_key, hash_key, key_prefix, parse_expiry, split_list
 from intelligence.keys.store import KeyRecord
 
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 ACTIVE, REVOKED, EXPIRED, QUARANTINED, SCOPED = (generate_key() for _ in range(5))
 
@@ -31,35 +30,46 @@ def _info(key: str, key_id: str, **kw) -> tuple[str, KeyInfo]:
     return hash_key(key), KeyInfo(id=key_id, name=key_id.removeprefix("gk_"), prefix=key_prefix(key), **kw)
 
 
-SNAPSHOT = KeySnapshot.build([
-    _info(ACTIVE, "gk_active", budgets=Budgets(rpm=5)),
-    _info(REVOKED, "gk_revoked", revoked=True),
-    _info(EXPIRED, "gk_expired", expires_at=NOW - timedelta(seconds=1)),
-    _info(QUARANTINED, "gk_quarantined", quarantined=True),
-    _info(SCOPED, "gk_scoped", models=("gpt-4o*", "claude-*"), providers=("openai", "anthropic"),
-          expires_at=NOW + timedelta(days=1)),
-], loaded_at=NOW)
+SNAPSHOT = KeySnapshot.build(
+    [
+        _info(ACTIVE, "gk_active", budgets=Budgets(rpm=5)),
+        _info(REVOKED, "gk_revoked", revoked=True),
+        _info(EXPIRED, "gk_expired", expires_at=NOW - timedelta(seconds=1)),
+        _info(QUARANTINED, "gk_quarantined", quarantined=True),
+        _info(
+            SCOPED,
+            "gk_scoped",
+            models=("gpt-4o*", "claude-*"),
+            providers=("openai", "anthropic"),
+            expires_at=NOW + timedelta(days=1),
+        ),
+    ],
+    loaded_at=NOW,
+)
 
 
-@pytest.mark.parametrize(("headers", "status", "code", "key_id"), [
-    ({"authorization": f"Bearer {ACTIVE}"}, 200, None, "gk_active"),
-    ({"authorization": f"bearer  {ACTIVE} "}, 200, None, "gk_active"),
-    ({"Authorization": f"Bearer {ACTIVE}"}, 200, None, "gk_active"),
-    ({"x-api-key": ACTIVE}, 200, None, "gk_active"),
-    ({"authorization": "Bearer sk-provider", "x-api-key": ACTIVE}, 200, None, "gk_active"),
-    ({"authorization": f"Bearer {SCOPED}"}, 200, None, "gk_scoped"),
-    ({}, 401, "missing_gateway_key", None),
-    ({"authorization": "Bearer "}, 401, "missing_gateway_key", None),
-    ({"authorization": "Bearer sk-proj-abc"}, 401, "invalid_gateway_key", None),
-    ({"x-api-key": "sk-ant-abc"}, 401, "invalid_gateway_key", None),
-    ({"authorization": "Bearer llmp_unknown"}, 401, "invalid_gateway_key", None),
-    ({"authorization": "Bearer " + ACTIVE + "x"}, 401, "invalid_gateway_key", None),
-    ({"authorization": "Bearer llmp_" + "a" * 5000}, 401, "invalid_gateway_key", None),
-    ({"authorization": f"Bearer {ACTIVE}, Bearer {REVOKED}"}, 401, "invalid_gateway_key", None),  # repeated header
-    ({"authorization": f"Bearer {REVOKED}"}, 401, "key_revoked", "gk_revoked"),
-    ({"x-api-key": EXPIRED}, 401, "key_expired", "gk_expired"),
-    ({"authorization": f"Bearer {QUARANTINED}"}, 403, "key_quarantined", "gk_quarantined"),
-])
+@pytest.mark.parametrize(
+    ("headers", "status", "code", "key_id"),
+    [
+        ({"authorization": f"Bearer {ACTIVE}"}, 200, None, "gk_active"),
+        ({"authorization": f"bearer  {ACTIVE} "}, 200, None, "gk_active"),
+        ({"Authorization": f"Bearer {ACTIVE}"}, 200, None, "gk_active"),
+        ({"x-api-key": ACTIVE}, 200, None, "gk_active"),
+        ({"authorization": "Bearer sk-provider", "x-api-key": ACTIVE}, 200, None, "gk_active"),
+        ({"authorization": f"Bearer {SCOPED}"}, 200, None, "gk_scoped"),
+        ({}, 401, "missing_gateway_key", None),
+        ({"authorization": "Bearer "}, 401, "missing_gateway_key", None),
+        ({"authorization": "Bearer sk-proj-abc"}, 401, "invalid_gateway_key", None),
+        ({"x-api-key": "sk-ant-abc"}, 401, "invalid_gateway_key", None),
+        ({"authorization": "Bearer llmp_unknown"}, 401, "invalid_gateway_key", None),
+        ({"authorization": "Bearer " + ACTIVE + "x"}, 401, "invalid_gateway_key", None),
+        ({"authorization": "Bearer llmp_" + "a" * 5000}, 401, "invalid_gateway_key", None),
+        ({"authorization": f"Bearer {ACTIVE}, Bearer {REVOKED}"}, 401, "invalid_gateway_key", None),  # repeated header
+        ({"authorization": f"Bearer {REVOKED}"}, 401, "key_revoked", "gk_revoked"),
+        ({"x-api-key": EXPIRED}, 401, "key_expired", "gk_expired"),
+        ({"authorization": f"Bearer {QUARANTINED}"}, 403, "key_quarantined", "gk_quarantined"),
+    ],
+)
 def test_check_key(headers: dict[str, str], status: int, code: str | None, key_id: str | None) -> None:
     decision = check_key(headers, SNAPSHOT, NOW)
     assert (decision.ok, decision.status, decision.code, decision.key_id) == (status == 200, status, code, key_id)
@@ -79,16 +89,19 @@ def test_snapshot_never_loaded_is_503() -> None:
     assert check_key({}, KeySnapshot.empty(), NOW).status == 401  # no credential at all: still 401
 
 
-@pytest.mark.parametrize(("mode", "headers", "status", "key_id"), [
-    (AuthMode.PASSTHROUGH, {}, 200, None),
-    (AuthMode.PASSTHROUGH, {"authorization": "Bearer sk-provider"}, 200, None),
-    (AuthMode.PASSTHROUGH, {"authorization": f"Bearer {ACTIVE}"}, 200, "gk_active"),
-    (AuthMode.PASSTHROUGH, {"authorization": f"Bearer {REVOKED}"}, 401, "gk_revoked"),
-    (AuthMode.PASSTHROUGH, {"x-api-key": "llmp_forged"}, 401, None),
-    (AuthMode.REQUIRED, {}, 401, None),
-    (AuthMode.REQUIRED, {"authorization": "Bearer sk-provider"}, 401, None),
-    (AuthMode.REQUIRED, {"x-api-key": ACTIVE}, 200, "gk_active"),
-])
+@pytest.mark.parametrize(
+    ("mode", "headers", "status", "key_id"),
+    [
+        (AuthMode.PASSTHROUGH, {}, 200, None),
+        (AuthMode.PASSTHROUGH, {"authorization": "Bearer sk-provider"}, 200, None),
+        (AuthMode.PASSTHROUGH, {"authorization": f"Bearer {ACTIVE}"}, 200, "gk_active"),
+        (AuthMode.PASSTHROUGH, {"authorization": f"Bearer {REVOKED}"}, 401, "gk_revoked"),
+        (AuthMode.PASSTHROUGH, {"x-api-key": "llmp_forged"}, 401, None),
+        (AuthMode.REQUIRED, {}, 401, None),
+        (AuthMode.REQUIRED, {"authorization": "Bearer sk-provider"}, 401, None),
+        (AuthMode.REQUIRED, {"x-api-key": ACTIVE}, 200, "gk_active"),
+    ],
+)
 def test_authenticate_modes(mode: AuthMode, headers: dict[str, str], status: int, key_id: str | None) -> None:
     decision = authenticate(headers, SNAPSHOT, NOW, mode)
     assert (decision.status, decision.key_id) == (status, key_id)
@@ -105,17 +118,20 @@ def test_auth_mode_parse() -> None:
 SCOPED_OK = check_key({"x-api-key": SCOPED}, SNAPSHOT, NOW)
 
 
-@pytest.mark.parametrize(("provider", "model", "status", "code"), [
-    ("openai", "gpt-4o-mini", 200, None),
-    ("OpenAI", "GPT-4o", 200, None),
-    ("anthropic", "claude-3-5-sonnet-latest", 200, None),
-    ("openai", None, 200, None),  # no model in the request (e.g. GET /v1/models): provider scope only
-    ("openai", "gpt-3.5-turbo", 403, "model_not_allowed"),
-    ("openai", "o1", 403, "model_not_allowed"),
-    ("openai", 42, 403, "model_not_allowed"),
-    ("openrouter", "gpt-4o", 403, "provider_not_allowed"),
-    (None, "gpt-4o", 403, "provider_not_allowed"),
-])
+@pytest.mark.parametrize(
+    ("provider", "model", "status", "code"),
+    [
+        ("openai", "gpt-4o-mini", 200, None),
+        ("OpenAI", "GPT-4o", 200, None),
+        ("anthropic", "claude-3-5-sonnet-latest", 200, None),
+        ("openai", None, 200, None),  # no model in the request (e.g. GET /v1/models): provider scope only
+        ("openai", "gpt-3.5-turbo", 403, "model_not_allowed"),
+        ("openai", "o1", 403, "model_not_allowed"),
+        ("openai", 42, 403, "model_not_allowed"),
+        ("openrouter", "gpt-4o", 403, "provider_not_allowed"),
+        (None, "gpt-4o", 403, "provider_not_allowed"),
+    ],
+)
 def test_check_scope(provider: str | None, model: object, status: int, code: str | None) -> None:
     decision = check_scope(SCOPED_OK, provider, model)
     assert (decision.status, decision.code) == (status, code)
@@ -159,9 +175,19 @@ def test_credential_helpers() -> None:
 
 def test_snapshot_from_records_and_lookup() -> None:
     key = generate_key()
-    record = KeyRecord(id="gk_1", name="n", prefix=key_prefix(key), key_hash=hash_key(key), models=("GPT-*",),
-                       providers=("OpenAI",), budgets=Budgets(tpm=10), created_at=NOW, created_by="t",
-                       revoked_at=NOW, quarantined_at=None)
+    record = KeyRecord(
+        id="gk_1",
+        name="n",
+        prefix=key_prefix(key),
+        key_hash=hash_key(key),
+        models=("GPT-*",),
+        providers=("OpenAI",),
+        budgets=Budgets(tpm=10),
+        created_at=NOW,
+        created_by="t",
+        revoked_at=NOW,
+        quarantined_at=None,
+    )
     snap = KeySnapshot.from_records([record], NOW)
     info = snap.lookup(key)
     assert info is not None and info.models == ("gpt-*",) and info.providers == ("openai",) and info.revoked
@@ -181,15 +207,18 @@ def test_key_material() -> None:
     assert not Budgets().any and Budgets(tpd=1).any
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("30d", NOW + timedelta(days=30)),
-    ("12h", NOW + timedelta(hours=12)),
-    ("2w", NOW + timedelta(weeks=2)),
-    ("90m", NOW + timedelta(minutes=90)),
-    ("1.5d", NOW + timedelta(hours=36)),
-    ("2026-12-31", datetime(2026, 12, 31, tzinfo=timezone.utc)),
-    ("2026-12-31T23:59:00+02:00", datetime(2026, 12, 31, 21, 59, tzinfo=timezone.utc)),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("30d", NOW + timedelta(days=30)),
+        ("12h", NOW + timedelta(hours=12)),
+        ("2w", NOW + timedelta(weeks=2)),
+        ("90m", NOW + timedelta(minutes=90)),
+        ("1.5d", NOW + timedelta(hours=36)),
+        ("2026-12-31", datetime(2026, 12, 31, tzinfo=UTC)),
+        ("2026-12-31T23:59:00+02:00", datetime(2026, 12, 31, 21, 59, tzinfo=UTC)),
+    ],
+)
 def test_parse_expiry(value: str, expected: datetime) -> None:
     assert parse_expiry(value, NOW) == expected
 

@@ -12,8 +12,13 @@ LLMPROXY = str(Path(sys.executable).with_name("llmproxy"))
 
 
 def test_bench_prints_all_setups_as_json(pg_url) -> None:
-    r = subprocess.run([LLMPROXY, "bench", "--rate", "20", "--duration", "1", "--warmup", "0.2", "--memory-requests", "50",
-                        "--json"], capture_output=True, text=True, timeout=240, env={**os.environ, "DATABASE_URL": pg_url})
+    r = subprocess.run(
+        [LLMPROXY, "bench", "--rate", "20", "--duration", "1", "--warmup", "0.2", "--memory-requests", "50", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "DATABASE_URL": pg_url},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     doc = json.loads(r.stdout)
     res = doc["results"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -23,11 +23,25 @@ def meta(token: str) -> list[tuple[str, str]]:
 
 
 def test_roles_per_method() -> None:
-    for name in ("ListExperiments", "ListEnhancements", "ListVerdicts", "ExperimentHistory", "WatchEvents", "WhoAmI",
-                 "SubmitFeedback"):
+    for name in (
+        "ListExperiments",
+        "ListEnhancements",
+        "ListVerdicts",
+        "ExperimentHistory",
+        "WatchEvents",
+        "WhoAmI",
+        "SubmitFeedback",
+    ):
         assert required_role(M + name) == "viewer", name
-    for name in ("StartExperiment", "PauseExperiment", "ResumeExperiment", "PromoteExperiment", "RollbackExperiment",
-                 "ConfirmVerdict", "SomethingAddedLater"):
+    for name in (
+        "StartExperiment",
+        "PauseExperiment",
+        "ResumeExperiment",
+        "PromoteExperiment",
+        "RollbackExperiment",
+        "ConfirmVerdict",
+        "SomethingAddedLater",
+    ):
         assert required_role(M + name) == "admin", name
     assert required_role("/other.Service/ListExperiments") == "admin"
 
@@ -60,9 +74,23 @@ def test_loopback_or_authenticated_binds_are_allowed(host: str) -> None:
 
 def test_standalone_entry_refuses_before_touching_the_database() -> None:
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "intelligence.control", "--host", "0.0.0.0", "--port", "0",
-                           "--database-url", "postgresql://nobody@127.0.0.1:1/none"],
-                          capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "intelligence.control",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--database-url",
+            "postgresql://nobody@127.0.0.1:1/none",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert "refusing to start the control API on 0.0.0.0" in proc.stderr
 
@@ -77,7 +105,7 @@ def test_token_create_prints_a_verifiable_token(monkeypatch, capsys) -> None:
     doc = json.loads(capsys.readouterr().out)
     principal = verify_token(ACCESS, doc["token"])
     assert (principal.subject, principal.role, doc["role"]) == ("ops-anna", "admin", "admin")
-    left = (principal.expires_at - datetime.now(timezone.utc)).total_seconds()
+    left = (principal.expires_at - datetime.now(UTC)).total_seconds()
     assert 200 < left <= 300
 
     with pytest.raises(SystemExit) as exc:

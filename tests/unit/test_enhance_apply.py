@@ -6,32 +6,54 @@ import asyncio
 import inspect
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
 
-from extproc.enhance import (
-    Applicable, EnhancementCache, EnhancementSnapshot, Enhancer, assign_arm, assignment_point, opted_out,
-)
 from extproc.exchange import Context, Exchange
 from extproc.settings import SidecarSettings
 from extproc.wire import BodyChunk, Headers, Phase, Reply
 from intelligence.enhance import spec as specs
+from intelligence.enhance.live import (
+    Applicable,
+    EnhancementCache,
+    EnhancementSnapshot,
+    Enhancer,
+    assign_arm,
+    assignment_point,
+    opted_out,
+)
 from intelligence.memory.lookup import PatternMatch
 from intelligence.store.engine import make_engine
 from intelligence.store.migrate import upgrade_async
 
 INSTRUCTION = "Answer in full; never stop mid-sentence."
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "You write invoices."},
-                                             {"role": "user", "content": "Invoice for 3 chairs"}]}
+CHAT = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "system", "content": "You write invoices."}, {"role": "user", "content": "Invoice for 3 chairs"}],
+}
 
 
-def item(experiment_id: int | None = 7, enhancement_id: int = 11, weight: float = 0.5, assign_by: str = "session",
-         kind: str = "system_prompt", spec: dict | None = None) -> Applicable:
+def item(
+    experiment_id: int | None = 7,
+    enhancement_id: int = 11,
+    weight: float = 0.5,
+    assign_by: str = "session",
+    kind: str = "system_prompt",
+    spec: dict | None = None,
+) -> Applicable:
     spec = spec or {"text": INSTRUCTION, "position": "append"}
-    return Applicable(experiment_id, enhancement_id, kind, spec, weight if experiment_id else 0.0, assign_by,
-                      "experiment" if experiment_id else "active", specs.parse_spec(kind, spec))
+    return Applicable(
+        experiment_id,
+        enhancement_id,
+        kind,
+        spec,
+        weight if experiment_id else 0.0,
+        assign_by,
+        "experiment" if experiment_id else "active",
+        specs.parse_spec(kind, spec),
+    )
 
 
 class StaticCache:
@@ -93,8 +115,7 @@ def test_variant_gets_the_patch_control_gets_none_and_the_client_doc_is_untouche
     assert variant.arm == "variant" and variant.changed
     assert variant.doc["messages"][0]["content"].endswith(INSTRUCTION)
     assert original == CHAT  # never mutated: the record keeps what the client sent
-    assert variant.record() == {"experiment": 7, "enhancement": 11, "arm": "variant", "pattern": 5,
-                                "patch": list(variant.patch)}
+    assert variant.record() == {"experiment": 7, "enhancement": 11, "arm": "variant", "pattern": 5, "patch": list(variant.patch)}
     control = enhancer.apply_items((exp,), 5, original, "chat", session_id=_session_for(exp, "control"), client=None)
     assert control.arm == "control" and not control.changed and control.doc is original
     assert control.record()["patch"] == [] and control.record()["experiment"] == 7
@@ -151,8 +172,15 @@ class ListRecorder:
 def _request(enhancer, session: str | None, **headers: str):
     c = Context(settings=SidecarSettings(), recorder=ListRecorder(), enhancer=enhancer)
     ex = Exchange(c)
-    h = {":method": "POST", ":path": "/openai/v1/chat/completions", "x-request-id": "rid", "content-type": "application/json",
-         "authorization": "Bearer sk-x", **({"x-session-id": session} if session else {}), **headers}
+    h = {
+        ":method": "POST",
+        ":path": "/openai/v1/chat/completions",
+        "x-request-id": "rid",
+        "content-type": "application/json",
+        "authorization": "Bearer sk-x",
+        **({"x-session-id": session} if session else {}),
+        **headers,
+    }
     ex.handle(Phase.REQUEST_HEADERS, Headers(h, False, {}))
     return ex, ex.handle(Phase.REQUEST_BODY, BodyChunk(json.dumps(CHAT).encode(), True))
 
@@ -195,8 +223,11 @@ async def test_exchange_derives_the_session_before_assigning() -> None:
     first, _ = await _awaited(_request(enhancer, None))
     again, _ = await _awaited(_request(enhancer, None))
     assert first.session_id and first.session_id == again.session_id
-    assert first.flags["enhancement"]["arm"] == again.flags["enhancement"]["arm"] == assign_arm(
-        exp, session_id=first.session_id, client=None)
+    assert (
+        first.flags["enhancement"]["arm"]
+        == again.flags["enhancement"]["arm"]
+        == assign_arm(exp, session_id=first.session_id, client=None)
+    )
 
 
 async def test_a_failing_lookup_forwards_the_request_unenhanced() -> None:
@@ -219,24 +250,44 @@ async def engine(fresh_db_url):
 
 
 async def _seed(engine) -> dict[str, int]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     async with engine.begin() as conn:
-        live = (await conn.execute(text("INSERT INTO patterns (first_seen, last_seen) VALUES (:t, :t) RETURNING id"),
-                                   {"t": now})).scalar_one()
-        merged = (await conn.execute(text("INSERT INTO patterns (first_seen, last_seen, redirect_to) VALUES (:t, :t, :r) "
-                                          "RETURNING id"), {"t": now, "r": live})).scalar_one()
-        other = (await conn.execute(text("INSERT INTO patterns (first_seen, last_seen) VALUES (:t, :t) RETURNING id"),
-                                    {"t": now})).scalar_one()
-        testing = (await conn.execute(text(
-            "INSERT INTO enhancements (pattern_id, version, kind, spec, status) "
-            "VALUES (:p, 1, 'system_prompt', CAST(:s AS jsonb), 'testing') RETURNING id"),
-            {"p": live, "s": json.dumps({"text": INSTRUCTION})})).scalar_one()
-        exp = (await conn.execute(text("INSERT INTO experiments (enhancement_id, pattern_id, control_weight) "
-                                       "VALUES (:e, :p, 0.3) RETURNING id"), {"e": testing, "p": live})).scalar_one()
+        live = (
+            await conn.execute(text("INSERT INTO patterns (first_seen, last_seen) VALUES (:t, :t) RETURNING id"), {"t": now})
+        ).scalar_one()
+        merged = (
+            await conn.execute(
+                text("INSERT INTO patterns (first_seen, last_seen, redirect_to) VALUES (:t, :t, :r) RETURNING id"),
+                {"t": now, "r": live},
+            )
+        ).scalar_one()
+        other = (
+            await conn.execute(text("INSERT INTO patterns (first_seen, last_seen) VALUES (:t, :t) RETURNING id"), {"t": now})
+        ).scalar_one()
+        testing = (
+            await conn.execute(
+                text(
+                    "INSERT INTO enhancements (pattern_id, version, kind, spec, status) "
+                    "VALUES (:p, 1, 'system_prompt', CAST(:s AS jsonb), 'testing') RETURNING id"
+                ),
+                {"p": live, "s": json.dumps({"text": INSTRUCTION})},
+            )
+        ).scalar_one()
+        exp = (
+            await conn.execute(
+                text("INSERT INTO experiments (enhancement_id, pattern_id, control_weight) VALUES (:e, :p, 0.3) RETURNING id"),
+                {"e": testing, "p": live},
+            )
+        ).scalar_one()
         # a candidate and a testing enhancement without a running experiment are not applied
-        await conn.execute(text("INSERT INTO enhancements (pattern_id, version, kind, spec, status) VALUES "
-                                "(:p, 1, 'parameters', '{\"temperature\": 0.1}', 'candidate'), "
-                                "(:p, 2, 'parameters', '{\"temperature\": 0.2}', 'testing')"), {"p": other})
+        await conn.execute(
+            text(
+                "INSERT INTO enhancements (pattern_id, version, kind, spec, status) VALUES "
+                "(:p, 1, 'parameters', '{\"temperature\": 0.1}', 'candidate'), "
+                "(:p, 2, 'parameters', '{\"temperature\": 0.2}', 'testing')"
+            ),
+            {"p": other},
+        )
     return {"live": live, "merged": merged, "other": other, "enhancement": testing, "experiment": exp}
 
 
@@ -248,8 +299,12 @@ async def test_cache_loads_running_experiments_follows_merges_and_reloads_on_not
         snap = cache.snapshot
         assert set(snap.by_pattern) == {ids["live"], ids["merged"]}
         (a,) = snap.for_pattern(ids["merged"])
-        assert (a.experiment_id, a.enhancement_id, a.mode, a.control_weight) == (ids["experiment"], ids["enhancement"],
-                                                                                 "experiment", 0.3)
+        assert (a.experiment_id, a.enhancement_id, a.mode, a.control_weight) == (
+            ids["experiment"],
+            ids["enhancement"],
+            "experiment",
+            0.3,
+        )
         deadline = time.monotonic() + 5
         while not cache.listening and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -283,8 +338,12 @@ def test_instruction_model_rates_and_deterministic_draws() -> None:
         return InstructionModel(helpful="BE COMPLETE", harmful="RAMBLE", target_marker="invoice", seed=seed)
 
     m = model()
-    assert [m.condition(t) for t in ("invoice x", "invoice BE COMPLETE", "BE COMPLETE RAMBLE", "hello")] == \
-        ["base", "helpful", "harmful", "other"]
+    assert [m.condition(t) for t in ("invoice x", "invoice BE COMPLETE", "BE COMPLETE RAMBLE", "hello")] == [
+        "base",
+        "helpful",
+        "harmful",
+        "other",
+    ]
     draws = [m.decide("invoice x", f"s{i}")[1] for i in range(2000)]
     assert draws == [model().decide("invoice x", f"s{i}")[1] for i in range(2000)]  # same seed and key, same draw
     assert draws != [model(seed=1).decide("invoice x", f"s{i}")[1] for i in range(2000)]

@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def validate(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([_envoy_bin(), "--mode", "validate", "-c", str(path), "-l", "error"],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [_envoy_bin(), "--mode", "validate", "-c", str(path), "-l", "error"], capture_output=True, text=True, timeout=120
+    )
 
 
 def _routes(cfg):
@@ -33,10 +34,19 @@ def test_operator_config_validates() -> None:
 
 
 def test_rendered_config_with_overrides_validates(tmp_path) -> None:
-    ups = envoy_config.parse_upstream_specs(["openai=http://127.0.0.1:9999", "openrouter=http://127.0.0.1:9998/api",
-                                             "anthropic=https://claude.internal.example:8443"])
-    cfg = envoy_config.render(ROOT / "envoy.yaml", listen_host="127.0.0.1", port=11000, admin_port=11001,
-                              sidecar_port=11002, upstreams=ups, ca_file="/etc/ssl/certs/ca-certificates.crt", idle_timeout_s=7)
+    ups = envoy_config.parse_upstream_specs(
+        ["openai=http://127.0.0.1:9999", "openrouter=http://127.0.0.1:9998/api", "anthropic=https://claude.internal.example:8443"]
+    )
+    cfg = envoy_config.render(
+        ROOT / "envoy.yaml",
+        listen_host="127.0.0.1",
+        port=11000,
+        admin_port=11001,
+        sidecar_port=11002,
+        upstreams=ups,
+        ca_file="/etc/ssl/certs/ca-certificates.crt",
+        idle_timeout_s=7,
+    )
     path = envoy_config.write(cfg, tmp_path / "runtime.yaml")
     r = validate(path)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -22,8 +22,15 @@ def ctx(**kw) -> Context:
 
 
 def req_headers(path: str, eos: bool = False, **extra: str) -> Headers:
-    h = {":method": "POST", ":path": path, "x-request-id": "rid-1", "content-type": "application/json",
-         "authorization": "Bearer sk-secret", "accept-encoding": "gzip", **extra}
+    h = {
+        ":method": "POST",
+        ":path": path,
+        "x-request-id": "rid-1",
+        "content-type": "application/json",
+        "authorization": "Bearer sk-secret",
+        "accept-encoding": "gzip",
+        **extra,
+    }
     return Headers(h, eos, {"source.address": "10.1.2.3:5555"})
 
 
@@ -39,16 +46,24 @@ def run_json(c: Context, path: str, body: dict | bytes, status: int = 200, resp:
     return ex, r1, r2, r3, r4
 
 
-CHAT_RESP = {"id": "c1", "object": "chat.completion", "model": "gpt-4o",
-             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+CHAT_RESP = {
+    "id": "c1",
+    "object": "chat.completion",
+    "model": "gpt-4o",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}
 
 
 def test_prefix_route_records_everything_and_strips_routing_headers() -> None:
     c = ctx()
-    ex, r1, r2, r3, r4 = run_json(c, "/openai/v1/chat/completions",
-                                  {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]},
-                                  resp=CHAT_RESP, **{"x-llmproxy-provider": "anthropic"})
+    ex, r1, r2, r3, r4 = run_json(
+        c,
+        "/openai/v1/chat/completions",
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]},
+        resp=CHAT_RESP,
+        **{"x-llmproxy-provider": "anthropic"},
+    )
     assert "accept-encoding" in r1.remove_headers and "x-llmproxy-provider" in r1.remove_headers and r1.clear_route_cache
     assert r3.set_headers["x-llmproxy-request-id"] == "rid-1"
     (rec,) = c.recorder.records
@@ -113,13 +128,18 @@ def test_a_bug_in_a_phase_passes_through_and_is_recorded(monkeypatch) -> None:
 
 def test_body_logging_is_capped() -> None:
     c = ctx(log_body_max=100)
-    run_json(c, "/openai/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 500}]},
-             resp=CHAT_RESP)
+    run_json(
+        c,
+        "/openai/v1/chat/completions",
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "x" * 500}]},
+        resp=CHAT_RESP,
+    )
     rec = c.recorder.records[0]
     assert rec.request_client.truncated and len(rec.request_client.text) == 100 and rec.request_client.size > 500
 
 
 def test_safe_headers_drop_credentials() -> None:
-    h = safe_headers({"authorization": "a", "x-api-key": "b", "x-goog-api-key": "c", "cookie": "d", "x-session-id": "s",
-                      ":path": "/"})
+    h = safe_headers(
+        {"authorization": "a", "x-api-key": "b", "x-goog-api-key": "c", "cookie": "d", "x-session-id": "s", ":path": "/"}
+    )
     assert h == {"x-session-id": "s"}

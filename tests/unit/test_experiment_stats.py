@@ -13,12 +13,19 @@ import random
 import pytest
 
 from intelligence.enhance.stats import (
-    ArmOutcome, Thresholds, always_valid_p, confidence_sequence, decide, msprt_lambda, wilson_interval,
+    ArmOutcome,
+    Thresholds,
+    always_valid_p,
+    confidence_sequence,
+    decide,
+    msprt_lambda,
+    wilson_interval,
 )
 
 
-def monitor(p_control: float, p_variant: float, *, exposures: int, runs: int, seed: int, control_weight: float = 0.5,
-            alpha: float = 0.05) -> tuple[float, list[int]]:
+def monitor(
+    p_control: float, p_variant: float, *, exposures: int, runs: int, seed: int, control_weight: float = 0.5, alpha: float = 0.05
+) -> tuple[float, list[int]]:
     """Share of runs whose always-valid p ever dropped below alpha when checked after every exposure,
     and the exposures each rejecting run needed."""
     rng = random.Random(seed)
@@ -154,8 +161,7 @@ def test_decide_continues_when_too_small_too_few_or_not_significant() -> None:
     assert few.decision == "continue" and few.reason.startswith("collecting")
     same = decide(ArmOutcome(n=300, successes=150), ArmOutcome(n=300, successes=155))
     assert same.decision == "continue" and same.p_value > 0.05
-    small = decide(ArmOutcome(n=50_000, successes=25_000), ArmOutcome(n=50_000, successes=26_000),
-                   Thresholds(min_effect=0.05))
+    small = decide(ArmOutcome(n=50_000, successes=25_000), ArmOutcome(n=50_000, successes=26_000), Thresholds(min_effect=0.05))
     assert small.p_value < 0.05 and small.decision == "continue" and "below min_effect" in small.reason
 
 

@@ -23,7 +23,10 @@ from extproc.testing import FakeProvider, Scripted
 from extproc.testing.conversation import split_in, word_pieces
 
 CHAT_TOOLS = [
-    {"type": "function", "function": {"name": "lookup_Weather.v2", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}},
+    {
+        "type": "function",
+        "function": {"name": "lookup_Weather.v2", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}},
+    },
     {"type": "function", "function": {"name": "second_tool", "parameters": {"type": "object", "properties": {}}}},
 ]
 RESPONSES_TOOLS = [
@@ -132,7 +135,11 @@ def test_chat_answers_in_text_after_a_tool_result(oai: openai.OpenAI) -> None:
     # Otherwise an agent loop against the fake would never end.
     messages = [
         *user("please call tool"),
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "x", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "x", "arguments": "{}"}}],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "result"},
     ]
     completion = oai.chat.completions.create(model="m", messages=messages, tools=CHAT_TOOLS)
@@ -142,7 +149,9 @@ def test_chat_answers_in_text_after_a_tool_result(oai: openai.OpenAI) -> None:
 
 def test_chat_no_tool_call_without_tools_or_when_disabled(oai: openai.OpenAI) -> None:
     without_tools = oai.chat.completions.create(model="m", messages=user("call tool"))
-    disabled = oai.chat.completions.create(model="m", messages=user("call tool"), tools=CHAT_TOOLS, extra_headers={"x-fake-tool-call": "0"})
+    disabled = oai.chat.completions.create(
+        model="m", messages=user("call tool"), tools=CHAT_TOOLS, extra_headers={"x-fake-tool-call": "0"}
+    )
     for completion in (without_tools, disabled):
         assert completion.choices[0].message.tool_calls is None
         assert completion.choices[0].finish_reason == "stop"
@@ -210,7 +219,9 @@ def test_responses_text_non_stream(oai: openai.OpenAI) -> None:
 
 def test_responses_function_call_non_stream(oai: openai.OpenAI) -> None:
     result = oai.responses.create(
-        model="gpt-4o", input=[{"role": "user", "content": [{"type": "input_text", "text": "call tool please"}]}], tools=RESPONSES_TOOLS
+        model="gpt-4o",
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "call tool please"}]}],
+        tools=RESPONSES_TOOLS,
     )
     [item] = result.output
     assert item.type == "function_call" and item.name == "search_docs"
@@ -365,7 +376,9 @@ def test_ollama_chat_ndjson_stream_and_json(provider: FakeProvider) -> None:
     assert "".join(line["message"]["content"] for line in lines) == "echo: one two"
     assert (lines[-1]["prompt_eval_count"], lines[-1]["eval_count"], lines[-1]["done_reason"]) == (2, 3, "stop")
 
-    whole = httpx.post(f"{provider.base_url}/api/chat", json={"model": "llama3.2", "messages": user("one two"), "stream": False}).json()
+    whole = httpx.post(
+        f"{provider.base_url}/api/chat", json={"model": "llama3.2", "messages": user("one two"), "stream": False}
+    ).json()
     assert whole["done"] is True and whole["message"]["content"] == "echo: one two" and whole["eval_count"] == 3
 
 
@@ -399,11 +412,16 @@ def test_status_switch_uses_each_providers_error_format(oai: openai.OpenAI, clau
 
     with pytest.raises(anthropic.RateLimitError) as claude_error:
         claude.messages.create(model="c", max_tokens=5, messages=user("x"), extra_headers={"x-fake-status": "429"})
-    assert claude_error.value.body == {"type": "error", "error": {"type": "rate_limit_error", "message": claude_error.value.body["error"]["message"]}}
+    assert claude_error.value.body == {
+        "type": "error",
+        "error": {"type": "rate_limit_error", "message": claude_error.value.body["error"]["message"]},
+    }
     assert claude_error.value.response.headers["retry-after"] == "0"
 
     with pytest.raises(openai.RateLimitError) as limited:
-        oai.chat.completions.create(model="m", messages=user("x"), extra_headers={"x-fake-status": "429", "x-fake-retry-after": "7"})
+        oai.chat.completions.create(
+            model="m", messages=user("x"), extra_headers={"x-fake-status": "429", "x-fake-retry-after": "7"}
+        )
     assert limited.value.response.headers["retry-after"] == "7"
     assert limited.value.code == "rate_limit_exceeded"
 
@@ -639,9 +657,7 @@ def test_thread_mode_context_manager_and_busy_port(provider: FakeProvider) -> No
 
 
 def test_standalone_module_prints_port_and_stops_on_sigterm() -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "extproc.testing.fakes", "--port", "0"], stdout=subprocess.PIPE, text=True
-    )
+    process = subprocess.Popen([sys.executable, "-m", "extproc.testing.fakes", "--port", "0"], stdout=subprocess.PIPE, text=True)
     try:
         port = int(process.stdout.readline())
         reply = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"messages": user("standalone")})

@@ -57,11 +57,21 @@ async def test_round_trip_with_tool_aliasing_and_streaming() -> None:
             assert h.status == health_pb2.HealthCheckResponse.SERVING
             stub = pb_grpc.ExternalProcessorStub(ch)
             tools = [{"type": "function", "function": {"name": "a.b/c", "parameters": {}}}]
-            body = json.dumps({"model": "gpt-4o", "stream": True, "tools": tools,
-                               "messages": [{"role": "user", "content": "hi"}]}).encode()
+            body = json.dumps(
+                {"model": "gpt-4o", "stream": True, "tools": tools, "messages": [{"role": "user", "content": "hi"}]}
+            ).encode()
             call = stub.Process()
-            await call.write(headers_msg("request_headers", {":method": "POST", ":path": "/v1/chat/completions",
-                                                             "x-request-id": "grpc-1", "content-type": "application/json"}))
+            await call.write(
+                headers_msg(
+                    "request_headers",
+                    {
+                        ":method": "POST",
+                        ":path": "/v1/chat/completions",
+                        "x-request-id": "grpc-1",
+                        "content-type": "application/json",
+                    },
+                )
+            )
             r = await call.read()
             assert r.WhichOneof("response") == "request_headers"
             assert "accept-encoding" in r.request_headers.response.header_mutation.remove_headers
@@ -77,9 +87,22 @@ async def test_round_trip_with_tool_aliasing_and_streaming() -> None:
             await call.write(headers_msg("response_headers", {":status": "200", "content-type": "text/event-stream"}))
             r = await call.read()
             assert "content-length" in r.response_headers.response.header_mutation.remove_headers
-            chunk = {"id": "x", "object": "chat.completion.chunk", "model": "gpt-4o", "choices": [
-                {"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "t1", "type": "function",
-                                                       "function": {"name": alias, "arguments": "{}"}}]}, "finish_reason": None}]}
+            chunk = {
+                "id": "x",
+                "object": "chat.completion.chunk",
+                "model": "gpt-4o",
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {
+                            "tool_calls": [
+                                {"index": 0, "id": "t1", "type": "function", "function": {"name": alias, "arguments": "{}"}}
+                            ]
+                        },
+                        "finish_reason": None,
+                    }
+                ],
+            }
             sse = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
             await call.write(body_msg("response_body", sse[:10], False))
             r1 = await call.read()
@@ -102,7 +125,9 @@ def test_immediate_and_mode_override_encoding() -> None:
     assert resp.mode_override.response_body_mode == 2  # BUFFERED
     resp = wire.encode(wire.Phase.RESPONSE_TRAILERS, wire.Reply())
     assert resp.WhichOneof("response") == "response_trailers"
-    opt = wire.encode(wire.Phase.REQUEST_HEADERS, wire.Reply(set_headers={"k": "v"})).request_headers.response.header_mutation.set_headers[0]
+    opt = wire.encode(
+        wire.Phase.REQUEST_HEADERS, wire.Reply(set_headers={"k": "v"})
+    ).request_headers.response.header_mutation.set_headers[0]
     assert opt.header.raw_value == b"v" and opt.header.value == ""  # raw_value only: value reaches upstream empty
     assert opt.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 from extproc.guard import Guard
-from extproc.policy.testing import snapshot_from_yaml
+from intelligence.policy.testing import snapshot_from_yaml
 
 POLICY = """
 version: 1
@@ -39,15 +39,29 @@ class Nothing:
 
 
 def guard(audit, calls):
-    policy = SimpleNamespace(snapshot=snapshot_from_yaml(POLICY), throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None)))
-    return Guard(policy, secrets=Nothing(), pii=Nothing(), injection=Nothing(), audit=audit,
-                 quarantine=lambda *a: calls.append(a))
+    policy = SimpleNamespace(
+        snapshot=snapshot_from_yaml(POLICY), throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None))
+    )
+    return Guard(
+        policy, secrets=Nothing(), pii=Nothing(), injection=Nothing(), audit=audit, quarantine=lambda *a: calls.append(a)
+    )
 
 
 def check(g, headers, key):
-    return g.check_request(request_id="r1", api="chat", doc={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-                           provider="openai", path="/v1/chat/completions", method="POST", key=key, client=None,
-                           client_addr=None, size=10, headers=headers, now=datetime.now(timezone.utc))
+    return g.check_request(
+        request_id="r1",
+        api="chat",
+        doc={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        provider="openai",
+        path="/v1/chat/completions",
+        method="POST",
+        key=key,
+        client=None,
+        client_addr=None,
+        size=10,
+        headers=headers,
+        now=datetime.now(UTC),
+    )
 
 
 def test_quarantine_and_alert_are_carried_out() -> None:

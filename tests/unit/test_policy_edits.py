@@ -8,42 +8,56 @@ import copy
 import pytest
 
 from extproc.policy import Redactions, apply_request, apply_response, redact_text
-from extproc.policy import pointer as jp
-from extproc.policy.testing import request_facts, response_facts, snapshot
 from extproc.providers import edits
 from extproc.providers.edits import EditNotSupported
 from extproc.providers.registry import endpoint_for
-from extproc.security.spans import Span
+from intelligence.detectors.spans import Span
+from intelligence.policy import pointer as jp
+from intelligence.policy.testing import request_facts, response_facts, snapshot
 
 
 def chat_body() -> dict:
-    return {"model": "gpt-4o", "messages": [
-        {"role": "system", "content": "You are terse."},
-        {"role": "developer", "content": "Use JSON."},
-        {"role": "user", "content": "first"},
-        {"role": "assistant", "content": "ok"},
-        {"role": "user", "content": [{"type": "text", "text": "last"}, {"type": "image_url", "image_url": {"url": "u"}}]},
-    ], "max_tokens": 4000}
+    return {
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "developer", "content": "Use JSON."},
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [{"type": "text", "text": "last"}, {"type": "image_url", "image_url": {"url": "u"}}]},
+        ],
+        "max_tokens": 4000,
+    }
 
 
 def responses_body() -> dict:
-    return {"model": "gpt-4.1", "instructions": "Be brief.", "input": [
-        {"role": "user", "content": "hello"},
-        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
-        {"type": "function_call_output", "call_id": "c1", "output": "42"},
-        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "and now?"}]},
-    ], "max_output_tokens": 9000}
+    return {
+        "model": "gpt-4.1",
+        "instructions": "Be brief.",
+        "input": [
+            {"role": "user", "content": "hello"},
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "42"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "and now?"}]},
+        ],
+        "max_output_tokens": 9000,
+    }
 
 
 def anthropic_body() -> dict:
-    return {"model": "claude-sonnet-4", "max_tokens": 2048,
-            "system": [{"type": "text", "text": "Policy A", "cache_control": {"type": "ephemeral"}}],
-            "messages": [
-                {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
-                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "42"},
-                                             {"type": "text", "text": "explain"}]},
-            ]}
+    return {
+        "model": "claude-sonnet-4",
+        "max_tokens": 2048,
+        "system": [{"type": "text", "text": "Policy A", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+            {
+                "role": "user",
+                "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "42"}, {"type": "text", "text": "explain"}],
+            },
+        ],
+    }
 
 
 # ------------------------------------------------------------------------------------------ prompt decorators
@@ -81,8 +95,11 @@ def test_responses_decorators() -> None:
     edits.prepend_message("responses", body, "user", "NOTE")
     assert body["instructions"] == "SAFE\n\nBe brief."
     content = body["input"][-1]["content"]
-    assert content == [{"type": "input_text", "text": "NOTE"}, {"type": "input_text", "text": "and now?"},
-                       {"type": "input_text", "text": "END"}]
+    assert content == [
+        {"type": "input_text", "text": "NOTE"},
+        {"type": "input_text", "text": "and now?"},
+        {"type": "input_text", "text": "END"},
+    ]
     assert body["input"][0]["content"] == "hello"
     view = endpoint_for("/v1/responses").parse_request(body)
     assert view.system.startswith("SAFE") and "END" in view.last_user
@@ -139,20 +156,23 @@ def test_ollama_and_completions_and_unsupported() -> None:
 
 
 # ------------------------------------------------------------------------------------------ max tokens and model
-@pytest.mark.parametrize(("api", "provider", "body", "expected"), [
-    ("chat", "openai", {"max_tokens": 4000}, {"max_tokens": 100}),
-    ("chat", "openai", {"max_completion_tokens": 50}, {"max_completion_tokens": 50}),  # already below
-    ("chat", "openai", {"max_completion_tokens": 500, "max_tokens": 700}, {"max_completion_tokens": 100, "max_tokens": 100}),
-    ("chat", "openai", {}, {"max_completion_tokens": 100}),
-    ("chat", "openrouter", {}, {"max_tokens": 100}),
-    ("chat", None, {"max_tokens": "lots"}, {"max_tokens": 100}),
-    ("responses", "openai", {"max_output_tokens": 9000}, {"max_output_tokens": 100}),
-    ("responses", "openai", {}, {"max_output_tokens": 100}),
-    ("messages", "anthropic", {"max_tokens": 2048}, {"max_tokens": 100}),
-    ("completions", "openai", {"max_tokens": 16}, {"max_tokens": 16}),
-    ("ollama_chat", "ollama", {"options": {"num_predict": -1}}, {"options": {"num_predict": 100}}),
-    ("ollama_generate", "ollama", {}, {"options": {"num_predict": 100}}),
-])
+@pytest.mark.parametrize(
+    ("api", "provider", "body", "expected"),
+    [
+        ("chat", "openai", {"max_tokens": 4000}, {"max_tokens": 100}),
+        ("chat", "openai", {"max_completion_tokens": 50}, {"max_completion_tokens": 50}),  # already below
+        ("chat", "openai", {"max_completion_tokens": 500, "max_tokens": 700}, {"max_completion_tokens": 100, "max_tokens": 100}),
+        ("chat", "openai", {}, {"max_completion_tokens": 100}),
+        ("chat", "openrouter", {}, {"max_tokens": 100}),
+        ("chat", None, {"max_tokens": "lots"}, {"max_tokens": 100}),
+        ("responses", "openai", {"max_output_tokens": 9000}, {"max_output_tokens": 100}),
+        ("responses", "openai", {}, {"max_output_tokens": 100}),
+        ("messages", "anthropic", {"max_tokens": 2048}, {"max_tokens": 100}),
+        ("completions", "openai", {"max_tokens": 16}, {"max_tokens": 16}),
+        ("ollama_chat", "ollama", {"options": {"num_predict": -1}}, {"options": {"num_predict": 100}}),
+        ("ollama_generate", "ollama", {}, {"options": {"num_predict": 100}}),
+    ],
+)
 def test_cap_max_tokens_per_api(api: str, provider: str | None, body: dict, expected: dict) -> None:
     before = copy.deepcopy(body)
     change = edits.cap_max_tokens(api, body, 100, provider=provider)
@@ -213,11 +233,20 @@ def test_field_edits() -> None:
 
 
 # ------------------------------------------------------------------------------------------ applying decisions
-TRANSFORMS = {"id": "shape", "actions": {
-    "route": {"model": "gpt-4o-mini"}, "cap_max_tokens": 256, "prepend_system": "Follow company policy.",
-    "append_user": "Answer in English.", "set_fields": {"/temperature": 0.2}, "default_fields": {"/top_p": 0.9},
-    "remove_fields": ["/logit_bias"], "strip_response_fields": ["/system_fingerprint"],
-    "rewrite_response_fields": {"/model": "gateway-model"}}}
+TRANSFORMS = {
+    "id": "shape",
+    "actions": {
+        "route": {"model": "gpt-4o-mini"},
+        "cap_max_tokens": 256,
+        "prepend_system": "Follow company policy.",
+        "append_user": "Answer in English.",
+        "set_fields": {"/temperature": 0.2},
+        "default_fields": {"/top_p": 0.9},
+        "remove_fields": ["/logit_bias"],
+        "strip_response_fields": ["/system_fingerprint"],
+        "rewrite_response_fields": {"/model": "gateway-model"},
+    },
+}
 
 
 def test_apply_request_on_chat() -> None:
@@ -230,16 +259,22 @@ def test_apply_request_on_chat() -> None:
     assert body["messages"][0] == {"role": "system", "content": "Follow company policy."}
     assert body["messages"][-1]["content"][-1] == {"type": "text", "text": "Answer in English."}
     assert made == [
-        "model 'gpt-4o' -> 'gpt-4o-mini' [test/shape]", "set /temperature [test/shape]", "default /top_p [test/shape]",
-        "remove /logit_bias [test/shape]", "max_tokens 4000 -> 256 [cap_max_tokens]",
-        "prepend system text (22 chars) [test/shape]", "append user text (18 chars) [test/shape]"]
+        "model 'gpt-4o' -> 'gpt-4o-mini' [test/shape]",
+        "set /temperature [test/shape]",
+        "default /top_p [test/shape]",
+        "remove /logit_bias [test/shape]",
+        "max_tokens 4000 -> 256 [cap_max_tokens]",
+        "prepend system text (22 chars) [test/shape]",
+        "append user text (18 chars) [test/shape]",
+    ]
 
 
 def test_apply_request_on_anthropic_and_responses() -> None:
     snap = snapshot(TRANSFORMS, aliases={"fast": "claude-haiku"})
     a_body = anthropic_body()
-    made = apply_request(snap.evaluate_request(request_facts(api="messages", provider="anthropic", model="fast")),
-                         "messages", a_body)
+    made = apply_request(
+        snap.evaluate_request(request_facts(api="messages", provider="anthropic", model="fast")), "messages", a_body
+    )
     assert a_body["model"] == "gpt-4o-mini"  # the rule's route wins over the alias
     assert a_body["max_tokens"] == 256 and a_body["system"][0]["text"] == "Follow company policy."
     assert any(m.startswith("model 'claude-sonnet-4' -> 'gpt-4o-mini'") for m in made)
@@ -284,9 +319,13 @@ def test_redact_text_by_plan_with_restore_split() -> None:
     )
     plan = snap.evaluate_request(request_facts()).redact
     text = "mail bob@x.io key AKIAABCDEFGHIJKLMNOP card 4111111111111111 bob@x.io"
-    spans = [("pii", Span("EMAIL_ADDRESS", 5, 13, 1.0, "t")), ("secrets", Span("AWS_ACCESS_KEY", 18, 38, 1.0, "t")),
-             ("pii", Span("CREDIT_CARD", 44, 60, 1.0, "t")), ("pii", Span("EMAIL_ADDRESS", 61, 69, 1.0, "t")),
-             ("pii", Span("PERSON", 5, 8, 0.5, "t"))]  # overlaps the email: dropped
+    spans = [
+        ("pii", Span("EMAIL_ADDRESS", 5, 13, 1.0, "t")),
+        ("secrets", Span("AWS_ACCESS_KEY", 18, 38, 1.0, "t")),
+        ("pii", Span("CREDIT_CARD", 44, 60, 1.0, "t")),
+        ("pii", Span("EMAIL_ADDRESS", 61, 69, 1.0, "t")),
+        ("pii", Span("PERSON", 5, 8, 0.5, "t")),
+    ]  # overlaps the email: dropped
     state = Redactions.new()
     out = redact_text(plan, text, spans, state)
     assert out == "mail <EMAIL_1> key <AWS_ACCESS_KEY_1> card <CREDIT_CARD> <EMAIL_1>"

@@ -4,14 +4,15 @@ response phase, throttles, and a property test that evaluation never raises."""
 from __future__ import annotations
 
 import timeit
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extproc.policy import (
+from extproc.errors import refusal
+from intelligence.policy import (
     DEFAULT_POLICY_FILE,
     Detections,
     Mode,
@@ -21,7 +22,7 @@ from extproc.policy import (
     Throttler,
     load_file,
 )
-from extproc.policy.testing import FIXED_NOW, detections, request_facts, response_facts, snapshot
+from intelligence.policy.testing import FIXED_NOW, detections, request_facts, response_facts, snapshot
 
 TAG = {"tag": "hit"}
 
@@ -74,8 +75,8 @@ MATCH_CASES = [
     ({"request_bytes": {"gt": 1000}}, {"request_bytes": 1000}, False),
     ({"time": {"days": ["mon"], "hours": ["09:00-17:00"]}}, {}, True),
     ({"time": {"days": ["sat", "sunday"]}}, {}, False),
-    ({"time": {"hours": ["22:00-06:00"]}}, {"now": datetime(2025, 1, 6, 23, 30, tzinfo=timezone.utc)}, True),
-    ({"time": {"hours": ["22:00-06:00"]}}, {"now": datetime(2025, 1, 6, 5, 59, tzinfo=timezone.utc)}, True),
+    ({"time": {"hours": ["22:00-06:00"]}}, {"now": datetime(2025, 1, 6, 23, 30, tzinfo=UTC)}, True),
+    ({"time": {"hours": ["22:00-06:00"]}}, {"now": datetime(2025, 1, 6, 5, 59, tzinfo=UTC)}, True),
     ({"time": {"hours": ["22:00-06:00"]}}, {}, False),
     ({"time": {"hours": ["12:00-24:00"]}}, {}, True),
     ({"headers": ["x-team"]}, {"headers": {"x-team": "ml"}}, True),
@@ -103,16 +104,18 @@ def test_unless_exempts_and_unknown_facts_do_not_exempt() -> None:
 
 
 def test_response_only_conditions() -> None:
-    snap = snapshot({"id": "r", "phase": "response", "match": {"status": {"gte": 500}, "response_bytes": {"lt": 10}},
-                     "actions": TAG})
+    snap = snapshot(
+        {"id": "r", "phase": "response", "match": {"status": {"gte": 500}, "response_bytes": {"lt": 10}}, "actions": TAG}
+    )
     assert snap.evaluate_response(response_facts(status=502, response_bytes=5)).tags == ("hit",)
     assert snap.evaluate_response(response_facts(status=200, response_bytes=5)).tags == ()
     assert snap.evaluate_response(response_facts(status=None, response_bytes=5)).tags == ()
 
 
 def test_aliases_resolve_before_matching_and_change_the_model() -> None:
-    snap = snapshot({"id": "cheap", "match": {"models": ["gpt-4o-mini"]}, "actions": {"cap_max_tokens": 100}},
-                    aliases={"fast": "gpt-4o-mini"})
+    snap = snapshot(
+        {"id": "cheap", "match": {"models": ["gpt-4o-mini"]}, "actions": {"cap_max_tokens": 100}}, aliases={"fast": "gpt-4o-mini"}
+    )
     d = snap.evaluate_request(request_facts(model="fast"))
     assert d.model == "gpt-4o-mini" and d.model_changed_from == "fast" and d.cap_max_tokens == 100
     unchanged = snap.evaluate_request(request_facts(model="gpt-4o"))
@@ -145,11 +148,16 @@ def test_off_rules_are_not_evaluated_but_listed() -> None:
 
 
 def test_defaults_mode_applies_to_rules_without_one() -> None:
-    from extproc.policy.parse import parse_policy
-    from extproc.policy.testing import policy_yaml
+    from intelligence.policy.parse import parse_policy
+    from intelligence.policy.testing import policy_yaml
 
-    doc = parse_policy(policy_yaml({"id": "a", "actions": {"block": True}}, {"id": "b", "mode": "enforce", "actions": TAG},
-                                   defaults={"mode": "monitor", "priority": 5}))
+    doc = parse_policy(
+        policy_yaml(
+            {"id": "a", "actions": {"block": True}},
+            {"id": "b", "mode": "enforce", "actions": TAG},
+            defaults={"mode": "monitor", "priority": 5},
+        )
+    )
     assert [(r.id, r.mode, r.priority) for r in doc.rules] == [("a", Mode.MONITOR, 5), ("b", Mode.ENFORCE, 5)]
 
 
@@ -168,18 +176,25 @@ def test_priority_then_source_order() -> None:
 def test_first_block_wins_and_stops_evaluation_but_keeps_its_side_effects() -> None:
     snap = snapshot(
         {"id": "tagger", "priority": 1, "actions": {"tag": "seen"}},
-        {"id": "b1", "priority": 2, "actions": {"block": {"status": 451, "code": "nope", "message": "no"},
-                                                 "alert": {"severity": "critical", "message": "m"},
-                                                 "quarantine_key": {"reason": "abuse"}, "tag": "blocked"}},
+        {
+            "id": "b1",
+            "priority": 2,
+            "actions": {
+                "block": {"status": 451, "code": "nope", "message": "no"},
+                "alert": {"severity": "critical", "message": "m"},
+                "quarantine_key": {"reason": "abuse"},
+                "tag": "blocked",
+            },
+        },
         {"id": "b2", "priority": 3, "actions": {"block": True}},
     )
     d = snap.evaluate_request(request_facts())
     assert d.block is not None and d.block.rule == "test/b1" and d.block.status == 451
     assert [f.rule for f in d.fired] == ["tagger", "b1"]
     assert d.tags == ("seen", "blocked") and d.alerts[0].severity == "critical" and d.quarantine.reason == "abuse"
-    imm = d.immediate("messages")
+    imm = refusal(d.block, "messages")
     assert imm.status == 451 and b'"type": "error"' in imm.body and imm.headers["x-llmproxy-policy-rule"] == "test/b1"
-    openai_imm = d.immediate("chat")
+    openai_imm = refusal(d.block, "chat")
     assert b'"code": "nope"' in openai_imm.body
 
 
@@ -219,12 +234,28 @@ def test_restore_flag_reaches_the_response_decision() -> None:
 
 def test_smallest_cap_first_route_first_header_and_first_field_set_win() -> None:
     snap = snapshot(
-        {"id": "a", "actions": {"cap_max_tokens": 500, "route": {"model": "gpt-4o-mini", "provider": "openrouter"},
-                                "set_headers": {"x-team": "a"}, "set_fields": {"/temperature": 0.1},
-                                "remove_fields": ["/logit_bias"], "strip_headers": ["x-debug"]}},
-        {"id": "b", "actions": {"cap_max_tokens": 200, "route": {"model": "other"}, "set_headers": {"x-team": "b", "x-b": "1"},
-                                "set_fields": {"/temperature": 0.9, "/top_p": 0.5}, "remove_fields": ["/seed"],
-                                "strip_headers": ["x-debug", "x-trace"]}},
+        {
+            "id": "a",
+            "actions": {
+                "cap_max_tokens": 500,
+                "route": {"model": "gpt-4o-mini", "provider": "openrouter"},
+                "set_headers": {"x-team": "a"},
+                "set_fields": {"/temperature": 0.1},
+                "remove_fields": ["/logit_bias"],
+                "strip_headers": ["x-debug"],
+            },
+        },
+        {
+            "id": "b",
+            "actions": {
+                "cap_max_tokens": 200,
+                "route": {"model": "other"},
+                "set_headers": {"x-team": "b", "x-b": "1"},
+                "set_fields": {"/temperature": 0.9, "/top_p": 0.5},
+                "remove_fields": ["/seed"],
+                "strip_headers": ["x-debug", "x-trace"],
+            },
+        },
     )
     d = snap.evaluate_request(request_facts(model="gpt-4o"))
     assert d.cap_max_tokens == 200
@@ -233,7 +264,11 @@ def test_smallest_cap_first_route_first_header_and_first_field_set_win() -> None
     assert dict(d.set_headers) == {"x-team": "a", "x-b": "1"}
     assert d.strip_headers == ("x-debug", "x-trace")
     assert [(e.op, e.pointer, e.value) for e in d.field_edits] == [
-        ("set", "/temperature", 0.1), ("remove", "/logit_bias", None), ("set", "/top_p", 0.5), ("remove", "/seed", None)]
+        ("set", "/temperature", 0.1),
+        ("remove", "/logit_bias", None),
+        ("set", "/top_p", 0.5),
+        ("remove", "/seed", None),
+    ]
 
 
 def test_prompt_decorators_accumulate_in_rule_order() -> None:
@@ -243,7 +278,10 @@ def test_prompt_decorators_accumulate_in_rule_order() -> None:
     )
     d = snap.evaluate_request(request_facts())
     assert [(p.position, p.role, p.text, p.rule) for p in d.prompts] == [
-        ("prepend", "system", "one", "test/p1"), ("append", "user", "tail", "test/p1"), ("prepend", "system", "two", "test/p2")]
+        ("prepend", "system", "one", "test/p1"),
+        ("append", "user", "tail", "test/p1"),
+        ("prepend", "system", "two", "test/p2"),
+    ]
 
 
 def test_require_headers_and_allow_models_block() -> None:
@@ -268,12 +306,22 @@ def test_allow_models_checks_the_rules_own_route_target() -> None:
 
 def test_response_rules_block_redact_rewrite_and_merge_request_side_plans() -> None:
     snap = snapshot(
-        {"id": "req", "actions": {"redact": {"kinds": ["secrets"], "in": ["response"]},
-                                  "strip_response_fields": ["/system_fingerprint"]}},
-        {"id": "leak", "phase": "response", "match": {"pii": ["US_SSN"]},
-         "actions": {"block": {"status": 502}, "alert": "ssn in a response", "quarantine_key": True}},
-        {"id": "brand", "phase": "response", "priority": 1, "actions": {"rewrite_response_fields": {"/model": "gateway"},
-                                                                         "mask": ["pii"], "tag": "resp"}},
+        {
+            "id": "req",
+            "actions": {"redact": {"kinds": ["secrets"], "in": ["response"]}, "strip_response_fields": ["/system_fingerprint"]},
+        },
+        {
+            "id": "leak",
+            "phase": "response",
+            "match": {"pii": ["US_SSN"]},
+            "actions": {"block": {"status": 502}, "alert": "ssn in a response", "quarantine_key": True},
+        },
+        {
+            "id": "brand",
+            "phase": "response",
+            "priority": 1,
+            "actions": {"rewrite_response_fields": {"/model": "gateway"}, "mask": ["pii"], "tag": "resp"},
+        },
         {"id": "peek", "phase": "response", "mode": "monitor", "priority": 0, "actions": {"tag": "never"}},
     )
     req_decision = snap.evaluate_request(request_facts())
@@ -297,17 +345,34 @@ def test_response_without_rules_is_empty() -> None:
 def test_decision_record_is_json_ready() -> None:
     import json
 
-    snap = snapshot({"id": "r", "actions": {"tag": "t", "cap_max_tokens": 9, "redact": ["pii"],
-                                            "route": {"model": "m2"}, "alert": True, "quarantine_key": True}},
-                    aliases={"fast": "m1"})
+    snap = snapshot(
+        {
+            "id": "r",
+            "actions": {
+                "tag": "t",
+                "cap_max_tokens": 9,
+                "redact": ["pii"],
+                "route": {"model": "m2"},
+                "alert": True,
+                "quarantine_key": True,
+            },
+        },
+        aliases={"fast": "m1"},
+    )
     record = snap.evaluate_request(request_facts(model="fast")).to_record()
     assert json.loads(json.dumps(record)) == record
     assert record["model"] == {"from": "fast", "to": "m2"} and record["cap_max_tokens"] == 9
     decision = snap.evaluate_request(request_facts(model="fast"))
     assert decision.edits_request and decision.fired[0].qualified == "test/r"
     assert not snapshot({"id": "t", "actions": TAG}).evaluate_request(request_facts()).edits_request
-    assert record["fired"] == [{"rule": "r", "policy": "test", "mode": "enforce",
-                                "actions": ["tag", "cap_max_tokens", "redact", "route", "alert", "quarantine_key"]}]
+    assert record["fired"] == [
+        {
+            "rule": "r",
+            "policy": "test",
+            "mode": "enforce",
+            "actions": ["tag", "cap_max_tokens", "redact", "route", "alert", "quarantine_key"],
+        }
+    ]
 
 
 def test_untouched_decisions_are_shared_per_model() -> None:
@@ -325,7 +390,7 @@ def test_detectors_needed_follow_the_rules() -> None:
 
 
 def test_detections_from_detector_results() -> None:
-    from extproc.security.spans import Span
+    from intelligence.detectors.spans import Span
 
     class Layer:
         def __init__(self, layer: str, score: float):
@@ -336,9 +401,12 @@ def test_detections_from_detector_results() -> None:
         layers = (Layer("heuristic", 0.4), Layer("memory", 0.91))
         flags = frozenset({"base64"})
 
-    det = Detections.from_results(pii=[Span("EMAIL_ADDRESS", 0, 3, 1.0, "x"), Span("EMAIL_ADDRESS", 5, 9, 1.0, "x")],
-                                  secrets=[Span("AWS_ACCESS_KEY", 0, 20, 1.0, "y")], injection=Verdict(),
-                                  flags=["zero_width"])
+    det = Detections.from_results(
+        pii=[Span("EMAIL_ADDRESS", 0, 3, 1.0, "x"), Span("EMAIL_ADDRESS", 5, 9, 1.0, "x")],
+        secrets=[Span("AWS_ACCESS_KEY", 0, 20, 1.0, "y")],
+        injection=Verdict(),
+        flags=["zero_width"],
+    )
     assert dict(det.pii) == {"EMAIL_ADDRESS": 2} and dict(det.secrets) == {"AWS_ACCESS_KEY": 1}
     assert det.injection_score == 0.91 and det.injection_layer == "memory"
     assert det.flags == {"base64", "zero_width"}
@@ -348,7 +416,7 @@ def test_detections_from_detector_results() -> None:
 
 # ------------------------------------------------------------------------------------------ default policy
 def test_default_policy_baseline() -> None:
-    from extproc.security.injection import DEFAULT_THRESHOLD
+    from intelligence.detectors.injection import DEFAULT_THRESHOLD
 
     snap = PolicySnapshot.build([load_file(DEFAULT_POLICY_FILE)])
     at = snap.evaluate_request(request_facts(detections=detections(injection=DEFAULT_THRESHOLD)))
@@ -383,7 +451,7 @@ def test_throttle_token_bucket_per_key_with_refill() -> None:
     assert throttler.check(d, facts).block is None
     third = throttler.check(d, facts)
     assert third.block is not None and third.block.status == 429 and third.block.retry_after == 1
-    assert third.block.immediate("chat").headers["retry-after"] == "1"
+    assert refusal(third.block, "chat").headers["retry-after"] == "1"
     other = request_facts(key_id="gk_other", client="gk_other")
     assert throttler.check(d, other).block is None  # per key
     clock.t += 1.0  # one token back at 60 rpm
@@ -427,25 +495,49 @@ def test_evaluation_takes_microseconds() -> None:
 
 _text = st.text(max_size=30)
 _opt_text = st.none() | _text
-_kinds = st.dictionaries(st.sampled_from(["EMAIL_ADDRESS", "PERSON", "AWS_ACCESS_KEY", "X"]) | _text, st.integers(-2, 5), max_size=4)
+_kinds = st.dictionaries(
+    st.sampled_from(["EMAIL_ADDRESS", "PERSON", "AWS_ACCESS_KEY", "X"]) | _text, st.integers(-2, 5), max_size=4
+)
 _facts = st.builds(
     RequestFacts,
     api=st.none() | st.sampled_from(["chat", "responses", "messages", "embeddings"]) | _text,
-    path=_text, method=_text, provider=_opt_text, model=_opt_text, key_id=_opt_text, key_name=_opt_text,
-    client=_opt_text, client_addr=_opt_text, pattern_id=_opt_text, request_bytes=st.integers(-10, 10**9),
+    path=_text,
+    method=_text,
+    provider=_opt_text,
+    model=_opt_text,
+    key_id=_opt_text,
+    key_name=_opt_text,
+    client=_opt_text,
+    client_addr=_opt_text,
+    pattern_id=_opt_text,
+    request_bytes=st.integers(-10, 10**9),
     headers=st.dictionaries(_text, _text, max_size=4),
-    detections=st.builds(Detections, pii=_kinds, secrets=_kinds,
-                         injection_score=st.none() | st.floats(allow_nan=True, allow_infinity=True),
-                         injection_layer=_opt_text, flags=st.frozensets(_text, max_size=3)),
-    now=st.datetimes(timezones=st.just(timezone.utc)),
+    detections=st.builds(
+        Detections,
+        pii=_kinds,
+        secrets=_kinds,
+        injection_score=st.none() | st.floats(allow_nan=True, allow_infinity=True),
+        injection_layer=_opt_text,
+        flags=st.frozensets(_text, max_size=3),
+    ),
+    now=st.datetimes(timezones=st.just(UTC)),
 )
 _RICH = snapshot(
-    {"id": "a", "match": {"models": ["gpt-*", "re:^o[0-9]"], "keys": ["team-*"], "headers": {"values": {"x": "y*"}}},
-     "actions": {"tag": "a", "cap_max_tokens": 10, "throttle": {"rpm": 5}}},
-    {"id": "b", "match": {"injection_score": {"gte": 0.5}, "time": {"days": ["mon"], "hours": ["22:00-06:00"]}},
-     "actions": {"block": True}},
-    {"id": "c", "match": {"pii": "any", "secrets": ["AWS_*"], "flags": "any", "request_bytes": {"gt": 10}},
-     "actions": {"redact": {"kinds": ["pii", "secrets"], "in": ["request", "response"], "restore": True}}},
+    {
+        "id": "a",
+        "match": {"models": ["gpt-*", "re:^o[0-9]"], "keys": ["team-*"], "headers": {"values": {"x": "y*"}}},
+        "actions": {"tag": "a", "cap_max_tokens": 10, "throttle": {"rpm": 5}},
+    },
+    {
+        "id": "b",
+        "match": {"injection_score": {"gte": 0.5}, "time": {"days": ["mon"], "hours": ["22:00-06:00"]}},
+        "actions": {"block": True},
+    },
+    {
+        "id": "c",
+        "match": {"pii": "any", "secrets": ["AWS_*"], "flags": "any", "request_bytes": {"gt": 10}},
+        "actions": {"redact": {"kinds": ["pii", "secrets"], "in": ["request", "response"], "restore": True}},
+    },
     {"id": "d", "mode": "monitor", "actions": {"allow_models": ["claude-*"], "require_headers": ["x-team"]}},
     {"id": "e", "phase": "response", "match": {"status": {"gte": 400}}, "actions": {"strip_response_fields": ["/a"]}},
     aliases={"fast": "gpt-4o-mini"},
@@ -457,8 +549,9 @@ _RICH = snapshot(
 def test_evaluation_never_raises(facts: RequestFacts, status: int | None, size: int) -> None:
     decision = _RICH.evaluate_request(facts)
     Throttler().check(decision, facts)
-    response = _RICH.evaluate_response(ResponseFacts(request=facts, status=status, response_bytes=size,
-                                                     detections=facts.detections, request_decision=decision))
+    response = _RICH.evaluate_response(
+        ResponseFacts(request=facts, status=status, response_bytes=size, detections=facts.detections, request_decision=decision)
+    )
     assert isinstance(decision.to_record(), dict) and isinstance(response.to_record(), dict)
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import extproc.cli as cli_main
-from extproc.policy import DEFAULT_POLICY_FILE, PolicyError, PolicyWatcher, resolve_policy_path
-from extproc.policy.testing import policy_yaml, request_facts
+from intelligence.policy import DEFAULT_POLICY_FILE, PolicyError, PolicyWatcher, resolve_policy_path
+from intelligence.policy.testing import policy_yaml, request_facts
 
 GOOD_V1 = policy_yaml({"id": "tagger", "actions": {"tag": "v1"}}, name="ops")
 GOOD_V2 = policy_yaml({"id": "tagger", "actions": {"tag": "v2"}}, {"id": "cap", "actions": {"cap_max_tokens": 64}}, name="ops")
@@ -173,13 +173,22 @@ def test_cli_show_without_database(cli: Cli, tmp_path: Path) -> None:
     assert code == 0 and "source default:" in out and "no database" in out
     lines = out.splitlines()
     order = [line.split()[2] for line in lines if line.strip().startswith(("10 ", "20 ", "30 ", "40 ", "50 "))]
-    assert order == ["default/redact-secrets", "default/block-injection", "default/tag-suspected-injection",
-                     "default/tag-hidden-unicode", "default/redact-pii"]
+    assert order == [
+        "default/redact-secrets",
+        "default/block-injection",
+        "default/tag-suspected-injection",
+        "default/tag-hidden-unicode",
+        "default/redact-pii",
+    ]
     assert "monitor" in next(line for line in lines if "default/redact-pii" in line)
     path = tmp_path / "p.yaml"
-    path.write_text(policy_yaml({"id": "r", "phase": "response", "actions": {"tag": "t"}},
-                                {"id": "z", "mode": "off", "match": {"models": ["x"]}, "unless": {"keys": ["k"]},
-                                 "actions": {"tag": "t"}}, aliases={"fast": "gpt-4o-mini"}))
+    path.write_text(
+        policy_yaml(
+            {"id": "r", "phase": "response", "actions": {"tag": "t"}},
+            {"id": "z", "mode": "off", "match": {"models": ["x"]}, "unless": {"keys": ["k"]}, "actions": {"tag": "t"}},
+            aliases={"fast": "gpt-4o-mini"},
+        )
+    )
     code, out, _ = cli("policy", "show", "--no-db", "--file", str(path))
     assert code == 0 and "aliases: fast -> gpt-4o-mini" in out and "not included (--no-db)" in out
     assert "unless keys=" in out and "test/r" in out

@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from extproc.policy import Mode, Throttler
-from extproc.policy.testing import request_facts, snapshot
+from extproc.errors import refusal
+from intelligence.policy import Mode, Throttler
+from intelligence.policy.testing import request_facts, snapshot
 from intelligence.store.replicas import LiveReplicas, ShareBook
 from intelligence.throttle import SharedThrottleCounts, WindowDelta
 from intelligence.throttle.counts import Subject
@@ -80,17 +81,18 @@ class MemoryHeartbeats:
 
 
 class Replica:
-    def __init__(self, store: MemoryStore, wall: WallClock, mono: MonoClock | None = None,
-                 replicas: LiveReplicas | None = None) -> None:
+    def __init__(
+        self, store: MemoryStore, wall: WallClock, mono: MonoClock | None = None, replicas: LiveReplicas | None = None
+    ) -> None:
         self.counts = SharedThrottleCounts(store, clock=wall, replicas=replicas)
         self.throttler = Throttler(clock=mono or MonoClock(), shared=self.counts)
 
-    def admits(self, snap, facts=None) -> bool:  # noqa: ANN001 - test helper
+    def admits(self, snap, facts=None) -> bool:
         facts = facts or request_facts()
         return self.throttler.check(snap.evaluate_request(facts), facts).block is None
 
 
-def _throttle(rpm: int, burst: int | None = None, mode: str = "enforce"):  # noqa: ANN202
+def _throttle(rpm: int, burst: int | None = None, mode: str = "enforce"):
     spec = {"rpm": rpm} if burst is None else {"rpm": rpm, "burst": burst}
     return snapshot({"id": "slow", "mode": mode, "actions": {"throttle": spec}})
 
@@ -106,7 +108,7 @@ async def test_window_refuses_when_bucket_has_refilled_and_retry_after_is_the_wi
     refused = replica.throttler.check(snap.evaluate_request(facts), facts)
     assert refused.block is not None and refused.block.status == 429
     assert refused.block.retry_after == 15  # 07:00:45 -> 07:01:00
-    assert refused.block.immediate("chat").headers["retry-after"] == "15"
+    assert refusal(refused.block, "chat").headers["retry-after"] == "15"
     assert replica.throttler.stats == {"bucket_refused": 0, "window_refused": 1, "share_refused": 0}
     wall.t = T0 + timedelta(minutes=1)  # next minute: the window is empty again
     assert replica.admits(snap)
@@ -207,8 +209,7 @@ async def test_outage_keeps_only_minutes_that_can_still_matter() -> None:
     assert replica.counts.stats["dropped"] == 4
     store.down = False
     await replica.counts.flush()
-    assert store.rows == {(RULE, "gk_test", T0 + timedelta(minutes=2)): 2,
-                          (RULE, "gk_test", T0 + timedelta(minutes=3)): 2}
+    assert store.rows == {(RULE, "gk_test", T0 + timedelta(minutes=2)): 2, (RULE, "gk_test", T0 + timedelta(minutes=3)): 2}
 
 
 async def test_totals_of_a_past_minute_do_not_count_in_the_next() -> None:
@@ -272,7 +273,8 @@ def test_local_only_throttler_says_so_once(caplog: pytest.LogCaptureFixture) -> 
     for _ in range(3):
         throttler.check(snap.evaluate_request(facts), facts)
     assert [r.getMessage() for r in caplog.records].count(
-        "policy throttles count in this process only (no shared database counter)") == 1
+        "policy throttles count in this process only (no shared database counter)"
+    ) == 1
 
 
 # ----------------------------------------------------------------------------- fair shares
@@ -344,8 +346,15 @@ def test_share_book_leaves_room_for_what_the_others_may_still_hold() -> None:
     book, limit = ShareBook(horizon=timedelta(seconds=2.5)), 60
 
     def share(read: int | None, total: int | None, at: float, replicas: int = 2) -> int:
-        return book.allowance(("r", "s", T0), window_start=T0, now=T0 + timedelta(seconds=at), limit=limit,
-                              replicas=replicas, total=total, read=read)
+        return book.allowance(
+            ("r", "s", T0),
+            window_start=T0,
+            now=T0 + timedelta(seconds=at),
+            limit=limit,
+            replicas=replicas,
+            total=total,
+            read=read,
+        )
 
     assert share(None, None, 0.5) == 30  # not read yet: ceil(60 / 2)
     assert share(1, 30, 1.0) == 0  # the other may still hold its opening 30: nothing left to share
@@ -368,8 +377,7 @@ class SlowHeartbeats(MemoryHeartbeats):
 async def test_starting_beats_first_so_a_new_replica_knows_n_but_never_waits_long_for_it() -> None:
     wall, beats = WallClock(T0), MemoryHeartbeats()
     beats.seen["other"] = T0
-    counts = SharedThrottleCounts(MemoryStore(), clock=wall, flush_interval=3600,
-                                  replicas=LiveReplicas(beats, replica_id="new"))
+    counts = SharedThrottleCounts(MemoryStore(), clock=wall, flush_interval=3600, replicas=LiveReplicas(beats, replica_id="new"))
     await counts.start()
     try:
         assert counts.replicas is not None and counts.replicas.count(T0) == 2  # before any flush

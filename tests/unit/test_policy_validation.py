@@ -9,8 +9,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extproc.policy import PolicyError, parse_policy, validate
-from extproc.policy.parse import MAX_POLICY_CHARS
+from intelligence.policy import PolicyError, parse_policy, validate
+from intelligence.policy.parse import MAX_POLICY_CHARS
 
 
 def issues_of(text: str) -> list[tuple[int, str, str]]:
@@ -25,239 +25,439 @@ def one_issue(text: str) -> tuple[int, str, str]:
 
 # (yaml, line, field, fragment of the message)
 CASES = [
-    ("""
+    (
+        """
      rules:
        - id: a
          match:
            modles: [gpt-4o]
          actions: {tag: x}
-     """, 4, "rules[0].match.modles", "did you mean 'models'"),
-    ("""
+     """,
+        4,
+        "rules[0].match.modles",
+        "did you mean 'models'",
+    ),
+    (
+        """
      version: 1
      rules: []
      rulez: []
-     """, 3, "rulez", "did you mean 'rules'"),
-    ("""
+     """,
+        3,
+        "rulez",
+        "did you mean 'rules'",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            cap_max_tokens: "lots"
-     """, 4, "rules[0].actions.cap_max_tokens", "expected a whole number"),
-    ("""
+     """,
+        4,
+        "rules[0].actions.cap_max_tokens",
+        "expected a whole number",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            cap_max_tokens: 0
-     """, 4, "rules[0].actions.cap_max_tokens", "out of range"),
-    ("""
+     """,
+        4,
+        "rules[0].actions.cap_max_tokens",
+        "out of range",
+    ),
+    (
+        """
      rules:
        - id: a
          match:
            models: ["gpt-[4"]
          actions: {tag: x}
-     """, 4, "rules[0].match.models[0]", "unclosed '['"),
-    ("""
+     """,
+        4,
+        "rules[0].match.models[0]",
+        "unclosed '['",
+    ),
+    (
+        """
      rules:
        - id: a
          match:
            models: "re:(unclosed"
          actions: {tag: x}
-     """, 4, "rules[0].match.models", "invalid regex"),
-    ("""
+     """,
+        4,
+        "rules[0].match.models",
+        "invalid regex",
+    ),
+    (
+        """
      rules:
        - id: a
          mode: enforcing
          actions: {tag: x}
-     """, 3, "rules[0].mode", "'enforcing' is not one of: enforce, monitor, off"),
-    ("""
+     """,
+        3,
+        "rules[0].mode",
+        "'enforcing' is not one of: enforce, monitor, off",
+    ),
+    (
+        """
      rules:
        - id: a
          actions: {tag: x}
        - id: a
          actions: {tag: y}
-     """, 4, "rules[1].id", "duplicate rule id 'a' (first on line 2)"),
-    ("""
+     """,
+        4,
+        "rules[1].id",
+        "duplicate rule id 'a' (first on line 2)",
+    ),
+    (
+        """
      rules:
        - actions: {tag: x}
-     """, 2, "rules[0].id", "missing"),
-    ("""
+     """,
+        2,
+        "rules[0].id",
+        "missing",
+    ),
+    (
+        """
      rules:
        - id: a
-     """, 2, "rules[0].actions", "missing"),
-    ("""
+     """,
+        2,
+        "rules[0].actions",
+        "missing",
+    ),
+    (
+        """
      rules:
        - id: a
          actions: {}
-     """, 3, "rules[0].actions", "no actions"),
-    ("""
+     """,
+        3,
+        "rules[0].actions",
+        "no actions",
+    ),
+    (
+        """
      rules:
        - id: a
          actions: {allow: true, block: true}
-     """, 3, "rules[0].actions.block", "cannot both allow and block"),
-    ("""
+     """,
+        3,
+        "rules[0].actions.block",
+        "cannot both allow and block",
+    ),
+    (
+        """
      rules:
        - id: a
          phase: response
          actions: {cap_max_tokens: 5}
-     """, 4, "rules[0].actions.cap_max_tokens", "not available in a `phase: response` rule"),
-    ("""
+     """,
+        4,
+        "rules[0].actions.cap_max_tokens",
+        "not available in a `phase: response` rule",
+    ),
+    (
+        """
      rules:
        - id: a
          match: {status: {gte: 500}}
          actions: {tag: x}
-     """, 3, "rules[0].match.status", "only for `phase: response` rules"),
-    ("""
+     """,
+        3,
+        "rules[0].match.status",
+        "only for `phase: response` rules",
+    ),
+    (
+        """
      rules:
        - id: a
          match:
            injection_score: {gte: 1.5}
          actions: {tag: x}
-     """, 4, "rules[0].match.injection_score.gte", "out of range"),
-    ("""
+     """,
+        4,
+        "rules[0].match.injection_score.gte",
+        "out of range",
+    ),
+    (
+        """
      rules:
        - id: a
          match:
            injection_score: {above: 0.5}
          actions: {tag: x}
-     """, 4, "rules[0].match.injection_score.above", "unknown key"),
-    ("""
+     """,
+        4,
+        "rules[0].match.injection_score.above",
+        "unknown key",
+    ),
+    (
+        """
      rules:
        - id: a
          match:
            time: {days: [funday]}
          actions: {tag: x}
-     """, 4, "rules[0].match.time.days", "not a day"),
-    ("""
+     """,
+        4,
+        "rules[0].match.time.days",
+        "not a day",
+    ),
+    (
+        """
      rules:
        - id: a
          match:
            time: {hours: ["9-17"]}
          actions: {tag: x}
-     """, 4, "rules[0].match.time.hours", "not a window"),
-    ("""
+     """,
+        4,
+        "rules[0].match.time.hours",
+        "not a window",
+    ),
+    (
+        """
      rules:
        - id: a
          match:
            apis: [chat, grpc]
          actions: {tag: x}
-     """, 4, "rules[0].match.apis", "unknown api 'grpc'"),
-    ("""
+     """,
+        4,
+        "rules[0].match.apis",
+        "unknown api 'grpc'",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            set_fields:
              temperature: 0.2
-     """, 5, "rules[0].actions.set_fields['temperature']", "must start with '/'"),
-    ("""
+     """,
+        5,
+        "rules[0].actions.set_fields['temperature']",
+        "must start with '/'",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            set_fields: {/model: gpt-4o}
-     """, 4, "rules[0].actions.set_fields['/model']", "use `route"),
-    ("""
+     """,
+        4,
+        "rules[0].actions.set_fields['/model']",
+        "use `route",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            remove_fields: ["/a~2b"]
-     """, 4, "rules[0].actions.remove_fields[0]", "'~' must be followed by 0 or 1"),
-    ("""
+     """,
+        4,
+        "rules[0].actions.remove_fields[0]",
+        "'~' must be followed by 0 or 1",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            set_headers: {x-llmproxy-provider: openai}
-     """, 4, "rules[0].actions.set_headers.x-llmproxy-provider", "gateway's own"),
-    ("""
+     """,
+        4,
+        "rules[0].actions.set_headers.x-llmproxy-provider",
+        "gateway's own",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            redact: {kinds: [secrets], in: [response], restore: true}
-     """, 4, "rules[0].actions.redact.restore", "add `in: [request]`"),
-    ("""
+     """,
+        4,
+        "rules[0].actions.redact.restore",
+        "add `in: [request]`",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            mask: {kinds: [pii], restore: true}
-     """, 4, "rules[0].actions.mask.restore", "unknown key"),
-    ("""
+     """,
+        4,
+        "rules[0].actions.mask.restore",
+        "unknown key",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            redact: ["email address"]
-     """, 4, "rules[0].actions.redact.kinds", "not a detector kind"),
-    ("""
+     """,
+        4,
+        "rules[0].actions.redact.kinds",
+        "not a detector kind",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            throttle: {per: key}
-     """, 4, "rules[0].actions.throttle.rpm", "missing"),
-    ("""
+     """,
+        4,
+        "rules[0].actions.throttle.rpm",
+        "missing",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            block: {status: 200}
-     """, 4, "rules[0].actions.block.status", "out of range"),
-    ("""
+     """,
+        4,
+        "rules[0].actions.block.status",
+        "out of range",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            allow: false
-     """, 4, "rules[0].actions.allow", "expected `true`"),
-    ("""
+     """,
+        4,
+        "rules[0].actions.allow",
+        "expected `true`",
+    ),
+    (
+        """
      rules:
        - id: "bad id!"
          actions: {tag: x}
-     """, 2, "rules[0].id", "not a valid id"),
-    ("""
+     """,
+        2,
+        "rules[0].id",
+        "not a valid id",
+    ),
+    (
+        """
      aliases:
        fast: fast
      rules: []
-     """, 2, "aliases.fast", "may not point at itself"),
-    ("""
+     """,
+        2,
+        "aliases.fast",
+        "may not point at itself",
+    ),
+    (
+        """
      aliases:
        "gpt-*": gpt-4o
      rules: []
-     """, 2, "aliases.gpt-*", "plain model name"),
-    ("""
+     """,
+        2,
+        "aliases.gpt-*",
+        "plain model name",
+    ),
+    (
+        """
      version: 2
      rules: []
-     """, 1, "version", "unsupported version 2"),
-    ("""
+     """,
+        1,
+        "version",
+        "unsupported version 2",
+    ),
+    (
+        """
      rules:
        - id: a
          actions: {tag: x}
          actions: {tag: y}
-     """, 4, "rules[0].actions", "duplicate key (first on line 3)"),
-    ("""
+     """,
+        4,
+        "rules[0].actions",
+        "duplicate key (first on line 3)",
+    ),
+    (
+        """
      rules: {id: a}
-     """, 1, "rules", "expected a list of rules"),
-    ("""
+     """,
+        1,
+        "rules",
+        "expected a list of rules",
+    ),
+    (
+        """
      name: p
-     """, 1, "rules", "missing"),
-    ("""
+     """,
+        1,
+        "rules",
+        "missing",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            alert: {severity: loud}
-     """, 4, "rules[0].actions.alert.severity", "not one of: info, warning, critical"),
-    ("""
+     """,
+        4,
+        "rules[0].actions.alert.severity",
+        "not one of: info, warning, critical",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            route: {}
-     """, 4, "rules[0].actions.route", "give model, provider or both"),
-    ("""
+     """,
+        4,
+        "rules[0].actions.route",
+        "give model, provider or both",
+    ),
+    (
+        """
      rules:
        - id: a
          match:
            headers: {values: {"bad header": "x"}}
          actions: {tag: x}
-     """, 4, "rules[0].match.headers.values.bad header", "not a valid header name"),
-    ("""
+     """,
+        4,
+        "rules[0].match.headers.values.bad header",
+        "not a valid header name",
+    ),
+    (
+        """
      rules:
        - id: a
          actions:
            strip_headers: [":path"]
-     """, 4, "rules[0].actions.strip_headers", "not a valid header name"),
+     """,
+        4,
+        "rules[0].actions.strip_headers",
+        "not a valid header name",
+    ),
 ]
 
 
@@ -286,20 +486,20 @@ def test_all_errors_are_reported_at_once_with_source() -> None:
 
 
 def test_not_yaml_and_not_a_mapping_and_empty() -> None:
-    (line, field, message), = issues_of("rules: [\n")
+    ((line, field, message),) = issues_of("rules: [\n")
     assert line == 2 and field == "" and "not valid YAML" in message
-    (line, field, message), = issues_of("- just\n- a list\n")
+    ((line, field, message),) = issues_of("- just\n- a list\n")
     assert (line, field) == (1, "") and "expected a mapping" in message
-    (line, field, message), = issues_of("")
+    ((line, field, message),) = issues_of("")
     assert "empty policy" in message
-    (line, field, message), = issues_of("rules: !!python/object:os.system []\n")
+    ((line, field, message),) = issues_of("rules: !!python/object:os.system []\n")
     assert (line, field) == (1, "rules") and "unsupported YAML tag" in message
-    (line, field, message), = issues_of("rules: []\nname: !!python/name:os.system x\n")
+    ((line, field, message),) = issues_of("rules: []\nname: !!python/name:os.system x\n")
     assert line == 2 and "not valid YAML" in message
 
 
 def test_non_string_keys_and_huge_policies() -> None:
-    (line, field, message), = issues_of("1: x\nrules: []\n")
+    ((line, field, message),) = issues_of("1: x\nrules: []\n")
     assert line == 1 and "keys must be strings" in message
     with pytest.raises(PolicyError) as info:
         parse_policy("#" * (MAX_POLICY_CHARS + 1))
@@ -315,7 +515,8 @@ def test_deeply_nested_values_are_refused() -> None:
 
 
 def test_a_valid_policy_with_every_feature() -> None:
-    doc = parse_policy(textwrap.dedent("""\
+    doc = parse_policy(
+        textwrap.dedent("""\
         version: 1
         name: everything
         description: all the knobs
@@ -370,7 +571,9 @@ def test_a_valid_policy_with_every_feature() -> None:
             phase: response
             match: {status: {gte: 200, lt: 300}, response_bytes: {gt: 0}, pii: any}
             actions: {mask: {kinds: [pii]}, alert: true, quarantine_key: true, block: true}
-        """), origin="all.yaml")
+        """),
+        origin="all.yaml",
+    )
     assert doc.name == "everything" and dict(doc.aliases) == {"fast": "gpt-4o-mini", "smart": "claude-sonnet-4"}
     first, second = doc.rules
     assert first.priority == 1 and second.priority == 50 and first.line == 7
@@ -453,16 +656,47 @@ def test_top_level_type_errors() -> None:
     assert issues_of("defaults: {priority: x}\nrules: []\n")[0][1] == "defaults.priority"
     assert issues_of("aliases: [a]\nrules: []\n")[0][1:] == ("aliases", "expected a mapping of alias -> model, got a list")
     assert issues_of("aliases: {a: b, b: c}\nrules: []\n")[0][1:] == (
-        "aliases.a", "alias target 'b' is itself an alias; point at the model")
+        "aliases.a",
+        "alias target 'b' is itself an alias; point at the model",
+    )
     assert issues_of("rules:\n  - 5\n")[0][:2] == (2, "rules[0]")
 
 
-_scalars = st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=12)
-_keys = st.sampled_from(["rules", "id", "match", "actions", "models", "keys", "block", "redact", "kinds", "in", "tag",
-                         "cap_max_tokens", "time", "hours", "days", "headers", "set_fields", "/a", "mode", "priority",
-                         "injection_score", "gte", "phase", "throttle", "rpm", "aliases", "x"]) | st.text(max_size=6)
-_docs = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=5),
-                     max_leaves=30)
+_scalars = st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=False) | st.text(max_size=12)
+_keys = st.sampled_from(
+    [
+        "rules",
+        "id",
+        "match",
+        "actions",
+        "models",
+        "keys",
+        "block",
+        "redact",
+        "kinds",
+        "in",
+        "tag",
+        "cap_max_tokens",
+        "time",
+        "hours",
+        "days",
+        "headers",
+        "set_fields",
+        "/a",
+        "mode",
+        "priority",
+        "injection_score",
+        "gte",
+        "phase",
+        "throttle",
+        "rpm",
+        "aliases",
+        "x",
+    ]
+) | st.text(max_size=6)
+_docs = st.recursive(
+    _scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_keys, inner, max_size=5), max_leaves=30
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -81,7 +81,14 @@ CHAT_BODY = {
         {"role": "developer", "content": [{"type": "text", "text": "Use tools."}]},
         {"role": "user", "content": "first"},
         {"role": "assistant", "content": None, "tool_calls": []},
-        {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {}}, {"type": "text", "text": "here"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "look"},
+                {"type": "image_url", "image_url": {}},
+                {"type": "text", "text": "here"},
+            ],
+        },
     ],
     "tools": [
         {"type": "function", "function": {"name": GH, "parameters": {}}},
@@ -102,7 +109,11 @@ CHAT_BODY = {
         ),
         (
             "/v1/chat/completions",
-            {"model": "m", "max_tokens": 12, "messages": [{"role": "system", "content": ["plain", {"type": "image_url"}]}, {"role": "user", "content": 42}]},
+            {
+                "model": "m",
+                "max_tokens": 12,
+                "messages": [{"role": "system", "content": ["plain", {"type": "image_url"}]}, {"role": "user", "content": 42}],
+            },
             RequestView("chat", "m", False, (), "plain", None, 12),
         ),
         (
@@ -137,7 +148,13 @@ CHAT_BODY = {
                 "messages": [
                     {"role": "user", "content": "read it"},
                     {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": FS, "input": {}}]},
-                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}, {"type": "text", "text": "thanks"}]},
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "tool_result", "tool_use_id": "t1", "content": "ok"},
+                            {"type": "text", "text": "thanks"},
+                        ],
+                    },
                 ],
                 "tools": [{"name": FS, "input_schema": {}}, {"type": "web_search_20250305", "name": "web_search"}],
                 "stream": True,
@@ -191,7 +208,15 @@ def test_parse_request(path: str, body: dict, expected: RequestView) -> None:
     assert dataclasses.replace(endpoint(path).parse_request(body), first_user=None) == expected
 
 
-ALL_PATHS = ["/v1/chat/completions", "/v1/responses", "/v1/messages", "/api/chat", "/api/generate", "/v1/completions", "/v1/embeddings"]
+ALL_PATHS = [
+    "/v1/chat/completions",
+    "/v1/responses",
+    "/v1/messages",
+    "/api/chat",
+    "/api/generate",
+    "/v1/completions",
+    "/v1/embeddings",
+]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
@@ -199,11 +224,37 @@ json_values = st.recursive(
     max_leaves=20,
 )
 request_keys = st.sampled_from(
-    ["model", "stream", "messages", "input", "tools", "tool_choice", "system", "instructions", "prompt",
-     "functions", "function_call", "max_tokens", "max_completion_tokens", "max_output_tokens", "options", "content"]
+    [
+        "model",
+        "stream",
+        "messages",
+        "input",
+        "tools",
+        "tool_choice",
+        "system",
+        "instructions",
+        "prompt",
+        "functions",
+        "function_call",
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "options",
+        "content",
+    ]
 )
 # Bodies shaped like requests but with arbitrary values in every field and nested field.
-odd_bodies = st.dictionaries(request_keys, json_values | st.lists(st.dictionaries(request_keys | st.sampled_from(["role", "type", "name", "function", "tool_calls"]), json_values, max_size=5), max_size=4), max_size=8)
+odd_bodies = st.dictionaries(
+    request_keys,
+    json_values
+    | st.lists(
+        st.dictionaries(
+            request_keys | st.sampled_from(["role", "type", "name", "function", "tool_calls"]), json_values, max_size=5
+        ),
+        max_size=4,
+    ),
+    max_size=8,
+)
 
 
 @settings(max_examples=100, deadline=None)
@@ -271,7 +322,10 @@ def test_chat_alias_request_covers_every_name_location() -> None:
 def test_chat_allowed_tools_choice_is_aliased() -> None:
     body = {
         "tools": [{"type": "function", "function": {"name": GH}}],
-        "tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "function", "function": {"name": GH}}]}},
+        "tool_choice": {
+            "type": "allowed_tools",
+            "allowed_tools": {"mode": "auto", "tools": [{"type": "function", "function": {"name": GH}}]},
+        },
     }
     endpoint("/v1/chat/completions").alias_request(body, ToolNameCodec())
     assert body["tool_choice"]["allowed_tools"]["tools"][0]["function"]["name"] == GH_ALIAS
@@ -306,7 +360,10 @@ def test_responses_alias_request() -> None:
     assert [t.get("name") for t in body["tools"]] == [GH_ALIAS, sql, None, None]
     assert body["tool_choice"] == {"type": "function", "name": GH_ALIAS}
     assert body["input"][1]["name"] == GH_ALIAS and body["input"][2]["name"] == sql
-    allowed = {"tools": [], "tool_choice": {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": FS}]}}
+    allowed = {
+        "tools": [],
+        "tool_choice": {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": FS}]},
+    }
     endpoint("/v1/responses").alias_request(allowed, codec)
     assert allowed["tool_choice"]["tools"][0]["name"] == FS_ALIAS
 
@@ -370,23 +427,56 @@ def test_apis_without_tools_never_alias(path: str) -> None:
 
 def test_aliasing_changes_only_name_fields() -> None:
     # A tool description quoting the name must survive: never blind string replacement.
-    body = {"tools": [{"type": "function", "function": {"name": GH, "description": f"Call {GH} to search"}}],
-            "messages": [{"role": "user", "content": f"use {GH}"}]}
+    body = {
+        "tools": [{"type": "function", "function": {"name": GH, "description": f"Call {GH} to search"}}],
+        "messages": [{"role": "user", "content": f"use {GH}"}],
+    }
     endpoint("/v1/chat/completions").alias_request(body, ToolNameCodec())
     assert body["tools"][0]["function"]["description"] == f"Call {GH} to search"
     assert body["messages"][0]["content"] == f"use {GH}"
     assert json.dumps(body).count(GH_ALIAS) == 1
 
 
-@pytest.mark.parametrize("path,body", [
-    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "first"},
-                                                         {"role": "assistant", "content": "a"}, {"role": "user", "content": "second"}]}),
-    ("/v1/messages", {"model": "m", "messages": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
-                                                  {"role": "user", "content": [{"type": "text", "text": "second"}]}]}),
-    ("/v1/responses", {"model": "m", "input": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "a"},
-                                                {"role": "user", "content": "second"}]}),
-    ("/api/chat", {"model": "m", "messages": [{"role": "user", "content": "first"}, {"role": "user", "content": "second"}]}),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        (
+            "/v1/chat/completions",
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "system", "content": "s"},
+                    {"role": "user", "content": "first"},
+                    {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": "second"},
+                ],
+            },
+        ),
+        (
+            "/v1/messages",
+            {
+                "model": "m",
+                "messages": [
+                    {"role": "user", "content": "first"},
+                    {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": [{"type": "text", "text": "second"}]},
+                ],
+            },
+        ),
+        (
+            "/v1/responses",
+            {
+                "model": "m",
+                "input": [
+                    {"role": "user", "content": "first"},
+                    {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": "second"},
+                ],
+            },
+        ),
+        ("/api/chat", {"model": "m", "messages": [{"role": "user", "content": "first"}, {"role": "user", "content": "second"}]}),
+    ],
+)
 def test_first_and_last_user_turns(path, body) -> None:
     view = endpoint_for(path).parse_request(body)
     assert view.first_user == "first" and view.last_user == "second"

@@ -90,7 +90,10 @@ CHAT_RESPONSE = {
         ),
         (
             "/v1/completions",
-            {"choices": [{"index": 0, "text": "once upon", "finish_reason": "length"}], "usage": {"prompt_tokens": 4, "completion_tokens": 2}},
+            {
+                "choices": [{"index": 0, "text": "once upon", "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 4, "completion_tokens": 2},
+            },
             "once upon",
             (),
             "length",
@@ -153,12 +156,20 @@ CHAT_RESPONSE = {
                 "error": None,
                 "output": [
                     {"type": "reasoning", "summary": []},
-                    {"type": "message", "content": [{"type": "output_text", "text": "Par"}, {"type": "refusal", "refusal": "no"}]},
+                    {
+                        "type": "message",
+                        "content": [{"type": "output_text", "text": "Par"}, {"type": "refusal", "refusal": "no"}],
+                    },
                     {"type": "function_call", "call_id": "c1", "name": GH, "arguments": "{}"},
                     {"type": "custom_tool_call", "call_id": "c2", "name": "sql", "input": "select 2"},
                     {"type": "function_call", "call_id": "c3", "name": "bad_args", "arguments": {"not": "text"}},
                 ],
-                "usage": {"input_tokens": 9, "output_tokens": 3, "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 1}},
+                "usage": {
+                    "input_tokens": 9,
+                    "output_tokens": 3,
+                    "input_tokens_details": {"cached_tokens": 0},
+                    "output_tokens_details": {"reasoning_tokens": 1},
+                },
             },
             "Par",
             (ToolCall("c1", GH, "{}"), ToolCall("c2", "sql", "select 2"), ToolCall("c3", "bad_args", "")),
@@ -168,7 +179,12 @@ CHAT_RESPONSE = {
         ),
         (
             "/v1/responses",
-            {"object": "response", "status": "failed", "error": {"code": "server_error", "message": "The model failed"}, "output": []},
+            {
+                "object": "response",
+                "status": "failed",
+                "error": {"code": "server_error", "message": "The model failed"},
+                "output": [],
+            },
             "",
             (),
             "failed",
@@ -188,11 +204,15 @@ CHAT_RESPONSE = {
             "/api/chat",
             {
                 "model": "qwen3",
-                "message": {"role": "assistant", "content": "ok", "tool_calls": [
-                    {"id": "call_1", "function": {"name": GH, "arguments": {"q": "é"}}},
-                    {"function": {"name": "no_args"}},
-                    {"function": {"name": "text_args", "arguments": '{"raw":1}'}},
-                ]},
+                "message": {
+                    "role": "assistant",
+                    "content": "ok",
+                    "tool_calls": [
+                        {"id": "call_1", "function": {"name": GH, "arguments": {"q": "é"}}},
+                        {"function": {"name": "no_args"}},
+                        {"function": {"name": "text_args", "arguments": '{"raw":1}'}},
+                    ],
+                },
                 "done": True,
                 "done_reason": "stop",
                 "prompt_eval_count": 11,
@@ -224,7 +244,9 @@ CHAT_RESPONSE = {
         ),
     ],
 )
-def test_fold(path: str, body: dict, text: str, calls: tuple[ToolCall, ...], finish: str | None, usage: Usage, error: str | None) -> None:
+def test_fold(
+    path: str, body: dict, text: str, calls: tuple[ToolCall, ...], finish: str | None, usage: Usage, error: str | None
+) -> None:
     folded = endpoint(path).fold(body)
     assert folded == Folded(message=body, text=text, tool_calls=calls, finish_reason=finish, usage=usage, error=error)
 
@@ -251,11 +273,18 @@ def test_chat_round_trip() -> None:
     gh, fs = request["tools"][0]["function"]["name"], request["tools"][1]["custom"]["name"]
     upstream = {
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "tool_calls": [
-                {"id": "a", "type": "function", "function": {"name": gh, "arguments": f'{{"note":"{gh}"}}'}},
-                {"id": "b", "type": "custom", "custom": {"name": fs, "input": "x"}},
-                {"id": "c", "type": "function", "function": {"name": "unknown_tool", "arguments": "{}"}},
-            ], "function_call": {"name": gh, "arguments": "{}"}}},
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "a", "type": "function", "function": {"name": gh, "arguments": f'{{"note":"{gh}"}}'}},
+                        {"id": "b", "type": "custom", "custom": {"name": fs, "input": "x"}},
+                        {"id": "c", "type": "function", "function": {"name": "unknown_tool", "arguments": "{}"}},
+                    ],
+                    "function_call": {"name": gh, "arguments": "{}"},
+                },
+            },
         ]
     }
     assert endpoint("/v1/chat/completions").restore_response(upstream, codec) is True

@@ -36,7 +36,12 @@ def sse(*objs: object, event: str | None = None) -> bytes:
 
 
 def chat_chunk(delta: dict, index: int = 0, finish: str | None = None) -> dict:
-    return {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": [{"index": index, "delta": delta, "finish_reason": finish}]}
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "model": "m",
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+    }
 
 
 def call_delta(index: int, name: str | None = None, arguments: str | None = None, call_id: str | None = None) -> dict:
@@ -67,13 +72,34 @@ def drive(path: str, data: bytes, codec: ToolNameCodec | None, cuts: list[int] |
 @pytest.mark.parametrize(
     ("path", "data", "message"),
     [
-        (CHAT, sse(chat_chunk({"content": "par"}), {"error": {"message": "Upstream overloaded", "type": "server_error"}}), "Upstream overloaded"),
+        (
+            CHAT,
+            sse(chat_chunk({"content": "par"}), {"error": {"message": "Upstream overloaded", "type": "server_error"}}),
+            "Upstream overloaded",
+        ),
         ("/v1/completions", sse({"choices": [{"text": "a"}]}, {"error": {"message": "boom"}}), "boom"),
-        ("/v1/messages", sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, event="error"), "Overloaded"),
+        (
+            "/v1/messages",
+            sse({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, event="error"),
+            "Overloaded",
+        ),
         ("/v1/messages", sse({"error": "not the usual shape"}, event="error"), "not the usual shape"),
         ("/v1/messages", b"event: error\ndata: {}\n\n", "error"),
-        ("/v1/responses", sse({"type": "error", "code": "ERR_SOMETHING", "message": "Something went wrong", "param": None}), "Something went wrong"),
-        ("/v1/responses", sse({"type": "response.failed", "response": {"status": "failed", "error": {"code": "server_error", "message": "failed hard"}, "output": []}}), "failed hard"),
+        (
+            "/v1/responses",
+            sse({"type": "error", "code": "ERR_SOMETHING", "message": "Something went wrong", "param": None}),
+            "Something went wrong",
+        ),
+        (
+            "/v1/responses",
+            sse(
+                {
+                    "type": "response.failed",
+                    "response": {"status": "failed", "error": {"code": "server_error", "message": "failed hard"}, "output": []},
+                }
+            ),
+            "failed hard",
+        ),
         ("/api/chat", b'{"message":{"content":"x"},"done":false}\n{"error":"model crashed"}\n', "model crashed"),
         ("/api/generate", b'{"error":"out of memory"}', "out of memory"),
     ],
@@ -92,7 +118,7 @@ def test_error_events_set_error(path: str, data: bytes, message: str) -> None:
 def test_malformed_event_json_passes_through_and_is_skipped(codec: ToolNameCodec | None) -> None:
     data = (
         sse(chat_chunk({"role": "assistant", "content": "Hel"}))
-        + b"data: {\"choices\": [tool_calls broken\n\n"
+        + b'data: {"choices": [tool_calls broken\n\n'
         + b"data: [1, 2]\n\n"
         + sse(chat_chunk({"content": "lo"}, finish="stop"), "[DONE]")
     )
@@ -133,7 +159,7 @@ def test_chat_name_prefix_of_another_alias_waits_for_next_event() -> None:
     first = sse(chat_chunk(call_delta(0, "search", "", "c1")))
     proc = processor(CHAT, codec)
     assert proc.feed(first) == b""  # "search" could still grow into the alias of search.v2
-    rest = sse(chat_chunk(call_delta(0, v2[len("search"):])), chat_chunk(call_delta(0, arguments="{}")))
+    rest = sse(chat_chunk(call_delta(0, v2[len("search") :])), chat_chunk(call_delta(0, arguments="{}")))
     out = proc.feed(rest) + proc.end()
     events = [json.loads(line[6:]) for line in out.split(b"\n\n") if line.startswith(b"data: ")]
     names = [e["choices"][0]["delta"]["tool_calls"][0]["function"].get("name") for e in events]
@@ -182,7 +208,10 @@ def test_chat_interleaved_choices_and_parallel_calls() -> None:
 
 def test_chat_usage_chunk_completes_a_pending_name() -> None:
     codec = ToolNameCodec(["search", "search.v2"])
-    data = sse(chat_chunk(call_delta(0, "search", "", "c1")), {"id": "c", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}})
+    data = sse(
+        chat_chunk(call_delta(0, "search", "", "c1")),
+        {"id": "c", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}},
+    )
     proc = processor(CHAT, codec)
     assert proc.feed(data) == data  # "search" is complete once the call has moved on
     assert proc.result().usage == Usage(1, 2, 3)
@@ -215,7 +244,17 @@ def test_chat_legacy_function_call_and_custom_tools_stream() -> None:
 def test_chat_reasoning_refusal_and_missing_indexes() -> None:
     data = sse(
         {"choices": [{"delta": {"role": "assistant", "reasoning_content": "think "}}]},
-        {"choices": [{"delta": {"reasoning": "more", "refusal": "I can't", "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}}]},
+        {
+            "choices": [
+                {
+                    "delta": {
+                        "reasoning": "more",
+                        "refusal": "I can't",
+                        "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}],
+                    }
+                }
+            ]
+        },
     )
     _, folded = drive(CHAT, data, None)
     message = folded.message["choices"][0]["message"]
@@ -229,9 +268,20 @@ def test_chat_reasoning_refusal_and_missing_indexes() -> None:
 
 def test_completions_stream_reassembles_text() -> None:
     data = sse(
-        {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "gpt-3.5-turbo-instruct", "system_fingerprint": "fp", "choices": [{"index": 0, "text": "Once "}]},
+        {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "created": 1,
+            "model": "gpt-3.5-turbo-instruct",
+            "system_fingerprint": "fp",
+            "choices": [{"index": 0, "text": "Once "}],
+        },
         {"id": "cmpl-1", "choices": [{"text": "upon"}, {"index": 1, "text": "B"}]},
-        {"id": "cmpl-1", "choices": [{"index": 0, "text": "", "finish_reason": "length"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}},
+        {
+            "id": "cmpl-1",
+            "choices": [{"index": 0, "text": "", "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+        },
         "[DONE]",
     )
     out, folded = drive("/v1/completions", data, ToolNameCodec(["a.b"]), [9])
@@ -248,9 +298,17 @@ def test_anthropic_partial_and_odd_events() -> None:
     codec = ToolNameCodec(["fs/read file"])
     alias = codec.encode("fs/read file")
     data = sse(
-        {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": "claude",
-                                              "content": [{"type": "tool_use", "id": "pre", "name": alias, "input": {}}],
-                                              "usage": {"input_tokens": 5, "output_tokens": 1}}},
+        {
+            "type": "message_start",
+            "message": {
+                "id": "m",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude",
+                "content": [{"type": "tool_use", "id": "pre", "name": alias, "input": {}}],
+                "usage": {"input_tokens": 5, "output_tokens": 1},
+            },
+        },
         {"type": "content_block_delta", "index": 3, "delta": {"type": "text_delta", "text": "no start"}},
         {"type": "content_block_delta", "index": 4, "delta": {"type": "input_json_delta", "partial_json": '{"a": '}},
         {"type": "content_block_start", "index": 5, "content_block": {"type": "text", "text": "", "citations": []}},
@@ -308,12 +366,21 @@ def test_responses_without_completed_event_is_assembled_from_deltas() -> None:
 def test_responses_items_from_deltas_only() -> None:
     codec = ToolNameCodec([GH])
     data = sse(
-        {"type": "response.output_item.added", "output_index": 0, "item": {"type": "function_call", "call_id": "c", "name": GH_ALIAS, "arguments": ""}},
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": {"type": "function_call", "call_id": "c", "name": GH_ALIAS, "arguments": ""},
+        },
         {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": '{"a":'},
         {"type": "response.function_call_arguments.delta", "output_index": 0, "delta": "1}"},
         {"type": "response.output_text.delta", "output_index": 1, "content_index": 0, "delta": "hi "},
         {"type": "response.output_text.delta", "output_index": 1, "content_index": 0, "delta": "there"},
-        {"type": "response.content_part.added", "output_index": 1, "content_index": 1, "part": {"type": "refusal", "refusal": ""}},
+        {
+            "type": "response.content_part.added",
+            "output_index": 1,
+            "content_index": 1,
+            "part": {"type": "refusal", "refusal": ""},
+        },
         {"type": "response.refusal.delta", "output_index": 1, "content_index": 1, "delta": "nope"},
         {"type": "response.output_text.delta", "output_index": 1, "delta": "no content index"},
         {"type": "response.custom_tool_call_input.delta", "output_index": 2, "delta": 5},
@@ -331,7 +398,12 @@ def test_responses_content_part_done_replaces_deltas() -> None:
     data = sse(
         {"type": "response.output_item.added", "output_index": 0, "item": {"type": "message", "content": []}},
         {"type": "response.output_text.delta", "output_index": 0, "content_index": 0, "delta": "draft"},
-        {"type": "response.content_part.done", "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": "final"}},
+        {
+            "type": "response.content_part.done",
+            "output_index": 0,
+            "content_index": 0,
+            "part": {"type": "output_text", "text": "final"},
+        },
     )
     _, folded = drive("/v1/responses", data, None)
     assert folded.text == "final"
@@ -345,8 +417,27 @@ json_values = st.recursive(
     max_leaves=15,
 )
 event_keys = st.sampled_from(
-    ["type", "index", "delta", "choices", "message", "content_block", "response", "item", "output_index",
-     "content_index", "part", "usage", "error", "tool_calls", "function", "name", "done", "text", "content"]
+    [
+        "type",
+        "index",
+        "delta",
+        "choices",
+        "message",
+        "content_block",
+        "response",
+        "item",
+        "output_index",
+        "content_index",
+        "part",
+        "usage",
+        "error",
+        "tool_calls",
+        "function",
+        "name",
+        "done",
+        "text",
+        "content",
+    ]
 )
 event_objects = st.recursive(
     st.dictionaries(event_keys, json_values, max_size=5),
@@ -354,10 +445,22 @@ event_objects = st.recursive(
     max_leaves=12,
 )
 event_types = st.sampled_from(
-    ["message_start", "content_block_start", "content_block_delta", "message_delta", "error",
-     "response.output_item.added", "response.output_item.done", "response.output_text.delta",
-     "response.content_part.added", "response.content_part.done", "response.completed",
-     "response.function_call_arguments.delta", "response.created", None]
+    [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "message_delta",
+        "error",
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.output_text.delta",
+        "response.content_part.added",
+        "response.content_part.done",
+        "response.completed",
+        "response.function_call_arguments.delta",
+        "response.created",
+        None,
+    ]
 )
 
 
@@ -389,7 +492,9 @@ def test_passthrough_stream_cut_before_final_blank_line_still_reassembles() -> N
 
 
 def test_ollama_generate_thinking_and_string_parts() -> None:
-    data = b'{"thinking":"hmm ","response":"","done":false}\n{"thinking":"ok","response":"Yes","done":true,"done_reason":"stop"}\n'
+    data = (
+        b'{"thinking":"hmm ","response":"","done":false}\n{"thinking":"ok","response":"Yes","done":true,"done_reason":"stop"}\n'
+    )
     _, folded = drive("/api/generate", data, None, [20])
     assert folded.message["thinking"] == "hmm ok" and folded.text == "Yes"
     assert folded.message["done"] is True
@@ -397,9 +502,19 @@ def test_ollama_generate_thinking_and_string_parts() -> None:
 
 @pytest.mark.parametrize("path", [CHAT, "/v1/messages", "/v1/responses"])
 def test_unhashable_type_fields_do_not_raise(path: str) -> None:
-    odd = {"type": ["list"], "index": 0, "output_index": 0, "delta": {"type": {"a": 1}}, "item": {"type": []},
-           "choices": [{"delta": {"tool_calls": [{"type": [], "function": {"name": "x"}}]}}]}
-    data = sse({"type": "response.output_item.added", "output_index": 0, "item": {"type": ["x"]}}, odd, dict(odd, type="content_block_delta"))
+    odd = {
+        "type": ["list"],
+        "index": 0,
+        "output_index": 0,
+        "delta": {"type": {"a": 1}},
+        "item": {"type": []},
+        "choices": [{"delta": {"tool_calls": [{"type": [], "function": {"name": "x"}}]}}],
+    }
+    data = sse(
+        {"type": "response.output_item.added", "output_index": 0, "item": {"type": ["x"]}},
+        odd,
+        dict(odd, type="content_block_delta"),
+    )
     out, folded = drive(path, data, ToolNameCodec(["a.b"]))
     assert b"".join(out) == data and isinstance(folded.message, dict)
 

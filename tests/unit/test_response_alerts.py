@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 from extproc.exchange import Context, Exchange
 from extproc.guard import Guard
-from extproc.policy.testing import snapshot_from_yaml
 from extproc.settings import SidecarSettings
 from extproc.wire import BodyChunk, Headers, Immediate, Phase
+from intelligence.policy.testing import snapshot_from_yaml
 
 from .test_response_exchange import EMAIL, KEY, Finder, Quiet, Recorder
 
@@ -52,18 +52,33 @@ class Events:
 
 
 def context(events: Events) -> Context:
-    watcher = SimpleNamespace(snapshot=snapshot_from_yaml(POLICY),
-                              throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None)))
-    guard = Guard(watcher, secrets=Finder("OPENAI_API_KEY", KEY), pii=Finder("EMAIL_ADDRESS", EMAIL), injection=Quiet(),
-                  events=events)
+    watcher = SimpleNamespace(
+        snapshot=snapshot_from_yaml(POLICY), throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None))
+    )
+    guard = Guard(
+        watcher, secrets=Finder("OPENAI_API_KEY", KEY), pii=Finder("EMAIL_ADDRESS", EMAIL), injection=Quiet(), events=events
+    )
     return Context(settings=SidecarSettings(), recorder=Recorder(), guard=guard)
 
 
 def request(c: Context, **headers: str) -> Exchange:
     ex = Exchange(c)
-    ex.handle(Phase.REQUEST_HEADERS, Headers({":method": "POST", ":path": "/openai/v1/chat/completions", "x-request-id": "r9",
-                                              "content-type": "application/json", **headers}, False))
-    ex.handle(Phase.REQUEST_BODY, BodyChunk(json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode(), True))
+    ex.handle(
+        Phase.REQUEST_HEADERS,
+        Headers(
+            {
+                ":method": "POST",
+                ":path": "/openai/v1/chat/completions",
+                "x-request-id": "r9",
+                "content-type": "application/json",
+                **headers,
+            },
+            False,
+        ),
+    )
+    ex.handle(
+        Phase.REQUEST_BODY, BodyChunk(json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode(), True)
+    )
     return ex
 
 

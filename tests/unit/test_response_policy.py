@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.policy import PolicyError, parse_policy
-from extproc.policy.testing import policy_yaml, request_facts, snapshot
+from intelligence.policy import PolicyError, parse_policy
+from intelligence.policy.testing import policy_yaml, request_facts, snapshot
 
 
 def redact_rule(spec: dict) -> dict:
@@ -14,7 +14,8 @@ def redact_rule(spec: dict) -> dict:
 
 def test_reversible_turns_on_restore() -> None:
     snap = snapshot(redact_rule({"kinds": ["pii"], "reversible": True}))
-    from extproc.policy.testing import detections
+    from intelligence.policy.testing import detections
+
     decision = snap.evaluate_request(request_facts(detections=detections(pii=["EMAIL_ADDRESS"])))
     assert decision.redact.restores("EMAIL_ADDRESS", "pii")
     snap = snapshot(redact_rule({"kinds": ["pii"], "reversible": False}))
@@ -22,11 +23,14 @@ def test_reversible_turns_on_restore() -> None:
     assert decision.redact.active and not decision.redact.restores("EMAIL_ADDRESS", "pii")
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"kinds": ["pii"], "reversible": "yes"}, "expected true or false"),
-    ({"kinds": ["pii"], "reversible": True, "restore": True}, "not both"),
-    ({"kinds": ["pii"], "reversible": True, "in": ["response"]}, "add `in: [request]`"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"kinds": ["pii"], "reversible": "yes"}, "expected true or false"),
+        ({"kinds": ["pii"], "reversible": True, "restore": True}, "not both"),
+        ({"kinds": ["pii"], "reversible": True, "in": ["response"]}, "add `in: [request]`"),
+    ],
+)
 def test_reversible_is_validated(spec: dict, message: str) -> None:
     with pytest.raises(PolicyError) as err:
         parse_policy(policy_yaml(redact_rule(spec)), name="t")

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 from extproc.exchange import Context, Exchange
 from extproc.guard import Guard
-from extproc.policy.testing import snapshot_from_yaml
 from extproc.settings import SidecarSettings
 from extproc.wire import BodyChunk, Headers, Phase
+from intelligence.policy.testing import snapshot_from_yaml
 
 from .test_response_exchange import EMAIL, KEY, Finder, Quiet, Recorder
 
@@ -30,8 +30,9 @@ rules:
 
 
 def context() -> Context:
-    watcher = SimpleNamespace(snapshot=snapshot_from_yaml(POLICY),
-                              throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None)))
+    watcher = SimpleNamespace(
+        snapshot=snapshot_from_yaml(POLICY), throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None))
+    )
     guard = Guard(watcher, secrets=Finder("OPENAI_API_KEY", KEY), pii=Finder("EMAIL_ADDRESS", EMAIL), injection=Quiet())
     keys = {"openai": "sk-op", "openrouter": "sk-or", "anthropic": "sk-ant-op"}
     return Context(settings=SidecarSettings(provider_keys=keys), recorder=Recorder(), guard=guard)
@@ -39,8 +40,10 @@ def context() -> Context:
 
 def send(c: Context, path: str, **headers: str):
     ex = Exchange(c)
-    ex.handle(Phase.REQUEST_HEADERS, Headers({":method": "POST", ":path": path, "x-request-id": "r",
-                                              "content-type": "application/json", **headers}, False))
+    ex.handle(
+        Phase.REQUEST_HEADERS,
+        Headers({":method": "POST", ":path": path, "x-request-id": "r", "content-type": "application/json", **headers}, False),
+    )
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
     return ex, ex.handle(Phase.REQUEST_BODY, BodyChunk(json.dumps(body).encode(), True))
 

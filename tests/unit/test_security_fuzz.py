@@ -8,12 +8,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from extproc.security.heuristics import scan
-from extproc.security.injection import InjectionDetector
-from extproc.security.normalize import MAX_SCAN_CHARS, normalize
-from extproc.security.pii import PiiDetector, shared_pii_detector
-from extproc.security.redact import Redaction, StreamRedactor, StreamRestorer
-from extproc.security.secrets import SecretDetector, shared_secret_detector
+from intelligence.detectors.heuristics import scan
+from intelligence.detectors.injection import InjectionDetector
+from intelligence.detectors.normalize import MAX_SCAN_CHARS, normalize
+from intelligence.detectors.pii import PiiDetector, shared_pii_detector
+from intelligence.detectors.redact import Redaction, StreamRedactor, StreamRestorer
+from intelligence.detectors.secrets import SecretDetector, shared_secret_detector
 
 # Text with the characters attackers and parsers trip over: controls, surrogates, bidi,
 # zero-width, tag characters, fullwidth and Cyrillic letters, base64 alphabet.
@@ -68,15 +68,22 @@ def test_pii_and_secret_spans_are_well_formed(pii: PiiDetector, secrets: SecretD
     assert redaction.restore(redacted) == text or "<" in text  # text that already holds placeholders may be ambiguous
 
 
-VALUES = st.sampled_from(["bob@example.com", "4111 1111 1111 1111", "+1 415-555-0100", "GB82 WEST 1234 5698 7654 32", "AKIAIOSFODNN7EXAMPLE"])
+VALUES = st.sampled_from(
+    ["bob@example.com", "4111 1111 1111 1111", "+1 415-555-0100", "GB82 WEST 1234 5698 7654 32", "AKIAIOSFODNN7EXAMPLE"]
+)
 WORDS = st.sampled_from(["hello", "card", "mail", "the", "is", "ok.", "call", "key", "\n", "42"])
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.one_of(VALUES, WORDS), min_size=1, max_size=12), st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=40))
-def test_stream_redaction_equals_whole_text_redaction(pii: PiiDetector, secrets: SecretDetector, parts: list[str], cuts: list[int]) -> None:
+@given(
+    st.lists(st.one_of(VALUES, WORDS), min_size=1, max_size=12),
+    st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=40),
+)
+def test_stream_redaction_equals_whole_text_redaction(
+    pii: PiiDetector, secrets: SecretDetector, parts: list[str], cuts: list[int]
+) -> None:
     def find(t: str) -> list:
-        from extproc.security.spans import resolve_overlaps
+        from intelligence.detectors.spans import resolve_overlaps
 
         return resolve_overlaps(pii.find(t) + secrets.find(t))
 

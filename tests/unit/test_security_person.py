@@ -1,12 +1,14 @@
-"""PERSON names from the gazetteer recogniser (extproc/security/names.py)."""
+"""PERSON names from the gazetteer recogniser (intelligence/detectors/names.py)."""
 
 from __future__ import annotations
+
+from datetime import UTC
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extproc.security.names import PersonFinder, presidio_recognizer, shared_gazetteer
+from intelligence.detectors.names import PersonFinder, presidio_recognizer, shared_gazetteer
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +93,11 @@ def test_gazetteer_holds_names_and_tags_name_words(finder: PersonFinder) -> None
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(list("Ab Jo hn Smi th.\n'’-É é Mr Dr van 1") + ["John", " Smith", "Mr.", " Dear ", "Ä"]), max_size=60))
+@given(
+    st.lists(
+        st.sampled_from(list("Ab Jo hn Smi th.\n'’-É é Mr Dr van 1") + ["John", " Smith", "Mr.", " Dear ", "Ä"]), max_size=60
+    )
+)
 def test_fuzz_never_crashes_and_spans_are_in_bounds(parts: list[str]) -> None:
     text = "".join(parts)
     finder = PersonFinder()
@@ -120,12 +126,12 @@ rules:
 
 
 def test_policy_can_select_person_for_redaction() -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
     from types import SimpleNamespace
 
     from extproc.guard import Guard
-    from extproc.policy.testing import snapshot_from_yaml
-    from extproc.security.pii import shared_pii_detector
+    from intelligence.detectors.pii import shared_pii_detector
+    from intelligence.policy.testing import snapshot_from_yaml
 
     class Nothing:
         def find(self, text):  # type: ignore[no-untyped-def]
@@ -134,14 +140,26 @@ def test_policy_can_select_person_for_redaction() -> None:
         def scan(self, segs):  # type: ignore[no-untyped-def]
             return SimpleNamespace(score=0.0, layers=(), flags=())
 
-    policy = SimpleNamespace(snapshot=snapshot_from_yaml(OPT_IN_POLICY),
-                             throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None)))
+    policy = SimpleNamespace(
+        snapshot=snapshot_from_yaml(OPT_IN_POLICY), throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None))
+    )
     guard = Guard(policy, secrets=Nothing(), pii=shared_pii_detector(), injection=Nothing())
     content = "Draft a reply to Maria Gonzalez at maria@example.com about the delay."
     doc = {"model": "m", "messages": [{"role": "user", "content": content}]}
-    out = guard.check_request(request_id="r1", api="chat", doc=doc,
-                              provider="openai", path="/v1/chat/completions", method="POST", key=None, client=None,
-                              client_addr=None, size=len(content), headers={}, now=datetime.now(timezone.utc))
+    out = guard.check_request(
+        request_id="r1",
+        api="chat",
+        doc=doc,
+        provider="openai",
+        path="/v1/chat/completions",
+        method="POST",
+        key=None,
+        client=None,
+        client_addr=None,
+        size=len(content),
+        headers={},
+        now=datetime.now(UTC),
+    )
     assert out.immediate is None and dict(out.detections.pii) == {"PERSON": 1, "EMAIL_ADDRESS": 1}
     assert out.redacted == 1  # the guard rewrites the request document in place
     sent = doc["messages"][0]["content"]
@@ -150,14 +168,19 @@ def test_policy_can_select_person_for_redaction() -> None:
 
 
 def test_person_only_texts_skip_the_analyzer_with_the_same_spans(monkeypatch: pytest.MonkeyPatch) -> None:
-    from extproc.security.pii import PiiDetector, shared_pii_detector
+    from intelligence.detectors.pii import PiiDetector, shared_pii_detector
 
     fast = shared_pii_detector()
     assert fast._gazetteer is not None
     slow = PiiDetector()
     slow._gazetteer = None  # every window through Presidio's analyzer, as before the shortcut
-    texts = ["Dear Maria Gonzalez, thanks for the call.", "Please ask Dr. Chen about it.", "Paris In Spring Is Lovely",
-             "Mail John Smith at john.smith@example.com or call 212-555-0187.", "no capitals here at all"]
+    texts = [
+        "Dear Maria Gonzalez, thanks for the call.",
+        "Please ask Dr. Chen about it.",
+        "Paris In Spring Is Lovely",
+        "Mail John Smith at john.smith@example.com or call 212-555-0187.",
+        "no capitals here at all",
+    ]
     for text in texts:
         assert [(s.kind, s.start, s.end) for s in fast.find(text)] == [(s.kind, s.start, s.end) for s in slow.find(text)]
     calls = []

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from extproc.security.pii import PiiDetector, shared_pii_detector
-from extproc.security.redact import Redaction, StreamRedactor, StreamRestorer, holdback_start, redact_text
-from extproc.security.spans import Span, combine, resolve_overlaps
+from intelligence.detectors.pii import PiiDetector, shared_pii_detector
+from intelligence.detectors.redact import Redaction, StreamRedactor, StreamRestorer, holdback_start, redact_text
+from intelligence.detectors.spans import Span, combine, resolve_overlaps
 
 TEXT = (
     "Hi, I'm Jane. Mail jane.doe@example.com or call +1 415-555-0100 today. "
@@ -77,7 +77,11 @@ def test_redaction_round_trip(pii: PiiDetector) -> None:
 
 def test_same_value_same_placeholder_and_mask_mode() -> None:
     r = Redaction()
-    spans = [Span("EMAIL_ADDRESS", 0, 5, 1.0, "t"), Span("EMAIL_ADDRESS", 6, 11, 1.0, "t"), Span("EMAIL_ADDRESS", 12, 17, 1.0, "t")]
+    spans = [
+        Span("EMAIL_ADDRESS", 0, 5, 1.0, "t"),
+        Span("EMAIL_ADDRESS", 6, 11, 1.0, "t"),
+        Span("EMAIL_ADDRESS", 12, 17, 1.0, "t"),
+    ]
     assert r.redact("a@b.c x@y.z a@b.c", spans) == "<EMAIL_1> <EMAIL_2> <EMAIL_1>"
     assert r.counts == {"EMAIL": 2}
     masked = Redaction(mode="mask")

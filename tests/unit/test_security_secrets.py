@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from extproc.security.redact import Redaction, StreamRedactor
-from extproc.security.secrets import MAX_SECRET_SCAN_CHARS, SecretDetector, redact_secrets, shared_secret_detector
+from intelligence.detectors.redact import Redaction, StreamRedactor
+from intelligence.detectors.secrets import MAX_SECRET_SCAN_CHARS, SecretDetector, redact_secrets, shared_secret_detector
 
 JWT = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ"

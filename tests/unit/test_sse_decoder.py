@@ -13,7 +13,7 @@ STREAM = (
     b": comment from the proxy\n"
     b"event: message_start\n"
     b"id: 7\n"
-    b"data: {\"a\":1}\n"
+    b'data: {"a":1}\n'
     b"\n"
     b"data: first line\n"
     b"data:second line\n"
@@ -80,9 +80,7 @@ def test_lone_cr_waits_for_the_next_byte_or_the_end() -> None:
 
 def test_unterminated_tail_is_flushed_at_end() -> None:
     decoder = SSEDecoder()
-    assert decoder.feed(b"data: {\"a\":1}\n\ndata: {\"b\"") == [
-        SSEEvent.from_lines([b'data: {"a":1}\n'], b"\n")
-    ]
+    assert decoder.feed(b'data: {"a":1}\n\ndata: {"b"') == [SSEEvent.from_lines([b'data: {"a":1}\n'], b"\n")]
     [tail] = decoder.end()
     assert tail.data == '{"b"' and tail.terminator == b""
     assert decoder.end() == []

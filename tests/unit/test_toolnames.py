@@ -102,7 +102,7 @@ def test_exhausting_every_digest_length_falls_back_to_reseeded_digest() -> None:
     probe = ToolNameCodec()
     squatters = []
     # Predict every candidate "q.r" could take from its first digest, and register them first.
-    for candidate in probe._candidates("q.r"):  # noqa: SLF001 - deliberately adversarial
+    for candidate in probe._candidates("q.r"):
         if len(squatters) == 15:
             break
         squatters.append(candidate)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import uuid
 import hmac
 import json
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -19,8 +19,8 @@ from intelligence.events import Event, publish
 from intelligence.events.webhook import SIGNATURE_HEADER, WebhookDispatcher
 from intelligence.events.writer import EventWriter
 from intelligence.store.engine import asyncpg_dsn, make_engine
-from tests.conftest import database_url
 from intelligence.store.migrate import upgrade_async
+from tests.conftest import database_url
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,8 @@ async def test_writer_publishes_in_background_and_never_raises(engine) -> None:
     async with engine.connect() as conn:
         rows = (await conn.execute(select(Event))).all()
     assert [(r.kind, r.severity, r.subject, r.detail, r.source) for r in rows] == [
-        ("alert", "critical", "gk_1", {"rule": "t/r"}, "sidecar")]
+        ("alert", "critical", "gk_1", {"rule": "t/r"}, "sidecar")
+    ]
 
 
 async def test_writer_keeps_events_while_database_is_away() -> None:
@@ -130,8 +131,9 @@ async def test_dispatcher_retries_with_backoff_signs_and_never_delivers_twice(en
         await publish(conn, kind="alert", title="fyi", severity="info")
         warn = await publish(conn, kind="quarantine", title="key quarantined", severity="warning", subject="gk_2")
     clock = Clock()
-    d = WebhookDispatcher(engine, receiver.url, secret="s3cret", min_severity="warning", max_attempts=5,
-                          backoff=10.0, clock=clock)
+    d = WebhookDispatcher(
+        engine, receiver.url, secret="s3cret", min_severity="warning", max_attempts=5, backoff=10.0, clock=clock
+    )
     try:
         assert await d.tick() == {"delivered": 0, "failed": 2, "waiting": 0}  # both fail (500, 500)
         assert await d.tick() == {"delivered": 0, "failed": 0, "waiting": 2}  # backoff: nothing is due
@@ -196,6 +198,11 @@ def test_dispatcher_configuration_is_checked() -> None:
     with pytest.raises(ValueError):
         WebhookDispatcher(None, "http://x", min_severity="loud")  # type: ignore[arg-type]
     assert WebhookDispatcher.from_env(None, {}) is None  # type: ignore[arg-type]
-    d = WebhookDispatcher.from_env(None, {"LLMPROXY_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/h",  # type: ignore[arg-type]
-                                          "LLMPROXY_ALERT_WEBHOOK_SECRET": "k"})
+    d = WebhookDispatcher.from_env(
+        None,
+        {
+            "LLMPROXY_ALERT_WEBHOOK_URL": "http://127.0.0.1:9/h",  # type: ignore[arg-type]
+            "LLMPROXY_ALERT_WEBHOOK_SECRET": "k",
+        },
+    )
     assert d is not None and d.secret == "k" and d.severities == ("warning", "critical")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import streamlit as st
@@ -16,10 +16,17 @@ st.title("Explorer")
 params = st.query_params
 VIEWS = ["Exchanges", "Sessions"]
 default_view = "Sessions" if params.get("session") else "Exchanges"
-view = st.segmented_control("View", VIEWS, default=default_view, key="explorer_view", label_visibility="collapsed") or default_view
+view = (
+    st.segmented_control("View", VIEWS, default=default_view, key="explorer_view", label_visibility="collapsed") or default_view
+)
 
-WINDOWS = {"last hour": timedelta(hours=1), "last 24 hours": timedelta(days=1), "last 7 days": timedelta(days=7),
-           "last 30 days": timedelta(days=30), "any time": None}
+WINDOWS = {
+    "last hour": timedelta(hours=1),
+    "last 24 hours": timedelta(days=1),
+    "last 7 days": timedelta(days=7),
+    "last 30 days": timedelta(days=30),
+    "any time": None,
+}
 
 
 def show_exchange(request_id: str) -> None:
@@ -29,8 +36,10 @@ def show_exchange(request_id: str) -> None:
         return
     r = detail.record
     st.subheader(f"{r.model or 'unknown model'} · {r.status if r.status is not None else 'no status'}")
-    st.caption(f"`{r.request_id}` · {r.method} {r.path} · {r.provider or '?'} · {r.api or '?'} API · "
-               f"route {r.route or '?'} · started {r.started_at:%Y-%m-%d %H:%M:%S} UTC")
+    st.caption(
+        f"`{r.request_id}` · {r.method} {r.path} · {r.provider or '?'} · {r.api or '?'} API · "
+        f"route {r.route or '?'} · started {r.started_at:%Y-%m-%d %H:%M:%S} UTC"
+    )
     if r.error:
         st.error(f"Error: {r.error}")
     u = r.usage
@@ -39,10 +48,16 @@ def show_exchange(request_id: str) -> None:
     m[1].metric("TTFT", fmt.ms(r.ttft_ms) if r.streamed else "–", help=None if r.streamed else "not streamed")
     overhead = (r.latency_ms - r.upstream_ms) if r.latency_ms is not None and r.upstream_ms is not None else None
     m[2].metric("Gateway overhead", fmt.ms(overhead), help=f"upstream took {fmt.ms(r.upstream_ms)}")
-    m[3].metric("Tokens in", fmt.compact(u.input_tokens),
-                help=f"{fmt.count(u.input_tokens)} in, {fmt.count(u.cached_tokens)} of them cached")
-    m[4].metric("Tokens out", fmt.compact(u.output_tokens),
-                help=f"{fmt.count(u.output_tokens)} out, {fmt.count(u.reasoning_tokens)} of them reasoning")
+    m[3].metric(
+        "Tokens in",
+        fmt.compact(u.input_tokens),
+        help=f"{fmt.count(u.input_tokens)} in, {fmt.count(u.cached_tokens)} of them cached",
+    )
+    m[4].metric(
+        "Tokens out",
+        fmt.compact(u.output_tokens),
+        help=f"{fmt.count(u.output_tokens)} out, {fmt.count(u.reasoning_tokens)} of them reasoning",
+    )
     m[5].metric("Cost", fmt.usd(detail.cost_usd), help="unpriced model" if detail.cost_usd is None else None)
     links = []
     if r.session_id:
@@ -52,8 +67,18 @@ def show_exchange(request_id: str) -> None:
     if links:
         st.markdown(" · ".join(links))
 
-    tabs = st.tabs(["Request diff", "Response", "Tool calls", "Timings", "Pattern & similar", "Policy & enhancement",
-                    "Headers", "Raw bodies"])
+    tabs = st.tabs(
+        [
+            "Request diff",
+            "Response",
+            "Tool calls",
+            "Timings",
+            "Pattern & similar",
+            "Policy & enhancement",
+            "Headers",
+            "Raw bodies",
+        ]
+    )
     with tabs[0]:
         diff = bodies.body_diff(r.request_client, r.request_forwarded)
         if r.request_forwarded is None:
@@ -74,12 +99,28 @@ def show_exchange(request_id: str) -> None:
         calls = bodies.tool_calls(r.path, r.response_client, r.response_upstream)
         if calls:
             st.markdown("**Tool calls in the response**: the client sees original names, the provider saw aliases.")
-            st.dataframe(pd.DataFrame([{"#": c.index, "name (client)": c.client_name, "name (upstream)": c.upstream_name,
-                                        "arguments": c.arguments} for c in calls]), hide_index=True, width="stretch")
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {
+                            "#": c.index,
+                            "name (client)": c.client_name,
+                            "name (upstream)": c.upstream_name,
+                            "arguments": c.arguments,
+                        }
+                        for c in calls
+                    ]
+                ),
+                hide_index=True,
+                width="stretch",
+            )
         if r.tool_aliases:
             st.markdown("**Declared tools renamed for the provider**")
-            st.dataframe(pd.DataFrame([{"original": o, "alias (upstream)": a} for a, o in sorted(r.tool_aliases.items())]),
-                         hide_index=True, width="stretch")
+            st.dataframe(
+                pd.DataFrame([{"original": o, "alias (upstream)": a} for a, o in sorted(r.tool_aliases.items())]),
+                hide_index=True,
+                width="stretch",
+            )
         if r.tool_names:
             st.caption("Declared tools: " + ", ".join(f"`{n}`" for n in r.tool_names))
         if r.tool_args_invalid:
@@ -87,39 +128,65 @@ def show_exchange(request_id: str) -> None:
         if not (calls or r.tool_aliases or r.tool_names):
             st.caption("No tools in this exchange.")
     with tabs[3]:
-        rows = [("started", r.started_at.isoformat()), ("finished", r.finished_at.isoformat()),
-                ("total latency", fmt.ms(r.latency_ms)), ("time to first token", fmt.ms(r.ttft_ms)),
-                ("upstream", fmt.ms(r.upstream_ms)), ("gateway overhead", fmt.ms(overhead)), ("streamed", str(r.streamed))]
+        rows = [
+            ("started", r.started_at.isoformat()),
+            ("finished", r.finished_at.isoformat()),
+            ("total latency", fmt.ms(r.latency_ms)),
+            ("time to first token", fmt.ms(r.ttft_ms)),
+            ("upstream", fmt.ms(r.upstream_ms)),
+            ("gateway overhead", fmt.ms(overhead)),
+            ("streamed", str(r.streamed)),
+        ]
         st.table(pd.DataFrame(rows, columns=["timing", "value"]).set_index("timing"))
     with tabs[4]:
         if detail.pattern is None:
             st.caption("Not assigned to a pattern (yet): pattern memory works in the background.")
         else:
             p = detail.pattern
-            st.markdown(f"**Pattern #{p.id}: {p.label or '(unlabelled)'}** · {p.member_count:,} exchanges · "
-                        f"seen {p.first_seen:%Y-%m-%d} – {p.last_seen:%Y-%m-%d}")
+            st.markdown(
+                f"**Pattern #{p.id}: {p.label or '(unlabelled)'}** · {p.member_count:,} exchanges · "
+                f"seen {p.first_seen:%Y-%m-%d} – {p.last_seen:%Y-%m-%d}"
+            )
         failing = [s for s in detail.signals if not s.ok]
         if failing:
             st.warning("Outcome signals: " + "; ".join(f"{s.kind}={s.value or ''}" for s in failing))
         if detail.similar:
             st.markdown("**Similar requests**")
-            st.dataframe(pd.DataFrame([{"similarity": s.similarity, "pattern": s.pattern_id, "prompt": s.text,
-                                        "model": s.model, "open": f"explorer?request_id={s.request_id}"}
-                                       for s in detail.similar]),
-                         hide_index=True, width="stretch",
-                         column_config={"similarity": st.column_config.ProgressColumn("similarity", min_value=0, max_value=1, format="%.2f"),
-                                        "open": st.column_config.LinkColumn("details", display_text="open")})
+            st.dataframe(
+                pd.DataFrame(
+                    [
+                        {
+                            "similarity": s.similarity,
+                            "pattern": s.pattern_id,
+                            "prompt": s.text,
+                            "model": s.model,
+                            "open": f"explorer?request_id={s.request_id}",
+                        }
+                        for s in detail.similar
+                    ]
+                ),
+                hide_index=True,
+                width="stretch",
+                column_config={
+                    "similarity": st.column_config.ProgressColumn("similarity", min_value=0, max_value=1, format="%.2f"),
+                    "open": st.column_config.LinkColumn("details", display_text="open"),
+                },
+            )
     with tabs[5]:
         show_policy(r.flags or {})
     with tabs[6]:
         st.caption("Credentials are never stored; anything else that looks like a key is masked.")
         st.json(safe_headers(r.request_headers) or {})
     with tabs[7]:
-        for title, body in (("Request as sent by the client", r.request_client),
-                            ("Request as forwarded upstream", r.request_forwarded),
-                            ("Response as received from upstream", r.response_upstream),
-                            ("Response as returned to the client", r.response_client)):
-            with st.expander(title + (f" · {body.size:,} bytes" if body else " · none") + (" · truncated" if body and body.truncated else "")):
+        for title, body in (
+            ("Request as sent by the client", r.request_client),
+            ("Request as forwarded upstream", r.request_forwarded),
+            ("Response as received from upstream", r.response_upstream),
+            ("Response as returned to the client", r.response_client),
+        ):
+            with st.expander(
+                title + (f" · {body.size:,} bytes" if body else " · none") + (" · truncated" if body and body.truncated else "")
+            ):
                 st.code(bodies.body_text(body) or "(none)", language="json")
 
 
@@ -154,8 +221,9 @@ def show_policy(flags: dict) -> None:
     if det is not None:
         st.markdown("**Detectors**")
         score = "–" if det.injection_score is None else f"{det.injection_score:.2f}"
-        st.caption(f"injection score {score} ({det.injection_layer or 'no layer'})"
-                   + (" · " + ", ".join(det.flags) if det.flags else ""))
+        st.caption(
+            f"injection score {score} ({det.injection_layer or 'no layer'})" + (" · " + ", ".join(det.flags) if det.flags else "")
+        )
         if len(det.counts):
             st.dataframe(det.counts, hide_index=True, width="stretch")
         else:
@@ -169,8 +237,10 @@ def show_policy(flags: dict) -> None:
     if enh is None:
         st.caption("No enhancement experiment touched this exchange.")
     else:
-        st.markdown(f"experiment **#{enh.experiment}** · enhancement **#{enh.enhancement}** · arm **{enh.arm}** · "
-                    f"pattern {'#' + str(enh.pattern) if enh.pattern is not None else '–'} · [Experiments page](experiments)")
+        st.markdown(
+            f"experiment **#{enh.experiment}** · enhancement **#{enh.enhancement}** · arm **{enh.arm}** · "
+            f"pattern {'#' + str(enh.pattern) if enh.pattern is not None else '–'} · [Experiments page](experiments)"
+        )
         if enh.also_active:
             st.caption("Also active: " + ", ".join(enh.also_active))
         st.code(enh.patch_json, language="json")
@@ -186,28 +256,52 @@ def search_and_pick() -> None:
         status = c[1].selectbox("Status", ["any", *STATUS_CLASSES])
         models = c[2].multiselect("Model", options.get("model", []))
         providers = c[3].multiselect("Provider", options.get("provider", []))
-        pattern = c[4].number_input("Pattern id", min_value=0, value=int(params.get("pattern", 0) or 0), step=1,
-                                    help="0 = any")
+        pattern = c[4].number_input("Pattern id", min_value=0, value=int(params.get("pattern", 0) or 0), step=1, help="0 = any")
         c2 = st.columns([1.2, 1.2, 1.6, 2])
         client = c2[0].selectbox("Client", ["any", *options.get("client", [])])
         session = c2[1].text_input("Session id", value="")
-        actions = c2[2].multiselect("Policy action", list(data.POLICY_ACTIONS),
-                                    help="exchanges with any of these (request or response side)")
+        actions = c2[2].multiselect(
+            "Policy action", list(data.POLICY_ACTIONS), help="exchanges with any of these (request or response side)"
+        )
         text = c2[3].text_input("Free text", placeholder="words in the last user turn, or a request id")
     span = WINDOWS[window]
-    since = (datetime.now(timezone.utc) - span).replace(second=0, microsecond=0) if span else None
+    since = (datetime.now(UTC) - span).replace(second=0, microsecond=0) if span else None
     df = data.search_exchanges(
-        since=since, client=None if client == "any" else client, session_id=session or None,
-        models=tuple(models), providers=tuple(providers), status_class=None if status == "any" else status,
-        pattern_id=int(pattern) or None, text=text or None, policy_actions=tuple(actions), limit=200,
+        since=since,
+        client=None if client == "any" else client,
+        session_id=session or None,
+        models=tuple(models),
+        providers=tuple(providers),
+        status_class=None if status == "any" else status,
+        pattern_id=int(pattern) or None,
+        text=text or None,
+        policy_actions=tuple(actions),
+        limit=200,
     )
     st.caption(f"{len(df)} newest matching exchanges (at most 200). Select a row to open it.")
     st.session_state["_explorer_ids"] = list(df["request_id"])
     st.dataframe(
-        df, hide_index=True, width="stretch", height=360, key="explorer_results", on_select=_open_selected,
+        df,
+        hide_index=True,
+        width="stretch",
+        height=360,
+        key="explorer_results",
+        on_select=_open_selected,
         selection_mode="single-row",
-        column_order=["time", "client", "model", "status", "latency_ms", "tokens_in", "tokens_out", "cost_usd", "flags",
-                      "pattern_id", "prompt", "request_id"],
+        column_order=[
+            "time",
+            "client",
+            "model",
+            "status",
+            "latency_ms",
+            "tokens_in",
+            "tokens_out",
+            "cost_usd",
+            "flags",
+            "pattern_id",
+            "prompt",
+            "request_id",
+        ],
         column_config=fmt.exchange_columns(),
     )
 
@@ -247,13 +341,20 @@ def sessions_view() -> None:
         st.info("No sessions yet. Clients group exchanges with an `x-session-id` header (otherwise the gateway derives one).")
         return
     event = st.dataframe(
-        sessions, hide_index=True, width="stretch", height=260, key="sessions_table", on_select="rerun",
+        sessions,
+        hide_index=True,
+        width="stretch",
+        height=260,
+        key="sessions_table",
+        on_select="rerun",
         selection_mode="single-row",
-        column_config={"first_seen": st.column_config.DatetimeColumn("first seen", format="YYYY-MM-DD HH:mm:ss"),
-                       "last_seen": st.column_config.DatetimeColumn("last seen", format="YYYY-MM-DD HH:mm:ss"),
-                       "requests": st.column_config.NumberColumn(format="%d"),
-                       "errors": st.column_config.NumberColumn(format="%d"),
-                       "tokens": st.column_config.NumberColumn(format="compact")},
+        column_config={
+            "first_seen": st.column_config.DatetimeColumn("first seen", format="YYYY-MM-DD HH:mm:ss"),
+            "last_seen": st.column_config.DatetimeColumn("last seen", format="YYYY-MM-DD HH:mm:ss"),
+            "requests": st.column_config.NumberColumn(format="%d"),
+            "errors": st.column_config.NumberColumn(format="%d"),
+            "tokens": st.column_config.NumberColumn(format="compact"),
+        },
     )
     selected = event.selection.rows if event is not None and hasattr(event, "selection") else []
     if selected:
@@ -266,19 +367,31 @@ def sessions_view() -> None:
         st.warning(f"No exchanges in session `{session_id}`.")
         return
     st.subheader(f"Session `{session_id}` · {len(turns)} exchanges")
-    tl = pd.DataFrame([{
-        "turn": i + 1, "started_at": t.started_at, "finished_at": t.finished_at, "model": t.model, "status": t.status,
-        "latency_ms": t.latency_ms, "request_id": t.request_id,
-        "outcome": "error" if t.error or (t.status or 0) >= 400 else "ok",
-    } for i, t in enumerate(turns)])
+    tl = pd.DataFrame(
+        [
+            {
+                "turn": i + 1,
+                "started_at": t.started_at,
+                "finished_at": t.finished_at,
+                "model": t.model,
+                "status": t.status,
+                "latency_ms": t.latency_ms,
+                "request_id": t.request_id,
+                "outcome": "error" if t.error or (t.status or 0) >= 400 else "ok",
+            }
+            for i, t in enumerate(turns)
+        ]
+    )
     st.altair_chart(charts.session_timeline(tl), width="stretch")
     for i, t in enumerate(turns):
         with st.chat_message("user"):
             st.caption(f"turn {i + 1} · {t.started_at:%H:%M:%S} · [open](explorer?request_id={t.request_id})")
             st.text(t.prompt or "(no user text)")
         with st.chat_message("assistant"):
-            meta = f"{t.model or '?'} · {t.status if t.status is not None else '–'} · {fmt.ms(t.latency_ms)} · " \
-                   f"{fmt.count(t.tokens_in)} → {fmt.count(t.tokens_out)} tokens"
+            meta = (
+                f"{t.model or '?'} · {t.status if t.status is not None else '–'} · {fmt.ms(t.latency_ms)} · "
+                f"{fmt.count(t.tokens_in)} → {fmt.count(t.tokens_out)} tokens"
+            )
             st.caption(meta)
             if t.error:
                 st.error(t.error)
@@ -290,5 +403,5 @@ try:
         sessions_view()
     else:
         exchanges_view()
-except Exception as exc:  # no database configured, or it is restarting
+except Exception as exc:  # noqa: BLE001 - no database configured, or it is restarting
     st.warning(f"Explorer unavailable: {exc}")

@@ -10,15 +10,17 @@ import streamlit as st
 from ui import charts, data, fmt
 
 st.title("Patterns")
-st.caption("Similar prompts grouped by pattern memory (embeddings in pgvector). Failure = the exchange carried a "
-           "failing outcome signal: error status, truncation/refusal, invalid tool arguments, retry or negative feedback.")
+st.caption(
+    "Similar prompts grouped by pattern memory (embeddings in pgvector). Failure = the exchange carried a "
+    "failing outcome signal: error status, truncation/refusal, invalid tool arguments, retry or negative feedback."
+)
 
 c = st.columns([1, 3])
 days = c[0].selectbox("Period", [7, 30, 90], index=0, format_func=lambda d: f"last {d} days")
 
 try:
     top = data.top_patterns(days=days, limit=10)
-except Exception as exc:  # no database, or pattern memory not migrated
+except Exception as exc:  # noqa: BLE001 - no database, or pattern memory not migrated
     st.warning(f"Pattern memory unavailable: {exc}")
     st.stop()
 
@@ -28,21 +30,39 @@ tabs = st.tabs(["By volume", "By failure rate", "By growth (24 h)"])
 with tabs[0]:
     if top.volume.empty:
         st.info("No patterns yet: the pattern-memory worker assigns exchanges as they arrive.")
-    st.dataframe(top.volume, hide_index=True, width="stretch",
-                 column_config={"trend": trend, "label": label, "exchanges": st.column_config.NumberColumn(format="%d")})
+    st.dataframe(
+        top.volume,
+        hide_index=True,
+        width="stretch",
+        column_config={"trend": trend, "label": label, "exchanges": st.column_config.NumberColumn(format="%d")},
+    )
 with tabs[1]:
-    st.dataframe(top.failure, hide_index=True, width="stretch",
-                 column_config={"trend": trend, "label": label,
-                                "failure_rate": st.column_config.ProgressColumn("failure rate", min_value=0, max_value=1, format="percent")})
+    st.dataframe(
+        top.failure,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "trend": trend,
+            "label": label,
+            "failure_rate": st.column_config.ProgressColumn("failure rate", min_value=0, max_value=1, format="percent"),
+        },
+    )
 with tabs[2]:
-    st.dataframe(top.growth, hide_index=True, width="stretch",
-                 column_config={"trend": trend, "label": label,
-                                "growth": st.column_config.NumberColumn("growth ×", format="%.2f",
-                                                                        help="(last 24 h + 1) / (previous 24 h + 1)")})
+    st.dataframe(
+        top.growth,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "trend": trend,
+            "label": label,
+            "growth": st.column_config.NumberColumn("growth ×", format="%.2f", help="(last 24 h + 1) / (previous 24 h + 1)"),
+        },
+    )
 
 st.subheader("One pattern")
-known = pd.concat([top.volume[["pattern_id", "label"]], top.failure[["pattern_id", "label"]],
-                   top.growth[["pattern_id", "label"]]]).drop_duplicates("pattern_id")
+known = pd.concat(
+    [top.volume[["pattern_id", "label"]], top.failure[["pattern_id", "label"]], top.growth[["pattern_id", "label"]]]
+).drop_duplicates("pattern_id")
 choices = {int(r.pattern_id): f"#{int(r.pattern_id)} {r.label}" for r in known.itertuples()}
 wanted = st.query_params.get("pattern")
 if wanted and wanted.isdigit() and int(wanted) not in choices:
@@ -56,20 +76,27 @@ if choices:
         st.warning(f"Pattern #{pid} does not exist.")
     else:
         p = detail.pattern
-        st.markdown(f"**#{p.id} {p.label or '(unlabelled)'}** · label by {p.label_source} · "
-                    f"first seen {p.first_seen:%Y-%m-%d}, last seen {p.last_seen:%Y-%m-%d} · "
-                    f"[its exchanges](explorer?pattern={p.id})")
+        st.markdown(
+            f"**#{p.id} {p.label or '(unlabelled)'}** · label by {p.label_source} · "
+            f"first seen {p.first_seen:%Y-%m-%d}, last seen {p.last_seen:%Y-%m-%d} · "
+            f"[its exchanges](explorer?pattern={p.id})"
+        )
         m = st.columns(4)
         m[0].metric("Exchanges (all time)", fmt.count(p.member_count))
-        m[1].metric(f"Success rate ({days} d)", fmt.percent(detail.success_rate),
-                    help=f"{detail.failed:,} of {detail.total:,} exchanges carried a failing signal")
+        m[1].metric(
+            f"Success rate ({days} d)",
+            fmt.percent(detail.success_rate),
+            help=f"{detail.failed:,} of {detail.total:,} exchanges carried a failing signal",
+        )
         m[2].metric("Spread", f"{p.spread:.3f}", help="mean cosine distance of members to the centroid")
         m[3].metric("Failing signals", ", ".join(f"{k} {v}" for k, v in detail.failed_by_kind.items()) or "none")
         left, right = st.columns([2, 1])
         with left:
             if not detail.daily.empty:
-                st.altair_chart(charts.time_series(detail.daily.rename(columns={"exchanges": "requests"}), "requests",
-                                                   None, "day"), width="stretch")
+                st.altair_chart(
+                    charts.time_series(detail.daily.rename(columns={"exchanges": "requests"}), "requests", None, "day"),
+                    width="stretch",
+                )
         with right:
             st.markdown("**Models**")
             st.dataframe(pd.DataFrame(detail.models, columns=["model", "exchanges"]), hide_index=True, width="stretch")
@@ -100,8 +127,10 @@ def embedding_map() -> None:
     shown = points.assign(pattern=points["pattern"].where(points["pattern"].isin(top_ids), "other"))
     st.altair_chart(charts.scatter_map(shown, color), width="stretch")
     age = time.time() - (job.computed_at or time.time())
-    st.caption(f"PCA of the {len(points):,} newest embedded prompts, computed {age / 60:.0f} min ago in the background "
-               f"(refreshed every {data.MAP_MAX_AGE_S / 60:.0f} min).")
+    st.caption(
+        f"PCA of the {len(points):,} newest embedded prompts, computed {age / 60:.0f} min ago in the background "
+        f"(refreshed every {data.MAP_MAX_AGE_S / 60:.0f} min)."
+    )
 
 
 embedding_map()
@@ -113,10 +142,16 @@ with st.form("similar"):
 if submitted and query.strip():
     try:
         hits = data.similar_prompts(query, k=10)
-    except Exception as exc:  # the embedding model is optional at run time
+    except Exception as exc:  # noqa: BLE001 - the embedding model is optional at run time
         st.warning(f"Similarity search needs the local embedding model: {exc}")
     else:
-        st.dataframe(hits.assign(open="explorer?request_id=" + hits["request_id"]), hide_index=True, width="stretch",
-                     column_config={"similarity": st.column_config.ProgressColumn("similarity", min_value=0, max_value=1, format="%.2f"),
-                                    "time": st.column_config.DatetimeColumn("time", format="YYYY-MM-DD HH:mm"),
-                                    "open": st.column_config.LinkColumn("details", display_text="open")})
+        st.dataframe(
+            hits.assign(open="explorer?request_id=" + hits["request_id"]),
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "similarity": st.column_config.ProgressColumn("similarity", min_value=0, max_value=1, format="%.2f"),
+                "time": st.column_config.DatetimeColumn("time", format="YYYY-MM-DD HH:mm"),
+                "open": st.column_config.LinkColumn("details", display_text="open"),
+            },
+        )

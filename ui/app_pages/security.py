@@ -16,7 +16,7 @@ st.title("Security")
 
 try:
     data.runner()
-except Exception as exc:  # no database configured: say so instead of a traceback
+except Exception as exc:  # noqa: BLE001 - no database configured: say so instead of a traceback
     st.warning(f"Database unavailable: {exc}")
     st.stop()
 
@@ -48,15 +48,28 @@ with tabs[0]:
         st.info("No events yet. Policy alerts, blocks, anomaly verdicts, quarantines and experiment decisions appear here.")
     else:
         shown = ev.assign(state=ev["acknowledged_at"].map(lambda t: "open" if pd.isna(t) else "acknowledged"))
-        st.dataframe(shown, hide_index=True, width="stretch", key="sec_events",
-                     column_order=["at", "severity", "kind", "title", "subject", "state", "acknowledged_by", "source", "id"],
-                     column_config={"at": st.column_config.DatetimeColumn("time", format="YYYY-MM-DD HH:mm:ss"),
-                                    "title": st.column_config.TextColumn(width="large")})
+        st.dataframe(
+            shown,
+            hide_index=True,
+            width="stretch",
+            key="sec_events",
+            column_order=["at", "severity", "kind", "title", "subject", "state", "acknowledged_by", "source", "id"],
+            column_config={
+                "at": st.column_config.DatetimeColumn("time", format="YYYY-MM-DD HH:mm:ss"),
+                "title": st.column_config.TextColumn(width="large"),
+            },
+        )
         open_ids = [int(i) for i in ev.loc[ev["acknowledged_at"].isna(), "id"]]
         titles = dict(zip(ev["id"].astype(int), ev["title"]))
         cols = st.columns([3, 1])
-        chosen = cols[0].multiselect("Acknowledge", open_ids, format_func=lambda i: f"#{i} {titles.get(i, '')}",
-                                     key="sec_ack_ids", disabled=not is_admin, help=None if is_admin else ADMIN_ONLY)
+        chosen = cols[0].multiselect(
+            "Acknowledge",
+            open_ids,
+            format_func=lambda i: f"#{i} {titles.get(i, '')}",
+            key="sec_ack_ids",
+            disabled=not is_admin,
+            help=None if is_admin else ADMIN_ONLY,
+        )
         if cols[1].button("Acknowledge", key="sec_ack", disabled=not is_admin or not chosen):
             try:
                 n = sum(actions.acknowledge_event(who, i) for i in chosen)
@@ -66,8 +79,16 @@ with tabs[0]:
 
 # ---------------------------------------------------------------------------- blocked & redacted
 with tabs[1]:
-    hours = st.segmented_control("Window", [1, 24, 24 * 7], default=24, format_func=lambda h: f"{h} h" if h < 48 else f"{h // 24} d",
-                                 key="sec_enf_hours") or 24
+    hours = (
+        st.segmented_control(
+            "Window",
+            [1, 24, 24 * 7],
+            default=24,
+            format_func=lambda h: f"{h} h" if h < 48 else f"{h // 24} d",
+            key="sec_enf_hours",
+        )
+        or 24
+    )
     enf = intel.enforced_requests(hours)
     c = st.columns(3)
     c[0].metric("Blocked", fmt.count(int((enf["action"] == "blocked").sum())))
@@ -76,12 +97,18 @@ with tabs[1]:
     if enf.empty:
         st.info("Nothing blocked or redacted in this window.")
     else:
-        st.dataframe(enf.assign(open="explorer?request_id=" + enf["request_id"]), hide_index=True, width="stretch",
-                     key="sec_enforced", column_config={
-                         "time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
-                         "status": st.column_config.NumberColumn(format="%d"),
-                         "open": st.column_config.LinkColumn("open", display_text="open"),
-                         "detail": st.column_config.TextColumn(width="large")})
+        st.dataframe(
+            enf.assign(open="explorer?request_id=" + enf["request_id"]),
+            hide_index=True,
+            width="stretch",
+            key="sec_enforced",
+            column_config={
+                "time": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss"),
+                "status": st.column_config.NumberColumn(format="%d"),
+                "open": st.column_config.LinkColumn("open", display_text="open"),
+                "detail": st.column_config.TextColumn(width="large"),
+            },
+        )
 
 # ------------------------------------------------------------------------------------- detectors
 with tabs[2]:
@@ -91,16 +118,26 @@ with tabs[2]:
     else:
         total = rates["requests"].sum()
         c = st.columns(4)
-        for col, (name, label) in zip(c, [("pii", "PII"), ("secrets", "Secrets"), ("injection", "Injection"),
-                                          ("blocked", "Blocked")]):
-            col.metric(f"{label} (24 h)", fmt.percent(rates[name].sum() / total if total else None),
-                       help=f"{int(rates[name].sum())} of {int(total)} requests")
-        long = rates.melt(id_vars=["bucket"], value_vars=["pii_rate", "secrets_rate", "injection_rate", "blocked_rate"],
-                          var_name="detector", value_name="share of requests")
+        for col, (name, label) in zip(
+            c, [("pii", "PII"), ("secrets", "Secrets"), ("injection", "Injection"), ("blocked", "Blocked")]
+        ):
+            col.metric(
+                f"{label} (24 h)",
+                fmt.percent(rates[name].sum() / total if total else None),
+                help=f"{int(rates[name].sum())} of {int(total)} requests",
+            )
+        long = rates.melt(
+            id_vars=["bucket"],
+            value_vars=["pii_rate", "secrets_rate", "injection_rate", "blocked_rate"],
+            var_name="detector",
+            value_name="share of requests",
+        )
         long["detector"] = long["detector"].str.removesuffix("_rate")
         st.line_chart(long, x="bucket", y="share of requests", color="detector", height=280)
-        st.caption("Share of each hour's requests in which the detector found something (injection: score at or "
-                   "above the detectors' calibrated threshold).")
+        st.caption(
+            "Share of each hour's requests in which the detector found something (injection: score at or "
+            "above the detectors' calibrated threshold)."
+        )
 
 # -------------------------------------------------------------------------------------- verdicts
 with tabs[3]:
@@ -108,17 +145,31 @@ with tabs[3]:
     if vd.empty:
         st.info("No anomaly verdicts yet (the anomaly job judges suspicious traffic when anomaly detection is on).")
     else:
-        st.dataframe(vd, hide_index=True, width="stretch", key="sec_verdicts", column_config={
-            "at": st.column_config.DatetimeColumn("time", format="YYYY-MM-DD HH:mm:ss"),
-            "confidence": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f"),
-            "reasoning": st.column_config.TextColumn(width="large")})
+        st.dataframe(
+            vd,
+            hide_index=True,
+            width="stretch",
+            key="sec_verdicts",
+            column_config={
+                "at": st.column_config.DatetimeColumn("time", format="YYYY-MM-DD HH:mm:ss"),
+                "confidence": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f"),
+                "reasoning": st.column_config.TextColumn(width="large"),
+            },
+        )
         ids = [int(i) for i in vd["id"]]
         reasons = dict(zip(ids, vd["reasoning"]))
         cols = st.columns([3, 2, 1])
-        vid = cols[0].selectbox("Verdict", ids, format_func=lambda i: f"#{i} {str(reasons.get(i, ''))[:60]}",
-                                key="sec_verdict_id", disabled=not is_admin, help=None if is_admin else ADMIN_ONLY)
-        label = cols[1].radio("Confirm as", ["attack", "false_positive"], horizontal=True, key="sec_verdict_label",
-                              disabled=not is_admin)
+        vid = cols[0].selectbox(
+            "Verdict",
+            ids,
+            format_func=lambda i: f"#{i} {str(reasons.get(i, ''))[:60]}",
+            key="sec_verdict_id",
+            disabled=not is_admin,
+            help=None if is_admin else ADMIN_ONLY,
+        )
+        label = cols[1].radio(
+            "Confirm as", ["attack", "false_positive"], horizontal=True, key="sec_verdict_label", disabled=not is_admin
+        )
         if cols[2].button("Confirm", key="sec_verdict_confirm", disabled=not is_admin):
             try:
                 actions.confirm_verdict(who, vid, label)
@@ -129,17 +180,27 @@ with tabs[3]:
     st.subheader("Learned attack memory")
     learned = intel.learned_attacks()
     if learned.empty:
-        st.caption("Nothing learned yet: prompts of verdicts confirmed as attacks (by an operator, or by a confident "
-                   "Claude verdict) join the injection detector's memory here.")
+        st.caption(
+            "Nothing learned yet: prompts of verdicts confirmed as attacks (by an operator, or by a confident "
+            "Claude verdict) join the injection detector's memory here."
+        )
     else:
-        st.dataframe(learned, hide_index=True, width="stretch", key="sec_attacks", column_config={
-            "created_at": st.column_config.DatetimeColumn("added", format="YYYY-MM-DD HH:mm:ss"),
-            "text": st.column_config.TextColumn(width="large")})
+        st.dataframe(
+            learned,
+            hide_index=True,
+            width="stretch",
+            key="sec_attacks",
+            column_config={
+                "created_at": st.column_config.DatetimeColumn("added", format="YYYY-MM-DD HH:mm:ss"),
+                "text": st.column_config.TextColumn(width="large"),
+            },
+        )
         active = [int(i) for i in learned.loc[learned["status"] == "active", "id"]]
         if active:
             cols = st.columns([3, 2, 1])
-            aid = cols[0].selectbox("Learned attack", active, key="sec_attack_id", disabled=not is_admin,
-                                    help=None if is_admin else ADMIN_ONLY)
+            aid = cols[0].selectbox(
+                "Learned attack", active, key="sec_attack_id", disabled=not is_admin, help=None if is_admin else ADMIN_ONLY
+            )
             why = cols[1].text_input("Reason", key="sec_attack_reason", disabled=not is_admin)
             if cols[2].button("Disable", key="sec_attack_disable", disabled=not is_admin):
                 try:
@@ -156,11 +217,20 @@ with tabs[4]:
     if quarantined.empty:
         st.caption("No key is quarantined.")
     else:
-        st.dataframe(quarantined[["id", "name", "prefix", "quarantined_at", "quarantine_reason"]], hide_index=True,
-                     width="stretch", key="sec_quarantined")
+        st.dataframe(
+            quarantined[["id", "name", "prefix", "quarantined_at", "quarantine_reason"]],
+            hide_index=True,
+            width="stretch",
+            key="sec_quarantined",
+        )
         cols = st.columns([3, 1])
-        kid = cols[0].selectbox("Key to release", list(quarantined["id"]), key="sec_release_id", disabled=not is_admin,
-                                help=None if is_admin else ADMIN_ONLY)
+        kid = cols[0].selectbox(
+            "Key to release",
+            list(quarantined["id"]),
+            key="sec_release_id",
+            disabled=not is_admin,
+            help=None if is_admin else ADMIN_ONLY,
+        )
         if cols[1].button("Release", key="sec_release", disabled=not is_admin):
             try:
                 changed = actions.release_key(who, kid)
@@ -186,8 +256,15 @@ with tabs[4]:
                 tpd = limits[1].number_input("Tokens / day (0 = unlimited)", min_value=0, step=1000, key="sec_new_tpd")
                 if st.form_submit_button("Create key"):
                     try:
-                        made = actions.create_key(who, name, models=models, providers=providers, expires=expires,
-                                                  rpm=int(rpm) or None, tpd=int(tpd) or None)
+                        made = actions.create_key(
+                            who,
+                            name,
+                            models=models,
+                            providers=providers,
+                            expires=expires,
+                            rpm=int(rpm) or None,
+                            tpd=int(tpd) or None,
+                        )
                         st.session_state["security_created_key"] = {"id": made.id, "name": made.name, "key": made.key}
                         st.rerun()
                     except Exception as exc:  # noqa: BLE001
@@ -196,11 +273,14 @@ with tabs[4]:
         if not live.empty:
             with st.expander("Revoke a key"):
                 cols = st.columns([2, 2, 1])
-                rid = cols[0].selectbox("Key", list(live["id"]), key="sec_revoke_id",
-                                        format_func=lambda i: f"{i} ({dict(zip(live['id'], live['name'])).get(i, '')})")
+                rid = cols[0].selectbox(
+                    "Key",
+                    list(live["id"]),
+                    key="sec_revoke_id",
+                    format_func=lambda i: f"{i} ({dict(zip(live['id'], live['name'])).get(i, '')})",
+                )
                 reason = cols[1].text_input("Reason", key="sec_revoke_reason")
-                sure = st.checkbox("Revoking is permanent: requests with this key are refused from now on",
-                                   key="sec_revoke_sure")
+                sure = st.checkbox("Revoking is permanent: requests with this key are refused from now on", key="sec_revoke_sure")
                 if cols[2].button("Revoke", key="sec_revoke", disabled=not sure):
                     try:
                         actions.revoke_key(who, rid, reason)
@@ -214,8 +294,12 @@ with tabs[4]:
 with tabs[5]:
     stored = intel.policies()
     if stored:
-        st.dataframe(pd.DataFrame([{k: v for k, v in p.items() if k != "source"} for p in stored]), hide_index=True,
-                     width="stretch", key="sec_policies")
+        st.dataframe(
+            pd.DataFrame([{k: v for k, v in p.items() if k != "source"} for p in stored]),
+            hide_index=True,
+            width="stretch",
+            key="sec_policies",
+        )
     else:
         st.caption("No database policies: the gateway runs the policy file only.")
     if not is_admin:
@@ -241,11 +325,18 @@ with tabs[5]:
             message = st.text_input("Message (block/alert)", key="sec_rule_message")
             if st.button("Append rule to the editor", key="sec_rule_add"):
                 try:
-                    snippet = actions.simple_rule_yaml(rule_id.strip(), action=action, models=r_models, keys=r_keys,
-                                                       pii=r_pii, secrets=r_secrets, injection_score=inj or None,
-                                                       message=message, mode=mode)
-                    st.session_state["sec_pol_text"] = actions.append_rule(st.session_state.get("sec_pol_text", ""),
-                                                                           snippet)
+                    snippet = actions.simple_rule_yaml(
+                        rule_id.strip(),
+                        action=action,
+                        models=r_models,
+                        keys=r_keys,
+                        pii=r_pii,
+                        secrets=r_secrets,
+                        injection_score=inj or None,
+                        message=message,
+                        mode=mode,
+                    )
+                    st.session_state["sec_pol_text"] = actions.append_rule(st.session_state.get("sec_pol_text", ""), snippet)
                     st.rerun()
                 except Exception as exc:  # noqa: BLE001
                     _fail(exc)
@@ -277,11 +368,21 @@ with tabs[5]:
 with tabs[6]:
     audit = intel.audit_status()
     if audit.ok:
-        st.success(f"Audit chain intact: {fmt.count(audit.checked)} entries verified from genesis to the head "
-                   f"(#{audit.head_id}).", icon=":material/verified:")
+        st.success(
+            f"Audit chain intact: {fmt.count(audit.checked)} entries verified from genesis to the head (#{audit.head_id}).",
+            icon=":material/verified:",
+        )
     else:
-        st.error(f"Audit chain BROKEN at entry #{audit.first_broken_id}: {audit.reason}"
-                 + (f" ({audit.detail})" if audit.detail else ""), icon=":material/gpp_bad:")
+        st.error(
+            f"Audit chain BROKEN at entry #{audit.first_broken_id}: {audit.reason}"
+            + (f" ({audit.detail})" if audit.detail else ""),
+            icon=":material/gpp_bad:",
+        )
     st.caption("Re-verified at most once a minute. `llmproxy audit verify` checks the same chain from the command line.")
-    st.dataframe(audit.recent, hide_index=True, width="stretch", key="sec_audit_recent",
-                 column_config={"ts": st.column_config.DatetimeColumn("time", format="YYYY-MM-DD HH:mm:ss")})
+    st.dataframe(
+        audit.recent,
+        hide_index=True,
+        width="stretch",
+        key="sec_audit_recent",
+        column_config={"ts": st.column_config.DatetimeColumn("time", format="YYYY-MM-DD HH:mm:ss")},
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 import streamlit as st
@@ -20,25 +20,35 @@ def system() -> None:
     status = data.system_status()
     st.subheader("Components")
     st.dataframe(
-        pd.DataFrame([{"component": c.name, "state": ICONS.get(c.state, c.state), "detail": c.detail}
-                      for c in status.components]),
-        hide_index=True, width="stretch",
+        pd.DataFrame(
+            [{"component": c.name, "state": ICONS.get(c.state, c.state), "detail": c.detail} for c in status.components]
+        ),
+        hide_index=True,
+        width="stretch",
         column_config={"detail": st.column_config.TextColumn(width="large")},
     )
     st.caption(f"Data dir {status.data_dir}" + (f" · stack started {status.stack_started}" if status.stack_started else ""))
 
     st.subheader("Queues")
     q = st.columns(4)
-    q[0].metric("Spool (records waiting)", fmt.count(status.spool.records),
-                help=f"{status.spool.segments} segment file(s) in the data dir's spool/: records written while the "
-                     "database was unreachable, replayed in order when it is back")
-    q[1].metric("Rejected records", fmt.count(status.spool.rejected), help="refused by the database; kept in spool/rejected.jsonl")
-    q[2].metric("Pattern-memory backlog (24 h)", fmt.count(status.worker_backlog),
-                help="exchanges of the last 24 hours not yet embedded and assigned by the worker")
+    q[0].metric(
+        "Spool (records waiting)",
+        fmt.count(status.spool.records),
+        help=f"{status.spool.segments} segment file(s) in the data dir's spool/: records written while the "
+        "database was unreachable, replayed in order when it is back",
+    )
+    q[1].metric(
+        "Rejected records", fmt.count(status.spool.rejected), help="refused by the database; kept in spool/rejected.jsonl"
+    )
+    q[2].metric(
+        "Pattern-memory backlog (24 h)",
+        fmt.count(status.worker_backlog),
+        help="exchanges of the last 24 hours not yet embedded and assigned by the worker",
+    )
     feed = status.feed
     if feed.get("connected"):
         last = feed.get("last_event")
-        ago = f"last event {datetime.now(timezone.utc).timestamp() - last:.0f} s ago" if last else "no event yet"
+        ago = f"last event {datetime.now(UTC).timestamp() - last:.0f} s ago" if last else "no event yet"
         q[3].metric("Live feed", "LISTEN", help=f"llmproxy_exchanges NOTIFY channel · {ago}")
     else:
         q[3].metric("Live feed", "polling", help=feed.get("error") or "LISTEN connection not established")
@@ -51,8 +61,9 @@ def system() -> None:
     left, right = st.columns(2)
     with left:
         st.subheader("Versions")
-        st.dataframe(pd.DataFrame(sorted(status.versions.items()), columns=["component", "version"]),
-                     hide_index=True, width="stretch")
+        st.dataframe(
+            pd.DataFrame(sorted(status.versions.items()), columns=["component", "version"]), hide_index=True, width="stretch"
+        )
     with right:
         st.subheader("Database")
         db = status.database
@@ -70,8 +81,11 @@ def system() -> None:
             st.dataframe(sizes[["table", "size"]], hide_index=True, width="stretch")
 
 
-MODES = {"local-only": "local only (no Claude calls: no API key configured)", "anthropic": "Anthropic API",
-         "openrouter": "OpenRouter"}
+MODES = {
+    "local-only": "local only (no Claude calls: no API key configured)",
+    "anthropic": "Anthropic API",
+    "openrouter": "OpenRouter",
+}
 
 
 def claude_section() -> None:
@@ -86,19 +100,38 @@ def claude_section() -> None:
     if claude.summary:
         st.caption(claude.summary)
     if claude.flags:
-        st.dataframe(pd.DataFrame([{"flag": k, "state": "on" if v else "off"} for k, v in claude.flags.items()]),
-                     hide_index=True, width="stretch", key="sys_claude_flags")
+        st.dataframe(
+            pd.DataFrame([{"flag": k, "state": "on" if v else "off"} for k, v in claude.flags.items()]),
+            hide_index=True,
+            width="stretch",
+            key="sys_claude_flags",
+        )
     spend = intel.claude_spend()
     m = st.columns(2)
-    m[0].metric("Claude spend today", fmt.usd(spend.today_usd), help=f"{spend.today_calls} calls since 00:00 UTC",
-                chart_data=list(spend.daily["cost_usd"]), chart_type="bar", border=True)
-    m[1].metric("Claude spend, 7 days", fmt.usd(spend.week_usd), border=True,
-                help=f"{spend.week_calls} calls" + (f"; daily budget {fmt.usd(claude.budget_usd)}" if claude.budget_usd else ""))
+    m[0].metric(
+        "Claude spend today",
+        fmt.usd(spend.today_usd),
+        help=f"{spend.today_calls} calls since 00:00 UTC",
+        chart_data=list(spend.daily["cost_usd"]),
+        chart_type="bar",
+        border=True,
+    )
+    m[1].metric(
+        "Claude spend, 7 days",
+        fmt.usd(spend.week_usd),
+        border=True,
+        help=f"{spend.week_calls} calls" + (f"; daily budget {fmt.usd(claude.budget_usd)}" if claude.budget_usd else ""),
+    )
     if spend.by_purpose.empty:
         st.caption("The intelligence has made no Claude calls in the last 7 days.")
     else:
-        st.dataframe(spend.by_purpose, hide_index=True, width="stretch", key="sys_claude_purposes",
-                     column_config={"cost_usd": st.column_config.NumberColumn("cost (USD)", format="$%.4f")})
+        st.dataframe(
+            spend.by_purpose,
+            hide_index=True,
+            width="stretch",
+            key="sys_claude_purposes",
+            column_config={"cost_usd": st.column_config.NumberColumn("cost (USD)", format="$%.4f")},
+        )
         failed = {k: v for k, v in spend.by_outcome.items() if k != "ok"}
         if failed:
             st.caption("Calls that did not succeed (7 days): " + ", ".join(f"{k} {v}" for k, v in sorted(failed.items())))
@@ -106,5 +139,5 @@ def claude_section() -> None:
 
 try:
     system()
-except Exception as exc:
+except Exception as exc:  # noqa: BLE001 - shown on the page instead of a traceback
     st.warning(f"System status unavailable: {exc}")

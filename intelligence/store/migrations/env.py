@@ -50,8 +50,9 @@ async def _run_async() -> None:
 
 
 def _run_offline() -> None:
-    context.configure(url="postgresql://", target_metadata=target_metadata, literal_binds=True,
-                      dialect_opts={"paramstyle": "named"})
+    context.configure(
+        url="postgresql://", target_metadata=target_metadata, literal_binds=True, dialect_opts={"paramstyle": "named"}
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -50,8 +50,11 @@ def upgrade() -> None:
         sa.CheckConstraint("label_source IN ('heuristic', 'claude')", name="ck_patterns_label_source"),
     )
     op.create_index(
-        "ix_patterns_centroid_hnsw", "patterns", ["centroid"],
-        postgresql_using="hnsw", postgresql_ops={"centroid": "vector_cosine_ops"},
+        "ix_patterns_centroid_hnsw",
+        "patterns",
+        ["centroid"],
+        postgresql_using="hnsw",
+        postgresql_ops={"centroid": "vector_cosine_ops"},
     )
     op.create_index("ix_patterns_last_seen", "patterns", ["last_seen"])
 
@@ -68,8 +71,11 @@ def upgrade() -> None:
         _ts("embedded_at", nullable=False, server_default=sa.func.now()),
     )
     op.create_index(
-        "ix_exchange_embeddings_hnsw", "exchange_embeddings", ["embedding"],
-        postgresql_using="hnsw", postgresql_ops={"embedding": "vector_cosine_ops"},
+        "ix_exchange_embeddings_hnsw",
+        "exchange_embeddings",
+        ["embedding"],
+        postgresql_using="hnsw",
+        postgresql_ops={"embedding": "vector_cosine_ops"},
     )
     op.create_index("ix_exchange_embeddings_hash", "exchange_embeddings", ["canonical_hash"])
     op.create_index("ix_exchange_embeddings_pattern_created", "exchange_embeddings", ["pattern_id", "created_at"])
@@ -105,15 +111,16 @@ def upgrade() -> None:
         sa.Column("value", sa.Text()),
         sa.Column("detail", sa.Text()),
         _ts("created_at", nullable=False, server_default=sa.func.now()),
-        sa.CheckConstraint(
-            "kind IN ('status', 'finish', 'tool_args', 'retry', 'feedback')", name="ck_outcome_signals_kind"
-        ),
+        sa.CheckConstraint("kind IN ('status', 'finish', 'tool_args', 'retry', 'feedback')", name="ck_outcome_signals_kind"),
     )
     op.create_index("ix_outcome_signals_request", "outcome_signals", ["request_id"])
     op.create_index("ix_outcome_signals_kind_created", "outcome_signals", ["kind", "created_at"])
     op.create_index(
-        "uq_outcome_signals_request_kind", "outcome_signals", ["request_id", "kind"],
-        unique=True, postgresql_where=sa.text("kind <> 'feedback'"),
+        "uq_outcome_signals_request_kind",
+        "outcome_signals",
+        ["request_id", "kind"],
+        unique=True,
+        postgresql_where=sa.text("kind <> 'feedback'"),
     )
 
     op.create_table(

@@ -36,13 +36,16 @@ HIST_FACTOR = 1.25
 MAX_TOKENS = 1_000_000_000  # per exchange; anything larger is garbage from upstream
 MAX_MS = 1e9
 
-_FUNCTIONS = [f"""
+_FUNCTIONS = [
+    f"""
 CREATE FUNCTION llmproxy_ms(v double precision) RETURNS double precision
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
-$$ SELECT CASE WHEN v >= 0 AND v < {MAX_MS} THEN v END $$""", f"""
+$$ SELECT CASE WHEN v >= 0 AND v < {MAX_MS} THEN v END $$""",
+    f"""
 CREATE FUNCTION llmproxy_tokens(v bigint) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
-$$ SELECT CASE WHEN v >= 0 AND v <= {MAX_TOKENS} THEN v END $$""", f"""
+$$ SELECT CASE WHEN v >= 0 AND v <= {MAX_TOKENS} THEN v END $$""",
+    f"""
 CREATE FUNCTION llmproxy_hist_bin(v double precision) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
 $$ SELECT CASE WHEN v >= 0 AND v < {MAX_MS}
@@ -76,38 +79,54 @@ END $fn$""",
 ]
 
 _MEASURES = (
-    "n", "errors", "client_errors", "server_errors", "rate_limited", "streamed",
-    "latency_n", "latency_sum", "ttft_n", "ttft_sum", "upstream_n", "upstream_sum",
-    "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
+    "n",
+    "errors",
+    "client_errors",
+    "server_errors",
+    "rate_limited",
+    "streamed",
+    "latency_n",
+    "latency_sum",
+    "ttft_n",
+    "ttft_sum",
+    "upstream_n",
+    "upstream_sum",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
 )
 _HISTS = ("latency_hist", "ttft_hist")
 
 
 def _measure_exprs(sign: str) -> str:
     """The SELECT list of every measure over exchanges ``x``, each multiplied by ``sign``."""
+
     def s(expr: str) -> str:
         return f"{sign} * {expr}"
 
-    return ",\n       ".join([
-        s("count(*)"),
-        s("count(*) FILTER (WHERE x.error IS NOT NULL OR x.status >= 400)"),
-        s("count(*) FILTER (WHERE x.status BETWEEN 400 AND 499)"),
-        s("count(*) FILTER (WHERE x.status >= 500 OR (x.status IS NULL AND x.error IS NOT NULL))"),
-        s("count(*) FILTER (WHERE x.status = 429)"),
-        s("count(*) FILTER (WHERE x.streamed)"),
-        s("count(llmproxy_ms(x.latency_ms))"),
-        s("coalesce(sum(llmproxy_ms(x.latency_ms)), 0)"),
-        s("count(llmproxy_ms(x.ttft_ms))"),
-        s("coalesce(sum(llmproxy_ms(x.ttft_ms)), 0)"),
-        s("count(llmproxy_ms(x.upstream_ms))"),
-        s("coalesce(sum(llmproxy_ms(x.upstream_ms)), 0)"),
-        s("coalesce(sum(llmproxy_tokens(x.input_tokens)), 0)"),
-        s("coalesce(sum(llmproxy_tokens(x.output_tokens)), 0)"),
-        s("coalesce(sum(llmproxy_tokens(x.cached_tokens)), 0)"),
-        s("coalesce(sum(llmproxy_tokens(x.reasoning_tokens)), 0)"),
-        f"llmproxy_hist(array_agg(llmproxy_hist_bin(x.latency_ms)), {sign})",
-        f"llmproxy_hist(array_agg(llmproxy_hist_bin(x.ttft_ms)), {sign})",
-    ])
+    return ",\n       ".join(
+        [
+            s("count(*)"),
+            s("count(*) FILTER (WHERE x.error IS NOT NULL OR x.status >= 400)"),
+            s("count(*) FILTER (WHERE x.status BETWEEN 400 AND 499)"),
+            s("count(*) FILTER (WHERE x.status >= 500 OR (x.status IS NULL AND x.error IS NOT NULL))"),
+            s("count(*) FILTER (WHERE x.status = 429)"),
+            s("count(*) FILTER (WHERE x.streamed)"),
+            s("count(llmproxy_ms(x.latency_ms))"),
+            s("coalesce(sum(llmproxy_ms(x.latency_ms)), 0)"),
+            s("count(llmproxy_ms(x.ttft_ms))"),
+            s("coalesce(sum(llmproxy_ms(x.ttft_ms)), 0)"),
+            s("count(llmproxy_ms(x.upstream_ms))"),
+            s("coalesce(sum(llmproxy_ms(x.upstream_ms)), 0)"),
+            s("coalesce(sum(llmproxy_tokens(x.input_tokens)), 0)"),
+            s("coalesce(sum(llmproxy_tokens(x.output_tokens)), 0)"),
+            s("coalesce(sum(llmproxy_tokens(x.cached_tokens)), 0)"),
+            s("coalesce(sum(llmproxy_tokens(x.reasoning_tokens)), 0)"),
+            f"llmproxy_hist(array_agg(llmproxy_hist_bin(x.latency_ms)), {sign})",
+            f"llmproxy_hist(array_agg(llmproxy_hist_bin(x.ttft_ms)), {sign})",
+        ]
+    )
 
 
 def _on_conflict(keys: Sequence[str]) -> str:
@@ -191,8 +210,10 @@ END $fn$""",
 
 def _measure_columns() -> list[sa.Column]:
     zero = sa.text("0")
-    cols = [sa.Column(m, sa.Double() if m.endswith("_sum") else sa.BigInteger(), nullable=False, server_default=zero)
-            for m in _MEASURES]
+    cols = [
+        sa.Column(m, sa.Double() if m.endswith("_sum") else sa.BigInteger(), nullable=False, server_default=zero)
+        for m in _MEASURES
+    ]
     empty = sa.text(f"array_fill(0::bigint, ARRAY[{HIST_BINS}])")
     cols += [sa.Column(h, pg.ARRAY(sa.BigInteger()), nullable=False, server_default=empty) for h in _HISTS]
     return cols
@@ -232,8 +253,11 @@ def upgrade() -> None:
     # Explorer filters: a client's exchanges newest first, and free text over the last user turn.
     op.create_index("ix_exchanges_client_started", "exchanges", ["client_key_fp", "started_at"])
     op.create_index(
-        "ix_exchanges_prompt_user_trgm", "exchanges", ["prompt_user"],
-        postgresql_using="gin", postgresql_ops={"prompt_user": "gin_trgm_ops"},
+        "ix_exchanges_prompt_user_trgm",
+        "exchanges",
+        ["prompt_user"],
+        postgresql_using="gin",
+        postgresql_ops={"prompt_user": "gin_trgm_ops"},
     )
 
     for statement in _FUNCTIONS:
@@ -249,9 +273,16 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER IF EXISTS trg_exchange_embeddings_rollup_move ON exchange_embeddings")
     op.execute("DROP TRIGGER IF EXISTS trg_exchange_embeddings_rollup_insert ON exchange_embeddings")
     op.execute("DROP TRIGGER IF EXISTS trg_exchanges_rollup ON exchanges")
-    for fn in ("llmproxy_rollup_members_move()", "llmproxy_rollup_members_insert()", "llmproxy_rollup_exchanges()",
-               "llmproxy_hist_add(bigint[], bigint[])", "llmproxy_hist(integer[], bigint)",
-               "llmproxy_hist_bin(double precision)", "llmproxy_tokens(bigint)", "llmproxy_ms(double precision)"):
+    for fn in (
+        "llmproxy_rollup_members_move()",
+        "llmproxy_rollup_members_insert()",
+        "llmproxy_rollup_exchanges()",
+        "llmproxy_hist_add(bigint[], bigint[])",
+        "llmproxy_hist(integer[], bigint)",
+        "llmproxy_hist_bin(double precision)",
+        "llmproxy_tokens(bigint)",
+        "llmproxy_ms(double precision)",
+    ):
         op.execute(f"DROP FUNCTION IF EXISTS {fn}")
     op.drop_index("ix_exchanges_prompt_user_trgm", table_name="exchanges")
     op.drop_index("ix_exchanges_client_started", table_name="exchanges")

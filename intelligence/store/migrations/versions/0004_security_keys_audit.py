@@ -187,6 +187,11 @@ def downgrade() -> None:
     op.drop_table("gateway_keys")
     op.drop_table("audit_head")
     op.drop_table("audit_log")
-    for fn in ("llmproxy_keys_notify", "llmproxy_keys_guard", "llmproxy_audit_head_guard",
-               "llmproxy_audit_append_only", "llmproxy_audit_chain"):
+    for fn in (
+        "llmproxy_keys_notify",
+        "llmproxy_keys_guard",
+        "llmproxy_audit_head_guard",
+        "llmproxy_audit_append_only",
+        "llmproxy_audit_chain",
+    ):
         op.execute(f"DROP FUNCTION IF EXISTS {fn}()")

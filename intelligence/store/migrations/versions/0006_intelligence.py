@@ -76,7 +76,8 @@ def upgrade() -> None:
         sa.Column("error", sa.Text()),
         sa.CheckConstraint(
             "outcome IN ('ok', 'error', 'parse_error', 'timeout', 'overloaded', 'rate_limited', 'budget_exhausted')",
-            name="ck_claude_calls_outcome"),
+            name="ck_claude_calls_outcome",
+        ),
     )
     op.create_index("ix_claude_calls_at", "claude_calls", ["at"])
     op.create_index("ix_claude_calls_purpose_at", "claude_calls", ["purpose", "at"])
@@ -94,10 +95,12 @@ def upgrade() -> None:
         sa.Column("claude_call_id", sa.BigInteger(), sa.ForeignKey("claude_calls.id", ondelete="SET NULL")),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
-        sa.CheckConstraint("kind IN ('system_prompt', 'instruction_rewrite', 'parameters', 'tool_description')",
-                           name="ck_enhancements_kind"),
-        sa.CheckConstraint("status IN ('candidate', 'testing', 'active', 'rolled_back', 'rejected', 'retired')",
-                           name="ck_enhancements_status"),
+        sa.CheckConstraint(
+            "kind IN ('system_prompt', 'instruction_rewrite', 'parameters', 'tool_description')", name="ck_enhancements_kind"
+        ),
+        sa.CheckConstraint(
+            "status IN ('candidate', 'testing', 'active', 'rolled_back', 'rejected', 'retired')", name="ck_enhancements_status"
+        ),
         sa.UniqueConstraint("pattern_id", "version", name="uq_enhancements_pattern_version"),
     )
     op.create_index("ix_enhancements_status", "enhancements", ["status"])
@@ -136,8 +139,10 @@ def upgrade() -> None:
     )
     op.create_index("ix_experiment_events_experiment_at", "experiment_events", ["experiment_id", "at"])
     # outcomes by arm: the sidecar records {"experiment": id, "enhancement": id, "arm": ...} in exchanges.flags
-    op.execute("CREATE INDEX ix_exchanges_experiment ON exchanges (((flags -> 'enhancement' ->> 'experiment')::bigint)) "
-               "WHERE flags ? 'enhancement'")
+    op.execute(
+        "CREATE INDEX ix_exchanges_experiment ON exchanges (((flags -> 'enhancement' ->> 'experiment')::bigint)) "
+        "WHERE flags ? 'enhancement'"
+    )
 
     op.create_table(
         "anomaly_verdicts",
@@ -159,9 +164,13 @@ def upgrade() -> None:
         sa.Column("confirmed_by", sa.Text()),
         sa.Column("judged_at", sa.DateTime(timezone=True)),
         sa.CheckConstraint("status IN ('pending', 'judged', 'error', 'skipped')", name="ck_anomaly_verdicts_status"),
-        sa.CheckConstraint("verdict IS NULL OR verdict IN ('benign', 'suspicious', 'malicious')", name="ck_anomaly_verdicts_verdict"),
+        sa.CheckConstraint(
+            "verdict IS NULL OR verdict IN ('benign', 'suspicious', 'malicious')", name="ck_anomaly_verdicts_verdict"
+        ),
         sa.CheckConstraint("source IS NULL OR source IN ('claude', 'memory', 'local')", name="ck_anomaly_verdicts_source"),
-        sa.CheckConstraint("confirmed IS NULL OR confirmed IN ('attack', 'false_positive')", name="ck_anomaly_verdicts_confirmed"),
+        sa.CheckConstraint(
+            "confirmed IS NULL OR confirmed IN ('attack', 'false_positive')", name="ck_anomaly_verdicts_confirmed"
+        ),
     )
     op.create_index("ix_anomaly_verdicts_at", "anomaly_verdicts", ["at"])
     op.create_index("ix_anomaly_verdicts_status", "anomaly_verdicts", ["status"])
@@ -180,8 +189,13 @@ def upgrade() -> None:
         sa.CheckConstraint("label IN ('attack', 'false_positive')", name="ck_verdict_memory_label"),
         sa.UniqueConstraint("text_hash", name="uq_verdict_memory_text_hash"),
     )
-    op.create_index("ix_verdict_memory_hnsw", "verdict_memory", ["embedding"], postgresql_using="hnsw",
-                    postgresql_ops={"embedding": "vector_cosine_ops"})
+    op.create_index(
+        "ix_verdict_memory_hnsw",
+        "verdict_memory",
+        ["embedding"],
+        postgresql_using="hnsw",
+        postgresql_ops={"embedding": "vector_cosine_ops"},
+    )
 
     op.create_table(
         "events",
@@ -206,7 +220,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("events", "verdict_memory", "anomaly_verdicts", "experiment_events", "experiments", "enhancements", "claude_calls"):
+    for table in (
+        "events",
+        "verdict_memory",
+        "anomaly_verdicts",
+        "experiment_events",
+        "experiments",
+        "enhancements",
+        "claude_calls",
+    ):
         op.drop_table(table)
     op.execute("DROP INDEX IF EXISTS ix_exchanges_experiment")
     op.execute("DROP FUNCTION IF EXISTS llmproxy_events_notify()")

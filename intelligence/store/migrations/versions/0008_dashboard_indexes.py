@@ -30,18 +30,22 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # keep identical to the WHERE clause in ui/intel.py (_enforced)
-ENFORCED_PREDICATE = ("flags -> 'policy' -> 'block' IS NOT NULL OR flags -> 'redacted_strings' IS NOT NULL "
-                      "OR flags -> 'policy' -> 'redact' IS NOT NULL")
+ENFORCED_PREDICATE = (
+    "flags -> 'policy' -> 'block' IS NOT NULL OR flags -> 'redacted_strings' IS NOT NULL "
+    "OR flags -> 'policy' -> 'redact' IS NOT NULL"
+)
 
 # the same cast ix_exchanges_experiment (0006) already evaluates for every row carrying an enhancement
 _EXPERIMENT = "(flags -> 'enhancement' ->> 'experiment')::bigint"
 
 
 def _add(rows: str, sign: str) -> str:
-    return (f"INSERT INTO experiment_exposures (experiment_id, n) "
-            f"SELECT {_EXPERIMENT}, {sign} count(*) FROM {rows} "
-            f"WHERE flags ? 'enhancement' AND flags -> 'enhancement' ->> 'experiment' IS NOT NULL GROUP BY 1 "
-            f"ON CONFLICT (experiment_id) DO UPDATE SET n = experiment_exposures.n + excluded.n")
+    return (
+        f"INSERT INTO experiment_exposures (experiment_id, n) "
+        f"SELECT {_EXPERIMENT}, {sign} count(*) FROM {rows} "
+        f"WHERE flags ? 'enhancement' AND flags -> 'enhancement' ->> 'experiment' IS NOT NULL GROUP BY 1 "
+        f"ON CONFLICT (experiment_id) DO UPDATE SET n = experiment_exposures.n + excluded.n"
+    )
 
 
 _FUNCTIONS = {
@@ -53,8 +57,11 @@ _FUNCTIONS = {
 _TRIGGERS = {
     "trg_exchanges_exposures_insert": ("AFTER INSERT", "REFERENCING NEW TABLE AS new_rows", "llmproxy_exposures_insert"),
     "trg_exchanges_exposures_delete": ("AFTER DELETE", "REFERENCING OLD TABLE AS old_rows", "llmproxy_exposures_delete"),
-    "trg_exchanges_exposures_update": ("AFTER UPDATE", "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
-                                       "llmproxy_exposures_update"),
+    "trg_exchanges_exposures_update": (
+        "AFTER UPDATE",
+        "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
+        "llmproxy_exposures_update",
+    ),
     "trg_exchanges_exposures_truncate": ("AFTER TRUNCATE", "", "llmproxy_exposures_truncate"),
 }
 
@@ -70,8 +77,10 @@ def upgrade() -> None:
         op.execute(f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $fn$\nBEGIN\n{body};\nRETURN NULL;\nEND $fn$")
     # lock out writers between the backfill and the triggers so no exchange is counted twice or missed
     op.execute("LOCK TABLE exchanges IN SHARE ROW EXCLUSIVE MODE")
-    op.execute(f"INSERT INTO experiment_exposures (experiment_id, n) SELECT {_EXPERIMENT}, count(*) FROM exchanges "
-               "WHERE flags ? 'enhancement' AND flags -> 'enhancement' ->> 'experiment' IS NOT NULL GROUP BY 1")
+    op.execute(
+        f"INSERT INTO experiment_exposures (experiment_id, n) SELECT {_EXPERIMENT}, count(*) FROM exchanges "
+        "WHERE flags ? 'enhancement' AND flags -> 'enhancement' ->> 'experiment' IS NOT NULL GROUP BY 1"
+    )
     for name, (when, referencing, fn) in _TRIGGERS.items():
         op.execute(f"CREATE TRIGGER {name} {when} ON exchanges {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {fn}()")
 

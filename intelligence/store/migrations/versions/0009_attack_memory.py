@@ -5,7 +5,7 @@ Revises: 0008_dashboard_indexes
 Create Date: 2026-11-27
 
 The inline injection detector compares every scanned segment with a memory of known attacks. Its
-seed ships with the code (extproc/security/data/memory.yaml); this table holds what the gateway
+seed ships with the code (intelligence/detectors/data/memory.yaml); this table holds what the gateway
 learns afterwards: the prompts of verdicts an operator (or a confident Claude verdict) confirmed as
 attacks, and attacks an operator adds by hand. Vectors are the detector's own embedding (the static
 distillation of all-MiniLM-L6-v2, 384 dimensions), not the pattern memory's transformer vectors.
@@ -60,8 +60,13 @@ def upgrade() -> None:
         sa.Column("disabled_by", sa.Text()),
         sa.UniqueConstraint("text_hash", name="uq_attack_memory_text_hash"),
     )
-    op.create_index("ix_attack_memory_hnsw", "attack_memory", ["embedding"], postgresql_using="hnsw",
-                    postgresql_ops={"embedding": "vector_cosine_ops"})
+    op.create_index(
+        "ix_attack_memory_hnsw",
+        "attack_memory",
+        ["embedding"],
+        postgresql_using="hnsw",
+        postgresql_ops={"embedding": "vector_cosine_ops"},
+    )
     for statement in _NOTIFY:
         op.execute(statement)
 

@@ -38,8 +38,7 @@ ANY_POLICY_ACTION = (
 
 
 def upgrade() -> None:
-    op.execute(f"CREATE INDEX IF NOT EXISTS ix_exchanges_policy_action ON exchanges (started_at DESC) "
-               f"WHERE {ANY_POLICY_ACTION}")
+    op.execute(f"CREATE INDEX IF NOT EXISTS ix_exchanges_policy_action ON exchanges (started_at DESC) WHERE {ANY_POLICY_ACTION}")
 
 
 def downgrade() -> None:
