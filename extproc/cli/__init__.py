@@ -26,6 +26,7 @@ _COMMANDS = (
     "token",
     "experiments",
     "simulate",
+    "retention",
 )
 _EVAL_COMMANDS = ("eval_patterns", "eval_security")
 
