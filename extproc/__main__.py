@@ -13,7 +13,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from .exchange import Context
+from .context import Context
 from .routing import parse_route_specs
 from .server import serve
 from .settings import SidecarSettings
@@ -77,7 +77,7 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
     from intelligence.detectors.secrets import shared_secret_detector
     from intelligence.policy import PolicyWatcher
 
-    from .guard import Guard
+    from .screening import Guard
 
     audit = AuditWriter(engine)
     await audit.start()
@@ -124,7 +124,13 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         guard=guard,
         enhancer=enhancer,
     )
-    server, health_servicer = await serve(ctx, host=settings.host, port=settings.port, max_message=settings.grpc_max_message)
+    from .pipeline import Pipeline
+    from .stages import default_stages
+
+    pipeline = Pipeline(default_stages(ctx))
+    server, health_servicer = await serve(
+        settings, pipeline, host=settings.host, port=settings.port, max_message=settings.grpc_max_message
+    )
     log.info(
         "sidecar listening on %s:%d (event loop: %s)", settings.host, settings.port, type(asyncio.get_running_loop()).__module__
     )
@@ -150,7 +156,7 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         await keys.stop()
         await recorder.stop()
         await engine.dispose()
-        log.info("sidecar stopped: %s", ctx.stats)
+        log.info("sidecar stopped: %s", pipeline.stats)
 
 
 async def _enhancer(engine):
@@ -246,7 +252,7 @@ def _feedback_sink(engine):
         return None
 
     class Sink:
-        async def submit(self, payload):
+        async def submit(self, payload, *, client=None):
             item = FeedbackInput.parse(payload)
             return await add_feedback(engine, item.request_id, score=item.score, thumbs=item.thumbs, comment=item.comment)
 

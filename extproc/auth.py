@@ -11,9 +11,10 @@ an outage takes effect when the database is back.
 from __future__ import annotations
 
 import enum
+import hashlib
 import fnmatch
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -160,8 +161,11 @@ def authenticate(headers: Mapping[str, str], snapshot: KeySnapshot, now: datetim
     return check_key(headers, snapshot, now)
 
 
-def check_scope(target: AuthDecision | KeyInfo | None, provider: str | None, model: Any) -> AuthDecision:
-    """May this key use ``provider`` / ``model``? Call once both are known (after routing and any model rewrite).
+def check_scope(
+    target: AuthDecision | KeyInfo | None, provider: str | None, model: Any, also: Sequence[Any] = ()
+) -> AuthDecision:
+    """May this key use ``provider`` / ``model``, and every model in ``also`` (fallback lists such as
+    OpenRouter's ``models``)? Call once all are known (after routing and any model rewrite).
 
     A request with no model (e.g. listing models) is only checked against the provider scope. A
     provider that could not be determined fails a provider-scoped key.
@@ -185,16 +189,17 @@ def check_scope(target: AuthDecision | KeyInfo | None, provider: str | None, mod
                 f"llmproxy: gateway key {key.label} may not use {what}; allowed providers: {', '.join(key.providers)}",
                 key,
             )
-    if key.models and model is not None:
-        name = str(model)
-        if not any(fnmatch.fnmatchcase(name.lower(), pattern) for pattern in key.models):
-            shown = name if len(name) <= 200 else name[:200] + "…"
-            return _deny(
-                403,
-                "model_not_allowed",
-                f"llmproxy: gateway key {key.label} may not use model {shown!r}; allowed models: {', '.join(key.models)}",
-                key,
-            )
+    if key.models:
+        for candidate in ([model] if model is not None else []) + list(also):
+            name = str(candidate)
+            if not any(fnmatch.fnmatchcase(name.lower(), pattern) for pattern in key.models):
+                shown = name if len(name) <= 200 else name[:200] + "…"
+                return _deny(
+                    403,
+                    "model_not_allowed",
+                    f"llmproxy: gateway key {key.label} may not use model {shown!r}; allowed models: {', '.join(key.models)}",
+                    key,
+                )
     return decision
 
 
@@ -203,3 +208,12 @@ def budget_refusal(exceeded: Exceeded, key_id: str) -> AuthDecision:
     return AuthDecision(
         ok=False, status=429, message=exceeded.message, key_id=key_id, code="budget_exceeded", retry_after=exceeded.retry_after
     )
+
+
+def key_fingerprint(headers: Mapping[str, str]) -> str | None:
+    """A stable, non-reversible identity for the client's credential (never the key itself)."""
+    raw = headers.get("x-api-key") or headers.get("authorization", "")
+    raw = raw.removeprefix("Bearer ").removeprefix("bearer ").strip()
+    if not raw:
+        return None
+    return "key_" + hashlib.sha256(raw.encode()).hexdigest()[:16]

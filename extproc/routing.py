@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-PROVIDERS = ("openai", "anthropic", "openrouter")
+from .providers.registry import PROVIDER_NAMES as PROVIDERS
 
 DEFAULT_MODEL_ROUTES: tuple[tuple[str, str], ...] = (
     ("gpt-*", "openai"),

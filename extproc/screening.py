@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from extproc.policy import Redactions, apply_request, apply_response, redact_text
 from intelligence.detectors.response import MaskingFilter, PlaceholderRestorer, mask_text, rewrite_response_texts
+from intelligence.detectors.redact import Redaction
 from intelligence.detectors.spans import Span, resolve_overlaps
 from intelligence.policy import Alert, Detections, Quarantine, RequestDecision, RequestFacts, ResponseDecision, ResponseFacts
 from intelligence.policy.decision import RedactPlan
@@ -58,6 +59,8 @@ class GuardOutcome:
     redactions: Redactions | None = None  # placeholders to restore in the response
     verdict: Any = None  # extproc.claude_gate.PendingVerdict: the request waits for Claude (claude_verdict)
     verdict_note: dict[str, Any] | None = None  # a claude_verdict settled without waiting (monitor, fail mode)
+    secrets_scanned: bool = False  # the request's texts went through the secret detector
+    log_doc: dict | None = None  # the request as the log must keep it, when it still holds what must be masked
 
     @property
     def changed_body(self) -> bool:
@@ -153,11 +156,15 @@ class Guard:
         if decision.fired and self.audit is not None:
             self.audit.submit("policy_decision", request_id, decision.to_record(), "sidecar")
         self._respond(decision.alerts, decision.quarantine, request_id, key, blocked=decision.block)
+        out.secrets_scanned = "secrets" in wanted
         block = refusal(decision.block, api) if decision.block is not None else None
         if block is None and getattr(throttled, "block", None) is not None:
             block = refusal(throttled.block, api)
         if block is not None:
             out.immediate = block
+            # refused, but still logged: never with the secrets (or, when the policy redacts them, PII) it held
+            if secret_spans or (pii_spans and self._redacts_pii(decision)):
+                out.log_doc = self.log_copy(doc, pii=self._redacts_pii(decision))
             return out
         plan = decision.redact
         if plan is not None and plan.selectors and (secret_spans or pii_spans):
@@ -180,7 +187,28 @@ class Guard:
         out.edits = apply_request(decision, api or "", doc, provider=provider)
         out.set_headers = dict(decision.set_headers)
         out.strip_headers = list(decision.strip_headers)
+        if secret_spans:  # forwarded as the policy allows, but the log masks what is left of them
+            out.log_doc = self.log_copy(doc, pii=False)
         return out
+
+    @staticmethod
+    def _redacts_pii(decision: RequestDecision) -> bool:
+        plan = decision.redact
+        return plan is not None and "pii" in plan.categories
+
+    def log_copy(self, doc: dict, *, pii: bool) -> dict | None:
+        """A copy of ``doc`` with every secret (and PII when asked) masked, for the request log;
+        None when nothing in it needed masking."""
+        copy = json.loads(_dumps(doc))
+        masks = Redaction(mode="mask")
+
+        def mask(text: str) -> str:
+            spans = list(self.secrets.find(text))
+            if pii and self.pii is not None:
+                spans += self.pii.find(text)
+            return masks.redact(text, resolve_overlaps(spans)) if spans else text
+
+        return copy if rewrite_texts(copy, mask) else None
 
     def _claude_verdict(
         self,
@@ -309,8 +337,7 @@ class JsonRewrite:
     """A buffered response after the screen: each form only when it differs from the one before."""
 
     upstream: bytes | None = None  # masked: what the log stores as the provider's response
-    logged: bytes | None = None  # masked and edited: what the log stores as sent to the client
-    client: bytes | None = None  # ... with the request's values restored: what the client gets
+    logged: bytes | None = None  # masked and edited: what the log stores as sent to the client (before restore)
     block: Immediate | None = None  # a `phase: response` rule refused the response: answer this instead
 
 
@@ -344,6 +371,9 @@ class ResponseScreen:
         self._maskers: list[MaskingFilter] = []
         self._restorers: list[PlaceholderRestorer] = []
         self._responded = False
+        # An SSE response's two rewriters (set by stream_stages): the guard masks, the restore stage restores.
+        self.masker: textstream.SSETextRewriter | None = None
+        self.restorer: textstream.SSETextRewriter | None = None
 
     @property
     def masking(self) -> bool:
@@ -355,8 +385,9 @@ class ResponseScreen:
         return bool(self.mapping or self.masking or self.decision.field_edits or self.snapshot.response_rules)
 
     # ------------------------------------------------------------------ buffered JSON
-    def rewrite_json(self, doc: dict, size: int) -> JsonRewrite:
-        """Screen a whole JSON response in place (``doc`` ends as the logged form)."""
+    def screen_json(self, doc: dict, size: int) -> JsonRewrite:
+        """Screen a whole JSON response in place: response rules, masking, field edits (``doc`` ends as
+        the logged form). Putting the request's values back is :meth:`restore_json`, after the log's copy."""
         out = JsonRewrite()
         if self.snapshot.response_rules:
             texts: list[str] = []
@@ -391,13 +422,17 @@ class ResponseScreen:
             self.edits = apply_response(self.decision, self.api, doc)
         if out.upstream is not None or self.edits:
             out.logged = _dumps(doc)
-        if self.mapping:
-            plain, escaped = PlaceholderRestorer(self.mapping), PlaceholderRestorer(self.mapping, json_text=True)
-            if rewrite_response_texts(doc, lambda t, j: (escaped if j else plain).restore(t)):
-                out.client = _dumps(doc)
-            self.restored = plain.restored + escaped.restored
         self._respond()
         return out
+
+    def restore_json(self, doc: dict) -> bytes | None:
+        """The request's redacted values back into a whole JSON response, for the client only; None when none."""
+        if not self.mapping:
+            return None
+        plain, escaped = PlaceholderRestorer(self.mapping), PlaceholderRestorer(self.mapping, json_text=True)
+        changed = rewrite_response_texts(doc, lambda t, j: (escaped if j else plain).restore(t))
+        self.restored = plain.restored + escaped.restored
+        return _dumps(doc) if changed else None
 
     # ------------------------------------------------------------------ streams
     def stream_stages(self) -> tuple[textstream.SSETextRewriter | None, textstream.SSETextRewriter | None]:
@@ -435,6 +470,7 @@ class ResponseScreen:
                 relevant=textstream.may_hold_placeholder,
                 whole=lambda t, j: (escaped if j else plain).restore(t),
             )
+        self.masker, self.restorer = masker, restorer
         return masker, restorer
 
     def finish_stream(self, text: str | None, size: int) -> None:

@@ -1,9 +1,8 @@
-"""The grpc.aio ExternalProcessor: a thin loop from Envoy's stream to an :class:`Exchange`."""
+"""The grpc.aio ExternalProcessor: a thin loop from Envoy's stream through the pipeline."""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import AsyncIterator
 
@@ -11,40 +10,52 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from . import wire
-from .exchange import Context, Exchange
+from .exchange import Exchange
+from .pipeline import Pipeline
+from .settings import SidecarSettings
 
 log = logging.getLogger("llmproxy.server")
 
 
 class Processor(wire.ExternalProcessorServicer):
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
+    """One gRPC stream per HTTP request: decode, run the phase through the pipeline, encode."""
 
-    async def Process(self, request_iterator: AsyncIterator, context: grpc.aio.ServicerContext):
-        exchange = Exchange(self.ctx)
+    def __init__(self, settings: SidecarSettings, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self._endings: set[asyncio.Task[None]] = set()
+
+    async def Process(self, request_iterator: AsyncIterator, context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC name)
+        ex = Exchange(self.settings)
+        reason = "stream ended before the response completed"
         try:
             async for req in request_iterator:
                 try:
                     phase, event = wire.decode(req)
                 except ValueError:
-                    log.warning("request %s: unknown ext_proc message; ignored", exchange.request_id)
+                    log.warning("request %s: unknown ext_proc message; ignored", ex.request_id)
                     continue
-                reply = exchange.handle(phase, event)
-                if inspect.isawaitable(reply):  # only gateway-answered endpoints (feedback) await I/O
-                    reply = await reply
+                reply = await self.pipeline.process(ex, phase, event)
                 yield wire.encode(phase, reply)
                 if isinstance(reply, wire.Immediate):
                     return
         except asyncio.CancelledError:
-            exchange.abort("client or Envoy closed the stream before the exchange completed")
+            reason = "client or Envoy closed the stream before the exchange completed"
             raise
         except grpc.aio.AioRpcError as exc:  # pragma: no cover - depends on Envoy timing
-            exchange.abort(f"ext_proc stream error: {exc.code().name}")
+            reason = f"ext_proc stream error: {exc.code().name}"
         finally:
-            exchange.abort("stream ended before the response completed")
+            if not ex.finished and ex.request_id:
+                # The record of a cut exchange is made in a task of its own: this generator may be
+                # closing, where it must not wait.
+                task = asyncio.get_running_loop().create_task(self.pipeline.abort(ex, reason))
+                self._endings.add(task)
+                task.add_done_callback(self._endings.discard)
 
 
-async def serve(ctx: Context, *, host: str, port: int, max_message: int) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+async def serve(
+    settings: SidecarSettings, pipeline: Pipeline, *, host: str, port: int, max_message: int
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     options = [
         ("grpc.max_receive_message_length", max_message),
         ("grpc.max_send_message_length", max_message),
@@ -52,7 +63,7 @@ async def serve(ctx: Context, *, host: str, port: int, max_message: int) -> tupl
         ("grpc.keepalive_time_ms", 30_000),
     ]
     server = grpc.aio.server(options=options)
-    wire.add_processor(Processor(ctx), server)
+    wire.add_processor(Processor(settings, pipeline), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")

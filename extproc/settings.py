@@ -6,16 +6,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .providers.registry import PROVIDERS
 from .routing import DEFAULT_MODEL_ROUTES, parse_route_specs
 
-# Where the gateway takes provider credentials from when the operator wants them injected.
-# Deliberately prefixed: an OPENAI_API_KEY exported for a developer's own scripts must not silently
-# turn the gateway into something that spends that key for every client.
-PROVIDER_KEY_ENV = {
-    "openai": "LLMPROXY_OPENAI_API_KEY",
-    "anthropic": "LLMPROXY_ANTHROPIC_API_KEY",
-    "openrouter": "LLMPROXY_OPENROUTER_API_KEY",
-}
+# Where the gateway takes provider credentials from when the operator wants them injected
+# (providers/registry.py). Deliberately prefixed: an OPENAI_API_KEY exported for a developer's own
+# scripts must not silently turn the gateway into something that spends that key for every client.
+PROVIDER_KEY_ENV = {name: p.key_env for name, p in PROVIDERS.items()}
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from ..providers.registry import PROVIDERS
+
 # Each provider cluster's default base URL; a client path /v1/x goes to BASE/v1/x.
-DEFAULT_UPSTREAMS = {
-    "openai": "https://api.openai.com",
-    "anthropic": "https://api.anthropic.com",
-    "openrouter": "https://openrouter.ai/api",
-}
+DEFAULT_UPSTREAMS = {name: p.default_base_url for name, p in PROVIDERS.items()}
 
 
 @dataclass(frozen=True)

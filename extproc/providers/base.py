@@ -33,6 +33,12 @@ class RequestView:
     last_user: str | None
     max_tokens: int | None
     first_user: str | None = None  # the conversation's opening user turn: identifies a session across turns
+    fallback_models: tuple[str, ...] = ()  # further models the provider may use (OpenRouter's `models` list)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model this request may reach: a key's model scope must cover all of them."""
+        return ((self.model,) if self.model else ()) + self.fallback_models
 
 
 @dataclass(frozen=True)

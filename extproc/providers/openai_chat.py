@@ -145,6 +145,7 @@ class ChatEndpoint:
             last_user=last_user,
             first_user=first_user_text(body.get("messages")),
             max_tokens=max_tokens if max_tokens is not None else as_int(body.get("max_tokens")),
+            fallback_models=tuple(str(m) for m in as_list(body.get("models"))),
         )
 
     def alias_request(self, body: dict, codec: ToolNameCodec) -> bool:

@@ -34,6 +34,7 @@ class CompletionsEndpoint:
             system=None,
             last_user=prompt_text(body.get("prompt")),
             max_tokens=as_int(body.get("max_tokens")),
+            fallback_models=tuple(str(m) for m in as_list(body.get("models"))),
         )
 
     def alias_request(self, body: dict, codec: ToolNameCodec) -> bool:

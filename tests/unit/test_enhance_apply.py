@@ -11,9 +11,6 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
-from extproc.exchange import Context, Exchange
-from extproc.settings import SidecarSettings
-from extproc.wire import BodyChunk, Headers, Phase, Reply
 from intelligence.enhance import spec as specs
 from intelligence.enhance.live import (
     Applicable,
@@ -158,85 +155,6 @@ async def test_enhance_uses_the_pattern_lookup_and_skips_unmatched_requests() ->
     opted = Enhancer(StaticCache({5: (exp,)}), CountingLookup(PatternMatch(5, 1.0, True, "hash")))
     assert await opted.enhance(view, CHAT, "chat", "s1", {"x-llmproxy-enhance": "off"}) is None
     assert opted.lookup.calls == 0
-
-
-# ---------------------------------------------------------------------------------- the exchange hook
-class ListRecorder:
-    def __init__(self) -> None:
-        self.records = []
-
-    def submit(self, record) -> None:
-        self.records.append(record)
-
-
-def _request(enhancer, session: str | None, **headers: str):
-    c = Context(settings=SidecarSettings(), recorder=ListRecorder(), enhancer=enhancer)
-    ex = Exchange(c)
-    h = {
-        ":method": "POST",
-        ":path": "/openai/v1/chat/completions",
-        "x-request-id": "rid",
-        "content-type": "application/json",
-        "authorization": "Bearer sk-x",
-        **({"x-session-id": session} if session else {}),
-        **headers,
-    }
-    ex.handle(Phase.REQUEST_HEADERS, Headers(h, False, {}))
-    return ex, ex.handle(Phase.REQUEST_BODY, BodyChunk(json.dumps(CHAT).encode(), True))
-
-
-async def test_exchange_forwards_the_enhanced_body_and_records_the_exposure() -> None:
-    exp = item()
-    enhancer = Enhancer(StaticCache({5: (exp,)}), CountingLookup(PatternMatch(5, 1.0, True, "hash")))
-    ex, reply = _request(enhancer, _session_for(exp, "variant"))
-    assert inspect.isawaitable(reply)
-    reply = await reply
-    assert isinstance(reply, Reply) and reply.body is not None
-    assert INSTRUCTION in json.loads(reply.body)["messages"][0]["content"]
-    assert reply.set_headers["content-length"] == str(len(reply.body))
-    assert ex.flags["enhancement"]["arm"] == "variant" and ex.flags["enhancement"]["experiment"] == 7
-    rec = ex._record()
-    assert INSTRUCTION not in json.dumps(rec.request_client.json) and INSTRUCTION in json.dumps(rec.request_forwarded.json)
-    assert rec.prompt_system == "You write invoices."  # pattern memory sees the client's prompt, not the enhanced one
-
-    ex, reply = await _awaited(_request(enhancer, _session_for(exp, "control")))
-    assert reply.body is None and ex.flags["enhancement"]["arm"] == "control"
-
-
-async def _awaited(pair):
-    ex, reply = pair
-    return ex, (await reply if inspect.isawaitable(reply) else reply)
-
-
-def test_exchange_stays_synchronous_when_nothing_applies_or_the_client_opts_out() -> None:
-    lookup = CountingLookup(PatternMatch(5, 1.0, True, "hash"))
-    ex, reply = _request(Enhancer(StaticCache({}), lookup), "s1")
-    assert isinstance(reply, Reply) and "enhancement" not in ex.flags
-    ex, reply = _request(Enhancer(StaticCache({5: (item(),)}), lookup), "s1", **{"x-llmproxy-enhance": "off"})
-    assert isinstance(reply, Reply) and reply.body is None and "enhancement" not in ex.flags
-    assert lookup.calls == 0
-
-
-async def test_exchange_derives_the_session_before_assigning() -> None:
-    exp = item()
-    enhancer = Enhancer(StaticCache({5: (exp,)}), CountingLookup(PatternMatch(5, 1.0, True, "hash")))
-    first, _ = await _awaited(_request(enhancer, None))
-    again, _ = await _awaited(_request(enhancer, None))
-    assert first.session_id and first.session_id == again.session_id
-    assert (
-        first.flags["enhancement"]["arm"]
-        == again.flags["enhancement"]["arm"]
-        == assign_arm(exp, session_id=first.session_id, client=None)
-    )
-
-
-async def test_a_failing_lookup_forwards_the_request_unenhanced() -> None:
-    class Broken:
-        async def lookup(self, prompt):
-            raise RuntimeError("database away")
-
-    ex, reply = await _awaited(_request(Enhancer(StaticCache({5: (item(),)}), Broken()), "s1"))
-    assert isinstance(reply, Reply) and reply.body is None and "enhancement" not in ex.flags
 
 
 # ---------------------------------------------------------------------------------- the cache (real Postgres)

@@ -11,9 +11,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from extproc import wire
-from extproc.exchange import Context
+from extproc.context import Context
+from extproc.pipeline import Pipeline
 from extproc.server import serve
 from extproc.settings import SidecarSettings
+from extproc.stages import default_stages
 
 
 class ListRecorder:
@@ -50,7 +52,8 @@ async def test_round_trip_with_tool_aliasing_and_streaming() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server, _health = await serve(Context(SidecarSettings(), rec), host="127.0.0.1", port=port, max_message=1 << 20)
+    ctx = Context(SidecarSettings(), rec)
+    server, _health = await serve(ctx.settings, Pipeline(default_stages(ctx)), host="127.0.0.1", port=port, max_message=1 << 20)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             h = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
-from extproc.guard import Guard
+from extproc.screening import Guard
 from intelligence.policy.testing import snapshot_from_yaml
 
 POLICY = """

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from extproc.exchange import Context, Exchange
-from extproc.guard import Guard
+from extproc.context import Context
+from extproc.testing.pipeline import Bound
+from extproc.screening import Guard
 from extproc.settings import SidecarSettings
 from extproc.wire import BodyChunk, Headers, Immediate, Phase
 from intelligence.policy.testing import snapshot_from_yaml
@@ -61,9 +62,9 @@ def context(events: Events) -> Context:
     return Context(settings=SidecarSettings(), recorder=Recorder(), guard=guard)
 
 
-def request(c: Context, **headers: str) -> Exchange:
-    ex = Exchange(c)
-    ex.handle(
+async def request(c: Context, **headers: str) -> Bound:
+    ex = Bound(c)
+    await ex.handle(
         Phase.REQUEST_HEADERS,
         Headers(
             {
@@ -76,62 +77,62 @@ def request(c: Context, **headers: str) -> Exchange:
             False,
         ),
     )
-    ex.handle(
+    await ex.handle(
         Phase.REQUEST_BODY, BodyChunk(json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode(), True)
     )
     return ex
 
 
-def test_blocking_rule_with_high_severity_alert_is_one_block_event() -> None:
+async def test_blocking_rule_with_high_severity_alert_is_one_block_event() -> None:
     events = Events()
-    request(context(events), **{"x-trip": "1"})
+    await request(context(events), **{"x-trip": "1"})
     assert len(events.items) == 1
     kind, title, severity, subject, detail = events.items[0]
     assert (kind, title, severity, subject) == ("block", "tripped", "critical", "request:r9")
     assert detail["rule"] == "t/trip" and detail["block"]["status"] == 403
 
 
-def test_plain_alert_is_an_alert_event() -> None:
+async def test_plain_alert_is_an_alert_event() -> None:
     events = Events()
-    request(context(events), **{"x-note": "1"})
+    await request(context(events), **{"x-note": "1"})
     assert [(k, t, s) for k, t, s, _, _ in events.items] == [("alert", "noted", "info")]
 
 
-def test_response_rule_alerts_on_a_secret_the_model_produced_json_and_stream() -> None:
+async def test_response_rule_alerts_on_a_secret_the_model_produced_json_and_stream() -> None:
     events = Events()
     c = context(events)
-    ex = request(c)
+    ex = await request(c)
     assert events.items == []
-    r3 = ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
+    r3 = await ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
     assert r3.buffer_response_body is True  # a response rule reads the response: it is taken whole
     body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "use sk-ABCDEFGHIJKLMNOPQRSTUVWX"}}]}
-    ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps(body).encode(), True))
+    await ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps(body).encode(), True))
     assert [(k, s) for k, _, s, _, d in events.items] == [("alert", "warning")]
     assert events.items[0][4]["phase"] == "response"
     rp = c.recorder.records[0].flags["response_policy"]
     assert rp["tags"] == ["leak"] and rp["fired"][0]["rule"] == "leak-out"
 
-    ex = request(c)
-    ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "text/event-stream"}, False))
+    ex = await request(c)
+    await ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "text/event-stream"}, False))
     pieces = ["use sk-ABCDEFGHIJ", "KLMNOPQRSTUVWX now"]
     raw = "".join("data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": p}}]}) + "\n\n" for p in pieces)
-    ex.handle(Phase.RESPONSE_BODY, BodyChunk((raw + "data: [DONE]\n\n").encode(), True))
+    await ex.handle(Phase.RESPONSE_BODY, BodyChunk((raw + "data: [DONE]\n\n").encode(), True))
     assert len(events.items) == 2 and events.items[1][0] == "alert"
     assert c.recorder.records[1].flags["response_policy"]["tags"] == ["leak"]
 
-    ex = request(c)  # nothing leaked: no alert
-    ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
-    ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps({"choices": []}).encode(), True))
+    ex = await request(c)  # nothing leaked: no alert
+    await ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
+    await ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps({"choices": []}).encode(), True))
     assert len(events.items) == 2
 
 
-def test_response_rule_block_replaces_a_buffered_response() -> None:
+async def test_response_rule_block_replaces_a_buffered_response() -> None:
     events = Events()
     c = context(events)
-    ex = request(c, **{"x-withhold": "1"})
-    ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
+    ex = await request(c, **{"x-withhold": "1"})
+    await ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
     body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "use sk-ABCDEFGHIJKLMNOPQRSTUVWX"}}]}
-    out = ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps(body).encode(), True))
+    out = await ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps(body).encode(), True))
     assert isinstance(out, Immediate) and out.status == 502
     assert json.loads(out.body)["error"]["code"] == "response_withheld"
     rec = c.recorder.records[0]
@@ -139,22 +140,22 @@ def test_response_rule_block_replaces_a_buffered_response() -> None:
     assert "block_not_enforced" not in rec.flags["response_policy"]
     assert [(k, s) for k, _, s, _, _ in events.items] == [("block", "critical")]
 
-    ex = request(c, **{"x-withhold": "1"})  # nothing to withhold: the response passes
-    ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
-    out = ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps({"choices": []}).encode(), True))
+    ex = await request(c, **{"x-withhold": "1"})  # nothing to withhold: the response passes
+    await ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
+    out = await ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps({"choices": []}).encode(), True))
     assert not isinstance(out, Immediate)
 
 
-def test_buffered_response_fails_closed_when_the_screen_breaks(monkeypatch) -> None:
+async def test_buffered_response_fails_closed_when_the_screen_breaks(monkeypatch) -> None:
     c = context(Events())
-    ex = request(c)
-    ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
+    ex = await request(c)
+    await ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
 
     def broken(*a, **k):
         raise RuntimeError("detector crashed")
 
     monkeypatch.setattr(c.guard, "detect", broken)
-    out = ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps({"choices": []}).encode(), True))
-    assert isinstance(out, Immediate) and out.status == 502
-    assert json.loads(out.body)["error"]["code"] == "response_screen_error"
+    out = await ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps({"choices": []}).encode(), True))
+    assert isinstance(out, Immediate) and out.status == 502  # the guard fails closed: the response is withheld
+    assert json.loads(out.body)["error"]["code"] == "gateway_stage_error"
     assert c.recorder.records[0].status == 502

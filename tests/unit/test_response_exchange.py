@@ -7,8 +7,9 @@ import json
 import re
 from types import SimpleNamespace
 
-from extproc.exchange import Context, Exchange
-from extproc.guard import Guard
+from extproc.context import Context
+from extproc.testing.pipeline import Bound
+from extproc.screening import Guard
 from extproc.settings import SidecarSettings
 from extproc.wire import BodyChunk, Headers, Immediate, Phase
 from intelligence.detectors.spans import Span
@@ -61,13 +62,13 @@ def context(policy: str = POLICY) -> Context:
     return Context(settings=SidecarSettings(), recorder=Recorder(), guard=guard)
 
 
-def start(c: Context, path: str, body: dict) -> Exchange:
-    ex = Exchange(c)
-    ex.handle(
+async def start(c: Context, path: str, body: dict) -> Bound:
+    ex = Bound(c)
+    await ex.handle(
         Phase.REQUEST_HEADERS,
         Headers({":method": "POST", ":path": path, "x-request-id": "r1", "content-type": "application/json"}, False),
     )
-    r = ex.handle(Phase.REQUEST_BODY, BodyChunk(json.dumps(body).encode(), True))
+    r = await ex.handle(Phase.REQUEST_BODY, BodyChunk(json.dumps(body).encode(), True))
     assert not isinstance(r, Immediate)
     forwarded = json.loads(r.body)
     assert "ann@example.com" not in json.dumps(forwarded) and "<EMAIL_1>" in json.dumps(forwarded)
@@ -78,10 +79,10 @@ CHAT_REQ = {"model": "gpt-4o", "messages": [{"role": "user", "content": "email a
 LEAK = "I wrote to <EMAIL_1>; cc zed@corp.io, key sk-ABCDEFGHIJKLMNOPQRSTUVWX."
 
 
-def test_json_response_restored_for_client_masked_edited_and_logged_redacted() -> None:
+async def test_json_response_restored_for_client_masked_edited_and_logged_redacted() -> None:
     c = context()
-    ex = start(c, "/openai/v1/chat/completions", CHAT_REQ)
-    r3 = ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
+    ex = await start(c, "/openai/v1/chat/completions", CHAT_REQ)
+    r3 = await ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
     assert r3.buffer_response_body is True and "content-length" in r3.remove_headers
     resp = {
         "id": "c1",
@@ -91,7 +92,7 @@ def test_json_response_restored_for_client_masked_edited_and_logged_redacted() -
         "service_tier": "default",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": LEAK}, "finish_reason": "stop"}],
     }
-    r4 = ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps(resp).encode(), True))
+    r4 = await ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps(resp).encode(), True))
     client = json.loads(r4.body)
     assert client["choices"][0]["message"]["content"] == "I wrote to ann@example.com; cc <EMAIL>, key <OPENAI_API_KEY>."
     assert "system_fingerprint" not in client and client["service_tier"] == "scrubbed"
@@ -111,10 +112,10 @@ def sse(events: list[dict], done: bool = True) -> bytes:
     return ("".join(f"data: {json.dumps(e)}\n\n" for e in events) + ("data: [DONE]\n\n" if done else "")).encode()
 
 
-def test_streamed_chat_restores_across_chunks_and_logs_placeholders() -> None:
+async def test_streamed_chat_restores_across_chunks_and_logs_placeholders() -> None:
     c = context()
-    ex = start(c, "/openai/v1/chat/completions", {**CHAT_REQ, "stream": True})
-    r3 = ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "text/event-stream"}, False))
+    ex = await start(c, "/openai/v1/chat/completions", {**CHAT_REQ, "stream": True})
+    r3 = await ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "text/event-stream"}, False))
     assert r3.buffer_response_body is None  # streams stay streamed
     pieces = ["I wrote to <EMA", "IL_1>; cc zed@co", "rp.io, key sk-ABCDEFGHIJ", "KLMNOPQRSTUVWX."]
     raw = sse(
@@ -139,7 +140,7 @@ def test_streamed_chat_restores_across_chunks_and_logs_placeholders() -> None:
     out = b""
     for i in range(0, len(raw), 23):
         chunk = raw[i : i + 23]
-        reply = ex.handle(Phase.RESPONSE_BODY, BodyChunk(chunk, i + 23 >= len(raw)))
+        reply = await ex.handle(Phase.RESPONSE_BODY, BodyChunk(chunk, i + 23 >= len(raw)))
         out += reply.body if reply.body is not None else chunk
     text = "".join(
         json.loads(line[6:])["choices"][0]["delta"].get("content", "")
@@ -156,9 +157,9 @@ def test_streamed_chat_restores_across_chunks_and_logs_placeholders() -> None:
     assert rec.flags["response_policy"]["restored"] == 1
 
 
-def test_streamed_anthropic_restores_text() -> None:
+async def test_streamed_anthropic_restores_text() -> None:
     c = context()
-    ex = start(
+    ex = await start(
         c,
         "/anthropic/v1/messages",
         {
@@ -168,7 +169,7 @@ def test_streamed_anthropic_restores_text() -> None:
             "messages": [{"role": "user", "content": "mail ann@example.com"}],
         },
     )
-    ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "text/event-stream"}, False))
+    await ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "text/event-stream"}, False))
     evs = [
         (
             "message_start",
@@ -184,7 +185,7 @@ def test_streamed_anthropic_restores_text() -> None:
         ("message_stop", {"type": "message_stop"}),
     ]
     raw = "".join(f"event: {n}\ndata: {json.dumps(d)}\n\n" for n, d in evs).encode()
-    reply = ex.handle(Phase.RESPONSE_BODY, BodyChunk(raw, True))
+    reply = await ex.handle(Phase.RESPONSE_BODY, BodyChunk(raw, True))
     deltas = [json.loads(line[6:]) for line in reply.body.decode().split("\n") if line.startswith("data: ")]
     text = "".join(d["delta"]["text"] for d in deltas if d["type"] == "content_block_delta")
     assert text == "Sent to ann@example.com."
@@ -192,13 +193,13 @@ def test_streamed_anthropic_restores_text() -> None:
     assert "ann@example.com" not in json.dumps(rec.response_client.json)
 
 
-def test_no_screen_without_redaction_or_response_rules() -> None:
+async def test_no_screen_without_redaction_or_response_rules() -> None:
     c = context("version: 1\nname: t\nrules:\n  - id: tag\n    match: {apis: [chat]}\n    actions: {tag: x}\n")
-    ex = Exchange(c)
-    ex.handle(
+    ex = Bound(c)
+    await ex.handle(
         Phase.REQUEST_HEADERS,
         Headers({":method": "POST", ":path": "/openai/v1/chat/completions", "content-type": "application/json"}, False),
     )
-    ex.handle(Phase.REQUEST_BODY, BodyChunk(json.dumps(CHAT_REQ).encode(), True))
-    r3 = ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
-    assert ex.screen is None and r3.buffer_response_body is None  # the hot path stays a pass-through
+    await ex.handle(Phase.REQUEST_BODY, BodyChunk(json.dumps(CHAT_REQ).encode(), True))
+    r3 = await ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
+    assert ex.ex.response_screen is None and r3.buffer_response_body is None  # the hot path stays a pass-through

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from extproc.exchange import Context, Exchange
-from extproc.guard import Guard
+from extproc.context import Context
+from extproc.testing.pipeline import Bound
+from extproc.screening import Guard
 from extproc.settings import SidecarSettings
 from extproc.wire import BodyChunk, Headers, Phase
 from intelligence.policy.testing import snapshot_from_yaml
@@ -38,36 +39,36 @@ def context() -> Context:
     return Context(settings=SidecarSettings(provider_keys=keys), recorder=Recorder(), guard=guard)
 
 
-def send(c: Context, path: str, **headers: str):
-    ex = Exchange(c)
-    ex.handle(
+async def send(c: Context, path: str, **headers: str):
+    ex = Bound(c)
+    await ex.handle(
         Phase.REQUEST_HEADERS,
         Headers({":method": "POST", ":path": path, "x-request-id": "r", "content-type": "application/json", **headers}, False),
     )
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-    return ex, ex.handle(Phase.REQUEST_BODY, BodyChunk(json.dumps(body).encode(), True))
+    return ex, await ex.handle(Phase.REQUEST_BODY, BodyChunk(json.dumps(body).encode(), True))
 
 
-def test_route_to_another_provider_moves_the_credential() -> None:
-    ex, r = send(context(), "/v1/chat/completions", **{"x-cheap": "1"})
+async def test_route_to_another_provider_moves_the_credential() -> None:
+    ex, r = await send(context(), "/v1/chat/completions", **{"x-cheap": "1"})
     assert r.set_headers["x-llmproxy-provider"] == "openrouter" and r.clear_route_cache
     assert r.set_headers["authorization"] == "Bearer sk-or"
     assert ex.provider == "openrouter" and ex.flags["policy_route"] == {"from": "openai", "to": "openrouter"}
 
-    ex, r = send(context(), "/v1/chat/completions", **{"x-claude": "1"})
+    ex, r = await send(context(), "/v1/chat/completions", **{"x-claude": "1"})
     assert r.set_headers["x-llmproxy-provider"] == "anthropic" and r.set_headers["x-api-key"] == "sk-ant-op"
     assert "authorization" not in r.set_headers  # the OpenAI credential does not travel to Anthropic
     assert json.loads(r.body)["model"] == "claude-haiku-4-5"
 
 
-def test_route_without_rule_or_to_unknown_provider_keeps_the_upstream() -> None:
-    ex, r = send(context(), "/v1/chat/completions")
+async def test_route_without_rule_or_to_unknown_provider_keeps_the_upstream() -> None:
+    ex, r = await send(context(), "/v1/chat/completions")
     assert r.set_headers["x-llmproxy-provider"] == "openai" and "policy_route" not in ex.flags
-    ex, r = send(context(), "/v1/chat/completions", **{"x-nowhere": "1"})
+    ex, r = await send(context(), "/v1/chat/completions", **{"x-nowhere": "1"})
     assert r.set_headers["x-llmproxy-provider"] == "openai" and "unknown provider" in ex.flags["policy_route"]["skipped"]
 
 
-def test_prefix_route_keeps_its_provider_and_says_so() -> None:
-    ex, r = send(context(), "/openai/v1/chat/completions", **{"x-cheap": "1"})
+async def test_prefix_route_keeps_its_provider_and_says_so() -> None:
+    ex, r = await send(context(), "/openai/v1/chat/completions", **{"x-cheap": "1"})
     assert "x-llmproxy-provider" not in r.set_headers and ex.provider == "openai"
     assert "prefix route" in ex.flags["policy_route"]["skipped"]

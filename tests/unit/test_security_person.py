@@ -129,7 +129,7 @@ def test_policy_can_select_person_for_redaction() -> None:
     from datetime import datetime
     from types import SimpleNamespace
 
-    from extproc.guard import Guard
+    from extproc.screening import Guard
     from intelligence.detectors.pii import shared_pii_detector
     from intelligence.policy.testing import snapshot_from_yaml
 

@@ -1,0 +1,59 @@
+"""What every exchange shares: settings and the long-lived services the stages use.
+
+Built once in the entrypoint (``extproc/__main__.py``) and handed to :func:`extproc.stages.default_stages`;
+tests build one with fakes (``extproc.testing``). Optional services left as None switch their concern off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from intelligence.keys.cache import KeySnapshot
+
+from .auth import AuthMode
+from .routing import ModelRouter
+from .settings import SidecarSettings
+
+if TYPE_CHECKING:
+    from intelligence.enhance.live import Enhancer
+    from intelligence.keys.meter import UsageMeter
+    from intelligence.records import Recorder
+
+    from .screening import Guard
+
+
+class FeedbackSink(Protocol):
+    """Stores client feedback. Raises ValueError (the message fits a 400) on invalid input and
+    PermissionError (a 403) when ``client`` did not make the request the feedback is about."""
+
+    async def submit(self, payload: Any, *, client: str | None) -> int: ...
+
+
+class KeySource(Protocol):
+    @property
+    def snapshot(self) -> KeySnapshot: ...
+
+
+@dataclass
+class Context:
+    settings: SidecarSettings
+    recorder: Recorder
+    feedback: FeedbackSink | None = None
+    guard: Guard | None = None  # detectors + policy; None runs no screening (tests of other concerns)
+    keys: KeySource | None = None  # the gateway keys in memory (intelligence.keys.cache.KeyCache)
+    meter: UsageMeter | None = None  # shared-database budgets per gateway key
+    enhancer: Enhancer | None = None  # enhancements and experiments; None applies none
+    router: ModelRouter = field(init=False)
+    auth_mode: AuthMode = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.router = ModelRouter(self.settings.model_routes)
+        self.auth_mode = AuthMode.parse(self.settings.auth_mode)
+
+    @property
+    def key_snapshot(self) -> KeySnapshot:
+        return self.keys.snapshot if self.keys is not None else KeySnapshot.empty()
+
+
+__all__ = ["Context", "FeedbackSink", "KeySource"]

@@ -1,0 +1,177 @@
+"""Record: exactly one ExchangeRecord per exchange, handed to the recorder without blocking.
+
+Also when the gateway answered itself (a refusal, an error) or the stream was cut (client gone,
+Envoy reset): the record carries the reason. What the log keeps is masked: the request as the guard
+redacted it, or with every secret it found masked when the policy forwarded or refused it anyway,
+and a request the guard never read (not JSON, not a model call, refused before its body was read)
+goes through the secret masker before it is stored. Fails open: a record that cannot be built is
+logged as an error, never a reason to fail the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from intelligence.records import Body, ExchangeRecord, Usage
+
+from ..context import Context
+from ..exchange import Exchange, parse_json
+from ..pipeline import Chunk, Failure
+from ..providers.base import Folded
+from ..providers.toolschema import invalid_calls
+
+log = logging.getLogger("llmproxy.record")
+
+# Headers that carry credentials: never logged, never stored.
+_SECRET_HEADERS = frozenset({"authorization", "x-api-key", "proxy-authorization", "cookie", "set-cookie", "api-key"})
+
+
+class RecordStage:
+    name: ClassVar[str] = "record"
+    failure: ClassVar[Failure] = Failure.OPEN
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.limit = ctx.settings.log_body_max
+
+    async def response_chunk(self, ex: Exchange, chunk: Chunk) -> None:
+        ex.keep(ex.response.upstream_log, chunk.upstream)
+        ex.keep(ex.response.client_log, chunk.data)  # placeholders, not the restored values
+
+    async def response_complete(self, ex: Exchange) -> None:
+        if not ex.record or not ex.request_id:
+            return
+        record = self.build(ex)
+        self.ctx.recorder.submit(record)
+        if ex.auth.key_id is not None and self.ctx.meter is not None:
+            self.ctx.meter.record(ex.auth.key_id, record.usage.total_tokens or 0)
+
+    # ------------------------------------------------------------------ building
+    def build(self, ex: Exchange) -> ExchangeRecord:
+        req, resp = ex.request, ex.response
+        folded = self._fold(ex)
+        view = req.view
+        limit = self.limit
+        client_body = self._request_for_log(ex)
+        sent = _body(client_body, limit, size=len(req.body)) if req.body else None
+        if ex.answer is not None:
+            response_client = _body(ex.answer.body, limit)
+        elif folded is not None and resp.streamed:
+            response_client = Body(json=folded.message, size=len(resp.client_log), truncated=resp.truncated)
+        elif resp.status is not None:
+            response_client = _body(bytes(resp.client_log), limit, resp.truncated)
+        else:
+            response_client = None
+        error = ex.error or (folded.error if folded is not None else None)
+        if error is None and resp.status is not None and resp.status >= 400:
+            error = f"HTTP {resp.status}"
+        codec = ex.tool_codec
+        aliases = dict(codec.mapping) if codec is not None else {}
+        model = view.model if view is not None else None
+        if model is None and folded is not None and isinstance(folded.message, dict):
+            model = folded.message.get("model")
+        return ExchangeRecord(
+            request_id=ex.request_id,
+            started_at=ex.started_at,
+            finished_at=datetime.now(UTC),
+            method=req.method,
+            path=req.path,
+            session_id=ex.session() if req.complete else ex.session_id,
+            client_key_fp=ex.client,
+            client_addr=ex.client_addr,
+            provider=req.provider,
+            model=model,
+            api=ex.api,
+            route=req.route.value,
+            status=resp.status,
+            streamed=resp.streamed,
+            latency_ms=(time.monotonic() - ex.t0) * 1000,
+            ttft_ms=resp.ttft_ms,
+            upstream_ms=resp.upstream_ms,
+            usage=folded.usage if folded is not None else Usage(),
+            request_client=sent,
+            request_forwarded=_body(req.forwarded, limit) if req.forwarded is not None else sent,
+            response_upstream=_body(bytes(resp.upstream_log), limit, resp.truncated) if resp.upstream_log else None,
+            response_client=response_client,
+            tool_names=tuple(view.tool_names) if view is not None else (),
+            prompt_system=view.system if view is not None else None,
+            prompt_user=view.last_user if view is not None else None,
+            tool_args_invalid=invalid_calls(folded.tool_calls, ex.tool_schemas) if folded is not None and folded.tool_calls else 0,
+            tool_aliases=aliases,
+            finish_reason=folded.finish_reason if folded is not None else None,
+            error=error,
+            request_headers=safe_headers(req.headers),
+            flags=ex.notes.flags(req),
+            response_text=folded.text if folded is not None and folded.text else None,
+            tool_calls=_tool_calls(folded, aliases),
+        )  # fmt: skip
+
+    def _request_for_log(self, ex: Exchange) -> bytes:
+        """The client's request as the log may keep it."""
+        req = ex.request
+        if req.logged is not None:
+            return req.logged
+        raw = bytes(req.body)
+        screened = ex.screen is not None and ex.screen.secrets_scanned
+        if not raw or screened:
+            return raw
+        return self._mask(raw[: self.limit])
+
+    def _mask(self, raw: bytes) -> bytes:
+        """Secrets masked in a body the guard did not read (its whole text, up to the log cap)."""
+        from intelligence.detectors.secrets import redact_secrets, shared_secret_detector
+
+        guard = self.ctx.guard
+        detector = guard.secrets if guard is not None else shared_secret_detector()
+        text = raw.decode("utf-8", "replace")
+        masked = redact_secrets(text, detector)
+        return raw if masked == text else masked.encode()
+
+    def _fold(self, ex: Exchange) -> Folded | None:
+        resp, endpoint = ex.response, ex.request.endpoint
+        if resp.folded is not None or endpoint is None:
+            return resp.folded
+        try:
+            if resp.decoder is not None:
+                resp.folded = resp.decoder.result()
+            elif ex.answer is None:
+                doc = parse_json(bytes(resp.client_log))
+                if isinstance(doc, dict):
+                    resp.folded = endpoint.fold(doc)
+        except Exception:  # noqa: BLE001 - an odd response is recorded without its summary
+            log.exception("request %s: folding the response failed", ex.request_id)
+        return resp.folded
+
+
+def safe_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {
+        k: v
+        for k, v in headers.items()
+        if k not in _SECRET_HEADERS and not any(s in k for s in ("token", "secret", "key")) and not k.startswith(":")
+    }
+
+
+def _tool_calls(folded: Folded | None, aliases: dict[str, str]) -> tuple[dict[str, Any], ...]:
+    if folded is None or not folded.tool_calls:
+        return ()
+    upstream_of = {original: alias for alias, original in aliases.items()}
+    return tuple(
+        {"name": c.name, "upstream_name": upstream_of.get(c.name, c.name), "arguments": c.arguments} for c in folded.tool_calls
+    )
+
+
+def _body(data: bytes | None, limit: int, truncated: bool = False, size: int | None = None) -> Body | None:
+    """``data`` as the log stores it: JSON when it parses, else text, cut at ``limit``. ``size`` is the
+    length on the wire when ``data`` is already a (masked, cut) rendering of it."""
+    if data is None:
+        return None
+    size = len(data) if size is None else max(size, len(data))
+    if size <= limit and len(data) <= limit:
+        doc = parse_json(data)
+        if doc is not None:
+            return Body(json=doc, size=size, truncated=truncated)
+    text = data[:limit].decode("utf-8", "replace")
+    return Body(text=text, size=size, truncated=truncated or size > limit)
