@@ -96,6 +96,7 @@ class AccessStage:
         doc = _object(parse_json(_strip_bom(req.body)))
         if doc is None:
             # What the gateway cannot read it cannot screen: a model call must not pass through unread.
+            req.not_json = True
             return gateway_error(
                 400, "llmproxy: the request body must be a JSON object (valid UTF-8)", api=ex.api, code="invalid_json"
             )
@@ -109,6 +110,7 @@ class AccessStage:
             return gateway_error(400, "llmproxy: this route needs a JSON body with a `model`", api=ex.api, code="body_required")
         doc = _object(parse_json(_strip_bom(req.body)))
         if doc is None:
+            req.not_json = True
             hint = "" if "json" in req.headers.get("content-type", "") else " (content-type is not application/json)"
             return gateway_error(
                 400, "llmproxy: request body must be a JSON object with a `model` field" + hint, api=ex.api, code="invalid_json"

@@ -1,12 +1,14 @@
 """Enhance: live enhancements and experiment arms (intelligence.enhance.live.Enhancer).
 
 Advisory, so it fails open: a failed lookup forwards the request as the client sent it. When nothing
-is live, or the client sent ``x-llmproxy-enhance: off``, the stage returns without awaiting anything.
+is live, or the client sent ``x-enhance: off``, the stage returns without awaiting anything.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+from intelligence.enhance.live import OPT_OUT_HEADER
 
 from ..context import Context
 from ..exchange import Exchange
@@ -22,6 +24,8 @@ class EnhanceStage:
 
     async def request_body(self, ex: Exchange) -> None:
         req = ex.request
+        if OPT_OUT_HEADER in req.headers:
+            ex.reply.remove_headers.append(OPT_OUT_HEADER)  # a gateway control: the provider never sees it
         enhancer = self.enhancer
         if enhancer is None or req.doc is None or req.view is None or not enhancer.wants(req.view.api, req.headers):
             return

@@ -6,7 +6,7 @@ reloaded when the database NOTIFYs ``llmproxy_experiments`` (triggers on both ta
 fallback, every few seconds.
 
 :class:`Enhancer` is the hot-path part. When the snapshot is empty, the feature flag is off, the API
-is not chat/messages or the client opted out (``x-llmproxy-enhance: off``), :meth:`Enhancer.wants`
+is not chat/messages or the client opted out (``x-enhance: off``), :meth:`Enhancer.wants`
 says no and the exchange stays synchronous: no await, no database, no embedding. Otherwise the
 request's pattern is found with pattern memory's :class:`PatternLookup` (5 ms budget; a miss means
 "not enhanced", never a delay), the arm is assigned deterministically from the experiment id and the
@@ -32,7 +32,8 @@ from intelligence.enhance import spec as specs
 log = logging.getLogger("llmproxy.enhance")
 
 NOTIFY_CHANNEL = "llmproxy_experiments"
-OPT_OUT_HEADER = "x-llmproxy-enhance"
+# Not x-llmproxy-*: Envoy strips that namespace from clients (it is the gateway's own, for routing).
+OPT_OUT_HEADER = "x-enhance"
 ENHANCEABLE_APIS = frozenset({"chat", "messages"})
 
 # Enhancements that apply now, with the live pattern they belong to. A pattern merged away keeps its

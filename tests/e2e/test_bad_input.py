@@ -22,11 +22,13 @@ def post(stack: Stack, path: str, content: bytes, ctype: str = "application/json
     )
 
 
-def test_malformed_json_on_prefix_route_passes_through_untouched_and_is_logged_raw(stack: Stack) -> None:
+def test_malformed_json_on_a_model_call_is_refused_and_never_forwarded(stack: Stack) -> None:
+    """What the gateway cannot read it cannot screen: a model call's unreadable body stops here."""
+    stack.fake.clear()
     raw = b'{"model": "gpt-4o", "messages": [ {"role": "user", '
     r = post(stack, CHAT, raw)
-    assert r.status_code == 400  # the provider's own answer, not ours
-    assert last_request(stack.fake, "/v1/chat/completions").body == raw
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert not stack.fake.requests
     rec = stack.record(r.headers["x-llmproxy-request-id"])
     assert rec.request_client.json is None and rec.request_client.text == raw.decode()
     assert rec.flags.get("request_not_json") is True and rec.status == 400
@@ -46,11 +48,12 @@ def test_wrong_content_type_is_named_in_the_error(stack: Stack) -> None:
 
 
 def test_invalid_utf8_body(stack: Stack) -> None:
+    stack.fake.clear()
     raw = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "bad \xff\xfe bytes"}]}'
     r = post(stack, "/v1/chat/completions", raw)
     assert r.status_code == 400
-    r2 = post(stack, CHAT, raw)  # prefix route: forwarded as is; the provider decides
-    assert last_request(stack.fake, "/v1/chat/completions").body == raw
+    r2 = post(stack, CHAT, raw)  # prefix route too: refused, not forwarded unscreened
+    assert r2.status_code == 400 and not stack.fake.requests
     rec = stack.record(r2.headers["x-llmproxy-request-id"])
     assert "\ufffd" in rec.request_client.text  # stored readable, never as invalid text
 

@@ -147,10 +147,10 @@ def test_active_enhancement_is_applied_recorded_and_respects_opt_out(stack: Stac
         assert INSTRUCTION in json.dumps(body_json(rec.request_forwarded))
         assert rec.prompt_system == f"You help team {tag}."  # pattern memory keeps seeing the client's prompt
 
-        opted = stack.record(_send(stack, doc, **{"x-llmproxy-enhance": "off"}))
+        opted = stack.record(_send(stack, doc, **{"x-enhance": "off"}))
         assert "enhancement" not in opted.flags
         assert INSTRUCTION not in json.dumps(_upstream_saw(stack, tag))
-        assert "x-llmproxy-enhance" not in {k.lower() for k in stack.fake.requests[-1].headers}
+        assert "x-enhance" not in {k.lower() for k in stack.fake.requests[-1].headers}
     finally:
         asyncio.run(_retire(stack.db_url, [pid]))
 

@@ -2,7 +2,7 @@
 
 test_enhancement.py covers OpenAI chat; here the same sidecar path must patch the top-level
 ``system`` field of Anthropic requests on the variant arm only, record both bodies and the arm, and
-honour ``x-llmproxy-enhance: off``. The experiment is started the way the control API starts one
+honour ``x-enhance: off``. The experiment is started the way the control API starts one
 (intelligence.enhance.manage), so the sidecar learns of it through NOTIFY.
 """
 
@@ -135,10 +135,10 @@ def test_anthropic_messages_experiment_patches_variant_only(stack: Stack) -> Non
         assert upstream["stream"] is True and INSTRUCTION in upstream["system"]
 
         # the opt-out header: no exposure, nothing patched, and the header is not forwarded
-        rec = stack.record(_send(stack, tag, **{"x-session-id": variant, "x-llmproxy-enhance": "off"}))
+        rec = stack.record(_send(stack, tag, **{"x-session-id": variant, "x-enhance": "off"}))
         assert "enhancement" not in rec.flags
         seen = _upstream_saw(stack, tag)
         assert INSTRUCTION not in json.dumps(seen.json)
-        assert "x-llmproxy-enhance" not in seen.headers
+        assert "x-enhance" not in seen.headers
     finally:
         asyncio.run(_retire(stack.db_url, [pid]))

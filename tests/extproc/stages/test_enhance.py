@@ -74,7 +74,7 @@ async def test_nothing_is_looked_up_when_nothing_applies_or_the_client_opts_out(
     lookup = CountingLookup(PatternMatch(5, 1.0, True, "hash"))
     ex, reply = await request(Enhancer(StaticCache({}), lookup), "s1")
     assert "enhancement" not in ex.flags
-    ex, reply = await request(Enhancer(StaticCache({5: (item(),)}), lookup), "s1", **{"x-llmproxy-enhance": "off"})
+    ex, reply = await request(Enhancer(StaticCache({5: (item(),)}), lookup), "s1", **{"x-enhance": "off"})
     assert reply.body is None and "enhancement" not in ex.flags
     assert lookup.calls == 0
 
