@@ -8,7 +8,7 @@ PYVER  := $(shell $(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}{sys.ve
 LOCK   := requirements/py$(PYVER).lock
 LOCK_FLAGS := --extra test --extra dev --generate-hashes --python-platform x86_64-manylinux_2_31 --quiet
 
-.PHONY: up test venv lock lint proto clean bench sysdeps
+.PHONY: up test venv lock lint proto clean bench sysdeps docs deploy-check
 
 $(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11 or 3.12)"; exit 1; }
@@ -46,6 +46,15 @@ sysdeps:
 	    echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "missing system packages:$$missing (install them; the tests that need them fail without)" >&2; fi; \
 	fi
+
+# Generated files: the configuration reference and the Envoy configs of compose and Kubernetes.
+docs: $(STAMP)
+	$(BIN)/python -m extproc.cli.docgen
+	$(BIN)/python deploy/render_envoy.py
+
+deploy-check: $(STAMP)
+	$(BIN)/python deploy/render_envoy.py --check
+	$(BIN)/python -m extproc.cli.docgen --check
 
 # Refresh both lock files from pyproject.toml (needs the package registry; uv comes from the dev extra).
 lock:

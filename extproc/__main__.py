@@ -124,10 +124,20 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         guard=guard,
         enhancer=enhancer,
     )
+    from . import metrics, tracing
     from .pipeline import Pipeline
     from .stages import default_stages
 
-    pipeline = Pipeline(default_stages(ctx))
+    pipeline = Pipeline(
+        default_stages(ctx),
+        on_stage_error=lambda stage, _phase, mode: metrics.observe_stage_error(stage, f"fail_{mode.value}"),
+        on_phase=metrics.observe_phase,
+    )
+    metrics.track_queue("audit", lambda: float(audit.pending))
+    metrics.track_queue("events", lambda: float(events.pending))
+    address = metrics.metrics_address_from_env()
+    metrics_server = metrics.start_metrics_server(*address)[0] if address is not None else None
+    tracing.configure()
     server, health_servicer = await serve(
         settings, pipeline, host=settings.host, port=settings.port, max_message=settings.grpc_max_message
     )
@@ -156,6 +166,9 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         await keys.stop()
         await recorder.stop()
         await engine.dispose()
+        tracing.shutdown()
+        if metrics_server is not None:
+            metrics_server.shutdown()
         log.info("sidecar stopped: %s", pipeline.stats)
 
 
@@ -282,7 +295,9 @@ def event_loop_factory(choice: str | None = None) -> Callable[[], asyncio.Abstra
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logjson import configure_logging
+
+    configure_logging(logging.INFO)  # LLMPROXY_LOG_FORMAT=json: one JSON object a line, secrets masked
     settings = build_settings(args)
 
     async def _main() -> None:

@@ -11,8 +11,8 @@ an outage takes effect when the database is back.
 from __future__ import annotations
 
 import enum
-import hashlib
 import fnmatch
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass

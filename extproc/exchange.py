@@ -22,8 +22,8 @@ from .wire import Immediate, Reply
 
 if TYPE_CHECKING:
     from .auth import AuthDecision
-    from .screening import GuardOutcome, ResponseScreen
     from .providers.base import Endpoint, Folded, RequestView, StreamProcessor
+    from .screening import GuardOutcome, ResponseScreen
     from .settings import SidecarSettings
     from .toolnames import ToolNameCodec
 

@@ -41,9 +41,13 @@ RECORDER_DROPPED = _recorder.DROPPED
 # ------------------------------------------------------------------------------------------ labels
 PROVIDERS = frozenset({"openai", "anthropic", "openrouter", "ollama"})
 PHASES = ("request_headers", "request_body", "response_headers", "response_body")
+# The pipeline's stages (extproc.stages.default_stages) and the background parts that contain failures.
 STAGES = frozenset(
-    {*PHASES, "guard", "policy", "enhancer", "recorder", "audit", "events", "auth", "claude_gate", "webhook", "stream"}
-)
+    {
+        *PHASES, "access", "feedback", "guard", "claude_verdict", "enhance", "tool_names", "credentials", "record",
+        "restore", "policy", "recorder", "audit", "events", "claude_gate", "webhook", "stream",
+    }
+)  # fmt: skip
 FAILURE_MODES = frozenset({"exception", "timeout", "fail_open", "fail_closed", "cancelled", "rejected"})
 DETECTORS = ("pii", "secrets", "injection", "flags")
 ACTIONS = ("block", "redact", "route", "cap", "rule", "none")

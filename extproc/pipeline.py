@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Protocol
 
 from .errors import gateway_error
 from .exchange import Exchange
+from .logjson import set_request_id
 from .wire import BodyChunk, Headers, Immediate, Phase, Reply
 
 log = logging.getLogger("llmproxy.pipeline")
@@ -70,6 +71,7 @@ class Pipeline:
         stages: Sequence[Any],
         *,
         on_stage_error: Callable[[str, str, Failure], None] | None = None,
+        on_phase: Callable[[str, float], None] | None = None,
     ) -> None:
         self.stages = tuple(stages)
         for stage in self.stages:
@@ -83,11 +85,21 @@ class Pipeline:
             phase: tuple((s, getattr(s, phase)) for s in self.stages if hasattr(s, phase)) for phase in phases
         }
         self.on_stage_error = on_stage_error
+        self.on_phase = on_phase  # (phase, seconds of sidecar time on that message): a metrics hook
         self.stats = dict.fromkeys(STATS_KEYS, 0)
 
     # ------------------------------------------------------------------ phases
     async def process(self, ex: Exchange, phase: Phase, event: Headers | BodyChunk | None) -> Reply | Immediate:
         """Envoy's message for ``phase`` in; the reply for Envoy out."""
+        if self.on_phase is None:
+            return await self._process(ex, phase, event)
+        t0 = time.perf_counter()
+        try:
+            return await self._process(ex, phase, event)
+        finally:
+            self.on_phase(phase.value, time.perf_counter() - t0)
+
+    async def _process(self, ex: Exchange, phase: Phase, event: Headers | BodyChunk | None) -> Reply | Immediate:
         ex.reply = Reply()
         if phase is Phase.REQUEST_HEADERS:
             assert isinstance(event, Headers)
@@ -194,6 +206,7 @@ def begin_request(ex: Exchange, ev: Headers) -> None:
     # Envoy is the edge and mints x-request-id itself (envoy.yaml: a client's own is not kept).
     ex.request_id = h.get("x-request-id") or str(uuid.uuid4())
     ex.client_addr = _client_addr(ev)
+    set_request_id(ex.request_id)  # every log line of this stream's task names the request
 
 
 def begin_response(ex: Exchange, ev: Headers) -> None:
@@ -206,7 +219,9 @@ def begin_response(ex: Exchange, ev: Headers) -> None:
     resp.content_type = h.get("content-type", "")
     resp.has_body = not ev.end_of_stream
     # SSE and NDJSON go chunk by chunk (for model calls the adapters know how to read)
-    resp.streamed = ex.request.endpoint is not None and ("text/event-stream" in resp.content_type or "ndjson" in resp.content_type)
+    resp.streamed = ex.request.endpoint is not None and (
+        "text/event-stream" in resp.content_type or "ndjson" in resp.content_type
+    )
     if "x-envoy-upstream-service-time" in h:
         try:
             resp.upstream_ms = float(h["x-envoy-upstream-service-time"])

@@ -20,8 +20,8 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from extproc.policy import Redactions, apply_request, apply_response, redact_text
-from intelligence.detectors.response import MaskingFilter, PlaceholderRestorer, mask_text, rewrite_response_texts
 from intelligence.detectors.redact import Redaction
+from intelligence.detectors.response import MaskingFilter, PlaceholderRestorer, mask_text, rewrite_response_texts
 from intelligence.detectors.spans import Span, resolve_overlaps
 from intelligence.policy import Alert, Detections, Quarantine, RequestDecision, RequestFacts, ResponseDecision, ResponseFacts
 from intelligence.policy.decision import RedactPlan

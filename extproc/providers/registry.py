@@ -18,6 +18,7 @@ from extproc.providers.openai_completions import CompletionsEndpoint
 from extproc.providers.openai_embeddings import EmbeddingsEndpoint
 from extproc.providers.openai_responses import ResponsesEndpoint
 
+
 @dataclass(frozen=True, slots=True)
 class Provider:
     name: str

@@ -118,7 +118,9 @@ class AccessStage:
         model = doc.get("model")
         provider = self.ctx.router.provider_for(model)
         if provider is None:
-            return gateway_error(400, f"llmproxy: unknown model {model!r}: no provider route matches it", api=ex.api, code="unknown_model")
+            return gateway_error(
+                400, f"llmproxy: unknown model {model!r}: no provider route matches it", api=ex.api, code="unknown_model"
+            )
         req.provider = provider
         ex.reply.set_headers["x-llmproxy-provider"] = provider
         ex.reply.clear_route_cache = True

@@ -30,7 +30,9 @@ class EnhanceStage:
         if enhancer is None or req.doc is None or req.view is None or not enhancer.wants(req.view.api, req.headers):
             return
         session = ex.session()  # the assignment unit: fixed before the arm is chosen
-        applied = await enhancer.enhance(req.view, req.doc, req.view.api, session, req.headers, client=ex.client or ex.client_addr)
+        applied = await enhancer.enhance(
+            req.view, req.doc, req.view.api, session, req.headers, client=ex.client or ex.client_addr
+        )
         if applied is None:
             return
         ex.notes.enhancement = applied.record()

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from intelligence.records import Body, ExchangeRecord, Usage
 
+from .. import metrics, tracing
 from ..context import Context
 from ..exchange import Exchange, parse_json
 from ..pipeline import Chunk, Failure
@@ -46,6 +47,8 @@ class RecordStage:
             return
         record = self.build(ex)
         self.ctx.recorder.submit(record)
+        metrics.observe_exchange(record)  # never raises
+        tracing.record_exchange(record, ex.request.headers.get("traceparent"), ex.request.headers.get("tracestate"))
         if ex.auth.key_id is not None and self.ctx.meter is not None:
             self.ctx.meter.record(ex.auth.key_id, record.usage.total_tokens or 0)
 
@@ -141,7 +144,7 @@ class RecordStage:
                 doc = parse_json(bytes(resp.client_log))
                 if isinstance(doc, dict):
                     resp.folded = endpoint.fold(doc)
-        except Exception:  # noqa: BLE001 - an odd response is recorded without its summary
+        except Exception:
             log.exception("request %s: folding the response failed", ex.request_id)
         return resp.folded
 

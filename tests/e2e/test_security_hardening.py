@@ -144,7 +144,9 @@ def test_an_allowlisted_name_may_not_resolve_to_a_private_address(tmp_path_facto
 def test_a_gateway_key_reaches_only_model_calls(required_stack, method: str, path: str) -> None:
     key = gateway_key(required_stack.db_url, "--name", "scoped", "--models", "gpt-4o-mini")
     before = len(required_stack.fake.requests)
-    r = httpx.request(method, required_stack.url + path, headers={"authorization": f"Bearer {key}"}, json={"model": "gpt-4o-mini"})
+    r = httpx.request(
+        method, required_stack.url + path, headers={"authorization": f"Bearer {key}"}, json={"model": "gpt-4o-mini"}
+    )
     assert r.status_code == 403 and r.json()["error"]["code"] == "operation_not_allowed"
     assert len(required_stack.fake.requests) == before  # the operator's credential went nowhere
 

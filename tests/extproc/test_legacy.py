@@ -59,7 +59,9 @@ async def test_explicit_and_wildcard_ports() -> None:
     assert (await t.approve("http://any.example:7000/")).port == 7000
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "10.0.0.5", "169.254.169.254", "192.168.1.1", "::1", "fd00::1", "::ffff:127.0.0.1", "100.64.0.1"])
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "10.0.0.5", "169.254.169.254", "192.168.1.1", "::1", "fd00::1", "::ffff:127.0.0.1", "100.64.0.1"]
+)
 async def test_a_public_name_resolving_to_a_private_address_is_refused(address: str) -> None:
     t = targets("partner.example", partner_example=("93.184.216.34", address))
     with pytest.raises(TargetRefused) as err:

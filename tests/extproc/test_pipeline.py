@@ -10,7 +10,7 @@ import pytest
 from extproc.pipeline import Chunk, Failure, Pipeline
 from extproc.stages import default_stages
 from extproc.testing.pipeline import Driver, context, json_chunk, request_headers, response_headers
-from extproc.wire import Immediate, Phase, Reply
+from extproc.wire import Immediate, Reply
 
 
 class Probe:

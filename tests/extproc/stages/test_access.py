@@ -65,13 +65,17 @@ async def test_a_model_call_the_gateway_cannot_read_is_refused(raw: bytes) -> No
 async def test_a_byte_order_mark_is_read_like_a_provider_would() -> None:
     c = context()
     body = b"\xef\xbb\xbf" + json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
-    r = await Driver(c).round(request_headers("/openai/v1/chat/completions"), json_chunk(body), response=response_headers(), chunks=[b"{}"])
+    r = await Driver(c).round(
+        request_headers("/openai/v1/chat/completions"), json_chunk(body), response=response_headers(), chunks=[b"{}"]
+    )
     assert r.answer is None and r.ex.request.view is not None and r.ex.request.view.last_user == "hi"
 
 
 async def test_a_body_on_a_path_that_is_not_a_model_call_is_forwarded_and_noted() -> None:
     c = context()
-    r = await Driver(c).round(request_headers("/openai/v1/files"), json_chunk(b"--multipart--"), response=response_headers(), chunks=[b"{}"])
+    r = await Driver(c).round(
+        request_headers("/openai/v1/files"), json_chunk(b"--multipart--"), response=response_headers(), chunks=[b"{}"]
+    )
     assert r.answer is None
     assert c.recorder.records[0].flags["request_not_json"] is True
 

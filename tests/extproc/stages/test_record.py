@@ -6,8 +6,8 @@ import json
 from types import SimpleNamespace
 
 from extproc.screening import Guard
-from extproc.toolnames import ToolNameCodec
 from extproc.testing.pipeline import Driver, context, json_chunk, request_headers, response_headers
+from extproc.toolnames import ToolNameCodec
 from extproc.wire import Immediate
 from intelligence.detectors.secrets import shared_secret_detector
 from intelligence.policy.testing import snapshot_from_yaml
@@ -50,7 +50,9 @@ class Quiet:
 
 def guarded(policy: str) -> Driver:
     c = context()
-    watcher = SimpleNamespace(snapshot=snapshot_from_yaml(policy), throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None)))
+    watcher = SimpleNamespace(
+        snapshot=snapshot_from_yaml(policy), throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None))
+    )
     c.guard = Guard(watcher, secrets=shared_secret_detector(), pii=None, injection=Quiet())
     return Driver(c)
 
@@ -84,10 +86,20 @@ async def test_a_request_forwarded_in_monitor_mode_is_logged_masked() -> None:
 async def test_a_request_the_guard_never_read_is_masked_before_it_is_stored() -> None:
     # a policy that runs no secret detector, a legacy body, a body that is not JSON, a refusal at the access stage
     d = guarded(NO_DETECTORS)
-    await d.round(request_headers("/openai/v1/chat/completions"), json_chunk(chat(f"key {AWS}")), response=response_headers(), chunks=[b"{}"])
+    await d.round(
+        request_headers("/openai/v1/chat/completions"),
+        json_chunk(chat(f"key {AWS}")),
+        response=response_headers(),
+        chunks=[b"{}"],
+    )
     assert AWS not in logged(d)
     d = guarded(NO_DETECTORS)
-    await d.round(request_headers("/openai/v1/files"), json_chunk(f"raw upload with {GH}".encode()), response=response_headers(), chunks=[b"{}"])
+    await d.round(
+        request_headers("/openai/v1/files"),
+        json_chunk(f"raw upload with {GH}".encode()),
+        response=response_headers(),
+        chunks=[b"{}"],
+    )
     assert GH not in logged(d)
     d = guarded(NO_DETECTORS)
     r = await d.round(request_headers("/openai/v1/chat/completions"), json_chunk(f"broken json {GH}".encode()))
@@ -98,10 +110,20 @@ async def test_the_record_carries_a_provider_neutral_summary_of_the_response() -
     alias = ToolNameCodec().encode("fs.read")  # what the provider sees for the client's "fs.read"
     call = {"id": "t1", "type": "function", "function": {"name": alias, "arguments": '{"p": 1}'}}
     message = {"role": "assistant", "content": "calling", "tool_calls": [call]}
-    resp = {"id": "c", "object": "chat.completion", "model": "gpt-4o", "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]}
+    resp = {
+        "id": "c",
+        "object": "chat.completion",
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+    }
     body = {"model": "gpt-4o", "messages": [], "tools": [{"type": "function", "function": {"name": "fs.read", "parameters": {}}}]}
     d = Driver(context())
-    r = await d.round(request_headers("/openai/v1/chat/completions"), json_chunk(body), response=response_headers(), chunks=[json.dumps(resp).encode()])
+    r = await d.round(
+        request_headers("/openai/v1/chat/completions"),
+        json_chunk(body),
+        response=response_headers(),
+        chunks=[json.dumps(resp).encode()],
+    )
     assert r.answer is None
     (rec,) = d.ctx.recorder.records  # type: ignore[attr-defined]
     assert rec.response_text == "calling" and rec.tool_aliases == {alias: "fs.read"}
