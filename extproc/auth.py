@@ -109,7 +109,9 @@ def _credentials(headers: Mapping[str, str]) -> list[tuple[str, str]]:
     return out
 
 
-def check_key(headers: Mapping[str, str], snapshot: KeySnapshot, now: datetime) -> AuthDecision:
+def check_key(
+    headers: Mapping[str, str], snapshot: KeySnapshot, now: datetime, max_staleness: float | None = None
+) -> AuthDecision:
     """Authenticate a request that must carry a gateway key (``Authorization: Bearer llmp_...`` or ``x-api-key``)."""
     token = presented_credential(headers)
     if token is None:
@@ -134,6 +136,15 @@ def check_key(headers: Mapping[str, str], snapshot: KeySnapshot, now: datetime) 
             "llmproxy: gateway keys are not loaded yet (database unavailable); retry shortly",
             retry_after=2,
         )
+    if max_staleness is not None and (now - snapshot.loaded_at).total_seconds() > max_staleness:
+        # A revocation made since the last load would not be seen: past the bound, refuse rather than guess.
+        return _deny(
+            503,
+            "key_store_stale",
+            f"llmproxy: gateway keys have not been refreshed for over {max_staleness:.0f} s (database unavailable); "
+            "retry shortly",
+            retry_after=5,
+        )
     info = snapshot.lookup(token)
     if info is None:
         return _deny(401, "invalid_gateway_key", f"llmproxy: invalid gateway key {token[:PREFIX_LEN]}…")
@@ -148,17 +159,20 @@ def check_key(headers: Mapping[str, str], snapshot: KeySnapshot, now: datetime) 
     return AuthDecision(ok=True, key_id=info.id, key=info, message=f"gateway key {info.label}")
 
 
-def authenticate(headers: Mapping[str, str], snapshot: KeySnapshot, now: datetime, mode: AuthMode) -> AuthDecision:
+def authenticate(
+    headers: Mapping[str, str], snapshot: KeySnapshot, now: datetime, mode: AuthMode, max_staleness: float | None = None
+) -> AuthDecision:
     """The request-headers decision for the configured mode.
 
     passthrough: requests without a gateway key go on untouched (:data:`PASSTHROUGH`); one that does
     present a gateway key is checked like in required mode, so a revoked key never slips through.
+    ``max_staleness`` (seconds): a key snapshot older than that refuses every key (503).
     """
     if mode is AuthMode.PASSTHROUGH:
         token = presented_credential(headers)
         if token is None or not token.startswith(KEY_SCHEME):
             return PASSTHROUGH
-    return check_key(headers, snapshot, now)
+    return check_key(headers, snapshot, now, max_staleness)
 
 
 def check_scope(

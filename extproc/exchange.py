@@ -53,6 +53,7 @@ class RequestState:
     view: RequestView | None = None  # the adapter's typed reading of `doc`
     not_json: bool = False  # a body that is not a JSON object
     changed: bool = False  # `doc` was edited: the pipeline forwards it re-rendered
+    stream_usage_added: bool = False  # the gateway asked the provider for stream usage the client did not
     forwarded: bytes | None = None  # the body as forwarded, when it differs from the client's
     logged: bytes | None = None  # the client's body as the log keeps it, when redaction changed it
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 
@@ -24,8 +25,12 @@ class Processor(wire.ExternalProcessorServicer):
         self.settings = settings
         self.pipeline = pipeline
         self._endings: set[asyncio.Task[None]] = set()
+        self._peers = PeerFilter(settings.allowed_peers)
 
-    async def Process(self, request_iterator: AsyncIterator, context: grpc.aio.ServicerContext):  # noqa: N802 (gRPC name)
+    async def Process(self, request_iterator: AsyncIterator, context: grpc.aio.ServicerContext):
+        if not self._peers.allows(context.peer()):
+            log.warning("ext_proc stream from %s refused: not an allowed peer (LLMPROXY_SIDECAR_ALLOWED_PEERS)", context.peer())
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "llmproxy: this peer may not use the ext_proc service")
         ex = Exchange(self.settings)
         reason = "stream ended before the response completed"
         try:
@@ -51,6 +56,32 @@ class Processor(wire.ExternalProcessorServicer):
                 task = asyncio.get_running_loop().create_task(self.pipeline.abort(ex, reason))
                 self._endings.add(task)
                 task.add_done_callback(self._endings.discard)
+
+
+class PeerFilter:
+    """gRPC peers (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``, ``unix:...``) against allowed networks."""
+
+    def __init__(self, networks: tuple[str, ...]) -> None:
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+        self._seen: dict[str, bool] = {}
+
+    def allows(self, peer: str | None) -> bool:
+        if not peer:
+            return False
+        if peer.startswith("unix:"):
+            return True  # a Unix socket is as local as it gets: its file permissions decide
+        kind, _, rest = peer.partition(":")
+        address = rest.rsplit(":", 1)[0].strip("[]") if kind in ("ipv4", "ipv6") else rest
+        cached = self._seen.get(address)
+        if cached is None:
+            try:
+                ip = ipaddress.ip_address(address.split("%")[0])
+            except ValueError:
+                return False
+            cached = any(ip in net for net in self.networks)
+            if len(self._seen) < 4096:
+                self._seen[address] = cached
+        return cached
 
 
 async def serve(

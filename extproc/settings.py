@@ -28,6 +28,12 @@ class SidecarSettings:
     grpc_max_message: int = 64 << 20
     policy_file: str | None = None  # None: $LLMPROXY_POLICY_FILE or intelligence/policy/default.yaml
     auth_mode: str = "passthrough"  # passthrough (client provider keys go upstream) | required (gateway keys)
+    # A key snapshot not refreshed for this long (the database away) refuses every gateway key: a
+    # revocation made meanwhile would otherwise go unseen for as long as the outage lasts.
+    key_max_staleness_s: float = 300.0
+    # Who may open ext_proc streams: Envoy on the same host (or pod) by default. Anyone who can reach
+    # the port could otherwise ask the sidecar to route, or read what it answers.
+    allowed_peers: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
     @property
     def spool_dir(self) -> Path:
@@ -45,6 +51,12 @@ class SidecarSettings:
             model_routes=routes + DEFAULT_MODEL_ROUTES,
             legacy_allowlist=allow,
             auth_mode=env.get("LLMPROXY_AUTH_MODE", "passthrough"),
+            key_max_staleness_s=float(env.get("LLMPROXY_KEY_MAX_STALENESS_S", "300")),
+            **(
+                {"allowed_peers": tuple(p.strip() for p in env["LLMPROXY_SIDECAR_ALLOWED_PEERS"].split(",") if p.strip())}
+                if env.get("LLMPROXY_SIDECAR_ALLOWED_PEERS")
+                else {}
+            ),
         )
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)

@@ -107,8 +107,11 @@ class MessagesEndpoint:
             error=error_message(body),
         )
 
-    def stream(self, codec: ToolNameCodec | None) -> MessagesStreamProcessor:
+    def stream(self, codec: ToolNameCodec | None, *, drop_usage: bool = False) -> MessagesStreamProcessor:
         return MessagesStreamProcessor(self, codec)
+
+    def ask_stream_usage(self, body: dict) -> bool:
+        return False  # this API's streams report usage without being asked
 
 
 def _text_field(block: dict, key: str) -> str:

@@ -78,4 +78,12 @@ class Endpoint(Protocol):
 
     def fold(self, body: dict) -> Folded: ...
 
-    def stream(self, codec: ToolNameCodec | None) -> StreamProcessor: ...
+    def stream(self, codec: ToolNameCodec | None, *, drop_usage: bool = False) -> StreamProcessor:
+        """The decoder of a streamed response; ``drop_usage`` leaves out the usage-only event that
+        :meth:`ask_stream_usage` asked for (the client did not)."""
+        ...
+
+    def ask_stream_usage(self, body: dict) -> bool:
+        """Make a streamed request report token usage when the API only does so on request;
+        True when ``body`` changed (False for APIs whose streams always carry usage)."""
+        ...

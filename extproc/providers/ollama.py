@@ -96,8 +96,11 @@ class OllamaChatEndpoint(_OllamaEndpoint):
             error=error_message(body),
         )
 
-    def stream(self, codec: ToolNameCodec | None) -> OllamaStreamProcessor:
+    def stream(self, codec: ToolNameCodec | None, *, drop_usage: bool = False) -> OllamaStreamProcessor:
         return OllamaStreamProcessor(self, codec, content_key="message")
+
+    def ask_stream_usage(self, body: dict) -> bool:
+        return False  # this API's streams report usage without being asked
 
 
 class OllamaGenerateEndpoint(_OllamaEndpoint):
@@ -123,8 +126,11 @@ class OllamaGenerateEndpoint(_OllamaEndpoint):
             error=error_message(body),
         )
 
-    def stream(self, codec: ToolNameCodec | None) -> OllamaStreamProcessor:
+    def stream(self, codec: ToolNameCodec | None, *, drop_usage: bool = False) -> OllamaStreamProcessor:
         return OllamaStreamProcessor(self, None, content_key=None)
+
+    def ask_stream_usage(self, body: dict) -> bool:
+        return False  # this API's streams report usage without being asked
 
 
 class OllamaStreamProcessor(NDJSONStreamProcessor):

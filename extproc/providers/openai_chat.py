@@ -171,8 +171,27 @@ class ChatEndpoint:
             error=error_message(body),
         )
 
-    def stream(self, codec: ToolNameCodec | None) -> ChatStreamProcessor:
-        return ChatStreamProcessor(self, codec)
+    def stream(self, codec: ToolNameCodec | None, *, drop_usage: bool = False) -> ChatStreamProcessor:
+        return ChatStreamProcessor(self, codec, drop_usage=drop_usage)
+
+    def ask_stream_usage(self, body: dict) -> bool:
+        return ask_openai_stream_usage(body)
+
+
+def ask_openai_stream_usage(body: dict) -> bool:
+    """OpenAI streams report usage only with ``stream_options.include_usage``: ask for it."""
+    if body.get("stream") is not True:
+        return False
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return False
+    body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return True
+
+
+def usage_only_chunk(obj: dict) -> bool:
+    """The final chunk `include_usage` adds: usage, and an empty choices list."""
+    return bool(obj.get("usage")) and not obj.get("choices")
 
 
 # -- streaming --------------------------------------------------------------------------
@@ -392,8 +411,8 @@ class ChatStreamProcessor(SSEStreamProcessor):
     name goes into the first fragment's delta and the later fragments are dropped.
     """
 
-    def __init__(self, endpoint: ChatEndpoint, codec: ToolNameCodec | None) -> None:
-        super().__init__(endpoint, codec)
+    def __init__(self, endpoint: ChatEndpoint, codec: ToolNameCodec | None, *, drop_usage: bool = False) -> None:
+        super().__init__(endpoint, codec, drop_usage=drop_usage)
         self._assembler = ChatAssembler()
         self._held: list[_HeldEvent] = []
         self._pending: dict[_StreamKey, _PendingName] = {}
@@ -408,8 +427,13 @@ class ChatStreamProcessor(SSEStreamProcessor):
     def _assembled(self) -> dict:
         return self._assembler.message()
 
+    def _usage_only(self, obj: dict) -> bool:
+        return usage_only_chunk(obj)
+
     def _rewrite_event(self, ev: SSEEvent) -> bytes:
         chunk = self._observe_event(ev)
+        if self._drop_usage and chunk is not None and usage_only_chunk(chunk):
+            return b""
         fragments = _name_fragments(chunk) if chunk is not None and _may_name_tools(ev.data) else []
         if not fragments and not self._held:
             return ev.raw

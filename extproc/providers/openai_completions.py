@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from extproc.providers.base import Folded, RequestView
 from extproc.providers.jsonshape import as_dict, as_int, as_list, as_str, clone, error_message
-from extproc.providers.openai_chat import first_choice
+from extproc.providers.openai_chat import ask_openai_stream_usage, first_choice, usage_only_chunk
 from extproc.providers.sse import SSEStreamProcessor
 from extproc.providers.usage import openai_usage
 
@@ -53,17 +53,23 @@ class CompletionsEndpoint:
             error=error_message(body),
         )
 
-    def stream(self, codec: ToolNameCodec | None) -> CompletionsStreamProcessor:
-        return CompletionsStreamProcessor(self, codec)
+    def stream(self, codec: ToolNameCodec | None, *, drop_usage: bool = False) -> CompletionsStreamProcessor:
+        return CompletionsStreamProcessor(self, codec, drop_usage=drop_usage)
+
+    def ask_stream_usage(self, body: dict) -> bool:
+        return ask_openai_stream_usage(body)
 
 
 class CompletionsStreamProcessor(SSEStreamProcessor):
-    def __init__(self, endpoint: CompletionsEndpoint, codec: ToolNameCodec | None) -> None:
-        super().__init__(endpoint, codec)
+    def __init__(self, endpoint: CompletionsEndpoint, codec: ToolNameCodec | None, *, drop_usage: bool = False) -> None:
+        super().__init__(endpoint, codec, drop_usage=drop_usage)
         self._head: dict[str, Any] = {}
         self._texts: dict[int, list[str]] = {}
         self._finish: dict[int, str] = {}
         self._usage: dict | None = None
+
+    def _usage_only(self, obj: dict) -> bool:
+        return usage_only_chunk(obj)
 
     def _observe(self, event: str | None, obj: dict) -> None:
         message = error_message(obj)

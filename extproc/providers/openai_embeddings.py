@@ -36,8 +36,11 @@ class EmbeddingsEndpoint:
     def fold(self, body: dict) -> Folded:
         return Folded(message=body, usage=openai_usage(body.get("usage")), error=error_message(body))
 
-    def stream(self, codec: ToolNameCodec | None) -> PassThroughProcessor:
+    def stream(self, codec: ToolNameCodec | None, *, drop_usage: bool = False) -> PassThroughProcessor:
         return PassThroughProcessor(self)
+
+    def ask_stream_usage(self, body: dict) -> bool:
+        return False  # this API's streams report usage without being asked
 
 
 class PassThroughProcessor:

@@ -119,8 +119,11 @@ class ResponsesEndpoint:
             error=error_message(body),
         )
 
-    def stream(self, codec: ToolNameCodec | None) -> ResponsesStreamProcessor:
+    def stream(self, codec: ToolNameCodec | None, *, drop_usage: bool = False) -> ResponsesStreamProcessor:
         return ResponsesStreamProcessor(self, codec)
+
+    def ask_stream_usage(self, body: dict) -> bool:
+        return False  # this API's streams report usage without being asked
 
 
 @dataclass

@@ -155,10 +155,11 @@ class SSEStreamProcessor(ABC):
     lose bytes already handed back unchanged.
     """
 
-    def __init__(self, endpoint: Endpoint, codec: ToolNameCodec | None) -> None:
+    def __init__(self, endpoint: Endpoint, codec: ToolNameCodec | None, *, drop_usage: bool = False) -> None:
         self._endpoint = endpoint
         self._codec = codec
-        self._rewriting = codec is not None and codec.active
+        self._drop_usage = drop_usage  # leave out the usage-only event the gateway asked for (the client did not)
+        self._rewriting = (codec is not None and codec.active) or drop_usage
         self._decoder = SSEDecoder()
         self._error: str | None = None
 
@@ -205,6 +206,10 @@ class SSEStreamProcessor(ABC):
     def _release_held(self) -> bytes:
         return b""
 
+    def _usage_only(self, obj: dict) -> bool:
+        """An event that only reports usage (the APIs that report it on request)."""
+        return False
+
     # -- shared steps ------------------------------------------------------------------
     def _observe_event(self, ev: SSEEvent) -> dict | None:
         if ev.data is None or ev.is_done:
@@ -218,6 +223,8 @@ class SSEStreamProcessor(ABC):
         obj = self._observe_event(ev)
         if obj is None:
             return ev.raw
+        if self._drop_usage and self._usage_only(obj):
+            return b""
         restored = self._restored_copy(ev.event, obj)
         return ev.raw if restored is None else ev.with_data(dumps(restored))
 

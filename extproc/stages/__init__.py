@@ -14,6 +14,7 @@ from .credentials import CredentialsStage
 from .enhance import EnhanceStage
 from .feedback import FeedbackStage
 from .guard import GuardStage
+from .metering import MeteringStage
 from .record import RecordStage
 from .restore import RestoreStage
 from .toolnames import ToolNamesStage
@@ -29,6 +30,7 @@ def default_stages(ctx: Context) -> list[Stage]:
         ClaudeVerdictStage(),  # claude_verdict rules wait for Claude (bounded)         closed
         EnhanceStage(ctx),  # live enhancements and experiment arms                    open
         ToolNamesStage(),  # provider-safe tool names out, the client's names back      open
+        MeteringStage(),  # token budgets see streamed usage too                         open
         CredentialsStage(ctx),  # key scope on the final provider; operator's key       closed
         RecordStage(ctx),  # one masked ExchangeRecord per exchange                     open
         RestoreStage(),  # redacted values back into the response, for the client     closed

@@ -58,7 +58,7 @@ class AccessStage:
 
         # Gateway keys: decided here, before the body is read, with no database round trip.
         ex.reply.remove_headers.extend(gateway_key_headers(h))
-        ex.auth = authenticate(h, self.ctx.key_snapshot, ex.started_at, self.ctx.auth_mode)
+        ex.auth = authenticate(h, self.ctx.key_snapshot, ex.started_at, self.ctx.auth_mode, self.ctx.settings.key_max_staleness_s)
         if not ex.auth.ok:
             return ex.auth.immediate(ex.api)
         if ex.auth.key_id is not None:

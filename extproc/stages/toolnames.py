@@ -41,8 +41,9 @@ class ToolNamesStage:
             return
         active = ex.tool_codec is not None and ex.tool_codec.active
         if resp.streamed:
-            resp.decoder = endpoint.stream(ex.tool_codec if active else None)
-            if active:
+            drop = ex.request.stream_usage_added  # the client never asked for that event: it does not get it
+            resp.decoder = endpoint.stream(ex.tool_codec if active else None, drop_usage=drop)
+            if active or drop:
                 ex.reply.remove_headers.append("content-length")
         elif active and "json" in resp.content_type:
             resp.buffered = True

@@ -1,7 +1,9 @@
 """Policy ``throttle`` actions: a local token bucket plus a per-minute count shared by all replicas.
 
-Two checks per (rule, subject), subject = the gateway key id (``per: key``) or the client identity
-(credential fingerprint, else address); both synchronous, no I/O:
+Two checks per (rule, subject), subject = the gateway key id when one authenticated the request, else
+the peer address Envoy saw. Never the fingerprint of a passthrough credential: a client can send a
+new made-up key with every request, but it cannot pick its address as freely. Both checks are
+synchronous, no I/O:
 
 * the **token bucket** of this process (capacity ``burst``, refilled at ``rpm``/60 per second) caps
   how fast one replica admits; it answers alone when there is no shared counter;
@@ -83,8 +85,7 @@ class Throttler:
         block: Block | None = None
         fired: list[FiredRule] = []
         for t in decision.throttles:
-            who = facts.key_id if t.per == "key" else None
-            who = who or facts.client or facts.client_addr
+            who = facts.key_id or facts.client_addr or facts.client
             if who is None:
                 continue  # nobody to count against: an anonymous request is not throttled here
             rate = t.rpm / 60.0

@@ -40,7 +40,9 @@ class SegmentContents:
 class Spool:
     def __init__(self, directory: Path, *, segment_max_records: int = 1000, segment_max_bytes: int = 16 * 2**20) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # The spool holds whole exchanges (masked, but prompts and answers): owner-only, like the database.
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
         # a segment is replayed from memory in one piece: both limits bound what that costs
         self._segment_max = segment_max_records
         self._segment_max_bytes = segment_max_bytes
@@ -127,7 +129,7 @@ class Spool:
         if not lines:
             return
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        with self._lock, open(self.directory / REJECTED_FILE, "a", encoding="utf-8") as f:
+        with self._lock, _private_append(self.directory / REJECTED_FILE) as f:
             for line in lines:
                 f.write(json.dumps({"at": stamp, "reason": reason, "line": line}, ensure_ascii=False) + "\n")
             f.flush()
@@ -144,7 +146,7 @@ class Spool:
         if self._active_file is None:
             self._active = self.directory / f"segment-{self._next_seq:012d}.jsonl"
             self._next_seq += 1
-            self._active_file = open(self._active, "a", encoding="utf-8")
+            self._active_file = _private_append(self._active)
             self._counts.setdefault(self._active, 0)
             _fsync_dir(self.directory)  # the new name must survive a crash too
         return self._active_file
@@ -180,3 +182,9 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _private_append(path: Path) -> IO[str]:
+    """A text file opened for appending, created 0600 (never readable by other users)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")

@@ -128,7 +128,19 @@ def test_the_default_pipeline_declares_its_failure_modes() -> None:
     stages = default_stages(context())
     modes = {s.name: s.failure for s in stages}
     assert [s.name for s in stages] == [
-        "access", "feedback", "guard", "claude_verdict", "enhance", "tool_names", "credentials", "record", "restore",
+        "access", "feedback", "guard", "claude_verdict", "enhance", "tool_names", "metering", "credentials", "record",
+        "restore",
     ]  # fmt: skip
     # everything that screens or decides who may send what fails closed; advice and bookkeeping fail open
-    assert {n for n, m in modes.items() if m is Failure.OPEN} == {"enhance", "tool_names", "record"}
+    assert {n for n, m in modes.items() if m is Failure.OPEN} == {"enhance", "tool_names", "metering", "record"}
+
+
+def test_the_ext_proc_service_refuses_peers_outside_the_allowed_networks() -> None:
+    from extproc.server import PeerFilter
+
+    local = PeerFilter(("127.0.0.0/8", "::1/128"))
+    assert local.allows("ipv4:127.0.0.1:5555") and local.allows("ipv6:[::1]:5555") and local.allows("unix:/run/x.sock")
+    assert not local.allows("ipv4:10.0.0.7:5555") and not local.allows("ipv6:[fd00::1]:80") and not local.allows(None)
+    assert not local.allows("ipv4:127.0.0.1.evil:1")
+    pod = PeerFilter(("10.0.0.0/8",))
+    assert pod.allows("ipv4:10.0.0.7:5555") and not pod.allows("ipv4:127.0.0.1:1")

@@ -84,3 +84,15 @@ def test_segments_rotate_on_size_too(tmp_path: Path) -> None:
     spool.append([make_record()])
     assert len(spool.sealed_segments()) == 2
     assert spool.active_depth == 0
+
+
+def test_spool_files_and_directory_are_private(tmp_path) -> None:
+    import stat
+
+    from intelligence.store.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    spool.append([make_record()])
+    assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
+    files = [p for p in (tmp_path / "spool").iterdir() if p.is_file()]
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)

@@ -143,3 +143,40 @@ def test_decode_joins_repeated_headers_and_reads_attributes() -> None:
     phase, ev = wire.decode(req)
     assert phase is wire.Phase.REQUEST_HEADERS and ev.headers["x-a"] == "1, 2"
     assert ev.attributes["source.address"] == "1.2.3.4:5"
+
+
+def _non_loopback_address() -> str | None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.254", 9))  # no packet is sent: this only picks the outbound interface
+            address = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
+async def test_a_peer_outside_the_allowed_networks_is_refused() -> None:
+    import socket
+
+    import pytest
+
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = Context(SidecarSettings(), ListRecorder())
+    server, _health = await serve(ctx.settings, Pipeline(default_stages(ctx)), host="0.0.0.0", port=port, max_message=1 << 20)
+    try:
+        async with grpc.aio.insecure_channel(f"{address}:{port}") as ch:
+            call = pb_grpc.ExternalProcessorStub(ch).Process()
+            await call.write(headers_msg("request_headers", {":method": "GET", ":path": "/openai/v1/models"}, eos=True))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call.read()
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert ctx.recorder.records == []
+    finally:
+        await server.stop(None)

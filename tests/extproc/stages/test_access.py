@@ -134,3 +134,15 @@ async def test_without_a_key_required_mode_refuses_before_the_body() -> None:
     d = Driver(context(recorder, auth_mode="required"))
     r = await d.round(request_headers("/?target_url=http%3A%2F%2F127.0.0.1%3A9%2F"), json_chunk({}))
     assert isinstance(r.answer, Immediate) and r.answer.status == 401  # before anything about the allowlist
+
+
+async def test_a_stale_key_snapshot_fails_closed() -> None:
+    from datetime import timedelta
+
+    c = context(auth_mode="required", provider_keys={"openai": "sk-op"}, key_max_staleness_s=60)
+    info = KeyInfo(id="k1", name="team", prefix=KEY[:12])
+    loaded = datetime.now(UTC) - timedelta(minutes=10)  # the database has been away for ten minutes
+    c.keys = SimpleNamespace(snapshot=KeySnapshot.build([(hash_key(KEY), info)], loaded))
+    r = await Driver(c).round(request_headers("/openai/v1/models", method="GET", eos=True, authorization=f"Bearer {KEY}"))
+    assert isinstance(r.answer, Immediate) and r.answer.status == 503
+    assert json.loads(r.answer.body)["error"]["code"] == "key_store_stale" and r.answer.headers["retry-after"] == "5"
