@@ -96,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     if old and any(pid_alive(p) for p in old.pids.values()):
         print(f"llmproxy: a stack is already running from {data_dir} (pids {old.pids}); stop it first", file=sys.stderr)
         return 1
+    relay = open_relay(args.listen, args.auth or os.environ.get("LLMPROXY_AUTH_MODE", "passthrough"), os.environ)
+    if relay:
+        print(f"llmproxy: {relay}", file=sys.stderr)
+        return 2
     ports = {"gateway": args.port, "admin": args.admin_port, "sidecar": args.sidecar_port}
     if not args.no_ui:
         ports["ui"] = args.ui_port
@@ -242,6 +246,28 @@ def run(args: argparse.Namespace) -> int:
         sup.stop_all()
         (data_dir / "stack.json").unlink(missing_ok=True)
         print("llmproxy: stopped", file=sys.stderr)
+
+
+def open_relay(listen: str, auth_mode: str, env: dict[str, str] | os._Environ[str]) -> str | None:
+    """Why this start would make an open relay (the operator's provider keys, for anyone who can connect), or None."""
+    import ipaddress
+
+    from ..settings import PROVIDER_KEY_ENV
+
+    injected = sorted(v for v in PROVIDER_KEY_ENV.values() if env.get(v))
+    if not injected or auth_mode.strip().lower() == "required":
+        return None
+    try:
+        loopback = listen == "localhost" or ipaddress.ip_address(listen.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"refusing to listen on {listen} with the operator's provider keys ({', '.join(injected)}) and no gateway keys: "
+        "anyone who can connect would spend them. Add --auth required (clients then need `llmproxy keys create` keys), "
+        "or listen on 127.0.0.1"
+    )
 
 
 class StartupError(RuntimeError):
