@@ -217,7 +217,15 @@ async def _claude_gate(engine, policy, events, audit):
         log.warning("claude_verdict: Claude settings invalid (%s); such rules apply their on_timeout choice", exc)
         settings = None
     flags = IntelligenceFlags.from_env({k: v for k, v in os.environ.items() if k.startswith("ENABLE_")})
-    gate = ClaudeGate(settings, engine, events=events, audit=audit, enabled=flags.intelligence and flags.anomaly_detection)
+    gate = ClaudeGate(
+        settings,
+        engine,
+        events=events,
+        audit=audit,
+        enabled=flags.intelligence and flags.anomaly_detection,
+        max_inflight=int(os.environ.get("LLMPROXY_CLAUDE_VERDICT_CONCURRENCY", "8")),
+        per_client_rpm=float(os.environ.get("LLMPROXY_CLAUDE_VERDICT_PER_CLIENT_RPM", "20")),
+    )
     if policy.snapshot.asks_claude:
         log.info("claude_verdict rules present; Claude: %s", gate.unavailable or settings.summary())
         await gate.warm()

@@ -88,7 +88,9 @@ class VerdictOutcome:
     """What became of one ``claude_verdict`` ask: ``flags["claude_verdict"]`` on the exchange."""
 
     ask: VerdictAsk
-    outcome: str  # judged | timeout | error | parse_error | budget_exhausted | rate_limited | overloaded | local_only | disabled | unconfigured
+    # judged | timeout | error | parse_error | budget_exhausted | rate_limited | overloaded | local_only | disabled |
+    # unconfigured | client_capped (this client asked too often) | at_capacity (too many verdicts waiting)
+    outcome: str
     latency_ms: float = 0.0
     verdict: str | None = None
     confidence: float | None = None
@@ -205,6 +207,8 @@ class ClaudeGate:
         audit: Any = None,
         enabled: bool = True,
         disabled_reason: str = "",
+        max_inflight: int = 8,
+        per_client_rpm: float = 20.0,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -212,7 +216,15 @@ class ClaudeGate:
         self.audit = audit
         self.enabled = enabled
         self.disabled_reason = disabled_reason or "anomaly verdicts switched off (ENABLE_ANOMALY_DETECTION / ENABLE_INTELLIGENCE)"
-        self.stats = {"asked": 0, "judged": 0, "blocked": 0, "fail_open": 0, "fail_closed": 0, "late": 0, "skipped": 0}
+        self.stats = {
+            "asked": 0, "judged": 0, "blocked": 0, "fail_open": 0, "fail_closed": 0, "late": 0, "skipped": 0, "capped": 0,
+        }  # fmt: skip
+        # Claude is a paid, slow outside API: one client must not be able to spend it (or hold every
+        # inline wait) by sending suspicious requests. Over either cap a rule's fail mode applies at once.
+        self.max_inflight = max_inflight
+        self.per_client_rpm = per_client_rpm
+        self._inflight = 0
+        self._client_asks: dict[str, _Bucket] = {}
         self._client: Any = None
         self._building: asyncio.Future | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -267,14 +279,35 @@ class ClaudeGate:
         why = self.unavailable
         return VerdictOutcome(ask, why, error=self._unavailable_error(why)) if why is not None else None
 
+    def _capped(self, query: VerdictQuery, ask: VerdictAsk) -> VerdictOutcome | None:
+        """The outcome when this ask would exceed the concurrency or the client's rate cap, else None."""
+        if self._inflight >= self.max_inflight:
+            self.stats["capped"] += 1
+            return VerdictOutcome(
+                ask, "at_capacity", error=f"{self._inflight} verdicts already waiting (cap {self.max_inflight})"
+            )
+        subject = query.key_id or query.client or "anonymous"
+        bucket = self._client_asks.get(subject)
+        now = time.monotonic()
+        if bucket is None:
+            if len(self._client_asks) > 10_000:
+                self._client_asks.clear()
+            bucket = self._client_asks[subject] = _Bucket(self.per_client_rpm, now)
+        if not bucket.take(now, self.per_client_rpm):
+            self.stats["capped"] += 1
+            return VerdictOutcome(ask, "client_capped", error=f"over {self.per_client_rpm:g} verdicts a minute for this client")
+        return None
+
     async def decide(self, query: VerdictQuery, ask: VerdictAsk) -> VerdictOutcome:
         """Ask Claude and wait at most ``ask.timeout_ms``; the outcome says what happened."""
-        now = self.decide_now(ask)
+        now = self.decide_now(ask) or self._capped(query, ask)
         if now is not None:
             return now
         self.stats["asked"] += 1
         started = time.monotonic()
+        self._inflight += 1
         call = asyncio.ensure_future(self._ask(query))
+        call.add_done_callback(self._done)
         try:
             done, _ = await asyncio.wait({call}, timeout=ask.timeout_ms / 1000.0)
         except asyncio.CancelledError:  # the client went away while waiting: the answer is still recorded
@@ -292,6 +325,9 @@ class ClaudeGate:
         out = _outcome_of(ask, call, latency)
         self._background(self._store(query, out))
         return out
+
+    def _done(self, _call: asyncio.Future[Any]) -> None:
+        self._inflight -= 1  # counted until Claude answers, also past the inline wait: that is what it costs
 
     def conclude(self, query: VerdictQuery, out: VerdictOutcome) -> Block | None:
         """Count, log, announce a block (event + audit); the refusal to answer with, if any."""
@@ -343,6 +379,9 @@ class ClaudeGate:
         why = self.unavailable
         if why is not None:
             return {**note, "outcome": why, "action": "monitor_not_asked"}
+        capped = self._capped(query, ask)
+        if capped is not None:
+            return {**note, "outcome": capped.outcome, "action": "monitor_not_asked", "error": capped.error}
         if len(self._tasks) >= MAX_BACKGROUND:
             self.stats["skipped"] += 1
             return {
@@ -356,7 +395,9 @@ class ClaudeGate:
 
     async def _watch(self, query: VerdictQuery, ask: VerdictAsk) -> None:
         started = time.monotonic()
+        self._inflight += 1
         call = asyncio.ensure_future(self._ask(query))
+        call.add_done_callback(self._done)
         await asyncio.wait({call})
         await self._store(query, _outcome_of(ask, call, (time.monotonic() - started) * 1000.0))
 
@@ -546,3 +587,19 @@ def inline_prompt(query: VerdictQuery) -> str:
         "<<<REQUEST\n" + "\n\n".join(kept) + "\nREQUEST>>>\n\n"
         f"Give your verdict with the {TOOL_NAME} tool."
     )
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """A token bucket of verdict asks: ``rpm`` per minute, bursting up to ``rpm``."""
+
+    tokens: float
+    updated: float
+
+    def take(self, now: float, rpm: float) -> bool:
+        self.tokens = min(rpm, self.tokens + (now - self.updated) * rpm / 60.0)
+        self.updated = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True

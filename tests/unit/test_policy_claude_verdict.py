@@ -473,3 +473,28 @@ def test_prompt_masks_secrets_and_keeps_the_latest_turns() -> None:
     assert "AKIAIOSFODNN7EXAMPLE" not in prompt and "now ignore the rules" in prompt
     assert "turn 9" in prompt and "turn 0" not in prompt and "earlier turns left out" in prompt
     assert len(prompt) < 10_000
+
+
+@pytest.mark.parametrize("on_timeout", ["allow", "block"])
+async def test_one_client_cannot_spend_claude_past_its_cap(fake_factory, on_timeout) -> None:
+    fake, gate = await fake_factory(lambda req: verdict("benign", 0.99))
+    gate.per_client_rpm = 2  # two asks, then this client's requests take the rule's fail mode at once
+    c, _ = build(policy(on_timeout), gate)
+    outcomes = []
+    for _ in range(4):
+        ex, reply = await send(c)
+        outcomes.append((ex.flags["claude_verdict"]["outcome"], isinstance(reply, Immediate)))
+    assert outcomes[:2] == [("judged", False), ("judged", False)]
+    assert outcomes[2:] == [("client_capped", on_timeout == "block")] * 2
+    assert len(fake.requests) == 2 and gate.stats["capped"] == 2
+
+
+async def test_concurrent_verdicts_are_capped(fake_factory) -> None:
+    fake, gate = await fake_factory(lambda req: FakeFault(kind="ok", input=verdict("benign"), delay_s=0.4))
+    gate.max_inflight = 2
+    gate.per_client_rpm = 100
+    c, _ = build(policy("allow", timeout_ms=2000), gate)
+    results = await asyncio.gather(*(send(c) for _ in range(4)))
+    outcomes = sorted(ex.flags["claude_verdict"]["outcome"] for ex, _ in results)
+    assert outcomes == ["at_capacity", "at_capacity", "judged", "judged"]
+    assert len(fake.requests) == 2
