@@ -3,7 +3,10 @@
 eval security: each --dataset is JSONL with {text, label: attack|benign, meta?}. It scores them with
 the same default detector the sidecar runs inline (injection.default_injection_detector). Per file it reports
 the detection rate (attack rows) or false-positive rate (benign rows) at the default policy's
-threshold, per-prompt latency p50/p99, and a breakdown per meta.family/meta.method. Rows the shipped
+threshold, per-prompt latency p50/p99, a breakdown per meta.family/meta.method, and the file's
+``role`` (train | calibration | heldout) from the manifest of what the shipped detector was built
+from (intelligence/detectors/manifest.py), never from a flag. meta.segment_source (tool_result,
+document, ...) is passed as the segment's source. Rows the shipped
 classifier or memory were trained on (data/trainset.yaml) are left out and counted as `excluded`.
 When a row carries meta.system_prompt it is passed as the system segment, as the gateway would.
 
@@ -13,6 +16,7 @@ eval pii: JSONL with {text, label: [{type, start, end}]}; precision and recall p
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import sys
@@ -42,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--include-training-rows", action="store_true", help="also score rows the shipped model was trained on")
     p.add_argument(
+        "--budget-ms",
+        type=float,
+        default=None,
+        help="per-request detection budget as the sidecar applies it (default: none, every window is scanned)",
+    )
+    p.add_argument(
         "--ignore-system-prompt", action="store_true", help="score the text alone even when meta.system_prompt is present"
     )
     p.set_defaults(func=run_security)
@@ -63,7 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # -- eval security --------------------------------------------------------------------------------
 def _rows(path: Path) -> Iterable[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -92,7 +103,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def evaluate_file(path: Path, detector: Any, *, include_training: bool, use_system_prompt: bool) -> dict[str, Any]:
+def evaluate_file(
+    path: Path, detector: Any, *, include_training: bool, use_system_prompt: bool, budget_ms: float | None = None
+) -> dict[str, Any]:
     from intelligence.detectors.injection import Segment
     from intelligence.detectors.trainset import is_training_text
 
@@ -103,18 +116,20 @@ def evaluate_file(path: Path, detector: Any, *, include_training: bool, use_syst
     group_labels: dict[str, set[str]] = defaultdict(set)
     variants: dict[str, list[bool]] = defaultdict(list)
     excluded = 0
+    incomplete = 0
     for row in _rows(path):
         text = row["text"]
         if not include_training and is_training_text(text):
             excluded += 1
             continue
-        meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
-        segments = [Segment("user", text)]
+        meta: dict[str, Any] = row["meta"] if isinstance(row.get("meta"), dict) else {}
+        segments = [Segment(str(meta.get("segment_source") or "user"), text)]
         if use_system_prompt and isinstance(meta.get("system_prompt"), str) and meta["system_prompt"].strip():
             segments.insert(0, Segment("system", meta["system_prompt"]))
         t0 = time.perf_counter()
-        verdict = detector.scan(segments)
+        verdict = detector.scan(segments, budget_ms=budget_ms)
         latencies.append((time.perf_counter() - t0) * 1000)
+        incomplete += bool(getattr(verdict, "incomplete", False))
         flagged = verdict.flagged
         label = str(row.get("label", "")).lower()
         (attack_hits if label == "attack" else benign_hits).append(flagged)
@@ -133,6 +148,7 @@ def evaluate_file(path: Path, detector: Any, *, include_training: bool, use_syst
     out["p99_ms"] = round(percentile(latencies, 0.99), 3)
     out["threshold"] = detector.threshold
     out["excluded_training_rows"] = excluded
+    out["incomplete"] = incomplete
     if groups:
         out["by_family"] = {k: _rate(v, group_labels[k]) for k, v in sorted(groups.items())}
     if variants:
@@ -147,6 +163,7 @@ def _rate(hits: list[bool], labels: set[str]) -> dict[str, Any]:
 
 def run_security(args: argparse.Namespace) -> int:
     from intelligence.detectors.injection import DEFAULT_THRESHOLD, default_injection_detector
+    from intelligence.detectors.manifest import role_of
 
     missing = [str(p) for p in args.dataset if not p.exists()]
     if missing:
@@ -160,9 +177,18 @@ def run_security(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     for path in args.dataset:
         log.info("evaluating %s", path)
-        results[path.name] = evaluate_file(
-            path, detector, include_training=args.include_training_rows, use_system_prompt=not args.ignore_system_prompt
-        )
+        role = role_of(path)
+        results[path.name] = {
+            "role": role["role"],
+            "role_reason": role["why"],
+            **evaluate_file(
+                path,
+                detector,
+                include_training=args.include_training_rows,
+                use_system_prompt=not args.ignore_system_prompt,
+                budget_ms=args.budget_ms,
+            ),
+        }
     if args.json:
         print(json.dumps(results, indent=2, sort_keys=False))
     else:
@@ -178,7 +204,7 @@ def _print_security(results: dict[str, Any]) -> None:
             else f"false positives {r.get('false_positive_rate', 0):.1%}"
         )
         print(
-            f"{name}: n={r['n']} {rate} p50={r['p50_ms']:.1f}ms p99={r['p99_ms']:.1f}ms threshold={r['threshold']:.2f} (excluded training rows: {r['excluded_training_rows']})"
+            f"{name} [{r['role']}]: n={r['n']} {rate} p50={r['p50_ms']:.1f}ms p99={r['p99_ms']:.1f}ms threshold={r['threshold']:.2f} (excluded training rows: {r['excluded_training_rows']})"
         )
         for title in ("by_family", "by_variant"):
             for k, v in (r.get(title) or {}).items():

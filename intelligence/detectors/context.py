@@ -264,7 +264,9 @@ def score_against(
         shared |= _acronyms_touched(protected.acronyms, t, spelling)
     if shared:
         secretish = any(_SECRET_NOUN.fullmatch(w) for w in shared)  # acronyms never are
-        score = 0.65 if (secretish and protected.has_secret) else 0.55 if len(shared) >= 2 else 0.5
+        # One shared word is weak evidence (a legitimate question may name a restricted topic): tag
+        # band; two or more, or the secret itself, reach the default threshold.
+        score = 0.65 if (secretish and protected.has_secret) else 0.5 if len(shared) >= 2 else 0.4
         reason = "asks for the secret" if (secretish and protected.has_secret) else "touches what the system prompt restricts"
         hits.append(ContextHit(score, f"{reason}: {', '.join(sorted(shared)[:5])}"))
     floor = SIMILARITY_FLOOR if floor is None else floor
@@ -278,7 +280,8 @@ def score_against(
         hits.append(ContextHit(0.5, "asks about the person whose data the system prompt protects"))
     user_latin = _latin_share(user_text)
     if protected.latin >= 0.9 and user_latin < 0.5:
-        hits.append(ContextHit(0.5, "switches script away from the system prompt's"))
+        # Writing in one's own language is not an attack: tag band only (adds to other evidence).
+        hits.append(ContextHit(0.35, "switches script away from the system prompt's"))
     elif (
         protected.english >= 0.15
         and user_latin >= 0.8
@@ -286,7 +289,7 @@ def score_against(
         and len(user_text.split()) >= 3
         and _looks_foreign(user_text)
     ):
-        hits.append(ContextHit(0.5, "switches language away from the system prompt's"))
+        hits.append(ContextHit(0.35, "switches language away from the system prompt's"))
     return hits
 
 

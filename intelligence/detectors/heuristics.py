@@ -191,7 +191,7 @@ _GATES: dict[str, tuple[str, ...]] = {
     "enter_mode": ("mode",),
     "new_instructions": ("instruction", "task", "objective", "directive", "order", "system prompt"),
     "no_warnings": ("warning", "disclaimer", "caveat", "apolog", "moraliz", "moralis", "lectur", "ethical"),
-    "split_payload": ("part", "string", "variable", "segment", "combine", "concatenate", "join", "interlace"),
+    "split_payload": ("part", "string", "variable", "segment", "combine", "concatenate", "join"),
     "override_mode": ("override", "bypass"),
     "encode_the_secret": (
         "password",
@@ -209,14 +209,13 @@ _GATES: dict[str, tuple[str, ...]] = {
     "you_are_now": ("you are now", "you are no longer"),
     "vendor_claim": ("as an ai",),
     "evasion_intent": ("without", "undetectable", "untraceable", "evad", "cover"),
-    "diagnostic_pretext": ("check", "test", "diagnostic", "audit", "scan", "review"),
     "shouted_override": ("mode", "override", "admin", "system"),
     "fake_system_header": ("system", "admin"),
     "instead_of_task": ("instead of", "rather than"),
     "regardless_of_instructions": ("regardless", "irrespective"),
     "chat_template_tokens": ("<|", "[inst]", "[/inst]", "<<sys>>", "<</sys>>"),
     "immerse_role": ("immerse", "you are about to", "never break character"),
-    "repeat_above": ("above", "before this", "verbatim", "so far", "preceding"),
+    "repeat_above": ("above", "before this", "verbatim", "word for word", "so far", "preceding"),
     "unfiltered_persona": ("unfiltered", "uncensored", "amoral", "unrestricted", "unchained", "unshackled", "unaligned", "limit"),
     "never_refuse": ("refuse", "decline", "reject", "deny", "say", "apologi"),
     "decode_and_follow": (
@@ -232,15 +231,28 @@ _GATES: dict[str, tuple[str, ...]] = {
         "encoded",
         "backwards",
     ),
+    "rules_revoked": ("rule", "instruction", "guideline", "directive", "restriction", "prompt", "overrid"),
+    "ignore_user_request": ("user",),
+    "real_task": ("task", "instruction", "objective", "goal", "job"),
+    "do_x_instead": ("instead", "rather"),
+    "when_processing_say": ("when ",),
+    "claimed_admin_voice": ("this is ",),
+    "say_access_granted": ("access granted",),
+    "instructions_given_at_start": ("given", "were", "are"),
+    "tool_directive": ("tool", "function", "plugin", "command", "curl", "wget", "ssh", "id_rsa", "/etc/", ".aws", ".env"),
+    "send_data_out": ("http", "@", "account"),
+    "bracket_system_tag": ("[system]", "[admin]", "[developer]", "[sys]", "<system>", "<admin>", "<developer>"),
     "dan_persona": ("do anything now", "dan", "developer mode", "jailbr"),
 }
 
 
 _IGNORE_VERB = r"(?:ignore|ignoring|disregard\w*|forget|forgetting|overlook|skip|bypass|override|neglect|abandon|set aside|throw away|discard|drop|dismiss)"
-_PRIOR = r"(?:previous|prior|preceding|above|earlier|former|original|initial|old|all|any|every|your|the|these|those|system|given|existing|current)"
+# Not "the", "given" or "current": "ignore the rule" / "ignore the current settings" are ordinary
+# words in software documentation (spell and grammar checkers).
+_PRIOR = r"(?:previous|prior|preceding|above|earlier|former|original|initial|old|all|any|every|your|these|those|system|existing)"
 _DIRECTIVE = (
     r"(?:instructions?|directives?|directions?|rules?|guidelines?|prompts?|commands?|orders?|context|constraints?"
-    r"|restrictions?|programming|guidance|polic(?:y|ies)|settings?|training|limitations?|tasks?"
+    r"|restrictions?|programming|guidance|polic(?:y|ies)|training|limitations?|tasks?"
     r"|everything|what (?:you|i) (?:have been|were|was) told|what you(?:'ve| have) been told)"
 )
 _HARM_ADJ = r"(?:immoral|unethical|illegal|dangerous|harmful|reckless|inhumane|offensive|explicit|questionable|inappropriate)"
@@ -342,8 +354,8 @@ RULES: tuple[Rule, ...] = (
     _r(
         "no_warnings",
         "refusal_suppression",
-        0.6,
-        r"\b(?:do not|don't|never|without|no)\b[^.\n]{0,25}\b(?:include|add|give|provide|use|mention|write|any)?\b[^.\n]{0,10}\b(?:warnings?|disclaimers?|caveats?|apolog\w+|moraliz\w+|moralis\w+|lectur\w+|ethical (?:concerns|considerations|implications|notes))\b",
+        0.45,
+        r"\b(?:do not|don't|never|without)\b[^.\n]{0,25}\b(?:include|add|give|provide|use|mention|write|any)?\b[^.\n]{0,10}\b(?:warnings?|disclaimers?|caveats?|apolog\w+|moraliz\w+|moralis\w+|lectur\w+|ethical (?:concerns|considerations|implications|notes))\b",
     ),
     _r(
         "banned_refusal_phrases",
@@ -404,13 +416,13 @@ RULES: tuple[Rule, ...] = (
         "reveal_system_prompt",
         "prompt_exfiltration",
         0.75,
-        r"\b(?:reveal|show|print|repeat|output|display|leak|tell|give|share|disclose|dump|spell|write out|recite|expose|what(?:'s| is| are| were))\b[^.?!\n]{0,25}?\b(?:your|the|ur|its|these|those)\s+(?:\w+\s+)?(?:system prompt|system message|initial prompt|initial instructions|hidden (?:prompt|instructions|rules)|original (?:prompt|instructions)|pre-?prompt|developer (?:message|instructions)|(?:secret|confidential|hidden) (?:key|code|password|word|phrase|string|token|value|instructions|data|information)|instructions (?:above|you were given|you received))",
+        r"\b(?:reveal|show|print|repeat|output|display|leak|tell|give|share|disclose|dump|spell|write out|recite|expose|what(?:'s| is| are| were))\b[^.?!\n]{0,25}?\b(?:your|the|ur|its|these|those)\s+(?:[\w-]+\s+){0,4}?(?:system prompt|system message|initial prompt|initial instructions|hidden (?:prompt|instructions|rules)|original (?:prompt|instructions)|pre-?prompt|developer (?:message|instructions)|(?:secret|confidential|hidden) (?:key|code|password|word|phrase|string|token|value|instructions|data|information)|instructions (?:above|you were given|you received|you have been given|you've been given)|(?:setup|set-up|configuration) (?:text|instructions|prompt))",
     ),
     _r(
         "repeat_above",
         "prompt_exfiltration",
         0.75,
-        r"\b(?:repeat|print|output|reveal|copy|echo|return)\s+(?:back\s+)?(?:all\s+|everything\s+|the\s+)?(?:words|text|content|instructions|everything|all|prompt|messages?)?\s*(?:above|before this|verbatim|so far|preceding)",
+        r"\b(?:repeat|print|output|reveal|copy|echo|return|show|display|write out|quote)\s+(?:back\s+)?(?:all\s+|everything\s+|the\s+)?(?:words|text|content|instructions|everything|all|prompt|messages?)?\s*(?:[\w-]+\s+){0,3}?(?:above|before this|verbatim|word for word|so far|preceding)",
     ),
     _r(
         "ask_password",
@@ -443,15 +455,6 @@ RULES: tuple[Rule, ...] = (
         0.35,
         r"\b(?:i am|i'm|as)\s+(?:your|the|an?)\s+(?:\w+\s+)?(?:creator|developer|owner|administrator|admin|maintainer|operator|programmer|system administrator|god|boss|supervisor|manager|police officer|law enforcement officer|detective|federal agent|investigator|government official|president)\b|\bi am god\b",
     ),
-    # The pretext that usually comes with a claimed authority ("I'm your developer and I'm running a
-    # system check"): weak alone (people do run tests), it adds to an authority claim or override.
-    _r(
-        "diagnostic_pretext",
-        "pretext",
-        0.25,
-        r"\b(?:running|run|performing|perform|conducting|conduct|doing)\s+(?:a|an|the|some|this|my)?\s*(?:quick\s+|routine\s+)?(?:system|security|diagnostic|maintenance|compliance|safety|debug)\s+(?:check|test|diagnostic|audit|scan|review)s?\b"
-        r"|\b(?:for|during) (?:this|the) (?:system |security |diagnostic )?(?:check|test|audit|diagnostic)\b[^.\n]{0,40}\b(?:you (?:must|need to|should|will)|i need you to)\b",
-    ),
     _r(
         "vendor_claim",
         "mode_switch",
@@ -470,41 +473,33 @@ RULES: tuple[Rule, ...] = (
         "fake_system_header",
         "delimiter_injection",
         0.5,
-        r"(?:^|\n)\s*(?:#{1,4}\s*|\[|<)?(?:system|new system prompt|system override|admin)(?:\]|>)?\s*(?::|\n)\s*\S",
+        r"(?:^|\n)[ \t]{0,8}(?:#{1,4}[ \t]{0,4}|\[|<)?(?:system|new system prompt|system override|admin)(?:\]|>)?[ \t]{0,4}(?::|\n)[ \t\n]{0,8}\S",
     ),
     # -- indirect injection: instructions aimed at the assistant inside content -------------
     _r(
         "address_the_ai",
         "indirect_injection",
         0.55,
-        r"\b(?:ai|assistant|chatbot|language model|llm|gpt|claude|model)\s*[,:]\s*(?:you must|you should|please|ignore|do not|don't|instead|now)\b",
+        r"\b(?:ai|assistant|agent|chatbot|language model|llm|gpt|claude|model)s?\s*[,:]\s*(?:you must|you should|you will|please|ignore|do not|don't|instead|now|when|always|never|call|use|run|delete|send|rate|forget)\b",
     ),
     _r(
         "hidden_instruction_marker",
         "indirect_injection",
         0.55,
-        r"<!--[^>]{0,200}\b(?:ignore|instead|say|state|respond|reply|tell|instruction|assistant|ai)\b|\b(?:important|attention|note)\s*(?:to|for)\s+(?:the\s+)?(?:ai|assistant|model|llm)\b",
+        r"<!--[^>]{0,200}\b(?:ignore|instead|say|state|respond|reply|tell|instruction|assistant|ai)\b|\b(?:important|attention|note|message|instructions?)\s*(?:to|for)\s+(?:the\s+|all\s+|any\s+)?(?:ai|assistant|model|llm|agent|chatbot)s?\b|\battention\s*,?\s*(?:ai|assistant|language model|llm|agent|chatbot)s?\s*[:,!]",
     ),
     _r(
         "state_instead",
         "indirect_injection",
         0.5,
-        r"\b(?:ignore|disregard)\w*\s+(?:the\s+)?(?:(?:actual|real|given|provided|original|above|following|whole|entire)\s+)?"
-        r"(?:webpage|page|document|article|text|email|resume|function|code|data|table|paper|file|content|input|question)\b",
-    ),
-    # The same move in the languages of _MULTILINGUAL_OVERRIDE: a comment or cell inside content
-    # telling the model to ignore the function/text/data it was asked about.
-    _r(
-        "state_instead_translated",
-        "indirect_injection",
-        0.5,
-        r"\b(?:ignor(?:ez|e|a|á|iere|ieren|ar|ate)|olvida|oubliez|oublie|vergiss|dimentica|esqueça|negeer)\s+(?:la|le|les|el|los|las|die|das|den|il|lo|gli|a|o|os|de|het)\s+"
-        r"(?:fonction|función|funcion|funktion|funzione|função|funcao|functie|code|código|codigo|codice|texte|texto|text|testo|tekst|document|documento|dokument|données|datos|daten|dati|dados|tableau|tabla|tabelle|tabella|tabela|question|pregunta|frage|domanda|pergunta)\b",
+        r"\b(?:ignore|disregard)\w*\s+(?:the\s+)?(?:actual|real|given|provided|original|above|previous|preceding|whole|entire)\s+"
+        r"(?:webpage|page|document|article|text|email|resume|function|code|data|table|paper|file|content|input|question)\b"
+        r"|\b(?:ignore|disregard)\s+(?:the|this)\s+(?:webpage|page|document|article|text|email|resume|data|file|content|input|question)\s*(?:,|and)\s*(?:instead\s+|just\s+|only\s+|simply\s+)?(?:say|write|print|output|respond|reply|tell|answer)\b",
     ),
     _r(
         "output_steering",
         "indirect_injection",
-        0.5,
+        0.35,
         r"\b(?:let's|let us|we might|we could|we should|i suggest you(?: to)?)\s+(?:just\s+)?(?:say|state|claim|declare|print|output|admit|assume|consider the output as|report)\b|\byou (?:must|should) (?:say|state|claim|declare|admit|print|output)\b|\b(?:please\s+)?(?:say|state|print|output|write|repeat)\s+the following\s*:",
     ),
     _r(
@@ -519,6 +514,78 @@ RULES: tuple[Rule, ...] = (
         "indirect_injection",
         0.45,
         r"\b(?:hypothetical|imagine|suppose|let's (?:imagine|consider|pretend))\b[^.\n]{0,60}\b(?:we|you)\s+(?:ignore|disregard|were to ignore)\b",
+    ),
+    # -- general moves seen in indirect and extraction attacks -------------------------------
+    _r(
+        "rules_revoked",
+        "instruction_override",
+        0.8,
+        r"\b(?:previous|prior|above|earlier|original|old|initial|all|your)\s+(?:[\w-]+\s+){0,2}?(?:rules|instructions|guidelines|directives|restrictions|prompts?)\s+(?:(?:you were given|you received)\s+)?(?:(?:earlier|before)\s+)?(?:no longer (?:apply|matter|count)|(?:are|were|is|have been)\s+(?:now\s+)?(?:void|obsolete|cancell?ed|revoked|outdated|invalid|no longer valid|lifted|suspended))"
+        r"|\boverrides?\s+(?:anything|everything|all)\b[^.\n]{0,20}\b(?:before|above|previous|earlier|said|else)",
+    ),
+    _r(
+        "ignore_user_request",
+        "instruction_override",
+        0.8,
+        r"\b(?:ignore|disregard|forget|skip)\w*\s+(?:what(?:ever)?\s+the user\s+(?:asked|said|wants|requested|wrote|typed)|the user'?s?\s+(?:request|question|instructions?|message|task|prompt))",
+    ),
+    _r(
+        "real_task",
+        "instruction_override",
+        0.5,
+        r"\b(?:your|the)\s+(?:real|actual|true|new|only)\s+(?:task|instructions?|objective|goal|job)\b[^.\n]{0,40}?\bis (?:to|now)\b",
+    ),
+    _r(
+        "do_x_instead",
+        "indirect_injection",
+        0.6,
+        r"\b(?:do not|don't|never)\s+(?:summari[sz]e|translate|answer|analy[sz]e|review|classify|describe|process)\b[^.\n]{0,40}[.,;:]?\s*(?:instead|rather)\b",
+    ),
+    _r(
+        "when_processing_say",
+        "indirect_injection",
+        0.55,
+        r"\bwhen (?:you(?:'re| are)?\s+)?(?:asked (?:about|to summari[sz]e)|summari[sz]ing|processing|reading|reviewing|analy[sz]ing|evaluating)\b[^.\n]{0,40}?\b(?:this|the)\s+(?:document|email|e-mail|page|article|product|file|resume|cv|candidate|review|text|website|message)\b[^.\n]{0,60}?\b(?:say|tell|respond|reply|state|recommend|rate|mention|claim|output|write)\b",
+    ),
+    _r(
+        "claimed_admin_voice",
+        "mode_switch",
+        0.45,
+        r"\bthis is (?:the|your) (?:admin|administrator|developer|owner|operator|system|creator)\b",
+    ),
+    _r(
+        "say_access_granted",
+        "prompt_exfiltration",
+        0.6,
+        r"\b(?:say|respond|reply|answer|output|print|begin|start|prefix|write)\w*\b[^.\n]{0,40}\baccess granted\b",
+    ),
+    _r(
+        "instructions_given_at_start",
+        "prompt_exfiltration",
+        0.55,
+        r"\b(?:instructions|rules|prompt|guidelines)\s+(?:you were|you've been|you have been)\s+given\b[^.?\n]{0,40}\b(?:start|beginning|top)\b|\b(?:what|which)\s+(?:were|are)\s+(?:the|your)\s+(?:exact\s+|original\s+|initial\s+|first\s+)?(?:instructions|rules)\b",
+    ),
+    # Acting on tools or sending data out: addressed to an agent from inside content (only read in
+    # tool results, documents and tool schemas: a user asking for a tool call is ordinary).
+    _r(
+        "tool_directive",
+        "tool_directive",
+        0.5,
+        r"\b(?:call|use|invoke|run|execute|trigger)\s+(?:the\s+|your\s+)?[\w.-]{2,40}\s+(?:tool|function|plugin|command)\b[^.\n]{0,40}?\b(?:to|with|now|and)\b"
+        r"|\b(?:curl|wget)\s+\S+\s*\|\s*(?:sudo\s+)?(?:ba|z)?sh\b"
+        r"|(?:~/\.ssh|id_rsa|/etc/(?:passwd|shadow)|\.aws/credentials|\.env\b)",
+    ),
+    _r(
+        "send_data_out",
+        "tool_directive",
+        0.5,
+        r"\b(?:send|e-?mail|forward|post|upload|append|transfer|wire|exfiltrate|leak)\b[^.\n]{0,80}?\b(?:to|at|into)\s+(?:https?://|[\w.+-]+@[\w-]+\.\w+|(?:bank )?account (?:number )?\d)",
+    ),
+    _r(
+        "bracket_system_tag",
+        "delimiter_injection",
+        0.5,
+        r"(?:^|\n)[ \t]{0,8}(?:\[(?:system|admin|developer|sys)\]|<(?:system|admin|developer)>)[ \t]{0,4}\S",
     ),
     # -- obfuscation requests ---------------------------------------------------------------
     _r(
@@ -537,7 +604,7 @@ RULES: tuple[Rule, ...] = (
         "split_payload",
         "obfuscation",
         0.4,
-        r"\b(?:part|string|variable|segment)\s*\w{0,3}\s*(?:is|=)\s*[\"'][^\"']{1,80}[\"'][^.\n]{0,40}\b(?:part|string|variable|segment)\s*\w{0,3}\s*(?:is|=)\s*[\"']|\b(?:combine|concatenate|join|interlace)\b[^.\n]{0,40}\b(?:parts?|strings?|[a-z]\s*\+\s*[a-z])",
+        r"\b(?:part|string|variable|segment)\s*\w{0,3}\s*(?:is|=)\s*[\"'][^\"']{1,80}[\"'][^.\n]{0,40}\b(?:part|string|variable|segment)\s*\w{0,3}\s*(?:is|=)\s*[\"']|\b(?:combine|concatenate|join)\b[^.\n]{0,40}\b(?:parts?|strings?|[a-z]\s*\+\s*[a-z])",
     ),
 )
 
@@ -559,6 +626,44 @@ _MULTILINGUAL_PARTS = [
     r"(?:önceki|tüm)[^.\n]{0,20}(?:talimatları|komutları)[^.\n]{0,15}(?:yoksay|unut|görmezden)",
 ]
 _MULTILINGUAL_OVERRIDE = re.compile("|".join(_MULTILINGUAL_PARTS), _I)
+
+# "Show your system prompt" in other languages: the system prompt named, with a show/print verb
+# within a few characters either side (literal translations written for this project).
+_ML_PROMPT_NOUN = (
+    r"(?:系统提示词?|系統提示詞?|系统指令|系統指令|初始指令|システムプロンプト|システム・プロンプト|初期指示|시스템\s*프롬프트|초기\s*지시|"
+    r"системн\w*\s+(?:промпт\w*|подсказк\w*|инструкци\w*)|исходн\w*\s+инструкци\w*|"
+    r"prompt\s+(?:de|del)\s+sistema|instrucciones\s+(?:iniciales|originales|del sistema)|prompt\s+syst[eè]me|instructions\s+(?:initiales|d'origine)|"
+    r"system-?prompt|systemanweisung\w*|موجه\s+النظام|تعليمات\s+النظام|التعليمات\s+(?:الأصلية|الأولية)|सिस्टम\s+प्रॉम्प्ट|मूल\s+निर्देश)"
+)
+_ML_SHOW_VERB = (
+    r"(?:打印|输出|輸出|显示|顯示|告诉|告訴|给我|給我|展示|列出|复述|重复|表示|出力|教えて|見せ|書き出|そのまま|출력|보여|알려|그대로|"
+    r"покажи|выведи|напиши|расскажи|повтори|раскрой|muestra|muéstrame|imprime|dime|revela|repite|affiche|montre|répète|révèle|"
+    r"zeig|gib|wiederhole|اعرض|اكتب|أظهر|اطبع|كرر|दिखा|बता|लिख|दोहरा)"
+)
+_ML_REVEAL = re.compile(
+    rf"{_ML_PROMPT_NOUN}.{{0,24}}{_ML_SHOW_VERB}|{_ML_SHOW_VERB}.{{0,24}}{_ML_PROMPT_NOUN}", re.IGNORECASE | re.DOTALL
+)
+_ML_REVEAL_GATE = (
+    "提示",
+    "指令",
+    "プロンプト",
+    "初期指示",
+    "프롬프트",
+    "지시",
+    "промпт",
+    "подсказк",
+    "инструкци",
+    "sistema",
+    "système",
+    "systeme",
+    "initiales",
+    "origine",
+    "system",
+    "النظام",
+    "التعليمات",
+    "प्रॉम्प्ट",
+    "निर्देश",
+)
 
 # The same branches one by one on the lower-cased text, each run only when its verb is present: one
 # alternation of twelve scripts is tried at every position of a long prompt (~0.3-0.8 ms).
@@ -599,24 +704,36 @@ FLAG_WEIGHTS: dict[str, float] = {
     "rot13": 0.35,
     "percent": 0.2,
 }
-_REPEATED = re.compile(r"(\b\S+(?:\s+\S+){0,3}?)(?:\s+\1){9,}", _I)
+# A phrase of one to four tokens repeated ten or more times in a row ("poem poem poem ..."), found in
+# linear time on token ids. (It used to be the regex ``(\b\S+(?:\s+\S+){0,3}?)(?:\s+\1){9,}``,
+# whose backtracking took seconds on crafted input.)
+REPEAT_MIN = 10
+REPEAT_MAX_PHRASE = 4
 
 
-def _may_repeat(text: str) -> bool:
-    """Cheap necessary condition for ``_REPEATED`` (whose backtracking costs ~0.6 ms on a 2 000-
-    character prompt): a phrase of k <= 4 tokens repeated ten times makes token i equal token i+k
-    for at least 7k consecutive positions; a run of 4k is required here, so nothing is missed."""
+def repeated_phrase(text: str) -> str | None:
+    """The first phrase of <= ``REPEAT_MAX_PHRASE`` tokens repeated >= ``REPEAT_MIN`` times in a row."""
     tokens = text.lower().split()
-    if len(tokens) < 10:
-        return False
+    if len(tokens) < REPEAT_MIN:
+        return None
     index: dict[str, int] = {}
     ids = np.fromiter((index.setdefault(t, len(index)) for t in tokens), dtype=np.int64, count=len(tokens))
-    for k in range(1, 5):
-        same = (ids[k:] == ids[:-k]).astype(np.int32)
-        need = 4 * k
-        if len(same) >= need and int(np.convolve(same, np.ones(need, dtype=np.int32), mode="valid").max()) >= need:
-            return True
-    return False
+    if len(index) == len(tokens):
+        return None
+    for k in range(1, REPEAT_MAX_PHRASE + 1):
+        need = (REPEAT_MIN - 1) * k  # positions i with token i == token i+k inside the repeated run
+        same = ids[k:] == ids[:-k]
+        if len(same) < need or not same.any():
+            continue
+        # longest run of True: boundaries of runs from the padded difference
+        padded = np.concatenate(([0], same.astype(np.int8), [0]))
+        edges = np.flatnonzero(np.diff(padded))
+        starts, ends = edges[::2], edges[1::2]
+        long_runs = np.flatnonzero(ends - starts >= need)
+        if len(long_runs):
+            i = int(starts[long_runs[0]])
+            return " ".join(tokens[i : i + k * REPEAT_MIN])
+    return None
 
 
 def _gated_out(gate: tuple[str, ...], lowered: str) -> bool:
@@ -635,15 +752,20 @@ def scan_text(text: str) -> list[RuleHit]:
             found = text[m.start() : m.end()] if rule.on_lowered and aligned else m.group()
             hits.append(RuleHit(rule.name, rule.family, rule.weight, _excerpt(found)))
     m = next(
-        (found for gate, branch in _MULTILINGUAL_BRANCHES if not _gated_out(gate, lowered) and (found := branch.search(lowered))),
+        (hit for gate, branch in _MULTILINGUAL_BRANCHES if not _gated_out(gate, lowered) and (hit := branch.search(lowered))),
         None,
     )
     if m:
         found = text[m.start() : m.end()] if aligned else m.group()
         hits.append(RuleHit("ignore_previous_translated", "instruction_override", 0.85, _excerpt(found)))
-    m = _REPEATED.search(text[:8000]) if _may_repeat(text[:8000]) else None
-    if m:
-        hits.append(RuleHit("repeated_tokens", "repetition", 0.4, _excerpt(m.group())))
+    if not _gated_out(_ML_REVEAL_GATE, lowered):
+        reveal = _ML_REVEAL.search(lowered)
+        if reveal:
+            found = text[reveal.start() : reveal.end()] if aligned else reveal.group()
+            hits.append(RuleHit("reveal_system_prompt_translated", "prompt_exfiltration", 0.7, _excerpt(found)))
+    phrase = repeated_phrase(text)
+    if phrase:
+        hits.append(RuleHit("repeated_tokens", "repetition", 0.4, _excerpt(phrase)))
     return hits
 
 
@@ -681,4 +803,4 @@ def _excerpt(s: str, n: int = 80) -> str:
 
 @lru_cache(maxsize=1)
 def rule_names() -> tuple[str, ...]:
-    return tuple(r.name for r in RULES) + ("ignore_previous_translated", "repeated_tokens")
+    return tuple(r.name for r in RULES) + ("ignore_previous_translated", "reveal_system_prompt_translated", "repeated_tokens")

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from . import context as ctx
-from . import heuristics, junk
+from . import heuristics, junk, textkind
 from .classifier import CLASSIFIER_FILE, LinearClassifier
 from .memory import SEED_MEMORY, AttackMemory, Embed, Neighbor, load_memory
 from .normalize import MAX_SCAN_CHARS, Normalized, normalize
@@ -44,21 +44,73 @@ from .normalize import MAX_SCAN_CHARS, Normalized, normalize
 log = logging.getLogger("llmproxy.security.injection")
 
 DEFAULT_THRESHOLD = 0.5
-MAX_SEGMENTS = 32
-MAX_EMBED_SEGMENTS = 4
+# Per-request CPU budget of ``scan`` (wall clock on the calling thread). Windows not reached in time
+# are reported in ``InjectionVerdict.unscanned`` with ``incomplete=True``; the policy decides
+# (``detection_incomplete``). Head and tail windows of every segment are scanned first.
+DEFAULT_BUDGET_MS = 50.0
+# Sliding windows over the whole text: rules, normalisation and decoding run per window.
+WINDOW_CHARS = 4_000
+WINDOW_OVERLAP = 400
+MAX_EMBED_WINDOWS = 8
 # Embedding cost grows with length; head and tail carry the attack (persona set-up, suffix).
 EMBED_HEAD_CHARS = 600
 EMBED_TAIL_CHARS = 400
-# Classifier probability that flags on its own (see ``calibrate``): chosen on the training data's
-# cross-validation and the development files' held-out halves (docs/security.md).
+# Classifier probability that flags on its own, per source class (see ``calibrate``); the shipped
+# classifier carries its own calibrated values (classifier.yaml meta.alone_at).
 CLASSIFIER_ALONE_AT = 0.9
+# What the statistical layers (classifier, memory, token junk) may contribute on text they were not
+# built for (non-English, code/logs/JSON, tool schemas): the tag band, never a block on their own.
+UNSUPPORTED_CAP = 0.45
 # A short prompt with no heuristic or context signal is not embedded: too short to carry a
 # role-play jailbreak, and the embedding is most of the latency.
 EMBED_MIN_WORDS = 16
-USER_SOURCES = frozenset({"user", "human", "prompt"})
-SYSTEM_SOURCES = frozenset({"system", "developer", "instructions"})
-UNTRUSTED_SOURCES = frozenset({"tool", "function", "document", "retrieved", "rag", "web", "file", "tool_result"})
+
+# Canonical source kinds and their aliases.
+SOURCE_ALIASES = {
+    "user": "user",
+    "human": "user",
+    "prompt": "user",
+    "system": "system",
+    "developer": "system",
+    "instructions": "system",
+    "tool": "tool_result",
+    "function": "tool_result",
+    "tool_result": "tool_result",
+    "function_call_output": "tool_result",
+    "document": "document",
+    "retrieved": "document",
+    "rag": "document",
+    "web": "document",
+    "file": "document",
+    "tool_definition": "tool_definition",
+    "tool_call_arguments": "tool_call_arguments",
+    "assistant": "assistant",
+}
+USER_SOURCES = frozenset({"user"})
+SYSTEM_SOURCES = frozenset({"system"})
+UNTRUSTED_SOURCES = frozenset({"tool_result", "document"})
+# Written by the client application or the model: rules only, statistical layers capped.
+SCHEMA_SOURCES = frozenset({"tool_definition", "tool_call_arguments"})
 _SYSTEM_FAMILIES = frozenset({"instruction_override", "delimiter_injection", "evasion"})
+# Read only in content the user did not write (a user asking for a tool call or an e-mail is ordinary).
+_CONTENT_ONLY_FAMILIES = frozenset({"tool_directive"})
+# Families that say "this content talks to the model" and are read in tool schemas too.
+_SCHEMA_FAMILIES = frozenset(
+    {
+        "instruction_override",
+        "delimiter_injection",
+        "prompt_exfiltration",
+        "indirect_injection",
+        "mode_switch",
+        "evasion",
+        "tool_directive",
+    }
+)
+
+
+def source_kind(source: str) -> str:
+    s = source.lower()
+    return SOURCE_ALIASES.get(s, "document" if s not in ("assistant", "model") else "assistant")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +137,20 @@ class LayerScore:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Unscanned:
+    """A part of the input that some layer did not look at, and why."""
+
+    segment: int
+    source: str
+    start: int
+    end: int
+    reason: str  # budget | embedding_budget
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"segment": self.segment, "source": self.source, "start": self.start, "end": self.end, "reason": self.reason}
+
+
 @dataclass(frozen=True)
 class InjectionVerdict:
     score: float
@@ -95,6 +161,13 @@ class InjectionVerdict:
     flags: frozenset[str] = frozenset()
     embedded: bool = False
     elapsed_ms: float = 0.0
+    # The budget ran out (or input had to be cut): these parts were not scanned by every layer.
+    incomplete: bool = False
+    unscanned: tuple[Unscanned, ...] = ()
+    scanned_chars: int = 0
+    total_chars: int = 0
+    budget_ms: float | None = None
+    costs_ms: tuple[tuple[str, float], ...] = ()  # per layer: normalise, rules, junk, embed, classifier, memory, context
 
     @property
     def flagged(self) -> bool:
@@ -131,6 +204,12 @@ class InjectionVerdict:
             "flags": sorted(self.flags),
             "embedded": self.embedded,
             "elapsed_ms": round(self.elapsed_ms, 3),
+            "incomplete": self.incomplete,
+            "unscanned": [u.to_dict() for u in self.unscanned],
+            "scanned_chars": self.scanned_chars,
+            "total_chars": self.total_chars,
+            "budget_ms": self.budget_ms,
+            "costs_ms": {k: round(v, 3) for k, v in self.costs_ms},
         }
 
 
@@ -185,6 +264,109 @@ def embed_input(text: str) -> str:
     return text[:EMBED_HEAD_CHARS] + " … " + text[-EMBED_TAIL_CHARS:]
 
 
+def _windows(n: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """Overlapping [start, end) windows covering ``n`` characters; the last one ends at ``n``."""
+    if n <= size:
+        return [(0, n)]
+    step = max(size - overlap, 1)
+    out = [(s, s + size) for s in range(0, n - size, step)]
+    out.append((n - size, n))
+    return out
+
+
+def _merge(parts: list[Unscanned]) -> list[Unscanned]:
+    """Adjacent or overlapping unscanned ranges of one segment and reason, as one."""
+    out: list[Unscanned] = []
+    for u in sorted(parts, key=lambda x: (x.segment, x.reason, x.start)):
+        last = out[-1] if out else None
+        if last is not None and (last.segment, last.reason) == (u.segment, u.reason) and u.start <= last.end:
+            out[-1] = Unscanned(last.segment, last.source, last.start, max(last.end, u.end), last.reason)
+        else:
+            out.append(u)
+    return out
+
+
+def _dedupe(layers: list[LayerScore]) -> list[LayerScore]:
+    """The strongest score per (layer, segment): a long segment has many windows."""
+    best: dict[tuple[str, int], LayerScore] = {}
+    for x in layers:
+        k = (x.layer, x.segment)
+        if k not in best or x.score > best[k].score:
+            best[k] = x
+    return list(best.values())
+
+
+@dataclass(slots=True)
+class _Window:
+    """One window of one segment and what each layer found in it."""
+
+    segment: int
+    kind: str
+    start: int
+    end: int
+    norm: Normalized
+    hits: list[heuristics.RuleHit]
+    text_kind: textkind.TextKind
+    feats: np.ndarray | None
+    junk: float
+    context: list[ctx.ContextHit] | None = None
+    memory: float = 0.0
+    memory_detail: str = ""
+    classifier: float = 0.0
+    probability: float | None = None
+    _rules: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.junk:
+            self.hits.append(heuristics.RuleHit("adversarial_suffix", "adversarial_suffix", self.junk, "machine-made token junk"))
+
+    @property
+    def rules(self) -> float:
+        if self._rules is None:
+            self._rules = heuristics.combine(self.hits) if self.hits else 0.0
+        return self._rules
+
+    @property
+    def words(self) -> int:
+        # scripts without spaces (Chinese, Japanese, Thai): about one word per three characters
+        return max(len(self.norm.text.split()), len(self.norm.text) // 6)
+
+    @property
+    def supported(self) -> bool:
+        return self.text_kind.supported and self.kind not in SCHEMA_SOURCES
+
+    def combine(self, layers: list[LayerScore], source: str) -> float:
+        """This window's score, and its layers appended to ``layers``.
+
+        Rules and context add up by noisy-or with the classifier; the memory (a near-duplicate test)
+        stands on its own. On text the statistical layers were not built for (``supported``) they
+        cannot lift the score past ``UNSUPPORTED_CAP``; the rules keep their full weight."""
+        i = self.segment
+        r = self.rules
+        if self.hits:
+            best = max(self.hits, key=lambda x: x.weight)
+            more = f" (+{len(self.hits) - 1} more)" if len(self.hits) > 1 else ""
+            layers.append(LayerScore("heuristic", r, i, source, f"{best.rule}: {best.excerpt!r}{more}"))
+        c = 0.0
+        if self.context:
+            c = min(0.9, _noisy_or(x.score for x in self.context))
+            layers.append(LayerScore("context", c, i, source, "; ".join(x.reason for x in self.context)))
+        if self.probability is not None and self.classifier >= 0.05:
+            note = "" if self.supported else f"; {self.text_kind.kind} text: capped at {UNSUPPORTED_CAP}"
+            layers.append(
+                LayerScore(
+                    "classifier", self.classifier, i, source, f"embedding classifier probability {self.probability:.2f}{note}"
+                )
+            )
+        if self.memory > 0:
+            layers.append(LayerScore("memory", self.memory, i, source, self.memory_detail))
+        s_rules = _noisy_or([r, c])
+        s_all = max(_noisy_or([r, c, self.classifier]), self.memory)
+        if self.supported:
+            return s_all
+        return max(s_rules, min(s_all, UNSUPPORTED_CAP))
+
+
 class InjectionDetector:
     """Thread-safe after construction; build once per process (see ``default_injection_detector``)."""
 
@@ -200,6 +382,7 @@ class InjectionDetector:
         classifier_alone_at: float = CLASSIFIER_ALONE_AT,
         scale: SimilarityScale = MINILM_SCALE,
         max_chars: int = MAX_SCAN_CHARS,
+        window_chars: int = WINDOW_CHARS,
         cache_size: int = 2048,
     ) -> None:
         self.embed = embed
@@ -211,128 +394,198 @@ class InjectionDetector:
         self.classifier_alone_at = classifier_alone_at
         self.scale = scale
         self.max_chars = max_chars
+        self.window_chars = window_chars
         self._cache: dict[str, np.ndarray] = {}
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
 
     # -- public -----------------------------------------------------------------------------
-    def scan_text(self, text: str, source: str = "user") -> InjectionVerdict:
-        return self.scan([Segment(source, text)])
+    def scan_text(self, text: str, source: str = "user", *, budget_ms: float | None = DEFAULT_BUDGET_MS) -> InjectionVerdict:
+        return self.scan([Segment(source, text)], budget_ms=budget_ms)
 
-    def scan(self, segments: Sequence[Segment | tuple[str, str]]) -> InjectionVerdict:
+    def scan(
+        self, segments: Sequence[Segment | tuple[str, str]], *, budget_ms: float | None = DEFAULT_BUDGET_MS
+    ) -> InjectionVerdict:
+        """Score every segment over sliding windows within ``budget_ms`` (None: no budget).
+
+        Order of work: the first and last window of every segment (the last user turn first), then
+        the remaining windows in order, then the embedding layers on the windows that matter most.
+        What the budget did not reach is listed in ``unscanned`` and the verdict is ``incomplete``."""
         t0 = time.perf_counter()
-        segs = [s if isinstance(s, Segment) else Segment(str(s[0]), str(s[1])) for s in segments][-MAX_SEGMENTS:]
-        system_texts = [s.text for s in segs if s.source.lower() in SYSTEM_SOURCES]
+        deadline = None if budget_ms is None else t0 + max(budget_ms, 0.0) / 1000.0
+        costs: dict[str, float] = {}
+        segs = [s if isinstance(s, Segment) else Segment(str(s[0]), str(s[1])) for s in segments]
+        kinds = [source_kind(s.source) for s in segs]
+        system_texts = [s.text[: self.max_chars] for s, k in zip(segs, kinds) if k in SYSTEM_SOURCES]
         protected = ctx.protected_from(system_texts) if system_texts else None
+        restricting = protected is not None and not protected.empty
 
         layers: list[LayerScore] = []
         rule_hits: list[tuple[int, heuristics.RuleHit]] = []
         flags: set[str] = set()
-        per_segment: dict[int, float] = {}
-        heuristic_scores: dict[int, float] = {}
-        classifier_scores: dict[int, float] = {}
-        context_hits: dict[int, list[ctx.ContextHit]] = {}
-        to_embed: list[tuple[int, Normalized, np.ndarray]] = []
+        unscanned: list[Unscanned] = []
+        windows: list[_Window] = []
+        total = sum(len(s.text) for s, k in zip(segs, kinds) if k != "assistant")
+        scanned = 0
 
-        for i, seg in enumerate(segs):
-            src = seg.source.lower()
-            if src in SYSTEM_SOURCES:
-                norm = normalize(seg.text, max_chars=self.max_chars)
-                hits = [h for h in heuristics.scan(norm) if h.family in _SYSTEM_FAMILIES]
-                self._add_heuristic(i, src, hits, layers, rule_hits, per_segment)
-                flags |= norm.flags
+        for i, w0, w1 in self._plan(segs, kinds):
+            if deadline is not None and time.perf_counter() > deadline:
+                unscanned.append(Unscanned(i, kinds[i], w0, w1, "budget"))
                 continue
-            if src not in USER_SOURCES and src not in UNTRUSTED_SOURCES:
-                continue  # assistant turns are the model's own output
-            norm = normalize(seg.text, max_chars=self.max_chars)
-            flags |= norm.flags
-            hits = heuristics.scan(norm)
-            feats = junk.features(norm.text)
-            js = junk.junk_score(feats)
-            if js:
-                hits.append(heuristics.RuleHit("adversarial_suffix", "adversarial_suffix", js, "machine-made token junk"))
-            h = self._add_heuristic(i, src, hits, layers, rule_hits, per_segment)
-            heuristic_scores[i] = h
-            if protected is not None and not protected.empty:
-                context_hits[i] = ctx.score_against(protected, norm.text, hidden=_hidden_texts(norm))
-            needs_context = protected is not None and not protected.empty  # similarity to restricted topics
-            if h < self.skip_embedding_above and (h > 0 or needs_context or _words(norm.text) >= self.embed_min_words):
-                to_embed.append((i, norm, feats))
+            win = self._scan_window(i, kinds[i], segs[i].text[w0:w1], w0, costs)
+            scanned += w1 - w0
+            flags |= win.norm.flags
+            rule_hits.extend((i, h) for h in win.hits)
+            windows.append(win)
+
+        # context: the system prompt's restrictions against the first window of each user/untrusted segment
+        if restricting:
+            assert protected is not None
+            t = time.perf_counter()
+            seen: set[int] = set()
+            for win in windows:
+                if win.kind in USER_SOURCES | UNTRUSTED_SOURCES and win.segment not in seen:
+                    seen.add(win.segment)
+                    win.context = ctx.score_against(protected, win.norm.text, hidden=_hidden_texts(win.norm))
+            costs["context"] = costs.get("context", 0.0) + (time.perf_counter() - t) * 1000
 
         neighbors: list[Neighbor] = []
         embedded = False
-        if self.embed is not None and to_embed and (self.memory is not None or self.classifier is not None):
-            to_embed = sorted(to_embed, key=lambda t: (segs[t[0]].source.lower() not in USER_SOURCES, -t[0]))[:MAX_EMBED_SEGMENTS]
-            vectors = self._vectors([embed_input(n.text) for _, n, _ in to_embed])
-            embedded = True
-            if protected is not None and protected.sentences:
-                topics = [t for t in (ctx.topic_text(x) for x in protected.sentences) if t]
-                if topics:
-                    topic_vectors = self._vectors(topics)
-                    for (i, n, _), v in zip(to_embed, vectors):
-                        sim = ctx.max_similarity(topic_vectors, v)
-                        sentences = ctx.user_sentences(n.text) if self.scale.context_per_sentence else []
-                        if sentences:
-                            sim = max(sim, float((self._vectors(sentences) @ topic_vectors.T).max()))
-                        context_hits.setdefault(i, [])
-                        context_hits[i] = ctx.score_against(
-                            protected,
-                            n.text,
-                            similarity=sim,
-                            floor=self.scale.context_floor,
-                            weak=self.scale.context_weak,
-                            hidden=_hidden_texts(n),
-                            spelling=self._similarity,
-                        )
-            if self.memory is not None and len(self.memory):
-                for (i, _, _), near in zip(to_embed, self.memory.nearest(vectors, k=3)):
-                    if not near:
-                        continue
-                    m = memory_score(near[0].similarity, self.scale)
-                    if m > 0:
-                        layers.append(
-                            LayerScore(
-                                "memory", m, i, segs[i].source, f"cos {near[0].similarity:.2f} to a known {near[0].family} attack"
-                            )
-                        )
-                        per_segment[i] = max(per_segment.get(i, 0.0), m)
-                    neighbors.extend(near)
-            if self.classifier is not None:
-                x = np.hstack([vectors, np.stack([f for _, _, f in to_embed])])
-                if x.shape[1] == self.classifier.dim:
-                    probs = self.classifier.predict_proba(x)
-                    for (i, _, _), p in zip(to_embed, probs):
-                        score = calibrate(float(p), self.classifier_alone_at)
-                        if score >= 0.05:
-                            layers.append(
-                                LayerScore(
-                                    "classifier", score, i, segs[i].source, f"embedding classifier probability {float(p):.2f}"
-                                )
-                            )
-                        classifier_scores[i] = score
+        candidates = [
+            w
+            for w in windows
+            if w.kind not in SYSTEM_SOURCES
+            and w.rules < self.skip_embedding_above
+            and (w.rules > 0 or restricting or w.words >= self.embed_min_words or w.kind in UNTRUSTED_SOURCES)
+        ]
+        if self.embed is not None and candidates and (self.memory is not None or self.classifier is not None):
+            # the user's windows first (last turn first), then untrusted content; signal before none
+            candidates.sort(key=lambda w: (w.kind not in USER_SOURCES, -(w.rules > 0), -w.segment, w.start))
+            chosen, skipped = candidates[:MAX_EMBED_WINDOWS], candidates[MAX_EMBED_WINDOWS:]
+            if deadline is not None and time.perf_counter() > deadline:
+                chosen, skipped = [], candidates
+            for w in skipped:
+                if w.rules > 0 or w.kind in USER_SOURCES | UNTRUSTED_SOURCES:
+                    unscanned.append(Unscanned(w.segment, w.kind, w.start, w.end, "embedding_budget"))
+            if chosen:
+                embedded = True
+                self._embedding_layers(chosen, protected if restricting else None, costs, neighbors)
 
-        # Heuristics, context and classifier are evidence about the same text: they add up (noisy-or).
-        # The memory is a near-duplicate test and stands on its own.
-        for i in set(context_hits) | set(classifier_scores):
-            parts = [heuristic_scores.get(i, 0.0), classifier_scores.get(i, 0.0)]
-            c_hits = context_hits.get(i) or []
-            if c_hits:
-                c = min(0.9, _noisy_or(x.score for x in c_hits))
-                layers.append(LayerScore("context", c, i, segs[i].source, "; ".join(x.reason for x in c_hits)))
-                parts.append(c)
-            per_segment[i] = max(per_segment.get(i, 0.0), _noisy_or(parts))
+        per_segment: dict[int, float] = {}
+        for win in windows:
+            score = win.combine(layers, segs[win.segment].source)
+            per_segment[win.segment] = max(per_segment.get(win.segment, 0.0), score)
         neighbors = sorted(neighbors, key=lambda n: -n.similarity)[:3]
         score = max(per_segment.values(), default=0.0)
         return InjectionVerdict(
             score=float(min(max(score, 0.0), 1.0)),
             threshold=self.threshold,
-            layers=tuple(layers),
+            layers=tuple(_dedupe(layers)),
             rule_hits=tuple(rule_hits),
             neighbors=tuple(neighbors),
             flags=frozenset(flags),
             embedded=embedded,
             elapsed_ms=(time.perf_counter() - t0) * 1000,
+            incomplete=bool(unscanned),
+            unscanned=tuple(_merge(unscanned)),
+            scanned_chars=scanned,
+            total_chars=total,
+            budget_ms=budget_ms,
+            costs_ms=tuple(sorted(costs.items())),
         )
+
+    # -- internals --------------------------------------------------------------------------
+    def _plan(self, segs: list[Segment], kinds: list[str]) -> list[tuple[int, int, int]]:
+        """(segment, start, end) windows in the order they are scanned: heads and tails first."""
+        first: list[tuple[int, int, int]] = []
+        rest: list[tuple[int, int, int]] = []
+        order = sorted(range(len(segs)), key=lambda i: (kinds[i] not in USER_SOURCES, kinds[i] not in UNTRUSTED_SOURCES, -i))
+        for i in order:
+            if kinds[i] == "assistant" or not segs[i].text:
+                continue
+            spans = _windows(len(segs[i].text), self.window_chars, WINDOW_OVERLAP)
+            first.append((i, *spans[0]))
+            if len(spans) > 1:
+                first.append((i, *spans[-1]))
+            rest.extend((i, *sp) for sp in spans[1:-1])
+        return first + rest
+
+    def _scan_window(self, i: int, kind: str, text: str, start: int, costs: dict[str, float]) -> _Window:
+        t = time.perf_counter()
+        norm = normalize(text, max_chars=self.window_chars + 16)
+        t1 = time.perf_counter()
+        hits = heuristics.scan(norm)
+        if kind in SYSTEM_SOURCES:
+            hits = [h for h in hits if h.family in _SYSTEM_FAMILIES]
+        elif kind in USER_SOURCES:
+            hits = [h for h in hits if h.family not in _CONTENT_ONLY_FAMILIES]
+        elif kind in SCHEMA_SOURCES:
+            hits = [h for h in hits if h.family in _SCHEMA_FAMILIES]
+        t2 = time.perf_counter()
+        tk = textkind.classify(norm.text)
+        feats, rest = junk.features_with_context(norm.text) if kind not in SYSTEM_SOURCES else (None, 0.0)
+        junk_score = junk.junk_score(feats, rest) if feats is not None and kind in USER_SOURCES and tk.supported else 0.0
+        t3 = time.perf_counter()
+        costs["normalize"] = costs.get("normalize", 0.0) + (t1 - t) * 1000
+        costs["rules"] = costs.get("rules", 0.0) + (t2 - t1) * 1000
+        costs["junk"] = costs.get("junk", 0.0) + (t3 - t2) * 1000
+        return _Window(i, kind, start, start + len(text), norm, hits, tk, feats, junk_score)
+
+    def _embedding_layers(
+        self, chosen: list[_Window], protected: ctx.Protected | None, costs: dict[str, float], neighbors: list[Neighbor]
+    ) -> None:
+        t = time.perf_counter()
+        vectors = self._vectors([embed_input(w.norm.text) for w in chosen])
+        costs["embed"] = costs.get("embed", 0.0) + (time.perf_counter() - t) * 1000
+        if protected is not None and protected.sentences:
+            t = time.perf_counter()
+            topics = [x for x in (ctx.topic_text(s) for s in protected.sentences) if x]
+            if topics:
+                topic_vectors = self._vectors(topics)
+                for w, v in zip(chosen, vectors):
+                    if w.context is None:
+                        continue
+                    sim = ctx.max_similarity(topic_vectors, v)
+                    sentences = ctx.user_sentences(w.norm.text) if self.scale.context_per_sentence else []
+                    if sentences:
+                        sim = max(sim, float((self._vectors(sentences) @ topic_vectors.T).max()))
+                    w.context = ctx.score_against(
+                        protected,
+                        w.norm.text,
+                        similarity=sim,
+                        floor=self.scale.context_floor,
+                        weak=self.scale.context_weak,
+                        hidden=_hidden_texts(w.norm),
+                        spelling=self._similarity,
+                    )
+            costs["context"] = costs.get("context", 0.0) + (time.perf_counter() - t) * 1000
+        if self.memory is not None and len(self.memory):
+            t = time.perf_counter()
+            for w, near in zip(chosen, self.memory.nearest(vectors, k=3)):
+                if near:
+                    w.memory = memory_score(near[0].similarity, self.scale)
+                    w.memory_detail = f"cos {near[0].similarity:.2f} to a known {near[0].family} attack"
+                    neighbors.extend(near)
+            costs["memory"] = costs.get("memory", 0.0) + (time.perf_counter() - t) * 1000
+        if self.classifier is not None:
+            t = time.perf_counter()
+            feats = np.stack([w.feats if w.feats is not None else np.zeros(len(junk.FEATURE_NAMES), np.float32) for w in chosen])
+            x = np.hstack([vectors, feats])
+            if x.shape[1] == self.classifier.dim:
+                probs = self.classifier.predict_proba(x)
+                for w, p in zip(chosen, probs):
+                    w.probability = float(p)
+                    w.classifier = calibrate(float(p), self.alone_at(w.kind))
+            costs["classifier"] = costs.get("classifier", 0.0) + (time.perf_counter() - t) * 1000
+
+    def alone_at(self, kind: str) -> float:
+        """The classifier probability that flags on its own for this source class."""
+        if self.classifier is not None:
+            per_source = self.classifier.meta.get("alone_at") or {}
+            key = "user" if kind in USER_SOURCES else "untrusted"
+            if key in per_source:
+                return float(per_source[key])
+        return self.classifier_alone_at
 
     def attach(
         self, embed: Embed, memory: AttackMemory | None, classifier: LinearClassifier | None, scale: SimilarityScale
@@ -343,30 +596,6 @@ class InjectionDetector:
         self.memory, self.classifier, self.scale = memory, classifier, scale
         self.embed = embed
 
-    # -- internals --------------------------------------------------------------------------
-    @staticmethod
-    def _add_heuristic(
-        i: int,
-        src: str,
-        hits: list[heuristics.RuleHit],
-        layers: list[LayerScore],
-        rule_hits: list[tuple[int, heuristics.RuleHit]],
-        per_segment: dict[int, float],
-    ) -> float:
-        if not hits:
-            per_segment.setdefault(i, 0.0)
-            return 0.0
-        h = heuristics.combine(hits)
-        rule_hits.extend((i, x) for x in hits)
-        best = max(hits, key=lambda x: x.weight)
-        layers.append(
-            LayerScore(
-                "heuristic", h, i, src, f"{best.rule}: {best.excerpt!r}" + (f" (+{len(hits) - 1} more)" if len(hits) > 1 else "")
-            )
-        )
-        per_segment[i] = max(per_segment.get(i, 0.0), h)
-        return h
-
     def _similarity(self, a: str, b: str) -> float:
         va, vb = self._vectors([a, b])
         return float(va @ vb)
@@ -374,8 +603,13 @@ class InjectionDetector:
     def _vectors(self, texts: list[str]) -> np.ndarray:
         """Embeddings with a small cache: system prompts and retrieved documents repeat."""
         keys = [hashlib.blake2b(t.encode("utf-8", "replace"), digest_size=16).hexdigest() for t in texts]
+        found: dict[str, np.ndarray] = {}
         with self._cache_lock:
-            missing = [(k, t) for k, t in zip(keys, texts) if k not in self._cache]
+            for k in keys:
+                v = self._cache.get(k)
+                if v is not None:
+                    found[k] = v
+        missing = list({k: t for k, t in zip(keys, texts) if k not in found}.items())
         if missing:
             assert self.embed is not None
             fresh = self.embed([t for _, t in missing])
@@ -383,9 +617,8 @@ class InjectionDetector:
                 if len(self._cache) + len(missing) > self._cache_size:
                     self._cache.clear()
                 for (k, _), v in zip(missing, fresh):
-                    self._cache[k] = np.asarray(v, dtype=np.float32)
-        with self._cache_lock:
-            return np.stack([self._cache[k] for k in keys])
+                    found[k] = self._cache[k] = np.asarray(v, dtype=np.float32)
+        return np.stack([found[k] for k in keys])
 
 
 def _hidden_texts(norm: Normalized) -> list[str]:

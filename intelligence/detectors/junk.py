@@ -28,9 +28,14 @@ MAX_TOKENS = 1_500  # bounded work: a longer text is judged on its head and tail
 WORD_CACHE_SIZE = 50_000
 FEATURE_NAMES = ("junk_window", "unclean_window", "frag_window", "frag_mean", "symbol_density")
 
-_MASK = re.compile(
-    r"https?://\S+|www\.\S+|\$\{[^}]*\}|\{\{[^}]*\}\}|\{[\w\s:.-]{1,40}\}|`[^`\n]{1,80}`|\S+\.(?:com|org|net|io|dev|py|js|ts|md|json|yaml)\b\S*|\w+_\w+|\S+\(\)"
+# Spans that fragment legitimately, masked before measuring. Every quantifier is bounded and the
+# token-level forms are tested per whitespace token (``_MASK_TOKEN``), so masking is linear in the
+# text: the old ``\S+\.(?:com|...)`` and ``\w+_\w+`` restarted at every position of a long token.
+_MASK = re.compile(r"\$\{[^}\n]{0,80}\}|\{\{[^}\n]{0,80}\}\}|\{[\w\s:.-]{1,40}\}|`[^`\n]{1,80}`")
+_MASK_TOKEN = re.compile(
+    r"(?:https?://|www\.)|\.(?:com|org|net|io|dev|py|js|ts|md|json|yaml|html|txt|cfg|toml|sh|rs|go|c|h)\b|\w_\w|\w\(\)|^[/~.]\S*/|::|->|=>|\\\w"
 )
+MAX_WORD = 64  # a longer whitespace token is a blob (URL, hash, base64, minified code): not junk words
 
 PieceCounter = Callable[[Sequence[str]], list[int]]
 _counter: PieceCounter | None = None
@@ -96,6 +101,17 @@ _SYMBOL = re.compile(r"[^\w\s]|_")
 
 
 def features(text: str) -> np.ndarray:
+    return features_with_context(text)[0]
+
+
+def features_with_context(text: str) -> tuple[np.ndarray, float]:
+    """``features`` plus the unclean-token share *outside* the strongest window: a suffix is a local
+    anomaly at the end of otherwise clean prose, while code, logs and markup are unclean throughout
+    (1.0 when the window is not near the end)."""
+    return _features(text)
+
+
+def _features(text: str) -> tuple[np.ndarray, float]:
     """The FEATURE_NAMES values for one text, each in [0, 1].
 
     junk_window: the strongest window's combined score (half unclean-token share, half excess
@@ -107,8 +123,9 @@ def features(text: str) -> np.ndarray:
     if len(words) > MAX_TOKENS:
         half = MAX_TOKENS // 2
         words = words[:half] + words[-half:]
+    words = ["x" if len(w) > MAX_WORD or _MASK_TOKEN.search(w) or not w.isascii() else w for w in words]
     if not words:
-        return np.zeros(len(FEATURE_NAMES), dtype=np.float32)
+        return np.zeros(len(FEATURE_NAMES), dtype=np.float32), 0.0
     # Words repeat (a long prompt has about half as many distinct words): classify each once.
     distinct = {w: (0.0 if _CLEAN.match(w) else 1.0, _EDGE.sub("", w) or w) for w in set(words)}
     unclean = np.fromiter((distinct[w][0] for w in words), dtype=np.float32, count=len(words))
@@ -120,6 +137,11 @@ def features(text: str) -> np.ndarray:
     combined = np.minimum(u / 0.5, 1.0) * 0.5 + np.minimum(np.maximum(f - 1.2, 0.0), 1.0) * 0.5
     best = int(combined.argmax())
     symbols = len(_SYMBOL.findall(masked))
+    outside = len(words) - w
+    rest = float((unclean.sum() - unclean[best : best + w].sum()) / outside) if outside > 0 else 0.0
+    # A suffix ends the text: a junk window far from the end is a table, a code sample, a list of names.
+    if best + w < len(words) - max(SUFFIX_TAIL_TOKENS, len(words) // 4):
+        rest = 1.0
     return np.array(
         [
             float(combined[best]),
@@ -129,14 +151,25 @@ def features(text: str) -> np.ndarray:
             min(symbols / max(len(masked), 1) * 5.0, 1.0),
         ],
         dtype=np.float32,
-    )
+    ), rest
 
 
-def junk_score(feats: np.ndarray) -> float:
-    """A stand-alone heuristic reading of the features: one window of unclean, fragmented tokens."""
+# Stand-alone junk needs clean prose around the window (share of unclean tokens outside it).
+MAX_REST_UNCLEAN = 0.06
+SUFFIX_TAIL_TOKENS = 12
+MIN_WINDOW_UNCLEAN = 0.4
+
+
+def junk_score(feats: np.ndarray, rest_unclean: float = 0.0) -> float:
+    """A stand-alone heuristic reading of the features: one window of unclean, fragmented tokens in
+    otherwise clean text (code, logs and markup are unclean throughout and never count here; the
+    classifier still sees the features)."""
+    # Technical names fragment too ("GLSL/HLSL", "MinGW-w64"): a suffix is also mostly unclean.
+    if rest_unclean > MAX_REST_UNCLEAN or float(feats[1]) < MIN_WINDOW_UNCLEAN:
+        return 0.0
     window = float(feats[0])
     if window >= 0.85:
-        return 0.6
+        return 0.45  # tag band alone: the classifier (which reads these features) adds the rest
     if window >= 0.6:
         return 0.4
     return 0.0

@@ -131,12 +131,14 @@ _CONFUSABLES: dict[str, str] = {
     "ᴦ": "r",
 }
 _CONFUSABLE_CHAR = re.compile("[" + re.escape("".join(_CONFUSABLES)) + "]")
-_CONFUSABLE_WORD = re.compile(r"\w*[" + re.escape("".join(_CONFUSABLES)) + r"]\w*")  # words that hold one
+# Words that hold one. Anchored at a word start and lazy up to the first confusable letter, so a
+# long word without one costs one linear pass (``\w*[...]\w*`` restarted at every position of it).
+_CONFUSABLE_WORD = re.compile(r"(?<!\w)\w*?[" + re.escape("".join(_CONFUSABLES)) + r"]\w*")
 _INVISIBLE = re.compile("[" + re.escape("".join(sorted(_ZERO_WIDTH | _BIDI))) + "]")
 _LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
 # A digit or symbol standing for a letter: next to letters, inside or at the start of a word.
 _NUMBER_UNIT = re.compile(
-    r"\d+(?:st|nd|rd|th|am|pm|s|k|m|g|x|d|h|kb|mb|gb|tb|px|ms|min|mm|cm|km|kg|lb|hz|fps|v|w)", re.IGNORECASE
+    r"\d++(?:st|nd|rd|th|am|pm|s|k|m|g|x|d|h|kb|mb|gb|tb|px|ms|min|mm|cm|km|kg|lb|hz|fps|v|w)", re.IGNORECASE
 )
 _LEET_HINT = re.compile(r"[A-Za-z][013457@$]|[013457@$][A-Za-z]")
 
@@ -288,7 +290,8 @@ def _fold_homoglyphs(text: str) -> tuple[str, bool]:
             return word
         has_ascii = any(c.isascii() and c.isalpha() for c in word)
         # Mixed-script words are the giveaway; an all-Cyrillic word in mostly-Latin text is one too.
-        if has_ascii or (mostly_latin and confusable == len(word)):
+        # (Short all-look-alike words are ordinary Russian or Greek: "с", "о", "к", "ОС" beside English terms.)
+        if has_ascii or (mostly_latin and confusable == len(word) and len(word) >= 4):
             changed = True
             return "".join(_CONFUSABLES.get(c, c) for c in word)
         return word

@@ -17,6 +17,7 @@ was trained on or shares a behaviour with one: `llmproxy eval security` leaves t
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
 import random
@@ -30,7 +31,8 @@ import yaml
 
 from . import junk
 from .classifier import CLASSIFIER_FILE, LinearClassifier
-from .injection import embed_input
+from .injection import WINDOW_CHARS, embed_input
+from .manifest import MANIFEST_FILE, file_sha256, record_training
 from .memory import DATA_DIR, SEED_MEMORY, KnownAttack, save_memory
 from .normalize import normalize
 from .static_embed import STATIC_MODEL, shared_static_embedder
@@ -41,8 +43,14 @@ SEEDS_FILE = DATA_DIR / "seeds.yaml"
 SEED = 20240601
 
 
+# The project's own calibration sets (intelligence.detectors.evalsets): never the held-out ones.
+FIXTURES_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "eval"
+EMBED_ATTACK_MAX_CHARS = 1_000
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -56,7 +64,7 @@ class TrainingData:
     counts: dict[str, int]
 
 
-def collect(eval_dir: Path, clinc_sample: int = CLINC_SAMPLE) -> TrainingData:
+def collect(eval_dir: Path, clinc_sample: int = CLINC_SAMPLE, fixtures_dir: Path | None = None) -> TrainingData:
     seeds = yaml.safe_load(SEEDS_FILE.read_text(encoding="utf-8"))
     texts: list[str] = []
     labels: list[int] = []
@@ -104,6 +112,18 @@ def collect(eval_dir: Path, clinc_sample: int = CLINC_SAMPLE) -> TrainingData:
                 )
         counts[name] = n
 
+    for path in sorted(fixtures_dir.glob("calib_*.jsonl.gz")) if fixtures_dir is not None else []:
+        n = 0
+        for row in _read_jsonl(path):
+            label = 1 if row["label"] == "attack" else 0
+            if label and len(row["text"]) > EMBED_ATTACK_MAX_CHARS:
+                continue  # the payload may sit outside what one embedding window sees
+            texts.append(row["text"])
+            labels.append(label)
+            origins.append(path.name)
+            n += 1
+        counts[path.name] = n
+
     clinc = eval_dir / CLINC_FILE
     if clinc.exists():
         rows = [r for r in _read_jsonl(clinc) if (r.get("meta") or {}).get("split") == "train"]
@@ -117,7 +137,7 @@ def collect(eval_dir: Path, clinc_sample: int = CLINC_SAMPLE) -> TrainingData:
 
 
 def featurize(texts: list[str], embed: Any, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    norm = [normalize(t).text for t in texts]
+    norm = [normalize(t[:WINDOW_CHARS]).text for t in texts]
     vecs = []
     for i in range(0, len(norm), batch):
         vecs.append(embed([embed_input(t) for t in norm[i : i + batch]]))
@@ -133,7 +153,15 @@ ORIGIN_WEIGHTS = {
     "benign_awesome_chatgpt_prompts.jsonl": 16.0,
     "benign_cyberseceval_frr.jsonl": 1.5,
     "benign_xstest_safe.jsonl": 2.0,
+    "calib_benign_writing.jsonl.gz": 4.0,
+    "calib_benign_technical.jsonl.gz": 2.0,
+    "calib_benign_multilingual.jsonl.gz": 1.0,
+    "calib_attack_hidden.jsonl.gz": 1.0,
 }
+# The classifier flags alone (calibrated score 0.5) at the out-of-fold probability that this share
+# of the benign training rows stays under, and never below CLASSIFIER_FLOOR.
+ALONE_AT_BENIGN_QUANTILE = 0.995
+CLASSIFIER_FLOOR = 0.9
 
 
 def fit(data: TrainingData, vecs: np.ndarray, feats: np.ndarray, c: float, model_name: str = STATIC_MODEL) -> LinearClassifier:
@@ -152,6 +180,13 @@ def fit(data: TrainingData, vecs: np.ndarray, feats: np.ndarray, c: float, model
     folds = StratifiedKFold(5, shuffle=True, random_state=SEED)
     cv = cross_val_predict(model, xs, y, cv=folds, method="predict_proba", params={"sample_weight": w})[:, 1]
     model.fit(xs, y, sample_weight=w)
+    benign_cv = cv[y == 0]
+    alone_at = round(max(CLASSIFIER_FLOOR, float(np.quantile(benign_cv, ALONE_AT_BENIGN_QUANTILE))), 4)
+    long_rows = np.asarray([len(t) > 1_000 for t in data.texts])
+    long_benign = cv[(y == 0) & long_rows]
+    alone_untrusted = (
+        round(max(alone_at, float(np.quantile(long_benign, ALONE_AT_BENIGN_QUANTILE))), 4) if len(long_benign) else alone_at
+    )
     return LinearClassifier(
         weights=model.coef_[0].astype(np.float32),
         bias=float(model.intercept_[0]),
@@ -167,19 +202,29 @@ def fit(data: TrainingData, vecs: np.ndarray, feats: np.ndarray, c: float, model
             "split": "trainset.py: SHA-256 of the group key (JailbreakBench: behavior; others: text), even = train",
             "cv_recall_at_0.5": round(float((cv[y == 1] >= 0.5).mean()), 4),
             "cv_false_positive_rate_at_0.5": round(float((cv[y == 0] >= 0.5).mean()), 4),
+            # per source class: probability that flags alone (injection.InjectionDetector.alone_at)
+            "alone_at": {"user": alone_at, "untrusted": alone_untrusted},
+            "cv_recall_at_alone_at_user": round(float((cv[y == 1] >= alone_at).mean()), 4),
         },
     )
 
 
 def train(
-    eval_dir: Path, c: float = 0.01, embed: Any = None, out_dir: Path = DATA_DIR, model_name: str = STATIC_MODEL
+    eval_dir: Path,
+    c: float = 0.01,
+    embed: Any = None,
+    out_dir: Path = DATA_DIR,
+    model_name: str = STATIC_MODEL,
+    fixtures_dir: Path | None = FIXTURES_DIR,
 ) -> dict[str, Any]:
     """``embed`` defaults to the static distillation the inline detector uses (static_embed.py)."""
-    data = collect(eval_dir)
+    data = collect(eval_dir, fixtures_dir=fixtures_dir)
     vecs, feats = featurize(data.texts, embed or shared_static_embedder().encode)
     clf = fit(data, vecs, feats, c, model_name)
     clf.save(out_dir / CLASSIFIER_FILE.name)
-    attack_rows = [i for i, label in enumerate(data.labels) if label == 1]
+    # the memory holds standalone attacks only (seeds, JailbreakBench): a calibration attack is a
+    # benign carrier with a payload, which would make the carrier itself a "known attack"
+    attack_rows = [i for i, label in enumerate(data.labels) if label == 1 and not data.origins[i].startswith("calib_")]
     save_memory(out_dir / SEED_MEMORY.name, data.memory, vecs[attack_rows], model=model_name)
     save_trainset(
         data.texts + data.excluded,
@@ -189,6 +234,21 @@ def train(
             "split": clf.meta["split"],
         },
         out_dir / TRAINSET_FILE.name,
+    )
+    used = {name: eval_dir / name for name in [*TRAIN_SOURCES, CLINC_FILE]}
+    if fixtures_dir is not None:
+        used.update({p.name: p for p in sorted(fixtures_dir.glob("calib_*.jsonl.gz"))})
+    record_training(
+        {
+            name: {
+                "sha256": file_sha256(path),
+                "rows": data.counts.get(name, data.counts.get(f"{name} (train split sample)")),
+                "why": "fitted",
+            }
+            for name, path in used.items()
+            if path.exists()
+        },
+        out_dir / MANIFEST_FILE.name,
     )
     log.info("classifier: %s", json.dumps(clf.meta))
     return clf.meta
@@ -201,9 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out-dir", type=Path, default=DATA_DIR, help="where to write classifier.yaml, memory.yaml, trainset.yaml"
     )
+    parser.add_argument(
+        "--fixtures-dir", type=Path, default=FIXTURES_DIR, help="the project's calibration sets (calib_*.jsonl.gz) to train on"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    meta = train(args.eval_dir, c=args.C, out_dir=args.out_dir)
+    meta = train(args.eval_dir, c=args.C, out_dir=args.out_dir, fixtures_dir=args.fixtures_dir)
     print(json.dumps(meta, indent=2))
     return 0
 

@@ -40,6 +40,7 @@ MATCH_KEYS = (
     "secrets",
     "injection_score",
     "injection_layers",
+    "detection_incomplete",
     "flags",
     "request_bytes",
     "time",
@@ -189,7 +190,7 @@ def parse_match(r: Reader, node: Node, path: str, phase: Phase) -> Match | None:
         checks.append(check)
         if key in ("pii", "secrets", "flags"):
             uses.add(key)
-        elif key in ("injection_score", "injection_layers"):
+        elif key in ("injection_score", "injection_layers", "detection_incomplete"):
             uses.add("injection")
     if len(r.issues) > before:
         return None
@@ -243,6 +244,12 @@ def _condition(r: Reader, key: str, node: Node, field: str) -> Check | None:
     if key == "injection_layers":
         rx = pats()
         return (lambda q, m, d, s: d.injection_layer is not None and rx.fullmatch(d.injection_layer) is not None) if rx else None
+    if key == "detection_incomplete":
+        # true: the injection scan did not reach every part of the request within its budget
+        incomplete = r.boolean(node, field)
+        if incomplete is None:
+            return None
+        return lambda q, m, d, s: d.incomplete is not None and d.incomplete is incomplete
     if key == "injection_score":
         rng = _range(r, node, field, lo=0.0, hi=1.0, named_default=True)
         return in_range(lambda q, d, s: d.injection_score, rng) if rng else None

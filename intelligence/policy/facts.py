@@ -41,6 +41,9 @@ class Detections:
     injection_score: float | None = None
     injection_layer: str | None = None
     flags: frozenset[str] = frozenset()
+    # The injection scan ran out of its time budget (or input was cut): part of the request was not
+    # screened by every layer. None: not scanned. Policy condition ``detection_incomplete``.
+    incomplete: bool | None = None
 
     @classmethod
     def from_results(
@@ -49,10 +52,11 @@ class Detections:
         """From the detectors' own outputs: spans with ``.kind`` (intelligence.detectors.spans.Span) and an
         ``InjectionVerdict`` (``.score``, ``.layers``, ``.flags``); duck-typed so that this module
         does not import the detectors."""
-        score = layer = None
+        score = layer = incomplete = None
         all_flags = set(flags)
         if injection is not None:
             score = float(injection.score)
+            incomplete = bool(getattr(injection, "incomplete", False))
             layers = list(getattr(injection, "layers", ()) or ())
             if layers:
                 layer = max(layers, key=lambda x: x.score).layer
@@ -63,6 +67,7 @@ class Detections:
             injection_score=score,
             injection_layer=layer,
             flags=frozenset(all_flags),
+            incomplete=incomplete,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +77,7 @@ class Detections:
             "injection_score": self.injection_score,
             "injection_layer": self.injection_layer,
             "flags": sorted(self.flags),
+            "incomplete": self.incomplete,
         }
 
 

@@ -104,8 +104,10 @@ def test_eval_security_options(datasets: tuple[Path, Path], capsys: pytest.Captu
     )
     r = json.loads(out)["attack_demo.jsonl"]
     assert r["n"] == 5 and r["excluded_training_rows"] == 0 and r["threshold"] == 0.95
+    # the role comes from the manifest of what the shipped detector was built from, not from a flag
+    assert r["role"] == "heldout" and r["incomplete"] == 0
     text = _run(["eval", "security", "--dataset", str(attacks), "--no-embeddings"], capsys)
-    assert "attack_demo.jsonl: n=4 detection 75.0%" in text and "jailbreak/DAN" in text
+    assert "attack_demo.jsonl [heldout]: n=4 detection 75.0%" in text and "jailbreak/DAN" in text
 
 
 def test_eval_security_with_the_shipped_model(datasets: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
