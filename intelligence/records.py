@@ -88,6 +88,11 @@ class ExchangeRecord:
     error: str | None = None
     request_headers: dict[str, str] = field(default_factory=dict)  # credentials removed
     flags: dict[str, Any] = field(default_factory=dict)
+    # A provider-neutral summary of the response as the client got it (filled by the provider adapter,
+    # so readers never parse provider JSON): the reply text, and each tool call as
+    # {"name": client-facing name, "upstream_name": name the provider used, "arguments": JSON text}.
+    response_text: str | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> str:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -97,6 +102,7 @@ class ExchangeRecord:
         for k in ("request_client", "request_forwarded", "response_upstream", "response_client"):
             d[k] = getattr(self, k).to_dict() if getattr(self, k) is not None else None
         d["tool_names"] = list(self.tool_names)
+        d["tool_calls"] = [dict(c) for c in self.tool_calls]
         return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
@@ -108,6 +114,7 @@ class ExchangeRecord:
         for k in ("request_client", "request_forwarded", "response_upstream", "response_client"):
             d[k] = Body.from_dict(d.get(k))
         d["tool_names"] = tuple(d.get("tool_names") or ())
+        d["tool_calls"] = tuple(dict(c) for c in d.get("tool_calls") or () if isinstance(c, dict))
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
