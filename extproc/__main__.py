@@ -113,6 +113,7 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         quarantine=_quarantiner(engine),
         events=events,
         verdicts=await _claude_gate(engine, policy, events, audit),
+        scan_budget_ms=float(os.environ.get("LLMPROXY_DETECTION_BUDGET_MS", "50")),
     )
     enhancer, enhancements = await _enhancer(engine)
     ctx = Context(

@@ -23,13 +23,15 @@ import time
 from dataclasses import dataclass
 from urllib.parse import SplitResult, urlsplit
 
+from intelligence.errors import InvalidInput
+
 DEFAULT_PORTS = {"http": 80, "https": 443}
 RESOLVE_TIMEOUT_S = 2.0
 _CACHE_TTL_S = 30.0
 _MAX_TARGET_LEN = 4096
 
 
-class TargetRefused(ValueError):
+class TargetRefused(InvalidInput):
     """The target_url cannot be forwarded; ``status`` and ``code`` say how the client is answered."""
 
     def __init__(self, status: int, code: str, message: str) -> None:

@@ -93,8 +93,12 @@ class Guard:
         quarantine: Callable[[str, str, str], None] | None = None,
         events: EventSink | None = None,
         verdicts: Any = None,
+        scan_budget_ms: float | None = 50.0,
     ):
         self.policy = policy  # .snapshot -> PolicySnapshot, .throttler -> Throttler
+        # The injection scan's CPU budget per request: what it cannot reach in time is reported as
+        # incomplete and the policy decides (detection_incomplete); one request never holds the loop.
+        self.scan_budget_ms = scan_budget_ms
         self.secrets, self.pii, self.injection = secrets, pii, injection
         self.audit = audit  # AuditWriter (submit never blocks) or None
         self.quarantine = quarantine  # (key_id, reason, rule) -> schedules the quarantine off the hot path
@@ -133,7 +137,7 @@ class Guard:
         texts = [t for _, t in segs]
         secret_spans = [s for t in texts for s in self.secrets.find(t)] if "secrets" in wanted else []
         pii_spans = [s for t in texts for s in self.pii.find(t)] if "pii" in wanted and self.pii is not None else []
-        verdict = self.injection.scan(segs) if wanted & {"injection", "flags"} and segs else None
+        verdict = self.injection.scan(segs, budget_ms=self.scan_budget_ms) if wanted & {"injection", "flags"} and segs else None
         detections = Detections.from_results(pii=pii_spans, secrets=secret_spans, injection=verdict)
         facts = RequestFacts(
             api=api,

@@ -10,6 +10,9 @@ from intelligence.ops.stack import StackState
 
 def database_url_for(data_dir: Path, explicit: str | None = None) -> str:
     """The database a command should use: explicit > $DATABASE_URL > the running stack's."""
+    # The audit key and checkpoint of that stack live in its data dir: commands that append audit
+    # entries find them through LLMPROXY_DATA_DIR.
+    os.environ.setdefault("LLMPROXY_DATA_DIR", str(data_dir))
     if explicit:
         return explicit
     if os.environ.get("DATABASE_URL"):

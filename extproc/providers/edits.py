@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from extproc.providers.jsonshape import clone
+from intelligence.errors import InvalidInput
 from intelligence.policy import pointer as jp
 
 Role = Literal["system", "user"]
@@ -32,7 +33,7 @@ _MAX_TOKENS_PATH: dict[str, tuple[str, ...]] = {
 _CHAT_LIKE = ("chat", "ollama_chat")
 
 
-class EditNotSupported(ValueError):
+class EditNotSupported(InvalidInput):
     pass
 
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from intelligence.records import Body, ExchangeRecord, Usage
+from intelligence.store.sanitize import redact_url, redact_urls_in_text
 
 from .. import metrics, tracing
 from ..context import Context
@@ -81,7 +82,7 @@ class RecordStage:
             started_at=ex.started_at,
             finished_at=datetime.now(UTC),
             method=req.method,
-            path=req.path,
+            path=redact_url(req.path),  # a legacy target_url can carry credentials in its query
             session_id=ex.session() if req.complete else ex.session_id,
             client_key_fp=ex.client,
             client_addr=ex.client_addr,
@@ -105,7 +106,7 @@ class RecordStage:
             tool_args_invalid=invalid_calls(folded.tool_calls, ex.tool_schemas) if folded is not None and folded.tool_calls else 0,
             tool_aliases=aliases,
             finish_reason=folded.finish_reason if folded is not None else None,
-            error=error,
+            error=redact_urls_in_text(error) if error else error,
             request_headers=safe_headers(req.headers),
             flags=ex.notes.flags(req),
             response_text=folded.text if folded is not None and folded.text else None,

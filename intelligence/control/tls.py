@@ -27,6 +27,7 @@ from pathlib import Path
 import grpc
 
 from intelligence.access import is_loopback
+from intelligence.errors import ConfigError
 
 CERT_ENV = "LLMPROXY_CONTROL_TLS_CERT"
 KEY_ENV = "LLMPROXY_CONTROL_TLS_KEY"
@@ -40,11 +41,11 @@ ALLOW_PLAINTEXT_ENV = "LLMPROXY_CONTROL_ALLOW_PLAINTEXT"
 _TRUE = ("1", "true", "yes", "on")
 
 
-class TLSConfigError(ValueError):
+class TLSConfigError(ConfigError):
     """A TLS setting is incomplete or names a file that cannot be read."""
 
 
-class PlaintextRefused(ValueError):
+class PlaintextRefused(ConfigError):
     """A bearer token would cross the network unencrypted."""
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from intelligence.audit import KEY_EVENT, AuditLog
+from intelligence.errors import NotFound
 
 from .material import KEY_SCHEME, PREFIX_LEN, Budgets, generate_key, hash_key, key_prefix
 from .models import GatewayKey
@@ -23,11 +24,11 @@ Executor = AsyncConnection | AsyncSession
 _KEYS = GatewayKey.__table__
 
 
-class KeyNotFound(LookupError):
+class KeyNotFound(NotFound):
     pass
 
 
-class AmbiguousKey(LookupError):
+class AmbiguousKey(NotFound):
     def __init__(self, ref: str, candidates: list[KeyRecord]):
         self.candidates = candidates
         names = ", ".join(f"{k.id} ({k.prefix}…, {k.name})" for k in candidates)

@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import Text
 
+from intelligence.errors import Unavailable
 from intelligence.export import export_document
 from intelligence.store.repositories import record_from_row
 
@@ -66,7 +67,7 @@ _COUNT_SESSIONS = text(
 )
 
 
-class RetentionBusy(RuntimeError):
+class RetentionBusy(Unavailable):
     """Another retention run holds the lock."""
 
 

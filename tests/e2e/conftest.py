@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -24,6 +25,8 @@ from extproc.testing.fakes import FakeProvider
 from intelligence.records import ExchangeRecord
 
 LLMPROXY = str(Path(sys.executable).with_name("llmproxy"))
+# One audit key for every stack and CLI call of the run: entries one process writes, another verifies.
+os.environ.setdefault("LLMPROXY_AUDIT_KEY", secrets.token_urlsafe(48))
 
 
 def free_port() -> int:

@@ -242,7 +242,7 @@ async def test_cli_add_list_disable_round_trip(
     assert [(p["action"], p.get("reason")) for _, _, p in entries] == [("add", None), ("disable", "test")]
     assert all("jane.doe" not in json.dumps(p) for _, _, p in entries)
     r = await run("audit", "verify")
-    assert r.returncode == 0 and "audit log intact: 2 entries" in r.stdout
+    assert r.returncode == 0 and "audit log links intact: 2 entries" in r.stdout  # no audit key: links only
 
 
 def test_replace_swaps_the_whole_memory(embed) -> None:

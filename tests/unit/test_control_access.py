@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import json
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from intelligence.access import AccessSettings, InvalidToken, issue_token, verif
 from intelligence.control.auth import authorize, required_role
 from intelligence.control.server import ControlServer
 
-SECRET = "unit-control-secret-0123456789abcdef"
+SECRET = secrets.token_urlsafe(48)  # a placeholder-like key is refused (intelligence.access)
 ACCESS = AccessSettings(secret_key=SECRET)
 M = "/llmproxy.control.v1.Control/"
 

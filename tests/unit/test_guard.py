@@ -34,7 +34,7 @@ class Nothing:
     def find(self, text):
         return []
 
-    def scan(self, segs):
+    def scan(self, segs, budget_ms=None):
         return SimpleNamespace(score=0.0, layers=(), flags=())
 
 

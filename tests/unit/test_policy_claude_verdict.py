@@ -191,7 +191,7 @@ class Scorer:
     def __init__(self, score: float) -> None:
         self.score = score
 
-    def scan(self, segs):
+    def scan(self, segs, budget_ms=None):
         return SimpleNamespace(score=self.score, layers=(SimpleNamespace(layer="heuristic", score=self.score),), flags=())
 
 

@@ -137,7 +137,7 @@ def test_policy_can_select_person_for_redaction() -> None:
         def find(self, text):  # type: ignore[no-untyped-def]
             return []
 
-        def scan(self, segs):  # type: ignore[no-untyped-def]
+        def scan(self, segs, budget_ms=None):  # type: ignore[no-untyped-def]
             return SimpleNamespace(score=0.0, layers=(), flags=())
 
     policy = SimpleNamespace(

@@ -44,7 +44,7 @@ rules:
 
 
 class Quiet:
-    def scan(self, segs):
+    def scan(self, segs, budget_ms=None):
         return SimpleNamespace(score=0.0, layers=(), flags=())
 
 
@@ -134,3 +134,11 @@ async def test_feedback_posts_are_not_exchanges() -> None:
     d = Driver(context())
     await d.round(request_headers("/v1/feedback", method="GET", eos=True))
     assert d.ctx.recorder.records == []  # type: ignore[attr-defined]
+
+
+async def test_credentials_in_the_path_never_reach_the_log() -> None:
+    d = Driver(context())
+    path = "/openai/v1/models?key=AIzaSy-not-a-real-key&api_key=sk-abc&x=1"
+    await d.round(request_headers(path, method="GET", eos=True), response=response_headers(eos=True))
+    (rec,) = d.ctx.recorder.records  # type: ignore[attr-defined]
+    assert "AIzaSy" not in rec.path and "sk-abc" not in rec.path and "x=1" in rec.path
