@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .actions import parse_actions
+from .actions import REGISTRY, ActionRegistry, RuleContext, parse_actions
 from .conditions import parse_match
 from .decision import Mode, Phase
 from .errors import PolicyError, PolicyIssue
@@ -43,11 +43,19 @@ class PolicyDocument:
     sha256: str = ""
 
 
-def parse_policy(text: str, *, origin: str = "<policy>", default_name: str = "policy", name: str | None = None) -> PolicyDocument:
+def parse_policy(
+    text: str,
+    *,
+    origin: str = "<policy>",
+    default_name: str = "policy",
+    name: str | None = None,
+    actions: ActionRegistry = REGISTRY,
+) -> PolicyDocument:
     """Validate and compile one policy document; raises :class:`PolicyError` listing every issue.
 
     ``name`` forces the policy's name (a database policy is named by its row, whatever its YAML says);
-    otherwise the document's ``name:`` or ``default_name``.
+    otherwise the document's ``name:`` or ``default_name``. ``actions``: the action classes the
+    document may use (:data:`.actions.REGISTRY`, or an extended registry).
     """
     if len(text) > MAX_POLICY_CHARS:
         raise PolicyError([PolicyIssue(0, "", f"policy is {len(text)} characters; the limit is {MAX_POLICY_CHARS}", origin)])
@@ -84,7 +92,7 @@ def parse_policy(text: str, *, origin: str = "<policy>", default_name: str = "po
     else:
         seen: dict[str, int] = {}
         for i, node in enumerate(top["rules"].value):
-            rule = _rule(r, node, f"rules[{i}]", name, mode, priority)
+            rule = _rule(r, node, f"rules[{i}]", name, mode, priority, actions)
             if rule is None:
                 continue
             if rule.id in seen:
@@ -105,10 +113,10 @@ def parse_policy(text: str, *, origin: str = "<policy>", default_name: str = "po
     )
 
 
-def validate(text: str, *, origin: str = "<policy>") -> list[PolicyIssue]:
+def validate(text: str, *, origin: str = "<policy>", actions: ActionRegistry = REGISTRY) -> list[PolicyIssue]:
     """Every issue of a policy text (empty list: valid)."""
     try:
-        parse_policy(text, origin=origin)
+        parse_policy(text, origin=origin, actions=actions)
     except PolicyError as exc:
         return list(exc.issues)
     return []
@@ -139,7 +147,9 @@ def _aliases(r: Reader, node: Node) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------- rules
-def _rule(r: Reader, node: Node, path: str, policy: str, default_mode: Mode, default_priority: int) -> Rule | None:
+def _rule(
+    r: Reader, node: Node, path: str, policy: str, default_mode: Mode, default_priority: int, registry: ActionRegistry
+) -> Rule | None:
     before = len(r.issues)
     spec = r.mapping(node, path, _RULE_KEYS)
     if spec is None:
@@ -152,14 +162,14 @@ def _rule(r: Reader, node: Node, path: str, policy: str, default_mode: Mode, def
     phase = r.enum(spec["phase"], f"{path}.phase", Phase) if "phase" in spec else Phase.REQUEST
     description = (r.string(spec["description"], f"{path}.description", allow_empty=True) or "") if "description" in spec else ""
     phase = phase or Phase.REQUEST
-    qualified = f"{policy}/{rule_id or '?'}"
     match = parse_match(r, spec["match"], f"{path}.match", phase) if "match" in spec else ALWAYS
     unless = parse_match(r, spec["unless"], f"{path}.unless", phase) if "unless" in spec else None
     if "actions" not in spec:
         r.error(node, f"{path}.actions", "missing: a rule needs actions (e.g. `actions: {block: true}`)")
         actions = None
     else:
-        actions = parse_actions(r, spec["actions"], f"{path}.actions", phase, qualified, description)
+        context = RuleContext(policy, rule_id or "?", phase, description)
+        actions = parse_actions(r, spec["actions"], f"{path}.actions", context, registry)
     if len(r.issues) > before or rule_id is None or mode is None or priority is None or actions is None:
         return None
     return Rule(

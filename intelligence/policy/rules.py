@@ -3,33 +3,26 @@
 A :class:`Match` is a tuple of predicates that must all hold (AND); each predicate tests one fact
 against a list (OR). Globs and regexes are compiled into one regex per list. A predicate on a fact
 that is unknown (``None``) is false.
+
+A rule's :class:`Actions` are instances of the action classes of :mod:`.actions` (one per key);
+:class:`Effects` collects, once per rule, the hooks they implement, which evaluation then calls.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from .decision import (
-    Alert,
-    Block,
-    FieldEdit,
-    FiredRule,
-    Mode,
-    Phase,
-    PromptEdit,
-    Quarantine,
-    RedactMode,
-    RedactSelector,
-    Route,
-    Throttle,
-    VerdictAsk,
-)
+from .decision import Block, FiredRule, Mode, Phase
 from .facts import Detections, RequestFacts, ResponseFacts
+
+if TYPE_CHECKING:
+    from .actions.base import Action
+    from .snapshot import RequestAcc, ResponseAcc
 
 # (request facts, effective model, detections of this phase's text, response facts or None)
 Check = Callable[[RequestFacts, "str | None", Detections, "ResponseFacts | None"], bool]
@@ -201,95 +194,82 @@ ALWAYS = Match()
 
 # ---------------------------------------------------------------------------------------- actions
 @dataclass(frozen=True, slots=True)
-class RedactSpec:
-    categories: frozenset[str]
-    kinds: re.Pattern[str] | None
-    mode: RedactMode
-    directions: frozenset[str]  # request | response
-    restore: bool
-    written: tuple[str, ...]  # the kinds as written
-
-
-@dataclass(frozen=True, slots=True)
 class Actions:
-    names: tuple[str, ...]  # action keys in written order (what FiredRule reports)
-    allow: bool = False
-    block: tuple[int, str, str] | None = None  # status, message, code
-    redactions: tuple[RedactSpec, ...] = ()
-    require_headers: tuple[str, ...] = ()
-    strip_headers: tuple[str, ...] = ()
-    set_headers: tuple[tuple[str, str], ...] = ()
-    cap_max_tokens: int | None = None
-    allow_models: re.Pattern[str] | None = None
-    allow_models_written: tuple[str, ...] = ()
-    route: tuple[str | None, str | None] | None = None  # model, provider
-    tags: tuple[str, ...] = ()
-    alert: tuple[Literal["info", "warning", "critical"], str] | None = None
-    throttle: tuple[int, int, Literal["key", "client"]] | None = None  # rpm, burst, per
-    quarantine: str | None = None  # reason
-    prompts: tuple[tuple[Literal["prepend", "append"], Literal["system", "user"], str], ...] = ()
-    field_edits: tuple[tuple[Literal["set", "default", "remove"], str, Any], ...] = ()
-    response_edits: tuple[tuple[Literal["set", "default", "remove"], str, Any], ...] = ()
-    # claude_verdict: timeout_ms, on_timeout (allow | block), block_at (malicious | suspicious), min_confidence
-    claude_verdict: tuple[int, Literal["allow", "block"], Literal["malicious", "suspicious"], float] | None = None
+    """A rule's actions: one :class:`~.actions.base.Action` per key written, in written order.
+
+    ``names`` (the keys as written) is what :class:`FiredRule` reports; ``gates`` are the actions that
+    may refuse the request, in registry order (``block``, ``require_headers``, ``allow_models``)."""
+
+    items: tuple[Action, ...] = ()
     written: Mapping[str, Any] = field(default_factory=dict)  # as written, for `policy show`
+    gates: tuple[Action, ...] = ()
+    names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(a.key for a in self.items))
+
+    def get(self, key: str) -> Action | None:
+        for a in self.items:
+            if a.key == key:
+                return a
+        return None
+
+    def __getitem__(self, key: str) -> Action:
+        a = self.get(key)
+        if a is None:
+            raise KeyError(key)
+        return a
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.names
+
+    def __iter__(self) -> Iterator[Action]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+Gate = Callable[[RequestFacts, str | None], Block | None]
 
 
 @dataclass(frozen=True, slots=True)
 class Effects:
-    """The decision parts a rule contributes, built once at compile time so that evaluation only
-    collects references (no allocation per rule per request beyond the lists holding them)."""
+    """What a rule does, prepared once at compile time: its :class:`FiredRule` records, its refusal
+    when it is fixed, and per situation the tuple of the hooks its actions implement (bound methods),
+    so that evaluation calls only what the rule has and allocates nothing for a rule that does not
+    fire (nothing beyond the lists of the decision for one that does)."""
 
     fired_enforce: FiredRule
     fired_monitor: FiredRule
-    block: Block | None
-    request_selectors: tuple[RedactSelector, ...]
-    response_selectors: tuple[RedactSelector, ...]
-    alert: Alert | None
-    quarantine: Quarantine | None
-    throttle_enforce: Throttle | None
-    throttle_monitor: Throttle | None
-    route: Route | None
-    prompts: tuple[PromptEdit, ...]
-    field_edits: tuple[FieldEdit, ...]
-    response_edits: tuple[FieldEdit, ...]
-    verdict_enforce: VerdictAsk | None = None
-    verdict_monitor: VerdictAsk | None = None
+    block: Block | None = None  # a fixed refusal (`block`): imposed on every request the rule matches
+    fired_monitor_blocked: FiredRule | None = None  # the monitor record of that refusal (its message as note)
+    gates: tuple[Gate, ...] = ()  # refusals that depend on the request, in registry order (none when `block`)
+    on_enforce: tuple[Callable[[RequestAcc], None], ...] = ()  # enforcing, the request goes on
+    on_block: tuple[Callable[[RequestAcc], None], ...] = ()  # enforcing and refusing: what is still recorded
+    on_monitor: tuple[Callable[[RequestAcc], None], ...] = ()  # monitor mode
+    on_respond: tuple[Callable[[ResponseAcc], None], ...] = ()  # enforcing, response phase
+    terminal: bool = False  # `allow`: no later rule runs
 
     @classmethod
-    def of(cls, rule_id: str, policy: str, phase: Phase, a: Actions) -> Effects:
-        q = f"{policy}/{rule_id}"
+    def of(cls, rule_id: str, policy: str, phase: Phase, actions: Actions) -> Effects:
+        def hooks(name: str) -> tuple[Any, ...]:
+            return tuple(getattr(a, name) for a in actions.items if name in a.implemented)
 
-        def selectors(direction: str) -> tuple[RedactSelector, ...]:
-            # in a response-phase rule nothing is restored: the values were never the client's
-            return tuple(
-                RedactSelector(s.categories, s.kinds, s.mode, s.restore and phase is Phase.REQUEST, q)
-                for s in a.redactions
-                if direction in s.directions
-            )
-
-        def throttle(mode: Mode) -> Throttle | None:
-            return Throttle(a.throttle[0], a.throttle[1], a.throttle[2], q, mode) if a.throttle is not None else None
-
-        def verdict(mode: Mode) -> VerdictAsk | None:
-            return VerdictAsk(*a.claude_verdict, rule=q, mode=mode) if a.claude_verdict is not None else None
-
+        block = next((b for a in actions.gates if (b := a.fixed_refusal()) is not None), None)
+        record = hooks("record")
+        request = phase is Phase.REQUEST
         return cls(
-            fired_enforce=FiredRule(rule_id, policy, Mode.ENFORCE, a.names),
-            fired_monitor=FiredRule(rule_id, policy, Mode.MONITOR, a.names),
-            block=Block(a.block[0], a.block[1], a.block[2], q) if a.block is not None else None,
-            request_selectors=selectors("request"),
-            response_selectors=selectors("response"),
-            alert=Alert(a.alert[0], a.alert[1], q) if a.alert is not None else None,
-            quarantine=Quarantine(a.quarantine, q) if a.quarantine is not None else None,
-            throttle_enforce=throttle(Mode.ENFORCE),
-            throttle_monitor=throttle(Mode.MONITOR),
-            route=Route(a.route[0], a.route[1], q) if a.route is not None else None,
-            prompts=tuple(PromptEdit(pos, role, text, q) for pos, role, text in a.prompts),
-            field_edits=tuple(FieldEdit(op, ptr, value, q) for op, ptr, value in a.field_edits),
-            response_edits=tuple(FieldEdit(op, ptr, value, q) for op, ptr, value in a.response_edits),
-            verdict_enforce=verdict(Mode.ENFORCE),
-            verdict_monitor=verdict(Mode.MONITOR),
+            fired_enforce=FiredRule(rule_id, policy, Mode.ENFORCE, actions.names),
+            fired_monitor=FiredRule(rule_id, policy, Mode.MONITOR, actions.names),
+            block=block,
+            fired_monitor_blocked=FiredRule(rule_id, policy, Mode.MONITOR, actions.names, block.message) if block else None,
+            gates=tuple(a.refusal for a in actions.gates if "refusal" in a.implemented) if request and block is None else (),
+            on_enforce=record + hooks("enforce") if request else (),
+            on_block=record if request else (),
+            on_monitor=hooks("monitor") if request else (),
+            on_respond=() if request else record + hooks("respond"),
+            terminal=any(a.ends_evaluation for a in actions.items),
         )
 
 

@@ -14,6 +14,12 @@ Evaluation order and conflict resolution (docs/policy.md has the full table):
   prompt decorators apply in rule order, tags and alerts accumulate, every throttle applies, the
   first ``quarantine_key`` is kept, the first ``claude_verdict`` is the one asked (a monitor rule's
   only when no enforcing rule asks; none when the request is blocked).
+
+Each rule acts through the hooks of its action classes (:mod:`.actions`), collected once per rule
+in its :class:`~.rules.Effects`: its gates say whether the request is refused, then the ``enforce``
+(or, for a refused request, only the ``record``) hooks write into a :class:`RequestAcc`, or the
+``monitor`` hooks for a monitor rule; the merge rules above are the hooks' own. Response-phase rules
+write into a :class:`ResponseAcc` through their ``respond`` and ``record`` hooks.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ class PolicySnapshot:
     version: str  # short hash of every source: names the snapshot in records
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     detectors: frozenset[str] = frozenset()  # pii | secrets | injection | flags: what the exchange must run
-    asks_claude: bool = False  # some live rule has claude_verdict: the sidecar may need its Claude client
+    asks_claude: bool = False  # some live rule has an action that asks Claude (claude_verdict): the sidecar needs its client
     _plain: dict[str | None, RequestDecision] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------------------ build
@@ -86,7 +92,7 @@ class PolicySnapshot:
             aliases=MappingProxyType(aliases),
             version=digest,
             detectors=_detectors(live),
-            asks_claude=any(r.actions.claude_verdict is not None for r in live if r.phase is Phase.REQUEST),
+            asks_claude=any(a.asks_claude for r in live if r.phase is Phase.REQUEST for a in r.actions),
         )
 
     @classmethod
@@ -101,45 +107,51 @@ class PolicySnapshot:
             model = aliased
         det = facts.detections
         fired: list[FiredRule] = []
-        acc: _RequestAcc | None = None
+        acc: RequestAcc | None = None
         block: Block | None = None
         for rule in self.request_rules:
             if not rule.applies(facts, model, det, None):
                 continue
             fx = rule.effects
-            refusal = fx.block or _refusal(rule, facts, model)
+            refusal = fx.block
+            if refusal is None:
+                for gate in fx.gates:
+                    refusal = gate(facts, model)
+                    if refusal is not None:
+                        break
             if rule.mode is Mode.MONITOR:
-                fired.append(
-                    fx.fired_monitor
-                    if refusal is None
-                    else FiredRule(rule.id, rule.policy, Mode.MONITOR, rule.actions.names, refusal.message)
-                )
-                if fx.throttle_monitor is not None:
-                    acc = acc or _RequestAcc()
-                    acc.throttles.append(fx.throttle_monitor)
-                if fx.verdict_monitor is not None:
-                    acc = acc or _RequestAcc()
-                    acc.verdict_monitor = acc.verdict_monitor or fx.verdict_monitor
+                if refusal is None:
+                    fired.append(fx.fired_monitor)
+                elif refusal is fx.block and fx.fired_monitor_blocked is not None:
+                    fired.append(fx.fired_monitor_blocked)
+                else:
+                    fired.append(FiredRule(rule.id, rule.policy, Mode.MONITOR, rule.actions.names, refusal.message))
+                if fx.on_monitor:
+                    acc = acc or RequestAcc()
+                    for hook in fx.on_monitor:  # throttles count, verdicts are asked in the background
+                        hook(acc)
                 continue
-            acc = acc or _RequestAcc()
+            acc = acc or RequestAcc()
             if refusal is not None:
                 block = refusal
                 fired.append(
                     fx.fired_enforce
-                    if fx.block is not None
+                    if refusal is fx.block
                     else FiredRule(rule.id, rule.policy, Mode.ENFORCE, rule.actions.names, refusal.message)
                 )
-                acc.side_effects(rule)  # a blocking rule still tags, alerts and quarantines
+                for hook in fx.on_block:  # a blocking rule still tags, alerts and quarantines
+                    hook(acc)
                 break
             fired.append(fx.fired_enforce)
-            acc.apply(rule)
-            if rule.actions.allow:
+            for hook in fx.on_enforce:
+                hook(acc)
+            if fx.terminal:
                 break
         if acc is None and aliased is None:
             if fired:
                 return RequestDecision(model=model, fired=tuple(fired), policy_version=self.version)
             return self._untouched(model)
-        acc = acc or _RequestAcc()
+        acc = acc or RequestAcc()
         return acc.decision(self.version, facts.model, model, aliased is not None, block, tuple(fired))
 
     def _untouched(self, model: str | None) -> RequestDecision:
@@ -162,11 +174,7 @@ class PolicySnapshot:
         det = facts.detections
         fired: list[FiredRule] = []
         block: Block | None = None
-        selectors: list[RedactSelector] = list(earlier.response_redact.selectors) if earlier is not None else []
-        edits: list[FieldEdit] = list(earlier.response_edits) if earlier is not None else []
-        tags: list[str] = []
-        alerts: list[Alert] = []
-        quarantine: Quarantine | None = None
+        acc: ResponseAcc | None = None
         for rule in self.response_rules:
             if not rule.applies(req, model, det, facts):
                 continue
@@ -175,27 +183,33 @@ class PolicySnapshot:
                 fired.append(fx.fired_monitor)
                 continue
             fired.append(fx.fired_enforce)
-            selectors.extend(fx.response_selectors)
-            edits.extend(fx.response_edits)
-            tags.extend(rule.actions.tags)
-            if fx.alert is not None:
-                alerts.append(fx.alert)
-            if fx.quarantine is not None and quarantine is None:
-                quarantine = fx.quarantine
+            acc = acc or ResponseAcc(earlier)
+            for hook in fx.on_respond:
+                hook(acc)
             if fx.block is not None:
                 block = fx.block
                 break
         restore = earlier is not None and earlier.redact.restore_any
-        if not fired and not selectors and not edits and not restore:
-            return ResponseDecision(policy_version=self.version)
+        if acc is None:  # no response rule enforced: what the request phase decided for the response, as it is
+            plan = earlier.response_redact if earlier is not None else NO_REDACTION
+            edits = earlier.response_edits if earlier is not None else ()
+            if not fired and not plan.selectors and not edits and not restore:
+                return ResponseDecision(policy_version=self.version)
+            return ResponseDecision(
+                redact=plan if plan.selectors else NO_REDACTION,
+                restore=restore,
+                field_edits=edits,
+                fired=tuple(fired),
+                policy_version=self.version,
+            )
         return ResponseDecision(
             block=block,
-            redact=RedactPlan(tuple(selectors)) if selectors else NO_REDACTION,
+            redact=RedactPlan(tuple(acc.selectors)) if acc.selectors else NO_REDACTION,
             restore=restore,
-            field_edits=tuple(edits),
-            tags=tuple(dict.fromkeys(tags)),
-            alerts=tuple(alerts),
-            quarantine=quarantine,
+            field_edits=tuple(acc.edits),
+            tags=tuple(dict.fromkeys(acc.tags)),
+            alerts=tuple(acc.alerts),
+            quarantine=acc.quarantine,
             fired=tuple(fired),
             policy_version=self.version,
         )
@@ -230,40 +244,42 @@ def _detectors(rules: list[Rule]) -> frozenset[str]:
         out |= rule.match.uses
         if rule.unless is not None:
             out |= rule.unless.uses
-        for spec in rule.actions.redactions:
-            out |= spec.categories if spec.kinds is None else {"pii", "secrets"}
+        for action in rule.actions:
+            out |= action.detectors()
     return frozenset(out)
 
 
-def _refusal(rule: Rule, facts: RequestFacts, model: str | None) -> Block | None:
-    """The block a rule without a plain ``block`` imposes on this request: a header it requires is
-    missing, or the model is not on its allowlist (checked after the rule's own route, if any)."""
-    a = rule.actions
-    if a.require_headers:
-        missing = [h for h in a.require_headers if h not in facts.headers]
-        if missing:
-            return Block(
-                400,
-                f"llmproxy: this request needs the header(s) {', '.join(missing)} (policy rule {rule.qualified})",
-                "missing_required_header",
-                rule.qualified,
-            )
-    if a.allow_models is not None and model is not None:
-        final = a.route[0] if a.route is not None and a.route[0] else model
-        if a.allow_models.fullmatch(final) is None:
-            shown = final if len(final) <= 200 else final[:200] + "…"
-            return Block(
-                403,
-                f"llmproxy: model {shown!r} is not allowed by policy rule {rule.qualified}; "
-                f"allowed: {', '.join(a.allow_models_written)}",
-                "model_not_allowed",
-                rule.qualified,
-            )
-    return None
+class Records:
+    """What enforcing rules record in either phase, and all a refused request keeps: tags, alerts,
+    the quarantine (``record`` hooks write here)."""
+
+    __slots__ = ("tags", "alerts", "quarantine")
+    # set by the subclasses' __init__ (one call less per decision)
+    tags: list[str]
+    alerts: list[Alert]
+    quarantine: Quarantine | None  # the first one is kept
 
 
-class _RequestAcc:
-    """Accumulates the effects of enforcing rules; only built when some rule enforces."""
+class ResponseAcc(Records):
+    """Accumulates the effects of enforcing response-phase rules, after what the request phase
+    decided for the response (its response redactions and edits)."""
+
+    __slots__ = ("selectors", "edits")
+
+    def __init__(self, earlier: RequestDecision | None) -> None:
+        self.tags = []
+        self.alerts = []
+        self.quarantine = None
+        self.selectors: list[RedactSelector] = list(earlier.response_redact.selectors) if earlier is not None else []
+        self.edits: list[FieldEdit] = list(earlier.response_edits) if earlier is not None else []
+
+
+class RequestAcc(Records):
+    """Accumulates the effects of enforcing request-phase rules; only built when some rule enforces
+    (or a monitor rule throttles or asks). The action hooks write its fields; the merge rules
+    (docs/policy.md, "Evaluation order and conflict resolution") are theirs: e.g. ``route`` keeps
+    the first route, ``cap_max_tokens`` the smallest cap; :meth:`edit_field` keeps the first set of
+    a pointer."""
 
     __slots__ = (
         "redact",
@@ -274,10 +290,7 @@ class _RequestAcc:
         "response_fields",
         "set_headers",
         "strip_headers",
-        "tags",
-        "alerts",
         "throttles",
-        "quarantine",
         "route",
         "_set_pointers",
         "verdict",
@@ -285,58 +298,30 @@ class _RequestAcc:
     )
 
     def __init__(self) -> None:
-        self.redact: list[RedactSelector] = []
-        self.response_redact: list[RedactSelector] = []
-        self.cap: int | None = None
+        self.tags = []
+        self.alerts = []
+        self.quarantine = None
+        self.redact: list[RedactSelector] = []  # in the request
+        self.response_redact: list[RedactSelector] = []  # in the response (`in: [response]`)
+        self.cap: int | None = None  # the smallest cap
         self.prompts: list[PromptEdit] = []
-        self.fields: list[FieldEdit] = []
-        self.response_fields: list[FieldEdit] = []
-        self.set_headers: dict[str, str] = {}
-        self.strip_headers: dict[str, None] = {}
-        self.tags: list[str] = []
-        self.alerts: list[Alert] = []
+        self.fields: list[FieldEdit] = []  # through edit_field
+        self.response_fields: list[FieldEdit] = []  # through edit_response_field
+        self.set_headers: dict[str, str] = {}  # the first value set for a header wins: setdefault
+        self.strip_headers: dict[str, None] = {}  # an ordered set
         self.throttles: list[Throttle] = []
-        self.quarantine: Quarantine | None = None
-        self.route: Route | None = None
+        self.route: Route | None = None  # the first route
         self._set_pointers: set[tuple[bool, str]] | None = None
-        self.verdict: VerdictAsk | None = None
-        self.verdict_monitor: VerdictAsk | None = None
+        self.verdict: VerdictAsk | None = None  # the first enforcing rule's ask
+        self.verdict_monitor: VerdictAsk | None = None  # the first monitor rule's ask
 
-    def side_effects(self, rule: Rule) -> None:
-        """What a rule records even when it blocks: tags, alert, quarantine."""
-        fx = rule.effects
-        if rule.actions.tags:
-            self.tags.extend(rule.actions.tags)
-        if fx.alert is not None:
-            self.alerts.append(fx.alert)
-        if fx.quarantine is not None and self.quarantine is None:
-            self.quarantine = fx.quarantine
+    def edit_field(self, e: FieldEdit) -> None:
+        """A request-field edit: the first rule to set (or default) a pointer wins; removals union."""
+        self._edit(self.fields, e, False)
 
-    def apply(self, rule: Rule) -> None:
-        a, fx = rule.actions, rule.effects
-        self.side_effects(rule)
-        if fx.request_selectors:
-            self.redact.extend(fx.request_selectors)
-        if fx.response_selectors:
-            self.response_redact.extend(fx.response_selectors)
-        if a.cap_max_tokens is not None and (self.cap is None or a.cap_max_tokens < self.cap):
-            self.cap = a.cap_max_tokens
-        if fx.route is not None and self.route is None:
-            self.route = fx.route
-        if fx.prompts:
-            self.prompts.extend(fx.prompts)
-        for e in fx.field_edits:
-            self._edit(self.fields, e, False)
-        for e in fx.response_edits:
-            self._edit(self.response_fields, e, True)
-        for name, value in a.set_headers:
-            self.set_headers.setdefault(name, value)  # the first rule to set a header wins
-        for name in a.strip_headers:
-            self.strip_headers[name] = None
-        if fx.throttle_enforce is not None:
-            self.throttles.append(fx.throttle_enforce)
-        if fx.verdict_enforce is not None and self.verdict is None:  # one question per request: the first rule's
-            self.verdict = fx.verdict_enforce
+    def edit_response_field(self, e: FieldEdit) -> None:
+        """A response-field edit decided in the request phase; the same rule as :meth:`edit_field`."""
+        self._edit(self.response_fields, e, True)
 
     def _edit(self, into: list[FieldEdit], e: FieldEdit, response: bool) -> None:
         if e.op != "remove":  # the first rule to set a pointer wins; removals union

@@ -10,6 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from intelligence.policy import PolicyError, parse_policy, validate
+from intelligence.policy.actions.fields import FieldsAction
+from intelligence.policy.actions.shaping import PromptAction
 from intelligence.policy.parse import MAX_POLICY_CHARS
 
 
@@ -577,12 +579,15 @@ def test_a_valid_policy_with_every_feature() -> None:
     assert doc.name == "everything" and dict(doc.aliases) == {"fast": "gpt-4o-mini", "smart": "claude-sonnet-4"}
     first, second = doc.rules
     assert first.priority == 1 and second.priority == 50 and first.line == 7
-    a = first.actions
-    assert a.route == ("gpt-4o-mini", "openrouter") and a.tags == ("a", "b")
-    assert dict(a.set_headers) == {"x-gateway": "llmproxy", "x-num": "3"}
-    assert a.throttle == (60, 10, "client") and a.quarantine == "abuse"
-    assert len(a.prompts) == 4 and len(a.field_edits) == 4 and len(a.response_edits) == 2
-    assert second.actions.alert[0] == "warning" and second.actions.quarantine.startswith("policy rule everything/answers")
+    a = first.actions  # one action object per key (intelligence.policy.actions)
+    assert (a["route"].route.model, a["route"].route.provider) == ("gpt-4o-mini", "openrouter") and a["tag"].tags == ("a", "b")
+    assert dict(a["set_headers"].headers) == {"x-gateway": "llmproxy", "x-num": "3"}
+    throttle = a["throttle"].enforced
+    assert (throttle.rpm, throttle.burst, throttle.per) == (60, 10, "client") and a["quarantine_key"].quarantine.reason == "abuse"
+    assert len([x for x in a if isinstance(x, PromptAction)]) == 4
+    assert [sum(len(x.edits) for x in a if isinstance(x, FieldsAction) and x.response is r) for r in (False, True)] == [4, 2]
+    assert second.actions["alert"].alert.severity == "warning"
+    assert second.actions["quarantine_key"].quarantine.reason.startswith("policy rule everything/answers")
 
 
 def test_name_override_for_database_policies() -> None:
