@@ -1,4 +1,11 @@
-"""Export the request log as JSON Lines or CSV (for audits, offline analysis, eval sets)."""
+"""Export the request log as JSON Lines or CSV (for audits, offline analysis, eval sets).
+
+Exports leave the gateway, so they are sanitised on the way out: credentials in URLs (the ``path``
+column, a legacy ``/?target_url=``, URLs in error messages and flags) are redacted with
+:func:`intelligence.store.sanitize.redact_url`, and every CSV cell that a spreadsheet would read as a
+formula (a leading ``=``, ``+``, ``-``, ``@``, tab or carriage return) gets a leading apostrophe
+(OWASP, CSV injection). Bodies are exported as recorded (the policy already redacted secrets there).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from intelligence.records import Body, ExchangeRecord
 from intelligence.store.repositories import ExchangeRepository
+from intelligence.store.sanitize import csv_safe, redact_url, redact_urls_in_text
 
 ExportFormat = Literal["jsonl", "csv"]
 FORMATS: tuple[str, ...] = ("jsonl", "csv")
@@ -59,7 +67,9 @@ async def export_requests(engine: AsyncEngine, out: TextIO, *, since: datetime |
     """Write every exchange started at or after ``since`` (all if None), oldest first; returns the count."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n") if fmt == "csv" else None
+    # CRLF rows (RFC 4180): with "\n" the writer would leave a cell holding a bare "\r" unquoted,
+    # and a reader would split the row there
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\r\n") if fmt == "csv" else None
     if writer is not None:
         writer.writeheader()
     count = 0
@@ -84,7 +94,7 @@ def export_document(r: ExchangeRecord) -> dict[str, Any]:
         "started_at": r.started_at.isoformat(),
         "finished_at": r.finished_at.isoformat(),
         "method": r.method,
-        "path": r.path,
+        "path": redact_url(r.path),
         "provider": r.provider,
         "model": r.model,
         "api": r.api,
@@ -103,9 +113,22 @@ def export_document(r: ExchangeRecord) -> dict[str, Any]:
         "tool_aliases": r.tool_aliases,
         "tool_args_invalid": r.tool_args_invalid,
         "finish_reason": r.finish_reason,
-        "error": r.error,
-        "flags": r.flags,
+        "error": redact_urls_in_text(r.error) if r.error else r.error,
+        "flags": _redact_urls_in(r.flags),
     }
+
+
+def _redact_urls_in(value: Any, depth: int = 0) -> Any:
+    """A copy of a JSON-like value (flags) with URLs in its strings redacted (bounded depth)."""
+    if isinstance(value, str):
+        return redact_url(value) if value.startswith(("/", "http://", "https://")) else redact_urls_in_text(value)
+    if depth >= 20:
+        return value
+    if isinstance(value, dict):
+        return {k: _redact_urls_in(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_urls_in(v, depth + 1) for v in value]
+    return value
 
 
 def body_content(body: Body | None) -> Any:
@@ -115,11 +138,12 @@ def body_content(body: Body | None) -> Any:
 
 
 def csv_row(doc: dict[str, Any]) -> dict[str, str]:
+    """One CSV row; every cell is formula-neutralised (:func:`csv_safe`), numbers we wrote excepted."""
     row = {k: _csv_scalar(doc[k]) for k in CSV_SCALAR_COLUMNS if k in doc}
     for k in ("input_tokens", "output_tokens", "total_tokens", "cached_tokens", "reasoning_tokens"):
         row[k] = _csv_scalar(doc["usage"][k])
     for k in CSV_JSON_COLUMNS:
-        row[k] = "" if doc[k] is None else json.dumps(doc[k], ensure_ascii=False)
+        row[k] = "" if doc[k] is None else csv_safe(json.dumps(doc[k], ensure_ascii=False))
     return row
 
 
@@ -128,4 +152,6 @@ def _csv_scalar(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    if isinstance(value, int | float):
+        return str(value)  # ours, not a client's: a negative number stays a number
+    return csv_safe(str(value))

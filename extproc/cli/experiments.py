@@ -1,4 +1,8 @@
-"""`llmproxy experiments list|start|pause|resume|promote|rollback|history` over the control API.
+"""`llmproxy experiments list|start|approve|pause|resume|promote|rollback|history` over the control API.
+
+Starting and promoting need an admin's approval by default (intelligence/enhance/approval.py): the
+candidate job's experiments wait in status ``pending`` and the evaluator's promotions wait as
+``awaiting promote``; `llmproxy experiments approve ID` approves whichever the experiment awaits.
 
 Talks gRPC to the control API (--control, default $LLMPROXY_CONTROL_ADDR or 127.0.0.1:50052) with
 the access token in $LLMPROXY_TOKEN (from `llmproxy token create`; not needed on a loopback server
@@ -14,7 +18,11 @@ import json
 import sys
 from typing import Any
 
-ACTIONS = ("pause", "resume", "promote", "rollback")
+ACTIONS = ("approve", "pause", "resume", "promote", "rollback")
+HELP = {
+    "approve": "approve what an experiment awaits: its start (pending) or the promotion the evaluator asked for",
+    "rollback": "roll an experiment back (or decline a pending one)",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="experiments_command", metavar="ACTION", required=True)
 
     ls = actions.add_parser("list", parents=[common], help="experiments, newest first, with their statistics")
-    ls.add_argument("--status", default=None, choices=["running", "paused", "promoted", "rolled_back", "stopped"])
+    ls.add_argument("--status", default=None, choices=["pending", "running", "paused", "promoted", "rolled_back", "stopped"])
     ls.add_argument("--limit", type=int, default=0)
     ls.set_defaults(func=run_list)
 
@@ -45,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.set_defaults(func=run_start)
 
     for action in ACTIONS:
-        a = actions.add_parser(action, parents=[common], help=f"{action} an experiment")
+        a = actions.add_parser(action, parents=[common], help=HELP.get(action, f"{action} an experiment"))
         a.add_argument("experiment_id", type=int)
         if action != "resume":
             a.add_argument("--reason", default="", help="recorded in the experiment's history")
@@ -88,6 +96,11 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def lift_ci(ci: list[float | None]) -> str:
+    """A relative-lift interval; its upper end is None when the control rate could be 0 (unbounded)."""
+    return f"{ci[0]:+.0%}.." + ("unbounded" if ci[1] is None else f"{ci[1]:+.0%}")
+
+
 def summary_line(d: dict[str, Any]) -> str:
     enh = d.get("enhancement") or {}
     stats = d.get("stats") or {}
@@ -100,18 +113,30 @@ def summary_line(d: dict[str, Any]) -> str:
         f"control {d.get('control_weight')}",
         f"by {d.get('assign_by')}",
     ]
+    if d.get("scope"):
+        parts.append(f"scope {d['scope']}")
+    if d.get("awaiting"):
+        parts.append(f"AWAITING APPROVAL to {d['awaiting']}")
+    samples = sum(int((arms.get(arm) or {}).get("n") or 0) for arm in ("control", "variant"))
     for arm in ("control", "variant"):
         a = arms.get(arm)
         if a:
-            parts.append(f"{arm} {a.get('successes', 0)}/{a.get('n', 0)} ({_fmt(a.get('rate'))})")
-    if stats.get("effect") is not None:
-        parts.append(f"effect {stats['effect']:+.3f}")
-    if stats.get("p_value") is not None:
-        parts.append(f"p {stats['p_value']:.4f}")
+            units = f", {a['units']} units" if a.get("units") is not None else ""
+            parts.append(f"{arm} {a.get('successes', 0)}/{a.get('n', 0)} ({_fmt(a.get('rate'))}{units})")
+    if not samples:
+        parts.append("no data yet")  # never a p-value without samples
+    else:
+        if stats.get("effect") is not None:
+            parts.append(f"effect {stats['effect']:+.3f}")
+        lift = stats.get("relative_lift") or {}
+        if lift.get("ci"):
+            parts.append(f"lift {lift['estimate']:+.0%} (CI {lift_ci(lift['ci'])})")
+        if stats.get("p_value") is not None:
+            parts.append(f"p {stats['p_value']:.4f}")
     if stats.get("decision"):
         parts.append(f"→ {stats['decision']}")
     line = "  ".join(parts)
-    reason = d.get("decision_reason") or stats.get("reason")
+    reason = d.get("decision_reason") or (d.get("awaiting_reason") if d.get("awaiting") else "") or stats.get("reason")
     return line + (f"\n    {reason}" if reason else "")
 
 
@@ -144,11 +169,25 @@ def run_start(args: argparse.Namespace) -> int:
     return _call(args, work)
 
 
+def _approve(client: Any, experiment_id: int, reason: str) -> Any:
+    """ApproveExperiment; through the client's own method once it has one (intelligence/control/client.py)."""
+    method = getattr(client, "approve_experiment", None)
+    if method is not None:
+        return method(experiment_id, reason=reason)
+    from intelligence.control.gen import control_pb2 as pb
+
+    return client._call("ApproveExperiment", pb.ExperimentActionRequest(experiment_id=experiment_id, reason=reason)).experiment
+
+
 def run_action(args: argparse.Namespace) -> int:
     from intelligence.control.convert import record
 
     def work(client: Any) -> int:
-        after = record(client.experiment_action(args.action, args.experiment_id, reason=getattr(args, "reason", "")))
+        reason = getattr(args, "reason", "")
+        if args.action == "approve":
+            after = record(_approve(client, args.experiment_id, reason))
+        else:
+            after = record(client.experiment_action(args.action, args.experiment_id, reason=reason))
         if args.json:
             _dump(after)
         else:

@@ -6,6 +6,11 @@ they crossed the wire (the raw SSE/NDJSON stream for streamed responses) instead
 New rows arrive by Postgres LISTEN/NOTIFY (channel llmproxy_exchanges). With a control API
 address (--control or $LLMPROXY_CONTROL_ADDR) they arrive over its WatchEvents stream instead,
 authenticated with $LLMPROXY_TOKEN, so no database credentials are needed on the console.
+
+Clients control most of what is printed (model, path, bodies, tool names), so the output is passed
+through :func:`intelligence.store.sanitize.strip_terminal_controls`: no escape sequence from a
+client can recolour, retitle or clear the operator's terminal, write its clipboard or hide a line.
+Credentials in the request path's query string are redacted (:func:`~intelligence.store.sanitize.redact_url`).
 """
 
 from __future__ import annotations
@@ -75,12 +80,13 @@ async def _tail(url: str, args: argparse.Namespace) -> None:
     try:
         async with engine.connect() as listen_conn:
             raw = (await listen_conn.get_raw_connection()).driver_connection
+            assert raw is not None  # an open asyncpg connection
             await raw.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: queue.put_nowait(payload))
             async with engine.connect() as conn:
                 if args.history:
                     rows = await ExchangeRepository(conn).recent(args.history)
-                    for row in reversed(list(rows)):
-                        print(render(row, tools=args.tools, raw=args.raw), flush=True)
+                    for past in reversed(list(rows)):
+                        print(render(past, tools=args.tools, raw=args.raw), flush=True)
                 while not args.count or printed < args.count:
                     request_id = await queue.get()
                     row = await ExchangeRepository(conn).get(request_id)
@@ -105,7 +111,9 @@ def _tail_control(addr: str, args: argparse.Namespace) -> int:
         print(f"llmproxy tail: {exc}", file=sys.stderr)
         return 2
     with client:
-        call = client.watch(kinds=["exchange"], exchange_history=args.history, include_bodies=True)
+        call: Any = client.watch(
+            kinds=["exchange"], exchange_history=args.history, include_bodies=True
+        )  # a stream that can be cancelled
         try:
             for message in call:
                 item = message.WhichOneof("item")
@@ -130,16 +138,25 @@ def _tail_control(addr: str, args: argparse.Namespace) -> int:
 
 
 def render(rec: ExchangeRecord, *, tools: str = "name", raw: bool = False) -> str:
+    """One exchange as printed: terminal controls stripped from all of it, URL credentials redacted."""
+    from intelligence.store.sanitize import strip_terminal_controls
+
+    return strip_terminal_controls(_render(rec, tools=tools, raw=raw))
+
+
+def _render(rec: ExchangeRecord, *, tools: str, raw: bool) -> str:
+    from intelligence.store.sanitize import redact_url, redact_urls_in_text
+
     u = rec.usage
     head = (
         f"── {rec.started_at:%Y-%m-%d %H:%M:%S}  {rec.status or '---'}  {rec.provider or '-'}  {rec.model or '-'}  "
-        f"{rec.method} {rec.path}  {(rec.latency_ms or 0):.0f} ms"
+        f"{rec.method} {redact_url(rec.path)}  {(rec.latency_ms or 0):.0f} ms"
         + (f"  ttft {rec.ttft_ms:.0f} ms" if rec.ttft_ms is not None and rec.streamed else "")
         + f"  tokens {u.input_tokens if u.input_tokens is not None else '-'}/{u.output_tokens if u.output_tokens is not None else '-'}"
         + f"  id {rec.request_id}"
     )
     if rec.error:
-        head += f"\n   error: {rec.error}"
+        head += f"\n   error: {redact_urls_in_text(rec.error)}"
     resp = rec.response_upstream if raw else rec.response_client
     label = "<<< response" + ("" if raw or not rec.streamed else " (merged)")
     return "\n".join(

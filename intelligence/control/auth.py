@@ -5,12 +5,18 @@ Every call carries ``authorization: Bearer <token>`` metadata, verified with
 everything else (including methods added later and not listed here) needs admin, so a new
 mutation is never open by accident. The verified principal is put in :data:`CURRENT_PRINCIPAL`
 for the handler, which records its subject as the actor of a change.
+
+A server stream (WatchEvents) outlives the moment its token was checked, so the token is checked
+again while the stream is open: every ``recheck_interval`` seconds (2 s) and right after it expires.
+A token that has expired or been revoked meanwhile ends the stream with ``UNAUTHENTICATED``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -54,9 +60,58 @@ def authorize(access: AccessSettings, metadata: Any, method: str) -> Principal:
     return principal
 
 
+RECHECK_INTERVAL = 2.0  # seconds between re-checks of an open stream's token
+
+
+async def _guarded(
+    items: AsyncIterator[Any], principal: Principal, recheck: Callable[[], Awaitable[Any]], interval: float
+) -> AsyncIterator[Any]:
+    """``items`` while ``recheck`` passes: it runs every ``interval`` seconds (whether or not items
+    flow) and just after the token's expiry.
+
+    ``recheck`` aborts the call (raises) when the token no longer holds; the inner stream is closed
+    either way (its subscription released).
+    """
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[Any] | None = None
+
+    def next_check() -> float:
+        at = loop.time() + interval
+        if principal.expires_at is not None:
+            left = (principal.expires_at - datetime.now(UTC)).total_seconds() + 0.05
+            at = min(at, loop.time() + max(0.0, left))
+        return at
+
+    check_at = next_check()
+    try:
+        while True:
+            pending = asyncio.ensure_future(items.__anext__())
+            while True:
+                done, _ = await asyncio.wait([pending], timeout=max(0.0, check_at - loop.time()))
+                if loop.time() >= check_at:
+                    await recheck()
+                    check_at = next_check()
+                if done:
+                    break
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield item
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            await asyncio.wait([pending])
+        aclose = getattr(items, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, access: AccessSettings) -> None:
+    def __init__(self, access: AccessSettings, *, recheck_interval: float = RECHECK_INTERVAL) -> None:
         self.access = access
+        self.recheck_interval = recheck_interval
 
     async def intercept_service(
         self,
@@ -68,6 +123,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         access = self.access
+        interval = self.recheck_interval
 
         async def check(context: grpc.aio.ServicerContext) -> Principal:
             try:
@@ -98,7 +154,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 principal = await check(context)
                 CURRENT_PRINCIPAL.set(principal)
-                async for item in inner_stream(request, context):
+                items = inner_stream(request, context)
+                if principal.expires_at is not None:  # a token: re-checked while the stream is open
+                    items = _guarded(items, principal, lambda: check(context), interval)
+                async for item in items:
                     yield item
 
             return grpc.unary_stream_rpc_method_handler(
@@ -117,8 +176,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         inner_ss = handler.stream_stream
 
         async def bidi(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            CURRENT_PRINCIPAL.set(await check(context))
-            async for item in inner_ss(requests, context):
+            principal = await check(context)
+            CURRENT_PRINCIPAL.set(principal)
+            items = inner_ss(requests, context)
+            if principal.expires_at is not None:
+                items = _guarded(items, principal, lambda: check(context), interval)
+            async for item in items:
                 yield item
 
         return grpc.stream_stream_rpc_method_handler(

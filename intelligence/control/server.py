@@ -3,7 +3,9 @@
 Embeddable: ``ControlServer(engine, access, host, port)`` with ``await start()`` / ``await stop()``
 runs inside any event loop (the intelligence process hosts it; ``python -m intelligence.control``
 runs it alone). It listens only on the address given, and refuses a non-loopback address when
-SECRET_KEY is unset. With ``tls`` (:class:`~intelligence.control.tls.ServerTLS`) it serves TLS, and
+SECRET_KEY is unset. With SECRET_KEY it keeps the revoked token ids in memory
+(:class:`~intelligence.access.TokenRevocations`) and re-checks the token of an open stream every
+``recheck_interval`` seconds. With ``tls`` (:class:`~intelligence.control.tls.ServerTLS`) it serves TLS, and
 verifies client certificates when a client CA is given; a non-loopback listener without TLS is
 allowed (a mesh or tunnel may encrypt it) but logged as a warning. Authentication and roles:
 :mod:`intelligence.control.auth`.
@@ -22,12 +24,12 @@ import grpc
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from intelligence.access import LOCAL_OPERATOR, AccessSettings, Principal, is_loopback, require_safe_bind
+from intelligence.access import LOCAL_OPERATOR, AccessSettings, Principal, TokenRevocations, is_loopback, require_safe_bind
 from intelligence.enhance.models import Experiment
 from intelligence.store.repositories import ExchangeRepository
 
 from . import convert
-from .auth import CURRENT_PRINCIPAL, AuthInterceptor
+from .auth import CURRENT_PRINCIPAL, RECHECK_INTERVAL, AuthInterceptor
 from .gen import control_pb2 as pb
 from .gen import control_pb2_grpc as pb_grpc
 from .tls import ServerTLS
@@ -181,6 +183,13 @@ class ControlServicer(pb_grpc.ControlServicer):
     ) -> pb.ExperimentActionResponse:
         return await self._act(context, request, "rollback")
 
+    async def ApproveExperiment(
+        self, request: pb.ExperimentActionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExperimentActionResponse:
+        """An admin approves the start or the requested promotion (intelligence/enhance/approval.py);
+        role admin is enforced by the interceptor (not a viewer method)."""
+        return await self._act(context, request, "approve")
+
     async def ExperimentHistory(
         self, request: pb.ExperimentHistoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExperimentHistoryResponse:
@@ -289,6 +298,7 @@ class ControlServer:
         poll_interval: float = 2.0,
         listen: bool = True,
         tls: ServerTLS | None = None,
+        recheck_interval: float = RECHECK_INTERVAL,
     ) -> None:
         require_safe_bind(host, access, what="control API")
         self.engine = engine
@@ -308,13 +318,20 @@ class ControlServer:
             )
         self.hub = EventHub(engine, queue_size=queue_size, poll_interval=poll_interval, listen=listen)
         self._server: grpc.aio.Server | None = None
+        # revoked token ids, in memory (NOTIFY + poll): checked on every call and while streams are open
+        self.revocations: TokenRevocations | None = TokenRevocations(engine, listen=listen) if access.enabled else None
+        self.recheck_interval = recheck_interval
 
     @property
     def address(self) -> str:
         return _address(self.host, self.port)
 
     async def start(self) -> None:
-        server = grpc.aio.server(interceptors=[AuthInterceptor(self.access)])
+        access = self.access
+        if self.revocations is not None:
+            await self.revocations.start()  # a failed first load is retried; tokens are refused meanwhile
+            access = access.with_revocations(self.revocations)
+        server = grpc.aio.server(interceptors=[AuthInterceptor(access, recheck_interval=self.recheck_interval)])
         pb_grpc.add_ControlServicer_to_server(ControlServicer(self.engine, self.access, self.hub), server)
         address = _address(self.host, self.port)
         if self._credentials is not None:
@@ -346,3 +363,6 @@ class ControlServer:
             await server.stop(grace)  # open WatchEvents streams never end on their own: cut after grace
         with contextlib.suppress(Exception):
             await self.hub.stop()
+        if self.revocations is not None:
+            with contextlib.suppress(Exception):
+                await self.revocations.stop()

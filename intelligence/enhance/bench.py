@@ -14,8 +14,9 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import insert, text
+from sqlalchemy import Table, insert, text
 
 _SEED = """
 INSERT INTO exchanges (request_id, started_at, finished_at, method, path, provider, model, api, status, latency_ms,
@@ -46,7 +47,7 @@ async def run(url: str, rows: int) -> None:
             now = datetime.now(UTC)
             p = (
                 await conn.execute(
-                    insert(Pattern.__table__)
+                    insert(cast(Table, Pattern.__table__))
                     .values(label="bench", first_seen=now - timedelta(days=30), last_seen=now)
                     .returning(Pattern.__table__.c.id)
                 )

@@ -2,22 +2,31 @@
 
 Each tick:
 
-1. **Pick patterns** (one query over the pattern memory): enough traffic in the window
-   (``min_volume`` exposures in ``window_hours``), and a success rate below the fleet's rate in the
-   same window, or below the pattern's own rate over the ``history_days`` before it, by ``margin``.
-   Patterns with an open experiment or an untested candidate are skipped, so the job never queues
-   work faster than it can be tested. Worst first (most failed exchanges), ``max_per_tick`` of them.
-2. **Gather evidence**: recent failing and succeeding exchanges of the pattern (system prompt, last
-   user turn, finish reason, error, which signals failed), the failure breakdown, the tools used,
-   and what was tried before. The request log is already redacted by the security policy; the
+1. **Pick patterns** (one query over the pattern memory), per *scope*: when gateway keys are in
+   use, each key's traffic of a pattern is its own scope (``exchange_embeddings.client_key_fp`` is
+   the key id), and everything else (passthrough traffic) is the global scope. A (pattern, scope)
+   needs enough traffic in the window (``min_volume`` exchanges in ``window_hours``), and a success
+   rate below the fleet's rate in the same window, or below its own rate over the ``history_days``
+   before it, by ``margin``. Ones with an open experiment or an untested candidate (same scope, or
+   a global one) are skipped, so the job never queues work faster than it can be tested. Worst
+   first (most failed exchanges), ``max_per_tick`` of them.
+2. **Gather evidence**: recent failing and succeeding exchanges of the pattern *in that scope only*
+   (a key's examples never inform another key's enhancement) -- system prompt, last user turn,
+   finish reason, error, which signals failed -- the failure breakdown, the tools used, and what was
+   tried before in that scope. The request log is already redacted by the security policy; the
    texts pass through the secret redactor again anyway (cheap, and Claude is a third party).
 3. **Ask Claude** (``client.structured``, purpose ``enhancement``, subject ``pattern:<id>``) for up
    to five candidates {kind, spec, rationale}, best first.
-4. **Validate and store**: every candidate is checked by :func:`~intelligence.enhance.spec.parse_spec`
-   (plus: a tool description must name a tool the pattern's requests declare; the same change must
-   not have been stored for the pattern before); invalid ones are dropped and counted, valid ones
-   stored with :func:`~intelligence.enhance.manage.create_enhancement` (source ``claude``).
-5. With ``auto_start`` the first stored candidate goes into an experiment at once.
+4. **Validate, screen and store**: every candidate is checked by
+   :func:`~intelligence.enhance.spec.parse_spec` (plus: a tool description must name a tool the
+   pattern's requests declare; the same change must not have been stored for the pattern before);
+   invalid ones are dropped and counted. Valid ones are screened by the injection and secret
+   detectors (intelligence/enhance/screening.py) and stored with
+   :func:`~intelligence.enhance.manage.create_enhancement` (source ``claude``, the scope): those the
+   detectors flag are stored ``rejected`` with the reason and counted in ``screened_out``.
+5. With ``auto_start`` the first accepted candidate is proposed for an experiment
+   (:func:`~intelligence.enhance.manage.propose_experiment`): ``pending`` until an admin approves,
+   or started at once in automatic mode (intelligence/enhance/approval.py).
 
 A local-only client (no API key) makes the job a no-op: ``{"skipped": "local-only"}``.
 """
@@ -36,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import manage
 from .outcomes import FAILING_SIGNAL_KINDS, NEGATIVE_SCORE, failed_sql, negative_sql
+from .screening import screen_spec
 from .spec import CANDIDATES_SCHEMA, SpecError, ToolDescriptionSpec, parse_spec
 
 log = logging.getLogger(__name__)
@@ -61,25 +71,28 @@ Order the candidates by expected impact, best first. Call the tool once."""
 # one exchange's success: the definition experiments use (intelligence/enhance/outcomes.py)
 _OK_SQL = f"NOT {failed_sql('m.request_id')} AND NOT {negative_sql('m.request_id', str(NEGATIVE_SCORE))}"
 
+# the scope of an exchange: its gateway key when it was made with one, else global (NULL)
+_SCOPE_SQL = "(SELECT k.id FROM gateway_keys k WHERE k.id = m.client_key_fp)"
+
 _RATES_SQL = text(f"""
 WITH m AS (
-    SELECT m.pattern_id, m.created_at >= :since AS recent, {_OK_SQL} AS ok
+    SELECT m.pattern_id, {_SCOPE_SQL} AS scope, m.created_at >= :since AS recent, {_OK_SQL} AS ok
     FROM exchange_embeddings m
     WHERE m.created_at >= :past_since AND m.created_at < :until AND m.pattern_id IS NOT NULL
 )
-SELECT pattern_id,
+SELECT pattern_id, scope,
        count(*) FILTER (WHERE recent) AS n, count(*) FILTER (WHERE recent AND ok) AS ok,
        count(*) FILTER (WHERE NOT recent) AS past_n, count(*) FILTER (WHERE NOT recent AND ok) AS past_ok
-FROM m GROUP BY pattern_id
+FROM m GROUP BY pattern_id, scope
 """)
 
+# (pattern, scope) pairs with work in progress; a NULL scope blocks the whole pattern
 _BUSY_SQL = text("""
-SELECT pattern_id FROM experiments WHERE status IN ('running', 'paused') AND pattern_id IS NOT NULL
+SELECT pattern_id, scope FROM experiments WHERE status IN ('pending', 'running', 'paused') AND pattern_id IS NOT NULL
 UNION
-SELECT pattern_id FROM enhancements WHERE status IN ('candidate', 'testing') AND pattern_id IS NOT NULL
-UNION
-SELECT id FROM patterns WHERE redirect_to IS NOT NULL
+SELECT pattern_id, scope FROM enhancements WHERE status IN ('candidate', 'testing') AND pattern_id IS NOT NULL
 """)
+_MERGED_SQL = text("SELECT id FROM patterns WHERE redirect_to IS NOT NULL")
 
 _EXAMPLES_SQL = text(f"""
 SELECT x.request_id, x.prompt_system, x.prompt_user, x.finish_reason, x.error, x.status, x.model, x.tool_names,
@@ -88,6 +101,7 @@ SELECT x.request_id, x.prompt_system, x.prompt_user, x.finish_reason, x.error, x
        {negative_sql("x.request_id", str(NEGATIVE_SCORE))} AS negative
 FROM exchange_embeddings m JOIN exchanges x ON x.request_id = m.request_id
 WHERE m.pattern_id = :pattern AND m.created_at >= :since
+  AND {_SCOPE_SQL} IS NOT DISTINCT FROM CAST(:scope AS text)
 ORDER BY m.created_at DESC
 LIMIT :scan
 """)
@@ -103,6 +117,7 @@ class PatternPick:
     past_successes: int
     fleet_rate: float
     why: str
+    scope: str | None = None  # the gateway key id whose traffic this is; None: global (passthrough)
 
     @property
     def rate(self) -> float:
@@ -140,6 +155,7 @@ class CandidateJob:
         control_weight: float = 0.5,
         interval_s: float = 900,
         redact: bool = True,
+        auto_approve: bool | None = None,
     ):
         self.engine = engine
         self.client = client
@@ -154,6 +170,7 @@ class CandidateJob:
         self.control_weight = control_weight
         self.interval_s = interval_s
         self.redact = redact
+        self.auto_approve = auto_approve  # None: the policy flag (intelligence/enhance/approval.py)
 
     # ------------------------------------------------------------------------------------ the tick
     async def tick(self) -> dict[str, Any]:
@@ -168,6 +185,9 @@ class CandidateJob:
             "invalid": 0,
             "invalid_reasons": [],
             "started": [],
+            "awaiting_approval": [],
+            "screened_out": 0,
+            "screened_reasons": [],
             "claude_failures": 0,
         }
         for pick in picks:
@@ -176,6 +196,31 @@ class CandidateJob:
             except Exception:
                 log.exception("candidate job: pattern %s failed", pick.pattern_id)
                 summary["claude_failures"] += 1
+        return summary
+
+    async def propose(self, pattern_id: int, scope: str | None = None) -> dict[str, Any]:
+        """Ask Claude about one pattern (and scope) now, whatever its rates: an operator's request, and
+        the simulation's. Same evidence, validation, screening and proposal as a tick."""
+        summary: dict[str, Any] = {
+            "patterns": [pattern_id],
+            "proposed": 0,
+            "stored": [],
+            "invalid": 0,
+            "invalid_reasons": [],
+            "started": [],
+            "awaiting_approval": [],
+            "screened_out": 0,
+            "screened_reasons": [],
+            "claude_failures": 0,
+        }
+        if self.client is None or getattr(self.client, "local_only", False):
+            return {"skipped": "local-only"}
+        async with self.engine.connect() as conn:
+            picks = await self.pick_patterns(conn, only=(pattern_id, scope))
+        if not picks:
+            summary["patterns"] = []
+            return summary
+        await self._improve(picks[0], summary)
         return summary
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -222,20 +267,40 @@ class CandidateJob:
                     continue
                 seen.add((kind, json.dumps(spec, sort_keys=True)))
                 rationale = str(candidate.get("rationale") or "")[:4000]
-                stored.append(
-                    await manage.create_enhancement(
-                        conn, pick.pattern_id, kind, spec, rationale, "claude", result.call_id, actor=ACTOR
-                    )
+                screening = screen_spec(kind, spec)
+                enhancement_id = await manage.create_enhancement(
+                    conn,
+                    pick.pattern_id,
+                    kind,
+                    spec,
+                    rationale,
+                    "claude",
+                    result.call_id,
+                    actor=ACTOR,
+                    scope=pick.scope,
+                    screening=screening,
                 )
+                if not screening.ok:
+                    summary["screened_out"] += 1
+                    summary["screened_reasons"].append(f"enhancement {enhancement_id}: {screening.reason}")
+                    continue
+                stored.append(enhancement_id)
             summary["stored"].extend(stored)
             if self.auto_start and stored:
                 try:
                     async with conn.begin_nested():
-                        summary["started"].append(
-                            await manage.start_experiment(conn, stored[0], actor=ACTOR, control_weight=self.control_weight)
+                        experiment_id = await manage.propose_experiment(
+                            conn,
+                            stored[0],
+                            actor=ACTOR,
+                            reason=f"pattern {pick.pattern_id}: {pick.why}",
+                            control_weight=self.control_weight,
+                            auto=self.auto_approve,
                         )
+                        status = (await manage.get_experiment(conn, experiment_id))["status"]
+                    summary["started" if status == "running" else "awaiting_approval"].append(experiment_id)
                 except ValueError as exc:  # e.g. an operator opened an experiment meanwhile
-                    log.info("candidate job: not starting enhancement %s: %s", stored[0], exc)
+                    log.info("candidate job: not proposing enhancement %s: %s", stored[0], exc)
 
     @staticmethod
     def _check(candidate: Any, evidence: Evidence, seen: set[tuple[str, str]]) -> tuple[str | None, str, dict[str, Any]]:
@@ -254,24 +319,35 @@ class CandidateJob:
         return None, kind, spec
 
     # ---------------------------------------------------------------------------- picking patterns
-    async def pick_patterns(self, conn: AsyncConnection, now: datetime | None = None) -> list[PatternPick]:
+    async def pick_patterns(
+        self, conn: AsyncConnection, now: datetime | None = None, *, only: tuple[int, str | None] | None = None
+    ) -> list[PatternPick]:
+        """The (pattern, scope) pairs to improve, worst first; ``only`` picks that one pair regardless of
+        its rates (still not when it is busy)."""
         now = now or datetime.now(UTC)
         since = now - self.window
-        rows = (
-            (
-                await conn.execute(
-                    _RATES_SQL, {"since": since, "past_since": since - self.history, "until": now + timedelta(minutes=5)}
-                )
-            )
-            .mappings()
-            .all()
-        )
-        busy = set((await conn.execute(_BUSY_SQL)).scalars())
+        params = {
+            "since": since,
+            "past_since": since - self.history,
+            "until": now + timedelta(minutes=5),
+        }
+        rows = (await conn.execute(_RATES_SQL, params)).mappings().all()
+        busy = {(r.pattern_id, r.scope) for r in (await conn.execute(_BUSY_SQL)).all()}
+        busy_patterns = {p for p, _ in busy}
+        merged = set((await conn.execute(_MERGED_SQL)).scalars())
         total_n = sum(r["n"] for r in rows)
         fleet = sum(r["ok"] for r in rows) / total_n if total_n else 1.0
         picks: list[PatternPick] = []
         for r in rows:
-            if r["n"] < self.min_volume or r["pattern_id"] in busy:
+            pattern_id, scope = r["pattern_id"], r["scope"]
+            if pattern_id in merged or (pattern_id, scope) in busy or (pattern_id, None) in busy:
+                continue
+            if scope is None and pattern_id in busy_patterns:  # a global change would overlap a scoped one
+                continue
+            if only is not None:
+                if (pattern_id, scope) != only or not r["n"]:
+                    continue
+            elif r["n"] < self.min_volume:
                 continue
             rate = r["ok"] / r["n"]
             reasons = []
@@ -279,10 +355,12 @@ class CandidateJob:
                 reasons.append(f"success {rate:.2f} below the fleet's {fleet:.2f}")
             if r["past_n"] >= self.min_volume and rate < r["past_ok"] / r["past_n"] - self.margin:
                 reasons.append(f"success {rate:.2f} below its own past {r['past_ok'] / r['past_n']:.2f}")
+            if only is not None and not reasons:
+                reasons.append(f"asked for (success {rate:.2f}, fleet {fleet:.2f})")
             if reasons:
                 picks.append(
                     PatternPick(
-                        pattern_id=int(r["pattern_id"]),
+                        pattern_id=int(pattern_id),
                         label="",
                         n=int(r["n"]),
                         successes=int(r["ok"]),
@@ -290,12 +368,13 @@ class CandidateJob:
                         past_successes=int(r["past_ok"]),
                         fleet_rate=fleet,
                         why="; ".join(reasons),
+                        scope=scope,
                     )
                 )
-        picks.sort(key=lambda p: (-(p.n - p.successes), p.pattern_id))
+        picks.sort(key=lambda p: (-(p.n - p.successes), p.pattern_id, p.scope or ""))
         picks = picks[: self.max_per_tick]
         if picks:
-            labels = dict(
+            labels: dict[int, str] = dict(
                 (
                     await conn.execute(
                         text("SELECT id, label FROM patterns WHERE id = ANY(:ids)"), {"ids": [p.pattern_id for p in picks]}
@@ -314,6 +393,7 @@ class CandidateJob:
                     _EXAMPLES_SQL,
                     {
                         "pattern": pick.pattern_id,
+                        "scope": pick.scope,
                         "since": now - self.window,
                         "scan": max(200, self.examples * 20),
                         "failing_kinds": list(FAILING_SIGNAL_KINDS),
@@ -345,7 +425,7 @@ class CandidateJob:
                 )
         ev.tried = [
             {"kind": e["kind"], "spec": e["spec"], "status": e["status"]}
-            for e in await manage.list_enhancements(conn, pattern_id=pick.pattern_id, limit=20)
+            for e in await manage.list_enhancements(conn, pattern_id=pick.pattern_id, scope=pick.scope, limit=20)
         ]
         return ev
 
@@ -363,6 +443,7 @@ class CandidateJob:
             "pattern": {
                 "id": pick.pattern_id,
                 "label": pick.label,
+                "scope": "one gateway key's traffic" if pick.scope else "all traffic without a gateway key",
                 "exchanges_in_window": pick.n,
                 "success_rate": round(pick.rate, 3),
                 "fleet_success_rate": round(pick.fleet_rate, 3),

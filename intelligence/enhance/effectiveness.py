@@ -27,7 +27,7 @@ grouping sets -- fine groups (experiment, arm, bucket, model, API, day) for coun
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -149,7 +149,7 @@ def _deltas(arms: Mapping[str, dict[str, Any]], baseline: str, treatment: str, a
     b, t = arms.get(baseline), arms.get(treatment)
     if not b or not t or not b["n"] or not t["n"]:
         return None
-    rate = _change(b["rate"], t["rate"])
+    rate: dict[str, Any] | None = _change(b["rate"], t["rate"])
     assert rate is not None  # both arms have n > 0
     rate["ci"] = list(newcombe_interval(b["successes"], b["n"], t["successes"], t["n"], alpha))
     return {
@@ -173,7 +173,7 @@ class _Scope:
     alpha: float
 
 
-def _scope(rows: list[Mapping[str, Any]]) -> _Scope:
+def _scope(rows: Sequence[Mapping[Any, Any]]) -> _Scope:
     head = rows[0]
     experiments = [
         {

@@ -9,6 +9,11 @@ stored stats, which is what makes checking every ``interval_s`` seconds free of 
 
 Paused experiments keep their last figures and are not decided automatically: a pause is an
 operator's hold.
+
+Approvals (intelligence/enhance/approval.py): a roll-back is carried out at once. A promotion is
+carried out at once only in automatic mode (recorded as an approval with mode ``auto``); by default
+the experiment is marked awaiting an admin's approval (``manage.request_promotion``) and keeps
+running -- its figures keep updating, and a guard rail can still roll it back.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from intelligence.pricing import PriceTable, load_prices
 
 from . import manage
+from .approval import auto_approval
 from .outcomes import DEFAULT_PENDING_GRACE_S, experiment_outcomes
-from .stats import DEFAULT_TAU, Thresholds, decide
+from .stats import DEFAULT_TAU, METHOD_TEXT, Carry, Thresholds, decide
 
 log = logging.getLogger(__name__)
 ACTOR = "evaluator"
@@ -44,6 +50,8 @@ class ExperimentEvaluator:
         pending_grace_s: float = DEFAULT_PENDING_GRACE_S,
         prices: PriceTable | None = None,
         auto_decide: bool = True,
+        auto_approve: bool | None = None,
+        method: str = "session",
     ):
         # client is unused: the contract gives every background job the same constructor shape
         self.engine = engine
@@ -53,6 +61,12 @@ class ExperimentEvaluator:
         self.pending_grace_s = pending_grace_s
         self.prices = prices or load_prices()
         self.auto_decide = auto_decide
+        self._auto_approve = auto_approve  # None: the policy flag, read at every decision
+        self.method = method
+
+    @property
+    def auto_approve(self) -> bool:
+        return auto_approval() if self._auto_approve is None else self._auto_approve
 
     async def tick(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -63,7 +77,14 @@ class ExperimentEvaluator:
                     await conn.execute(select(manage.EXP.c.id).where(manage.EXP.c.status == "running").order_by(manage.EXP.c.id))
                 ).scalars()
             ]
-        summary: dict[str, Any] = {"checked": 0, "promoted": [], "rolled_back": [], "continuing": [], "errors": 0}
+        summary: dict[str, Any] = {
+            "checked": 0,
+            "promoted": [],
+            "rolled_back": [],
+            "awaiting_approval": [],
+            "continuing": [],
+            "errors": 0,
+        }
         for experiment_id in ids:
             try:
                 decision = await self.evaluate(experiment_id)
@@ -74,13 +95,14 @@ class ExperimentEvaluator:
             if decision is None:
                 continue
             summary["checked"] += 1
-            key = {"promote": "promoted", "rollback": "rolled_back"}.get(decision, "continuing")
+            key = {"promote": "promoted", "rollback": "rolled_back", "await": "awaiting_approval"}.get(decision, "continuing")
             summary[key].append(experiment_id)
         summary["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return summary
 
     async def evaluate(self, experiment_id: int) -> str | None:
-        """Recompute one experiment; returns the decision acted on, or None if it is no longer running."""
+        """Recompute one experiment; returns the decision acted on (``await`` when a promotion now waits
+        for an admin), or None if it is no longer running."""
         async with self.engine.begin() as conn:
             exp = await manage.lock_experiment(conn, experiment_id)
             if exp.status != "running":
@@ -92,17 +114,15 @@ class ExperimentEvaluator:
                 max_cost_increase=exp.max_cost_increase,
                 min_samples=self.min_samples,
                 tau=self.tau,
+                method=self.method,
             )
             previous = exp.stats or {}
             outcomes = await experiment_outcomes(conn, experiment_id, prices=self.prices, pending_grace_s=self.pending_grace_s)
             evaluation = decide(
-                outcomes.control,
-                outcomes.variant,
-                thresholds,
-                previous_p=float(previous.get("p_value", 1.0)),
-                previous_error_p=float(previous.get("error_p_value", 1.0)),
+                outcomes.control, outcomes.variant, thresholds, carry=Carry.from_stats(previous, thresholds.method)
             )
             decision = evaluation.decision if self.auto_decide else "continue"
+            auto = self.auto_approve
             stats = {
                 **evaluation.to_dict(),
                 "decision": decision,
@@ -114,13 +134,20 @@ class ExperimentEvaluator:
                     "max_cost_increase": thresholds.max_cost_increase,
                     "min_samples": thresholds.min_samples,
                     "tau": thresholds.tau,
+                    "cost_tau": thresholds.cost_tau,
                 },
-                "method": "mSPRT (normal mixture), Johari et al. 2017; Wilson intervals per arm",
+                "method": METHOD_TEXT[thresholds.method],
+                "approval": "auto" if auto else "admin",
                 "computed_at": datetime.now(UTC).isoformat(),
             }
             await manage.save_stats(conn, experiment_id, stats)
             if decision == "promote":
-                await manage.promote_experiment(conn, experiment_id, actor=ACTOR, reason=evaluation.reason)
+                if auto:
+                    await manage.request_promotion(conn, experiment_id, actor=ACTOR, reason=evaluation.reason)
+                    await manage.approve_experiment(conn, experiment_id, actor=ACTOR, reason="automatic mode", mode="auto")
+                else:
+                    await manage.request_promotion(conn, experiment_id, actor=ACTOR, reason=evaluation.reason)
+                    return "await"
             elif decision == "rollback":
                 await manage.rollback_experiment(conn, experiment_id, actor=ACTOR, reason=evaluation.reason)
             return decision

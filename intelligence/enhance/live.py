@@ -12,6 +12,11 @@ request's pattern is found with pattern memory's :class:`PatternLookup` (5 ms bu
 "not enhanced", never a delay), the arm is assigned deterministically from the experiment id and the
 session (or client), and the variant/active arm gets the spec applied as a JSON patch. See
 docs/experiments-simulation.md.
+
+Scopes: an enhancement learned from one gateway key's traffic has ``scope`` = that key's id and
+applies only to requests whose ``client`` (the key id the sidecar passes, ``Exchange.key_fp``) is that
+key; ``scope`` None applies to every request. A scoped change wins over a global one: its experiment
+is the one assigned, and a scoped active enhancement replaces a global active one of the same kind.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ ENHANCEABLE_APIS = frozenset({"chat", "messages"})
 # row with redirect_to set; requests whose lookup lands on the old id must still be enhanced.
 _SNAPSHOT_SQL = text("""
 WITH RECURSIVE applicable AS (
-    SELECT e.id AS enhancement_id, e.pattern_id, e.kind, e.spec, e.status,
+    SELECT e.id AS enhancement_id, e.pattern_id, e.kind, e.spec, e.status, e.scope,
            x.id AS experiment_id, x.control_weight, x.assign_by
     FROM enhancements e
     LEFT JOIN experiments x ON x.enhancement_id = e.id AND x.status = 'running'
@@ -51,7 +56,8 @@ WITH RECURSIVE applicable AS (
     UNION ALL
     SELECT p.id, a.live_id, a.depth + 1 FROM patterns p JOIN aliases a ON p.redirect_to = a.alias_id WHERE a.depth < 8
 )
-SELECT a.alias_id, ap.enhancement_id, ap.kind, ap.spec, ap.status, ap.experiment_id, ap.control_weight, ap.assign_by
+SELECT a.alias_id, ap.enhancement_id, ap.kind, ap.spec, ap.status, ap.scope, ap.experiment_id, ap.control_weight,
+       ap.assign_by
 FROM aliases a JOIN applicable ap ON ap.pattern_id = a.live_id
 ORDER BY a.alias_id, ap.experiment_id NULLS LAST, ap.enhancement_id
 """)
@@ -69,6 +75,10 @@ class Applicable:
     assign_by: str  # session | client
     mode: str  # experiment | active
     parsed: Any = field(default=None, compare=False, repr=False)  # the typed spec (intelligence.enhance.spec)
+    scope: str | None = None  # the gateway key id it applies to; None: every request
+
+    def applies_to(self, client: str | None) -> bool:
+        return self.scope is None or self.scope == client
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +94,13 @@ class EnhancementSnapshot:
     def is_empty(self) -> bool:
         return not self.by_pattern
 
-    def for_pattern(self, pattern_id: int) -> tuple[Applicable, ...]:
-        return self.by_pattern.get(pattern_id, ())
+    def for_pattern(self, pattern_id: int, client: str | None = None) -> tuple[Applicable, ...]:
+        """What applies to a request of this pattern from ``client`` (the gateway key id, or the
+        credential's fingerprint): global enhancements and those scoped to that key."""
+        items = self.by_pattern.get(pattern_id, ())
+        if all(i.scope is None for i in items):
+            return items
+        return tuple(i for i in items if i.applies_to(client))
 
     @classmethod
     def from_rows(cls, rows: list[Mapping[str, Any]], loaded_at: datetime | None = None) -> EnhancementSnapshot:
@@ -109,6 +124,7 @@ class EnhancementSnapshot:
                     assign_by=str(r["assign_by"] or "session") if running else "session",
                     mode="experiment" if running else "active",
                     parsed=parsed,
+                    scope=str(r["scope"]) if r.get("scope") is not None else None,
                 )
             )
         return cls({pid: tuple(items) for pid, items in grouped.items()}, loaded_at)
@@ -292,7 +308,7 @@ class Enhancer:
         if match is None or not match.matched:
             self.stats["unmatched"] += 1
             return None
-        items = snapshot.for_pattern(match.pattern_id)
+        items = snapshot.for_pattern(match.pattern_id, client)
         if not items:
             return None
         return self.apply_items(items, match.pattern_id, doc, api, session_id=session_key, client=client)
@@ -307,9 +323,17 @@ class Enhancer:
         session_id: str | None,
         client: str | None,
     ) -> Applied:
-        """A pattern's enhancements on ``doc``: active ones for everyone, the experiment's for its variant arm."""
-        experiment = next((i for i in items if i.mode == "experiment"), None)
+        """A pattern's enhancements on ``doc``: active ones for everyone, the experiment's for its variant arm.
+
+        ``items`` must already be filtered for the client (:meth:`EnhancementSnapshot.for_pattern`); a
+        scoped experiment is preferred to a global one, and a scoped active enhancement replaces a
+        global active one of the same kind.
+        """
+        experiments = [i for i in items if i.mode == "experiment"]
+        experiment = next((i for i in experiments if i.scope is not None), experiments[0] if experiments else None)
         actives = [i for i in items if i.mode == "active"]
+        scoped_kinds = {a.kind for a in actives if a.scope is not None}
+        actives = [a for a in actives if a.scope is not None or a.kind not in scoped_kinds]
         if experiment is not None:
             arm = assign_arm(experiment, session_id=session_id, client=client)
             # The variant replaces an active enhancement of the same kind (a new version), else stacks on top.

@@ -34,7 +34,8 @@ from intelligence.store.models import Base
 NOTIFY_CHANNEL = "llmproxy_experiments"
 KINDS = ("system_prompt", "instruction_rewrite", "parameters", "tool_description")
 ENHANCEMENT_STATUSES = ("candidate", "testing", "active", "rolled_back", "rejected", "retired")
-EXPERIMENT_STATUSES = ("running", "paused", "promoted", "rolled_back", "stopped")
+EXPERIMENT_STATUSES = ("pending", "running", "paused", "promoted", "rolled_back", "stopped")
+AWAITING = ("start", "promote")  # what an experiment waits for an admin to approve
 
 
 class Enhancement(Base):
@@ -51,6 +52,11 @@ class Enhancement(Base):
     claude_call_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("claude_calls.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # migration 0014_learning_loop: the gateway key whose traffic it applies to (NULL: every request),
+    # what the detectors found in its text, and why it has its status (e.g. rejected by screening)
+    scope: Mapped[str | None] = mapped_column(Text)
+    screening: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    status_reason: Mapped[str] = mapped_column(Text, server_default=text("''"))
 
     __table_args__ = (
         CheckConstraint(
@@ -61,6 +67,7 @@ class Enhancement(Base):
         ),
         UniqueConstraint("pattern_id", "version", name="uq_enhancements_pattern_version"),
         Index("ix_enhancements_status", "status"),
+        Index("ix_enhancements_pattern_scope", "pattern_id", "scope"),
     )
 
 
@@ -83,9 +90,17 @@ class Experiment(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # migration 0014_learning_loop
+    scope: Mapped[str | None] = mapped_column(Text)
+    awaiting: Mapped[str | None] = mapped_column(Text)  # start | promote: waiting for an admin's approval
+    awaiting_reason: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    awaiting_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        CheckConstraint("status IN ('running', 'paused', 'promoted', 'rolled_back', 'stopped')", name="ck_experiments_status"),
+        CheckConstraint(
+            "status IN ('pending', 'running', 'paused', 'promoted', 'rolled_back', 'stopped')", name="ck_experiments_status"
+        ),
+        CheckConstraint("awaiting IS NULL OR awaiting IN ('start', 'promote')", name="ck_experiments_awaiting"),
         CheckConstraint("assign_by IN ('session', 'client')", name="ck_experiments_assign_by"),
         CheckConstraint("control_weight > 0 AND control_weight < 1", name="ck_experiments_control_weight"),
         Index("ix_experiments_status", "status"),

@@ -15,13 +15,22 @@ skipped it), as the definition above says.
 Besides successes, per arm: errors (HTTP status >= 400 or a recorded error), mean total tokens,
 mean cost in USD when every exposure's model is priced (intelligence/prices.yaml), mean latency
 (these three over every exposure, pending ones included: they do not depend on the worker).
-One SQL statement per experiment, grouped by arm, model, API and day (the price can change by day).
+
+**Units.** The statistics analyse the unit the sidecar randomised (intelligence/enhance/stats.py):
+the session (``exchanges.session_id``, the id the sidecar assigned the arm by) or, for an experiment
+with ``assign_by = 'client'``, the client (``client_key_fp``: the gateway key id or the credential's
+fingerprint, else ``client_addr``) -- the same fallbacks as :func:`intelligence.enhance.live.assign_arm`.
+Per arm the result carries the unit moments (:class:`~intelligence.enhance.stats.Moments`) of
+successes, errors, cost and tokens over the counted (not pending) exposures.
+
+One SQL statement per experiment, grouped by arm, unit, model, API and day (the price can change by
+day); the second level (units to arms) is summed here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import text
@@ -29,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from intelligence.pricing import PriceTable, load_prices
 
-from .stats import ArmOutcome
+from .stats import ArmOutcome, Moments
 
 FAILING_SIGNAL_KINDS = ("status", "finish", "tool_args", "retry")
 NEGATIVE_SCORE = 0.5
@@ -80,12 +89,24 @@ EXPOSURE_AGGREGATES = """
        count(latency_ms) AS latency_rows, coalesce(sum(latency_ms), 0) AS latency_sum"""
 
 _ONE_EXPERIMENT = "e.flags ? 'enhancement' AND (e.flags -> 'enhancement' ->> 'experiment')::bigint = :experiment"
-_OUTCOMES_SQL = text(f"""
-WITH x AS ({exposures_sql(_ONE_EXPERIMENT)}
+# the unit the sidecar assigned the arm by (intelligence/enhance/live.py assign_arm), else the request itself
+UNIT_SQL = (
+    "coalesce(CASE WHEN (SELECT assign_by FROM experiments WHERE id = :experiment) = 'client' "
+    "THEN coalesce(e.client_key_fp, e.client_addr, e.session_id) "
+    "ELSE coalesce(e.session_id, e.client_key_fp, e.client_addr) END, e.request_id)"
 )
-SELECT arm, model, api, day,{EXPOSURE_AGGREGATES}
+_COUNTED = "NOT (recent AND NOT processed)"
+_OUTCOMES_SQL = text(f"""
+WITH x AS ({exposures_sql(_ONE_EXPERIMENT, extra_columns=f" {UNIT_SQL} AS unit,")}
+)
+SELECT arm, unit, model, api, day,{EXPOSURE_AGGREGATES},
+       coalesce(sum(total_tokens) FILTER (WHERE {_COUNTED}), 0) AS counted_total_tokens,
+       coalesce(sum(input_tokens) FILTER (WHERE {_COUNTED}), 0) AS counted_input_tokens,
+       coalesce(sum(output_tokens) FILTER (WHERE {_COUNTED}), 0) AS counted_output_tokens,
+       coalesce(sum(cached_tokens) FILTER (WHERE {_COUNTED}), 0) AS counted_cached_tokens,
+       coalesce(sum(reasoning_tokens) FILTER (WHERE {_COUNTED}), 0) AS counted_reasoning_tokens
 FROM x
-GROUP BY arm, model, api, day
+GROUP BY arm, unit, model, api, day
 """)
 
 
@@ -106,7 +127,7 @@ class ArmTotals:
     latency_rows: int = 0
     latency_sum: float = 0.0
 
-    def add(self, r: Mapping[str, Any], prices: PriceTable) -> None:
+    def add(self, r: Mapping[Any, Any], prices: PriceTable) -> None:
         """Add one aggregate row (arm, model, API and day at least) and price it."""
         self.n += r["n"]
         self.pending += r["pending"]
@@ -143,6 +164,60 @@ class ArmTotals:
         )
 
 
+@dataclass
+class _Unit:
+    n: int = 0
+    successes: int = 0
+    errors: int = 0
+    tokens: float = 0.0
+    cost: float = 0.0
+
+
+@dataclass(frozen=True)
+class _ArmMoments:
+    success: Moments
+    errors: Moments
+    tokens: Moments
+    cost: Moments | None  # None when any exposure's model is unpriced
+
+
+@dataclass
+class _UnitArm:
+    """The second level: one arm's units (counted exposures only)."""
+
+    units: dict[str, _Unit] = field(default_factory=dict)
+    priced: bool = True
+
+    def add(self, r: Mapping[Any, Any], prices: PriceTable) -> None:
+        u = self.units.setdefault(str(r["unit"]), _Unit())
+        u.n += r["n"]
+        u.successes += r["successes"]
+        u.errors += r["errors"]
+        u.tokens += float(r["counted_total_tokens"])
+        cost = prices.cost(
+            r["model"],
+            r["api"],
+            input_tokens=int(r["counted_input_tokens"]),
+            output_tokens=int(r["counted_output_tokens"]),
+            cached_tokens=int(r["counted_cached_tokens"]),
+            reasoning_tokens=int(r["counted_reasoning_tokens"]),
+            on=r["day"],
+        )
+        if cost is None:
+            self.priced = False
+        else:
+            u.cost += cost
+
+    def moments(self) -> _ArmMoments:
+        units = [u for u in self.units.values() if u.n > 0]
+        return _ArmMoments(
+            success=Moments.from_units((u.successes, u.n) for u in units),
+            errors=Moments.from_units((u.errors, u.n) for u in units),
+            tokens=Moments.from_units((u.tokens, u.n) for u in units),
+            cost=Moments.from_units((u.cost, u.n) for u in units) if self.priced else None,
+        )
+
+
 @dataclass(frozen=True)
 class ExperimentOutcomes:
     control: ArmOutcome
@@ -169,14 +244,32 @@ async def experiment_outcomes(
         .all()
     )
     acc: dict[str, ArmTotals] = {}
+    by_unit: dict[str, _UnitArm] = {}
     for r in rows:
-        acc.setdefault(r["arm"] or "", ArmTotals()).add(r, prices)
-    empty = ArmTotals()
+        arm = r["arm"] or ""
+        acc.setdefault(arm, ArmTotals()).add(r, prices)
+        by_unit.setdefault(arm, _UnitArm()).add(r, prices)
+
+    def outcome(arm: str) -> ArmOutcome:
+        totals = acc.get(arm, ArmTotals()).outcome()
+        units = by_unit.get(arm)
+        if units is None:
+            return replace(totals, units=0)
+        m = units.moments()
+        return replace(
+            totals,
+            units=int(m.success.units),
+            success_m=m.success,
+            error_m=m.errors,
+            tokens_m=m.tokens,
+            cost_m=m.cost,
+        )
+
     return ExperimentOutcomes(
-        control=acc.get("control", empty).outcome(),
-        variant=acc.get("variant", empty).outcome(),
+        control=outcome("control"),
+        variant=outcome("variant"),
         pending={arm: a.pending for arm, a in acc.items() if a.pending},
-        other={arm: a.outcome() for arm, a in acc.items() if arm not in ("control", "variant")},
+        other={arm: outcome(arm) for arm in acc if arm not in ("control", "variant")},
     )
 
 
@@ -185,6 +278,7 @@ def outcomes_dict(o: ExperimentOutcomes) -> dict[str, Any]:
 
 
 __all__ = [
+    "UNIT_SQL",
     "ArmTotals",
     "EXPOSURE_AGGREGATES",
     "ExperimentOutcomes",

@@ -358,7 +358,7 @@ def _last_user(messages: Any) -> int | None:
 
 
 def _instruction(spec: InstructionRewriteSpec, doc: dict, api: str) -> Patch:
-    messages = doc.get("messages")
+    messages: Any = doc.get("messages")
     i = _last_user(messages)
     if i is None:
         return []
@@ -475,7 +475,7 @@ def _apply_op(doc: Any, op: Mapping[str, Any]) -> Any:
 def _set(node: Any, tokens: list[str], kind: str, value: Any) -> Any:
     token, rest = tokens[0], tokens[1:]
     if isinstance(node, dict):
-        copy = dict(node)
+        copy: Any = dict(node)
         if rest:
             copy[token] = _set(node[token], rest, kind, value)
         elif kind == "add":

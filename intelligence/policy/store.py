@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from intelligence.audit import POLICY_CHANGE, AuditLog
 from intelligence.audit.chain import AuditEntry
-from intelligence.audit.models import AuditHeadRow, AuditLogRow
+from intelligence.audit.models import AuditLogRow
 
 from .errors import PolicyError, PolicyIssue
 from .models import PolicyRow
@@ -37,7 +37,6 @@ from .reader import ID
 Executor = AsyncConnection | AsyncSession
 _POLICIES = PolicyRow.__table__
 _LOG = AuditLogRow.__table__
-_HEAD = AuditHeadRow.__table__
 MAX_DIFF_CHARS = 200_000
 
 
@@ -230,9 +229,11 @@ async def record_change(
     """Append a ``policy_change`` entry unless the latest one for ``subject`` already says the same.
 
     The audit head is locked first, so replicas recording the same change serialise and only the
-    first writes it.
+    first writes it (through the audit log's definer-rights lock: the insert-only writer role has no
+    UPDATE on the head to lock it with).
     """
-    await conn.execute(select(_HEAD.c.id).where(_HEAD.c.id == 1).with_for_update())
+    audit = audit or AuditLog()
+    await audit.lock_head(conn)
     sha = sha256_of(content) if content is not None else None
     latest = await _latest(conn, subject)
     if latest is not None and latest.get("sha256") == sha and latest.get("status") == status:
@@ -251,4 +252,4 @@ async def record_change(
     if errors:
         payload["errors"] = [i.to_dict() for i in errors]
     payload.update(extra or {})
-    return await (audit or AuditLog()).append(conn, POLICY_CHANGE, subject, payload, actor)
+    return await audit.append(conn, POLICY_CHANGE, subject, payload, actor)

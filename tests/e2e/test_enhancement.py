@@ -180,6 +180,9 @@ def test_experiment_arms_are_deterministic_per_session(stack: Stack) -> None:
 
 
 async def test_simulation_promotes_the_helpful_and_rolls_back_the_harmful_candidate(fresh_db_url) -> None:
+    """The honest loop (docs/experiments-simulation.md): the fake Claude derives its proposals from the
+    evidence, sessions hold correlated requests and the evaluator analyses sessions, so it needs about
+    twice the traffic of the old per-request simulation; the null scenario must not be promoted."""
     url = await fresh_db_url()  # an empty database of its own; the command migrates it
     env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "OPENROUTER_API_KEY")}
     proc = await asyncio.to_thread(
@@ -190,17 +193,17 @@ async def test_simulation_promotes_the_helpful_and_rolls_back_the_harmful_candid
             "enhancement",
             "--json",
             "--requests-per-phase",
-            "200",
+            "400",
             "--seed",
             "7",
             "--database-url",
             url,
             "--max-seconds",
-            "240",
+            "300",
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=420,
         env=env,
     )
     assert proc.stdout.strip(), proc.stderr[-3000:]
@@ -208,13 +211,18 @@ async def test_simulation_promotes_the_helpful_and_rolls_back_the_harmful_candid
     for key, kind in (
         ("promoted_helpful", bool),
         ("rolled_back_harmful", bool),
+        ("null_scenario_promoted", bool),
         ("requests_to_decide", int),
         ("control_success_rate", float),
         ("variant_success_rate", float),
     ):
         assert isinstance(result[key], kind), (key, result)
     assert result["promoted_helpful"] and result["rolled_back_harmful"], proc.stderr[-3000:]
+    assert not result["null_scenario_promoted"], proc.stderr[-3000:]
     assert result["variant_success_rate"] > result["control_success_rate"]
-    assert 0 < result["requests_to_decide"] <= 200
-    assert result["helpful"]["source"] == "candidate_job"  # Claude (fake) proposed it, the job found the pattern
+    assert 0 < result["requests_to_decide"] <= 400
+    # Claude (fake) derived the helpful proposal from the examples, and the job found the pattern
+    assert result["helpful"]["source"] == "candidate_job" and result["helpful"]["proposal"] == "length_limit"
+    assert result["helpful"]["approvals"] == ["start", "promote"]  # an admin (the simulation) approved both
+    assert result["lift"]["per_pattern"] and result["lift"]["per_pattern"][0]["lift"] > 0
     assert proc.returncode == 0

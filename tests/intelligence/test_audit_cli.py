@@ -18,6 +18,15 @@ from tests.intelligence.conftest import SecurityDb
 from tests.intelligence.test_keys_store import InProcessCli, cli
 
 
+@pytest.fixture(autouse=True)
+def no_audit_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """These chains are made without an audit key, whatever the shell running the tests has set
+    (and no ./.llmproxy/audit.key is picked up from the checkout)."""
+    for name in ("LLMPROXY_AUDIT_KEY", "LLMPROXY_AUDIT_KEY_FILE", "SECRET_KEY", "LLMPROXY_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
 async def _seed(db: SecurityDb, n: int) -> None:
     async with db.engine.begin() as conn:
         for i in range(n):
@@ -33,10 +42,12 @@ async def test_verify_and_export_from_the_command_line(
 
     r = await run("audit", "verify")
     assert r.returncode == 0, r.stderr
-    assert "audit log intact: 5 entries checked" in r.stdout
+    # made without an audit key: linked, and said to be unauthenticated legacy entries
+    assert "audit log links intact: 5 entries checked" in r.stdout and "5 legacy entries" in r.stdout
     r = await run("audit", "verify", "--json")
     doc = json.loads(r.stdout)
     assert doc["ok"] and doc["checked"] == 5 and doc["first_broken_id"] is None and doc["source"] == "database"
+    assert doc["authenticated"] is False and doc["legacy_entries"] == 5 and doc["findings"] == []
 
     r = await run("audit", "export", "--since", "1h")
     assert r.returncode == 0 and "exported 5 audit entries" in r.stderr
@@ -84,7 +95,7 @@ async def test_commands_find_the_database_of_a_running_stack(
     assert "2 entries checked" in capsys.readouterr().out
     args = parser.parse_args(["audit", "export", "--data-dir", str(tmp_path), "--format", "csv"])
     assert await asyncio.to_thread(args.func, args) == 0
-    assert capsys.readouterr().out.startswith("id,ts,actor,kind,subject,payload,prev_hash,hash\n")
+    assert capsys.readouterr().out.startswith("id,ts,actor,kind,subject,payload,prev_hash,hash\r\n")
 
     args = parser.parse_args(["audit", "verify", "--database-url", await fresh_db_url()])
     with pytest.raises(SystemExit, match="no audit tables"):
@@ -95,3 +106,21 @@ async def test_commands_find_the_database_of_a_running_stack(
     args = parser.parse_args(["audit", "verify", "--data-dir", str(tmp_path / "no-stack")])
     with pytest.raises(SystemExit, match="no running stack"):
         await asyncio.to_thread(args.func, args)
+
+
+async def test_csv_export_escapes_formula_cells_reversibly(
+    security_db: SecurityDb, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with security_db.engine.begin() as conn:
+        await AuditLog().append(conn, POLICY_CHANGE, "'quoted", {"x": 1}, "=cmd|' /C calc'!A0")
+        await AuditLog().append(conn, POLICY_CHANGE, "-2+3", {"x": "\r"}, "@admin\rmore")
+    run = InProcessCli(security_db.url, capsys, monkeypatch)
+    out_csv = tmp_path / "audit.csv"
+    r = await run("audit", "export", "--format", "csv", "-o", str(out_csv))
+    assert r.returncode == 0, r.stderr
+    with open(out_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(x["actor"], x["subject"]) for x in rows] == [("'=cmd|' /C calc'!A0", "''quoted"), ("'@admin\rmore", "'-2+3")]
+    r = await run("audit", "verify", "--file", str(out_csv), "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 0 and doc["ok"] and doc["entries"] == 2, r.stdout

@@ -53,6 +53,8 @@ class Ex:
     prompt_system: str = "You are a support assistant."
     finish_reason: str = "stop"
     tools: tuple[str, ...] = ()
+    session: str | None = None  # default: a session of its own
+    client: str = "fp-test"  # client_key_fp: a gateway key id or a credential fingerprint
 
 
 async def write(conn: AsyncConnection, items: list[Ex]) -> list[str]:
@@ -88,8 +90,8 @@ async def write(conn: AsyncConnection, items: list[Ex]) -> list[str]:
                 finish_reason=item.finish_reason,
                 flags=flags,
                 tool_names=list(item.tools),
-                session_id=f"sess-{n % 7}",
-                client_key_fp="fp-test",
+                session_id=item.session or f"sess-{n}",
+                client_key_fp=item.client,
             )
         )
         if item.processed:
@@ -100,7 +102,7 @@ async def write(conn: AsyncConnection, items: list[Ex]) -> list[str]:
                     pattern_id=item.pattern_id,
                     created_at=at,
                     model=item.model,
-                    client_key_fp="fp-test",
+                    client_key_fp=item.client,
                 )
             )
         failing = item.failing_signal
@@ -131,5 +133,21 @@ async def write(conn: AsyncConnection, items: list[Ex]) -> list[str]:
     return ids
 
 
-def arm_rows(pattern_id: int, experiment: int, enhancement: int, arm: str, n: int, successes: int, **kw: Any) -> list[Ex]:
-    return [Ex(pattern_id, ok=i < successes, experiment=experiment, arm=arm, enhancement=enhancement, **kw) for i in range(n)]
+def arm_rows(
+    pattern_id: int, experiment: int, enhancement: int, arm: str, n: int, successes: int, *, per_session: int = 1, **kw: Any
+) -> list[Ex]:
+    """``n`` exposures of one arm, the first ``successes`` of them successful; consecutive groups of
+    ``per_session`` share a session (so with per_session > 1 whole sessions succeed or fail together)."""
+    tag = next(_seq)
+    return [
+        Ex(
+            pattern_id,
+            ok=i < successes,
+            experiment=experiment,
+            arm=arm,
+            enhancement=enhancement,
+            session=f"s{tag}-{experiment}-{arm}-{i // per_session}",
+            **kw,
+        )
+        for i in range(n)
+    ]

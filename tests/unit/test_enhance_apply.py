@@ -95,8 +95,8 @@ def test_assign_by_client_ignores_the_session() -> None:
 
 
 def test_opt_out_header_values() -> None:
-    assert opted_out({"x-llmproxy-enhance": "off"}) and opted_out({"x-llmproxy-enhance": " OFF "})
-    assert not opted_out({}) and not opted_out({"x-llmproxy-enhance": "on"})
+    assert opted_out({"x-enhance": "off"}) and opted_out({"x-enhance": " OFF "})
+    assert not opted_out({}) and not opted_out({"x-enhance": "on"})
 
 
 # ---------------------------------------------------------------------------------- applying
@@ -138,7 +138,7 @@ def test_wants_is_false_without_any_await_when_nothing_applies() -> None:
     assert not Enhancer(StaticCache({}), lookup).wants("chat", {})  # empty snapshot
     assert not Enhancer(full, lookup, Flags(False)).wants("chat", {})  # ENABLE_REAL_TIME_ENHANCEMENT off
     assert not Enhancer(full, lookup).wants("embeddings", {})
-    assert not Enhancer(full, lookup).wants("chat", {"x-llmproxy-enhance": "off"})
+    assert not Enhancer(full, lookup).wants("chat", {"x-enhance": "off"})
     assert not Enhancer(full, None).wants("chat", {})
 
 
@@ -153,7 +153,7 @@ async def test_enhance_uses_the_pattern_lookup_and_skips_unmatched_requests() ->
     other = Enhancer(StaticCache({5: (exp,)}), CountingLookup(PatternMatch(6, 1.0, True, "hash")))
     assert await other.enhance(view, CHAT, "chat", "s1", {}) is None
     opted = Enhancer(StaticCache({5: (exp,)}), CountingLookup(PatternMatch(5, 1.0, True, "hash")))
-    assert await opted.enhance(view, CHAT, "chat", "s1", {"x-llmproxy-enhance": "off"}) is None
+    assert await opted.enhance(view, CHAT, "chat", "s1", {"x-enhance": "off"}) is None
     assert opted.lookup.calls == 0
 
 

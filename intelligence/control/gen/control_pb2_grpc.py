@@ -69,6 +69,11 @@ class ControlStub:
                 request_serializer=llmproxy_dot_control_dot_v1_dot_control__pb2.ExperimentActionRequest.SerializeToString,
                 response_deserializer=llmproxy_dot_control_dot_v1_dot_control__pb2.ExperimentActionResponse.FromString,
                 _registered_method=True)
+        self.ApproveExperiment = channel.unary_unary(
+                '/llmproxy.control.v1.Control/ApproveExperiment',
+                request_serializer=llmproxy_dot_control_dot_v1_dot_control__pb2.ExperimentActionRequest.SerializeToString,
+                response_deserializer=llmproxy_dot_control_dot_v1_dot_control__pb2.ExperimentActionResponse.FromString,
+                _registered_method=True)
         self.ExperimentHistory = channel.unary_unary(
                 '/llmproxy.control.v1.Control/ExperimentHistory',
                 request_serializer=llmproxy_dot_control_dot_v1_dot_control__pb2.ExperimentHistoryRequest.SerializeToString,
@@ -146,6 +151,14 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApproveExperiment(self, request, context):
+        """Approve what the experiment awaits: its start (status pending) or the promotion the evaluator
+        requested (status running, awaiting "promote"). Role admin; recorded in the history and audit log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExperimentHistory(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -218,6 +231,11 @@ def add_ControlServicer_to_server(servicer, server):
             ),
             'RollbackExperiment': grpc.unary_unary_rpc_method_handler(
                     servicer.RollbackExperiment,
+                    request_deserializer=llmproxy_dot_control_dot_v1_dot_control__pb2.ExperimentActionRequest.FromString,
+                    response_serializer=llmproxy_dot_control_dot_v1_dot_control__pb2.ExperimentActionResponse.SerializeToString,
+            ),
+            'ApproveExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveExperiment,
                     request_deserializer=llmproxy_dot_control_dot_v1_dot_control__pb2.ExperimentActionRequest.FromString,
                     response_serializer=llmproxy_dot_control_dot_v1_dot_control__pb2.ExperimentActionResponse.SerializeToString,
             ),
@@ -439,6 +457,33 @@ class Control:
             request,
             target,
             '/llmproxy.control.v1.Control/RollbackExperiment',
+            llmproxy_dot_control_dot_v1_dot_control__pb2.ExperimentActionRequest.SerializeToString,
+            llmproxy_dot_control_dot_v1_dot_control__pb2.ExperimentActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmproxy.control.v1.Control/ApproveExperiment',
             llmproxy_dot_control_dot_v1_dot_control__pb2.ExperimentActionRequest.SerializeToString,
             llmproxy_dot_control_dot_v1_dot_control__pb2.ExperimentActionResponse.FromString,
             options,
