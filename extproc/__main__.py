@@ -274,9 +274,12 @@ def _feedback_sink(engine):
         return None
 
     class Sink:
-        async def submit(self, payload, *, client=None):
+        async def submit(self, payload, *, key_id=None, client_fp=None):
             item = FeedbackInput.parse(payload)
-            return await add_feedback(engine, item.request_id, score=item.score, thumbs=item.thumbs, comment=item.comment)
+            return await add_feedback(
+                engine, item.request_id, score=item.score, thumbs=item.thumbs, comment=item.comment,
+                key_id=key_id, client_fp=client_fp,
+            )  # fmt: skip
 
     return Sink()
 

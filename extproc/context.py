@@ -24,10 +24,12 @@ if TYPE_CHECKING:
 
 
 class FeedbackSink(Protocol):
-    """Stores client feedback. Raises ValueError (the message fits a 400) on invalid input and
-    PermissionError (a 403) when ``client`` did not make the request the feedback is about."""
+    """Stores client feedback, bound to who sends it: the gateway key (``key_id``), or in passthrough
+    mode the fingerprint of the client's credential (``client_fp``). Raises
+    ``intelligence.memory.feedback.FeedbackForbidden`` (a 403) for a request another client made, and
+    ValueError (the message fits a 400) on invalid input."""
 
-    async def submit(self, payload: Any, *, client: str | None) -> int: ...
+    async def submit(self, payload: Any, *, key_id: str | None, client_fp: str | None) -> int: ...
 
 
 class KeySource(Protocol):

@@ -12,6 +12,8 @@ import json
 import logging
 from typing import ClassVar
 
+from intelligence.memory.feedback import FeedbackForbidden
+
 from ..context import Context
 from ..errors import gateway_error
 from ..exchange import Exchange, Route
@@ -45,12 +47,15 @@ class FeedbackStage:
             return gateway_error(400, USAGE, code="feedback_usage")
         if self.sink is None:
             return gateway_error(503, "llmproxy: feedback is not available (no pattern memory)", code="feedback_unavailable")
+        client_fp = None if ex.auth.key_id is not None else (ex.client or ex.client_addr)
         try:
-            fid = await asyncio.wait_for(self.sink.submit(ex.request.doc, client=ex.client), timeout=TIMEOUT_S)
+            fid = await asyncio.wait_for(
+                self.sink.submit(ex.request.doc, key_id=ex.auth.key_id, client_fp=client_fp), timeout=TIMEOUT_S
+            )
+        except FeedbackForbidden as exc:  # a ValueError too: before the 400 below
+            return gateway_error(403, f"llmproxy: {exc}", code="feedback_forbidden")
         except ValueError as exc:
             return gateway_error(400, f"llmproxy: invalid feedback: {exc}", code="invalid_feedback")
-        except PermissionError as exc:
-            return gateway_error(403, f"llmproxy: {exc}", code="feedback_forbidden")
         except Exception as exc:  # noqa: BLE001 - the database away: the client should retry, nothing was stored
             log.warning("feedback not stored: %s", type(exc).__name__)
             return gateway_error(503, "llmproxy: feedback could not be stored right now; retry", code="feedback_unavailable")
