@@ -52,7 +52,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib
+import itertools
 import json
 import math
 import multiprocessing
@@ -94,6 +96,27 @@ CHAT = {
         {"role": "user", "content": "Summarise the plot of Hamlet in two sentences, please."},
     ],
 }
+# Real traffic repeats its system prompt but rarely a user turn, and the detectors remember texts they
+# have seen: one fixed request would measure the cache, not the screening. Every set-up (direct, Envoy,
+# floor, gateway) is sent the same rotation of distinct user turns, of several lengths and topics.
+PROMPTS = (
+    "Summarise the plot of Hamlet in two sentences, please.",
+    "Write a haiku about the sea at dawn.",
+    "Explain what a hash map is to a ten year old, with one everyday example.",
+    "Draft a polite email asking my landlord to fix the heating before the weekend.",
+    "List three pros and three cons of remote work for a small design agency.",
+    "Translate 'good morning, how are you today?' into French, Spanish and German.",
+    "What is the difference between TCP and UDP? Keep it under a hundred words.",
+    "Give me a recipe for a quick vegetable curry that serves four people.",
+    "Review this function and suggest a clearer name: def f(xs): return [x for x in xs if x % 2 == 0]",
+    "Our quarterly report shows revenue up 12% but margins down 3 points. Draft two bullet points "
+    "for the board explaining the trade-off, and one question they are likely to ask.",
+    "I am planning a three-day trip to Lisbon in April. Suggest an itinerary with one museum, one "
+    "viewpoint and one neighbourhood to walk each day, and where to eat nearby.",
+    "Rewrite this paragraph in plain English: 'Pursuant to the aforementioned provisions, the lessee "
+    "shall remit payment no later than the fifth business day of each calendar month.'",
+)
+VARIANTS = 240  # distinct request bodies per set-up: PROMPTS x a reference number
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -307,9 +330,16 @@ class Target:
     host: str = "127.0.0.1"
 
 
-def request_bytes(target: Target, *, stream: bool = False, reply_words: int | None = None, chunk_delay_ms: int = 0) -> bytes:
-    """One whole HTTP/1.1 request (headers and body in one write): a chat completion, streamed or not."""
-    body = json.dumps({**CHAT, "stream": stream}, separators=(",", ":")).encode()
+def request_bytes(
+    target: Target, *, stream: bool = False, reply_words: int | None = None, chunk_delay_ms: int = 0, variant: int | None = None
+) -> bytes:
+    """One whole HTTP/1.1 request (headers and body in one write): a chat completion, streamed or not.
+    ``variant`` picks a distinct user turn (see :data:`PROMPTS`); None sends :data:`CHAT` as it is."""
+    doc: dict[str, Any] = {**CHAT, "stream": stream}
+    if variant is not None:
+        text = f"{PROMPTS[variant % len(PROMPTS)]} (ref {variant})"
+        doc["messages"] = [CHAT["messages"][0], {"role": "user", "content": text}]
+    body = json.dumps(doc, separators=(",", ":")).encode()
     lines = [
         f"POST {target.path} HTTP/1.1",
         f"Host: {target.host}:{target.port}",
@@ -324,9 +354,49 @@ def request_bytes(target: Target, *, stream: bool = False, reply_words: int | No
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def stream_request(target: Target, chunks: int) -> bytes:
+def stream_request(target: Target, chunks: int, variant: int | None = None) -> bytes:
     """A streamed chat whose SSE reply has ``chunks`` events: role, ``chunks - 3`` words, finish, [DONE]."""
-    return request_bytes(target, stream=True, reply_words=max(1, chunks - 3), chunk_delay_ms=STREAM_CHUNK_DELAY_MS)
+    return request_bytes(
+        target, stream=True, reply_words=max(1, chunks - 3), chunk_delay_ms=STREAM_CHUNK_DELAY_MS, variant=variant
+    )
+
+
+@dataclass(frozen=True)
+class Requests:
+    """Requests ``at(i)`` for ``i = 0, 1, ...``, each with its own user turn: ``PROMPTS[i % len]`` plus a
+    number, so no two are alike and the detectors' text caches never answer for the screening.
+    ``stream_every`` > 0 makes every n-th one streamed (``stream_chunks`` events); ``stream_every`` = 1
+    streams them all. ``start`` keeps load generator processes from sending the same texts."""
+
+    target: Target
+    stream_every: int = 0
+    stream_chunks: int = 30
+    start: int = 0
+
+    def at(self, i: int) -> bytes:
+        n = self.start + i
+        if self.stream_every and n % self.stream_every == 0:
+            return stream_request(self.target, self.stream_chunks, variant=n)
+        return request_bytes(self.target, variant=n)
+
+    def offset(self, start: int) -> Requests:
+        return dataclasses.replace(self, start=start)
+
+
+Raws = bytes | Requests
+
+
+def _warmup_of(raw: Raws) -> Raws:
+    """What to warm up with: other texts than the measured ones (a cached text would flatter the figure)."""
+    return raw.offset(raw.start + 5 * 10**8) if isinstance(raw, Requests) else raw
+
+
+def _rotation(raws: Raws) -> Callable[[], bytes]:
+    """The next request to send: always the same bytes, or the next of a :class:`Requests`."""
+    if isinstance(raws, bytes):
+        return lambda: raws
+    counter = itertools.count()
+    return lambda: raws.at(next(counter))
 
 
 class Conn:
@@ -432,22 +502,24 @@ async def _exchange(conn: Conn | None, target: Target, raw: bytes, tally: Tally,
     return conn
 
 
-async def sequential(target: Target, raw: bytes, n: int, conn: Conn | None = None) -> tuple[Tally, Conn | None]:
+async def sequential(target: Target, raw: Raws, n: int, conn: Conn | None = None) -> tuple[Tally, Conn | None]:
     """``n`` requests one after another on one keep-alive connection."""
     tally = Tally()
+    following = _rotation(raw)
     for _ in range(n):
-        conn = await _exchange(conn, target, raw, tally, time.perf_counter())
+        conn = await _exchange(conn, target, following(), tally, time.perf_counter())
     return tally, conn
 
 
-async def open_loop(target: Target, raw: bytes, rate: float, seconds: float, pool: list[Conn]) -> tuple[Tally, float]:
+async def open_loop(target: Target, raw: Raws, rate: float, seconds: float, pool: list[Conn]) -> tuple[Tally, float]:
     """``rate`` req/s for ``seconds`` on a fixed schedule; latency from each scheduled send. Returns (tally, wall s)."""
     tally = Tally()
     n = max(1, int(rate * seconds))
     start = time.perf_counter() + 0.01
+    following = _rotation(raw)
 
     async def one(at: float) -> None:
-        conn = await _exchange(pool.pop() if pool else None, target, raw, tally, at)
+        conn = await _exchange(pool.pop() if pool else None, target, following(), tally, at)
         if conn is not None:
             pool.append(conn)
 
@@ -462,12 +534,13 @@ async def open_loop(target: Target, raw: bytes, rate: float, seconds: float, poo
     return tally, time.perf_counter() - start
 
 
-async def paced(target: Target, raw: bytes, conns: list[Conn | None], rate: float, total: int) -> tuple[Tally, float]:
+async def paced(target: Target, raw: Raws, conns: list[Conn | None], rate: float, total: int) -> tuple[Tally, float]:
     """``total`` requests from ``len(conns)`` clients, each on its own keep-alive connection and fixed schedule
     (together ``rate`` req/s), each waiting for its response before its next send. Returns (tally, wall s)."""
     tally = Tally()
     clients = len(conns)
     gap = clients / rate
+    following = _rotation(raw)
     start = time.perf_counter() + 0.01
 
     async def client(k: int, count: int) -> None:
@@ -476,7 +549,7 @@ async def paced(target: Target, raw: bytes, conns: list[Conn | None], rate: floa
             delay = at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            conns[k] = await _exchange(conns[k], target, raw, tally, time.perf_counter())
+            conns[k] = await _exchange(conns[k], target, following(), tally, time.perf_counter())
 
     await asyncio.gather(*(client(k, total // clients + (k < total % clients)) for k in range(clients)))
     return tally, time.perf_counter() - start
@@ -497,7 +570,7 @@ class Shared:
     results: Any  # Queue: one dict per worker
 
 
-def _unpaced_worker(target: Target, raws: list[bytes], clients: int, count: int, shared: Shared) -> None:
+def _unpaced_worker(target: Target, raws: Requests, clients: int, count: int, shared: Shared) -> None:
     """A load generator process: ``clients`` keep-alive connections sending back to back. With ``count`` > 0 it
     sends that many requests; else it runs until the window's end and tallies what completes inside the window."""
     try:
@@ -507,7 +580,7 @@ def _unpaced_worker(target: Target, raws: list[bytes], clients: int, count: int,
     shared.results.put(result)
 
 
-async def _unpaced_main(target: Target, raws: list[bytes], clients: int, count: int, shared: Shared) -> dict[str, Any]:
+async def _unpaced_main(target: Target, raws: Requests, clients: int, count: int, shared: Shared) -> dict[str, Any]:
     conns: list[Conn | None] = [await Conn.open(target) for _ in range(clients)]
     shared.ready.wait(120)
     shared.go.wait(120)
@@ -536,8 +609,8 @@ async def _unpaced_main(target: Target, raws: list[bytes], clients: int, count: 
         i = k
         while another():
             one = Tally()
-            conns[k] = await _exchange(conns[k], target, raws[i % len(raws)], one, time.perf_counter())
-            i, sent = i + 1, sent + 1
+            conns[k] = await _exchange(conns[k], target, raws.at(i), one, time.perf_counter())
+            i, sent = i + clients, sent + 1
             if count or t_start <= time.time() <= t_end:
                 measured.merge(one)
             if count:
@@ -571,7 +644,7 @@ async def _unpaced_main(target: Target, raws: list[bytes], clients: int, count: 
 class Unpaced:
     """Load generator processes (spawned: nothing inherited from this one); see ``_unpaced_worker``."""
 
-    def __init__(self, target: Target, raws: list[bytes], *, procs: int, clients: int, count: int = 0) -> None:
+    def __init__(self, target: Target, raws: Requests, *, procs: int, clients: int, count: int = 0) -> None:
         ctx = multiprocessing.get_context("spawn")
         procs = max(1, min(procs, clients))
         self.shared = Shared(
@@ -585,7 +658,13 @@ class Unpaced:
         self.workers = [
             ctx.Process(
                 target=_unpaced_worker,
-                args=(target, raws, _share(clients, procs, i), _share(count, procs, i), self.shared),
+                args=(
+                    target,
+                    raws.offset(raws.start + i * 10**8),
+                    _share(clients, procs, i),
+                    _share(count, procs, i),
+                    self.shared,
+                ),
                 daemon=True,
             )
             for i in range(procs)
@@ -934,7 +1013,7 @@ def _say(message: str) -> None:
 def section_first(rig: Rig) -> dict[str, Any]:
     """The first 10 requests the fresh gateway serves, the clock started by `up`'s ready line."""
     gw = rig.gateway
-    raw = request_bytes(gw.target)
+    raws = Requests(gw.target, start=7 * 10**9)
 
     async def go() -> list[float]:
         times: list[float] = []
@@ -942,7 +1021,7 @@ def section_first(rig: Rig) -> dict[str, Any]:
         for i in range(10):
             tally = Tally()
             start = gw.ready_at if i == 0 and gw.ready_at is not None else time.perf_counter()
-            conn = await _exchange(conn, gw.target, raw, tally, start)
+            conn = await _exchange(conn, gw.target, raws.at(i), tally, start)
             times.append(tally.latencies_ms[0] if tally.latencies_ms else float("nan"))
         if conn is not None:
             conn.close()
@@ -972,10 +1051,10 @@ def section_unloaded(rig: Rig) -> dict[str, Any]:
     n, warm = rig.args.sequential, max(20, rig.args.sequential // 10)
     setups: dict[str, dict[str, Any]] = {}
     for target in rig.setups():
-        raw = request_bytes(target)
+        raw = Requests(target, start=10**9)
 
-        async def go(target: Target = target, raw: bytes = raw) -> Tally:
-            _warm, conn = await sequential(target, raw, warm)
+        async def go(target: Target = target, raw: Raws = raw) -> Tally:
+            _warm, conn = await sequential(target, _warmup_of(raw), warm)
             tally, conn = await sequential(target, raw, n, conn)
             if conn is not None:
                 conn.close()
@@ -991,11 +1070,11 @@ def section_loaded(rig: Rig) -> dict[str, Any]:
     args = rig.args
     setups: dict[str, dict[str, Any]] = {}
     for target in rig.setups():
-        raw = request_bytes(target)
+        raw = Requests(target, start=2 * 10**9)
 
-        async def go(target: Target = target, raw: bytes = raw) -> tuple[Tally, float]:
+        async def go(target: Target = target, raw: Raws = raw) -> tuple[Tally, float]:
             pool: list[Conn] = []
-            await open_loop(target, raw, args.rate, args.warmup, pool)
+            await open_loop(target, _warmup_of(raw), args.rate, args.warmup, pool)
             result = await open_loop(target, raw, args.rate, args.duration, pool)
             for conn in pool:
                 conn.close()
@@ -1009,7 +1088,7 @@ def section_loaded(rig: Rig) -> dict[str, Any]:
 
 
 def _paced_cpu(
-    rig: Rig, target: Target, raw: bytes, groups: dict[str, list[int]], clients: int, floor_counters: bool = False
+    rig: Rig, target: Target, raw: Raws, groups: dict[str, list[int]], clients: int, floor_counters: bool = False
 ) -> dict[str, Any]:
     """Warm up, then ``--cpu-requests`` paced requests; CPU ms per request per process group over that window."""
     args = rig.args
@@ -1023,7 +1102,7 @@ def _paced_cpu(
 
     async def go() -> tuple[Tally, float]:
         conns: list[Conn | None] = [None] * clients
-        await paced(target, raw, conns, args.cpu_rate, warmup)
+        await paced(target, _warmup_of(raw), conns, args.cpu_rate, warmup)
         mark("before")
         result = await paced(target, raw, conns, args.cpu_rate, args.cpu_requests)
         mark("after")
@@ -1061,7 +1140,7 @@ def _paced_cpu(
     return out
 
 
-def _cpu_pair(rig: Rig, raw_for: Callable[[Target], bytes], clients: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _cpu_pair(rig: Rig, raw_for: Callable[[Target], Raws], clients: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The floor, then the gateway, with the same load."""
     assert rig.floor is not None and rig.floor_pid is not None and rig.floor_envoy_pid is not None
     floor_groups = {"processor": [rig.floor_pid], "envoy": [rig.floor_envoy_pid]}
@@ -1074,7 +1153,7 @@ def _cpu_pair(rig: Rig, raw_for: Callable[[Target], bytes], clients: int) -> tup
 
 def section_cpu(rig: Rig) -> dict[str, Any]:
     args = rig.args
-    floor, gateway = _cpu_pair(rig, request_bytes, args.cpu_clients)
+    floor, gateway = _cpu_pair(rig, lambda t: Requests(t, start=3 * 10**9), args.cpu_clients)
     ratio = _ratio(gateway.get("sidecar_cpu_ms_per_req"), floor.get("processor_cpu_ms_per_req"))
     _say(f"cpu: sidecar {gateway.get('sidecar_cpu_ms_per_req')} ms/req, floor {floor.get('processor_cpu_ms_per_req')} ms/req")
     return {
@@ -1091,7 +1170,9 @@ def section_cpu(rig: Rig) -> dict[str, Any]:
 
 def section_stream(rig: Rig, floor_ms: float | None) -> dict[str, Any]:
     args = rig.args
-    floor, gateway = _cpu_pair(rig, lambda t: stream_request(t, args.stream_chunks), args.stream_clients)
+    floor, gateway = _cpu_pair(
+        rig, lambda t: Requests(t, stream_every=1, stream_chunks=args.stream_chunks, start=4 * 10**9), args.stream_clients
+    )
     sidecar_ms = gateway.get("sidecar_cpu_ms_per_req")
     _say(f"stream: sidecar {sidecar_ms} ms/response, floor {floor.get('processor_cpu_ms_per_req')} ms/response")
     return {
@@ -1157,7 +1238,7 @@ def section_saturation(rig: Rig) -> dict[str, Any]:
     args = rig.args
     target = rig.gateway.target
     groups = {**rig.gateway.groups(), "upstream": [rig.upstream_pid]}
-    with Unpaced(target, [request_bytes(target)], procs=args.saturation_procs, clients=args.saturation_clients) as load:
+    with Unpaced(target, Requests(target, start=5 * 10**9), procs=args.saturation_procs, clients=args.saturation_clients) as load:
         t_start, t_end = load.start(warmup=max(args.warmup, 2.0), seconds=args.saturation_seconds)
         time.sleep(max(0.0, t_start - time.time()))
         cpu0, busy0, wall0 = cpu_snapshot(groups), machine_busy(), time.time()
@@ -1212,7 +1293,7 @@ def section_memory(rig: Rig) -> dict[str, Any]:
     todo = args.memory_requests - rig.gateway_requests
     errors = 0
     if todo > 0:
-        raws = [request_bytes(target)] * 9 + [stream_request(target, args.stream_chunks)]
+        raws = Requests(target, stream_every=10, stream_chunks=args.stream_chunks, start=6 * 10**9)
         with Unpaced(target, raws, procs=args.saturation_procs, clients=args.saturation_clients, count=todo) as load:
             load.start()
             base = rig.gateway_requests

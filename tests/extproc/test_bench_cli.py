@@ -395,3 +395,22 @@ def test_bench_smoke_tiny_counts() -> None:
     assert report["memory"]["requests_end"] >= 400 and report["memory"]["rss_end_mb"] > 0
     assert report["machine"]["loadavg_end"]
     assert report["unloaded"]["setups"]["gateway"]["errors"] == 0
+
+
+def test_requests_never_repeat_a_user_turn_and_warm_up_on_other_texts() -> None:
+    """The detectors remember texts: a bench that repeats one request would measure a cache."""
+    from extproc.cli.bench import Requests, Target, _rotation, _warmup_of
+
+    reqs = Requests(Target("gateway", 1))
+    bodies = [reqs.at(i).split(b"\r\n\r\n", 1)[1] for i in range(500)]
+    assert len(set(bodies)) == 500
+    turns = {json.loads(b)["messages"][-1]["content"] for b in bodies}
+    assert len(turns) == 500
+    warm = _warmup_of(reqs)
+    assert isinstance(warm, Requests)
+    assert not {warm.at(i) for i in range(500)} & {reqs.at(i) for i in range(500)}
+    following = _rotation(reqs)
+    assert [following() for _ in range(3)] == [reqs.at(0), reqs.at(1), reqs.at(2)]
+    mixed = Requests(Target("gateway", 1), stream_every=10)
+    streamed = [i for i in range(30) if json.loads(mixed.at(i).split(b"\r\n\r\n", 1)[1])["stream"]]
+    assert streamed == [0, 10, 20]
