@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -121,6 +122,19 @@ async def _supervise(job, stop: asyncio.Event) -> None:
                 pass
 
 
+def _background_priority() -> None:
+    """Off the hot path, and it should behave so: on a small machine the jobs (embedding model, statistics)
+    must not take CPU from Envoy, the sidecar and Postgres while requests wait. A lower scheduling
+    priority (nice, ``LLMPROXY_JOBS_NICE``, default 10) and one torch thread when the embedding model
+    loads (``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS``, read when torch initialises)."""
+    nice = int(os.environ.get("LLMPROXY_JOBS_NICE", "10") or 0)
+    if nice > 0 and hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if not args.database_url:
@@ -134,6 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"intelligence jobs: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    _background_priority()
 
     async def _main() -> None:
         stop = asyncio.Event()
