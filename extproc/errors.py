@@ -14,6 +14,7 @@ from .wire import Immediate
 if TYPE_CHECKING:
     from intelligence.policy.decision import Block
 
+
 def gateway_error(
     status: int, message: str, *, api: str | None = None, code: str | None = None, details: str | None = None
 ) -> Immediate:

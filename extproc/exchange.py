@@ -86,6 +86,11 @@ class Notes:
     policy_route: dict[str, Any] | None = None
     response_policy: dict[str, Any] | None = None
     stage_errors: list[str] = field(default_factory=list)
+    # The record stage: the response body reached its end (Envoy's end_of_stream); and, when the exchange
+    # did not complete normally, why: "aborted" (no response), "cut" (the response stopped part-way),
+    # "no_end_event" (a stream closed without its API's end event).
+    response_ended: bool = False
+    incomplete: str | None = None
 
     def flags(self, request: RequestState) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.screening)
@@ -99,6 +104,8 @@ class Notes:
             out["request_not_json"] = True
         if self.stage_errors:
             out["stage_errors"] = list(self.stage_errors)
+        if self.incomplete is not None:
+            out["incomplete"] = self.incomplete
         return out
 
 

@@ -1,7 +1,10 @@
 """`llmproxy up`: run the whole stack in the foreground on embedded defaults.
 
 Order: Postgres (embedded unless DATABASE_URL) -> migrations -> sidecar -> Envoy -> pattern worker
--> dashboard. Ctrl-C or SIGTERM stops, in reverse order, every process this command started.
+-> intelligence process -> dashboard. Ctrl-C or SIGTERM stops, in reverse order, every process this
+command started. While it runs, `up` supervises them: a part that exits is restarted with back-off
+(see ``Supervisor``), the embedded PostgreSQL too, and ``SIGHUP`` hot-restarts Envoy on a freshly rendered
+config. `llmproxy status` shows restarts and the last exit reason per part (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -13,11 +16,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from intelligence.errors import Unavailable
 from intelligence.ops.health import envoy_ready, grpc_healthy
 from intelligence.ops.stack import DEFAULT_PORTS, StackState, pid_alive, port_free
+
+if TYPE_CHECKING:
+    from intelligence.embedded_pg import EmbeddedPostgres
 
 NAMES = {
     "gateway": "--port",
@@ -78,6 +88,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--idle-timeout", type=float, default=None, help="seconds an upstream may stay silent (default from envoy.yaml: 300)"
     )
+    p.add_argument(
+        "--restart-limit",
+        type=int,
+        default=DEFAULT_RESTART_LIMIT,
+        help="give up on a part after this many failures in a row, each within a minute of its start "
+        f"(default {DEFAULT_RESTART_LIMIT}; restarts back off from 0.5 s, doubling to 30 s)",
+    )
+    p.add_argument(
+        "--drain-time",
+        type=float,
+        default=60.0,
+        help="seconds an old Envoy drains its connections after a hot restart (SIGHUP to `up`; default 60)",
+    )
     p.set_defaults(func=run)
 
 
@@ -122,20 +145,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"llmproxy: {exc}", file=sys.stderr)
         return 2
 
-    sup = Supervisor(data_dir)
+    sup = Supervisor(data_dir, restart_limit=args.restart_limit)
     stop_requested = False
+    hot_restart_requested = False
 
     def _on_signal(signum, _frame):
         nonlocal stop_requested
         stop_requested = True
 
+    def _on_hup(signum, _frame):
+        nonlocal hot_restart_requested
+        hot_restart_requested = True
+
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, _on_hup)
     try:
         db_url, embedded = sup.start_database()
         sup.check_vectors(db_url, embedded)
         sup.migrate(db_url)
-        env = {**os.environ, "DATABASE_URL": db_url, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        env = {**os.environ, "DATABASE_URL": db_url, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **_audit_env(data_dir)}
         sidecar_cmd = [
             sys.executable,
             "-m",
@@ -155,86 +184,92 @@ def run(args: argparse.Namespace) -> int:
             sidecar_cmd += ["--auth", args.auth]
         if args.policy_file:
             sidecar_cmd += ["--policy-file", str(args.policy_file)]
-        sup.spawn("sidecar", sidecar_cmd, env)
-        sup.wait_for("sidecar", lambda: grpc_healthy(args.sidecar_port), 60)
+        sup.start(Part("sidecar", lambda: sidecar_cmd, env, ready=lambda: grpc_healthy(args.sidecar_port), required=True), 60)
 
-        cfg = envoy_config.render(
-            envoy_config.find_template(args.envoy_config),
-            listen_host=args.listen,
-            port=args.port,
-            admin_port=args.admin_port,
-            sidecar_port=args.sidecar_port,
-            upstreams=upstreams,
-            ca_file=_ca_bundle(),
-            idle_timeout_s=args.idle_timeout,
-        )
-        runtime = envoy_config.write(cfg, data_dir / "envoy.runtime.yaml")
-        sup.spawn(
-            "envoy",
-            [
-                _envoy_bin(),
-                "-c",
-                str(runtime),
-                "--disable-hot-restart",
-                "-l",
-                "warning",
-                "--log-path",
-                str(data_dir / "logs" / "envoy.log"),
-            ],
+        def render_envoy() -> Path:
+            cfg = envoy_config.render(
+                envoy_config.find_template(args.envoy_config),
+                listen_host=args.listen,
+                port=args.port,
+                admin_port=args.admin_port,
+                sidecar_port=args.sidecar_port,
+                upstreams=upstreams,
+                ca_file=_ca_bundle(),
+                idle_timeout_s=args.idle_timeout,
+            )
+            return envoy_config.write(cfg, data_dir / "envoy.runtime.yaml")
+
+        envoy = EnvoyPart(
+            _envoy_bin(),
+            render_envoy(),
+            data_dir,
             env,
-            stdout_name="access",
+            drain_time_s=args.drain_time,
+            ready=lambda: envoy_ready(args.admin_port),
         )
-        sup.wait_for("envoy", lambda: envoy_ready(args.admin_port), 60)
+        sup.start(envoy, 60)
 
         if not args.no_worker and _worker_available():
-            sup.spawn("worker", [sys.executable, "-m", "intelligence.memory", "--database-url", db_url], env)
+            worker_cmd = [sys.executable, "-m", "intelligence.memory", "--database-url", db_url]
+            sup.start(Part("worker", lambda: worker_cmd, env))
         if not args.no_intelligence:
-            sup.spawn(
-                "intelligence",
-                [sys.executable, "-m", "intelligence.jobs", "--database-url", db_url, "--control-port", str(args.control_port)],
-                env,
-            )
+            brain_cmd = [
+                sys.executable,
+                "-m",
+                "intelligence.jobs",
+                "--database-url",
+                db_url,
+                "--control-port",
+                str(args.control_port),
+            ]
+            sup.start(Part("intelligence", lambda: brain_cmd, env, ready=lambda: not port_free("127.0.0.1", args.control_port)))
         if not args.no_ui:
             app = Path(__file__).resolve().parents[2] / "ui" / "streamlit_app.py"
-            sup.spawn(
-                "ui",
-                [
-                    sys.executable,
-                    "-m",
-                    "streamlit",
-                    "run",
-                    str(app),
-                    "--server.port",
-                    str(args.ui_port),
-                    "--server.address",
-                    "127.0.0.1",
-                    "--server.headless",
-                    "true",
-                    "--browser.gatherUsageStats",
-                    "false",
-                    "--",
-                    "--data-dir",
-                    str(data_dir),
-                ],
-                {**env, "LLMPROXY_DATA_DIR": str(data_dir)},
-            )
+            ui_cmd = [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                str(app),
+                "--server.port",
+                str(args.ui_port),
+                "--server.address",
+                "127.0.0.1",
+                "--server.headless",
+                "true",
+                "--browser.gatherUsageStats",
+                "false",
+                "--",
+                "--data-dir",
+                str(data_dir),
+            ]
+            sup.start(Part("ui", lambda: ui_cmd, {**env, "LLMPROXY_DATA_DIR": str(data_dir)}))
         state = StackState(
             data_dir=str(data_dir),
             database_url=db_url,
             ports=ports,
-            pids={**sup.pids(), **({"postgres": sup.pg.pid} if sup.pg and sup.pg.pid else {})},
             listen_host=args.listen,
             embedded_db=embedded,
             started_at=datetime.now(UTC).isoformat(),
+            intelligence=_intelligence_settings(),
         )
-        state.pids["up"] = os.getpid()
-        state.save()
+        sup.publish(state)
         _banner(args, data_dir)
         while not stop_requested:
-            dead = sup.dead()
-            if dead:
-                print(f"llmproxy: {dead} exited unexpectedly; see {data_dir / 'logs' / (dead + '.log')}", file=sys.stderr)
+            if hot_restart_requested:
+                hot_restart_requested = False
+                try:
+                    envoy.config = render_envoy()
+                except (OSError, ValueError, SystemExit) as exc:
+                    sup.say(f"Envoy hot restart not started: the configuration does not render ({exc})")
+                else:
+                    sup.hot_restart(envoy)
+            fatal = sup.tick()
+            if fatal:
+                print(f"llmproxy: {fatal}", file=sys.stderr, flush=True)
                 return 1
+            if sup.changed:
+                sup.publish(state)
             time.sleep(0.2)
         return 0
     except StartupError as exc:
@@ -243,9 +278,20 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         sup.stop_all()
         (data_dir / "stack.json").unlink(missing_ok=True)
         print("llmproxy: stopped", file=sys.stderr)
+
+
+def _intelligence_settings() -> dict:
+    """What `llmproxy status` reports about Claude for this stack (mode, model, budgets; never the key)."""
+    try:
+        from intelligence.claude import IntelligenceFlags
+
+        return IntelligenceFlags.from_env().describe()
+    except ValueError as exc:
+        return {"mode": "invalid", "summary": f"intelligence settings invalid: {exc}"}
 
 
 def open_relay(listen: str, auth_mode: str, env: dict[str, str] | os._Environ[str]) -> str | None:
@@ -270,15 +316,166 @@ def open_relay(listen: str, auth_mode: str, env: dict[str, str] | os._Environ[st
     )
 
 
-class StartupError(RuntimeError):
+class StartupError(Unavailable):
     pass
 
 
-class Supervisor:
-    def __init__(self, data_dir: Path):
+def _audit_env(data_dir: Path) -> dict[str, str]:
+    """The audit key and checkpoint file every process gets (docs/keys-and-audit.md).
+
+    LLMPROXY_AUDIT_KEY / LLMPROXY_AUDIT_KEY_FILE when set; else DATA_DIR/audit.key when it exists (the
+    key stays the same across restarts); else SECRET_KEY (the processes derive the key from it);
+    else a new random DATA_DIR/audit.key, mode 0600. Checkpoints go to DATA_DIR/audit/checkpoint.json.
+    """
+    from intelligence.audit.checkpoint import CHECKPOINT_FILE_ENV, default_path
+    from intelligence.audit.keys import (
+        AUDIT_KEY_ENV,
+        AUDIT_KEY_FILE_ENV,
+        KEY_FILE_NAME,
+        AuditKeyError,
+        audit_key_from_env,
+        generate_key_file,
+    )
+
+    env = {CHECKPOINT_FILE_ENV: os.environ.get(CHECKPOINT_FILE_ENV) or str(default_path(data_dir))}
+    key_file = data_dir / KEY_FILE_NAME
+    if not (os.environ.get(AUDIT_KEY_ENV) or os.environ.get(AUDIT_KEY_FILE_ENV)):
+        if not key_file.exists() and not os.environ.get("SECRET_KEY"):
+            generate_key_file(key_file)
+            print(
+                f"llmproxy: generated the audit key {key_file} (keep a copy elsewhere: it authenticates the audit log)",
+                file=sys.stderr,
+            )
+        if key_file.exists():
+            env[AUDIT_KEY_FILE_ENV] = str(key_file)
+    try:
+        audit_key_from_env({**os.environ, **env}, data_dir=data_dir)  # a weak or unreadable key stops start-up here
+    except AuditKeyError as exc:
+        raise StartupError(str(exc)) from None
+    return env
+
+
+# Supervision (docs/reliability.md): a part that exits while the stack runs is restarted after a back-off
+# that starts at BACKOFF_START_S and doubles up to BACKOFF_MAX_S; a part that ran STABLE_AFTER_S or longer
+# starts again from the shortest back-off. After `--restart-limit` failures in a row, each within
+# STABLE_AFTER_S of its start, `up` gives up on it: on a required part (sidecar, Envoy, embedded
+# PostgreSQL) it stops the stack and exits 1; an optional part (worker, intelligence, dashboard) stays
+# down, marked failed in `llmproxy status`, while the gateway goes on serving.
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+STABLE_AFTER_S = 60.0
+DEFAULT_RESTART_LIMIT = 10
+
+
+@dataclass
+class Part:
+    """One supervised child process: how to start it, and what its supervisor knows about it."""
+
+    name: str
+    command: Callable[[], list[str]]
+    env: dict[str, str]
+    ready: Callable[[], bool] | None = None  # healthy again (after a restart): for the "serving again" line
+    required: bool = False
+    log_name: str | None = None  # stdout goes to logs/<log_name>.log and stderr to logs/<name>.stderr.log
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    restarts: int = 0
+    rapid: int = 0
+    backoff: float = BACKOFF_START_S
+    restart_at: float | None = None
+    down_since: float | None = None
+    state: str = "stopped"  # starting | running | restarting | failed | stopped
+    last_exit: str | None = None
+    last_exit_at: str | None = None
+
+    def spawn(self, logs: Path) -> None:
+        out = open(logs / f"{self.log_name or self.name}.log", "ab")
+        err = out if self.log_name is None else open(logs / f"{self.name}.stderr.log", "ab")
+        try:
+            # New session: a Ctrl-C in the terminal reaches only us, and we stop children in order.
+            self.proc = subprocess.Popen(
+                self.command(), stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True
+            )
+        finally:
+            out.close()
+            if err is not out:
+                err.close()
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def exited(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "pid": self.pid if self.state in ("starting", "running") else None,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "last_exit_at": self.last_exit_at,
+            "required": self.required,
+        }
+
+
+class EnvoyPart(Part):
+    """Envoy with hot restart on: ``SIGHUP`` to `llmproxy up` starts the next epoch on a freshly rendered
+    config; the old process hands its listening sockets over, drains for ``--drain-time`` seconds and exits.
+    A crashed Envoy comes back at epoch 0 with the same base id."""
+
+    def __init__(self, binary: str, config: Path, data_dir: Path, env: dict[str, str], *, drain_time_s: float, ready) -> None:
+        super().__init__("envoy", self._command, env, ready=ready, required=True, log_name="access")
+        self.binary = binary
+        self.config = config
         self.data_dir = data_dir
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.pg = None
+        self.drain_time_s = max(1, int(drain_time_s))
+        self.epoch = 0
+        self.base_id_file = data_dir / "envoy.base_id"
+        self.retiring: list[tuple[int, subprocess.Popen]] = []  # (epoch, process) draining after a hot restart
+
+    def _command(self) -> list[str]:
+        base = ["--restart-epoch", str(self.epoch), "--base-id", self._base_id()] if self.started else []
+        if not base:
+            self.base_id_file.unlink(missing_ok=True)
+            base = ["--use-dynamic-base-id", "--base-id-path", str(self.base_id_file)]
+        return [
+            self.binary,
+            "-c",
+            str(self.config),
+            *base,
+            "--drain-time-s",
+            str(self.drain_time_s),
+            "--parent-shutdown-time-s",
+            str(self.drain_time_s + min(15, self.drain_time_s)),
+            "-l",
+            "warning",
+            "--log-path",
+            str(self.data_dir / "logs" / "envoy.log"),
+        ]
+
+    def _base_id(self) -> str:
+        try:
+            return self.base_id_file.read_text().strip() or "0"
+        except OSError:
+            return "0"
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "epoch": self.epoch, "draining": [e for e, _ in self.retiring]}
+
+
+class Supervisor:
+    def __init__(self, data_dir: Path, *, restart_limit: int = DEFAULT_RESTART_LIMIT):
+        self.data_dir = data_dir
+        self.logs = data_dir / "logs"
+        self.restart_limit = max(1, restart_limit)
+        self.parts: dict[str, Part] = {}
+        self.pg: EmbeddedPostgres | None = None
+        self.pg_part: Part | None = None  # the embedded PostgreSQL's supervision record (not a child process)
+        self.changed = False
+
+    # -- start-up ----------------------------------------------------------------------
 
     def start_database(self) -> tuple[str, bool]:
         url = os.environ.get("DATABASE_URL")
@@ -288,6 +485,7 @@ class Supervisor:
 
         print("llmproxy: starting embedded PostgreSQL ...", file=sys.stderr)
         self.pg = start_embedded(self.data_dir)
+        self.pg_part = Part("postgres", list, {}, required=True, state="running", started=time.monotonic())
         return self.pg.url, True
 
     def check_vectors(self, url: str, embedded: bool) -> None:
@@ -309,49 +507,192 @@ class Supervisor:
         except Exception as exc:
             raise StartupError(f"database migrations failed: {exc}") from exc
 
-    def spawn(self, name: str, cmd: list[str], env: dict[str, str], stdout_name: str | None = None) -> None:
-        logs = self.data_dir / "logs"
-        out = open(logs / f"{stdout_name or name}.log", "ab")
-        err = out if stdout_name is None else open(logs / f"{name}.stderr.log", "ab")
-        # New session: a Ctrl-C in the terminal reaches only us, and we stop children in order.
-        self.procs[name] = subprocess.Popen(
-            cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, start_new_session=True
-        )
-
-    def wait_for(self, name: str, check, timeout: float) -> None:
+    def start(self, part: Part, timeout: float | None = None) -> None:
+        """Start a part; with ``timeout``, wait until it is ready (a start-up failure stops `up`)."""
+        self.parts[part.name] = part
+        part.spawn(self.logs)
+        part.state = "running"
+        self.changed = True
+        if timeout is None:
+            return
         deadline = time.monotonic() + timeout
-        proc = self.procs[name]
+        check = part.ready or (lambda: True)
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise StartupError(f"{name} exited during start-up (code {proc.returncode}):\n{self._tail(name)}")
+            if part.exited() is not None:
+                assert part.proc is not None
+                raise StartupError(f"{part.name} exited during start-up (code {part.proc.returncode}):\n{self._tail(part)}")
             if check():
                 return
             time.sleep(0.1)
-        raise StartupError(f"{name} not healthy after {timeout:.0f}s:\n{self._tail(name)}")
+        raise StartupError(f"{part.name} not healthy after {timeout:.0f}s:\n{self._tail(part)}")
 
-    def _tail(self, name: str) -> str:
-        for fname in (f"{name}.log", f"{name}.stderr.log"):
-            p = self.data_dir / "logs" / fname
+    def _tail(self, part: Part) -> str:
+        for fname in (f"{part.log_name or part.name}.log", f"{part.name}.stderr.log"):
+            p = self.logs / fname
             if p.exists() and p.stat().st_size:
                 return "\n".join(p.read_text(errors="replace").splitlines()[-15:])
         return "(no output)"
 
-    def pids(self) -> dict[str, int]:
-        return {n: p.pid for n, p in self.procs.items()}
+    # -- supervision -------------------------------------------------------------------
 
-    def dead(self) -> str | None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                return name
+    def say(self, message: str) -> None:
+        print(f"llmproxy: {message}", file=sys.stderr, flush=True)
+
+    def tick(self) -> str | None:
+        """One supervision round: reap, restart what is due, report recoveries. A message means: give up."""
+        now = time.monotonic()
+        fatal = self._tick_postgres(now)
+        if fatal:
+            return fatal
+        for part in self.parts.values():
+            if isinstance(part, EnvoyPart):
+                self._reap_retiring(part)
+            if part.state in ("starting", "running"):
+                code = part.exited()
+                if code is not None:
+                    fatal = self._failed(part, _exit_reason(code), now)
+                    if fatal:
+                        return fatal
+                elif part.state == "starting" and (part.ready is None or part.ready()):
+                    self._back(part, now)
+            elif part.state == "restarting" and part.restart_at is not None and now >= part.restart_at:
+                if isinstance(part, EnvoyPart) and not part.retiring:
+                    part.epoch = 0  # no parent left to hand sockets over: a fresh start (same base id)
+                part.restarts += 1
+                part.spawn(self.logs)
+                part.state = "starting"
+                part.restart_at = None
+                self.changed = True
+                self.say(f"{part.name} restarted (pid {part.pid}, restart {part.restarts})")
+                if part.ready is None:
+                    self._back(part, now)
         return None
 
+    def _failed(self, part: Part, reason: str, now: float) -> str | None:
+        self.changed = True
+        part.last_exit = reason
+        part.last_exit_at = datetime.now(UTC).isoformat(timespec="seconds")
+        part.down_since = part.down_since or now
+        if now - part.started >= STABLE_AFTER_S:
+            part.rapid, part.backoff = 0, BACKOFF_START_S  # it had been stable: start the back-off again
+        part.rapid += 1
+        log = self.logs / f"{part.name}.log" if part.log_name is None else self.logs / f"{part.name}.stderr.log"
+        if part.rapid >= self.restart_limit:
+            part.state = "failed"
+            message = (
+                f"{part.name} {reason}; it failed {part.rapid} times in a row, each within {STABLE_AFTER_S:.0f} s of "
+                f"starting: giving up on it (see {log})"
+            )
+            if part.required:
+                return message + "; stopping the stack"
+            self.say(message + "; the gateway goes on without it (`llmproxy status` shows it failed)")
+            return None
+        delay = part.backoff
+        part.backoff = min(part.backoff * 2, BACKOFF_MAX_S)
+        part.restart_at = now + delay
+        part.state = "restarting"
+        self.say(f"{part.name} {reason}; restarting it in {delay:g} s (see {log})")
+        return None
+
+    def _back(self, part: Part, now: float) -> None:
+        part.state = "running"
+        self.changed = True
+        if part.down_since is not None:
+            what = "serving again" if part.name in ("sidecar", "envoy") else "running again"
+            self.say(f"{part.name} {what}, {now - part.down_since:.1f} s after it went down")
+            part.down_since = None
+
+    def _tick_postgres(self, now: float) -> str | None:
+        """The embedded PostgreSQL: restarted (start_postgres) when its postmaster is gone."""
+        part, pg = self.pg_part, self.pg
+        if part is None or pg is None:
+            return None
+        if part.state == "running":
+            if pid_alive(pg.pid):
+                return None
+            return self._failed(part, f"stopped (postmaster pid {pg.pid} gone)", now)
+        if part.state == "restarting" and part.restart_at is not None and now >= part.restart_at:
+            from intelligence.embedded_pg import start_postgres
+
+            part.restarts += 1
+            part.restart_at = None
+            self.changed = True
+            try:
+                start_postgres(pg.pgdata)
+                pg.pid = _postmaster_pid(pg.pgdata) or pg.pid
+            except Exception as exc:  # noqa: BLE001 - e.g. old backends still hold shared memory: retried
+                part.started = now
+                part.state = "running"  # so that _failed counts this attempt
+                lines = str(exc).strip().splitlines() or [type(exc).__name__]
+                return self._failed(part, f"did not restart ({lines[-1][:200]})", now)
+            part.started = now
+            self._back(part, time.monotonic())
+        return None
+
+    # -- Envoy hot restart -------------------------------------------------------------------
+
+    def hot_restart(self, envoy: EnvoyPart) -> None:
+        if envoy.state not in ("starting", "running") or envoy.proc is None:
+            self.say("Envoy hot restart skipped: Envoy is not running")
+            return
+        self.say(f"Envoy hot restart: epoch {envoy.epoch + 1} takes over; epoch {envoy.epoch} drains for {envoy.drain_time_s} s")
+        envoy.retiring.append((envoy.epoch, envoy.proc))
+        envoy.epoch += 1
+        envoy.spawn(self.logs)
+        envoy.state = "starting"
+        self.changed = True
+
+    def _reap_retiring(self, envoy: EnvoyPart) -> None:
+        for epoch, proc in list(envoy.retiring):
+            code = proc.poll()
+            if code is None:
+                continue
+            envoy.retiring.remove((epoch, proc))
+            self.changed = True
+            self.say(f"Envoy epoch {epoch} drained and exited ({_exit_reason(code)})")
+        if envoy.retiring and envoy.state == "starting" and envoy.exited() is not None:
+            # the new epoch failed (a bad config, say): the old one still serves; keep it
+            epoch, proc = envoy.retiring.pop()
+            reason = _exit_reason(envoy.exited() or 0)
+            self.say(
+                f"Envoy epoch {envoy.epoch} {reason} during the hot restart; epoch {epoch} keeps serving (see logs/envoy.log)"
+            )
+            envoy.proc, envoy.epoch, envoy.state = proc, epoch, "running"
+            self.changed = True
+
+    # -- state ------------------------------------------------------------------------------
+
+    def pids(self) -> dict[str, int]:
+        out = {n: p.pid for n, p in self.parts.items() if p.pid is not None and p.state in ("starting", "running")}
+        if self.pg is not None and self.pg.pid:
+            out["postgres"] = self.pg.pid
+        return out
+
+    def publish(self, state: StackState) -> None:
+        """stack.json with the current pids and what supervision knows (read by `llmproxy status`, the dashboard)."""
+        state.pids = {**self.pids(), "up": os.getpid()}
+        state.supervision = {n: p.describe() for n, p in self.parts.items()}
+        if self.pg_part is not None:
+            state.supervision["postgres"] = self.pg_part.describe() | {"pid": self.pg.pid if self.pg else None}
+        try:
+            state.save()
+        except OSError as exc:
+            self.say(f"could not update {self.data_dir / 'stack.json'} ({exc})")
+        self.changed = False
+
     def stop_all(self) -> None:
-        for name in reversed(list(self.procs)):
-            proc = self.procs[name]
+        parts = list(self.parts.values())
+        procs: list[tuple[str, subprocess.Popen]] = []
+        for part in reversed(parts):
+            if isinstance(part, EnvoyPart):
+                procs += [(f"envoy epoch {e}", p) for e, p in part.retiring]
+            if part.proc is not None:
+                procs.append((part.name, part.proc))
+        for _name, proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 15
-        for name, proc in self.procs.items():
+        for name, proc in procs:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -360,6 +701,22 @@ class Supervisor:
                 proc.wait()
         if self.pg is not None:
             self.pg.stop()
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    try:
+        return int((Path(pgdata) / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
 
 
 def _envoy_bin() -> str:

@@ -156,6 +156,8 @@ _DELTA_FIELDS = {
 
 
 class MessagesStreamProcessor(SSEStreamProcessor):
+    END_EVENTS = frozenset({"message_stop"})
+
     # Observed objects are kept by reference: rewrites work on clones, and the
     # assembled message is cloned before anyone can edit it.
     def __init__(self, endpoint: MessagesEndpoint, codec: ToolNameCodec | None) -> None:

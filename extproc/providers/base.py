@@ -51,6 +51,9 @@ class Folded:
     finish_reason: str | None = None
     usage: Usage = field(default_factory=Usage)
     error: str | None = None
+    # A stream that ended without its API's end event ([DONE], message_stop, response.completed,
+    # Ollama's done line): the provider cut it short. Always False for a parsed (non-streamed) body.
+    unterminated: bool = False
 
 
 class StreamProcessor(Protocol):

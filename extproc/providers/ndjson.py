@@ -49,6 +49,7 @@ class NDJSONStreamProcessor(ABC):
         self._rewriting = codec is not None and codec.active
         self._decoder = NDJSONDecoder()
         self._error: str | None = None
+        self._ended = False  # the final line (``"done": true``) was seen
 
     def feed(self, chunk: bytes) -> bytes:
         lines = self._decoder.feed(chunk)
@@ -73,6 +74,8 @@ class NDJSONStreamProcessor(ABC):
         folded = self._endpoint.fold(message)
         if self._error is not None and folded.error is None:
             folded = replace(folded, error=self._error)
+        if not self._ended:
+            folded = replace(folded, unterminated=True)
         return folded
 
     @abstractmethod
@@ -91,6 +94,8 @@ class NDJSONStreamProcessor(ABC):
         obj = loads_object(line) if line.strip() else None
         if obj is not None:
             self._observe(obj)
+            if obj.get("done") is True:
+                self._ended = True
         return obj
 
     def _rewrite_line(self, line: bytes) -> bytes:

@@ -162,6 +162,8 @@ class ResponsesStreamProcessor(SSEStreamProcessor):
     response is cloned before anyone can edit it.
     """
 
+    END_EVENTS = frozenset(_FINAL_EVENTS)
+
     def __init__(self, endpoint: ResponsesEndpoint, codec: ToolNameCodec | None) -> None:
         super().__init__(endpoint, codec)
         self._response: dict = {}

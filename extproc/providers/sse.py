@@ -153,7 +153,12 @@ class SSEStreamProcessor(ABC):
 
     Whether to rewrite is decided once, at construction: switching mid-stream would
     lose bytes already handed back unchanged.
+
+    ``END_EVENTS`` names the events (``type`` or the SSE ``event:`` field) that end a stream of this
+    API; ``data: [DONE]`` ends any. A stream without one is folded with ``unterminated``.
     """
+
+    END_EVENTS: frozenset[str] = frozenset()
 
     def __init__(self, endpoint: Endpoint, codec: ToolNameCodec | None, *, drop_usage: bool = False) -> None:
         self._endpoint = endpoint
@@ -162,6 +167,7 @@ class SSEStreamProcessor(ABC):
         self._rewriting = (codec is not None and codec.active) or drop_usage
         self._decoder = SSEDecoder()
         self._error: str | None = None
+        self._ended = False  # the API's end event was seen
 
     # -- StreamProcessor ---------------------------------------------------------------
     def feed(self, chunk: bytes) -> bytes:
@@ -188,6 +194,8 @@ class SSEStreamProcessor(ABC):
         folded = self._endpoint.fold(message)
         if self._error is not None and folded.error is None:
             folded = replace(folded, error=self._error)
+        if not self._ended:
+            folded = replace(folded, unterminated=True)
         return folded
 
     # -- hooks for subclasses ---------------------------------------------------------
@@ -212,11 +220,17 @@ class SSEStreamProcessor(ABC):
 
     # -- shared steps ------------------------------------------------------------------
     def _observe_event(self, ev: SSEEvent) -> dict | None:
-        if ev.data is None or ev.is_done:
+        if ev.data is None:
+            return None
+        if ev.is_done:
+            self._ended = True
             return None
         obj = loads_object(ev.data)
         if obj is not None:
             self._observe(ev.event, obj)
+            if self.END_EVENTS:
+                kind = obj.get("type", ev.event)
+                self._ended = self._ended or (isinstance(kind, str) and kind in self.END_EVENTS)
         return obj
 
     def _rewrite_event(self, ev: SSEEvent) -> bytes:

@@ -42,6 +42,8 @@ class RecordStage:
     async def response_chunk(self, ex: Exchange, chunk: Chunk) -> None:
         ex.keep(ex.response.upstream_log, chunk.upstream)
         ex.keep(ex.response.client_log, chunk.data)  # placeholders, not the restored values
+        if chunk.end_of_stream:
+            ex.notes.response_ended = True
 
     async def response_complete(self, ex: Exchange) -> None:
         if not ex.record or not ex.request_id:
@@ -57,6 +59,7 @@ class RecordStage:
     def build(self, ex: Exchange) -> ExchangeRecord:
         req, resp = ex.request, ex.response
         folded = self._fold(ex)
+        ex.notes.incomplete = ex.notes.incomplete or incomplete(ex, folded)
         view = req.view
         limit = self.limit
         client_body = self._request_for_log(ex)
@@ -148,6 +151,27 @@ class RecordStage:
         except Exception:
             log.exception("request %s: folding the response failed", ex.request_id)
         return resp.folded
+
+
+def incomplete(ex: Exchange, folded: Folded | None) -> str | None:
+    """Why the exchange did not complete, for ``flags.incomplete``; None when it did.
+
+    "aborted": the exchange ended before any response (client gone, stream reset, sidecar stopping);
+    "cut": the response started but its body never reached its end (upstream reset mid-stream, the
+    route's idle timeout, the client leaving); "no_end_event": the stream closed cleanly without its
+    API's end event ([DONE], message_stop, response.completed, Ollama's done line).
+    An answer of the gateway's own is complete.
+    """
+    if ex.answer is not None:
+        return None
+    resp = ex.response
+    if resp.status is None:
+        return "aborted"
+    if resp.has_body and not ex.notes.response_ended:
+        return "cut"
+    if resp.streamed and folded is not None and folded.unterminated and resp.status < 400:
+        return "no_end_event"
+    return None
 
 
 def safe_headers(headers: dict[str, str]) -> dict[str, str]:

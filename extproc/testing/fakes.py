@@ -5,6 +5,12 @@ official SDKs talk to them with ``base_url=...`` exactly as to the real services
 Replies are deterministic ("echo: <last user text>", or a tool call when asked)
 and request headers ``x-fake-*`` switch on errors, delays, odd chunking and
 dropped streams (see docs in :mod:`extproc.testing.switches` and the README).
+Two more faults are handled here: ``x-fake-no-end-event: 1`` closes a stream cleanly
+but without its end event (``data: [DONE]``, ``message_stop``, ``response.completed``,
+Ollama's ``"done": true`` line), as a provider that dies between events does; and
+``x-fake-reset: N`` resets the connection before sending a single byte, for the first
+N requests of its ``x-fake-key`` (a provider's load balancer dropping connections).
+``x-fake-reply-words: N`` replies with N words (``w0 w1 ...``; a long stream without a huge header).
 
 Run standalone: ``python -m extproc.testing.fakes --port N`` prints the port and
 serves until SIGTERM.
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import itertools
 import json
 import signal
@@ -214,7 +221,15 @@ class FakeProvider:
 
     async def _serve(self, request: web.Request, dialect: Dialect, builder: Builder) -> web.StreamResponse:
         headers, doc, well_formed = await self._receive(request)
+        resets = headers.get("x-fake-reset", "")
+        if resets.isdigit() and self._count_failure("reset:" + headers.get("x-fake-key", ""), int(resets)):
+            if request.transport is not None:
+                request.transport.abort()  # no status line, no byte: the client sees a reset
+            raise web.HTTPInternalServerError()  # never written: the connection is gone
         switches = Switches.from_headers(headers)
+        words = headers.get("x-fake-reply-words", "")
+        if words.isdigit():
+            switches = dataclasses.replace(switches, reply=" ".join(f"w{i}" for i in range(min(int(words), 200_000))))
         scripted = self._script.popleft() if self._script else None
         if scripted is not None:
             switches = switches.overlay(scripted)
@@ -241,15 +256,21 @@ class FakeProvider:
         reply.headers["x-request-id"] = f"req_fake{seq:06d}"
         if scripted is not None:
             reply.headers.update(scripted.headers)
+        if reply.streamed and headers.get("x-fake-no-end-event", "") == "1":
+            reply.pieces = [p for p in reply.pieces if not _is_end_event(p)]
         return await send(request, reply, switches)
 
     def _should_fail(self, switches: Switches) -> bool:
         if switches.fail_times is None:
             return True
-        failed = self._failures_by_key.get(switches.fail_key, 0)
-        if failed >= switches.fail_times:
+        return self._count_failure(switches.fail_key, switches.fail_times)
+
+    def _count_failure(self, key: str, times: int) -> bool:
+        """True for the first ``times`` calls with ``key`` (then False): failures that recover."""
+        failed = self._failures_by_key.get(key, 0)
+        if failed >= times:
             return False
-        self._failures_by_key[switches.fail_key] = failed + 1
+        self._failures_by_key[key] = failed + 1
         return True
 
     @staticmethod
@@ -258,6 +279,18 @@ class FakeProvider:
         content_type = scripted.content_type or "application/json"
         streamed = content_type.startswith(("text/event-stream", "application/x-ndjson"))
         return Reply(pieces=[body], content_type=content_type, status=status, streamed=streamed, headers=dict(scripted.headers))
+
+
+_END_MARKERS = (b"data: [DONE]", b'"type":"message_stop"', b'"type":"response.completed"')
+
+
+def _is_end_event(piece: bytes) -> bool:
+    """The piece that ends a stream of its API (SSE end events, Ollama's final NDJSON line)."""
+    if any(marker in piece for marker in _END_MARKERS):
+        return True
+    if piece.startswith(b"{") and b'"done":true' in piece:
+        return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 STATE_FILE = "stack.json"
 
@@ -22,6 +23,11 @@ class StackState:
     listen_host: str = "127.0.0.1"
     embedded_db: bool = True
     started_at: str = ""
+    # `llmproxy up`'s supervision, per part (sidecar, envoy, worker, intelligence, ui, postgres):
+    # {"state": running|restarting|failed|stopped, "pid", "restarts", "last_exit", "last_exit_at", "since"}
+    supervision: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the intelligence settings the stack runs with (ClaudeSettings/IntelligenceFlags.describe(): never the key)
+    intelligence: dict[str, Any] = field(default_factory=dict)
 
     def save(self) -> Path:
         path = Path(self.data_dir) / STATE_FILE
@@ -38,17 +44,24 @@ class StackState:
         path = Path(data_dir) / STATE_FILE
         if not path.exists():
             return None
-        return cls(**json.loads(path.read_text()))
+        known = {f.name for f in fields(cls)}
+        # fields a newer `llmproxy up` added are ignored rather than fatal
+        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
 
 def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an exited child nobody reaped yet)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: trust kill(0)
+    return stat.rsplit(")", 1)[-1].split()[0:1] != ["Z"]
 
 
 def port_free(host: str, port: int) -> bool:

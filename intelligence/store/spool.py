@@ -8,6 +8,10 @@ idempotent, so re-sending after a crash duplicates nothing).
 
 Methods are synchronous and thread-safe: the recorder calls them from worker threads so the
 event loop never waits on disk, except for the rare single-record overflow append.
+
+An append is all or nothing: when the disk refuses part of it (ENOSPC, EIO), the segment is cut back
+to where the append began and the error is raised, so a full disk never leaves a torn line behind and
+the caller knows exactly which records the spool did not take.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ class Spool:
         self._lock = threading.Lock()
         self._counts: dict[Path, int] = {}  # records per segment on disk
         self._active: Path | None = None
-        self._active_file: IO[str] | None = None
+        self._active_fd: int | None = None
+        self._active_size = 0
         self._dirty = False
         self._next_seq = 1
         for path in self._scan():
@@ -67,21 +72,53 @@ class Spool:
         return self._dirty
 
     def append(self, records: Sequence[ExchangeRecord], *, fsync: bool = True) -> None:
-        """Append records in order; with ``fsync`` they are on stable storage when this returns."""
-        if not records:
+        """Append records in order; with ``fsync`` they are on stable storage when this returns.
+
+        All or nothing: on an OSError (disk full) nothing of this call stays in the segment.
+        """
+        if records:
+            self.append_lines([r.to_json() for r in records], fsync=fsync)
+
+    def append_lines(self, lines: Sequence[str], *, fsync: bool = True) -> None:
+        """:meth:`append` for records already rendered with ``ExchangeRecord.to_json()`` (one per line)."""
+        if not lines:
             return
-        lines = "".join(r.to_json() + "\n" for r in records)
+        data = "".join(line + "\n" for line in lines).encode("utf-8")
         with self._lock:
-            f = self._open_active()
-            f.write(lines)
-            f.flush()
+            fd = self._open_active()
+            start = self._active_size
+            try:
+                _write_all(fd, data)
+                if fsync:
+                    os.fsync(fd)
+            except OSError:
+                self._cut_back(fd, start)
+                raise
             assert self._active is not None
-            self._counts[self._active] = self._counts.get(self._active, 0) + len(records)
-            self._dirty = True
-            if fsync:
-                self._fsync_active()
-            if self._counts[self._active] >= self._segment_max or f.tell() >= self._segment_max_bytes:
+            self._active_size = start + len(data)
+            self._counts[self._active] = self._counts.get(self._active, 0) + len(lines)
+            self._dirty = not fsync
+            if self._counts[self._active] >= self._segment_max or self._active_size >= self._segment_max_bytes:
                 self._close_active()
+
+    def adopt(self, path: Path) -> int:
+        """Take a JSONL file of records (a dead process's journal) in as the newest sealed segment.
+
+        The file must be on the spool's file system (it is renamed, not copied). Returns its record count.
+        """
+        with self._lock:
+            self._close_active()
+            target = self.directory / f"segment-{self._next_seq:012d}.jsonl"
+            self._next_seq += 1
+            os.replace(path, target)
+            os.chmod(target, 0o600)
+            _fsync_dir(self.directory)
+            count = _count_lines(target)
+            if count:
+                self._counts[target] = count
+            else:
+                target.unlink(missing_ok=True)
+            return count
 
     def sync(self) -> None:
         """fsync what was appended with ``fsync=False``."""
@@ -142,26 +179,48 @@ class Spool:
     def _scan(self) -> list[Path]:
         return sorted((p for p in self.directory.iterdir() if _SEGMENT_RE.match(p.name)), key=_seq)
 
-    def _open_active(self) -> IO[str]:
-        if self._active_file is None:
-            self._active = self.directory / f"segment-{self._next_seq:012d}.jsonl"
+    def _open_active(self) -> int:
+        if self._active_fd is None:
+            path = self.directory / f"segment-{self._next_seq:012d}.jsonl"
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._next_seq += 1
-            self._active_file = _private_append(self._active)
-            self._counts.setdefault(self._active, 0)
-            _fsync_dir(self.directory)  # the new name must survive a crash too
-        return self._active_file
+            self._active, self._active_fd = path, fd
+            self._active_size = os.fstat(fd).st_size
+            self._counts.setdefault(path, 0)
+            try:
+                _fsync_dir(self.directory)  # the new name must survive a crash too
+            except OSError:
+                self._close_active()
+                raise
+        return self._active_fd
+
+    def _cut_back(self, fd: int, size: int) -> None:
+        """Undo a partly written append (a full disk): the segment ends where the append began."""
+        try:
+            os.ftruncate(fd, size)
+        except OSError:  # pragma: no cover - truncating never needs new blocks
+            log.exception("spool: could not cut a partial append back in %s", self._active)
+        if self._active is not None and self._counts.get(self._active, 0) == 0 and size == 0:
+            # a segment created by this very append: nothing of it to keep
+            path = self._active
+            self._close_active()
+            path.unlink(missing_ok=True)
+            self._counts.pop(path, None)
 
     def _fsync_active(self) -> None:
-        if self._active_file is not None and self._dirty:
-            os.fsync(self._active_file.fileno())
+        if self._active_fd is not None and self._dirty:
+            os.fsync(self._active_fd)
             self._dirty = False
 
     def _close_active(self) -> None:
-        if self._active_file is not None:
-            self._fsync_active()
-            self._active_file.close()
-        self._active_file = None
+        if self._active_fd is not None:
+            try:
+                self._fsync_active()
+            finally:
+                os.close(self._active_fd)
+        self._active_fd = None
         self._active = None
+        self._active_size = 0
         self._dirty = False
 
 
@@ -182,6 +241,13 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def _private_append(path: Path) -> IO[str]:
