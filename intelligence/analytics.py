@@ -7,6 +7,7 @@ through its ``started_at`` index. Like the other repositories this never commits
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from intelligence.analytics_models import HIST_BINS, HIST_FACTOR
+from intelligence.records import ExchangeRecord
+from intelligence.store.repositories import record_from_row
 
 GRANULARITIES = ("hour", "day")
 MEASURES = (
@@ -41,8 +44,8 @@ MEASURES = (
 )
 STATUS_CLASSES = ("2xx", "3xx", "4xx", "5xx", "error", "none")
 
-# Columns of an exchange cheap enough to list by the hundred (no bodies: they can be megabytes).
-_LIGHT = (
+# Columns of an exchange cheap enough to list by the hundred (no bodies: they can be megabytes), alias ``x``.
+LIGHT_COLUMNS = (
     "x.request_id, x.started_at, x.finished_at, x.session_id, x.client_key_fp, x.client_addr, x.provider, "
     "x.model, x.api, x.path, x.status, x.streamed, x.latency_ms, x.ttft_ms, x.upstream_ms, x.input_tokens, "
     "x.output_tokens, x.cached_tokens, x.reasoning_tokens, x.finish_reason, x.error, x.flags, "
@@ -112,7 +115,7 @@ class ExchangeRow:
     pattern_id: int | None = None
 
 
-# What the gateway did to an exchange, as conditions on exchanges.flags (written by extproc/guard.py
+# What the gateway did to an exchange, as conditions on exchanges.flags (written by extproc/screening.py
 # GuardOutcome.record() and extproc/exchange.py): the Explorer's "Policy action" filter. The response
 # side (flags.response_policy) counts as well.
 POLICY_ACTIONS: dict[str, str] = {
@@ -167,6 +170,9 @@ class SessionTurn:
     error: str | None
     prompt_user: str | None
     response: dict[str, Any] | None  # the response body as returned to the client
+    response_text: str | None = None  # the provider-neutral summary (migration 0015); None on older rows
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    summarised: bool = False  # whether the row carries the summary at all (older rows do not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +240,7 @@ def hist_quantile(hist: Sequence[int] | np.ndarray, q: float) -> float | None:
 # SQL
 
 
-def _light_row(r: Any, pattern_id: int | None = None) -> ExchangeRow:
+def light_row(r: Any, pattern_id: int | None = None) -> ExchangeRow:
     m = r._mapping
     return ExchangeRow(
         request_id=m["request_id"],
@@ -384,11 +390,11 @@ class AnalyticsRepository:
         """The newest exchanges, without bodies."""
         rows = (
             await self._session.execute(
-                text(f"SELECT {_LIGHT} FROM exchanges x ORDER BY x.started_at DESC, x.request_id DESC LIMIT :limit"),
+                text(f"SELECT {LIGHT_COLUMNS} FROM exchanges x ORDER BY x.started_at DESC, x.request_id DESC LIMIT :limit"),
                 {"limit": limit},
             )
         ).all()
-        return [_light_row(r) for r in rows]
+        return [light_row(r) for r in rows]
 
     async def search(self, f: ExchangeFilter, limit: int = 200, before: datetime | None = None) -> list[ExchangeRow]:
         """Exchanges matching the filter, newest first; ``before`` pages back. Each carries its pattern id."""
@@ -434,13 +440,13 @@ class AnalyticsRepository:
             # walk the pattern's members newest first (index pattern_id, created_at)
             params["pattern_id"] = f.pattern_id
             sql = (
-                f"SELECT {_LIGHT}, e.pattern_id FROM exchange_embeddings e JOIN exchanges x ON x.request_id = e.request_id"
+                f"SELECT {LIGHT_COLUMNS}, e.pattern_id FROM exchange_embeddings e JOIN exchanges x ON x.request_id = e.request_id"
                 f"{cond}{' AND' if cond else ' WHERE'} e.pattern_id = :pattern_id "
                 "ORDER BY e.created_at DESC, e.request_id DESC LIMIT :limit"
             )
         else:
             sql = (
-                f"SELECT x.*, e.pattern_id FROM (SELECT {_LIGHT} FROM exchanges x{cond} "
+                f"SELECT x.*, e.pattern_id FROM (SELECT {LIGHT_COLUMNS} FROM exchanges x{cond} "
                 "ORDER BY x.started_at DESC, x.request_id DESC LIMIT :limit) AS x "
                 "LEFT JOIN exchange_embeddings e ON e.request_id = x.request_id "
                 "ORDER BY x.started_at DESC, x.request_id DESC"
@@ -448,7 +454,7 @@ class AnalyticsRepository:
         stmt = text(sql)
         if binds:
             stmt = stmt.bindparams(*binds)
-        return [_light_row(r) for r in (await self._session.execute(stmt, params)).all()]
+        return [light_row(r) for r in (await self._session.execute(stmt, params)).all()]
 
     async def session_turns(self, session_id: str, limit: int = 200) -> list[SessionTurn]:
         """A session's exchanges, oldest first, with what the client got back."""
@@ -456,7 +462,8 @@ class AnalyticsRepository:
             await self._session.execute(
                 text(
                     "SELECT * FROM (SELECT request_id, started_at, finished_at, model, api, status, latency_ms, input_tokens, "
-                    "output_tokens, error, prompt_user, response_client FROM exchanges WHERE session_id = :sid "
+                    "output_tokens, error, prompt_user, response_client, response_text, tool_calls "
+                    "FROM exchanges WHERE session_id = :sid "
                     "ORDER BY started_at DESC LIMIT :limit) AS t ORDER BY started_at"
                 ),
                 {"sid": session_id, "limit": limit},
@@ -476,9 +483,22 @@ class AnalyticsRepository:
                 error=r.error,
                 prompt_user=r.prompt_user,
                 response=(r.response_client or {}).get("json") if isinstance(r.response_client, dict) else None,
+                response_text=r.response_text,
+                tool_calls=summary_calls(r.tool_calls),
+                summarised=r.response_text is not None or r.tool_calls is not None,
             )
             for r in rows
         ]
+
+    async def exchange(self, request_id: str) -> ExchangeRecord | None:
+        """One exchange with everything stored, including the response summary (``response_text``, ``tool_calls``)."""
+        row = (await self._session.execute(text("SELECT * FROM exchanges WHERE request_id = :id"), {"id": request_id})).first()
+        if row is None:
+            return None
+        m = row._mapping
+        return dataclasses.replace(
+            record_from_row(row), response_text=m.get("response_text"), tool_calls=summary_calls(m.get("tool_calls"))
+        )
 
     # ----------------------------------------------------------------------------- pattern memory
 
@@ -569,6 +589,13 @@ class AnalyticsRepository:
             estimated_exchanges=int(estimate or 0),
             table_bytes=sizes,
         )
+
+
+def summary_calls(value: Any) -> tuple[dict[str, Any], ...]:
+    """The stored ``tool_calls`` JSON as the record's tuple of dicts (anything malformed left out)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(dict(c) for c in value if isinstance(c, dict))
 
 
 def _escape_like(s: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from intelligence.access import AccessSettings, UnsafeBind, require_safe_bind
 
-APP = Path(__file__).resolve().parent / "streamlit_app.py"
+APP = Path(__file__).resolve().parent / "streamlit_app.py"  # the st.App: pages + live feed + Host allowlist
 
 
 def streamlit_command(host: str, port: int) -> list[str]:

@@ -13,10 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import text
-
 from intelligence.access import Principal
-from ui import auth, data, intel
+from ui import auth, data
 
 T = TypeVar("T")
 OPERATOR_ACTION = "operator_action"  # audit kind of dashboard actions that have no kind of their own
@@ -28,7 +26,7 @@ def _admin_tx(who: Principal | None, fn: Callable[[Any, str], Awaitable[T]]) -> 
     try:
         return data.runner().transaction(lambda conn: fn(conn, actor))
     finally:
-        intel.bump_revision()
+        data.bump_revision()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,30 +38,16 @@ def acknowledge_event(who: Principal | None, event_id: int) -> bool:
 
     async def go(conn, actor: str) -> bool:
         from intelligence.audit import AuditLog
+        from intelligence.dashboard.alerts import AlertRepository
 
-        row = (
-            (
-                await conn.execute(
-                    text(
-                        "UPDATE events SET acknowledged_at = now(), acknowledged_by = :actor "
-                        "WHERE id = :id AND acknowledged_at IS NULL RETURNING id, kind, title"
-                    ),
-                    {"id": int(event_id), "actor": actor},
-                )
-            )
-            .mappings()
-            .one_or_none()
-        )
-        if row is None:
-            exists = (await conn.execute(text("SELECT 1 FROM events WHERE id = :id"), {"id": int(event_id)})).first()
-            if exists is None:
-                raise LookupError(f"no event {event_id}")
+        done = await AlertRepository(conn).acknowledge(int(event_id), actor)
+        if done is None:
             return False
         await AuditLog().append(
             conn,
             OPERATOR_ACTION,
-            f"event:{row['id']}",
-            {"action": "acknowledge", "kind": row["kind"], "title": row["title"]},
+            f"event:{done.id}",
+            {"action": "acknowledge", "kind": done.kind, "title": done.title},
             actor,
         )
         return True
@@ -193,7 +177,7 @@ def check_policy(name: str, source: str) -> PolicyCheck:
     except PolicyError as exc:
         issues += [i.message for i in exc.issues]
     issues += [str(i) for i in validate(source, origin=f"db:{name}")]
-    old = next((p["source"] for p in intel.policies() if p["name"] == name), "")
+    old = next((p["source"] for p in data.policies() if p["name"] == name), "")
     return PolicyCheck(ok=not issues, issues=issues, diff=unified_diff(old, source, name) if old != source else "")
 
 

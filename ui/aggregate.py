@@ -135,3 +135,34 @@ def keep_top(frame: RollupFrame, key: str, top: Sequence[object], other: object 
     column = rows[key].astype(object)
     rows[key] = column.where(column.isin(list(top)), other)
     return RollupFrame(rows, frame.latency_hist, frame.ttft_hist)
+
+
+@dataclass
+class Spend:
+    total_usd: float
+    unpriced_requests: int
+    hourly: pd.DataFrame  # bucket, cost_usd (every hour of the day up to now)
+
+
+def spend_today(rows: Sequence[RollupRow], prices: PriceTable, day_start: pd.Timestamp | object, now: object) -> Spend:
+    """Spend since ``day_start`` (00:00 UTC) from hourly rollup rows, priced per model and day."""
+    start = pd.Timestamp(day_start)
+    frame = rollup_frame(rows, prices)
+    hourly = summarize(frame, ["bucket"]).sort_values("bucket")
+    index = pd.DataFrame({"bucket": pd.date_range(start, periods=24, freq="h", tz="UTC")})
+    hourly = index.merge(
+        hourly[["bucket", "cost_usd"]] if len(hourly) else pd.DataFrame(columns=["bucket", "cost_usd"]), on="bucket", how="left"
+    )
+    hourly["cost_usd"] = pd.to_numeric(hourly["cost_usd"], errors="coerce").fillna(0.0)
+    hourly = hourly[hourly["bucket"] <= pd.Timestamp(now)].reset_index(drop=True)
+    unpriced = int((frame.rows["n"] * (~frame.rows["priced"].astype(bool))).sum()) if len(frame.rows) else 0
+    return Spend(total_usd=float(hourly["cost_usd"].sum()), unpriced_requests=unpriced, hourly=hourly)
+
+
+def spend_payload(spend: Spend) -> dict[str, object]:
+    """The spend tile's values as the live view's JSON."""
+    return {
+        "total_usd": spend.total_usd,
+        "unpriced_requests": spend.unpriced_requests,
+        "hourly": [float(v) for v in spend.hourly["cost_usd"]],
+    }

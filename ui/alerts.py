@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import intel
+from ui import data, fmt
 
 LAST_SEEN_KEY = "llmproxy_last_event_id"
 POLL_SECONDS = 3.0
@@ -20,9 +20,9 @@ ICONS = {"critical": ":material/error:", "warning": ":material/warning:"}
 def new_alerts() -> list[dict]:
     """Alerts this session has not been shown yet (and remember that it now has)."""
     if LAST_SEEN_KEY not in st.session_state:
-        st.session_state[LAST_SEEN_KEY] = intel.latest_event_id()
+        st.session_state[LAST_SEEN_KEY] = data.latest_event_id()
         return []
-    fresh = intel.alerts_after(st.session_state[LAST_SEEN_KEY])
+    fresh = data.alerts_after(st.session_state[LAST_SEEN_KEY])
     if fresh:
         st.session_state[LAST_SEEN_KEY] = max(a["id"] for a in fresh)
     return fresh
@@ -32,23 +32,21 @@ def show_alerts() -> None:
     """Toast what is new, then the banner. Called inside a fragment that refreshes anyway."""
     try:
         fresh = new_alerts()
-        banner = intel.banner()
+        banner = data.banner()
     except Exception:  # noqa: BLE001 - no database (yet): the pages say so themselves
         return
     for alert in fresh:
-        st.toast(f"**{alert['severity'].upper()}** · {alert['title']}", icon=ICONS.get(alert["severity"]))
+        st.toast(f"**{alert['severity'].upper()}** · {fmt.md(alert['title'])}", icon=ICONS.get(alert["severity"]))
     if banner.open_alerts:
         newest = banner.newest[0]
         text = (
             f"{banner.open_alerts} open alert(s) in the last 24 h"
             + (f", {banner.critical} critical" if banner.critical else "")
-            + f" · newest: {newest['title']}"
+            + f" · newest: {fmt.md(newest['title'])}"
         )
         (st.error if banner.critical else st.warning)(text, icon=ICONS["critical" if banner.critical else "warning"])
         st.page_link("app_pages/security.py", label="Review and acknowledge on the Security page", icon=":material/shield:")
 
 
-# Pages without a refreshing fragment of their own get this one. The Live page calls show_alerts()
-# from its KPI fragment instead: a second timed fragment there queues against the 0.25 s table
-# refresh and measurably delays rows (docs/dashboard.md, Live latency).
+# Every page but Live: the Live page's toasts and banner come with its live feed (ui/live), pushed.
 live_alerts = st.fragment(run_every=POLL_SECONDS)(show_alerts)

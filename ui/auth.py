@@ -21,6 +21,7 @@ from intelligence.access import (
     require_safe_bind,
     verify_token,
 )
+from ui import fmt, hosts
 
 TOKEN_KEY = "llmproxy_access_token"
 ERROR_KEY = "llmproxy_access_error"
@@ -113,10 +114,39 @@ def _sign_in_form() -> None:
         st.rerun()
 
 
+def request_host() -> str | None:
+    """The ``Host`` header of this browser session's connection (None outside a server, e.g. in AppTest)."""
+    try:
+        return st.context.headers.get("host")
+    except Exception:  # noqa: BLE001 - no request context
+        return None
+
+
+def host_problem(access: AccessSettings | None = None) -> str | None:
+    """Why this session must not be served: its Host is not an allowed name (DNS rebinding; ui.hosts)."""
+    host = request_host()
+    if hosts.host_allowed(host, hosts.allowed_hosts(access or settings())):
+        return None
+    return (
+        f"This dashboard does not answer to the host name {host!r}. Open it as http://127.0.0.1 or "
+        f"http://localhost, or list the name in {hosts.HOSTS_ENV}."
+    )
+
+
+def stream_token() -> str:
+    """What the live view presents to the live feed: the session's signed token, or (no SECRET_KEY) the
+    dashboard process's local key."""
+    if settings().enabled:
+        return str(st.session_state.get(TOKEN_KEY) or "")
+    from ui.live.server import local_key
+
+    return local_key()
+
+
 def gate() -> Principal:
     """The session's principal; without one, the sign-in form is shown and the script stops here."""
     access = settings()
-    problem = bind_problem(access)
+    problem = bind_problem(access) or host_problem(access)
     if problem:
         st.error(problem)
         st.stop()
@@ -134,7 +164,9 @@ def sidebar(who: Principal) -> None:
         if who.expires_at is None:
             st.caption("Local operator (admin) · no authentication (loopback only)")
             return
-        st.caption(f"Signed in as **{who.subject}** ({who.role}) · token expires {who.expires_at.strftime('%Y-%m-%d %H:%M UTC')}")
+        st.caption(
+            f"Signed in as **{fmt.md(who.subject)}** ({who.role}) · token expires {who.expires_at.strftime('%Y-%m-%d %H:%M UTC')}"
+        )
         if st.button("Sign out", key="llmproxy_sign_out"):
             st.session_state.pop(TOKEN_KEY, None)
             st.rerun()

@@ -1,5 +1,9 @@
-"""How stored bodies are shown: pretty JSON, a sent-vs-forwarded diff, the assistant's text and
-tool calls. Provider JSON is read through the provider adapters (extproc.providers), never here.
+"""How stored bodies are shown: pretty JSON, a sent-vs-forwarded diff, the assistant's text and tool calls.
+
+The reply text and tool calls come from the provider-neutral summary the gateway records with each
+exchange (``ExchangeRecord.response_text`` / ``tool_calls``, migration 0015): the provider adapters
+read provider JSON once, in the sidecar, and nothing here parses it. Exchanges recorded before the
+summary existed have none; the pages then show the raw body instead.
 Every string that leaves this module has been through :func:`ui.redact.mask_secrets`.
 """
 
@@ -8,11 +12,11 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from intelligence.records import Body
 from ui.redact import mask_secrets
 
-_PROVIDER_PREFIXES = ("openai", "anthropic", "openrouter")
 _MAX_SHOWN = 200_000  # characters of one body rendered; a 10 MB image body would freeze the browser
 
 
@@ -24,7 +28,7 @@ class ToolCallView:
     arguments: str
 
 
-def body_text(body: Body | None) -> str:
+def body_text(body: Body | None, limit: int = _MAX_SHOWN) -> str:
     """The body as display text: indented JSON when it parsed, else its text; masked and capped."""
     if body is None:
         return ""
@@ -32,8 +36,8 @@ def body_text(body: Body | None) -> str:
         text = json.dumps(body.json, indent=2, ensure_ascii=False, sort_keys=True)
     else:
         text = body.text or ""
-    if len(text) > _MAX_SHOWN:
-        text = text[:_MAX_SHOWN] + f"\n... ({len(text) - _MAX_SHOWN} more characters not shown)"
+    if len(text) > limit:
+        text = text[:limit] + f"\n... ({len(text) - limit} more characters not shown)"
     return mask_secrets(text)
 
 
@@ -45,56 +49,41 @@ def body_diff(sent: Body | None, forwarded: Body | None) -> str:
     return "\n".join(difflib.unified_diff(a, b, "sent by client", "forwarded upstream", lineterm="", n=3))
 
 
-def _endpoint(path: str | None):
-    """The provider adapter for a gateway path (prefix routes carry the provider as first segment)."""
-    from extproc.providers.registry import endpoint_for
-
-    if not path:
-        return None
-    ep = endpoint_for(path)
-    if ep is None:
-        parts = path.split("/", 2)
-        if len(parts) == 3 and parts[1] in _PROVIDER_PREFIXES:
-            ep = endpoint_for("/" + parts[2])
-    return ep
+def summarised(response_text: str | None, calls: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> bool:
+    """Whether an exchange carries the response summary (rows recorded before it existed do not)."""
+    return response_text is not None or bool(calls)
 
 
-def _fold(path: str | None, body: Body | None):
-    if body is None or not isinstance(body.json, dict):
-        return None
-    ep = _endpoint(path)
-    if ep is None:
-        return None
-    try:
-        return ep.fold(body.json)
-    except Exception:  # noqa: BLE001 - an odd body is shown raw instead
-        return None
+def assistant_text(response_text: str | None) -> str:
+    """The reply text as the client got it (reassembled already if it was streamed), masked; "" when none."""
+    return mask_secrets(response_text or "")
 
 
-def assistant_text(path: str | None, body: Body | None) -> str:
-    """The reply text of a response body (reassembled already if it was streamed)."""
-    folded = _fold(path, body)
-    if folded is None:
-        return ""
-    return mask_secrets(folded.text or "")
-
-
-def tool_calls(path: str | None, client_body: Body | None, upstream_body: Body | None) -> list[ToolCallView]:
-    """Tool calls of a response, pairing the name the client got with the name the provider used."""
-    client = _fold(path, client_body)
-    upstream = _fold(path, upstream_body)
-    c_calls = list(client.tool_calls) if client else []
-    u_calls = list(upstream.tool_calls) if upstream else []
+def tool_calls(calls: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> list[ToolCallView]:
+    """Tool calls of a response: the name the client got next to the name the provider used."""
     views = []
-    for i in range(max(len(c_calls), len(u_calls))):
-        c = c_calls[i] if i < len(c_calls) else None
-        u = u_calls[i] if i < len(u_calls) else None
+    for i, c in enumerate(calls):
+        if not isinstance(c, dict):
+            continue
+        args = c.get("arguments")
         views.append(
             ToolCallView(
                 index=i,
-                client_name=c.name if c else None,
-                upstream_name=u.name if u else None,
-                arguments=mask_secrets((c or u).arguments if (c or u) else ""),
+                client_name=_name(c.get("name")),
+                upstream_name=_name(c.get("upstream_name")),
+                arguments=mask_secrets(args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)),
             )
         )
     return views
+
+
+def reply_preview(response_text: str | None, calls: tuple[dict[str, Any], ...], response: Body | None, limit: int = 2000) -> str:
+    """One turn's answer in a conversation view: the text and the tools it called, or (no summary) the raw body."""
+    if summarised(response_text, calls):
+        names = [v.client_name for v in tool_calls(calls) if v.client_name]
+        return "\n".join(filter(None, [assistant_text(response_text), ("→ calls " + ", ".join(names)) if names else ""]))
+    return body_text(response, limit=limit)
+
+
+def _name(value: Any) -> str | None:
+    return mask_secrets(str(value)) if value not in (None, "") else None

@@ -1,19 +1,23 @@
 """The dashboard's one data layer: cached reads through the intelligence repositories.
 
-Pages only lay out; every query and every number a page shows comes from here.
+Pages only lay out; every query and every number a page shows comes from here, and every SQL statement
+lives in a repository in ``intelligence/`` (``intelligence.analytics`` for traffic, ``intelligence.dashboard``
+for alerts, security, experiments, Claude spend and the live feed, the owning packages for the rest).
 
 * ``st.cache_resource`` holds one :class:`ui.runner.DbRunner` per database URL: an event-loop
   thread with a pooled engine (Streamlit script threads have no loop of their own) that also
   LISTENs for new exchanges.
 * ``st.cache_data`` with a TTL fronts every query. Queries about recent traffic take the
   runner's change token as an argument, so they re-run exactly when a NOTIFY arrived (or once a
-  second when LISTEN is unavailable), not on every fragment tick.
+  second when LISTEN is unavailable), not on every run. Views of what admins change (alerts, keys,
+  policies, experiments) take the write revision, which every action bumps (:func:`bump_revision`).
+* The Live page renders once from :func:`live_snapshot`; the browser then follows the live feed
+  (``ui.live``), not this module.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,20 +29,26 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from intelligence import analytics as _analytics
 from intelligence.analytics import AnalyticsRepository, ExchangeFilter, ExchangeRow, policy_action_where
+from intelligence.dashboard.alerts import EVENT_COLUMNS, AlertRepository
+from intelligence.dashboard.experiments import ENHANCEMENT_COLUMNS, HISTORY_COLUMNS, ExperimentRepository
+from intelligence.dashboard.security import AUDIT_COLUMNS, DETECTOR_COLUMNS, ENFORCED_WHERE, VERDICT_COLUMNS, SecurityRepository
+from intelligence.dashboard.spend import ClaudeSpendRepository
 from intelligence.pricing import PriceTable, load_prices
 from ui import aggregate, health
+from ui.live.rows import flags_of
 from ui.runner import DbRunner
+
+POLICY_ACTIONS = _analytics.POLICY_ACTIONS  # the Explorer's "Policy action" choices
+__all__ = ["ENFORCED_WHERE", "POLICY_ACTIONS", "flags_of"]
 
 # ---------------------------------------------------------------------------------------------
 # connection
 
 
 def database_url() -> str | None:
-    if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
-    state = health.stack_state(health.data_dir())
-    return state.database_url if state else None
+    return health.database_url()
 
 
 @st.cache_resource(show_spinner=False)
@@ -79,6 +89,27 @@ def _minute() -> int:
     return int(time.time() // 60)
 
 
+def _tick(seconds: float) -> int:
+    return int(time.time() // seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# write revision: admin actions bump it, the views of what they change take it as a key part
+
+
+@st.cache_resource(show_spinner=False)
+def _revision_box() -> dict[str, int]:
+    return {"n": 0}
+
+
+def revision() -> int:
+    return _revision_box()["n"]
+
+
+def bump_revision() -> None:
+    _revision_box()["n"] += 1
+
+
 # ---------------------------------------------------------------------------------------------
 # exchange lists
 
@@ -99,23 +130,6 @@ LIST_COLUMNS = [
     "prompt",
     "request_id",
 ]
-
-
-def flags_of(row: ExchangeRow) -> str:
-    """Short tags for what is notable about an exchange."""
-    tags = []
-    if row.error:
-        tags.append("error")
-    if row.streamed:
-        tags.append("stream")
-    if row.tool_names:
-        tags.append(f"tools:{len(row.tool_names)}")
-    if row.tool_args_invalid:
-        tags.append("bad-tool-args")
-    if row.finish_reason and row.finish_reason not in ("stop", "end_turn", "tool_calls", "tool_use", "completed"):
-        tags.append(row.finish_reason)
-    tags += sorted(str(k) for k, v in row.flags.items() if v)
-    return " · ".join(tags)
 
 
 def exchange_frame(rows: list[ExchangeRow], table: PriceTable) -> pd.DataFrame:
@@ -217,81 +231,59 @@ def filter_options(days: int = 90) -> dict[str, list[str]]:
 # live KPIs
 
 
-@dataclass
-class LiveKpis:
-    window_minutes: int
-    requests: int
-    req_per_s: float
-    error_rate: float | None
-    p50_ms: float | None
-    p95_ms: float | None
-    series: pd.DataFrame  # bucket, requests, req_per_s, error_rate, p50_ms, p95_ms (every bucket, zeros filled)
-
-
 @st.cache_data(ttl=2, max_entries=8, show_spinner=False)
-def _live_kpis(url: str, window_minutes: int, bucket_seconds: int, token: tuple[str, int], second: int) -> LiveKpis:
+def _live_kpis(url: str, window_minutes: int, bucket_seconds: int, token: tuple[str, int], second: int) -> dict[str, Any]:
+    from ui.live.kpis import kpis_from_buckets
+
     now = _now()
     since = now - timedelta(minutes=window_minutes)
     buckets = _run(lambda conn: AnalyticsRepository(conn).live_buckets(since, bucket_seconds))
-    whole = buckets[0] if buckets and buckets[0].bucket is None else None
-    per = [b for b in buckets if b.bucket is not None]
-    start = math.floor(since.timestamp() / bucket_seconds) * bucket_seconds
-    index = pd.to_datetime(np.arange(start, now.timestamp(), bucket_seconds), unit="s", utc=True)
-    series = pd.DataFrame({"bucket": index})
-    got = pd.DataFrame(
-        {
-            "bucket": pd.to_datetime([b.bucket for b in per], utc=True),
-            "requests": [b.n for b in per],
-            "errors": [b.errors for b in per],
-            "p50_ms": [b.p50_ms for b in per],
-            "p95_ms": [b.p95_ms for b in per],
-        }
-    )
-    series = series.merge(got, on="bucket", how="left")
-    series["requests"] = series["requests"].fillna(0).astype(np.int64)
-    series["errors"] = series["errors"].fillna(0).astype(np.int64)
-    series["req_per_s"] = series["requests"] / bucket_seconds
-    series["error_rate"] = np.where(series["requests"] > 0, series["errors"] / series["requests"].clip(lower=1), 0.0)
-    for col in ("p50_ms", "p95_ms"):
-        series[col] = pd.to_numeric(series[col], errors="coerce").astype("float64")
-    n = whole.n if whole else 0
-    return LiveKpis(
-        window_minutes=window_minutes,
-        requests=n,
-        req_per_s=n / (window_minutes * 60),
-        error_rate=(whole.errors / n) if whole and n else None,
-        p50_ms=whole.p50_ms if whole else None,
-        p95_ms=whole.p95_ms if whole else None,
-        series=series,
-    )
+    return kpis_from_buckets(window_minutes, bucket_seconds, buckets, now.timestamp())
 
 
-def live_kpis(window_minutes: int = 15, bucket_seconds: int = 60) -> LiveKpis:
+def live_kpis(window_minutes: int = 15, bucket_seconds: int = 60) -> dict[str, Any]:
+    """Requests/s, error rate, p50/p95 latency over the last ``window_minutes`` and per bucket (statistics of
+    an empty window are None: "no data yet"). The same numbers the live feed keeps (ui.live.kpis)."""
     # the window slides with time even without traffic: a key part that turns every 2 seconds
     return _live_kpis(database_url(), window_minutes, bucket_seconds, change_token(), int(time.time() // 2))
 
 
-@dataclass
-class Spend:
-    total_usd: float
-    unpriced_requests: int
-    hourly: pd.DataFrame  # bucket, cost_usd
+@st.cache_data(ttl=2, max_entries=4, show_spinner=False)
+def _live_rows(url: str, limit: int, token: tuple[str, int]) -> list[dict[str, Any]]:
+    from ui.live.rows import row_payload
+
+    table = prices()
+    return [row_payload(r, table) for r in _run(lambda conn: AnalyticsRepository(conn).recent(limit))]
+
+
+def live_snapshot(window_minutes: int = 15) -> dict[str, Any]:
+    """What the Live page renders before its live feed connects: the newest 200 exchanges (the feed's wire
+    format), the KPI tiles, spend today, the open-alerts banner and the newest event id (toasts start after it)."""
+    from ui.live import server
+    from ui.live.feed import TABLE_ROWS, banner_payload
+
+    url = database_url()
+    if not url:
+        raise RuntimeError("no database configured: set DATABASE_URL or start the stack with `llmproxy up`")
+    return {
+        "path": server.LIVE_PATH,
+        "live": server.serving(),
+        "rows": _live_rows(url, TABLE_ROWS, change_token()),
+        "kpis": live_kpis(window_minutes),
+        "spend": aggregate.spend_payload(spend_today()),
+        "banner": banner_payload(open_alerts()),
+        "last_event_id": latest_event_id(),
+    }
+
+
+Spend = aggregate.Spend
 
 
 @st.cache_data(ttl=10, max_entries=8, show_spinner=False)
 def _spend_today(url: str, day: date, token: tuple[str, int]) -> Spend:
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     rows = _run(lambda conn: AnalyticsRepository(conn).rollup("hour", start))
-    frame = aggregate.rollup_frame(rows, prices())
-    hourly = aggregate.summarize(frame, ["bucket"]).sort_values("bucket")
-    index = pd.DataFrame({"bucket": pd.date_range(start, periods=24, freq="h", tz="UTC")})
-    hourly = index.merge(
-        hourly[["bucket", "cost_usd"]] if len(hourly) else pd.DataFrame(columns=["bucket", "cost_usd"]), on="bucket", how="left"
-    )
-    hourly["cost_usd"] = pd.to_numeric(hourly["cost_usd"], errors="coerce").fillna(0.0)
-    hourly = hourly[hourly["bucket"] <= pd.Timestamp(_now())]
-    unpriced = int((frame.rows["n"] * (~frame.rows["priced"].astype(bool))).sum()) if len(frame.rows) else 0
-    return Spend(total_usd=float(hourly["cost_usd"].sum()), unpriced_requests=unpriced, hourly=hourly)
+    return aggregate.spend_today(rows, prices(), start, _now())
 
 
 def spend_today() -> Spend:
@@ -315,10 +307,9 @@ class ExchangeDetail:
 @st.cache_data(ttl=30, max_entries=16, show_spinner=False)
 def _exchange_detail(url: str, request_id: str) -> ExchangeDetail | None:
     from intelligence.memory.repository import PatternRepository
-    from intelligence.store.repositories import ExchangeRepository
 
     async def q(conn):
-        record = await ExchangeRepository(conn).get(request_id)
+        record = await AnalyticsRepository(conn).exchange(request_id)
         if record is None:
             return None
         memory = PatternRepository(conn)
@@ -388,22 +379,9 @@ class Turn:
 @st.cache_data(ttl=5, max_entries=16, show_spinner=False)
 def _session_turns(url: str, session_id: str, token: tuple[str, int]) -> list[Turn]:
     from intelligence.records import Body
-    from ui.bodies import assistant_text, tool_calls
+    from ui.bodies import reply_preview
     from ui.redact import mask_secrets
 
-    def reply(path: str, document: Any) -> str:
-        body = Body(json=document)
-        text = assistant_text(path, body)
-        calls = [c.client_name for c in tool_calls(path, body, None) if c.client_name]
-        return "\n".join(filter(None, [text, ("→ calls " + ", ".join(calls)) if calls else ""]))
-
-    api_paths = {
-        "chat": "/v1/chat/completions",
-        "responses": "/v1/responses",
-        "messages": "/v1/messages",
-        "completions": "/v1/completions",
-        "embeddings": "/v1/embeddings",
-    }
     rows = _run(lambda conn: AnalyticsRepository(conn).session_turns(session_id))
     return [
         Turn(
@@ -417,7 +395,7 @@ def _session_turns(url: str, session_id: str, token: tuple[str, int]) -> list[Tu
             tokens_out=t.output_tokens,
             error=t.error,
             prompt=mask_secrets(t.prompt_user or ""),
-            reply=reply(api_paths.get(t.api or "", "/v1/chat/completions"), t.response),
+            reply=reply_preview(t.response_text, t.tool_calls, Body(json=t.response) if t.response is not None else None),
         )
         for t in rows
     ]
@@ -827,3 +805,623 @@ def _system_status(url: str | None, second: int) -> SystemStatus:
 
 def system_status() -> SystemStatus:
     return _system_status(database_url(), int(time.time() // 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# events: the alert list, the banner, and the toasts' cheap "anything new?" query
+
+
+@st.cache_data(ttl=3, max_entries=16, show_spinner=False)
+def _events(url: str, limit: int, unacknowledged_only: bool, rev: int, tick: int) -> pd.DataFrame:
+    rows = _run(lambda conn: AlertRepository(conn).events(limit, unacknowledged_only=unacknowledged_only))
+    df = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
+    for col in ("at", "acknowledged_at"):
+        df[col] = pd.to_datetime(df[col], utc=True)
+    return df
+
+
+def events(limit: int = 200, unacknowledged_only: bool = False) -> pd.DataFrame:
+    """Events newest first (alerts, blocks, verdicts, experiment decisions, quarantines ...)."""
+    return _events(database_url(), limit, unacknowledged_only, revision(), _tick(3))
+
+
+@st.cache_data(ttl=2, max_entries=64, show_spinner=False)
+def _alerts_after(url: str, last_id: int, tick: int) -> list[dict[str, Any]]:
+    return _run(lambda conn: AlertRepository(conn).alerts_after(last_id, limit=20))
+
+
+def alerts_after(last_id: int) -> list[dict[str, Any]]:
+    """Warning and critical events with an id above ``last_id``, oldest first (at most 20)."""
+    return _alerts_after(database_url(), int(last_id), _tick(2))
+
+
+def latest_event_id() -> int:
+    return int(_run(lambda conn: AlertRepository(conn).latest_event_id()))
+
+
+@dataclass
+class Banner:
+    open_alerts: int  # unacknowledged warning/critical events of the last 24 hours
+    critical: int
+    newest: list[dict[str, Any]]  # up to three, newest first
+
+
+@st.cache_data(ttl=3, max_entries=8, show_spinner=False)
+def _open_alerts(url: str, rev: int, tick: int) -> list[dict[str, Any]]:
+    return _run(lambda conn: AlertRepository(conn).open_alerts(24))
+
+
+def open_alerts() -> list[dict[str, Any]]:
+    """Unacknowledged warning/critical events of the last 24 hours, newest first."""
+    return _open_alerts(database_url(), revision(), _tick(3))
+
+
+def banner() -> Banner:
+    rows = open_alerts()
+    return Banner(open_alerts=len(rows), critical=sum(r["severity"] == "critical" for r in rows), newest=rows[:3])
+
+
+# ---------------------------------------------------------------------------------------------
+# blocked and redacted requests, detector hit rates, verdicts, learned attacks
+
+ENFORCED_COLUMNS = ["time", "action", "rule", "detail", "client", "model", "status", "detections", "request_id"]
+
+
+def detection_summary(det: dict[str, Any] | None) -> str:
+    """``EMAIL_ADDRESS×2 · AWS_ACCESS_KEY · injection 0.93 (heuristic) · zero_width`` from flags["detections"]."""
+    if not det:
+        return ""
+    parts = [f"{k}×{v}" if v and v > 1 else k for group in ("pii", "secrets") for k, v in sorted((det.get(group) or {}).items())]
+    score = det.get("injection_score")
+    if score is not None and score >= _injection_threshold():
+        layer = det.get("injection_layer")
+        parts.append(f"injection {score:.2f}" + (f" ({layer})" if layer else ""))
+    parts += list(det.get("flags") or [])
+    return " · ".join(parts)
+
+
+def _injection_threshold() -> float:
+    from intelligence.policy.conditions import injection_threshold
+
+    return injection_threshold()
+
+
+def enforced_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One blocked or redacted exchange as the page lists it."""
+    policy = row.get("policy") or {}
+    block = policy.get("block")
+    if block:
+        action, rule = "blocked", block.get("rule", "")
+        detail = f"{block.get('status', '')} {block.get('code', '')}: {block.get('message', '')}".strip()
+    else:
+        action = "redacted"
+        fired = [
+            f"{f.get('policy')}/{f.get('rule')}" for f in policy.get("fired", []) if "redact" in " ".join(f.get("actions", []))
+        ]
+        rule = ", ".join(fired)
+        n = row.get("redacted")
+        detail = f"{n} string(s) redacted" if n else "redaction planned"
+    return {
+        "time": row["started_at"],
+        "action": action,
+        "rule": rule,
+        "detail": detail,
+        "client": row.get("client_key_fp") or row.get("client_addr"),
+        "model": row.get("model"),
+        "status": row.get("status"),
+        "detections": detection_summary(row.get("detections")),
+        "request_id": row["request_id"],
+    }
+
+
+@st.cache_data(ttl=5, max_entries=8, show_spinner=False)
+def _enforced(url: str, hours: int, limit: int, token: tuple[str, int]) -> pd.DataFrame:
+    since = _now() - timedelta(hours=hours)
+    rows = _run(lambda conn: SecurityRepository(conn).enforced(since, limit))
+    df = pd.DataFrame([enforced_row(r) for r in rows], columns=ENFORCED_COLUMNS)
+    df["time"] = pd.to_datetime(df["time"], utc=True)
+    df["status"] = pd.to_numeric(df["status"], errors="coerce").astype("float64")
+    return df
+
+
+def enforced_requests(hours: int = 24, limit: int = 500) -> pd.DataFrame:
+    """Exchanges the policy blocked or redacted in the last ``hours`` hours, newest first."""
+    return _enforced(database_url(), hours, limit, change_token())
+
+
+@st.cache_data(ttl=30, max_entries=8, show_spinner=False)
+def _detector_rates(url: str, hours: int, minute: int) -> pd.DataFrame:
+    since = _now() - timedelta(hours=hours)
+    threshold = _injection_threshold()
+    rows = _run(lambda conn: SecurityRepository(conn).detector_rates(since, threshold))
+    df = pd.DataFrame(rows, columns=list(DETECTOR_COLUMNS))
+    df["bucket"] = pd.to_datetime(df["bucket"], utc=True)
+    for col in ("pii", "secrets", "injection", "blocked"):
+        df[f"{col}_rate"] = (df[col] / df["requests"].clip(lower=1)).astype("float64")
+    return df
+
+
+def detector_rates(hours: int = 24) -> pd.DataFrame:
+    """Per hour: requests and the share in which each detector found something (and blocks)."""
+    return _detector_rates(database_url(), hours, _minute())
+
+
+@st.cache_data(ttl=5, max_entries=8, show_spinner=False)
+def _verdicts(url: str, limit: int, rev: int, tick: int) -> pd.DataFrame:
+    rows = _run(lambda conn: SecurityRepository(conn).verdicts(limit))
+    df = pd.DataFrame(rows, columns=list(VERDICT_COLUMNS))
+    df["at"] = pd.to_datetime(df["at"], utc=True)
+    df["detectors"] = df["detectors"].map(lambda d: ", ".join(d or []))
+    df["confidence"] = pd.to_numeric(df["confidence"], errors="coerce").astype("float64")
+    return df
+
+
+def verdicts(limit: int = 200) -> pd.DataFrame:
+    """Claude's (or the verdict memory's) judgements of suspicious traffic, newest first."""
+    return _verdicts(database_url(), limit, revision(), _tick(5))
+
+
+ATTACK_COLUMNS = ["id", "created_at", "status", "family", "source", "added_by", "text", "disabled_at", "disabled_by"]
+
+
+@st.cache_data(ttl=5, max_entries=4, show_spinner=False)
+def _learned_attacks(url: str, limit: int, rev: int, tick: int) -> pd.DataFrame:
+    from intelligence.attacks.store import list_attacks
+
+    records = _run(lambda conn: list_attacks(conn, limit=limit))
+    df = pd.DataFrame(
+        [
+            {
+                "id": r.id,
+                "created_at": r.created_at,
+                "status": "disabled" if r.disabled_at else "active",
+                "family": r.family,
+                "source": r.source,
+                "added_by": r.added_by,
+                "text": r.text if len(r.text) <= 200 else r.text[:199] + "…",
+                "disabled_at": r.disabled_at,
+                "disabled_by": r.disabled_by,
+            }
+            for r in records
+        ],
+        columns=ATTACK_COLUMNS,
+    )
+    for col in ("created_at", "disabled_at"):
+        df[col] = pd.to_datetime(df[col], utc=True)
+    return df
+
+
+def learned_attacks(limit: int = 500) -> pd.DataFrame:
+    """The injection detector's learned attack memory (stored redacted), newest first."""
+    return _learned_attacks(database_url(), limit, revision(), _tick(5))
+
+
+# ---------------------------------------------------------------------------------------------
+# gateway keys, audit chain, policies
+
+KEY_COLUMNS = [
+    "id",
+    "name",
+    "prefix",
+    "status",
+    "models",
+    "providers",
+    "created_at",
+    "created_by",
+    "expires_at",
+    "quarantined_at",
+    "quarantine_reason",
+    "revoked_at",
+    "revoked_by",
+]
+
+
+@st.cache_data(ttl=5, max_entries=4, show_spinner=False)
+def _keys(url: str, rev: int, tick: int) -> pd.DataFrame:
+    from intelligence.keys.store import list_keys
+
+    now = _now()
+    records = _run(list_keys)
+    df = pd.DataFrame(
+        [
+            {
+                **r.to_public_dict(now),
+                "models": ", ".join(r.models),
+                "providers": ", ".join(r.providers),
+                "created_at": r.created_at,
+                "expires_at": r.expires_at,
+                "quarantined_at": r.quarantined_at,
+                "revoked_at": r.revoked_at,
+            }
+            for r in records
+        ],
+        columns=KEY_COLUMNS,
+    )
+    for col in ("created_at", "expires_at", "quarantined_at", "revoked_at"):
+        df[col] = pd.to_datetime(df[col], utc=True)
+    return df.iloc[::-1].reset_index(drop=True)  # newest first
+
+
+def gateway_keys() -> pd.DataFrame:
+    """Every gateway key (never the key or its hash), newest first, with its status now."""
+    return _keys(database_url(), revision(), _tick(5))
+
+
+@dataclass
+class AuditStatus:
+    ok: bool
+    checked: int
+    head_id: int | None
+    reason: str | None
+    first_broken_id: int | None
+    detail: str | None
+    recent: pd.DataFrame  # id, ts, actor, kind, subject
+
+
+@st.cache_data(ttl=60, max_entries=4, show_spinner=False)
+def _audit_status(url: str, rev: int, minute: int) -> AuditStatus:
+    from intelligence.audit import AuditLog
+
+    async def q(conn):
+        return await AuditLog().verify(conn), await SecurityRepository(conn).audit_recent(50)
+
+    result, recent = _run(q)
+    df = pd.DataFrame(recent, columns=list(AUDIT_COLUMNS))
+    df["ts"] = pd.to_datetime(df["ts"], utc=True)
+    return AuditStatus(
+        ok=result.ok,
+        checked=result.checked,
+        head_id=result.head_id,
+        reason=result.reason,
+        first_broken_id=result.first_broken_id,
+        detail=result.detail,
+        recent=df,
+    )
+
+
+def audit_status() -> AuditStatus:
+    """The whole hash chain verified from genesis (re-checked at most once a minute) and its newest entries."""
+    return _audit_status(database_url(), revision(), _minute())
+
+
+@st.cache_data(ttl=5, max_entries=4, show_spinner=False)
+def _policies(url: str, rev: int, tick: int) -> list[dict[str, Any]]:
+    from intelligence.policy.store import list_policies
+
+    return [p.to_public_dict(with_source=True) for p in _run(list_policies)]
+
+
+def policies() -> list[dict[str, Any]]:
+    """Database policies (name, enabled, version, sha256, source, who changed them last)."""
+    return _policies(database_url(), revision(), _tick(5))
+
+
+# ---------------------------------------------------------------------------------------------
+# enhancements and experiments
+
+
+@dataclass
+class Arm:
+    name: str
+    n: int | None
+    successes: int | None
+    rate: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+@dataclass
+class ExperimentStats:
+    arms: list[Arm] = field(default_factory=list)
+    effect: float | None = None
+    effect_ci: tuple[float, float] | None = None
+    p_value: float | None = None
+    probability: float | None = None  # P(variant better than control)
+    decision: str | None = None
+    other: dict[str, Any] = field(default_factory=dict)  # any further measures (error/cost deltas ...)
+
+
+def _num(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, dict):
+        value = [value.get("low", value.get("lo")), value.get("high", value.get("hi"))]
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        lo, hi = _num(value[0]), _num(value[1])
+        if lo is not None and hi is not None:
+            return lo, hi
+    return None
+
+
+def parse_stats(stats: dict[str, Any] | None) -> ExperimentStats:
+    """Read the evaluator's ``experiments.stats`` document tolerantly (arms as a mapping or a list)."""
+    stats = dict(stats or {})
+    arms_doc = stats.pop("arms", {}) or {}
+    items = arms_doc.items() if isinstance(arms_doc, dict) else ((a.get("arm") or a.get("name"), a) for a in arms_doc)
+    arms = []
+    for name, a in items:
+        ci = _pair(a.get("ci") or a.get("rate_ci") or [a.get("ci_low"), a.get("ci_high")])
+        n, s = _num(a.get("n")), _num(a.get("successes"))
+        rate = _num(a.get("rate"))
+        if rate is None and n:
+            rate = (s or 0) / n
+        arms.append(
+            Arm(
+                name=str(name),
+                n=int(n) if n is not None else None,
+                successes=int(s) if s is not None else None,
+                rate=rate,
+                ci_low=ci[0] if ci else None,
+                ci_high=ci[1] if ci else None,
+            )
+        )
+    effect = stats.pop("effect", None)
+    effect_ci = stats.pop("effect_ci", None) or stats.pop("ci", None)
+    if isinstance(effect, dict):  # {"value"/"diff": x, "ci": [lo, hi]}
+        effect_ci = effect_ci or effect.get("ci")
+        effect = effect.get("value", effect.get("diff"))
+    p_value = stats.pop("p_value", None)
+    probability = stats.pop("probability", None) or stats.pop("prob_better", None)
+    decision = stats.pop("decision", None)
+    return ExperimentStats(
+        arms=arms,
+        effect=_num(effect),
+        effect_ci=_pair(effect_ci),
+        p_value=_num(p_value),
+        probability=_num(probability),
+        decision=str(decision) if decision is not None else None,
+        other=stats,
+    )
+
+
+@st.cache_data(ttl=5, max_entries=8, show_spinner=False)
+def _enhancements(url: str, status: str | None, rev: int, tick: int) -> pd.DataFrame:
+    rows = _run(lambda conn: ExperimentRepository(conn).enhancements(status))
+    df = pd.DataFrame(rows, columns=list(ENHANCEMENT_COLUMNS))
+    df["created_at"] = pd.to_datetime(df["created_at"], utc=True)
+    return df
+
+
+def enhancements(status: str | None = None) -> pd.DataFrame:
+    """Enhancements (newest first) with Claude's rationale; ``status`` filters (candidate, active ...)."""
+    return _enhancements(database_url(), status, revision(), _tick(5))
+
+
+@dataclass
+class ExperimentView:
+    id: int
+    enhancement_id: int
+    pattern_id: int | None
+    pattern: str | None
+    kind: str
+    rationale: str
+    spec: dict[str, Any]
+    status: str
+    control_weight: float
+    assign_by: str
+    alpha: float
+    min_effect: float
+    decision_reason: str
+    created_by: str
+    started_at: datetime
+    updated_at: datetime
+    decided_at: datetime | None
+    stats: ExperimentStats
+    exposures: int  # exchanges recorded with this experiment in flags["enhancement"]
+
+
+@st.cache_data(ttl=5, max_entries=8, show_spinner=False)
+def _experiments(url: str, rev: int, tick: int) -> list[ExperimentView]:
+    rows = _run(lambda conn: ExperimentRepository(conn).experiments())
+    return [ExperimentView(**{k: v for k, v in r.items() if k != "stats"}, stats=parse_stats(r["stats"])) for r in rows]
+
+
+def experiments() -> list[ExperimentView]:
+    """Experiments newest first with their parsed statistics."""
+    return _experiments(database_url(), revision(), _tick(5))
+
+
+@st.cache_data(ttl=5, max_entries=8, show_spinner=False)
+def _experiment_history(url: str, experiment_id: int | None, rev: int, tick: int) -> pd.DataFrame:
+    rows = _run(lambda conn: ExperimentRepository(conn).history(experiment_id))
+    df = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+    df["at"] = pd.to_datetime(df["at"], utc=True)
+    df["detail"] = df["detail"].map(lambda d: ", ".join(f"{k}={v}" for k, v in (d or {}).items()))
+    return df
+
+
+def experiment_history(experiment_id: int | None = None) -> pd.DataFrame:
+    """What happened to one experiment (or all), newest first."""
+    return _experiment_history(database_url(), experiment_id, revision(), _tick(5))
+
+
+@dataclass
+class Effectiveness:
+    """One enhancement's effectiveness (intelligence/enhance/effectiveness.py) shaped for the page."""
+
+    doc: dict[str, Any]  # the whole result, as returned
+    series: pd.DataFrame  # one row per arm and bucket: bucket (UTC), arm, n, successes, rate, ci_low, ci_high, means
+    arms: pd.DataFrame  # one row per arm: totals
+    deltas: pd.DataFrame  # one row per comparison and metric: baseline, treatment, change, relative
+
+
+SERIES_COLUMNS = [
+    "bucket",
+    "arm",
+    "n",
+    "pending",
+    "successes",
+    "rate",
+    "ci_low",
+    "ci_high",
+    "errors",
+    "mean_tokens",
+    "mean_cost_usd",
+    "mean_latency_ms",
+    "p50_latency_ms",
+]
+EFFECT_ARM_COLUMNS = [
+    "arm",
+    "n",
+    "pending",
+    "successes",
+    "success rate",
+    "CI low",
+    "CI high",
+    "mean tokens",
+    "mean cost (USD)",
+    "mean latency (ms)",
+    "p50 latency (ms)",
+]
+DELTA_COLUMNS = ["comparison", "metric", "baseline", "treatment", "change", "relative"]
+DELTA_METRICS = (
+    ("success_rate", "success rate"),
+    ("error_rate", "error rate"),
+    ("tokens", "tokens (mean)"),
+    ("cost_usd", "cost USD (mean)"),
+    ("latency_ms", "latency ms (mean)"),
+    ("p50_latency_ms", "latency ms (p50)"),
+)
+
+
+def effectiveness_frames(doc: dict[str, Any]) -> Effectiveness:
+    series = pd.DataFrame(doc.get("series") or [], columns=SERIES_COLUMNS)
+    series["bucket"] = pd.to_datetime(series["bucket"], utc=True)
+    arms = pd.DataFrame(
+        [
+            [
+                name,
+                a["n"],
+                a["pending"],
+                a["successes"],
+                a["rate"],
+                a["ci_low"],
+                a["ci_high"],
+                a["mean_tokens"],
+                a["mean_cost_usd"],
+                a["mean_latency_ms"],
+                a["p50_latency_ms"],
+            ]
+            for name, a in (doc.get("arms") or {}).items()
+        ],
+        columns=EFFECT_ARM_COLUMNS,
+    )
+    rows = []
+    for d in (doc.get("deltas") or {}).values():
+        if not d:
+            continue
+        for key, label in DELTA_METRICS:
+            change = d.get(key)
+            if change:  # None: not measurable (an arm unpriced, no latency ...)
+                rows.append(
+                    [
+                        f"{d['treatment']} vs {d['baseline']}",
+                        label,
+                        change["baseline"],
+                        change["treatment"],
+                        change["absolute"],
+                        change["relative"],
+                    ]
+                )
+    return Effectiveness(doc=doc, series=series, arms=arms, deltas=pd.DataFrame(rows, columns=DELTA_COLUMNS))
+
+
+@st.cache_data(ttl=30, max_entries=16, show_spinner=False)
+def _effectiveness(url: str, enhancement_id: int, bucket: str, rev: int, tick: int) -> Effectiveness:
+    from intelligence.enhance.effectiveness import enhancement_effectiveness
+
+    return effectiveness_frames(_run(lambda conn: enhancement_effectiveness(conn, enhancement_id, bucket=bucket)))
+
+
+def effectiveness(enhancement_id: int, bucket: str = "day") -> Effectiveness:
+    """Success rate by arm over time with Wilson intervals, and the deltas against control (30 s cache:
+    one aggregate over the enhancement's exposures)."""
+    return _effectiveness(database_url(), int(enhancement_id), bucket, revision(), _tick(30))
+
+
+# ---------------------------------------------------------------------------------------------
+# Claude: mode, flags and the intelligence's own spend
+
+
+@dataclass
+class ClaudeStatus:
+    mode: str | None  # local-only | anthropic | openrouter; None when the settings could not be read
+    model: str | None
+    summary: str
+    flags: dict[str, bool]
+    budget_usd: float | None = None
+    error: str | None = None
+
+
+def claude_status() -> ClaudeStatus:
+    """Which Claude the intelligence would call (from the environment; never the key) and its feature flags."""
+    try:
+        from intelligence.claude import IntelligenceFlags
+
+        info = IntelligenceFlags.from_env().describe()
+        return ClaudeStatus(
+            mode=info.get("mode"),
+            model=info.get("model"),
+            summary=str(info.get("summary") or ""),
+            flags=dict(info.get("flags") or {}),
+            budget_usd=info.get("daily_budget_usd"),
+        )
+    except Exception as exc:  # noqa: BLE001 - misconfigured: the page says so
+        return ClaudeStatus(mode=None, model=None, summary="", flags={}, error=f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
+class ClaudeSpend:
+    today_usd: float
+    today_calls: int
+    week_usd: float
+    week_calls: int
+    by_purpose: pd.DataFrame  # purpose, calls, tokens, cost_usd (last 7 days)
+    by_outcome: dict[str, int]  # ok, error, budget_exhausted ... (last 7 days)
+    daily: pd.DataFrame  # day, calls, cost_usd (7 days, every day)
+
+
+@st.cache_data(ttl=10, max_entries=4, show_spinner=False)
+def _claude_spend(url: str, minute: int) -> ClaudeSpend:
+    from intelligence.claude.spend import spend_summary, utc_midnight
+
+    midnight = utc_midnight()
+    week = midnight - timedelta(days=6)
+
+    async def q(conn):
+        today = await spend_summary(conn, since=midnight)
+        seven = await spend_summary(conn, since=week)
+        days = await ClaudeSpendRepository(conn).daily(week)
+        return today, seven, days
+
+    today, seven, days = _run(q)
+    by_purpose = pd.DataFrame(
+        [{"purpose": k, **v} for k, v in seven["by_purpose"].items()], columns=["purpose", "calls", "tokens", "cost_usd"]
+    )
+    by_purpose = by_purpose.sort_values("cost_usd", ascending=False).reset_index(drop=True)
+    index = pd.DataFrame({"day": pd.date_range(week, periods=7, freq="D", tz="UTC")})
+    got = pd.DataFrame(days, columns=["day", "calls", "cost_usd"])
+    got["day"] = pd.to_datetime(got["day"]).dt.tz_localize("UTC") if len(got) else pd.to_datetime(got["day"], utc=True)
+    daily = index.merge(got, on="day", how="left")
+    daily["cost_usd"] = pd.to_numeric(daily["cost_usd"], errors="coerce").fillna(0.0)
+    daily["calls"] = pd.to_numeric(daily["calls"], errors="coerce").fillna(0).astype("int64")
+    return ClaudeSpend(
+        today_usd=float(today["cost_usd"]),
+        today_calls=int(today["calls"]),
+        week_usd=float(seven["cost_usd"]),
+        week_calls=int(seven["calls"]),
+        by_purpose=by_purpose,
+        by_outcome=dict(seven["by_outcome"]),
+        daily=daily[["day", "calls", "cost_usd"]],
+    )
+
+
+def claude_spend() -> ClaudeSpend:
+    """What the intelligence's own Claude calls cost: today (UTC), the last 7 days, by purpose (spend_summary)."""
+    return _claude_spend(database_url(), _minute())

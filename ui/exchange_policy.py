@@ -3,7 +3,7 @@
 The sidecar records only counts, kinds, rule ids and patches in ``exchanges.flags`` (never a
 detected value); free text that reaches the page (notes, messages, errors, patch values) still goes
 through :func:`ui.redact.mask_secrets`, because a policy author or a provider can put anything there.
-Shapes: extproc/guard.py ``GuardOutcome.record()``, intelligence/policy/decision.py ``to_record()``,
+Shapes: extproc/screening.py ``GuardOutcome.record()``, intelligence/policy/decision.py ``to_record()``,
 extproc/exchange.py (``enhancement``, ``claude_verdict``, ``response_policy``), intelligence/enhance/live.py.
 """
 

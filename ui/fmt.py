@@ -3,9 +3,55 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import streamlit as st
+
+NO_DATA = "no data yet"  # what a statistic of zero samples shows (a rate, a percentile, a mean)
+
+# ASCII punctuation Streamlit's Markdown gives a meaning to: emphasis, code, links and images ([...](...),
+# ![...]), headings, lists, tables, HTML (<...>), LaTeX ($), colour and icon directives (:red[...],
+# :material/...:), entities (&...;), and what GitHub-flavoured Markdown turns into links by itself (bare
+# http://..., www. and e-mail addresses: ":", "." and "@"). Each becomes a numeric character reference:
+# CommonMark shows it as the character but never reads it as syntax (a backslash escape does not stop
+# GFM's autolinks: "http\://evil.example" is still linked).
+_MD_SPECIAL = re.compile(r"[\\`*_{}\[\]()#+\-.!|<>~$:&=^\"'@/]")
+_NEWLINES = re.compile(r"[\r\n]+")
+# GitHub-flavoured Markdown also links bare URLs and e-mail addresses, and Streamlit does it on the text
+# after parsing, so no escape stops it: an invisible word joiner (U+2060) inside "://", "www." and after
+# "@" does (the text looks the same; a copy of it carries the invisible character).
+WORD_JOINER = "\u2060"
+_AUTOLINK = re.compile(r"(?i)(?<=[a-z])(:)(?=//)|(?<![\w.])(www)(?=\.)|(@)")
+
+
+def md(value: Any) -> str:
+    """``value`` as literal text inside Markdown (st.markdown, captions, titles, alerts, toasts, labels).
+
+    Client-controlled strings (model, path, session id, error, tool names, URL parameters) and what Claude
+    wrote (pattern labels, verdict reasoning) must render as text: a ``[link](http://...)``, an image, HTML
+    or a directive in them would otherwise become one. Newlines become spaces (no new paragraphs).
+    """
+    if value is None:
+        return ""
+    text = _AUTOLINK.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + WORD_JOINER, _NEWLINES.sub(" ", str(value)))
+    return _MD_SPECIAL.sub(lambda m: f"&#{ord(m.group(0))};", text)
+
+
+def code(value: Any) -> str:
+    """``value`` as inline code in Markdown, whatever backticks it contains (a code span cannot be escaped)."""
+    text = _NEWLINES.sub(" ", "" if value is None else str(value))
+    ticks = max((len(m) for m in re.findall(r"`+", text)), default=0) + 1
+    fence = "`" * ticks
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def stat(value: Any, formatter: Any, samples: float | int | None) -> str:
+    """A statistic formatted, or "no data yet" when it rests on no samples (or is missing)."""
+    if not samples or _missing(value):
+        return NO_DATA
+    return str(formatter(value))
 
 
 def _missing(v: Any) -> bool:

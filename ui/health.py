@@ -34,6 +34,14 @@ def data_dir() -> Path:
     return Path(os.environ.get("LLMPROXY_DATA_DIR", ".llmproxy"))
 
 
+def database_url() -> str | None:
+    """``DATABASE_URL``, else the database of the stack running from the data dir (``stack.json``)."""
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"]
+    state = stack_state(data_dir())
+    return state.database_url if state else None
+
+
 def stack_state(directory: Path) -> StackState | None:
     try:
         return StackState.load(directory)

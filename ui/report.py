@@ -44,6 +44,13 @@ def _cell(value: object, fmt) -> str:
     return html.escape(fmt(value))
 
 
+def _stat(value: object, fmt) -> str:
+    """A headline statistic, or "no data yet" when it rests on no samples (plain text: kpi() escapes it)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "no data yet"
+    return str(fmt(value))
+
+
 def _table(df: pd.DataFrame, key: str, title: str, bar_metric: str = "requests") -> str:
     if df.empty:
         return f"<h2>{html.escape(title)}</h2><p>No traffic.</p>"
@@ -83,8 +90,8 @@ def build_report(
             [
                 kpi("Requests", f"{int(t['requests']):,}"),
                 kpi("Error rate", f"{t['error_rate']:.2%}"),
-                kpi("Latency p50", _cell(t["latency_p50_ms"], lambda v: f"{v:,.0f} ms")),
-                kpi("Latency p95", _cell(t["latency_p95_ms"], lambda v: f"{v:,.0f} ms")),
+                kpi("Latency p50", _stat(t["latency_p50_ms"], lambda v: f"{v:,.0f} ms")),
+                kpi("Latency p95", _stat(t["latency_p95_ms"], lambda v: f"{v:,.0f} ms")),
                 kpi("Tokens in / out", f"{int(t['input_tokens']):,} / {int(t['output_tokens']):,}"),
                 kpi("Cost", f"${t['cost_usd']:,.2f}"),
             ]

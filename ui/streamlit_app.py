@@ -1,36 +1,22 @@
-"""Dashboard entrypoint: `streamlit run ui/streamlit_app.py` (started by `llmproxy up`)."""
+"""Dashboard server: ``streamlit run ui/streamlit_app.py`` (what ``llmproxy up`` and ``python -m ui`` start).
+
+An ``st.App``: Streamlit serves the pages of ``dashboard.py`` on Starlette/uvicorn, and this adds, in the
+same server and on the same port:
+
+* ``/llmproxy/live``, the websocket the Live page's component follows (ui/live/server.py): exchanges and
+  alerts pushed as the gateway commits them;
+* a Host allowlist in front of every route (pages, assets, Streamlit's websocket, the live feed):
+  protection against DNS rebinding (ui/hosts.py).
+"""
 
 import sys
 from pathlib import Path
 
-# `streamlit run` executes this file as a script; make the project importable as packages.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import streamlit as st
 
-st.set_page_config(page_title="llmproxy", page_icon=":material/hub:", layout="wide")
+from ui.live import server
 
-from ui import alerts, auth  # noqa: E402
-
-# Refuses to serve beyond loopback without SECRET_KEY, and asks for a token when SECRET_KEY is set.
-principal = auth.gate()
-pages = [
-    st.Page("app_pages/live.py", title="Live", icon=":material/bolt:", default=True),
-    st.Page("app_pages/explorer.py", title="Explorer", icon=":material/search:", url_path="explorer"),
-    st.Page("app_pages/analytics.py", title="Analytics", icon=":material/monitoring:", url_path="analytics"),
-    st.Page("app_pages/patterns.py", title="Patterns", icon=":material/scatter_plot:", url_path="patterns"),
-    st.Page("app_pages/security.py", title="Security", icon=":material/shield:", url_path="security"),
-    st.Page("app_pages/experiments.py", title="Experiments", icon=":material/science:", url_path="experiments"),
-    st.Page("app_pages/system.py", title="System", icon=":material/dns:", url_path="system"),
-]
-try:
-    from ui import data
-
-    data.start_background_jobs()
-except Exception:  # noqa: BLE001 - no database yet: each page says so itself
-    pass
-page = st.navigation(pages)
-auth.sidebar(principal)
-if page.title != "Live":  # the Live page shows alerts from its own refreshing fragment
-    alerts.live_alerts()
-page.run()
+server.mark_serving()
+app = st.App("dashboard.py", routes=server.routes(), middleware=server.middleware(), lifespan=server.lifespan)

@@ -817,9 +817,12 @@ class RowMaker:
         reply = t.reply.replace("{x0}", filler) if t.reply else ""
         req_client, req_fwd = self._requests(m, t, text, streamed, forward)
         usage_doc = self._usage_doc(m, inp, out, cached, reasoning)
+        response_text: str | None = None
+        tool_calls: str | None = None
         if ok:
             resp_up = self._response(m, t, reply, finish, usage_doc, forward, bool(p.bad_args[j]), upstream=True, rid=i)
             resp_cl = self._response(m, t, reply, finish, usage_doc, forward, bool(p.bad_args[j]), upstream=False, rid=i)
+            response_text, tool_calls = self._summary(m, t, reply, forward, bool(p.bad_args[j]))
         elif status:
             kind, message = _ERRORS.get(status, ("error", "error"))
             doc = {"error": {"type": kind, "message": message}}
@@ -883,7 +886,23 @@ class RowMaker:
             error,
             json.dumps(headers),
             "{}",
+            response_text,
+            tool_calls,
         )
+
+    @staticmethod
+    def _summary(m: ModelSpec, t: TaskSpec, reply: str, forward: dict[str, str], bad_args: bool) -> tuple[str | None, str | None]:
+        """The provider-neutral summary the sidecar records (ExchangeRecord.response_text / tool_calls)."""
+        if m.api == "embeddings":
+            return None, None
+        calls = []
+        for name in t.tools[:1] if t.tools else ():
+            if m.api == "messages":  # Anthropic sends an input object: always valid JSON
+                args = json.dumps({"query": "label:bug state:open"})
+            else:
+                args = '{"query": "label:bug state:open", "limit": 10' + ("" if bad_args else "}")
+            calls.append({"name": name, "upstream_name": forward[name], "arguments": args})
+        return (reply or None), json.dumps(calls)
 
     def _requests(self, m: ModelSpec, t: TaskSpec, text: str, streamed: bool, forward: dict[str, str]) -> tuple[str, str]:
         def doc(upstream: bool) -> dict[str, Any]:
@@ -1039,6 +1058,8 @@ EXCHANGE_COLUMNS = (
     "error",
     "request_headers",
     "flags",
+    "response_text",
+    "tool_calls",
 )
 
 
@@ -1551,7 +1572,7 @@ async def _write_intelligence(
             "VALUES ($1, (SELECT coalesce(max(version), 0) + 1 FROM enhancements WHERE pattern_id = $1), "
             "'system_prompt', $2::jsonb, $3, $4, $5, $6) RETURNING id",
             pid,
-            json.dumps({"append": "Answer concisely; return valid JSON for tool arguments."}),
+            json.dumps({"text": "Answer concisely; return valid JSON for tool arguments.", "position": "append"}),
             "Failures of this pattern are mostly truncated answers and invalid tool arguments.",
             status,
             call_ids[(len(call_ids) - 1 - e) % len(call_ids)],

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -11,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from intelligence.memory.models import EMBEDDING_DIM
 from intelligence.memory.repository import EmbeddingRow, PatternRepository, Signal, day_bucket, hour_bucket
@@ -20,7 +24,22 @@ from intelligence.store.migrate import upgrade_async
 from intelligence.store.repositories import ExchangeRepository
 from tests.conftest import database_url
 
-APP = str(Path(__file__).resolve().parents[2] / "ui" / "streamlit_app.py")
+APP = str(Path(__file__).resolve().parents[2] / "ui" / "dashboard.py")
+
+
+def plain(markdown: str) -> str:
+    """What a Markdown string shows once rendered (CommonMark, tags stripped): escapes undone, markup gone."""
+    return shown_text(markdown).replace("\u2060", "").strip()  # the word joiner (ui.fmt.md) is invisible
+
+
+def shown_text(markdown: str) -> str:
+    """The text nodes of a Markdown string once parsed (entities decoded, tags dropped), nothing removed."""
+    from markdown_it import MarkdownIt
+
+    rendered = MarkdownIt("commonmark").render(markdown)
+    return html.unescape(re.sub(r"<[^>]+>", "", rendered))
+
+
 SECRET = "sk-proj-UItestSecretValue1234567890abcdef"
 
 
@@ -101,6 +120,7 @@ def build_records(now: datetime, marker: str) -> tuple[list[ExchangeRecord], dic
             response_client=Body(json=_chat_response(None, original), size=200),
             tool_names=(original,),
             tool_aliases={alias: original},
+            tool_calls=({"name": original, "upstream_name": alias, "arguments": '{"q": "bugs"}'},),
             finish_reason="tool_calls",
             prompt_user=f"{marker} summarise the open bugs",
             request_headers={"content-type": "application/json", "x-custom-auth": SECRET, "user-agent": "ui-test"},
@@ -140,6 +160,7 @@ def build_records(now: datetime, marker: str) -> tuple[list[ExchangeRecord], dic
                 },
                 size=80,
             ),
+            response_text=f"{marker} twelve closed bugs",
             finish_reason="end_turn",
             prompt_user=f"{marker} and the closed ones?",
         ),
@@ -186,6 +207,20 @@ def build_records(now: datetime, marker: str) -> tuple[list[ExchangeRecord], dic
     return records, ids, session, alias
 
 
+async def store_summaries(conn, records: list[ExchangeRecord]) -> None:
+    """Write the response summaries (``response_text``, ``tool_calls``, migration 0015) of ``records``.
+
+    The gateway records them with each exchange; ``ExchangeRepository.insert_batch`` does not write these
+    two columns yet (docs/dashboard.md, "Response summaries"), so the fixtures store them here.
+    """
+    rows = [r for r in records if r.response_text is not None or r.tool_calls]
+    for r in rows:
+        await conn.execute(
+            text("UPDATE exchanges SET response_text = :t, tool_calls = CAST(:c AS jsonb) WHERE request_id = :id"),
+            {"t": r.response_text, "c": json.dumps(list(r.tool_calls)), "id": r.request_id},
+        )
+
+
 # hand-computed costs (USD per 1e6 tokens) of the priced exchanges:
 COSTS = {"tools": 7250, "claude": 7800, "extra1": 15, "extra2": 15, "extra3": 15}
 # gpt-4o: 800 uncached * 2.50 + 200 cached * 1.25 + 500 out * 10.00 = 7250 per 1e6
@@ -214,6 +249,7 @@ async def ui_db(pg_server_url: str) -> AsyncIterator[SeededUi]:
     try:
         async with engine.begin() as conn:
             await ExchangeRepository(conn).insert_batch(records)
+            await store_summaries(conn, records)
         async with engine.begin() as conn:
             memory = PatternRepository(conn)
             pid = await memory.create_pattern(

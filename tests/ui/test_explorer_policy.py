@@ -1,5 +1,5 @@
 """Explorer's "Policy action" filter and "Policy & enhancement" tab (AppTest) against a real Postgres
-seeded with exchanges whose flags have the shapes the sidecar records (extproc/guard.py, exchange.py)."""
+seeded with exchanges whose flags have the shapes the sidecar records (extproc/screening.py, exchange.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from intelligence.store.engine import asyncpg_dsn, make_engine
 from intelligence.store.migrate import upgrade_async
 from intelligence.store.repositories import ExchangeRepository
 from tests.conftest import database_url
-from tests.ui.conftest import APP, SECRET
+from tests.ui.conftest import APP, SECRET, plain
 from tests.ui.intel_seed import drop_db
 from ui import data
 
@@ -228,7 +228,8 @@ def test_unknown_policy_action_is_refused() -> None:
 
 
 def _tables(at: AppTest) -> str:
-    return "\n".join(t.value.to_string() for t in at.table)
+    """Every st.table as text, each Markdown cell as it renders (the page escapes what it did not write)."""
+    return "\n".join(t.value.map(plain).rename(index=plain).to_string() for t in at.table)
 
 
 def test_policy_tab_shows_rules_block_and_detector_counts_without_values(policy_db: PolicyDb, monkeypatch) -> None:
@@ -243,20 +244,22 @@ def test_policy_tab_shows_rules_block_and_detector_counts_without_values(policy_
         "actions": "block",
     }
     assert SECRET not in row["note"] and row["note"].startswith("key ")  # free text is masked
-    assert any(e.value == f"Request blocked: 403 policy_blocked: {BLOCK_MESSAGE} (rule default/no-big-models)" for e in at.error)
+    assert any(
+        plain(e.value) == f"Request blocked: 403 policy_blocked: {BLOCK_MESSAGE} (rule default/no-big-models)" for e in at.error
+    )
     counts = next(d.value for d in at.dataframe if "kind" in d.value.columns)
     assert sorted(map(tuple, counts[["category", "kind", "count"]].values.tolist())) == [
         ("pii", "EMAIL", 2),
         ("secrets", "OPENAI_KEY", 1),
     ]
-    assert any("injection score 0.91 (classifier)" in c.value for c in at.caption)
+    assert any("injection score 0.91 (classifier)" in plain(c.value) for c in at.caption)
     assert "v3" in _tables(at)
     assert any("No enhancement experiment" in c.value for c in at.caption)
 
 
 def test_policy_tab_shows_response_block_redaction_and_edits(policy_db: PolicyDb, monkeypatch) -> None:
     at = open_explorer(monkeypatch, policy_db, request_id=policy_db.ids["response_blocked"])
-    assert any(e.value.startswith("Response blocked: 502 policy_blocked") for e in at.error)
+    assert any(plain(e.value).startswith("Response blocked: 502 policy_blocked") for e in at.error)
     rules = next(d.value for d in at.dataframe if "rule" in d.value.columns and "mode" in d.value.columns)
     assert rules[["side", "rule"]].values.tolist() == [["response", "no-leaks"]]
     at = open_explorer(monkeypatch, policy_db, request_id=policy_db.ids["redacted"])
@@ -277,6 +280,6 @@ def test_policy_tab_shows_enhancement_arm_and_patch(policy_db: PolicyDb, monkeyp
 
 def test_policy_tab_shows_claude_verdict(policy_db: PolicyDb, monkeypatch) -> None:
     at = open_explorer(monkeypatch, policy_db, request_id=policy_db.ids["verdict"])
-    verdict = next(t.value for t in at.table if t.value.index.name == "verdict")
+    verdict = next(t.value for t in at.table if t.value.index.name == "verdict").map(plain).rename(index=plain)
     expected = {"verdict": "benign", "confidence": "0.93", "action": "allow", "rule": "default/ask-claude", "latency_ms": "812.4"}
     assert expected.items() <= verdict["value"].to_dict().items()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from intelligence.analytics_models import HIST_BINS
 from intelligence.pricing import load_prices
 from intelligence.records import Body
 from tests.intelligence.factories import make_record
-from tests.ui.conftest import SeededUi
+from tests.ui.conftest import SeededUi, plain
 from ui import aggregate, bodies
 from ui.redact import MASK, mask_secrets, safe_headers
 from ui.report import build_report
@@ -63,52 +64,55 @@ def test_headers_mask_credential_names_and_opaque_values() -> None:
     }
 
 
-def test_body_views_use_the_provider_adapters() -> None:
+def test_body_views_show_the_recorded_summary_and_never_parse_provider_json() -> None:
     sent = Body(json={"model": "m", "tools": [{"type": "function", "function": {"name": "a.b"}}]})
     forwarded = Body(json={"model": "m", "tools": [{"type": "function", "function": {"name": "a_b_x1"}}]})
     diff = bodies.body_diff(sent, forwarded)
     assert '-        "name": "a.b"' in diff and '+        "name": "a_b_x1"' in diff
     assert bodies.body_diff(sent, sent) == ""
-    chat = Body(
-        json={
-            "choices": [
-                {
-                    "message": {
-                        "role": "assistant",
-                        "content": "hello sk-proj-abcdefghijklmnopqrstuv12",
-                        "tool_calls": [{"id": "1", "type": "function", "function": {"name": "a.b", "arguments": "{}"}}],
-                    },
-                    "finish_reason": "tool_calls",
-                }
-            ]
-        }
-    )
-    upstream = Body(
-        json={
-            "choices": [
-                {
-                    "message": {
-                        "role": "assistant",
-                        "content": "hello",
-                        "tool_calls": [{"id": "1", "type": "function", "function": {"name": "a_b_x1", "arguments": "{}"}}],
-                    },
-                    "finish_reason": "tool_calls",
-                }
-            ]
-        }
-    )
-    assert bodies.assistant_text("/openai/v1/chat/completions", chat) == f"hello {MASK}"
-    calls = bodies.tool_calls("/v1/chat/completions", chat, upstream)
-    assert [(c.client_name, c.upstream_name) for c in calls] == [("a.b", "a_b_x1")]
-    anthropic = Body(
-        json={
-            "type": "message",
-            "content": [{"type": "text", "text": "hi"}, {"type": "tool_use", "id": "t", "name": "x.y", "input": {}}],
-        }
-    )
-    assert bodies.assistant_text("/anthropic/v1/messages", anthropic) == "hi"
-    assert bodies.assistant_text("/unknown", chat) == "" and bodies.assistant_text(None, None) == ""
+    calls = ({"name": "a.b", "upstream_name": "a_b_x1", "arguments": '{"key": "sk-proj-abcdefghijklmnopqrstuv12"}'},)
+    assert bodies.assistant_text("hello sk-proj-abcdefghijklmnopqrstuv12") == f"hello {MASK}"
+    views = bodies.tool_calls(calls)
+    assert [(c.client_name, c.upstream_name) for c in views] == [("a.b", "a_b_x1")]
+    assert MASK in views[0].arguments and "sk-proj" not in views[0].arguments
+    assert bodies.tool_calls([{"name": "x", "arguments": {"q": 1}}])[0].arguments == '{"q": 1}'  # an object: as JSON text
+    assert bodies.summarised("hi", ()) and bodies.summarised(None, calls) and not bodies.summarised(None, ())
+    # a conversation turn: the text and the tools it called; without a summary (older rows) the raw body
+    assert bodies.reply_preview("done", calls, None) == "done\n→ calls a.b"
+    raw = Body(json={"choices": [{"message": {"content": "old reply sk-proj-abcdefghijklmnopqrstuv12"}}]})
+    shown = bodies.reply_preview(None, (), raw)
+    assert '"content": "old reply ' + MASK in shown and "sk-proj" not in shown
+    assert bodies.reply_preview(None, (), None) == ""
     assert bodies.body_text(Body(text="x" * 300_000)).endswith("more characters not shown)")
+    import ui.bodies
+
+    assert "extproc" not in Path(ui.bodies.__file__).read_text()  # the layering: ui never imports the sidecar
+
+
+def test_markdown_escaping_renders_client_strings_as_text() -> None:
+    from markdown_it import MarkdownIt
+
+    from ui import fmt
+
+    md = MarkdownIt("commonmark", {"linkify": False}).enable("table")
+    payloads = [
+        "[click me](http://evil.example/phish)",
+        "![pixel](http://evil.example/track.png)",
+        "<img src=x onerror=alert(1)><script>alert(2)</script>",
+        "**bold** _it_ `code` # heading\n- item $x^2$ :red[red] | a | b |",
+        "<http://evil.example/auto>",
+    ]
+    for p in payloads:
+        html_out = md.render(f"prefix {fmt.md(p)} suffix")
+        assert "<a " not in html_out and "<img" not in html_out and "<script" not in html_out, html_out
+        assert "<strong>" not in html_out and "<em>" not in html_out and "<code>" not in html_out and "<h1>" not in html_out
+        assert plain(f"prefix {fmt.md(p)} suffix") == "prefix " + p.replace("\n", " ") + " suffix"
+        code_out = md.render(fmt.code(p))
+        assert "<a " not in code_out and "<img" not in code_out and "<code>" in code_out
+        assert plain(fmt.code(p)) == p.replace("\n", " ")
+    assert fmt.md(None) == "" and fmt.code("a`b") == "``a`b``"
+    assert fmt.stat(None, fmt.percent, 10) == fmt.NO_DATA == fmt.stat(0.5, fmt.percent, 0)
+    assert fmt.stat(0.5, fmt.percent, 2) == "50.0%"
 
 
 def _row(bucket: datetime, model: str, api: str, n: int, latencies: list[float], **m: float) -> RollupRow:

@@ -1,7 +1,8 @@
-"""The minimal live page renders against a seeded real Postgres and shows the seeded exchange."""
+"""The minimal live page renders against a seeded real Postgres and hands the seeded exchange to its component."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from intelligence.records import Body, ExchangeRecord, Usage
 from intelligence.store.repositories import ExchangeRepository
 
-APP = str(Path(__file__).resolve().parents[2] / "ui" / "streamlit_app.py")
+APP = str(Path(__file__).resolve().parents[2] / "ui" / "dashboard.py")
 
 
 async def test_live_page_shows_recent_exchanges(db_engine, pg_url, monkeypatch) -> None:
@@ -35,5 +36,5 @@ async def test_live_page_shows_recent_exchanges(db_engine, pg_url, monkeypatch) 
     at.run()
     assert not at.exception
     assert at.title[0].value == "Live traffic"
-    df = at.dataframe[0].value
-    assert "gpt-ui-seed" in set(df["model"])
+    view = json.loads(next(e for e in at.get("bidi_component") if e.proto.component_name == "llmproxy_live").proto.json)
+    assert "gpt-ui-seed" in {r["model"] for r in view["rows"]}

@@ -12,11 +12,11 @@ from streamlit.testing.v1 import AppTest
 
 from intelligence.access import AccessSettings, issue_token
 from intelligence.store.engine import asyncpg_dsn
-from tests.ui.conftest import APP
+from tests.ui.conftest import APP, plain
 from tests.ui.intel_seed import IntelDb, create_intel_db, drop_db
 from ui import fmt
 
-SECRET_KEY = "ui-test-secret-key-0123456789abcdef"
+SECRET_KEY = "u_EPOUJL988uYeBf5-sXOAnsz-WuKqR0_lSmOfCKwEIfK863YyjkiVW2ZvoxinB1"  # random: weak keys are refused
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ async def test_learned_attacks_are_listed_and_an_admin_disables_one(intel: Intel
         )
     finally:
         await conn.close()
-    from ui import intel as views
+    from ui import data as views
 
     views.bump_revision()  # written behind the dashboard's back: as if its 5-second cache had expired
     viewer = open_app(monkeypatch, intel, "security", as_role="viewer")
@@ -318,9 +318,16 @@ def test_sign_in_is_required_with_secret_key(intel: IntelDb, monkeypatch) -> Non
 
 
 def test_token_in_the_url_signs_in_and_leaves_the_address_bar(intel: IntelDb, monkeypatch) -> None:
-    at = open_app(monkeypatch, intel, None, as_role="admin")
+    import json
+
+    at = open_app(monkeypatch, intel, None, as_role="viewer")
     assert at.title[0].value == "Live traffic"
     assert "token" not in at.query_params
+    # the Live page's component presents the session's own token to the live feed (same roles and expiry)
+    view = json.loads(next(e for e in at.get("bidi_component") if e.proto.component_name == "llmproxy_live").proto.json)
+    from intelligence.access import verify_token
+
+    assert verify_token(AccessSettings(secret_key=SECRET_KEY), view["token"]).role == "viewer"
 
 
 def test_refuses_to_serve_beyond_loopback_without_secret_key(intel: IntelDb, monkeypatch) -> None:
@@ -420,7 +427,8 @@ def test_system_page_shows_claude_mode_flags_and_spend(intel: IntelDb, monkeypat
 async def test_new_alerts_toast_and_the_banner_counts_open_ones(intel: IntelDb, monkeypatch) -> None:
     import streamlit as st
 
-    at = open_app(monkeypatch, intel, None)
+    # every page but Live polls for alerts (the Live page's toasts come with its live feed: tests/ui/test_live_feed.py)
+    at = open_app(monkeypatch, intel, "analytics")
     assert not at.toast  # a new session toasts only what happens from now on
     open_now = await fetchval(
         intel,
@@ -440,7 +448,7 @@ async def test_new_alerts_toast_and_the_banner_counts_open_ones(intel: IntelDb, 
         await conn.close()
     st.cache_data.clear()  # as if the 2-second poll interval had passed
     at.run()
-    toasts = [t.value for t in at.toast]
+    toasts = [plain(t.value) for t in at.toast]
     assert any(f"{intel.marker} fresh critical" in t for t in toasts)
     assert not any("fresh info" in t for t in toasts)
     at.run()

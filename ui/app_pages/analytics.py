@@ -35,19 +35,20 @@ else:
 try:
     view = data.analytics(since, until, group_by)
 except Exception as exc:  # noqa: BLE001 - no database configured, or it is restarting
-    st.warning(f"Analytics unavailable: {exc}")
+    st.warning(f"Analytics unavailable: {fmt.md(exc)}")
     st.stop()
 
 key = {"none": None, "pattern": "pattern"}.get(group_by, group_by)
 t = view.totals.iloc[0] if len(view.totals) else None
 k = st.columns(6)
-k[0].metric("Requests", fmt.count(t["requests"]) if t is not None else "0")
-k[1].metric("Error rate", fmt.percent(t["error_rate"]) if t is not None else "–")
-k[2].metric("Latency p50", fmt.ms(t["latency_p50_ms"]) if t is not None else "–")
-k[3].metric("Latency p95", fmt.ms(t["latency_p95_ms"]) if t is not None else "–")
+n = int(t["requests"]) if t is not None else 0
+k[0].metric("Requests", fmt.count(n))
+k[1].metric("Error rate", fmt.stat(t["error_rate"] if t is not None else None, fmt.percent, n))
+k[2].metric("Latency p50", fmt.stat(t["latency_p50_ms"] if t is not None else None, fmt.ms, n))
+k[3].metric("Latency p95", fmt.stat(t["latency_p95_ms"] if t is not None else None, fmt.ms, n))
 k[4].metric(
     "Tokens in / out",
-    f"{fmt.compact(t['input_tokens'])} / {fmt.compact(t['output_tokens'])}" if t is not None else "–",
+    f"{fmt.compact(t['input_tokens'])} / {fmt.compact(t['output_tokens'])}" if t is not None else "0 / 0",
     help=f"{fmt.count(t['input_tokens'])} in, {fmt.count(t['output_tokens'])} out, "
     f"{fmt.count(t['cached_tokens'])} cached, {fmt.count(t['reasoning_tokens'])} reasoning"
     if t is not None
@@ -55,7 +56,7 @@ k[4].metric(
 )
 k[5].metric(
     "Cost",
-    fmt.usd(t["cost_usd"]) if t is not None else "–",
+    fmt.usd(t["cost_usd"]) if t is not None else fmt.usd(0.0),
     help=f"Prices as of {data.prices().as_of} (intelligence/prices.yaml)"
     + (
         f"; {int(t['unpriced_requests']):,} exchanges of unpriced models count as $0"
@@ -92,15 +93,18 @@ def _parquet(df: pd.DataFrame) -> bytes:
 
 stem = f"llmproxy-{group_by}-{since:%Y%m%d%H}-{until:%Y%m%d%H}"
 with st.expander("Export and report", expanded=False):
+    # the files are made when a button is pressed (deferred), not on every run of the page
     e = st.columns(4)
-    e[0].download_button("Summary (CSV)", shown.to_csv(index=False), f"{stem}-summary.csv", "text/csv", on_click="ignore")
+    e[0].download_button("Summary (CSV)", lambda: shown.to_csv(index=False), f"{stem}-summary.csv", "text/csv", on_click="ignore")
     e[1].download_button(
-        "Summary (Parquet)", _parquet(shown), f"{stem}-summary.parquet", "application/octet-stream", on_click="ignore"
+        "Summary (Parquet)", lambda: _parquet(shown), f"{stem}-summary.parquet", "application/octet-stream", on_click="ignore"
     )
     series = view.series.drop(columns=["pattern_id"], errors="ignore")
-    e[2].download_button("Time series (CSV)", series.to_csv(index=False), f"{stem}-series.csv", "text/csv", on_click="ignore")
+    e[2].download_button(
+        "Time series (CSV)", lambda: series.to_csv(index=False), f"{stem}-series.csv", "text/csv", on_click="ignore"
+    )
     e[3].download_button(
-        "Time series (Parquet)", _parquet(series), f"{stem}-series.parquet", "application/octet-stream", on_click="ignore"
+        "Time series (Parquet)", lambda: _parquet(series), f"{stem}-series.parquet", "application/octet-stream", on_click="ignore"
     )
     if st.button("Build HTML report for this period", key="build_report"):
         sections = []

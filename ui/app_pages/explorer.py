@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import pandas as pd
 import streamlit as st
@@ -32,16 +33,17 @@ WINDOWS = {
 def show_exchange(request_id: str) -> None:
     detail = data.exchange_detail(request_id)
     if detail is None:
-        st.warning(f"No exchange with request id `{request_id}`.")
+        st.warning(f"No exchange with request id {fmt.code(request_id)}.")
         return
     r = detail.record
-    st.subheader(f"{r.model or 'unknown model'} · {r.status if r.status is not None else 'no status'}")
+    # model, path, session id, error, tool names: whatever a client sent renders as text (fmt.md / fmt.code)
+    st.subheader(f"{fmt.md(r.model or 'unknown model')} · {r.status if r.status is not None else 'no status'}")
     st.caption(
-        f"`{r.request_id}` · {r.method} {r.path} · {r.provider or '?'} · {r.api or '?'} API · "
-        f"route {r.route or '?'} · started {r.started_at:%Y-%m-%d %H:%M:%S} UTC"
+        f"{fmt.code(r.request_id)} · {fmt.md(r.method)} {fmt.md(r.path)} · {fmt.md(r.provider or '?')} · "
+        f"{fmt.md(r.api or '?')} API · route {fmt.md(r.route or '?')} · started {r.started_at:%Y-%m-%d %H:%M:%S} UTC"
     )
     if r.error:
-        st.error(f"Error: {r.error}")
+        st.error(f"Error: {fmt.md(r.error)}")
     u = r.usage
     m = st.columns(6)
     m[0].metric("Latency", fmt.ms(r.latency_ms))
@@ -61,7 +63,7 @@ def show_exchange(request_id: str) -> None:
     m[5].metric("Cost", fmt.usd(detail.cost_usd), help="unpriced model" if detail.cost_usd is None else None)
     links = []
     if r.session_id:
-        links.append(f"[session timeline](explorer?session={r.session_id})")
+        links.append(f"[session timeline](explorer?session={quote(r.session_id, safe='')})")
     if detail.pattern is not None:
         links.append(f"[pattern #{detail.pattern.id}](patterns?pattern={detail.pattern.id})")
     if links:
@@ -89,14 +91,19 @@ def show_exchange(request_id: str) -> None:
         else:
             st.success("Forwarded exactly as sent.")
     with tabs[1]:
-        text = bodies.assistant_text(r.path, r.response_client)
+        summarised = bodies.summarised(r.response_text, r.tool_calls)
+        text = bodies.assistant_text(r.response_text)
         if text:
             st.markdown("**Reply (as the client got it" + (", reassembled from the stream" if r.streamed else "") + ")**")
             st.text(text)
-        st.caption(f"finish reason: {r.finish_reason or '–'}")
+        elif not summarised and r.response_client is not None:
+            st.caption(
+                "No reply summary was recorded with this exchange (recorded before the gateway kept one): the raw body follows."
+            )
+        st.caption(f"finish reason: {fmt.md(r.finish_reason or '–')}")
         st.code(bodies.body_text(r.response_client) or "(no response body)", language="json")
     with tabs[2]:
-        calls = bodies.tool_calls(r.path, r.response_client, r.response_upstream)
+        calls = bodies.tool_calls(r.tool_calls)
         if calls:
             st.markdown("**Tool calls in the response**: the client sees original names, the provider saw aliases.")
             st.dataframe(
@@ -122,7 +129,9 @@ def show_exchange(request_id: str) -> None:
                 width="stretch",
             )
         if r.tool_names:
-            st.caption("Declared tools: " + ", ".join(f"`{n}`" for n in r.tool_names))
+            st.caption("Declared tools: " + ", ".join(fmt.code(n) for n in r.tool_names))
+        if not calls and not bodies.summarised(r.response_text, r.tool_calls) and r.response_client is not None:
+            st.caption("Tool calls were not summarised for this exchange: see the response body under *Raw bodies*.")
         if r.tool_args_invalid:
             st.warning(f"{r.tool_args_invalid} tool call(s) carried arguments that were not valid JSON for the schema.")
         if not (calls or r.tool_aliases or r.tool_names):
@@ -144,12 +153,12 @@ def show_exchange(request_id: str) -> None:
         else:
             p = detail.pattern
             st.markdown(
-                f"**Pattern #{p.id}: {p.label or '(unlabelled)'}** · {p.member_count:,} exchanges · "
+                f"**Pattern #{p.id}: {fmt.md(p.label or '(unlabelled)')}** · {p.member_count:,} exchanges · "
                 f"seen {p.first_seen:%Y-%m-%d} – {p.last_seen:%Y-%m-%d}"
             )
         failing = [s for s in detail.signals if not s.ok]
         if failing:
-            st.warning("Outcome signals: " + "; ".join(f"{s.kind}={s.value or ''}" for s in failing))
+            st.warning("Outcome signals: " + "; ".join(f"{fmt.md(s.kind)}={fmt.md(s.value or '')}" for s in failing))
         if detail.similar:
             st.markdown("**Similar requests**")
             st.dataframe(
@@ -191,8 +200,8 @@ def show_exchange(request_id: str) -> None:
 
 
 def _lines(rows: list[tuple[str, str]], header: str) -> None:
-    if rows:
-        st.table(pd.DataFrame(rows, columns=[header, "value"]).set_index(header))
+    if rows:  # st.table renders Markdown in its cells: rule ids, messages and notes must stay text
+        st.table(pd.DataFrame([(fmt.md(k), fmt.md(v)) for k, v in rows], columns=[header, "value"]).set_index(header))
 
 
 def show_policy(flags: dict) -> None:
@@ -202,7 +211,7 @@ def show_policy(flags: dict) -> None:
     for side, doc in (("Request", request), ("Response", response)):
         reason = exchange_policy.block_reason(doc)
         if reason:
-            st.error(f"{side} blocked: {reason}")
+            st.error(f"{side} blocked: {fmt.md(reason)}")
     rules = exchange_policy.fired_rules(flags)
     if len(rules):
         st.dataframe(rules, hide_index=True, width="stretch")
@@ -213,7 +222,7 @@ def show_policy(flags: dict) -> None:
     _lines(exchange_policy.decision_facts(request), "request side")
     for side, edits in (("request", flags.get("edits")), ("response", response.get("edits"))):
         if edits:
-            st.markdown(f"**Edits applied to the {side}**: " + ", ".join(f"`{e}`" for e in exchange_policy.edit_list(edits)))
+            st.markdown(f"**Edits applied to the {side}**: " + ", ".join(fmt.code(e) for e in exchange_policy.edit_list(edits)))
     _lines(exchange_policy.decision_facts(response), "response side")
     if flags.get("redacted_strings"):
         st.markdown(f"**Redacted in the request**: {int(flags['redacted_strings'])} string(s)")
@@ -222,7 +231,8 @@ def show_policy(flags: dict) -> None:
         st.markdown("**Detectors**")
         score = "–" if det.injection_score is None else f"{det.injection_score:.2f}"
         st.caption(
-            f"injection score {score} ({det.injection_layer or 'no layer'})" + (" · " + ", ".join(det.flags) if det.flags else "")
+            f"injection score {score} ({fmt.md(det.injection_layer or 'no layer')})"
+            + (" · " + ", ".join(fmt.md(f) for f in det.flags) if det.flags else "")
         )
         if len(det.counts):
             st.dataframe(det.counts, hide_index=True, width="stretch")
@@ -238,11 +248,11 @@ def show_policy(flags: dict) -> None:
         st.caption("No enhancement experiment touched this exchange.")
     else:
         st.markdown(
-            f"experiment **#{enh.experiment}** · enhancement **#{enh.enhancement}** · arm **{enh.arm}** · "
+            f"experiment **#{enh.experiment}** · enhancement **#{enh.enhancement}** · arm **{fmt.md(enh.arm)}** · "
             f"pattern {'#' + str(enh.pattern) if enh.pattern is not None else '–'} · [Experiments page](experiments)"
         )
         if enh.also_active:
-            st.caption("Also active: " + ", ".join(enh.also_active))
+            st.caption("Also active: " + ", ".join(fmt.md(a) for a in enh.also_active))
         st.code(enh.patch_json, language="json")
     _lines(exchange_policy.other_notes(flags), "gateway")
 
@@ -364,9 +374,9 @@ def sessions_view() -> None:
         return
     turns = data.session_turns(session_id)
     if not turns:
-        st.warning(f"No exchanges in session `{session_id}`.")
+        st.warning(f"No exchanges in session {fmt.code(session_id)}.")
         return
-    st.subheader(f"Session `{session_id}` · {len(turns)} exchanges")
+    st.subheader(f"Session {fmt.code(session_id)} · {len(turns)} exchanges")
     tl = pd.DataFrame(
         [
             {
@@ -385,16 +395,16 @@ def sessions_view() -> None:
     st.altair_chart(charts.session_timeline(tl), width="stretch")
     for i, t in enumerate(turns):
         with st.chat_message("user"):
-            st.caption(f"turn {i + 1} · {t.started_at:%H:%M:%S} · [open](explorer?request_id={t.request_id})")
+            st.caption(f"turn {i + 1} · {t.started_at:%H:%M:%S} · [open](explorer?request_id={quote(t.request_id, safe='')})")
             st.text(t.prompt or "(no user text)")
         with st.chat_message("assistant"):
             meta = (
-                f"{t.model or '?'} · {t.status if t.status is not None else '–'} · {fmt.ms(t.latency_ms)} · "
+                f"{fmt.md(t.model or '?')} · {t.status if t.status is not None else '–'} · {fmt.ms(t.latency_ms)} · "
                 f"{fmt.count(t.tokens_in)} → {fmt.count(t.tokens_out)} tokens"
             )
             st.caption(meta)
             if t.error:
-                st.error(t.error)
+                st.error(fmt.md(t.error))
             st.text(t.reply or "(no text in the reply)")
 
 
@@ -404,4 +414,4 @@ try:
     else:
         exchanges_view()
 except Exception as exc:  # noqa: BLE001 - no database configured, or it is restarting
-    st.warning(f"Explorer unavailable: {exc}")
+    st.warning(f"Explorer unavailable: {fmt.md(exc)}")

@@ -21,7 +21,7 @@ days = c[0].selectbox("Period", [7, 30, 90], index=0, format_func=lambda d: f"la
 try:
     top = data.top_patterns(days=days, limit=10)
 except Exception as exc:  # noqa: BLE001 - no database, or pattern memory not migrated
-    st.warning(f"Pattern memory unavailable: {exc}")
+    st.warning(f"Pattern memory unavailable: {fmt.md(exc)}")
     st.stop()
 
 trend = st.column_config.LineChartColumn("trend (per day)", width="medium")
@@ -77,7 +77,7 @@ if choices:
     else:
         p = detail.pattern
         st.markdown(
-            f"**#{p.id} {p.label or '(unlabelled)'}** · label by {p.label_source} · "
+            f"**#{p.id} {fmt.md(p.label or '(unlabelled)')}** · label by {fmt.md(p.label_source)} · "
             f"first seen {p.first_seen:%Y-%m-%d}, last seen {p.last_seen:%Y-%m-%d} · "
             f"[its exchanges](explorer?pattern={p.id})"
         )
@@ -85,11 +85,18 @@ if choices:
         m[0].metric("Exchanges (all time)", fmt.count(p.member_count))
         m[1].metric(
             f"Success rate ({days} d)",
-            fmt.percent(detail.success_rate),
+            fmt.stat(detail.success_rate, fmt.percent, detail.total),
             help=f"{detail.failed:,} of {detail.total:,} exchanges carried a failing signal",
         )
-        m[2].metric("Spread", f"{p.spread:.3f}", help="mean cosine distance of members to the centroid")
-        m[3].metric("Failing signals", ", ".join(f"{k} {v}" for k, v in detail.failed_by_kind.items()) or "none")
+        m[2].metric(
+            "Spread",
+            fmt.stat(p.spread, lambda v: f"{v:.3f}", p.member_count),
+            help="mean cosine distance of members to the centroid",
+        )
+        m[3].metric(
+            "Failing signals",
+            (", ".join(f"{k} {v}" for k, v in detail.failed_by_kind.items()) or "none") if detail.total else fmt.NO_DATA,
+        )
         left, right = st.columns([2, 1])
         with left:
             if not detail.daily.empty:
@@ -117,7 +124,9 @@ job = data.map_job()
 def embedding_map() -> None:
     points = job.frame
     if points is None:
-        st.info("Computing the map in the background" + (f" (last attempt failed: {job.error})" if job.error else "") + "...")
+        st.info(
+            "Computing the map in the background" + (f" (last attempt failed: {fmt.md(job.error)})" if job.error else "") + "..."
+        )
         return
     if points.empty:
         st.info("Not enough embedded prompts to draw a map yet.")
@@ -143,7 +152,7 @@ if submitted and query.strip():
     try:
         hits = data.similar_prompts(query, k=10)
     except Exception as exc:  # noqa: BLE001 - the embedding model is optional at run time
-        st.warning(f"Similarity search needs the local embedding model: {exc}")
+        st.warning(f"Similarity search needs the local embedding model: {fmt.md(exc)}")
     else:
         st.dataframe(
             hits.assign(open="explorer?request_id=" + hits["request_id"]),

@@ -10,14 +10,14 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from ui import actions, auth, data, fmt, intel
+from ui import actions, auth, data, fmt
 
 st.title("Security")
 
 try:
     data.runner()
 except Exception as exc:  # noqa: BLE001 - no database configured: say so instead of a traceback
-    st.warning(f"Database unavailable: {exc}")
+    st.warning(f"Database unavailable: {fmt.md(exc)}")
     st.stop()
 
 who = auth.principal()
@@ -31,7 +31,7 @@ def _done(message: str) -> None:
 
 
 def _fail(exc: Exception) -> None:
-    st.error(f"{type(exc).__name__}: {exc}")
+    st.error(f"{type(exc).__name__}: {fmt.md(exc)}")
 
 
 flash = st.session_state.pop("security_flash", None)
@@ -43,7 +43,7 @@ tabs = st.tabs(["Alerts", "Blocked & redacted", "Detectors", "Verdicts", "Keys",
 # --------------------------------------------------------------------------------------- alerts
 with tabs[0]:
     only_open = st.toggle("Unacknowledged only", value=False, key="sec_only_open")
-    ev = intel.events(200, unacknowledged_only=only_open)
+    ev = data.events(200, unacknowledged_only=only_open)
     if ev.empty:
         st.info("No events yet. Policy alerts, blocks, anomaly verdicts, quarantines and experiment decisions appear here.")
     else:
@@ -89,7 +89,7 @@ with tabs[1]:
         )
         or 24
     )
-    enf = intel.enforced_requests(hours)
+    enf = data.enforced_requests(hours)
     c = st.columns(3)
     c[0].metric("Blocked", fmt.count(int((enf["action"] == "blocked").sum())))
     c[1].metric("Redacted", fmt.count(int((enf["action"] == "redacted").sum())))
@@ -112,7 +112,7 @@ with tabs[1]:
 
 # ------------------------------------------------------------------------------------- detectors
 with tabs[2]:
-    rates = intel.detector_rates(24)
+    rates = data.detector_rates(24)
     if rates.empty:
         st.info("No traffic in the last 24 hours.")
     else:
@@ -141,7 +141,7 @@ with tabs[2]:
 
 # -------------------------------------------------------------------------------------- verdicts
 with tabs[3]:
-    vd = intel.verdicts(200)
+    vd = data.verdicts(200)
     if vd.empty:
         st.info("No anomaly verdicts yet (the anomaly job judges suspicious traffic when anomaly detection is on).")
     else:
@@ -178,7 +178,7 @@ with tabs[3]:
                 _fail(exc)
 
     st.subheader("Learned attack memory")
-    learned = intel.learned_attacks()
+    learned = data.learned_attacks()
     if learned.empty:
         st.caption(
             "Nothing learned yet: prompts of verdicts confirmed as attacks (by an operator, or by a confident "
@@ -211,7 +211,7 @@ with tabs[3]:
 
 # ------------------------------------------------------------------------------------------ keys
 with tabs[4]:
-    keys = intel.gateway_keys()
+    keys = data.gateway_keys()
     st.subheader("Quarantined keys")
     quarantined = keys[keys["status"] == "quarantined"]
     if quarantined.empty:
@@ -242,7 +242,7 @@ with tabs[4]:
     st.dataframe(keys, hide_index=True, width="stretch", key="sec_keys")
     created = st.session_state.pop("security_created_key", None)
     if created:
-        st.warning(f"Key {created['id']} ({created['name']}) created. Copy it now: it is shown only this once.")
+        st.warning(f"Key {fmt.md(created['id'])} ({fmt.md(created['name'])}) created. Copy it now: it is shown only this once.")
         st.code(created["key"], language=None)
     if is_admin:
         with st.expander("Create a key"):
@@ -292,7 +292,7 @@ with tabs[4]:
 
 # -------------------------------------------------------------------------------------- policies
 with tabs[5]:
-    stored = intel.policies()
+    stored = data.policies()
     if stored:
         st.dataframe(
             pd.DataFrame([{k: v for k, v in p.items() if k != "source"} for p in stored]),
@@ -348,7 +348,7 @@ with tabs[5]:
         if checked and checked == (name, source):
             result = actions.check_policy(name, source)
             if not result.ok:
-                st.error("Not valid:\n\n" + "\n".join(f"- {i}" for i in result.issues))
+                st.error("Not valid:\n\n" + "\n".join(f"- {fmt.md(i)}" for i in result.issues))
             elif not result.diff:
                 st.info("Valid, and identical to the stored version.")
             else:
@@ -358,7 +358,7 @@ with tabs[5]:
                         actions.save_policy(who, name, source)
                         st.session_state.pop("sec_pol_checked", None)
                         st.session_state.pop("sec_pol_loaded", None)
-                        _done(f"Policy {name} saved; the gateway reloads it within seconds.")
+                        _done(f"Policy {fmt.md(name)} saved; the gateway reloads it within seconds.")
                     except Exception as exc:  # noqa: BLE001
                         _fail(exc)
         elif checked:
@@ -366,7 +366,7 @@ with tabs[5]:
 
 # ----------------------------------------------------------------------------------------- audit
 with tabs[6]:
-    audit = intel.audit_status()
+    audit = data.audit_status()
     if audit.ok:
         st.success(
             f"Audit chain intact: {fmt.count(audit.checked)} entries verified from genesis to the head (#{audit.head_id}).",

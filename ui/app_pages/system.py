@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
-from ui import data, fmt, intel
+from ui import data, fmt
 
 st.title("System")
 
@@ -27,7 +27,10 @@ def system() -> None:
         width="stretch",
         column_config={"detail": st.column_config.TextColumn(width="large")},
     )
-    st.caption(f"Data dir {status.data_dir}" + (f" · stack started {status.stack_started}" if status.stack_started else ""))
+    st.caption(
+        f"Data dir {fmt.md(status.data_dir)}"
+        + (f" · stack started {fmt.md(status.stack_started)}" if status.stack_started else "")
+    )
 
     st.subheader("Queues")
     q = st.columns(4)
@@ -51,12 +54,12 @@ def system() -> None:
         ago = f"last event {datetime.now(UTC).timestamp() - last:.0f} s ago" if last else "no event yet"
         q[3].metric("Live feed", "LISTEN", help=f"llmproxy_exchanges NOTIFY channel · {ago}")
     else:
-        q[3].metric("Live feed", "polling", help=feed.get("error") or "LISTEN connection not established")
+        q[3].metric("Live feed", "polling", help=fmt.md(feed.get("error") or "LISTEN connection not established"))
 
     try:
         claude_section()
     except Exception as exc:  # noqa: BLE001 - the rest of the page is still useful
-        st.warning(f"Claude spend unavailable: {exc}")
+        st.warning(f"Claude spend unavailable: {fmt.md(exc)}")
 
     left, right = st.columns(2)
     with left:
@@ -90,15 +93,15 @@ MODES = {
 
 def claude_section() -> None:
     st.subheader("Intelligence: Claude")
-    claude = intel.claude_status()
+    claude = data.claude_status()
     c = st.columns(2)
     if claude.mode is None:
-        c[0].metric("Claude mode", "unknown", help=claude.error)
+        c[0].metric("Claude mode", "unknown", help=fmt.md(claude.error))
     else:
         c[0].metric("Claude mode", claude.mode, help=MODES.get(claude.mode, claude.mode))
     c[1].metric("Model", claude.model or "–")
     if claude.summary:
-        st.caption(claude.summary)
+        st.caption(fmt.md(claude.summary))
     if claude.flags:
         st.dataframe(
             pd.DataFrame([{"flag": k, "state": "on" if v else "off"} for k, v in claude.flags.items()]),
@@ -106,7 +109,7 @@ def claude_section() -> None:
             width="stretch",
             key="sys_claude_flags",
         )
-    spend = intel.claude_spend()
+    spend = data.claude_spend()
     m = st.columns(2)
     m[0].metric(
         "Claude spend today",
@@ -134,10 +137,10 @@ def claude_section() -> None:
         )
         failed = {k: v for k, v in spend.by_outcome.items() if k != "ok"}
         if failed:
-            st.caption("Calls that did not succeed (7 days): " + ", ".join(f"{k} {v}" for k, v in sorted(failed.items())))
+            st.caption("Calls that did not succeed (7 days): " + ", ".join(f"{fmt.md(k)} {v}" for k, v in sorted(failed.items())))
 
 
 try:
     system()
 except Exception as exc:  # noqa: BLE001 - shown on the page instead of a traceback
-    st.warning(f"System status unavailable: {exc}")
+    st.warning(f"System status unavailable: {fmt.md(exc)}")

@@ -1,0 +1,70 @@
+"""What the dashboard's live feed reads: exchanges announced by NOTIFY, a backfill after a disconnect, the KPI window.
+
+Rows are the light ones of :mod:`intelligence.analytics` (no bodies: a body can be a megabyte). Every read
+is by primary key or through ``ix_exchanges_started_at``, so its cost does not grow with the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Text, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from intelligence.analytics import LIGHT_COLUMNS, ExchangeRow, light_row
+
+_BY_IDS = text(f"SELECT {LIGHT_COLUMNS} FROM exchanges x WHERE x.request_id = ANY(:ids)").bindparams(
+    bindparam("ids", type_=ARRAY(Text))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSample:
+    """One exchange as the live KPIs count it: start (epoch seconds), latency (None if unusable), error."""
+
+    started: float
+    latency_ms: float | None
+    error: bool
+
+
+class LiveRepository:
+    def __init__(self, conn: AsyncConnection | AsyncSession) -> None:
+        self._conn = conn
+
+    async def by_ids(self, request_ids: Sequence[str]) -> list[ExchangeRow]:
+        """The exchanges among ``request_ids`` (ids announced on ``llmproxy_exchanges``), in the order given."""
+        if not request_ids:
+            return []
+        rows = [light_row(r) for r in (await self._conn.execute(_BY_IDS, {"ids": list(request_ids)})).all()]
+        order = {rid: i for i, rid in enumerate(request_ids)}
+        return sorted(rows, key=lambda r: order.get(r.request_id, 0))
+
+    async def started_since(self, since: datetime, limit: int = 200) -> list[ExchangeRow]:
+        """Exchanges started at or after ``since``, newest first (at most ``limit``): a reconnecting client's backfill."""
+        rows = (
+            await self._conn.execute(
+                text(
+                    f"SELECT {LIGHT_COLUMNS} FROM exchanges x WHERE x.started_at >= :since "
+                    "ORDER BY x.started_at DESC, x.request_id DESC LIMIT :limit"
+                ),
+                {"since": since, "limit": int(limit)},
+            )
+        ).all()
+        return [light_row(r) for r in rows]
+
+    async def window(self, since: datetime) -> list[WindowSample]:
+        """Every exchange started since ``since`` reduced to what the live KPIs need (the same cleaning of
+        latencies as the rollups: ``llmproxy_ms``)."""
+        rows = (
+            await self._conn.execute(
+                text(
+                    "SELECT extract(epoch FROM started_at)::float8 AS started, llmproxy_ms(latency_ms) AS latency, "
+                    "(error IS NOT NULL OR status >= 400) AS failed FROM exchanges WHERE started_at >= :since"
+                ),
+                {"since": since},
+            )
+        ).all()
+        return [WindowSample(float(r.started), r.latency, bool(r.failed)) for r in rows]
