@@ -31,9 +31,13 @@ def test_feedback_is_stored_and_validated(stack: Stack) -> None:
     ).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "rate me"}])
     rid = raw.headers["x-llmproxy-request-id"]
     same_client = {"authorization": "Bearer sk-fb"}  # feedback is accepted only from the client that asked
-    other = httpx.post(stack.url + "/v1/feedback", json={"request_id": rid, "thumbs": "up"}, headers={"authorization": "Bearer sk-other"})
+    other = httpx.post(
+        stack.url + "/v1/feedback", json={"request_id": rid, "thumbs": "up"}, headers={"authorization": "Bearer sk-other"}
+    )
     assert other.status_code == 403 and other.json()["error"]["code"] == "feedback_forbidden"
-    r = httpx.post(stack.url + "/v1/feedback", json={"request_id": rid, "thumbs": "down", "comment": "wrong answer"}, headers=same_client)
+    r = httpx.post(
+        stack.url + "/v1/feedback", json={"request_id": rid, "thumbs": "down", "comment": "wrong answer"}, headers=same_client
+    )
     assert r.status_code == 202 and r.json()["ok"] is True
     rows = asyncio.run(_feedback_rows(stack.db_url, rid))
     assert len(rows) == 1 and rows[0]["comment"] == "wrong answer"

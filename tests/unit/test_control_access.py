@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
-
 import json
+import secrets
 import subprocess
 import sys
 from datetime import UTC, datetime

@@ -92,7 +92,9 @@ def test_security_defaults_in_operator_config() -> None:
     assert ext["failure_mode_allow"] is False
     # client-sent x-llmproxy-* headers are gone before the sidecar, and so before any route matches on them
     strip = filters[0]["typed_config"]["mutations"]["request_mutations"]
-    assert names[0] == "envoy.filters.http.header_mutation" and strip == [{"remove_on_match": {"key_matcher": {"prefix": "x-llmproxy-"}}}]
+    assert names[0] == "envoy.filters.http.header_mutation" and strip == [
+        {"remove_on_match": {"key_matcher": {"prefix": "x-llmproxy-"}}}
+    ]
     retry = _routes(cfg)["prefix-openai"]["route"]["retry_policy"]
     assert "5xx" in retry["retry_on"] and 429 in retry["retriable_status_codes"]
     assert retry["rate_limited_retry_back_off"]["reset_headers"][0]["name"] == "retry-after"

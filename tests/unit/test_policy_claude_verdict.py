@@ -16,9 +16,9 @@ import pytest
 
 from extproc.claude_gate import ClaudeGate, VerdictQuery, inline_prompt
 from extproc.context import Context
-from extproc.testing.pipeline import Bound
 from extproc.screening import Guard
 from extproc.settings import SidecarSettings
+from extproc.testing.pipeline import Bound
 from extproc.wire import BodyChunk, Headers, Immediate, Phase, Reply
 from intelligence.claude import ClaudeSettings, FakeClaude, FakeFault
 from intelligence.detectors.spans import Span

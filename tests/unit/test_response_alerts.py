@@ -7,9 +7,9 @@ import json
 from types import SimpleNamespace
 
 from extproc.context import Context
-from extproc.testing.pipeline import Bound
 from extproc.screening import Guard
 from extproc.settings import SidecarSettings
+from extproc.testing.pipeline import Bound
 from extproc.wire import BodyChunk, Headers, Immediate, Phase
 from intelligence.policy.testing import snapshot_from_yaml
 

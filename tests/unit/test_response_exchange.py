@@ -8,9 +8,9 @@ import re
 from types import SimpleNamespace
 
 from extproc.context import Context
-from extproc.testing.pipeline import Bound
 from extproc.screening import Guard
 from extproc.settings import SidecarSettings
+from extproc.testing.pipeline import Bound
 from extproc.wire import BodyChunk, Headers, Immediate, Phase
 from intelligence.detectors.spans import Span
 from intelligence.policy.testing import snapshot_from_yaml
