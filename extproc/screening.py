@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from extproc.policy import Redactions, apply_request, apply_response, redact_text
+from intelligence.detectors.cache import cached
 from intelligence.detectors.redact import Redaction
 from intelligence.detectors.response import MaskingFilter, PlaceholderRestorer, mask_text, rewrite_response_texts
 from intelligence.detectors.spans import Span, resolve_overlaps
@@ -99,7 +100,8 @@ class Guard:
         # The injection scan's CPU budget per request: what it cannot reach in time is reported as
         # incomplete and the policy decides (detection_incomplete); one request never holds the loop.
         self.scan_budget_ms = scan_budget_ms
-        self.secrets, self.pii, self.injection = secrets, pii, injection
+        # Remembered by text: system prompts, tool definitions and history repeat on every request.
+        self.secrets, self.pii, self.injection = cached(secrets), cached(pii), injection
         self.audit = audit  # AuditWriter (submit never blocks) or None
         self.quarantine = quarantine  # (key_id, reason, rule) -> schedules the quarantine off the hot path
         self.events = events  # EventWriter (submit never blocks) or None
