@@ -98,9 +98,13 @@ class _AnalyzerFactory:
 
     @staticmethod
     def build(entities: Sequence[str], spacy_model: str | None):
-        import spacy
         import tldextract
-        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+
+        from .lean_import import without_ml_frameworks
+
+        with without_ml_frameworks():
+            import spacy
+            from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 
         # Presidio logs every recogniser it loads at INFO; that is start-up noise for the gateway.
         logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
@@ -177,7 +181,10 @@ def _is_path(name: str) -> bool:
 
 
 def _register_lemma_component() -> None:
-    from spacy.language import Language
+    from .lean_import import without_ml_frameworks
+
+    with without_ml_frameworks():
+        from spacy.language import Language
 
     if "llmproxy_lower_lemma" in Language.factories:
         return
