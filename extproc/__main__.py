@@ -115,6 +115,7 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         verdicts=await _claude_gate(engine, policy, events, audit),
         scan_budget_ms=float(os.environ.get("LLMPROXY_DETECTION_BUDGET_MS", "50")),
     )
+    await asyncio.to_thread(guard.warm)  # before the health check says SERVING: no lazy loads on a request
     enhancer, enhancements = await _enhancer(engine)
     ctx = Context(
         settings=settings,

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from .providers.registry import api_of
 from .routing import split_provider_prefix
 from .wire import Immediate, Reply
@@ -189,7 +191,21 @@ class Exchange:
 
 
 def dumps(doc: Any) -> bytes:
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    """Compact UTF-8 JSON, as a forwarded or logged body."""
+    try:
+        return orjson.dumps(doc)
+    except (TypeError, orjson.JSONEncodeError):  # integers past 64 bits, odd keys: the stdlib renders them exactly
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def loads_for_log(data: bytes | bytearray) -> Any:
+    """A body for the log or a summary (never forwarded): fast, and None when it is not JSON."""
+    if not data:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def parse_json(data: bytes | bytearray) -> Any:

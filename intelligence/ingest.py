@@ -40,6 +40,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import asyncpg
 from prometheus_client import Gauge, Histogram
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -916,7 +917,12 @@ def _statement_pages(records: Sequence[ExchangeRecord]) -> list[Sequence[Exchang
 
 
 def _is_data_error(exc: BaseException) -> bool:
-    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None) if isinstance(exc, DBAPIError) else None
+    """The record, not the database, is the problem: the server refused its data, or the driver could
+    not encode a value for the COPY (a number out of range for its column, say)."""
+    if isinstance(exc, asyncpg.exceptions.DataError | OverflowError):
+        return True
+    orig = getattr(exc, "orig", None) if isinstance(exc, DBAPIError) else exc
+    sqlstate = getattr(orig, "sqlstate", None)
     return isinstance(sqlstate, str) and sqlstate[:2] in _DATA_ERROR_CLASSES
 
 
@@ -928,6 +934,8 @@ def _describe(exc: BaseException) -> str:
         return f"{type(orig).__name__}" + (f" sqlstate={sqlstate}" if sqlstate else "")
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, OverflowError):
+        return "a value out of range for its column (sqlstate=22003, refused by the driver)"
     if isinstance(exc, OSError):
         return f"{type(exc).__name__}: {exc.strerror or exc}"
     return type(exc).__name__

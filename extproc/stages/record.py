@@ -20,7 +20,7 @@ from intelligence.store.sanitize import redact_url, redact_urls_in_text
 
 from .. import metrics, tracing
 from ..context import Context
-from ..exchange import Exchange, parse_json
+from ..exchange import Exchange, loads_for_log
 from ..pipeline import Chunk, Failure
 from ..providers.base import Folded
 from ..providers.toolschema import invalid_calls
@@ -58,18 +58,20 @@ class RecordStage:
     # ------------------------------------------------------------------ building
     def build(self, ex: Exchange) -> ExchangeRecord:
         req, resp = ex.request, ex.response
-        folded = self._fold(ex)
+        limit = self.limit
+        # Parsed once: what the client got (the fold reads it too) and what the provider sent.
+        client_doc = loads_for_log(resp.client_log) if resp.client_log and not resp.streamed and not resp.truncated else None
+        upstream_doc = client_doc if resp.upstream_log == resp.client_log else None
+        folded = self._fold(ex, client_doc)
         ex.notes.incomplete = ex.notes.incomplete or incomplete(ex, folded)
         view = req.view
-        limit = self.limit
-        client_body = self._request_for_log(ex)
-        sent = _body(client_body, limit, size=len(req.body)) if req.body else None
+        sent, forwarded = self._requests_for_log(ex)
         if ex.answer is not None:
             response_client = _body(ex.answer.body, limit)
         elif folded is not None and resp.streamed:
             response_client = Body(json=folded.message, size=len(resp.client_log), truncated=resp.truncated)
         elif resp.status is not None:
-            response_client = _body(bytes(resp.client_log), limit, resp.truncated)
+            response_client = _body(bytes(resp.client_log), limit, resp.truncated, doc=client_doc)
         else:
             response_client = None
         error = ex.error or (folded.error if folded is not None else None)
@@ -100,8 +102,8 @@ class RecordStage:
             upstream_ms=resp.upstream_ms,
             usage=folded.usage if folded is not None else Usage(),
             request_client=sent,
-            request_forwarded=_body(req.forwarded, limit) if req.forwarded is not None else sent,
-            response_upstream=_body(bytes(resp.upstream_log), limit, resp.truncated) if resp.upstream_log else None,
+            request_forwarded=forwarded,
+            response_upstream=_body(bytes(resp.upstream_log), limit, resp.truncated, doc=upstream_doc) if resp.upstream_log else None,
             response_client=response_client,
             tool_names=tuple(view.tool_names) if view is not None else (),
             prompt_system=view.system if view is not None else None,
@@ -116,16 +118,28 @@ class RecordStage:
             tool_calls=_tool_calls(folded, aliases),
         )  # fmt: skip
 
-    def _request_for_log(self, ex: Exchange) -> bytes:
-        """The client's request as the log may keep it."""
+    def _requests_for_log(self, ex: Exchange) -> tuple[Body | None, Body | None]:
+        """(the client's request, the forwarded one) as the log may keep them."""
         req = ex.request
-        if req.logged is not None:
-            return req.logged
-        raw = bytes(req.body)
+        if not req.body:
+            return None, None
+        size = len(req.body)
         screened = ex.screen is not None and ex.screen.secrets_scanned
-        if not raw or screened:
-            return raw
-        return self._mask(raw[: self.limit])
+        if req.logged is not None:  # redacted or masked by the guard
+            sent = _body(req.logged, self.limit, size=size)
+        elif not screened:  # never read by the guard: through the secret masker first
+            sent = _body(self._mask(bytes(req.body[: self.limit])), self.limit, size=size)
+        elif not req.changed and req.doc is not None and size <= self.limit:
+            sent = Body(json=req.doc, size=size)  # the parsed request, unchanged: no second parse
+        else:
+            sent = _body(bytes(req.body), self.limit, size=size)
+        if req.forwarded is None:
+            return sent, sent
+        if req.logged is not None or not screened:
+            return sent, _body(req.forwarded, self.limit)
+        return sent, Body(json=req.doc, size=len(req.forwarded)) if len(req.forwarded) <= self.limit else _body(
+            req.forwarded, self.limit
+        )
 
     def _mask(self, raw: bytes) -> bytes:
         """Secrets masked in a body the guard did not read (its whole text, up to the log cap)."""
@@ -137,7 +151,7 @@ class RecordStage:
         masked = redact_secrets(text, detector)
         return raw if masked == text else masked.encode()
 
-    def _fold(self, ex: Exchange) -> Folded | None:
+    def _fold(self, ex: Exchange, client_doc: Any) -> Folded | None:
         resp, endpoint = ex.response, ex.request.endpoint
         if resp.folded is not None or endpoint is None:
             return resp.folded
@@ -145,7 +159,7 @@ class RecordStage:
             if resp.decoder is not None:
                 resp.folded = resp.decoder.result()
             elif ex.answer is None:
-                doc = parse_json(bytes(resp.client_log))
+                doc = client_doc if client_doc is not None else loads_for_log(resp.client_log)
                 if isinstance(doc, dict):
                     resp.folded = endpoint.fold(doc)
         except Exception:
@@ -191,14 +205,14 @@ def _tool_calls(folded: Folded | None, aliases: dict[str, str]) -> tuple[dict[st
     )
 
 
-def _body(data: bytes | None, limit: int, truncated: bool = False, size: int | None = None) -> Body | None:
-    """``data`` as the log stores it: JSON when it parses, else text, cut at ``limit``. ``size`` is the
-    length on the wire when ``data`` is already a (masked, cut) rendering of it."""
+def _body(data: bytes | None, limit: int, truncated: bool = False, size: int | None = None, doc: Any = None) -> Body | None:
+    """``data`` as the log stores it: JSON when it parses (``doc``: already parsed), else text, cut at
+    ``limit``. ``size`` is the length on the wire when ``data`` is a (masked, cut) rendering of it."""
     if data is None:
         return None
     size = len(data) if size is None else max(size, len(data))
     if size <= limit and len(data) <= limit:
-        doc = parse_json(data)
+        doc = doc if doc is not None else loads_for_log(data)
         if doc is not None:
             return Body(json=doc, size=size, truncated=truncated)
     text = data[:limit].decode("utf-8", "replace")

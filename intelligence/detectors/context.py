@@ -16,6 +16,7 @@ the policy decides what to do about it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -213,6 +214,13 @@ class Protected:
 
 
 def protected_from(system_texts: Sequence[str]) -> Protected:
+    """What the given system prompts protect. Remembered per prompt: an application sends the same
+    system prompt on every request."""
+    return _protected_from(tuple(system_texts))
+
+
+@functools.lru_cache(maxsize=512)
+def _protected_from(system_texts: tuple[str, ...]) -> Protected:
     sentences: list[str] = []
     text = "\n".join(system_texts)[:20_000]
     all_sentences = [s.strip() for s in _SENTENCE.findall(text) if s.strip()]

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+import ahocorasick
 import numpy as np
 
 from .normalize import Normalized
@@ -736,29 +737,51 @@ def repeated_phrase(text: str) -> str | None:
     return None
 
 
-def _gated_out(gate: tuple[str, ...], lowered: str) -> bool:
-    return bool(gate) and not any(g in lowered for g in gate)
+def _gate_automaton() -> ahocorasick.Automaton:
+    """Every gate word of every rule in one Aho-Corasick automaton: one linear pass over a text says
+    which gates it holds, instead of a substring search per gate word per rule."""
+    automaton = ahocorasick.Automaton()
+    words = {g for rule in RULES for g in rule.gate} | {g for gate, _ in _MULTILINGUAL_BRANCHES for g in gate}
+    for word in words | set(_ML_REVEAL_GATE):
+        automaton.add_word(word, word)
+    automaton.make_automaton()
+    return automaton
+
+
+_GATES = _gate_automaton()
+_RULE_GATES = tuple(frozenset(rule.gate) for rule in RULES)
+_BRANCH_GATES = tuple(frozenset(gate) for gate, _ in _MULTILINGUAL_BRANCHES)
+_REVEAL_GATE = frozenset(_ML_REVEAL_GATE)
+
+
+def _present_gates(lowered: str) -> set[str]:
+    return {word for _, word in _GATES.iter(lowered)}
 
 
 def scan_text(text: str) -> list[RuleHit]:
     hits: list[RuleHit] = []
     lowered = text.lower()
     aligned = len(lowered) == len(text)  # lower() can lengthen a few letters ("İ")
-    for rule in RULES:
-        if _gated_out(rule.gate, lowered):
+    present = _present_gates(lowered)
+    for rule, gate in zip(RULES, _RULE_GATES):
+        if gate and gate.isdisjoint(present):
             continue
         m = rule.pattern.search(lowered if rule.on_lowered else text)
         if m:
             found = text[m.start() : m.end()] if rule.on_lowered and aligned else m.group()
             hits.append(RuleHit(rule.name, rule.family, rule.weight, _excerpt(found)))
     m = next(
-        (hit for gate, branch in _MULTILINGUAL_BRANCHES if not _gated_out(gate, lowered) and (hit := branch.search(lowered))),
+        (
+            hit
+            for gate, (_, branch) in zip(_BRANCH_GATES, _MULTILINGUAL_BRANCHES)
+            if not (gate and gate.isdisjoint(present)) and (hit := branch.search(lowered))
+        ),
         None,
     )
     if m:
         found = text[m.start() : m.end()] if aligned else m.group()
         hits.append(RuleHit("ignore_previous_translated", "instruction_override", 0.85, _excerpt(found)))
-    if not _gated_out(_ML_REVEAL_GATE, lowered):
+    if not (_REVEAL_GATE and _REVEAL_GATE.isdisjoint(present)):
         reveal = _ML_REVEAL.search(lowered)
         if reveal:
             found = text[reveal.start() : reveal.end()] if aligned else reveal.group()

@@ -398,6 +398,9 @@ class InjectionDetector:
         self._cache: dict[str, np.ndarray] = {}
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
+        # What the text-only layers found in a window, by (source kind, window text): system prompts,
+        # tool definitions and a conversation's history repeat on every request of a session.
+        self._windows: dict[tuple[str, str], tuple[Normalized, tuple[heuristics.RuleHit, ...], Any, Any, float]] = {}
 
     # -- public -----------------------------------------------------------------------------
     def scan_text(self, text: str, source: str = "user", *, budget_ms: float | None = DEFAULT_BUDGET_MS) -> InjectionVerdict:
@@ -426,14 +429,14 @@ class InjectionDetector:
         unscanned: list[Unscanned] = []
         windows: list[_Window] = []
         total = sum(len(s.text) for s, k in zip(segs, kinds) if k != "assistant")
-        scanned = 0
+        covered: list[tuple[int, int, int]] = []  # (segment, start, end) of the windows scanned
 
         for i, w0, w1 in self._plan(segs, kinds):
             if deadline is not None and time.perf_counter() > deadline:
                 unscanned.append(Unscanned(i, kinds[i], w0, w1, "budget"))
                 continue
             win = self._scan_window(i, kinds[i], segs[i].text[w0:w1], w0, costs)
-            scanned += w1 - w0
+            covered.append((i, w0, w1))
             flags |= win.norm.flags
             rule_hits.extend((i, h) for h in win.hits)
             windows.append(win)
@@ -488,7 +491,7 @@ class InjectionDetector:
             elapsed_ms=(time.perf_counter() - t0) * 1000,
             incomplete=bool(unscanned),
             unscanned=tuple(_merge(unscanned)),
-            scanned_chars=scanned,
+            scanned_chars=_coverage(covered),
             total_chars=total,
             budget_ms=budget_ms,
             costs_ms=tuple(sorted(costs.items())),
@@ -511,6 +514,10 @@ class InjectionDetector:
         return first + rest
 
     def _scan_window(self, i: int, kind: str, text: str, start: int, costs: dict[str, float]) -> _Window:
+        known = self._windows.get((kind, text))
+        if known is not None:
+            norm, hits, tk, feats, junk_score = known
+            return _Window(i, kind, start, start + len(text), norm, list(hits), tk, feats, junk_score)
         t = time.perf_counter()
         norm = normalize(text, max_chars=self.window_chars + 16)
         t1 = time.perf_counter()
@@ -529,7 +536,10 @@ class InjectionDetector:
         costs["normalize"] = costs.get("normalize", 0.0) + (t1 - t) * 1000
         costs["rules"] = costs.get("rules", 0.0) + (t2 - t1) * 1000
         costs["junk"] = costs.get("junk", 0.0) + (t3 - t2) * 1000
-        return _Window(i, kind, start, start + len(text), norm, hits, tk, feats, junk_score)
+        if len(self._windows) >= self._cache_size:
+            self._windows.clear()  # bounded: a burst of new texts costs one rebuild, never unbounded memory
+        self._windows[(kind, text)] = (norm, tuple(hits), tk, feats, junk_score)
+        return _Window(i, kind, start, start + len(text), norm, list(hits), tk, feats, junk_score)
 
     def _embedding_layers(
         self, chosen: list[_Window], protected: ctx.Protected | None, costs: dict[str, float], neighbors: list[Neighbor]
@@ -619,6 +629,18 @@ class InjectionDetector:
                 for (k, _), v in zip(missing, fresh):
                     found[k] = self._cache[k] = np.asarray(v, dtype=np.float32)
         return np.stack([found[k] for k in keys])
+
+
+def _coverage(windows: list[tuple[int, int, int]]) -> int:
+    """Characters covered by the scanned windows, overlaps counted once."""
+    total, seg, end = 0, -1, 0
+    for i, w0, w1 in sorted(windows):
+        if i != seg:
+            seg, end = i, 0
+        if w1 > end:
+            total += w1 - max(w0, end)
+            end = w1
+    return total
 
 
 def _hidden_texts(norm: Normalized) -> list[str]:

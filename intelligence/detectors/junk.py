@@ -128,6 +128,12 @@ def _features(text: str) -> tuple[np.ndarray, float]:
         return np.zeros(len(FEATURE_NAMES), dtype=np.float32), 0.0
     # Words repeat (a long prompt has about half as many distinct words): classify each once.
     distinct = {w: (0.0 if _CLEAN.match(w) else 1.0, _EDGE.sub("", w) or w) for w in set(words)}
+    if len(words) <= WINDOW:
+        return _short_features(words, distinct, masked), 0.0
+    return _window_features(words, distinct, masked)
+
+
+def _window_features(words: list[str], distinct: dict[str, tuple[float, str]], masked: str) -> tuple[np.ndarray, float]:
     unclean = np.fromiter((distinct[w][0] for w in words), dtype=np.float32, count=len(words))
     pieces = np.minimum(np.array(piece_counter()([distinct[w][1] for w in words]), dtype=np.float32), 6.0)
     w = min(WINDOW, len(words))
@@ -152,6 +158,19 @@ def _features(text: str) -> tuple[np.ndarray, float]:
         ],
         dtype=np.float32,
     ), rest
+
+
+def _short_features(words: list[str], distinct: dict[str, tuple[float, str]], masked: str) -> np.ndarray:
+    """The same features for a text no longer than one window (most prompts): its only window is the
+    whole text, so the sliding means reduce to plain means (no array work, which dominates here)."""
+    n = len(words)
+    u = sum(distinct[w][0] for w in words) / n
+    counts = piece_counter()([distinct[w][1] for w in words])
+    f = sum(min(c, 6) for c in counts) / n
+    combined = min(u / 0.5, 1.0) * 0.5 + min(max(f - 1.2, 0.0), 1.0) * 0.5
+    symbols = len(_SYMBOL.findall(masked))
+    frag = min(f / 6.0, 1.0)
+    return np.array([combined, u, frag, frag, min(symbols / max(len(masked), 1) * 5.0, 1.0)], dtype=np.float32)
 
 
 # Stand-alone junk needs clean prose around the window (share of unclean tokens outside it).

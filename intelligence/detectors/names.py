@@ -500,7 +500,10 @@ class PersonFinder:
 
 def presidio_recognizer(finder: PersonFinder | None = None):  # type: ignore[no-untyped-def]
     """A Presidio ``EntityRecognizer`` for PERSON backed by ``PersonFinder``."""
-    from presidio_analyzer import EntityRecognizer, RecognizerResult
+    from .lean_import import without_ml_frameworks
+
+    with without_ml_frameworks():
+        from presidio_analyzer import EntityRecognizer, RecognizerResult
 
     class PersonGazetteerRecognizer(EntityRecognizer):
         def __init__(self, person_finder: PersonFinder) -> None:

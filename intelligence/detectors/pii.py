@@ -59,6 +59,11 @@ _DIGIT = re.compile(r"\d")
 _CAPITALISED = re.compile(r"[^\W\d_a-z][^\W\d_A-Z]")  # an upper-case letter then a lower-case one
 
 
+_IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
+_IPV6_HINT = re.compile(r"::|[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{1,4}")
+_IBAN_HINT = re.compile(r"[A-Za-z]{2}[ \-]?\d{2}")  # country code and check digits open every IBAN
+
+
 def _digits(text: str) -> int:
     return len(_DIGIT.findall(text))
 
@@ -73,11 +78,12 @@ def _gate(entity: str, text: str, digits: int) -> bool:
     if entity in ("CREDIT_CARD",):
         return digits >= 12
     if entity == "IBAN_CODE":
-        return digits >= 8
+        return digits >= 8 and _IBAN_HINT.search(text) is not None
     if entity == "US_SSN":
         return digits >= 9
     if entity == "IP_ADDRESS":
-        return digits >= 4 or "::" in text
+        # Presidio's patterns are dotted quads and colon-separated hex groups: a count of digits is not an address
+        return (digits >= 4 and _IPV4_HINT.search(text) is not None) or _IPV6_HINT.search(text) is not None
     if entity == "URL":
         return "." in text
     if entity in ("DATE_TIME", "US_DRIVER_LICENSE"):
@@ -92,9 +98,13 @@ class _AnalyzerFactory:
 
     @staticmethod
     def build(entities: Sequence[str], spacy_model: str | None):
-        import spacy
         import tldextract
-        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+
+        from .lean_import import without_ml_frameworks
+
+        with without_ml_frameworks():
+            import spacy
+            from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 
         # Presidio logs every recogniser it loads at INFO; that is start-up noise for the gateway.
         logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
@@ -171,7 +181,10 @@ def _is_path(name: str) -> bool:
 
 
 def _register_lemma_component() -> None:
-    from spacy.language import Language
+    from .lean_import import without_ml_frameworks
+
+    with without_ml_frameworks():
+        from spacy.language import Language
 
     if "llmproxy_lower_lemma" in Language.factories:
         return

@@ -5,11 +5,13 @@ A repository works on an ``AsyncSession`` or a plain ``AsyncConnection`` (both o
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Text, bindparam, func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -56,6 +58,10 @@ class ExchangeRepository:
         Session totals grow only by the rows actually inserted, so replaying a batch that was
         (partly) committed before never double-counts. Each inserted row is announced with
         ``NOTIFY llmproxy_exchanges, '<request_id>'``, delivered when the caller commits.
+
+        The rows travel by binary COPY into a per-connection staging table, then one statement moves
+        the new ones into ``exchanges``, adds them to their sessions and notifies: one round trip,
+        and the encoding happens in the driver's C code (this runs in the sidecar's process).
         """
         by_id: dict[str, dict[str, Any]] = {}
         for record in records:
@@ -64,16 +70,14 @@ class ExchangeRepository:
         if not by_id:
             return []
         rows = list(by_id.values())
-        stmt = pg_insert(_EXCHANGES).on_conflict_do_nothing(index_elements=["request_id"]).returning(_EXCHANGES.c.request_id)
-        result = await self._session.execute(stmt, rows)
-        inserted_ids = set(result.scalars().all())
-        inserted = [row for row in rows if row["request_id"] in inserted_ids]
-        if not inserted:
-            return []
-        await self._add_to_sessions(inserted)
-        ordered_ids = [row["request_id"] for row in inserted]
-        await self._session.execute(_NOTIFY, {"ids": ordered_ids})
-        return ordered_ids
+        driver = await _driver_connection(self._session)
+        columns = tuple(rows[0])
+        await driver.execute(_STAGING_DDL)
+        await driver.copy_records_to_table(
+            "exchanges_in", records=[(*(row[c] for c in columns), i) for i, row in enumerate(rows)], columns=(*columns, "ord")
+        )
+        inserted = await driver.fetchval(_move_statement(columns))
+        return list(inserted or ())
 
     async def _add_to_sessions(self, rows: Iterable[dict[str, Any]]) -> None:
         totals: dict[str, dict[str, Any]] = {}
@@ -177,6 +181,78 @@ def _utc(dt: datetime) -> datetime:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
+# The staging table the COPY fills: the exchanges' columns plus the batch order. Emptied at commit.
+_STAGING_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS exchanges_in ON COMMIT DELETE ROWS AS SELECT *, 0::int AS ord FROM exchanges WITH NO DATA"
+)
+_SESSION_TOTALS = ("input_tokens", "output_tokens", "total_tokens")
+_MOVES: dict[tuple[str, ...], str] = {}
+
+
+def _move_statement(columns: tuple[str, ...]) -> str:
+    """Insert the staged rows that are new, add them to their sessions, notify; returns the new ids in order."""
+    known = _MOVES.get(columns)
+    if known is not None:
+        return known
+    cols = ", ".join(columns)
+    sums = ", ".join(f"coalesce(sum({c}), 0)" for c in _SESSION_TOTALS)
+    statement = f"""
+WITH ins AS (
+    INSERT INTO exchanges ({cols}) SELECT {cols} FROM exchanges_in ORDER BY ord
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING request_id, session_id, client_key_fp, started_at, finished_at, {", ".join(_SESSION_TOTALS)}, status, error
+), ordered AS (
+    SELECT ins.*, s.ord FROM ins JOIN exchanges_in s USING (request_id)
+), ses AS (
+    -- a fixed order keeps concurrent writers from deadlocking on each other's session rows
+    INSERT INTO sessions (session_id, client_key_fp, first_seen, last_seen, request_count, {", ".join(_SESSION_TOTALS)}, error_count)
+    SELECT session_id, (array_agg(client_key_fp ORDER BY ord) FILTER (WHERE client_key_fp IS NOT NULL))[1],
+           min(started_at), max(finished_at), count(*), {sums},
+           count(*) FILTER (WHERE error IS NOT NULL OR status >= 400)
+    FROM ordered WHERE session_id IS NOT NULL GROUP BY session_id ORDER BY session_id
+    ON CONFLICT (session_id) DO UPDATE SET
+        client_key_fp = coalesce(sessions.client_key_fp, excluded.client_key_fp),
+        first_seen = least(sessions.first_seen, excluded.first_seen),
+        last_seen = greatest(sessions.last_seen, excluded.last_seen),
+        request_count = sessions.request_count + excluded.request_count,
+        input_tokens = sessions.input_tokens + excluded.input_tokens,
+        output_tokens = sessions.output_tokens + excluded.output_tokens,
+        total_tokens = sessions.total_tokens + excluded.total_tokens,
+        error_count = sessions.error_count + excluded.error_count
+    RETURNING 1
+), notified AS (
+    SELECT pg_notify('{NOTIFY_CHANNEL}', request_id) FROM ordered
+)
+SELECT array_agg(request_id ORDER BY ord) FROM ordered WHERE (SELECT count(*) FROM notified) >= 0
+    AND (SELECT count(*) FROM ses) >= 0
+"""
+    _MOVES[columns] = statement
+    return statement
+
+
+async def _driver_connection(executor: Executor) -> Any:
+    """The asyncpg connection under a SQLAlchemy session or connection, inside the caller's transaction
+    (SQLAlchemy sends BEGIN lazily: a first statement through it makes sure the transaction is open)."""
+    conn = await executor.connection() if isinstance(executor, AsyncSession) else executor
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    if not driver.is_in_transaction():
+        await conn.execute(text("SELECT 1"))
+    return driver
+
+
+def json_param(value: Any) -> str:
+    """A jsonb value as text: orjson (fast), through the cleaning walk only when jsonb would refuse it
+    (NUL escapes, lone surrogates, integers past 64 bits)."""
+    try:
+        text = orjson.dumps(value).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        text = "\\u0000"  # what orjson cannot render, the stdlib renders after cleaning
+    if "\\u0000" in text:
+        return json.dumps(clean_json(value), ensure_ascii=False, allow_nan=False)
+    return text
+
+
 def exchange_row(r: ExchangeRecord) -> dict[str, Any]:
     """The ``exchanges`` row for a record, with every string made storable."""
     usage = r.usage.to_dict()
@@ -198,22 +274,24 @@ def exchange_row(r: ExchangeRecord) -> dict[str, Any]:
         "latency_ms": r.latency_ms,
         "ttft_ms": r.ttft_ms,
         "upstream_ms": r.upstream_ms,
-        "usage": clean_json(usage),
+        "usage": json_param(usage),
         "tool_names": [clean_text(str(n)) for n in r.tool_names],
         "prompt_system": clean_optional_text(r.prompt_system),
         "prompt_user": clean_optional_text(r.prompt_user),
         "tool_args_invalid": int(r.tool_args_invalid or 0),
-        "tool_aliases": clean_json(dict(r.tool_aliases)),
+        "tool_aliases": json_param(dict(r.tool_aliases)),
         "finish_reason": clean_optional_text(r.finish_reason),
         "error": clean_optional_text(r.error),
-        "request_headers": clean_json(dict(r.request_headers)),
-        "flags": clean_json(dict(r.flags)),
+        "request_headers": json_param(dict(r.request_headers)),
+        "flags": json_param(dict(r.flags)),
+        "response_text": clean_optional_text(r.response_text),
+        "tool_calls": json_param([dict(c) for c in r.tool_calls]) if r.tool_calls else None,
     }
     for k in _USAGE_FIELDS:
         row[k] = clean_bigint(usage[k])
     for k in _BODY_FIELDS:
         body: Body | None = getattr(r, k)
-        row[k] = None if body is None else clean_json(body.to_dict())
+        row[k] = None if body is None else json_param(body.to_dict())
     return row
 
 
@@ -252,4 +330,6 @@ def record_from_row(row: Row[Any]) -> ExchangeRecord:
         error=m["error"],
         request_headers=dict(m["request_headers"] or {}),
         flags=dict(m["flags"] or {}),
+        response_text=m["response_text"],
+        tool_calls=tuple(m["tool_calls"] or ()),
     )
