@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import orjson
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:
@@ -103,7 +105,10 @@ class ExchangeRecord:
             d[k] = getattr(self, k).to_dict() if getattr(self, k) is not None else None
         d["tool_names"] = list(self.tool_names)
         d["tool_calls"] = [dict(c) for c in self.tool_calls]
-        return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
+        try:  # on the hot path (the recorder's journal): orjson, about 10x faster than the stdlib
+            return orjson.dumps(d).decode()
+        except (TypeError, orjson.JSONEncodeError):  # integers past 64 bits, lone surrogates, odd keys
+            return json.dumps(d, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, s: str) -> ExchangeRecord:
