@@ -22,7 +22,7 @@ from intelligence.memory.repository import EmbeddingRow, PatternRepository, Sign
 from intelligence.records import Usage
 from intelligence.store import migrate
 from intelligence.store.engine import asyncpg_dsn, make_engine
-from intelligence.store.repositories import ExchangeRepository
+from intelligence.store.repositories import ExchangeRepository, exchange_row
 from tests.conftest import database_url
 from tests.intelligence.factories import make_record
 
@@ -70,6 +70,26 @@ async def engine(pg_server_url: str) -> AsyncIterator[AsyncEngine]:
 async def _insert(engine: AsyncEngine, records) -> list[str]:
     async with engine.begin() as conn:
         return await ExchangeRepository(conn).insert_batch(records)
+
+
+async def _insert_into_schema(engine: AsyncEngine, records) -> list[str]:
+    """Insert through the columns the table has at its current revision (the repository writes the head
+    revision's columns; this test holds rows written at an older one)."""
+    async with engine.begin() as conn:
+        types = dict(
+            (
+                await conn.execute(
+                    text("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'exchanges'")
+                )
+            ).all()
+        )
+        ids = []
+        for record in records:
+            row = {k: v for k, v in exchange_row(record).items() if k in types}
+            values = ", ".join(f"CAST(:{k} AS {types[k]})" if types[k] in ("jsonb", "json") else f":{k}" for k in row)
+            await conn.execute(text(f"INSERT INTO exchanges ({', '.join(row)}) VALUES ({values})"), row)
+            ids.append(row["request_id"])
+        return ids
 
 
 async def _rollup(engine: AsyncEngine, where: str, params: dict) -> list:
@@ -231,7 +251,7 @@ async def test_upgrade_counts_existing_rows_and_downgrade_removes_everything(pg_
     try:
         before = _previous_revision()
         await migrate.upgrade_async(url, before)
-        await _insert(eng, [make_record(model="old-model", started_at=HOUR) for _ in range(3)])
+        await _insert_into_schema(eng, [make_record(model="old-model", started_at=HOUR) for _ in range(3)])
         await migrate.upgrade_async(url)
         rows = await _rollup(eng, "model = 'old-model' AND granularity = 'day'", {})
         assert [r["n"] for r in rows] == [3]
@@ -250,7 +270,7 @@ async def test_upgrade_counts_existing_rows_and_downgrade_removes_everything(pg_
                 )
             ).scalar_one()
         assert left
-        assert len(await _insert(eng, [make_record(model="old-model", started_at=HOUR)])) == 1
+        assert len(await _insert_into_schema(eng, [make_record(model="old-model", started_at=HOUR)])) == 1
     finally:
         await eng.dispose()
         await _drop(pg_server_url, url)
