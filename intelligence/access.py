@@ -329,7 +329,7 @@ def require_safe_bind(host: str, settings: AccessSettings, *, what: str) -> None
 
 # ------------------------------------------------------------------------------------ revocation
 class TokenRevocationRow(Base):
-    """A revoked token id (migration 0013_audit_hardening); a trigger NOTIFYs every change."""
+    """A revoked token id (migration 0015_audit_hardening); a trigger NOTIFYs every change."""
 
     __tablename__ = "access_token_revocations"
 
@@ -397,7 +397,7 @@ class TokenRevocations:
     ``is_revoked`` is a set lookup (no database round trip per call). Before the first successful
     load it raises :class:`RevocationsUnavailable` (callers refuse the token: fail closed); during a
     later outage the last loaded list stays in force. A database without the table (schema older
-    than 0013) has nothing revoked.
+    than 0015) has nothing revoked.
     """
 
     def __init__(self, engine: AsyncEngine, *, poll_interval: float = 3.0, listen: bool = True) -> None:

@@ -170,7 +170,7 @@ class SessionTurn:
     error: str | None
     prompt_user: str | None
     response: dict[str, Any] | None  # the response body as returned to the client
-    response_text: str | None = None  # the provider-neutral summary (migration 0015); None on older rows
+    response_text: str | None = None  # the provider-neutral summary (migration 0013); None on older rows
     tool_calls: tuple[dict[str, Any], ...] = ()
     summarised: bool = False  # whether the row carries the summary at all (older rows do not)
 

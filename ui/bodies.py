@@ -1,7 +1,7 @@
 """How stored bodies are shown: pretty JSON, a sent-vs-forwarded diff, the assistant's text and tool calls.
 
 The reply text and tool calls come from the provider-neutral summary the gateway records with each
-exchange (``ExchangeRecord.response_text`` / ``tool_calls``, migration 0015): the provider adapters
+exchange (``ExchangeRecord.response_text`` / ``tool_calls``, migration 0013): the provider adapters
 read provider JSON once, in the sidecar, and nothing here parses it. Exchanges recorded before the
 summary existed have none; the pages then show the raw body instead.
 Every string that leaves this module has been through :func:`ui.redact.mask_secrets`.

@@ -60,7 +60,7 @@ class Exchange(Base):
     request_headers: Mapped[dict[str, str]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     flags: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     inserted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    # provider-neutral summary of the response (migration 0015): the reply text and the tool calls
+    # provider-neutral summary of the response (migration 0013): the reply text and the tool calls
     response_text: Mapped[str | None] = mapped_column(Text)
     tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
 

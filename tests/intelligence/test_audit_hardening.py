@@ -491,7 +491,7 @@ async def test_concurrent_keyed_appends_never_fork(security_db: SecurityDb, keye
     assert result.ok and result.authenticated and result.entries == 30
 
 
-async def test_migration_0013_downgrades_and_upgrades_again(fresh_db_url) -> None:
+async def test_migration_0015_downgrades_and_upgrades_again(fresh_db_url) -> None:
     from intelligence.store.migrate import downgrade, upgrade_async
 
     url = await fresh_db_url()

@@ -1,5 +1,5 @@
 """The dashboard's repositories (intelligence/dashboard/, and the summary reads of intelligence/analytics.py)
-against a real PostgreSQL, the response summary fields of ExchangeRecord, and migration 0015."""
+against a real PostgreSQL, the response summary fields of ExchangeRecord, and migration 0013."""
 
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ async def test_the_recorder_stores_the_response_summary(engine: AsyncEngine) -> 
         assert await ExchangeRepository(conn).get(rec.request_id) == rec
 
 
-async def test_migration_0015_adds_and_removes_the_columns(fresh_db_url: Callable[[], Awaitable[str]]) -> None:
+async def test_migration_0013_adds_and_removes_the_columns(fresh_db_url: Callable[[], Awaitable[str]]) -> None:
     url = await fresh_db_url()
     await migrate.upgrade_async(url)
 

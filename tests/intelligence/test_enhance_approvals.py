@@ -249,8 +249,8 @@ async def test_migration_0014_is_reversible(fresh_db_url) -> None:
             await manage.propose_experiment(conn, await _candidate(conn, p, scope="key-a"), actor="j", auto=False)
     finally:
         await engine.dispose()
-    # 0014 sits on 0015_response_summary: downgrading to it removes 0014 (and whatever came after)
-    await asyncio.to_thread(migrate.downgrade, url, "0015_response_summary")
+    # 0014 sits on 0013_response_summary: downgrading to it removes 0014 (and whatever came after)
+    await asyncio.to_thread(migrate.downgrade, url, "0013_response_summary")
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:

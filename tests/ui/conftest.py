@@ -208,7 +208,7 @@ def build_records(now: datetime, marker: str) -> tuple[list[ExchangeRecord], dic
 
 
 async def store_summaries(conn, records: list[ExchangeRecord]) -> None:
-    """Write the response summaries (``response_text``, ``tool_calls``, migration 0015) of ``records``.
+    """Write the response summaries (``response_text``, ``tool_calls``, migration 0013) of ``records``.
 
     The gateway records them with each exchange; ``ExchangeRepository.insert_batch`` does not write these
     two columns yet (docs/dashboard.md, "Response summaries"), so the fixtures store them here.

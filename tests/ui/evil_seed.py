@@ -82,7 +82,7 @@ async def seed_evil_rows(url: str) -> EvilRows:
     try:
         async with engine.begin() as conn:
             await ExchangeRepository(conn).insert_batch(records)
-            for r in records:  # the response summary (migration 0015), as the gateway records it
+            for r in records:  # the response summary (migration 0013), as the gateway records it
                 await conn.execute(
                     text("UPDATE exchanges SET response_text = :t, tool_calls = CAST(:c AS jsonb) WHERE request_id = :id"),
                     {"t": r.response_text, "c": json.dumps(list(r.tool_calls)), "id": r.request_id},

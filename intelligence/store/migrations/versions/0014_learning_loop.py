@@ -1,7 +1,7 @@
 """learning loop: scopes, approvals and screening of enhancements and experiments
 
 Revision ID: 0014_learning_loop
-Revises: 0015_response_summary
+Revises: 0013_response_summary
 Create Date: 2026-11-28
 
 * ``scope`` on ``enhancements`` and ``experiments``: the gateway key (its id) whose traffic an
@@ -26,7 +26,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision: str = "0014_learning_loop"
-down_revision: str | Sequence[str] | None = "0015_response_summary"
+down_revision: str | Sequence[str] | None = "0013_response_summary"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

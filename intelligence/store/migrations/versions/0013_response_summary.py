@@ -1,6 +1,6 @@
 """request log: a provider-neutral summary of each response (reply text and tool calls)
 
-Revision ID: 0015_response_summary
+Revision ID: 0013_response_summary
 Revises: 0012_policy_action_index
 Create Date: 2026-11-28
 
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision: str = "0015_response_summary"
+revision: str = "0013_response_summary"
 down_revision: str | Sequence[str] | None = "0012_policy_action_index"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

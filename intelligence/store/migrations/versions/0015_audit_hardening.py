@@ -1,11 +1,8 @@
 """audit hardening: an insert-only writer role, a definer-rights head lock; access token revocations
 
-Revision ID: 0013_audit_hardening
+Revision ID: 0015_audit_hardening
 Revises: 0014_learning_loop
 Create Date: 2026-11-28
-
-(Numbered 0013 but placed after 0014_learning_loop, the single head when it was written: revision
-ids are names, the order is the down_revision chain.)
 
 * ``llmproxy_audit_writer``: a NOLOGIN role with SELECT and INSERT on ``audit_log``, SELECT on
   ``audit_head`` and EXECUTE on ``llmproxy_audit_lock_head()``, and no UPDATE, DELETE or TRUNCATE on
@@ -34,7 +31,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0013_audit_hardening"
+revision: str = "0015_audit_hardening"
 down_revision: str | Sequence[str] | None = "0014_learning_loop"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
