@@ -37,7 +37,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="passthrough: client provider keys go upstream (default); required: gateway keys only",
     )
-    return p.parse_args(argv)
+    p.add_argument("--worker-index", type=int, default=0, help="this process's number among the sidecar workers (0: the first)")
+    p.add_argument("--workers", type=int, default=1, help="how many sidecar workers the stack runs (llmproxy up sets it)")
+    args = p.parse_args(argv)
+    if args.workers < 1 or not 0 <= args.worker_index < args.workers:
+        p.error("--worker-index must be in 0 .. --workers - 1")
+    return args
+
+
+def _adopt_retired_spools(recorder, settings: SidecarSettings) -> None:
+    """Records spooled by a worker that no longer runs (the stack now has fewer workers) are replayed by
+    worker 0, so lowering --sidecar-workers loses nothing."""
+    from .settings import worker_spool_index
+
+    try:
+        candidates = sorted(p for p in settings.data_dir.iterdir() if p.is_dir())
+    except OSError:
+        return
+    for directory in candidates:
+        index = worker_spool_index(directory)
+        if index is None or index < settings.workers:
+            continue
+        taken = recorder.adopt_spool(directory)
+        if taken:
+            log.warning("request log: %d records of retired sidecar worker %d taken into this worker's spool", taken, index)
 
 
 def build_settings(args: argparse.Namespace) -> SidecarSettings:
@@ -52,6 +75,8 @@ def build_settings(args: argparse.Namespace) -> SidecarSettings:
         log_body_max=args.log_body_max,
         auth_mode=args.auth,
         policy_file=args.policy_file,
+        worker_index=args.worker_index,
+        workers=args.workers,
     )
 
 
@@ -63,6 +88,8 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         raise SystemExit("llmproxy sidecar: no database (set DATABASE_URL or --database-url)")
     engine = make_engine(settings.database_url)
     recorder = DbRecorder(engine, settings.spool_dir)
+    if settings.worker_index == 0:
+        _adopt_retired_spools(recorder, settings)
     await recorder.start()
     from intelligence.keys.cache import KeyCache
     from intelligence.keys.meter import UsageMeter
@@ -138,6 +165,8 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
     metrics.track_queue("audit", lambda: float(audit.pending))
     metrics.track_queue("events", lambda: float(events.pending))
     address = metrics.metrics_address_from_env()
+    if address is not None and address[1] and settings.worker_index:
+        address = (address[0], address[1] + settings.worker_index)  # one /metrics port per worker
     metrics_server = metrics.start_metrics_server(*address)[0] if address is not None else None
     tracing.configure()
     server, health_servicer = await serve(

@@ -35,9 +35,14 @@ class SidecarSettings:
     # the port could otherwise ask the sidecar to route, or read what it answers.
     allowed_peers: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
+    # `llmproxy up --sidecar-workers N` runs N sidecar processes, one port each; worker K > 0 keeps its
+    # own spool (a spool directory is one process's: its journal and lock).
+    worker_index: int = 0
+    workers: int = 1
+
     @property
     def spool_dir(self) -> Path:
-        return self.data_dir / "spool"
+        return spool_dir(self.data_dir, self.worker_index)
 
     @classmethod
     def from_env(cls, **overrides) -> SidecarSettings:
@@ -60,3 +65,16 @@ class SidecarSettings:
         )
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
+
+
+def spool_dir(data_dir: Path, worker_index: int = 0) -> Path:
+    """Where sidecar worker ``worker_index`` spools and journals its records."""
+    return data_dir / ("spool" if worker_index == 0 else f"spool-{worker_index}")
+
+
+def worker_spool_index(path: Path) -> int | None:
+    """K for a ``spool-K`` directory, else None."""
+    name = path.name
+    if not name.startswith("spool-") or not name[6:].isdigit():
+        return None
+    return int(name[6:])

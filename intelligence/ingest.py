@@ -709,6 +709,27 @@ class DbRecorder:
 
     # -- journal and state -----------------------------------------------------------------
 
+    def adopt_spool(self, directory: Path) -> int:
+        """Take another recorder's spool (segments and journal) into this one, when no process holds it.
+
+        For a sidecar worker that no longer runs; records already stored are skipped at replay as usual.
+        Call before :meth:`start`. Returns the records taken."""
+        lock = _lock_directory(directory)
+        if lock is None:
+            return 0
+        taken = 0
+        try:
+            files = sorted(directory.glob("segment-*.jsonl"), key=lambda p: p.name)
+            files += sorted((directory / JOURNAL_DIR).glob("journal-*"), key=_journal_seq)
+            for path in files:
+                try:
+                    taken += self._spool.adopt(path)
+                except OSError:
+                    log.exception("request log: could not take %s into the spool; left where it is", path)
+        finally:
+            os.close(lock)
+        return taken
+
     def _adopt_leftovers(self) -> int:
         """A journal left by a killed process: its records go into the spool (replay skips those stored already)."""
         assert self._journal is not None

@@ -6,6 +6,8 @@ base URLs (cluster address, TLS on/off, host rewrite, path prefix), the CA bundl
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +66,7 @@ def render(
     listen_host: str,
     port: int,
     admin_port: int,
-    sidecar_port: int,
+    sidecar_port: int | Sequence[int],
     upstreams: dict[str, Upstream],
     ca_file: str | None = None,
     idle_timeout_s: float | None = None,
@@ -78,7 +80,7 @@ def render(
     for cluster in cfg["static_resources"]["clusters"]:
         name = cluster["name"]
         if name == "llmproxy_sidecar":
-            _endpoint(cluster)["port_value"] = sidecar_port
+            _set_sidecar_ports(cluster, [sidecar_port] if isinstance(sidecar_port, int) else list(sidecar_port))
         elif name in upstreams:
             up = upstreams[name]
             _endpoint(cluster).update(address=up.host, port_value=up.port)
@@ -108,6 +110,26 @@ def render(
             elif up.base_path:
                 action["prefix_rewrite"] = up.base_path + route["match"].get("prefix", "/")
     return cfg
+
+
+def _set_sidecar_ports(cluster: dict, ports: list[int]) -> None:
+    """One endpoint per sidecar worker (``llmproxy up --sidecar-workers``), round robin per ext_proc stream.
+
+    Each HTTP request is one ext_proc stream, and Envoy picks the endpoint per stream, so the workers share
+    the requests evenly. (One port shared with SO_REUSEPORT would let the kernel spread *connections*,
+    and Envoy holds about one HTTP/2 connection to the sidecar per worker thread: every stream could land
+    on the same process.)"""
+    if not ports:
+        raise ValueError("at least one sidecar port")
+    group = cluster["load_assignment"]["endpoints"][0]
+    template = group["lb_endpoints"][0]
+    group["lb_endpoints"] = []
+    for port in ports:
+        entry = copy.deepcopy(template)
+        entry["endpoint"]["address"]["socket_address"]["port_value"] = port
+        group["lb_endpoints"].append(entry)
+    if len(ports) > 1:
+        cluster["lb_policy"] = "ROUND_ROBIN"  # Envoy's default, stated for the reader
 
 
 def _endpoint(cluster: dict) -> dict:

@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     parts = {
         "envoy": envoy_ready(state.ports["admin"]),
         "sidecar": grpc_healthy(state.ports["sidecar"]),
+        # further sidecar workers (`up --sidecar-workers N`): each must serve
+        **{name: grpc_healthy(port) for name, port in state.ports.items() if name.startswith("sidecar-")},
         "database": db_ok,
     }
     if "ui" in state.ports:
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             and pid_alive(state.pids["intelligence"])
             and not port_free("127.0.0.1", state.ports["control"])
         )
-    required = ("envoy", "sidecar", "database")
+    required = ("envoy", "database", *(name for name in parts if name.startswith("sidecar")))
     ok = all(parts[p] for p in required)
     vector = _vector_problem(args.data_dir)
     if vector:

@@ -45,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--admin-port", type=int, default=DEFAULT_PORTS["admin"], help="Envoy admin port, 127.0.0.1 only (default 9901)"
     )
     p.add_argument("--sidecar-port", type=int, default=DEFAULT_PORTS["sidecar"], help="sidecar gRPC port (default 50051)")
+    p.add_argument(
+        "--sidecar-workers",
+        type=int,
+        default=1,
+        help="sidecar processes, on consecutive ports from --sidecar-port; Envoy spreads requests over them "
+        "round robin (default 1; see docs/performance.md, Scaling)",
+    )
     p.add_argument("--ui-port", type=int, default=DEFAULT_PORTS["ui"], help="dashboard port (default 8501)")
     p.add_argument(
         "--data-dir", type=Path, default=Path(".llmproxy"), help="database, spool, logs, runtime config (default .llmproxy)"
@@ -123,7 +130,12 @@ def run(args: argparse.Namespace) -> int:
     if relay:
         print(f"llmproxy: {relay}", file=sys.stderr)
         return 2
+    if not 1 <= args.sidecar_workers <= 64:
+        print("llmproxy: --sidecar-workers must be between 1 and 64", file=sys.stderr)
+        return 2
     ports = {"gateway": args.port, "admin": args.admin_port, "sidecar": args.sidecar_port}
+    for i in range(1, args.sidecar_workers):
+        ports[f"sidecar-{i}"] = args.sidecar_port + i
     if not args.no_ui:
         ports["ui"] = args.ui_port
     if not args.no_intelligence:
@@ -132,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         host = args.listen if name == "gateway" else "127.0.0.1"
         if not port_free(host, port):
             print(
-                f"llmproxy: port {port} ({name}, {NAMES[name]}) is already in use; choose another with {NAMES[name]}",
+                f"llmproxy: port {port} ({name}, {_flag(name)}) is already in use; choose another with {_flag(name)}",
                 file=sys.stderr,
             )
             return 1
@@ -184,7 +196,21 @@ def run(args: argparse.Namespace) -> int:
             sidecar_cmd += ["--auth", args.auth]
         if args.policy_file:
             sidecar_cmd += ["--policy-file", str(args.policy_file)]
-        sup.start(Part("sidecar", lambda: sidecar_cmd, env, ready=lambda: grpc_healthy(args.sidecar_port), required=True), 60)
+        sidecar_ports = [args.sidecar_port + i for i in range(args.sidecar_workers)]
+        workers = [
+            Part(
+                "sidecar" if i == 0 else f"sidecar-{i}",
+                _worker_cmd(sidecar_cmd, i, args.sidecar_workers, port),
+                env,
+                ready=_grpc_ready(port),
+                required=True,
+            )
+            for i, port in enumerate(sidecar_ports)
+        ]
+        for part in workers:  # they load their detectors side by side
+            sup.start(part)
+        for part in workers:
+            sup.wait_ready(part, 60 + 30 * (len(workers) - 1))
 
         def render_envoy() -> Path:
             cfg = envoy_config.render(
@@ -192,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
                 listen_host=args.listen,
                 port=args.port,
                 admin_port=args.admin_port,
-                sidecar_port=args.sidecar_port,
+                sidecar_port=sidecar_ports,
                 upstreams=upstreams,
                 ca_file=_ca_bundle(),
                 idle_timeout_s=args.idle_timeout,
@@ -282,6 +308,23 @@ def run(args: argparse.Namespace) -> int:
         sup.stop_all()
         (data_dir / "stack.json").unlink(missing_ok=True)
         print("llmproxy: stopped", file=sys.stderr)
+
+
+def _flag(port_name: str) -> str:
+    """The option that moves a port: sidecar worker K sits at --sidecar-port + K."""
+    return NAMES.get(port_name) or f"{NAMES['sidecar']} (worker ports follow it)"
+
+
+def _worker_cmd(base: list[str], index: int, workers: int, port: int) -> Callable[[], list[str]]:
+    """The command of sidecar worker ``index``: its own port (and, past the first, its own spool)."""
+    cmd = list(base)
+    cmd[cmd.index("--port") + 1] = str(port)
+    cmd += ["--worker-index", str(index), "--workers", str(workers)]
+    return lambda: cmd
+
+
+def _grpc_ready(port: int) -> Callable[[], bool]:
+    return lambda: grpc_healthy(port)
 
 
 def _intelligence_settings() -> dict:
@@ -513,8 +556,11 @@ class Supervisor:
         part.spawn(self.logs)
         part.state = "running"
         self.changed = True
-        if timeout is None:
-            return
+        if timeout is not None:
+            self.wait_ready(part, timeout)
+
+    def wait_ready(self, part: Part, timeout: float) -> None:
+        """Wait until a started part is ready; its exit or the timeout is a start-up failure."""
         deadline = time.monotonic() + timeout
         check = part.ready or (lambda: True)
         while time.monotonic() < deadline:
