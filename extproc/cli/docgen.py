@@ -69,6 +69,7 @@ ENV_DESCRIPTIONS: dict[str, str] = {
     "LLMPROXY_RECORDER_JOURNAL": "`0`: the recorder keeps no write-ahead journal (a killed sidecar then loses the records it held in memory). Default on.",
     "LLMPROXY_RECORDER_MEMORY_MAX": "Records the recorder holds in memory when the database is away and the spool's disk is full (default 50000); past it records are dropped, counted and announced.",
     "LLMPROXY_RECORDER_MEMORY_MAX_MB": "The same bound in MiB (default 256).",
+    "LLMPROXY_WORKER_SCHED": "`idle` (default): the pattern worker runs under SCHED_IDLE, only on CPU the gateway does not want (under sustained overload patterns wait in the exchanges table); `normal`: nice 10 only.",
     "LLMPROXY_JOBS_NICE": "CPU niceness of the intelligence process (default 10): its jobs never take the CPU requests wait for. `0`: normal priority.",
     "OMP_NUM_THREADS": "Threads of torch/BLAS in the intelligence process (it sets 1 unless given): background work stays on one core.",
     "MKL_NUM_THREADS": "As `OMP_NUM_THREADS`, for MKL builds.",

@@ -248,7 +248,8 @@ def run(args: argparse.Namespace) -> int:
                 "--control-port",
                 str(args.control_port),
             ]
-            sup.start(Part("intelligence", lambda: brain_cmd, env, ready=lambda: not port_free("127.0.0.1", args.control_port)))
+            brain = Part("intelligence", lambda: brain_cmd, env, ready=lambda: not port_free("127.0.0.1", args.control_port))
+            sup.start(brain)
         if not args.no_ui:
             app = Path(__file__).resolve().parents[2] / "ui" / "streamlit_app.py"
             ui_cmd = [
@@ -270,6 +271,13 @@ def run(args: argparse.Namespace) -> int:
                 str(data_dir),
             ]
             sup.start(Part("ui", lambda: ui_cmd, {**env, "LLMPROXY_DATA_DIR": str(data_dir)}))
+        if not args.no_intelligence:
+            # Ready means warm: the intelligence process loads its model before its control port opens.
+            # It is optional, so a slow or failed start is said, not fatal.
+            try:
+                sup.wait_ready(brain, 180)
+            except StartupError as exc:
+                sup.say(f"the intelligence process is not ready yet ({str(exc).splitlines()[0]}); the gateway serves meanwhile")
         state = StackState(
             data_dir=str(data_dir),
             database_url=db_url,

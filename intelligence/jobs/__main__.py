@@ -89,6 +89,13 @@ async def run(args: argparse.Namespace, stop: asyncio.Event) -> None:
             from intelligence.embeddings import shared_embedder
 
             jobs.append(AnomalyJob(engine, client, shared_embedder))
+            # The embedding model (torch, transformers: ~15 s of CPU on 2 cores) loads before the control
+            # port opens, and `llmproxy up` waits for that port: a lazy load after "ready" took the CPU
+            # the first requests needed (docs/performance.md).
+            try:
+                await asyncio.to_thread(shared_embedder)
+            except Exception:  # the job loads it again itself, under _supervise's restarts
+                log.exception("intelligence: the embedding model did not load at start")
     server = None
     if args.control_port:
         from intelligence.control.server import ControlServer

@@ -75,6 +75,12 @@ def configure_worker_process(threads: int = 1, nice: int = 10) -> None:
     if nice and hasattr(os, "nice"):
         with contextlib.suppress(OSError):
             os.nice(nice)
+    # Nice 10 still took a third of a core from the sidecar at saturation on 2 cores (llmproxy bench,
+    # docs/performance.md). SCHED_IDLE runs the worker only on CPU nobody else wants: under sustained
+    # overload the backlog waits in the exchanges table, which the worker reads in order anyway.
+    if os.environ.get("LLMPROXY_WORKER_SCHED", "idle").strip().lower() == "idle" and hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     import torch
 
     torch.set_num_threads(max(1, threads))
