@@ -41,7 +41,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import asyncpg
-from prometheus_client import Gauge, Histogram
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -65,12 +64,6 @@ MEMORY_MAX_ENV = "LLMPROXY_RECORDER_MEMORY_MAX"  # records held in memory when t
 MEMORY_MAX_MB_ENV = "LLMPROXY_RECORDER_MEMORY_MAX_MB"
 JOURNAL_ENV = "LLMPROXY_RECORDER_JOURNAL"  # "0": no write-ahead journal (a killed sidecar loses its queue)
 
-HELD = Gauge("llmproxy_recorder_memory_held", "Exchange records held in memory because the spool's disk refused them")
-WRITE_LAG = Histogram(
-    "llmproxy_recorder_write_lag_seconds",
-    "From the end of an exchange to its record committed in the database",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
-)
 # write lag histogram in the state file: bucket upper bounds in ms, geometric (x1.25) from 1 ms to ~10 min
 LAG_BOUNDS_MS: tuple[float, ...] = tuple(round(1.25**i, 3) for i in range(0, 61))
 
@@ -247,7 +240,7 @@ class DbRecorder:
         metrics.QUEUE_DEPTH.set_function(lambda: self.queue_depth)
         metrics.SPOOL_DEPTH.set_function(lambda: self.spool_depth)
         metrics.DB_OK.set_function(lambda: 1.0 if self._db_ok else 0.0)
-        HELD.set_function(lambda: float(len(self._held)))
+        metrics.HELD.set_function(lambda: float(len(self._held)))
         if self._adopted:
             log.warning(
                 "request log: %d records journaled by a previous process that did not stop cleanly were taken "
@@ -589,7 +582,7 @@ class DbRecorder:
                 lag_ms = max(0.0, (now - record.finished_at.timestamp()) * 1000)
             except (AttributeError, OverflowError, ValueError):
                 continue
-            WRITE_LAG.observe(lag_ms / 1000)
+            metrics.WRITE_LAG.observe(lag_ms / 1000)
             self._lag_counts[bisect.bisect_left(LAG_BOUNDS_MS, lag_ms)] += 1
             if len(self._lag_window) < 10_000:
                 self._lag_window.append(lag_ms)
