@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             and pid_alive(state.pids["intelligence"])
             and not port_free("127.0.0.1", state.ports["control"])
         )
-    required = ("envoy", "database", *(name for name in parts if name.startswith("sidecar")))
+    required = ("envoy", *(name for name in parts if name.startswith("sidecar")), "database")
     ok = all(parts[p] for p in required)
     vector = _vector_problem(args.data_dir)
     if vector:
