@@ -94,3 +94,19 @@ async def fresh_db_url(pg_server_url: str) -> AsyncIterator[Callable[[], Awaitab
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+# tests/e2e/conftest.py gives the whole run one audit key (LLMPROXY_AUDIT_KEY) so that what one stack or
+# CLI call writes, another verifies. Only the suites that run stacks use it; elsewhere a test that wants a
+# key sets one itself, and the others see an unkeyed process, as they were written for.
+_SHARED_AUDIT_KEY_SUITES = {"e2e", "reliability", "browser", "deploy"}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_audit_env(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLI commands run in-process point LLMPROXY_DATA_DIR at the stack they used (extproc/cli/stack.py);
+    undone after each test, so a later test's audit entries never meet another database's checkpoint."""
+    monkeypatch.delenv("LLMPROXY_DATA_DIR", raising=False)
+    suite = Path(str(request.node.path)).relative_to(Path(__file__).parent).parts[0]
+    if suite not in _SHARED_AUDIT_KEY_SUITES:
+        monkeypatch.delenv("LLMPROXY_AUDIT_KEY", raising=False)

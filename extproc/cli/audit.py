@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--checkpoint",
         type=Path,
         default=None,
-        help="the signed checkpoint to compare with (default DATA_DIR/audit/checkpoint.json, or $LLMPROXY_AUDIT_CHECKPOINT_FILE)",
+        help="the signed checkpoint to compare with (default $LLMPROXY_AUDIT_CHECKPOINT_FILE, else DATA_DIR/audit/checkpoint.json when DATA_DIR holds the stack using this database)",
     )
     v.add_argument("--no-checkpoint", action="store_true", help="do not compare with a checkpoint")
     v.set_defaults(func=run_verify)
@@ -60,7 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = actions.add_parser(
         "checkpoint", parents=[db], help="anchor the current head in the signed checkpoint file now (the gateway does it itself)"
     )
-    c.add_argument("--checkpoint", type=Path, default=None, help="the checkpoint file (default DATA_DIR/audit/checkpoint.json)")
+    c.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="the checkpoint file (default $LLMPROXY_AUDIT_CHECKPOINT_FILE, else the stack's DATA_DIR/audit/checkpoint.json)",
+    )
     c.set_defaults(func=run_checkpoint)
 
 
@@ -69,15 +74,16 @@ def _db(url: str, work: Any) -> Any:
     return run_in_transaction(url, work, tables="audit tables", isolation="REPEATABLE READ")
 
 
-def _checkpoint_path(args: argparse.Namespace) -> Path:
+def _checkpoint_path(args: argparse.Namespace) -> Path | None:
+    """--checkpoint, else LLMPROXY_AUDIT_CHECKPOINT_FILE, else the checkpoint of the stack whose database
+    this is (LLMPROXY_DATA_DIR, set by database_url_for), else None: no checkpoint for this database."""
     import os
 
-    from intelligence.audit.checkpoint import CHECKPOINT_FILE_ENV, default_path
+    from intelligence.audit.checkpoint import configured_path
 
     if args.checkpoint is not None:
         return Path(args.checkpoint)
-    env = os.environ.get(CHECKPOINT_FILE_ENV)
-    return Path(env) if env else default_path(args.data_dir)
+    return configured_path(os.environ)
 
 
 def _keys(args: argparse.Namespace) -> list[Any]:
@@ -107,7 +113,8 @@ def run_verify(args: argparse.Namespace) -> int:
         source = str(args.file)
     else:
         url = database_url_for(args.data_dir, args.database_url)
-        state = None if args.no_checkpoint else read_checkpoint(_checkpoint_path(args), keys)
+        path = None if args.no_checkpoint else _checkpoint_path(args)
+        state = read_checkpoint(path, keys) if path is not None else None
 
         async def work(conn: Any) -> Any:
             return await AuditLog(key=None).verify(conn, keys=keys, checkpoint=state)
@@ -159,6 +166,13 @@ def run_checkpoint(args: argparse.Namespace) -> int:
         return 2
     url = database_url_for(args.data_dir, args.database_url)
     path = _checkpoint_path(args)
+    if path is None:
+        print(
+            "llmproxy audit: no checkpoint file for this database: pass --checkpoint FILE, set "
+            "LLMPROXY_AUDIT_CHECKPOINT_FILE, or run it with the data dir of the stack that uses this database",
+            file=sys.stderr,
+        )
+        return 2
 
     async def go() -> Any:
         engine = make_engine(url, pool_size=1, max_overflow=0)

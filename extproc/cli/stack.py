@@ -10,19 +10,24 @@ from intelligence.ops.stack import StackState
 
 def database_url_for(data_dir: Path, explicit: str | None = None) -> str:
     """The database a command should use: explicit > $DATABASE_URL > the running stack's."""
-    # The audit key and checkpoint of that stack live in its data dir: commands that append audit
-    # entries find them through LLMPROXY_DATA_DIR.
-    os.environ.setdefault("LLMPROXY_DATA_DIR", str(data_dir))
-    if explicit:
-        return explicit
-    if os.environ.get("DATABASE_URL"):
-        return os.environ["DATABASE_URL"]
     state = StackState.load(data_dir)
-    if state is None:
+    if explicit:
+        url = explicit
+    elif os.environ.get("DATABASE_URL"):
+        url = os.environ["DATABASE_URL"]
+    elif state is None:
         raise SystemExit(
             f"llmproxy: no running stack found in {data_dir} (start one with `llmproxy up`), and DATABASE_URL is not set"
         )
-    return state.database_url
+    else:
+        url = state.database_url
+    # The audit key and checkpoint of a stack live in its data dir and belong to its database: commands
+    # that append or verify audit entries on that database find them through LLMPROXY_DATA_DIR. On any
+    # other database they must not: a checkpoint anchors one chain, and another database's entries
+    # would contradict it (configure LLMPROXY_AUDIT_CHECKPOINT_FILE for that database instead).
+    if state is not None and state.database_url == url:
+        os.environ.setdefault("LLMPROXY_DATA_DIR", str(data_dir))
+    return url
 
 
 def run_in_transaction(url: str, work, *, tables: str, isolation: str | None = None):
