@@ -97,9 +97,10 @@ async def fresh_db_url(pg_server_url: str) -> AsyncIterator[Callable[[], Awaitab
 
 
 # tests/e2e/conftest.py gives the whole run one audit key (LLMPROXY_AUDIT_KEY) so that what one stack or
-# CLI call writes, another verifies. Only the suites that run stacks use it; elsewhere a test that wants a
-# key sets one itself, and the others see an unkeyed process, as they were written for.
-_SHARED_AUDIT_KEY_SUITES = {"e2e", "reliability", "browser", "deploy"}
+# CLI call writes, another verifies. The suites that run stacks use it (and ui, whose session-wide seed
+# writes audit entries while it is set); elsewhere a test that wants a key sets one itself, and the others
+# see an unkeyed process, as they were written for.
+_SHARED_AUDIT_KEY_SUITES = {"e2e", "reliability", "browser", "deploy", "ui"}
 
 
 @pytest.fixture(autouse=True)
