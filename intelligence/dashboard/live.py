@@ -28,6 +28,21 @@ class WindowSample:
     started: float
     latency_ms: float | None
     error: bool
+    request_id: str = ""  # the feed skips what it was seeded with when a catch-up reads it again
+
+
+@dataclass(frozen=True, slots=True)
+class SpendGroup:
+    """One hour of one model and api, summed over clients and providers (the spend tile's input)."""
+
+    bucket: datetime
+    model: str | None
+    api: str | None
+    n: int
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
 
 
 class LiveRepository:
@@ -62,9 +77,25 @@ class LiveRepository:
             await self._conn.execute(
                 text(
                     "SELECT extract(epoch FROM started_at)::float8 AS started, llmproxy_ms(latency_ms) AS latency, "
-                    "(error IS NOT NULL OR status >= 400) AS failed FROM exchanges WHERE started_at >= :since"
+                    "(error IS NOT NULL OR status >= 400) AS failed, request_id FROM exchanges WHERE started_at >= :since"
                 ),
                 {"since": since},
             )
         ).all()
-        return [WindowSample(float(r.started), r.latency, bool(r.failed)) for r in rows]
+        return [WindowSample(float(r.started), r.latency, bool(r.failed), r.request_id) for r in rows]
+
+    async def spend_groups(self, day_start: datetime) -> list[SpendGroup]:
+        """Today's hourly rollups summed per hour, model and api: all that pricing needs (no clients, no
+        histograms), so the spend tile's read stays small however many clients a day brings."""
+        rows = (
+            await self._conn.execute(
+                text(
+                    "SELECT bucket, model, api, sum(n)::float8 AS n, sum(input_tokens)::float8 AS input_tokens, "
+                    "sum(output_tokens)::float8 AS output_tokens, sum(cached_tokens)::float8 AS cached_tokens, "
+                    "sum(reasoning_tokens)::float8 AS reasoning_tokens FROM exchange_rollups "
+                    "WHERE granularity = 'hour' AND bucket >= :since GROUP BY bucket, model, api"
+                ),
+                {"since": day_start},
+            )
+        ).all()
+        return [SpendGroup(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6]), int(r[7])) for r in rows]

@@ -27,6 +27,7 @@ from starlette.applications import Starlette
 from intelligence.access import AccessSettings, issue_token
 from intelligence.analytics import AnalyticsRepository
 from intelligence.dashboard.live import LiveRepository
+from intelligence.records import Usage
 from intelligence.store.engine import asyncpg_dsn, make_engine
 from intelligence.store.migrate import upgrade_async
 from intelligence.store.repositories import ExchangeRepository
@@ -358,4 +359,103 @@ async def test_the_kpi_window_agrees_with_the_page_query(live_db: str) -> None:
         empty = KpiWindow(15, 60).snapshot(t)
         assert empty["requests"] == 0 and empty["error_rate"] is None and empty["p50_ms"] is None  # "no data yet"
     finally:
+        await engine.dispose()
+
+
+async def test_the_spend_tile_agrees_with_the_page_computation(live_db: str) -> None:
+    """The feed seeds its spend from per-hour, per-model sums (``LiveRepository.spend_groups``) and then adds
+    each pushed row; the page prices the full rollup rows (``aggregate.spend_today``). Same numbers either
+    way, unpriced models counted alike, garbage token counts cleaned alike."""
+    from intelligence.pricing import load_prices
+    from ui import aggregate
+    from ui.live.kpis import SpendTally
+
+    engine = make_engine(live_db)
+    try:
+        now = datetime.now(UTC)
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        early = day + timedelta(seconds=30) if now - day > timedelta(minutes=2) else now - timedelta(seconds=20)
+        usage = Usage(input_tokens=1200, output_tokens=340, total_tokens=1540, cached_tokens=200, reasoning_tokens=None)
+        garbage = Usage(input_tokens=-5, output_tokens=10**12, total_tokens=0, cached_tokens=None, reasoning_tokens=7)
+        prices = load_prices()
+        async with engine.connect() as conn:
+            before = await LiveRepository(conn).spend_groups(day)
+        recs = [
+            make_record(started_at=now - timedelta(seconds=3 + i), model=model, client_key_fp=client, usage=usage)
+            for i, (model, client) in enumerate(
+                [("gpt-4o-mini", "fp-a"), ("gpt-4o-mini", "fp-b"), ("gpt-4o", "fp-a"), ("no-such-model-zz", "fp-c")]
+            )
+        ]
+        recs += [make_record(started_at=early, model="gpt-4o", client_key_fp="fp-d", usage=usage)]
+        recs += [make_record(started_at=now - timedelta(seconds=9), model="no-such-model-zz", provider="openrouter")]
+        recs += [make_record(started_at=now - timedelta(seconds=11), model="gpt-4o-mini", usage=garbage)]
+        recs += [make_record(started_at=day - timedelta(minutes=5), model="gpt-4o", usage=usage)]  # yesterday
+        await insert(engine, recs)
+        async with engine.connect() as conn:
+            rows = await AnalyticsRepository(conn).rollup("hour", day)
+            groups = await LiveRepository(conn).spend_groups(day)
+        page = aggregate.spend_payload(aggregate.spend_today(rows, prices, day, now))
+        seeded = SpendTally(prices)
+        seeded.seed(groups)
+        fed = SpendTally(prices)  # what the feed holds: a seed from before, then the rows it pushed
+        fed.seed(before)
+        for r in recs:
+            u = r.usage
+            fed.add(r.started_at, r.model, r.api, u.input_tokens, u.output_tokens, u.cached_tokens, u.reasoning_tokens)
+        assert len(groups) < len(rows)  # clients and providers summed away
+        for pushed in (seeded.doc(now), fed.doc(now)):
+            assert page["unpriced_requests"] == pushed["unpriced_requests"] >= 2
+            assert pushed["total_usd"] == pytest.approx(page["total_usd"]) and pushed["total_usd"] > 0
+            assert pushed["hourly"] == pytest.approx(page["hourly"])
+        # the next day starts at zero by itself
+        tomorrow = fed.doc(day + timedelta(days=1, minutes=1))
+        assert tomorrow == {"total_usd": 0.0, "unpriced_requests": 0, "hourly": [0.0]}
+    finally:
+        await engine.dispose()
+
+
+async def test_the_hub_counts_each_exchange_once_in_its_tiles(live_db: str) -> None:
+    """Seeded from the database, then a catch-up re-reads the last minutes: the KPI window and the spend
+    must hold every exchange once, and again after the hub re-seeds following a failure."""
+    from intelligence.pricing import load_prices
+    from ui import aggregate
+
+    engine = make_engine(live_db)
+    hub = feed.LiveHub(live_db)
+    try:
+        now = datetime.now(UTC)
+        await insert(engine, [make_record(started_at=now - timedelta(seconds=4 + i)) for i in range(25)])
+        hub.start()
+        await asyncio.wait_for(hub.ready.wait(), WAIT_S)
+        deadline = time.monotonic() + WAIT_S
+        while hub.status.mode != "listen":
+            assert time.monotonic() < deadline, hub.status
+            await asyncio.sleep(0.05)
+        await insert(engine, [make_record(started_at=datetime.now(UTC)) for _ in range(3)])  # pushed as they commit
+
+        async def expected() -> tuple[int, dict[str, Any]]:
+            t = datetime.now(UTC)
+            day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+            async with engine.connect() as conn:
+                n = len(await LiveRepository(conn).window(t - timedelta(minutes=15)))
+                rows = await AnalyticsRepository(conn).rollup("hour", day)
+            return n, aggregate.spend_payload(aggregate.spend_today(rows, load_prices(), day, t))
+
+        async def settled() -> None:
+            deadline = time.monotonic() + WAIT_S
+            while True:
+                n, spend = await expected()
+                got = hub.spend.doc(datetime.now(UTC))
+                if len(hub.kpis) == n and got["total_usd"] == pytest.approx(spend["total_usd"]):
+                    return
+                assert time.monotonic() < deadline, (len(hub.kpis), n, got, spend)
+                await asyncio.sleep(0.05)
+
+        await settled()
+        hub._fail(ConnectionError("simulated"))  # what a failed read does: the next round re-seeds
+        await insert(engine, [make_record(started_at=datetime.now(UTC)) for _ in range(2)])
+        await settled()
+        assert not hub._reseed
+    finally:
+        await hub.stop()
         await engine.dispose()

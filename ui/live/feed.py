@@ -7,6 +7,11 @@ ids pile up), turns them into the table's wire format (:mod:`ui.live.rows`), add
 window (:mod:`ui.live.kpis`) and offers them to every subscriber. It runs on the dashboard server's
 event loop (uvicorn's), beside Streamlit's own websocket.
 
+Rows and tiles run as two tasks. The tiles (KPIs, spend, the alerts banner) cost a database read or tens
+of milliseconds of arithmetic that grow with the traffic of the window and of the day; while one task
+waits on them, rows announced meanwhile must not wait too (at 100 req/s, a serial loop made every row
+that arrived during a spend read late by that read, and the page fell further behind as the day filled).
+
 Subscribers never hold the hub back: each has a bounded queue, and one that falls too far behind is
 cleared and told to resynchronise (it backfills from the database, like after a reconnect). When LISTEN
 is unavailable the hub polls the database once a second (exchanges by start time, events by id) and
@@ -36,8 +41,7 @@ from intelligence.events.models import NOTIFY_CHANNEL as EVENTS_CHANNEL
 from intelligence.pricing import PriceTable, load_prices
 from intelligence.store.engine import asyncpg_dsn, make_engine
 from intelligence.store.repositories import NOTIFY_CHANNEL as EXCHANGES_CHANNEL
-from ui import aggregate
-from ui.live.kpis import KpiWindow
+from ui.live.kpis import KpiWindow, SpendTally
 from ui.live.rows import alert_payload, row_payload
 
 log = logging.getLogger(__name__)
@@ -47,8 +51,8 @@ QUEUE_MAX = 1000  # queued messages per subscriber before it is cleared and aske
 CATCH_UP_MARGIN_S = 600.0  # a reconnect re-reads exchanges started this long before the newest one seen
 KPI_EVERY_S = 1.0  # KPI tiles recomputed at most this often while traffic flows ...
 KPI_IDLE_S = 5.0  # ... and this often without (the window slides)
-SPEND_EVERY_S = 5.0
-SPEND_IDLE_S = 60.0
+SPEND_EVERY_S = 1.0  # the spend tile (kept in memory: cheap) while traffic flows ...
+SPEND_IDLE_S = 60.0  # ... and without (a new hour, a new day)
 BANNER_EVERY_S = 30.0  # acknowledgements do not NOTIFY: the open-alerts banner is re-read this often
 PING_S = 5.0  # a LISTEN connection that died silently is found by a ping
 POLL_S = 1.0  # without LISTEN: one poll a second
@@ -61,14 +65,14 @@ class _Recent:
     def __init__(self, size: int = 8192) -> None:
         self._order: deque[str] = deque()
         self._keys: set[str] = set()
-        self._size = size
+        self.size = size
 
     def add(self, key: str) -> bool:
         if key in self._keys:
             return False
         self._keys.add(key)
         self._order.append(key)
-        if len(self._order) > self._size:
+        if len(self._order) > self.size:
             self._keys.discard(self._order.popleft())
         return True
 
@@ -152,16 +156,20 @@ class LiveHub:
         self.listen = listen
         self.status = HubStatus()
         self.kpis = KpiWindow(window_minutes, bucket_s)
+        self.spend = SpendTally(self.prices)
         self.ready = asyncio.Event()  # set once the first read (and LISTEN, if possible) is done
         self._engine = make_engine(url, pool_size=3, max_overflow=2, connect_timeout=5.0)
         self._subs: set[Subscriber] = set()
-        self._wake = asyncio.Event()
+        self._wake = asyncio.Event()  # rows or events announced, or the listener lost
+        self._tick_wake = asyncio.Event()  # rows published: the tiles may be due
         self._request_ids: list[str] = []
         self._event_ids: list[int] = []
-        self._seen = _Recent()
+        self._seen = _Recent()  # published to the pages
+        self._counted = _Recent()  # in the KPI window and the spend (a seed counts rows it never published)
         self._conn: asyncpg.Connection | None = None
         self._lost = False
         self._seeded = False
+        self._reseed = False  # after a failure: the window and the spend are read again (a catch-up is bounded)
         self._newest_started = 0.0
         self._last_event_id = 0
         self._kpi_version_sent = -1
@@ -176,16 +184,21 @@ class LiveHub:
         self._ping_at = 0.0
         self._reconnect_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._tick_error: str | None = None
 
     # ------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="llmproxy-live-hub")
+            self._ticker = asyncio.create_task(self._run_tiles(), name="llmproxy-live-tiles")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
+        tasks = [t for t in (self._task, self._ticker) if t is not None]
+        self._task = self._ticker = None
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._drop_listener()
@@ -235,7 +248,7 @@ class LiveHub:
     async def _run(self) -> None:
         while True:
             try:
-                if not self._seeded:
+                if not self._seeded or self._reseed:
                     await self._seed()
                 if self.listen and self._conn is None and time.monotonic() >= self._reconnect_at:
                     await self._connect()
@@ -244,7 +257,6 @@ class LiveHub:
                     await self._ping()
                 else:
                     await self._catch_up()
-                await self._tick()
                 if self.status.error and self._conn is not None:
                     self.status.error = None
             except asyncio.CancelledError:
@@ -254,16 +266,37 @@ class LiveHub:
             finally:
                 if self._seeded:
                     self.ready.set()
-            timeout = KPI_EVERY_S if self._conn is not None else POLL_S
+            timeout = PING_S if self._conn is not None else POLL_S
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
+
+    async def _run_tiles(self) -> None:
+        """The tiles' own loop: after each published batch (at most every KPI_EVERY_S) and as time passes."""
+        await self.ready.wait()
+        while True:
+            try:
+                await self._tick()
+                if self._tick_error is not None:
+                    log.info("live feed: the tiles are computed again")
+                    self._tick_error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the database restarts: the rows' loop reports it, retry here
+                error = f"{type(exc).__name__}: {exc}"
+                if error != self._tick_error:
+                    log.warning("live feed: the tiles could not be computed: %s", error)
+                self._tick_error = error
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._tick_wake.wait(), KPI_EVERY_S)
+            self._tick_wake.clear()
 
     def _fail(self, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"
         if error != self.status.error:
             log.warning("live feed: %s", error)
         self.status.error = error
+        self._reseed = self._seeded
         self._set_mode("poll" if self._seeded else "down")
 
     def _set_mode(self, mode: str) -> None:
@@ -272,14 +305,35 @@ class LiveHub:
             self._publish("status", self.status_doc())
 
     async def _seed(self) -> None:
+        """The KPI window and today's spend from the database, in one snapshot, and the ids it counted: the
+        catch-up that follows re-reads the last minutes and publishes what the pages have not seen, but must
+        not count those exchanges twice."""
         now = time.time()
+        day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         async with self._engine.connect() as conn:
-            samples = await LiveRepository(conn).window(datetime.fromtimestamp(now - self.kpis.span_s, UTC))
-            self._last_event_id = await AlertRepository(conn).latest_event_id()
-        self.kpis.seed(samples)
-        self._newest_started = max((s.started for s in samples), default=now)
-        self._seeded = True
-        self._set_mode("poll")
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                live = LiveRepository(conn)
+                samples = await live.window(datetime.fromtimestamp(now - self.kpis.span_s, UTC))
+                groups = await live.spend_groups(day)
+                last_event_id = await AlertRepository(conn).latest_event_id()
+        self._last_event_id = max(self._last_event_id, last_event_id)
+        # built in a worker thread (a busy window is tens of thousands of rows), swapped in on the loop: the
+        # tiles' task never reads a half-built one
+        kpis, spend = KpiWindow(self.kpis.minutes, self.kpis.bucket_s), SpendTally(self.prices)
+        await asyncio.to_thread(kpis.seed, samples)
+        await asyncio.to_thread(spend.seed, groups)
+        kpis.version = self.kpis.version + 1
+        self.kpis, self.spend = kpis, spend
+        counted = _Recent(self._counted.size)
+        for sample in sorted(samples, key=lambda s: s.started)[-counted.size :]:
+            counted.add(sample.request_id)
+        self._counted = counted
+        self._newest_started = max((s.started for s in samples), default=self._newest_started or now)
+        self._seeded, self._reseed = True, False
+        self._spend_dirty = True
+        self._tick_wake.set()
+        self._set_mode("listen" if self._conn is not None else "poll")
 
     async def _connect(self) -> None:
         self._reconnect_at = time.monotonic() + RECONNECT_S
@@ -347,6 +401,7 @@ class LiveHub:
             if event_ids:
                 self._last_event_id = max(self._last_event_id, *event_ids)
                 self._banner_dirty = True
+                self._tick_wake.set()
                 if alerts:
                     self._publish("alerts", [alert_payload(a) for a in alerts])
 
@@ -361,6 +416,7 @@ class LiveHub:
         if newest_event > self._last_event_id:
             self._last_event_id = newest_event
             self._banner_dirty = True
+            self._tick_wake.set()
         if alerts:
             self._publish("alerts", [alert_payload(a) for a in alerts])
 
@@ -371,14 +427,16 @@ class LiveHub:
                 continue
             started = r.started_at.timestamp()
             self._newest_started = max(self._newest_started, started)
-            self.kpis.add(started, r.latency_ms, bool(r.error) or (r.status is not None and r.status >= 400))
+            if self._counted.add(r.request_id):
+                self.kpis.add(started, r.latency_ms, bool(r.error) or (r.status is not None and r.status >= 400))
+                self.spend.add(r.started_at, r.model, r.api, r.input_tokens, r.output_tokens, r.cached_tokens, r.reasoning_tokens)
             fresh.append(row_payload(r, self.prices))
         if fresh:
             self.status.rows += len(fresh)
             self.status.batches += 1
             self._spend_dirty = True
             self._publish("rows", fresh)
-            self._wake.set()  # the KPI tick runs right after this batch
+            self._tick_wake.set()  # the tiles follow this batch (at most every KPI_EVERY_S)
 
     async def _tick(self) -> None:
         now = time.time()
@@ -390,7 +448,7 @@ class LiveHub:
             self._publish("kpis", self._kpi_doc)
         if (self._spend_dirty and now - self._spend_at >= SPEND_EVERY_S) or now - self._spend_at >= SPEND_IDLE_S:
             self._spend_at, self._spend_dirty = now, False
-            self._spend_doc = await self._spend(now)
+            self._spend_doc = self.spend.doc(datetime.fromtimestamp(now, UTC))
             self._publish("spend", self._spend_doc)
         if self._banner_dirty or now - self._banner_at >= BANNER_EVERY_S:
             self._banner_at, self._banner_dirty = now, False
@@ -398,13 +456,6 @@ class LiveHub:
             if banner != self._banner_doc:
                 self._banner_doc = banner
                 self._publish("banner", banner)
-
-    async def _spend(self, now: float) -> dict[str, Any]:
-        day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        async with self._engine.connect() as conn:
-            rows = await AnalyticsRepository(conn).rollup("hour", day)
-        spend = await asyncio.to_thread(aggregate.spend_today, rows, self.prices, day, datetime.fromtimestamp(now, UTC))
-        return aggregate.spend_payload(spend)
 
     async def _banner(self) -> dict[str, Any]:
         async with self._engine.connect() as conn:

@@ -1,4 +1,5 @@
-"""The live KPI tiles' numbers, kept in memory by the feed from the rows it pushes anyway.
+"""The live KPI tiles' numbers, kept in memory by the feed from the rows it pushes anyway (and the spend tile's,
+from the hourly rollups).
 
 The window is the last ``minutes`` minutes of exchanges by start time (the same definition as
 ``AnalyticsRepository.live_buckets``, which the page's first render uses): request rate, error rate,
@@ -13,11 +14,13 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 
-from intelligence.dashboard.live import WindowSample
+from intelligence.dashboard.live import SpendGroup, WindowSample
+from intelligence.pricing import PriceTable, costs
 
 NO_DATA = None  # a statistic of zero samples: the browser shows "no data yet"
 
@@ -165,3 +168,80 @@ def _f(v: Any) -> float | None:
         return None
     f = float(v)
     return f if math.isfinite(f) else None
+
+
+MAX_TOKENS = 1_000_000_000  # per exchange, as the rollups clean it (llmproxy_tokens, migration 0003): larger is garbage
+
+
+def _tokens(v: int | None) -> int:
+    return int(v) if v is not None and 0 <= v <= MAX_TOKENS else 0
+
+
+class SpendTally:
+    """Today's spend per hour for the spend tile: seeded once from the hourly rollups
+    (:meth:`LiveRepository.spend_groups`), then fed every exchange the feed publishes, priced the way the
+    rollups are (per model and day, tokens cleaned alike). Reading it costs the hours of one day, not the
+    day's traffic: re-reading the rollups every few seconds grew with every distinct model and client of the
+    day, and a client that names a new model per request made that read, on the feed's event loop, the
+    Live page's bottleneck."""
+
+    def __init__(self, prices: PriceTable) -> None:
+        self.prices = prices
+        self._cost: dict[int, float] = {}  # hour (epoch seconds // 3600) -> USD
+        self._unpriced: dict[int, int] = {}  # hour -> exchanges of models without a price
+
+    def seed(self, groups: Iterable[SpendGroup]) -> None:
+        groups = list(groups)
+        priced = costs(
+            self.prices,
+            (
+                (g.model or None, g.api or None, g.bucket, g.input_tokens, g.output_tokens, g.cached_tokens, g.reasoning_tokens)
+                for g in groups
+            ),
+        )
+        self._cost, self._unpriced = {}, {}
+        for g, cost in zip(groups, priced, strict=True):
+            self._count(int(g.bucket.timestamp() // 3600), cost, g.n)
+
+    def add(
+        self,
+        started: datetime,
+        model: str | None,
+        api: str | None,
+        input_tokens: int | None,
+        output_tokens: int | None,
+        cached_tokens: int | None,
+        reasoning_tokens: int | None,
+    ) -> None:
+        (cost,) = costs(
+            self.prices,
+            [
+                (
+                    model or None,
+                    api or None,
+                    started,
+                    _tokens(input_tokens),
+                    _tokens(output_tokens),
+                    _tokens(cached_tokens),
+                    _tokens(reasoning_tokens),
+                )
+            ],
+        )
+        self._count(int(started.timestamp() // 3600), cost, 1)
+
+    def _count(self, hour: int, cost: float | None, n: int) -> None:
+        if cost is None:
+            self._unpriced[hour] = self._unpriced.get(hour, 0) + n
+        else:
+            self._cost[hour] = self._cost.get(hour, 0.0) + cost
+
+    def doc(self, now: datetime) -> dict[str, Any]:
+        """The tile as the page computes it (``ui.aggregate.spend_payload``): every hour since 00:00 UTC up to
+        ``now``'s; yesterday's hours are dropped here, so the tally starts each day at zero by itself."""
+        first = int(now.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() // 3600)
+        current = int(now.timestamp() // 3600)
+        for table in (self._cost, self._unpriced):
+            for hour in [h for h in table if h < first]:
+                del table[hour]
+        hourly = [self._cost.get(h, 0.0) for h in range(first, current + 1)]
+        return {"total_usd": float(sum(hourly)), "unpriced_requests": sum(self._unpriced.values()), "hourly": hourly}
