@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from intelligence.events.models import NOTIFY_CHANNEL as EVENTS_CHANNEL
 from intelligence.events.models import Event
 from intelligence.records import ExchangeRecord
+from intelligence.store.listen import RecentKeys
 from intelligence.store.models import Exchange
 from intelligence.store.repositories import NOTIFY_CHANNEL as EXCHANGES_CHANNEL
 from intelligence.store.repositories import record_from_row
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 EXCHANGE_KIND = "exchange"  # the kind a subscriber names to receive finished exchanges
 _BATCH = 500
 _DEDUP = 4096
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +153,8 @@ class EventHub:
         self._last_event_id = 0
         self._exchange_mark: datetime | None = None
         self._marks_ready = False
-        self._seen_events: _Recent[int] = _Recent(_DEDUP)
-        self._seen_exchanges: _Recent[str] = _Recent(_DEDUP)
+        self._seen_events: RecentKeys[int] = RecentKeys(_DEDUP)
+        self._seen_exchanges: RecentKeys[str] = RecentKeys(_DEDUP)
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()  # set once the first listen/poll attempt is done
 
@@ -317,24 +317,6 @@ class EventHub:
     def _fan_out(self, item: FeedItem) -> None:
         for sub in list(self._subs):
             sub.offer(item)
-
-
-class _Recent(Generic[T]):
-    """The last ``size`` keys seen: LISTEN and the catch-up poll may both report a row."""
-
-    def __init__(self, size: int) -> None:
-        self._order: deque[T] = deque()
-        self._keys: set[T] = set()
-        self._size = size
-
-    def add(self, key: T) -> bool:
-        if key in self._keys:
-            return False
-        self._keys.add(key)
-        self._order.append(key)
-        if len(self._order) > self._size:
-            self._keys.discard(self._order.popleft())
-        return True
 
 
 def _cancelled() -> bool:

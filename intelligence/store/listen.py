@@ -14,14 +14,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 log = logging.getLogger("llmproxy.store.listen")
 
 Reload = Callable[[], Awaitable[Any]]
+K = TypeVar("K", bound=Hashable)
+
+
+class RecentKeys(Generic[K]):
+    """The last ``size`` keys seen, for consumers of a notification stream: LISTEN and the catch-up read
+    that follows a reconnect (or a poll) may both report one row, which must be handled once."""
+
+    def __init__(self, size: int) -> None:
+        self._order: deque[K] = deque()
+        self._keys: set[K] = set()
+        self.size = size
+
+    def add(self, key: K) -> bool:
+        """True if ``key`` is new (and remember it); False if it is among the last ``size`` seen."""
+        if key in self._keys:
+            return False
+        self._keys.add(key)
+        self._order.append(key)
+        if len(self._order) > self.size:
+            self._keys.discard(self._order.popleft())
+        return True
 
 
 class NotifyReloader:

@@ -40,6 +40,7 @@ from intelligence.dashboard.live import LiveRepository
 from intelligence.events.models import NOTIFY_CHANNEL as EVENTS_CHANNEL
 from intelligence.pricing import PriceTable, load_prices
 from intelligence.store.engine import asyncpg_dsn, make_engine
+from intelligence.store.listen import RecentKeys
 from intelligence.store.repositories import NOTIFY_CHANNEL as EXCHANGES_CHANNEL
 from ui.live.kpis import KpiWindow, SpendTally
 from ui.live.rows import alert_payload, row_payload
@@ -57,24 +58,7 @@ BANNER_EVERY_S = 30.0  # acknowledgements do not NOTIFY: the open-alerts banner 
 PING_S = 5.0  # a LISTEN connection that died silently is found by a ping
 POLL_S = 1.0  # without LISTEN: one poll a second
 RECONNECT_S = 2.0
-
-
-class _Recent:
-    """The last ``size`` request ids published: LISTEN and a catch-up read may both see a row."""
-
-    def __init__(self, size: int = 8192) -> None:
-        self._order: deque[str] = deque()
-        self._keys: set[str] = set()
-        self.size = size
-
-    def add(self, key: str) -> bool:
-        if key in self._keys:
-            return False
-        self._keys.add(key)
-        self._order.append(key)
-        if len(self._order) > self.size:
-            self._keys.discard(self._order.popleft())
-        return True
+RECENT_IDS = 8192  # request ids remembered: LISTEN and a catch-up read may both see a row
 
 
 class Subscriber:
@@ -164,8 +148,10 @@ class LiveHub:
         self._tick_wake = asyncio.Event()  # rows published: the tiles may be due
         self._request_ids: list[str] = []
         self._event_ids: list[int] = []
-        self._seen = _Recent()  # published to the pages
-        self._counted = _Recent()  # in the KPI window and the spend (a seed counts rows it never published)
+        self._seen: RecentKeys[str] = RecentKeys(RECENT_IDS)  # published to the pages
+        self._counted: RecentKeys[str] = RecentKeys(
+            RECENT_IDS
+        )  # in the KPI window and the spend (a seed counts rows it never published)
         self._conn: asyncpg.Connection | None = None
         self._lost = False
         self._seeded = False
@@ -325,7 +311,7 @@ class LiveHub:
         await asyncio.to_thread(spend.seed, groups)
         kpis.version = self.kpis.version + 1
         self.kpis, self.spend = kpis, spend
-        counted = _Recent(self._counted.size)
+        counted: RecentKeys[str] = RecentKeys(self._counted.size)
         for sample in sorted(samples, key=lambda s: s.started)[-counted.size :]:
             counted.add(sample.request_id)
         self._counted = counted
