@@ -34,6 +34,7 @@ from intelligence.store.repositories import ExchangeRepository
 from tests.conftest import database_url
 from tests.intelligence.factories import make_record
 from ui.live import feed, server
+from ui.live import rows as rows_module
 from ui.live.kpis import KpiWindow, kpis_from_buckets
 
 SECRET_KEY = "u_EPOUJL988uYeBf5-sXOAnsz-WuKqR0_lSmOfCKwEIfK863YyjkiVW2ZvoxinB1"
@@ -459,3 +460,30 @@ async def test_the_hub_counts_each_exchange_once_in_its_tiles(live_db: str) -> N
     finally:
         await hub.stop()
         await engine.dispose()
+
+
+async def test_hostile_hellos_and_rows_get_clear_answers(live: LiveServer) -> None:
+    """A "since" or event id out of any range is ignored (the newest rows come back, no crash); a 100 KB
+    model name and a long Chinese prompt travel as short cells; the feed keeps pushing after them."""
+    assert feed.since_ms(1e308) is None and feed.since_ms("abc") is None and feed.since_ms(-1) is None
+    assert feed.since_ms(1.7e12) == 1.7e12
+    assert feed.event_id(10**30) is None and feed.event_id(True) is None and feed.event_id(-1) is None
+    assert feed.event_id(42) == 42
+    async with feed_socket(live, hello={"since": 1e308, "last_event_id": 10**30}) as ws:
+        await receive(ws, "ready")
+        assert isinstance((await receive(ws, "backfill"))["rows"], list)
+        now = datetime.now(UTC)
+        zh = "请帮我写一篇关于城市可持续发展的长文章，包括交通、能源和住房。" * 400
+        recs = [
+            make_record(started_at=now, model="x" * 100_000, prompt_user="y" * 100_000),
+            make_record(started_at=now, model="模型-中文-" * 50, prompt_user=zh),
+        ]
+        await insert(live.engine, recs)
+        got = await rows_until(ws, {r.request_id for r in recs})
+        for r in recs:
+            row = got[r.request_id]
+            assert len(row["model"]) == rows_module.TEXT_MAX and len(row["prompt"]) <= rows_module.PROMPT_PREVIEW
+        assert got[recs[1].request_id]["prompt"].startswith("请帮我写")
+        after = make_record(started_at=datetime.now(UTC))
+        await insert(live.engine, [after])
+        assert after.request_id in await rows_until(ws, {after.request_id})

@@ -468,9 +468,20 @@ def dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), allow_nan=False, default=str)
 
 
+MAX_EPOCH_MS = 32_503_680_000_000.0  # 3000-01-01: a "since" beyond it is garbage (and past what datetime takes)
+
+
 def since_ms(value: Any) -> float | None:
+    """A page's "since" (epoch ms) if it is one, else None (the newest rows then)."""
     try:
         f = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return f if math.isfinite(f) and f > 0 else None
+    return f if math.isfinite(f) and 0 < f < MAX_EPOCH_MS else None
+
+
+def event_id(value: Any) -> int | None:
+    """A page's last seen event id if it is one (a bigint), else None."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value < 2**63 else None

@@ -15,6 +15,7 @@ from intelligence.pricing import PriceTable
 from ui.redact import mask_secrets
 
 PROMPT_PREVIEW = 160  # characters of the last user turn (a tooltip)
+TEXT_MAX = 200  # characters of any other string a client chose (a model name can be 100 KB): a table cell
 _ORDINARY_FINISH = ("stop", "end_turn", "tool_calls", "tool_use", "completed")
 
 
@@ -46,7 +47,7 @@ def _num(v: Any) -> float | None:
 
 
 def _text(v: Any) -> str | None:
-    return None if v is None else mask_secrets(str(v))
+    return None if v is None else mask_secrets(str(v))[:TEXT_MAX]
 
 
 def row_payload(row: ExchangeRow, table: PriceTable) -> dict[str, Any]:
@@ -72,7 +73,7 @@ def row_payload(row: ExchangeRow, table: PriceTable) -> dict[str, Any]:
         "tokens_in": _num(row.input_tokens),
         "tokens_out": _num(row.output_tokens),
         "cost_usd": _num(cost),
-        "flags": mask_secrets(flags_of(row)),
+        "flags": mask_secrets(flags_of(row))[:TEXT_MAX],
         "failed": bool(row.error) or (row.status is not None and row.status >= 400),
         "prompt": mask_secrets((row.prompt_preview or "")[:PROMPT_PREVIEW]),
     }

@@ -38,7 +38,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from intelligence.access import LOCAL_OPERATOR, AccessSettings, InvalidToken, Principal, is_loopback, verify_token
 from ui import health, hosts
-from ui.live.feed import LiveHub, dumps, since_ms
+from ui.live.feed import LiveHub, dumps, event_id, since_ms
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +220,7 @@ async def live_endpoint(ws: WebSocket) -> None:
                 }
             )
         )
-        last_event = hello.get("last_event_id")
-        back = await hub.backfill(since_ms(hello.get("since")), int(last_event) if isinstance(last_event, int) else None)
+        back = await hub.backfill(since_ms(hello.get("since")), event_id(hello.get("last_event_id")))
         await ws.send_text(dumps({"type": "backfill", **back}))
         await ws.send_text(dumps({"type": "update", **(await hub.current())}))
         await _serve(ws, hub, sub, expires)
