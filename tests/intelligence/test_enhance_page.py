@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from intelligence.enhance import manage
 from intelligence.enhance.evaluator import ExperimentEvaluator
-from tests.ui.conftest import APP
+from tests.ui.conftest import APP, numeric, table_frames
 
 from .test_enhance_support import Ex, arm_rows, make_pattern, write
 
@@ -63,7 +63,7 @@ async def test_page_shows_approvals_no_data_yet_and_the_lift(migrated_db, monkey
     values = {(m.label, m.value) for m in at.metric}
     assert ("p-value", "no data yet") in values and ("Effect (variant − control)", "no data yet") in values
     # the promoted one: +133% relative lift (0.30 -> 0.70), per pattern and overall
-    lift = next(d.value for d in at.dataframe if {"relative lift", "CI", "requests"} <= set(d.value.columns))
+    lift = next(f for f in map(numeric, table_frames(at)) if {"relative lift", "CI", "requests"} <= set(f.columns))
     assert list(lift["experiment"]) == [ids["promoted"]] and lift.iloc[0]["relative lift"] == "+133%"
     assert ("Requests-weighted lift", "+133%") in values and ("Target +30%", "met") in values
 

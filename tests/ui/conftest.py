@@ -40,6 +40,30 @@ def shown_text(markdown: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "", rendered))
 
 
+def table_frames(at: object) -> list:
+    """The page's static tables (ui/tables.py: st.table, every cell escaped Markdown) as they read on the
+    page: headers and cells through plain(). In page order; interactive grids stay in ``at.dataframe``."""
+    return [
+        t.value.map(lambda v: plain(v) if isinstance(v, str) else v).rename(columns=plain)
+        for t in at.table  # type: ignore[attr-defined]
+    ]
+
+
+def numeric(frame):  # type: ignore[no-untyped-def]
+    """``frame`` with each column whose shown cells are all whole numbers (or all decimals) as numbers again,
+    so a test compares ids and counts as numbers. Empty cells become None."""
+    import pandas as pd
+
+    out = frame.copy()
+    for col in out.columns:
+        cells = [v for v in out[col] if v != ""]
+        if not cells or not all(isinstance(v, str) and re.fullmatch(r"-?\d+(\.\d+)?(e[-+]?\d+)?", v) for v in cells):
+            continue
+        whole = all(re.fullmatch(r"-?\d+", v) for v in cells)
+        out[col] = [None if v == "" else int(v) if whole else float(v) for v in out[col]]
+    return out if isinstance(out, pd.DataFrame) else frame
+
+
 SECRET = "sk-proj-UItestSecretValue1234567890abcdef"
 
 

@@ -18,7 +18,7 @@ from intelligence.access import AccessSettings
 from intelligence.store.engine import asyncpg_dsn
 from intelligence.store.migrate import upgrade_async
 from tests.conftest import database_url
-from tests.ui.conftest import APP, plain
+from tests.ui.conftest import APP, plain, table_frames
 from tests.ui.evil_seed import EVIL, EVIL_HOST, EvilRows, seed_evil_rows
 from ui import auth, hosts
 
@@ -61,7 +61,7 @@ def test_the_app_renders_nothing_for_a_forged_host(monkeypatch: pytest.MonkeyPat
     at.run()
     assert not at.exception
     assert any("does not answer to the host name" in plain(e.value) for e in at.error)
-    assert not at.title and not at.get("bidi_component") and not at.dataframe  # no page, no data
+    assert not at.title and not at.get("bidi_component") and not at.dataframe and not at.table  # no page, no data
     monkeypatch.setenv(hosts.HOSTS_ENV, EVIL_HOST)  # an operator who serves the dashboard under that name
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
@@ -165,7 +165,7 @@ def test_client_strings_render_as_text_on_the_exchange_page(evil: tuple[str, Evi
     links = [m.value for m in at.markdown if "session timeline" in m.value]
     assert links and f"explorer?session={quote(rows.session_id, safe='')}" in links[0]
     assert not any(_points_at_evil(u) for u in _attrs(MARKDOWN.render(links[0])))
-    tool_calls = next(d.value for d in at.dataframe if "name (client)" in d.value.columns)
+    tool_calls = next(f for f in table_frames(at) if "name (client)" in f.columns)
     assert tool_calls.iloc[0]["name (client)"] == rows.tool  # a table cell: shown as it is
 
 
@@ -182,7 +182,7 @@ def test_claude_labels_and_alert_titles_render_as_text(evil: tuple[str, EvilRows
     assert_text_only(at, [f"{rows.marker} {EVIL}"])  # the pattern label Claude wrote
     at = open_page(monkeypatch, url, "security")
     assert_text_only(at, [f"{rows.marker} {EVIL}"])  # the alert banner's newest title
-    verdicts = next(d.value for d in at.dataframe if "reasoning" in d.value.columns)
+    verdicts = next(f for f in table_frames(at) if "reasoning" in f.columns)
     assert f"{rows.marker} Claude says {EVIL}" in set(verdicts["reasoning"])
     live = open_page(monkeypatch, url, None)
     view = json.loads(next(e for e in live.get("bidi_component") if e.proto.component_name == "llmproxy_live").proto.json)

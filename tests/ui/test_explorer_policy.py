@@ -17,7 +17,7 @@ from intelligence.store.engine import asyncpg_dsn, make_engine
 from intelligence.store.migrate import upgrade_async
 from intelligence.store.repositories import ExchangeRepository
 from tests.conftest import database_url
-from tests.ui.conftest import APP, SECRET, plain
+from tests.ui.conftest import APP, SECRET, plain, table_frames
 from tests.ui.intel_seed import drop_db
 from ui import data
 
@@ -229,12 +229,12 @@ def test_unknown_policy_action_is_refused() -> None:
 
 def _tables(at: AppTest) -> str:
     """Every st.table as text, each Markdown cell as it renders (the page escapes what it did not write)."""
-    return "\n".join(t.value.map(plain).rename(index=plain).to_string() for t in at.table)
+    return "\n".join(t.value.map(plain).rename(index=lambda i: plain(str(i))).to_string() for t in at.table)
 
 
 def test_policy_tab_shows_rules_block_and_detector_counts_without_values(policy_db: PolicyDb, monkeypatch) -> None:
     at = open_explorer(monkeypatch, policy_db, request_id=policy_db.ids["blocked"])
-    rules = next(d.value for d in at.dataframe if "rule" in d.value.columns and "mode" in d.value.columns)
+    rules = next(f for f in table_frames(at) if "rule" in f.columns and "mode" in f.columns)
     row = rules.iloc[0].to_dict()
     assert {k: row[k] for k in ("side", "policy", "rule", "mode", "actions")} == {
         "side": "request",
@@ -247,10 +247,10 @@ def test_policy_tab_shows_rules_block_and_detector_counts_without_values(policy_
     assert any(
         plain(e.value) == f"Request blocked: 403 policy_blocked: {BLOCK_MESSAGE} (rule default/no-big-models)" for e in at.error
     )
-    counts = next(d.value for d in at.dataframe if "kind" in d.value.columns)
+    counts = next(f for f in table_frames(at) if "kind" in f.columns)
     assert sorted(map(tuple, counts[["category", "kind", "count"]].values.tolist())) == [
-        ("pii", "EMAIL", 2),
-        ("secrets", "OPENAI_KEY", 1),
+        ("pii", "EMAIL", "2"),
+        ("secrets", "OPENAI_KEY", "1"),
     ]
     assert any("injection score 0.91 (classifier)" in plain(c.value) for c in at.caption)
     assert "v3" in _tables(at)
@@ -260,7 +260,7 @@ def test_policy_tab_shows_rules_block_and_detector_counts_without_values(policy_
 def test_policy_tab_shows_response_block_redaction_and_edits(policy_db: PolicyDb, monkeypatch) -> None:
     at = open_explorer(monkeypatch, policy_db, request_id=policy_db.ids["response_blocked"])
     assert any(plain(e.value).startswith("Response blocked: 502 policy_blocked") for e in at.error)
-    rules = next(d.value for d in at.dataframe if "rule" in d.value.columns and "mode" in d.value.columns)
+    rules = next(f for f in table_frames(at) if "rule" in f.columns and "mode" in f.columns)
     assert rules[["side", "rule"]].values.tolist() == [["response", "no-leaks"]]
     at = open_explorer(monkeypatch, policy_db, request_id=policy_db.ids["redacted"])
     assert "pii · mask · restored (rule default/mask-pii)" in _tables(at)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.ui.conftest import APP, SECRET, SeededUi, plain
+from tests.ui.conftest import APP, SECRET, SeededUi, plain, table_frames
 from ui import fmt
 
 PAGES = "app_pages/{}.py"
@@ -86,7 +86,7 @@ def test_explorer_opens_one_exchange_with_diff_tools_and_masked_headers(ui_db: S
     added = [line for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
     assert [line.split(":", 1)[1].strip() for line in removed] == ['"github.search_issues",']
     assert [line.split(":", 1)[1].strip() for line in added] == [f'"{ui_db.alias}",']
-    frames = [d.value for d in at.dataframe]
+    frames = table_frames(at)
     calls = next(f for f in frames if "name (client)" in f.columns)
     assert calls.iloc[0]["name (client)"] == "github.search_issues"
     assert calls.iloc[0]["name (upstream)"] == ui_db.alias
@@ -134,12 +134,13 @@ def test_analytics_groups_by_model_with_exact_counts_and_cost(ui_db: SeededUi, m
     at = open_page(monkeypatch, ui_db, "analytics")
     at.selectbox[0].set_value("Last 24 hours").run()
     assert not at.exception
-    summary = at.dataframe[0].value.set_index("model")
+    summary = table_frames(at)[0].set_index("model")
     for model, n in ui_db.models.items():
-        assert summary.loc[model, "requests"] == n
-    assert summary.loc["gpt-4o-mini", "errors"] == 2 and summary.loc["gpt-4o-mini", "rate_limited"] == 1
-    assert summary["cost_usd"].sum() == pytest.approx(ui_db.expected_cost)
-    assert summary.loc["acme/unknown-model", "unpriced_requests"] == 1
+        assert summary.loc[model, "requests"] == str(n)
+    assert summary.loc["gpt-4o-mini", "errors"] == "2" and summary.loc["gpt-4o-mini", "429s"] == "1"
+    costs = [float(c.lstrip("$").replace(",", "")) for c in summary["cost"] if c]  # fmt.usd: 4 decimals under $1
+    assert sum(costs) == pytest.approx(ui_db.expected_cost, abs=0.00005 * len(costs))
+    assert summary.loc["acme/unknown-model", "unpriced"] == "1"
     assert metric(at, "Requests") == "8"
     assert metric(at, "Cost") == fmt.usd(ui_db.expected_cost)
     labels = [b.label for b in at.get("download_button")]
@@ -150,9 +151,9 @@ def test_analytics_by_pattern_and_html_report(ui_db: SeededUi, monkeypatch) -> N
     at = open_page(monkeypatch, ui_db, "analytics")
     at.selectbox[0].set_value("Last 24 hours").run()
     at.segmented_control[0].set_value("pattern").run()
-    summary = at.dataframe[0].value
+    summary = table_frames(at)[0]
     row = summary[summary["pattern"].str.contains(ui_db.pattern_label, regex=False)].iloc[0]
-    assert row["requests"] == 6 and row["errors"] == 1
+    assert row["requests"] == "6" and row["errors"] == "1"
     at.button(key="build_report").click().run()
     assert not at.exception
     html = at.session_state["report_html"]
@@ -166,12 +167,13 @@ def test_patterns_page_lists_pattern_with_counts_and_failure(ui_db: SeededUi, mo
     monkeypatch.setenv("DATABASE_URL", ui_db.url)
     assert data.map_job().wait(30)  # the map is computed in the background; wait for its first result
     at = open_page(monkeypatch, ui_db, "patterns", pattern=str(ui_db.pattern_id))
-    volume = at.dataframe[0].value
-    mine = volume[volume["pattern_id"] == ui_db.pattern_id].iloc[0]
-    assert mine["label"] == ui_db.pattern_label and mine["exchanges"] == 6
-    assert sum(mine["trend"]) == 6
-    failure = at.dataframe[1].value
-    assert failure[failure["pattern_id"] == ui_db.pattern_id].iloc[0]["failed"] == 1
+    volume = table_frames(at)[0]
+    mine = volume[volume["pattern_id"] == str(ui_db.pattern_id)].iloc[0]
+    assert mine["pattern"] == ui_db.pattern_label and mine["exchanges"] == "6"
+    assert mine["trend (per day)"] and set(mine["trend (per day)"]) <= set("▁▂▃▄▅▆▇█")  # a text sparkline
+    assert sum(data.top_patterns(days=7, limit=10).volume.set_index("pattern_id").loc[ui_db.pattern_id, "trend"]) == 6
+    failure = table_frames(at)[1]
+    assert failure[failure["pattern_id"] == str(ui_db.pattern_id)].iloc[0]["failed"] == "1"
     assert metric(at, "Exchanges (all time)") == "6"
     assert metric(at, "Success rate (7 d)") == fmt.percent(5 / 6)
     assert any("PCA of the" in c.value for c in at.caption)
@@ -187,7 +189,7 @@ def test_system_page_reports_health_spool_and_spend(ui_db: SeededUi, monkeypatch
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
     at = open_page(monkeypatch, ui_db, "system")
-    components = at.dataframe[0].value.set_index("component")
+    components = table_frames(at)[0].set_index("component")
     assert components.loc["database", "state"].endswith("ok")
     assert "no running stack" in components.loc["envoy", "detail"]
     assert components.loc["claude", "detail"].startswith("local-only")
@@ -195,7 +197,7 @@ def test_system_page_reports_health_spool_and_spend(ui_db: SeededUi, monkeypatch
     assert metric(at, "Rejected records") == "1"
     assert metric(at, "Claude spend today") == fmt.usd(0)  # this database has no Claude calls
     assert any(m.label == "Claude mode" for m in at.metric)
-    versions = next(d.value for d in at.dataframe if list(d.value.columns) == ["component", "version"]).set_index("component")
+    versions = next(f for f in table_frames(at) if list(f.columns) == ["component", "version"]).set_index("component")
     assert "streamlit" in versions.index and "postgresql" in versions.index
 
 

@@ -3,8 +3,9 @@ are shown, admin actions change the database, viewers cannot act, and sign-in is
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC
+from typing import Any
 
 import asyncpg
 import pytest
@@ -12,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from intelligence.access import AccessSettings, issue_token
 from intelligence.store.engine import asyncpg_dsn
-from tests.ui.conftest import APP, plain
+from tests.ui.conftest import APP, numeric, plain, table_frames
 from tests.ui.intel_seed import IntelDb, create_intel_db, drop_db
 from ui import fmt
 
@@ -60,7 +61,7 @@ def metric(at: AppTest, label: str) -> str:
     raise AssertionError(f"no metric {label!r}; have {[m.label for m in at.metric]}")
 
 
-# AppTest keeps no widget key on dataframes: each table is told apart by its columns
+# AppTest keeps no key on tables: each is told apart by its (shown) columns
 TABLES = {
     "sec_events": {"severity", "title", "acknowledged_by"},
     "sec_enforced": {"action", "rule", "detections"},
@@ -68,22 +69,22 @@ TABLES = {
     "sec_attacks": {"family", "added_by", "disabled_by"},
     "sec_quarantined": ["id", "name", "prefix", "quarantined_at", "quarantine_reason"],  # exactly these
     "sec_policies": {"name", "sha256", "version"},
-    "exp_candidates": {"rationale", "claude_model"},
-    "exp_arms": {"experiment", "arm", "success rate"},
+    "exp_candidates": {"Claude's rationale", "claude_model"},
+    "exp_arms": {"arm", "n", "success rate"},
     "exp_history": {"experiment_id", "action", "actor"},
     "exp_decided": {"reason", "decided_at", "samples"},
     "sys_claude_flags": {"flag", "state"},
-    "sys_claude_purposes": {"purpose", "tokens", "cost_usd"},
+    "sys_claude_purposes": {"purpose", "tokens", "cost (USD)"},
 }
 
 
-def frame(at: AppTest, name: str, experiment: int | None = None):
+def frame(at: AppTest, name: str, where: Callable[[Any], bool] | None = None):
+    """The first table (as shown, numbers as numbers) with ``name``'s columns and, given ``where``, passing it."""
     want = TABLES[name]
-    for d in at.dataframe:
-        df = d.value
+    for df in map(numeric, table_frames(at)):
         cols = list(df.columns)
         if (cols == want) if isinstance(want, list) else (want <= set(cols)):
-            if experiment is None or (len(df) and int(df["experiment"].iloc[0]) == experiment):
+            if where is None or where(df):
                 return df
     raise AssertionError(f"no table {name!r}")
 
@@ -353,12 +354,13 @@ def test_experiments_page_shows_candidates_arms_and_history(intel: IntelDb, monk
     assert at.title[0].value == "Experiments"
     cands = frame(at, "exp_candidates")
     assert list(cands["id"]) == [intel.enhancements["candidate"]]
-    assert cands.iloc[0]["rationale"].endswith("missing JSON instructions; ask for JSON")
+    assert cands.iloc[0]["Claude's rationale"].endswith("missing JSON instructions; ask for JSON")
     assert cands.iloc[0]["claude_model"] == "claude-sonnet-4-5"
     eid = intel.experiments["pausable"]
-    arms = frame(at, "exp_arms", eid).set_index("arm")
+    # the arms table in the experiment's section (a section per experiment; its table has no id column)
+    arms = frame(at, "exp_arms", lambda df: list(df["n"]) == [120, 118]).set_index("arm")
     assert arms.loc["control", "n"] == 120 and arms.loc["variant", "successes"] == 80
-    assert arms.loc["variant", "success rate"] == pytest.approx(80 / 118)
+    assert arms.loc["variant", "success rate"] == f"{80 / 118 * 100:.2f}%"
     assert "238" in [m.value for m in at.metric if m.label == "Samples"]
     assert f"{(80 / 118 - 0.5) * 100:+.1f} pp" in [m.value for m in at.metric if m.label.startswith("Effect")]
     assert set(frame(at, "exp_history")["experiment_id"]) >= {eid}
@@ -421,7 +423,7 @@ def test_system_page_shows_claude_mode_flags_and_spend(intel: IntelDb, monkeypat
     assert metric(at, "Claude spend today") == fmt.usd(intel.claude_today_usd)
     assert metric(at, "Claude spend, 7 days") == fmt.usd(intel.claude_week_usd)
     by = frame(at, "sys_claude_purposes").set_index("purpose")
-    assert by.loc["label", "cost_usd"] == pytest.approx(0.5) and by.loc["enhance", "calls"] == 1
+    assert by.loc["label", "cost (USD)"] == "$0.5000" and by.loc["enhance", "calls"] == 1
 
 
 async def test_new_alerts_toast_and_the_banner_counts_open_ones(intel: IntelDb, monkeypatch) -> None:
@@ -532,16 +534,16 @@ async def test_experiments_page_charts_effectiveness_by_arm_over_days_with_delta
         at.selectbox(key="exp_eff_pick").set_value(enh)
         at.run()
         assert not at.exception, [e.message for e in at.exception]
-        arms = next(d.value for d in at.dataframe if {"arm", "mean tokens", "p50 latency (ms)"} <= set(d.value.columns))
+        arms = next(f for f in map(numeric, table_frames(at)) if {"arm", "mean tokens", "p50 latency (ms)"} <= set(f.columns))
         arms = arms.set_index("arm")
         assert (arms.loc["control", "n"], arms.loc["control", "successes"]) == (20, 11)
         assert (arms.loc["variant", "n"], arms.loc["variant", "successes"]) == (20, 17)
-        deltas = next(d.value for d in at.dataframe if {"comparison", "metric", "change"} <= set(d.value.columns))
+        deltas = next(f for f in map(numeric, table_frames(at)) if {"comparison", "metric", "change"} <= set(f.columns))
         deltas = deltas.set_index("metric")
         assert set(deltas["comparison"]) == {"variant vs control"}
-        assert deltas.loc["success rate", "change"] == pytest.approx(17 / 20 - 11 / 20)
+        assert deltas.loc["success rate", "change"] == pytest.approx(17 / 20 - 11 / 20, rel=1e-3)  # shown to 4 digits
         assert (deltas.loc["tokens (mean)", "baseline"], deltas.loc["tokens (mean)", "treatment"]) == (100, 150)
-        assert deltas.loc["tokens (mean)", "relative"] == pytest.approx(0.5)
+        assert deltas.loc["tokens (mean)", "relative"] == "50.00%"
         assert deltas.loc["latency ms (mean)", "change"] == pytest.approx(-100.0)
         assert deltas.loc["cost USD (mean)", "change"] > 0  # gpt-4o-mini is priced; the variant uses more tokens
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, time, timedelta
 import pandas as pd
 import streamlit as st
 
-from ui import charts, data, fmt
+from ui import charts, data, fmt, tables
 from ui.report import build_report
 
 st.title("Analytics")
@@ -82,7 +82,7 @@ if key:
             charts.bars(view.summary.head(15), key, metric if metric in view.summary else "requests"), width="stretch"
         )
 shown = view.summary.drop(columns=["pattern_id"], errors="ignore")
-st.dataframe(shown, hide_index=True, width="stretch", column_config=fmt.summary_columns())
+tables.show(shown, hide_index=True, width="stretch", column_config=fmt.summary_columns())
 
 
 def _parquet(df: pd.DataFrame) -> bytes:

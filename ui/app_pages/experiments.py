@@ -13,7 +13,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from ui import actions, auth, data, fmt
+from ui import actions, auth, data, fmt, tables
 
 st.title("Experiments")
 
@@ -248,7 +248,7 @@ for e in active:
                     f"analysed per {e.assign_by}"
                 )
         if s.arms:
-            st.dataframe(
+            tables.show(
                 pd.DataFrame(
                     [
                         {
@@ -313,7 +313,7 @@ cands = data.enhancements("candidate")
 if cands.empty:
     st.caption("No candidate enhancements. The candidate job proposes them for patterns that fail often.")
 else:
-    st.dataframe(
+    tables.show(
         cands.drop(columns=["spec", "status"]),
         hide_index=True,
         width="stretch",
@@ -362,7 +362,7 @@ else:
 rejected = _rejected(data.database_url(), data.revision(), data._tick(10))
 if rejected:
     with st.expander(f"Rejected candidates ({len(rejected)}): screening and declines"):
-        st.dataframe(
+        tables.show(
             pd.DataFrame(
                 [
                     {
@@ -383,7 +383,7 @@ if rejected:
 # ------------------------------------------------------------------------------------- decided
 st.subheader("Decided experiments")
 if decided:
-    st.dataframe(
+    tables.show(
         pd.DataFrame(
             [
                 {
@@ -437,7 +437,7 @@ else:
     )
 m[2].metric("Promoted enhancements", fmt.count(len(report["promoted"])))
 if report["per_pattern"]:
-    st.dataframe(
+    tables.show(
         pd.DataFrame(
             [
                 {
@@ -462,7 +462,7 @@ if report["per_pattern"]:
     )
 if report["promoted"]:
     with st.expander(f"Every promoted enhancement ({len(report['promoted'])})"):
-        st.dataframe(
+        tables.show(
             pd.DataFrame(
                 [
                     {
@@ -511,7 +511,7 @@ else:
             "Control and variant come from the experiment; active is the traffic after promotion"
             + (f" (from {eff.doc['active_from'][:16].replace('T', ' ')} UTC)." if eff.doc["active_from"] else ".")
         )
-        st.dataframe(
+        tables.show(
             eff.arms,
             hide_index=True,
             width="stretch",
@@ -521,7 +521,7 @@ else:
         if eff.deltas.empty:
             st.caption("No deltas yet: control and variant both need finished exposures.")
         else:
-            st.dataframe(
+            tables.show(
                 eff.deltas,
                 hide_index=True,
                 width="stretch",
@@ -534,7 +534,7 @@ history = data.experiment_history()
 if history.empty:
     st.caption("No experiment events yet.")
 else:
-    st.dataframe(
+    tables.show(
         history,
         hide_index=True,
         width="stretch",

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from intelligence.analytics import STATUS_CLASSES
-from ui import bodies, charts, data, exchange_policy, fmt
+from ui import bodies, charts, data, exchange_policy, fmt, tables
 from ui.redact import safe_headers
 
 st.title("Explorer")
@@ -106,7 +106,7 @@ def show_exchange(request_id: str) -> None:
         calls = bodies.tool_calls(r.tool_calls)
         if calls:
             st.markdown("**Tool calls in the response**: the client sees original names, the provider saw aliases.")
-            st.dataframe(
+            tables.show(
                 pd.DataFrame(
                     [
                         {
@@ -123,7 +123,7 @@ def show_exchange(request_id: str) -> None:
             )
         if r.tool_aliases:
             st.markdown("**Declared tools renamed for the provider**")
-            st.dataframe(
+            tables.show(
                 pd.DataFrame([{"original": o, "alias (upstream)": a} for a, o in sorted(r.tool_aliases.items())]),
                 hide_index=True,
                 width="stretch",
@@ -161,7 +161,7 @@ def show_exchange(request_id: str) -> None:
             st.warning("Outcome signals: " + "; ".join(f"{fmt.md(s.kind)}={fmt.md(s.value or '')}" for s in failing))
         if detail.similar:
             st.markdown("**Similar requests**")
-            st.dataframe(
+            tables.show(
                 pd.DataFrame(
                     [
                         {
@@ -214,7 +214,7 @@ def show_policy(flags: dict) -> None:
             st.error(f"{side} blocked: {fmt.md(reason)}")
     rules = exchange_policy.fired_rules(flags)
     if len(rules):
-        st.dataframe(rules, hide_index=True, width="stretch")
+        tables.show(rules, hide_index=True, width="stretch")
     elif request or response:
         st.caption("No rule fired.")
     else:
@@ -235,7 +235,7 @@ def show_policy(flags: dict) -> None:
             + (" · " + ", ".join(fmt.md(f) for f in det.flags) if det.flags else "")
         )
         if len(det.counts):
-            st.dataframe(det.counts, hide_index=True, width="stretch")
+            tables.show(det.counts, hide_index=True, width="stretch")
         else:
             st.caption("No PII or secrets detected.")
     verdict = exchange_policy.claude_verdict(flags)

@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from ui import charts, data, fmt
+from ui import charts, data, fmt, tables
 
 st.title("Patterns")
 st.caption(
@@ -30,14 +30,14 @@ tabs = st.tabs(["By volume", "By failure rate", "By growth (24 h)"])
 with tabs[0]:
     if top.volume.empty:
         st.info("No patterns yet: the pattern-memory worker assigns exchanges as they arrive.")
-    st.dataframe(
+    tables.show(
         top.volume,
         hide_index=True,
         width="stretch",
         column_config={"trend": trend, "label": label, "exchanges": st.column_config.NumberColumn(format="%d")},
     )
 with tabs[1]:
-    st.dataframe(
+    tables.show(
         top.failure,
         hide_index=True,
         width="stretch",
@@ -48,7 +48,7 @@ with tabs[1]:
         },
     )
 with tabs[2]:
-    st.dataframe(
+    tables.show(
         top.growth,
         hide_index=True,
         width="stretch",
@@ -106,9 +106,9 @@ if choices:
                 )
         with right:
             st.markdown("**Models**")
-            st.dataframe(pd.DataFrame(detail.models, columns=["model", "exchanges"]), hide_index=True, width="stretch")
+            tables.show(pd.DataFrame(detail.models, columns=["model", "exchanges"]), hide_index=True, width="stretch")
             st.markdown("**Clients**")
-            st.dataframe(pd.DataFrame(detail.clients, columns=["client", "exchanges"]), hide_index=True, width="stretch")
+            tables.show(pd.DataFrame(detail.clients, columns=["client", "exchanges"]), hide_index=True, width="stretch")
         if p.examples:
             with st.expander("Example prompts"):
                 from ui.redact import mask_secrets
@@ -154,7 +154,7 @@ if submitted and query.strip():
     except Exception as exc:  # noqa: BLE001 - the embedding model is optional at run time
         st.warning(f"Similarity search needs the local embedding model: {fmt.md(exc)}")
     else:
-        st.dataframe(
+        tables.show(
             hits.assign(open="explorer?request_id=" + hits["request_id"]),
             hide_index=True,
             width="stretch",

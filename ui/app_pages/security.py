@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from ui import actions, auth, data, fmt
+from ui import actions, auth, data, fmt, tables
 
 st.title("Security")
 
@@ -48,7 +48,7 @@ with tabs[0]:
         st.info("No events yet. Policy alerts, blocks, anomaly verdicts, quarantines and experiment decisions appear here.")
     else:
         shown = ev.assign(state=ev["acknowledged_at"].map(lambda t: "open" if pd.isna(t) else "acknowledged"))
-        st.dataframe(
+        tables.show(
             shown,
             hide_index=True,
             width="stretch",
@@ -97,7 +97,7 @@ with tabs[1]:
     if enf.empty:
         st.info("Nothing blocked or redacted in this window.")
     else:
-        st.dataframe(
+        tables.show(
             enf.assign(open="explorer?request_id=" + enf["request_id"]),
             hide_index=True,
             width="stretch",
@@ -145,7 +145,7 @@ with tabs[3]:
     if vd.empty:
         st.info("No anomaly verdicts yet (the anomaly job judges suspicious traffic when anomaly detection is on).")
     else:
-        st.dataframe(
+        tables.show(
             vd,
             hide_index=True,
             width="stretch",
@@ -185,7 +185,7 @@ with tabs[3]:
             "Claude verdict) join the injection detector's memory here."
         )
     else:
-        st.dataframe(
+        tables.show(
             learned,
             hide_index=True,
             width="stretch",
@@ -217,7 +217,7 @@ with tabs[4]:
     if quarantined.empty:
         st.caption("No key is quarantined.")
     else:
-        st.dataframe(
+        tables.show(
             quarantined[["id", "name", "prefix", "quarantined_at", "quarantine_reason"]],
             hide_index=True,
             width="stretch",
@@ -239,7 +239,7 @@ with tabs[4]:
                 _fail(exc)
 
     st.subheader("All gateway keys")
-    st.dataframe(keys, hide_index=True, width="stretch", key="sec_keys")
+    tables.show(keys, hide_index=True, width="stretch", key="sec_keys")
     created = st.session_state.pop("security_created_key", None)
     if created:
         st.warning(f"Key {fmt.md(created['id'])} ({fmt.md(created['name'])}) created. Copy it now: it is shown only this once.")
@@ -294,7 +294,7 @@ with tabs[4]:
 with tabs[5]:
     stored = data.policies()
     if stored:
-        st.dataframe(
+        tables.show(
             pd.DataFrame([{k: v for k, v in p.items() if k != "source"} for p in stored]),
             hide_index=True,
             width="stretch",
@@ -379,7 +379,7 @@ with tabs[6]:
             icon=":material/gpp_bad:",
         )
     st.caption("Re-verified at most once a minute. `llmproxy audit verify` checks the same chain from the command line.")
-    st.dataframe(
+    tables.show(
         audit.recent,
         hide_index=True,
         width="stretch",

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
-from ui import data, fmt
+from ui import data, fmt, tables
 
 st.title("System")
 
@@ -19,7 +19,7 @@ ICONS = {"ok": "✓ ok", "down": "✗ DOWN", "off": "– off", "unknown": "? unk
 def system() -> None:
     status = data.system_status()
     st.subheader("Components")
-    st.dataframe(
+    tables.show(
         pd.DataFrame(
             [{"component": c.name, "state": ICONS.get(c.state, c.state), "detail": c.detail} for c in status.components]
         ),
@@ -64,7 +64,7 @@ def system() -> None:
     left, right = st.columns(2)
     with left:
         st.subheader("Versions")
-        st.dataframe(
+        tables.show(
             pd.DataFrame(sorted(status.versions.items()), columns=["component", "version"]), hide_index=True, width="stretch"
         )
     with right:
@@ -81,7 +81,7 @@ def system() -> None:
                 st.warning(f"Schema at {current}, code expects {code}: run `llmproxy up` (it migrates) to upgrade.")
             sizes = pd.DataFrame(sorted(db["table_bytes"].items(), key=lambda kv: -kv[1]), columns=["table", "bytes"])
             sizes["size"] = sizes["bytes"].map(lambda b: f"{b / 1e6:,.1f} MB")
-            st.dataframe(sizes[["table", "size"]], hide_index=True, width="stretch")
+            tables.show(sizes[["table", "size"]], hide_index=True, width="stretch")
 
 
 MODES = {
@@ -103,7 +103,7 @@ def claude_section() -> None:
     if claude.summary:
         st.caption(fmt.md(claude.summary))
     if claude.flags:
-        st.dataframe(
+        tables.show(
             pd.DataFrame([{"flag": k, "state": "on" if v else "off"} for k, v in claude.flags.items()]),
             hide_index=True,
             width="stretch",
@@ -114,9 +114,9 @@ def claude_section() -> None:
     m[0].metric(
         "Claude spend today",
         fmt.usd(spend.today_usd),
-        help=f"{spend.today_calls} calls since 00:00 UTC",
-        chart_data=list(spend.daily["cost_usd"]),
-        chart_type="bar",
+        # the 7 days as text, not a sparkline: one chart costs a fresh browser the charting library (docs/dashboard.md)
+        help=f"{spend.today_calls} calls since 00:00 UTC · last 7 days: "
+        + ", ".join(fmt.usd(v) for v in spend.daily["cost_usd"]),
         border=True,
     )
     m[1].metric(
@@ -128,7 +128,7 @@ def claude_section() -> None:
     if spend.by_purpose.empty:
         st.caption("The intelligence has made no Claude calls in the last 7 days.")
     else:
-        st.dataframe(
+        tables.show(
             spend.by_purpose,
             hide_index=True,
             width="stretch",
