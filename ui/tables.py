@@ -2,8 +2,9 @@
 
 Why: in a fresh browser, the first ``st.dataframe`` on a page costs its JavaScript (the grid and Arrow
 formatting, about 1.3 MB to compile) and a canvas render per table: 0.4-1.0 s of a page load on two cores
-(docs/dashboard.md, "Full page loads"). The pages' tables are small, bounded summaries and lists, so they
-render as HTML; ``st.dataframe`` stays where a table is interactive (row selection in the Explorer).
+(docs/dashboard.md, "Full page loads"). Most of the pages' tables are small, bounded summaries and lists, so
+they render as HTML; ``st.dataframe`` stays where a table is interactive (row selection in the Explorer) and
+takes over past MAX_CELLS cells, where rendering every cell as HTML costs more than the grid.
 
 ``st.table`` renders every cell as Markdown, so cells are escaped like any client-chosen text (fmt.md):
 a model name, a prompt or a pattern label shows as text, never as a link or an image. ``show`` takes the
@@ -26,6 +27,7 @@ import streamlit as st
 
 from ui import fmt
 
+MAX_CELLS = 500  # a bigger table goes to the interactive grid: every static cell is rendered Markdown (~0.4 ms each)
 TEXT_MAX = 400  # characters of one cell: a table is a summary; the full text is one click away
 SCROLL_ROWS = 15  # more rows than this scroll inside the table (sticky header) instead of lengthening the page
 SCROLL_HEIGHT = 460  # pixels
@@ -45,8 +47,19 @@ def show(
     hide_index: bool = True,
     **_interactive: Any,  # key, width, ...: the grid's options, which a static table has no use for
 ) -> None:
-    """Render ``data`` (a DataFrame, or what ``pd.DataFrame`` takes) as a static, escaped table."""
+    """Render ``data`` (a DataFrame, or what ``pd.DataFrame`` takes) as a static, escaped table; past MAX_CELLS
+    cells, as the interactive grid (it draws only the rows in view on a canvas, so its cost does not grow)."""
     frame = to_frame(data, column_order=column_order, column_config=column_config)
+    if frame.size > MAX_CELLS:
+        st.dataframe(
+            data,
+            column_order=column_order,
+            column_config=column_config,
+            height=height if height is not None else "auto",
+            hide_index=hide_index,
+            **{k: v for k, v in _interactive.items() if k in ("key", "width")},
+        )
+        return
     if height is None and len(frame) > SCROLL_ROWS:
         height = SCROLL_HEIGHT
     st.table(frame, hide_index=hide_index, height=height if height is not None else "content")

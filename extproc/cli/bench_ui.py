@@ -57,7 +57,7 @@ PAGES = [
     ("explorer", "explorer", "Explorer", "Open by request id"),
     ("analytics", "analytics", "Analytics", "Export and report"),
     ("patterns", "patterns", "Patterns", "Search similar prompts"),
-    ("security", "security", "Security", "Re-verified at most once a minute"),
+    ("security", "security", "Security", "Unacknowledged only"),  # lazy tabs: the Alerts tab is what opens
     ("experiments", "experiments", "Experiments", "History"),
     ("system", "system", "System", "Versions"),
 ]
@@ -464,7 +464,7 @@ def _wait_for_idle(fraction: float, limit_s: float = 120.0) -> float:
 
 def _load_once(context: Any, url: str, name: str, ready: str) -> float:
     """Navigation start -> the last DOM change before the page stayed quiet for QUIET_MS (ms), once its final
-    section (``ready``) is there and nothing shows a skeleton or spinner."""
+    section (``ready``) is there, its script run has finished and nothing shows a skeleton or spinner."""
     page = context.new_page()
     try:
         page.goto(url, wait_until="commit")
@@ -473,7 +473,7 @@ def _load_once(context: Any, url: str, name: str, ready: str) -> float:
         while True:
             state = page.evaluate(
                 "({now: performance.now(), last: window.__benchLast, busy: document.querySelectorAll("
-                '\'[data-testid="stSkeleton"], [data-testid="stSpinner"]\').length})'
+                '\'[data-testid="stSkeleton"], [data-testid="stSpinner"], [data-test-script-state="running"]\').length})'
             )
             if not state["busy"] and state["now"] - state["last"] >= QUIET_MS:
                 break

@@ -182,6 +182,11 @@ def test_claude_labels_and_alert_titles_render_as_text(evil: tuple[str, EvilRows
     assert_text_only(at, [f"{rows.marker} {EVIL}"])  # the pattern label Claude wrote
     at = open_page(monkeypatch, url, "security")
     assert_text_only(at, [f"{rows.marker} {EVIL}"])  # the alert banner's newest title
+    for name in ("Blocked & redacted", "Detectors", "Keys", "Policies", "Audit", "Verdicts"):  # lazy tabs: one at a time
+        at.session_state["tab"] = name
+        at.run()
+        assert not at.exception, [e.message for e in at.exception]
+        assert_text_only(at, [])
     verdicts = next(f for f in table_frames(at) if "reasoning" in f.columns)
     assert f"{rows.marker} Claude says {EVIL}" in set(verdicts["reasoning"])
     live = open_page(monkeypatch, url, None)

@@ -54,6 +54,14 @@ def open_app(monkeypatch: pytest.MonkeyPatch, db: IntelDb, page: str | None, *, 
     return at
 
 
+def tab(at: AppTest, name: str) -> AppTest:
+    """Open one of the Security page's tabs (lazy: only the open tab runs and renders)."""
+    at.session_state["tab"] = name
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
 def metric(at: AppTest, label: str) -> str:
     for m in at.metric:
         if m.label == label:
@@ -99,7 +107,8 @@ def test_security_page_shows_the_seeded_alerts_enforcement_verdicts_keys_and_aud
     assert list(events["id"]) == [intel.events[k] for k in ("critical", "warning", "acked", "info")]  # newest first
     assert events.set_index("id").loc[intel.events["acked"], "acknowledged_by"] == "dashboard:earlier"
 
-    enforced = frame(at, "sec_enforced")
+    assert not [t for t in at.table if "rule" in str(t.value.columns)]  # the other tabs are not run
+    enforced = frame(tab(at, "Blocked & redacted"), "sec_enforced")
     assert metric(at, "Blocked") == "1" and metric(at, "Redacted") == "2"
     blocked = enforced.set_index("request_id").loc[intel.request_ids["blocked"]]
     assert blocked["action"] == "blocked" and blocked["rule"] == "default/block-injection"
@@ -109,17 +118,18 @@ def test_security_page_shows_the_seeded_alerts_enforcement_verdicts_keys_and_aud
     assert intel.request_ids["clean"] not in set(enforced["request_id"])
 
     # four exchanges: one each with PII, a secret, an injection score above the threshold, a block
+    tab(at, "Detectors")
     for label in ("PII (24 h)", "Secrets (24 h)", "Injection (24 h)", "Blocked (24 h)"):
         assert metric(at, label) == fmt.percent(1 / 4), label
 
-    verdicts = frame(at, "sec_verdicts").set_index("id")
+    verdicts = frame(tab(at, "Verdicts"), "sec_verdicts").set_index("id")
     assert verdicts.loc[intel.verdicts["attack"], "verdict"] == "malicious"
     assert verdicts.loc[intel.verdicts["attack"], "reasoning"].endswith("fired 40 injection variants in a minute")
 
-    quarantined = frame(at, "sec_quarantined")
+    quarantined = frame(tab(at, "Keys"), "sec_quarantined")
     assert set(quarantined["id"]) == {intel.keys["release-me"], intel.keys["viewer-cannot"]}
-    assert any("Audit chain intact" in s.value for s in at.success)
-    policies = frame(at, "sec_policies")
+    assert any("Audit chain intact" in s.value for s in tab(at, "Audit").success)
+    policies = frame(tab(at, "Policies"), "sec_policies")
     assert list(policies["name"]) == ["team-rules"]
     # local operator without SECRET_KEY: admin, and the page says there is no authentication
     assert any("no authentication (loopback only)" in c.value for c in at.sidebar.caption)
@@ -137,7 +147,7 @@ async def test_admin_acknowledges_an_alert_and_releases_a_quarantined_key(intel:
     assert await fetchval(intel, "SELECT acknowledged_at FROM events WHERE id = $1", intel.events["critical"]) is None
     assert any("Acknowledged 1 event" in s.value for s in at.success)
 
-    at.selectbox(key="sec_release_id").set_value(intel.keys["release-me"])
+    tab(at, "Keys").selectbox(key="sec_release_id").set_value(intel.keys["release-me"])
     at.button(key="sec_release").click()
     at.run()
     assert not at.exception, [e.message for e in at.exception]
@@ -154,7 +164,7 @@ async def test_admin_acknowledges_an_alert_and_releases_a_quarantined_key(intel:
 
 
 async def test_admin_confirms_a_verdict(intel: IntelDb, monkeypatch) -> None:
-    at = open_app(monkeypatch, intel, "security")
+    at = tab(open_app(monkeypatch, intel, "security"), "Verdicts")
     at.selectbox(key="sec_verdict_id").set_value(intel.verdicts["benign"])
     at.radio(key="sec_verdict_label").set_value("false_positive")
     at.button(key="sec_verdict_confirm").click()
@@ -185,13 +195,13 @@ async def test_learned_attacks_are_listed_and_an_admin_disables_one(intel: Intel
     from ui import data as views
 
     views.bump_revision()  # written behind the dashboard's back: as if its 5-second cache had expired
-    viewer = open_app(monkeypatch, intel, "security", as_role="viewer")
+    viewer = tab(open_app(monkeypatch, intel, "security", as_role="viewer"), "Verdicts")
     assert viewer.button(key="sec_attack_disable").disabled
     with pytest.raises(auth.NotAllowed):
         actions.disable_attack(auth.Principal(subject="alice", role="viewer", expires_at=None), attack_id)
 
     monkeypatch.delenv("SECRET_KEY", raising=False)
-    at = open_app(monkeypatch, intel, "security")
+    at = tab(open_app(monkeypatch, intel, "security"), "Verdicts")
     shown = frame(at, "sec_attacks")
     assert shown.loc[shown["id"] == attack_id, "status"].tolist() == ["active"]
     at.selectbox(key="sec_attack_id").set_value(attack_id)
@@ -211,7 +221,7 @@ async def test_learned_attacks_are_listed_and_an_admin_disables_one(intel: Intel
 
 
 async def test_admin_edits_a_policy_with_validation_and_diff_before_saving(intel: IntelDb, monkeypatch) -> None:
-    at = open_app(monkeypatch, intel, "security")
+    at = tab(open_app(monkeypatch, intel, "security"), "Policies")
     at.selectbox(key="sec_pol_pick").set_value("team-rules")
     at.run()
     assert "no-big-models" in at.text_area(key="sec_pol_text").value
@@ -245,7 +255,7 @@ async def test_admin_edits_a_policy_with_validation_and_diff_before_saving(intel
 
 
 async def test_admin_creates_a_key_shown_once_and_revokes_it(intel: IntelDb, monkeypatch) -> None:
-    at = open_app(monkeypatch, intel, "security")
+    at = tab(open_app(monkeypatch, intel, "security"), "Keys")
     at.text_input(key="sec_new_name").set_value(f"{intel.marker}-made-here")
     at.button(key="FormSubmitter:sec_create_key-Create key").click()
     at.run()
@@ -275,10 +285,11 @@ async def test_a_viewer_sees_everything_but_cannot_act(intel: IntelDb, monkeypat
 
     at = open_app(monkeypatch, intel, "security", as_role="viewer")
     assert any("alice" in c.value and "viewer" in c.value for c in at.sidebar.caption)
-    assert at.button(key="sec_release").disabled and at.button(key="sec_verdict_confirm").disabled
     assert at.multiselect(key="sec_ack_ids").disabled
-    assert not [w for w in at.text_area if w.key == "sec_pol_text"]  # no policy editor
+    assert tab(at, "Keys").button(key="sec_release").disabled
     assert not [b for b in at.button if b.key in ("sec_revoke",)]
+    assert tab(at, "Verdicts").button(key="sec_verdict_confirm").disabled
+    assert not [w for w in tab(at, "Policies").text_area if w.key == "sec_pol_text"]  # no policy editor
     # the server-side check refuses even a direct call with a viewer principal
     viewer = auth.Principal(subject="alice", role="viewer", expires_at=None)
     with pytest.raises(auth.NotAllowed):

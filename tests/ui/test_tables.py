@@ -69,3 +69,21 @@ def test_long_text_is_cut_and_series_become_sparklines() -> None:
     )
     assert len(plain(frame.iloc[0]["text"])) == tables.TEXT_MAX and plain(frame.iloc[0]["text"]).endswith("…")
     assert frame.iloc[0]["trend"] == "▁▂▃▄▅▆▇█"
+
+
+def test_a_table_past_max_cells_goes_to_the_grid() -> None:
+    from streamlit.testing.v1 import AppTest
+
+    def app() -> None:
+        import pandas as pd
+
+        from ui import tables
+
+        tables.show(pd.DataFrame({"a": range(tables.MAX_CELLS + 1)}))  # rendering each cell would cost more
+        tables.show(pd.DataFrame({"a": range(10)}))
+
+    at = AppTest.from_function(app)
+    at.run()
+    assert not at.exception
+    assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == tables.MAX_CELLS + 1
+    assert len(at.table) == 1 and len(at.table[0].value) == 10

@@ -38,12 +38,21 @@ flash = st.session_state.pop("security_flash", None)
 if flash:
     st.success(flash)
 
-tabs = st.tabs(["Alerts", "Blocked & redacted", "Detectors", "Verdicts", "Keys", "Policies", "Audit"])
+# One view at a time, chosen above it: only the chosen view runs its queries and renders. (With st.tabs every
+# tab ran on each page run; and content inside tabs stayed as placeholder skeletons for up to a second after
+# its scripts had loaded, in a fresh browser.) The view is in the address (?tab=Keys), so it can be linked.
+VIEWS = ["Alerts", "Blocked & redacted", "Detectors", "Verdicts", "Keys", "Policies", "Audit"]
+view = st.segmented_control(
+    "View", VIEWS, default="Alerts", required=True, key="tab", bind="query-params", label_visibility="collapsed"
+)
 
 # --------------------------------------------------------------------------------------- alerts
-with tabs[0]:
-    only_open = st.toggle("Unacknowledged only", value=False, key="sec_only_open")
-    ev = data.events(200, unacknowledged_only=only_open)
+if view == "Alerts":
+    c = st.columns([1, 3])
+    only_open = c[0].toggle("Unacknowledged only", value=False, key="sec_only_open")
+    # the newest 25 by default: a table a fresh browser renders at once (200 go to the grid, at its cost)
+    newest = c[1].segmented_control("Newest", [25, 200], default=25, required=True, key="sec_events_n")
+    ev = data.events(int(newest or 25), unacknowledged_only=only_open)
     if ev.empty:
         st.info("No events yet. Policy alerts, blocks, anomaly verdicts, quarantines and experiment decisions appear here.")
     else:
@@ -78,7 +87,7 @@ with tabs[0]:
                 _fail(exc)
 
 # ---------------------------------------------------------------------------- blocked & redacted
-with tabs[1]:
+if view == "Blocked & redacted":
     hours = (
         st.segmented_control(
             "Window",
@@ -111,7 +120,7 @@ with tabs[1]:
         )
 
 # ------------------------------------------------------------------------------------- detectors
-with tabs[2]:
+if view == "Detectors":
     rates = data.detector_rates(24)
     if rates.empty:
         st.info("No traffic in the last 24 hours.")
@@ -140,7 +149,7 @@ with tabs[2]:
         )
 
 # -------------------------------------------------------------------------------------- verdicts
-with tabs[3]:
+if view == "Verdicts":
     vd = data.verdicts(200)
     if vd.empty:
         st.info("No anomaly verdicts yet (the anomaly job judges suspicious traffic when anomaly detection is on).")
@@ -210,7 +219,7 @@ with tabs[3]:
                     _fail(exc)
 
 # ------------------------------------------------------------------------------------------ keys
-with tabs[4]:
+if view == "Keys":
     keys = data.gateway_keys()
     st.subheader("Quarantined keys")
     quarantined = keys[keys["status"] == "quarantined"]
@@ -291,7 +300,7 @@ with tabs[4]:
         st.caption(f"Creating and revoking keys: {ADMIN_ONLY}.")
 
 # -------------------------------------------------------------------------------------- policies
-with tabs[5]:
+if view == "Policies":
     stored = data.policies()
     if stored:
         tables.show(
@@ -365,7 +374,7 @@ with tabs[5]:
             st.caption("Edited since the last check: validate again to see the diff and save.")
 
 # ----------------------------------------------------------------------------------------- audit
-with tabs[6]:
+if view == "Audit":
     audit = data.audit_status()
     if audit.ok:
         st.success(
