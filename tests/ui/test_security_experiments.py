@@ -375,6 +375,8 @@ def test_experiments_page_shows_candidates_arms_and_history(intel: IntelDb, monk
     assert "238" in [m.value for m in at.metric if m.label == "Samples"]
     assert f"{(80 / 118 - 0.5) * 100:+.1f} pp" in [m.value for m in at.metric if m.label.startswith("Effect")]
     assert set(frame(at, "exp_history")["experiment_id"]) >= {eid}
+    # an enhancement's effectiveness (a scan of its exposures) waits until one is chosen
+    assert at.selectbox(key="exp_eff_pick").value is None and not at.get("vega_lite_chart")
 
 
 async def test_admin_pauses_and_promotes_experiments_with_confirmation(intel: IntelDb, monkeypatch) -> None:

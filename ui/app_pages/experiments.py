@@ -494,15 +494,21 @@ if not tested:
     st.caption("No enhancement has been tested yet.")
 else:
     cols = st.columns([3, 1])
+    # chosen, not preselected: one enhancement's effectiveness aggregates every exposure (0.7-1.6 s of SQL at
+    # 30,000-50,000 exposures, docs/dashboard.md), which the page's first view should not wait for
     enh_id = cols[0].selectbox(
         "Enhancement",
         list(tested),
+        index=None,
+        placeholder="Choose an enhancement to chart",
         key="exp_eff_pick",
         format_func=lambda i: f"#{i} {tested[i].kind} · experiment #{tested[i].id} ({tested[i].status})",
     )
     bucket = cols[1].radio("Per", ["day", "hour"], horizontal=True, key="exp_eff_bucket")
-    eff = data.effectiveness(enh_id, bucket)
-    if eff.series.empty:
+    eff = data.effectiveness(enh_id, bucket) if enh_id is not None else None
+    if eff is None:
+        st.caption(f"{len(tested)} enhancement(s) tested: choose one for its success rate by arm over time.")
+    elif eff.series.empty:
         st.caption("No exposures recorded for this enhancement yet.")
     else:
         st.altair_chart(effectiveness_chart(eff.series, bucket), width="stretch")
