@@ -49,8 +49,9 @@ def show(
 ) -> None:
     """Render ``data`` (a DataFrame, or what ``pd.DataFrame`` takes) as a static, escaped table; past MAX_CELLS
     cells, as the interactive grid (it draws only the rows in view on a canvas, so its cost does not grow)."""
-    frame = to_frame(data, column_order=column_order, column_config=column_config)
-    if frame.size > MAX_CELLS:
+    df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+    shown_columns = [c for c in (column_order or df.columns) if c in df.columns]
+    if len(df) * len(shown_columns) > MAX_CELLS:  # decided before formatting thousands of cells for nothing
         st.dataframe(
             data,
             column_order=column_order,
@@ -60,6 +61,7 @@ def show(
             **{k: v for k, v in _interactive.items() if k in ("key", "width")},
         )
         return
+    frame = to_frame(df, column_order=column_order, column_config=column_config)
     if height is None and len(frame) > SCROLL_ROWS:
         height = SCROLL_HEIGHT
     st.table(frame, hide_index=hide_index, height=height if height is not None else "content")
