@@ -46,6 +46,30 @@ def test_no_false_positives_on_plain_prose(pii: PiiDetector) -> None:
     assert pii.find("") == []
 
 
+def test_digit_entities_are_found_by_their_own_digits_not_the_texts_total(pii: PiiDetector, monkeypatch) -> None:
+    # The phone, card and SSN recognisers run when one run of digits could be a number: a text's
+    # scattered figures do not send it through them, and a number is found whatever else is around it.
+    from presidio_analyzer import AnalyzerEngine
+
+    entities: list[list[str]] = []
+    analyze = AnalyzerEngine.analyze
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        entities.append(sorted(kwargs.get("entities") or []))
+        return analyze(self, *args, **kwargs)
+
+    monkeypatch.setattr(AnalyzerEngine, "analyze", spy)
+    recipe = "Serves 4: 2 onions, 3 cloves, 1 tin of tomatoes, 250 g lentils, bake 45 min at 180 C for 12 people."
+    assert [s.kind for s in pii.find(recipe) if s.kind != "PERSON"] == []
+    assert not any({"PHONE_NUMBER", "US_SSN", "CREDIT_CARD"} & set(e) for e in entities)
+    for number, kind in (("+1 415-555-0100", "PHONE_NUMBER"), ("219-09-9999", "US_SSN"), ("4111 1111 1111 1111", "CREDIT_CARD")):
+        for text in (f"reach me: {number}", f"{recipe} Also {number}, thanks."):
+            found = [text[s.start : s.end] for s in pii.find(text) if s.kind == kind]
+            assert found == [number], (text, found)
+    # six digits with other figures around them: not a phone number (it was, when the gate counted the text's digits)
+    assert [s for s in pii.find("Flat 12, 3369 24 Clarke Avenue, 805 Pines Beach") if s.kind == "PHONE_NUMBER"] == []
+
+
 def test_person_without_ner_model_uses_the_gazetteer(pii: PiiDetector) -> None:
     assert pii.detects_person
     detector = PiiDetector(entities=("EMAIL_ADDRESS", "PERSON"), spacy_model="definitely_not_installed_model")
