@@ -116,7 +116,21 @@ PROMPTS = (
     "Rewrite this paragraph in plain English: 'Pursuant to the aforementioned provisions, the lessee "
     "shall remit payment no later than the fifth business day of each calendar month.'",
 )
-VARIANTS = 240  # distinct request bodies per set-up: PROMPTS x a reference number
+VARIANTS = 240  # distinct request bodies per set-up: PROMPTS x a reference
+
+
+def reference(n: int) -> str:
+    """``n`` in lower-case letters (base 26): what makes each user turn distinct. Not digits: until
+    2026-12-07 this was the number itself (``ref 3000000123``), and a ten-digit run in every prompt sent
+    every request through the PII phone recogniser (python-phonenumbers, once per region: +0.5 ms
+    alone, about a quarter of the sidecar's CPU under load), which measured that recogniser rather
+    than "a small chat". docs/performance.md gives both figures."""
+    letters = []
+    while True:
+        n, r = divmod(n, 26)
+        letters.append(chr(ord("a") + r))
+        if n == 0:
+            return "".join(reversed(letters))
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -337,7 +351,7 @@ def request_bytes(
     ``variant`` picks a distinct user turn (see :data:`PROMPTS`); None sends :data:`CHAT` as it is."""
     doc: dict[str, Any] = {**CHAT, "stream": stream}
     if variant is not None:
-        text = f"{PROMPTS[variant % len(PROMPTS)]} (ref {variant})"
+        text = f"{PROMPTS[variant % len(PROMPTS)]} (ref {reference(variant)})"
         doc["messages"] = [CHAT["messages"][0], {"role": "user", "content": text}]
     body = json.dumps(doc, separators=(",", ":")).encode()
     lines = [
