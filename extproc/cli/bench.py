@@ -120,17 +120,16 @@ VARIANTS = 240  # distinct request bodies per set-up: PROMPTS x a reference
 
 
 def reference(n: int) -> str:
-    """``n`` in lower-case letters (base 26): what makes each user turn distinct. Not digits: until
-    2026-12-07 this was the number itself (``ref 3000000123``), and a ten-digit run in every prompt sent
-    every request through the PII phone recogniser (python-phonenumbers, once per region: +0.5 ms
-    alone, about a quarter of the sidecar's CPU under load), which measured that recogniser rather
-    than "a small chat". docs/performance.md gives both figures."""
-    letters = []
-    while True:
-        n, r = divmod(n, 26)
-        letters.append(chr(ord("a") + r))
-        if n == 0:
-            return "".join(reversed(letters))
+    """``n`` with thousands separators (``3,000,000,123``): what makes each user turn distinct.
+
+    Grouped because a ten-digit run is a phone-number candidate: until 2026-12-07 the reference was
+    the bare number (``ref 3000000123``), which sent every request through the PII phone recogniser
+    (python-phonenumbers parses a candidate once per region, +0.5 ms alone and about a fifth of the
+    sidecar's CPU under load) and measured that recogniser rather than "a small chat". Random letters
+    and word lists were tried instead: the injection detector's embedding classifier scored about 1
+    in 200 of them as attacks (a refused request is not a measured one). docs/performance.md has the
+    figures, and what a prompt with a phone-like number costs."""
+    return f"{n:,}"
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -414,3 +414,16 @@ def test_requests_never_repeat_a_user_turn_and_warm_up_on_other_texts() -> None:
     mixed = Requests(Target("gateway", 1), stream_every=10)
     streamed = [i for i in range(30) if json.loads(mixed.at(i).split(b"\r\n\r\n", 1)[1])["stream"]]
     assert streamed == [0, 10, 20]
+
+
+def test_a_user_turns_reference_is_no_phone_number() -> None:
+    """The distinct reference in each user turn must not send every request through the PII phone
+    recogniser (a ten-digit run did): the bench measures a small chat, not that recogniser."""
+    from extproc.cli.bench import Requests, Target
+    from intelligence.detectors.pii import _longest_run
+
+    for start in (0, 3 * 10**9, 35 * 10**8, 4 * 10**9, 45 * 10**8):
+        reqs = Requests(Target("gateway", 1), start=start)
+        for i in range(0, 5000, 97):
+            turn = json.loads(reqs.at(i).split(b"\r\n\r\n", 1)[1])["messages"][-1]["content"]
+            assert _longest_run(turn) < 7, turn
