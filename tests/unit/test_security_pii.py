@@ -70,6 +70,31 @@ def test_digit_entities_are_found_by_their_own_digits_not_the_texts_total(pii: P
     assert [s for s in pii.find("Flat 12, 3369 24 Clarke Avenue, 805 Pines Beach") if s.kind == "PHONE_NUMBER"] == []
 
 
+def test_the_spacy_vocabulary_stays_bounded_and_results_do_not_change() -> None:
+    # spaCy keeps every new token it tokenizes: ids and numbers in prompts grew the sidecar without end.
+    import time
+
+    detector = PiiDetector(entities=("EMAIL_ADDRESS", "PHONE_NUMBER"), max_lexemes=3000)
+    base = detector._vocab_size()
+
+    def text(i: int) -> str:
+        return f"Ticket T{i}-{i * 7919} from user{i}@example.com, call +1 415-555-{i % 10000:04d} (order {i * 104729})"
+
+    first = [(s.kind, s.start, s.end) for s in detector.find(text(1))]
+    assert [k for k, _, _ in first] == ["EMAIL_ADDRESS", "PHONE_NUMBER"]
+    for i in range(2, 2000):
+        detector.find(text(i))
+        if detector.renewals:
+            break
+        time.sleep(0.0005 if detector._renewing else 0)
+    deadline = time.monotonic() + 30
+    while detector._renewing and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert detector.renewals >= 1
+    assert detector._vocab_size() < 3000 - 500 and detector._vocab_size() < base + 1500
+    assert [(s.kind, s.start, s.end) for s in detector.find(text(1))] == first
+
+
 def test_person_without_ner_model_uses_the_gazetteer(pii: PiiDetector) -> None:
     assert pii.detects_person
     detector = PiiDetector(entities=("EMAIL_ADDRESS", "PERSON"), spacy_model="definitely_not_installed_model")
