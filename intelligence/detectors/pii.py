@@ -20,6 +20,7 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .spans import Span, resolve_overlaps
 
@@ -41,8 +42,8 @@ DEFAULT_MIN_SCORE = 0.4  # Presidio's phone recogniser scores 0.4 without contex
 WINDOW_CHARS = 10_000
 WINDOW_OVERLAP = 256
 MAX_PII_CHARS = 1_000_000  # beyond this the text is not scanned: policy blocks oversized bodies
-# The spaCy vocabulary a PII detector lets grow before it renews its pipeline (~20 MiB; see _renew_if_grown).
-MAX_LEXEMES = 60_000
+# The spaCy vocabulary a PII detector lets grow before it renews its pipeline (~7 MiB; see _renew_if_grown).
+MAX_LEXEMES = 20_000
 
 PLACEHOLDER_LABELS = {
     "EMAIL_ADDRESS": "EMAIL",
@@ -69,7 +70,9 @@ _IBAN_HINT = re.compile(r"[A-Za-z]{2}[ \-]?\d{2}")  # country code and check dig
 # Digit blocks joined by at most four of python-phonenumbers' punctuation characters (its matcher's
 # _VALID_PUNCTUATION and _PUNCTUATION_LIMIT): the shape every phone-number candidate has. Card numbers
 # and SSNs (digits joined by single spaces, hyphens or dots) are runs of this shape too.
-_PHONE_PUNCTUATION = "-x\u2010-\u2015\u2212\u30fc\uff0d-\uff0f \u00a0\u00ad\u200b\u2060\u3000()\uff08\uff09\uff3b\uff3d.\\[\\]/~\u2053\u223c\uff5e"
+_PHONE_PUNCTUATION = (
+    "-x\u2010-\u2015\u2212\u30fc\uff0d-\uff0f \u00a0\u00ad\u200b\u2060\u3000()\uff08\uff09\uff3b\uff3d.\\[\\]/~\u2053\u223c\uff5e"
+)
 _DIGIT_RUN = re.compile(r"\d+(?:[" + _PHONE_PUNCTUATION + r"]{1,4}\d+)*")
 
 
@@ -150,7 +153,7 @@ class _AnalyzerFactory:
         if spacy_model and not has_ner:
             log.warning("spaCy model %r is not installed (never downloaded); PERSON uses the name gazetteer", spacy_model)
 
-        def pipeline():  # type: ignore[no-untyped-def]
+        def pipeline() -> Any:
             if has_ner:
                 return spacy.load(spacy_model)
             nlp = spacy.blank("en")
@@ -239,10 +242,10 @@ class PiiDetector:
     def _renew_if_grown(self) -> None:
         """spaCy adds every new token of every text to its vocabulary and tokenizer cache for good: a
         gateway that sees order numbers, e-mail addresses and ids grew ~1.9 KiB a prompt without end
-        (110,000 lexemes, +100 MiB over 20,000 such texts). Past ``max_lexemes`` a fresh pipeline is
-        built off the request path (~70 ms) and swapped in; the old one is freed. Results do not
-        change: the pipeline only tokenizes (lemma = lower-cased token), and a model pipeline is
-        reloaded from the same package."""
+        (110,000 lexemes, +100 MiB over 20,000 such texts). Past ``max_lexemes`` (20,000: a renewal
+        every 10,000-20,000 such prompts) a fresh pipeline is built off the request path (~70 ms) and
+        swapped in; the old one is freed. Results do not change: the pipeline only tokenizes (lemma =
+        lower-cased token), and a model pipeline is reloaded from the same package."""
         if self._renewing or self._vocab_size() <= self.max_lexemes:
             return
         self._renewing = True
