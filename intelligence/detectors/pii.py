@@ -257,8 +257,9 @@ class PiiDetector:
                 with self._lock:
                     self._engine.nlp = {"en": fresh}
                     self.renewals += 1
-            except Exception:  # the old pipeline keeps working; the next growth check tries again
-                log.exception("pii: could not renew the spaCy pipeline")
+            except Exception:  # the old pipeline keeps working; tried again after as much growth again
+                self.max_lexemes = self._vocab_size() + self.max_lexemes
+                log.exception("pii: could not renew the spaCy pipeline; next try past %d lexemes", self.max_lexemes)
             finally:
                 self._renewing = False
 

@@ -95,6 +95,28 @@ def test_the_spacy_vocabulary_stays_bounded_and_results_do_not_change() -> None:
     assert [(s.kind, s.start, s.end) for s in detector.find(text(1))] == first
 
 
+def test_a_failed_pipeline_renewal_keeps_the_old_one_and_waits_for_more_growth(caplog) -> None:
+    import time
+
+    detector = PiiDetector(entities=("PHONE_NUMBER",), max_lexemes=1000)
+    attempts: list[int] = []
+
+    def broken() -> None:
+        attempts.append(1)
+        raise RuntimeError("no pipeline today")
+
+    detector._pipeline = broken  # type: ignore[assignment]
+    for i in range(400):
+        detector.find(f"order A{i}x{i * 31} B{i}y call +1 415-555-{i % 10000:04d}")
+        while detector._renewing:
+            time.sleep(0.005)
+    # ~2,000 new lexemes past a threshold of 1,000: without the back-off every later call would try again
+    assert 1 <= len(attempts) <= 2 and detector.renewals == 0
+    assert detector.max_lexemes > 2000
+    assert [s.kind for s in detector.find("call +1 415-555-0100")] == ["PHONE_NUMBER"]
+    assert "could not renew the spaCy pipeline" in caplog.text
+
+
 def test_person_without_ner_model_uses_the_gazetteer(pii: PiiDetector) -> None:
     assert pii.detects_person
     detector = PiiDetector(entities=("EMAIL_ADDRESS", "PERSON"), spacy_model="definitely_not_installed_model")
