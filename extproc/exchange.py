@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -208,17 +209,28 @@ def loads_for_log(data: bytes | bytearray) -> Any:
         return None
 
 
+# A \uD800-\uDFFF escape: half of a UTF-16 surrogate pair, valid only as a pair.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
 def parse_json(data: bytes | bytearray) -> Any:
-    """The document, or None for bad JSON, invalid UTF-8, nesting bombs and duplicate keys.
+    """The document, or None for bad JSON, invalid UTF-8, nesting bombs, duplicate keys and lone
+    surrogate escapes.
 
     Duplicate keys are refused because parsers disagree on them: the gateway would screen the last
-    ``messages`` while a provider might read the first.
+    ``messages`` while a provider might read the first. A lone surrogate (``"\\ud800"``) is valid
+    JSON syntax but no Unicode text: the detectors and the log cannot encode it (it failed the screen
+    with a 503), and providers disagree on it too; orjson, which rejects exactly those, checks bodies
+    that hold such an escape.
     """
     if not data:
         return None
     try:
-        return json.loads(data, object_pairs_hook=_unique_keys)
-    except (ValueError, RecursionError):
+        doc = json.loads(data, object_pairs_hook=_unique_keys)
+        if _SURROGATE_ESCAPE.search(data) is not None:
+            orjson.loads(data)
+        return doc
+    except (ValueError, RecursionError):  # orjson.JSONDecodeError is a ValueError
         return None
 
 

@@ -51,6 +51,7 @@ async def test_client_routing_headers_are_removed_on_every_route() -> None:
         b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "\xff\xfe"}]}',  # invalid UTF-8
         b'["a", "list"]',
         b"[" * 100_000 + b"]" * 100_000,  # nesting bomb
+        b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "call \\ud800 +1 415-555-0100"}]}',  # lone surrogate
     ],
 )
 async def test_a_model_call_the_gateway_cannot_read_is_refused(raw: bytes) -> None:
