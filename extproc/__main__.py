@@ -141,6 +141,7 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         events=events,
         verdicts=await _claude_gate(engine, policy, events, audit),
         scan_budget_ms=float(os.environ.get("LLMPROXY_DETECTION_BUDGET_MS", "50")),
+        pii_budget_ms=float(os.environ.get("LLMPROXY_PII_BUDGET_MS", "250")),
     )
     await asyncio.to_thread(guard.warm)  # before the health check says SERVING: no lazy loads on a request
     enhancer, enhancements = await _enhancer(engine)

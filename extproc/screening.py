@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +24,7 @@ from extproc.policy import Redactions, apply_request, apply_response, redact_tex
 from intelligence.detectors.cache import cached
 from intelligence.detectors.redact import Redaction
 from intelligence.detectors.response import MaskingFilter, PlaceholderRestorer, mask_text, rewrite_response_texts
-from intelligence.detectors.spans import Span, resolve_overlaps
+from intelligence.detectors.spans import Scan, Span, resolve_overlaps
 from intelligence.policy import Alert, Detections, Quarantine, RequestDecision, RequestFacts, ResponseDecision, ResponseFacts
 from intelligence.policy.decision import RedactPlan
 
@@ -95,11 +96,15 @@ class Guard:
         events: EventSink | None = None,
         verdicts: Any = None,
         scan_budget_ms: float | None = 50.0,
+        pii_budget_ms: float | None = 250.0,
     ):
         self.policy = policy  # .snapshot -> PolicySnapshot, .throttler -> Throttler
         # The injection scan's CPU budget per request: what it cannot reach in time is reported as
         # incomplete and the policy decides (detection_incomplete); one request never holds the loop.
         self.scan_budget_ms = scan_budget_ms
+        # The PII scan's budget: python-phonenumbers costs 10-35 ms per 1,000 characters of digit-dense
+        # text (logs, tables, crafted runs); see PiiPass.
+        self.pii_budget_ms = pii_budget_ms
         # Remembered by text: system prompts, tool definitions and history repeat on every request.
         self.secrets, self.pii, self.injection = cached(secrets), cached(pii), injection
         self.audit = audit  # AuditWriter (submit never blocks) or None
@@ -154,9 +159,12 @@ class Guard:
         segs = segments(api, doc)
         texts = [t for _, t in segs]
         secret_spans = [s for t in texts for s in self.secrets.find(t)] if "secrets" in wanted else []
-        pii_spans = [s for t in texts for s in self.pii.find(t)] if "pii" in wanted and self.pii is not None else []
+        pii = PiiPass(self.pii, self.pii_budget_ms) if "pii" in wanted and self.pii is not None else None
+        pii_spans = [s for t in texts for s in pii.scan(t).spans] if pii is not None else []
         verdict = self.injection.scan(segs, budget_ms=self.scan_budget_ms) if wanted & {"injection", "flags"} and segs else None
-        detections = Detections.from_results(pii=pii_spans, secrets=secret_spans, injection=verdict)
+        detections = Detections.from_results(
+            pii=pii_spans, secrets=secret_spans, injection=verdict, pii_complete=None if pii is None else pii.complete
+        )
         facts = RequestFacts(
             api=api,
             path=path,
@@ -182,24 +190,38 @@ class Guard:
         block = refusal(decision.block, api) if decision.block is not None else None
         if block is None and getattr(throttled, "block", None) is not None:
             block = refusal(throttled.block, api)
+        unread = pii is not None and not pii.complete and snapshot.redacts_pii
+        if block is None and unread:
+            # The policy redacts personal data, and part of the request was not read: it may hold some.
+            block = self._unredacted(request_id, api)
         if block is not None:
             out.immediate = block
-            # refused, but still logged: never with the secrets (or, when the policy redacts them, PII) it held
-            if secret_spans or (pii_spans and self._redacts_pii(decision)):
-                out.log_doc = self.log_copy(doc, pii=self._redacts_pii(decision))
+            # refused, but still logged: never with the secrets (or, when the policy redacts them, PII) it held;
+            # the detection pass's own scans, so that no more time is spent on a refused request
+            masks_pii = pii is not None and (unread or (bool(pii_spans) and self._redacts_pii(decision)))
+            if secret_spans or masks_pii:
+                out.log_doc = self.log_copy(doc, pii=pii if masks_pii else None)
             return out
         plan = decision.redact
         if plan is not None and plan.selectors and (secret_spans or pii_spans):
             state = Redactions.new()
+            # Strings the detection pass did not see whole (tool-call arguments are scanned joined) are
+            # scanned with a budget of their own; a string not read to its end is not forwarded.
+            again = pii.again() if pii is not None and "pii" in plan.categories else None
+            original = json.loads(_dumps(doc)) if again is not None else doc  # for the log, should that happen
 
             def redact(text: str) -> str:
                 spans = [("secrets", s) for s in self.secrets.find(text)]
-                if "pii" in plan.categories and self.pii is not None:
-                    spans += [("pii", s) for s in self.pii.find(text)]
+                if again is not None:
+                    spans += [("pii", s) for s in again.scan(text).spans]
                 return redact_text(plan, text, spans, state) if spans else text
 
             out.redacted = rewrite_texts(doc, redact)
             out.redactions = state
+            if again is not None and not again.complete:
+                out.immediate = self._unredacted(request_id, api)
+                out.log_doc = self.log_copy(original, pii=again)
+                return out
         if decision.claude_verdict is not None or decision.claude_verdict_monitor is not None:
             # after redaction (Claude sees what would be forwarded), before the policy's own edits
             refused = self._claude_verdict(out, decision, request_id, api, doc, provider, key, client)
@@ -210,25 +232,45 @@ class Guard:
         out.set_headers = dict(decision.set_headers)
         out.strip_headers = list(decision.strip_headers)
         if secret_spans:  # forwarded as the policy allows, but the log masks what is left of them
-            out.log_doc = self.log_copy(doc, pii=False)
+            out.log_doc = self.log_copy(doc)
         return out
+
+    @staticmethod
+    def _unredacted(request_id: str, api: str | None) -> Immediate:
+        """The refusal of a request the policy wants PII redacted from, which the PII scan could not
+        read to the end within its budget (LLMPROXY_PII_BUDGET_MS): fail closed."""
+        log.warning("request %s: the PII scan did not finish within its budget and the policy redacts PII; refusing", request_id)
+        return gateway_error(
+            413,
+            "llmproxy: personal data could not be redacted from the whole request within the time budget; "
+            "send less text per request",
+            api=api,
+            code="redaction_incomplete",
+        )
 
     @staticmethod
     def _redacts_pii(decision: RequestDecision) -> bool:
         plan = decision.redact
         return plan is not None and "pii" in plan.categories
 
-    def log_copy(self, doc: dict, *, pii: bool) -> dict | None:
-        """A copy of ``doc`` with every secret (and PII when asked) masked, for the request log;
-        None when nothing in it needed masking."""
+    def log_copy(self, doc: dict, *, pii: PiiPass | None = None) -> dict | None:
+        """A copy of ``doc`` with every secret (and, given a ``pii`` pass, personal data) masked, for
+        the request log; None when nothing in it needed masking. What the PII pass could not read in
+        time is left out of the copy: the log never holds what the policy wanted redacted."""
         copy = json.loads(_dumps(doc))
         masks = Redaction(mode="mask")
 
         def mask(text: str) -> str:
             spans = list(self.secrets.find(text))
-            if pii and self.pii is not None:
-                spans += self.pii.find(text)
-            return masks.redact(text, resolve_overlaps(spans)) if spans else text
+            unread = ""
+            if pii is not None:
+                scan = pii.scan(text)
+                spans += scan.spans
+                if not scan.complete:
+                    unread = f"[{len(text) - scan.scanned_chars} characters not logged: PII scan incomplete]"
+                    text = text[: scan.scanned_chars]
+                    spans = [s for s in spans if s.end <= len(text)]
+            return (masks.redact(text, resolve_overlaps(spans)) if spans else text) + unread
 
         return copy if rewrite_texts(copy, mask) else None
 
@@ -352,6 +394,31 @@ class Guard:
             return
         if self.quarantine is not None:
             self.quarantine(key_id, quarantine.reason, quarantine.rule)
+
+
+class PiiPass:
+    """One request's PII scans: each distinct text scanned once, all against one deadline, so that a
+    request of dense digits (logs, tables, crafted runs of numbers) costs at most the budget, and the
+    detection, the redaction and the log's copy agree on what was found."""
+
+    def __init__(self, detector: Any, budget_ms: float | None, seen: dict[str, Scan] | None = None) -> None:
+        self.detector, self.budget_ms = detector, budget_ms
+        self.deadline = None if budget_ms is None else time.perf_counter() + max(budget_ms, 0.0) / 1000.0
+        self.seen: dict[str, Scan] = {} if seen is None else seen
+        self.complete = True
+
+    def scan(self, text: str) -> Scan:
+        result = self.seen.get(text)
+        if result is None or not result.complete:
+            if result is None or self.deadline is None or time.perf_counter() <= self.deadline:
+                result = self.seen[text] = self.detector.scan(text, deadline=self.deadline)
+        self.complete = self.complete and result.complete
+        return result
+
+    def again(self) -> PiiPass:
+        """A pass with a budget of its own that remembers this one's scans (texts it did not finish are
+        scanned again): for the strings redaction walks that detection did not see whole."""
+        return PiiPass(self.detector, self.budget_ms, self.seen)
 
 
 @dataclass

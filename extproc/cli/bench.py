@@ -140,12 +140,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="the performance figures: latency (direct / Envoy / gateway), sidecar CPU vs the floor, saturation, RSS",
-        description="Run the performance bench (no subcommand), or `bench ui` / `bench load`.",
+        description="Run the performance bench (no subcommand), or `bench ui` / `bench load` / `bench pii`.",
     )
     add_arguments(p, sidecar_workers=_has_option(up_parser, "--sidecar-workers"))
     p.set_defaults(func=run)
     bench_sub = p.add_subparsers(dest="bench_command", metavar="WHAT")
-    for name in ("bench_ui", "bench_load"):
+    for name in ("bench_ui", "bench_load", "bench_pii"):
         try:
             mod = importlib.import_module(f"extproc.cli.{name}")
         except ModuleNotFoundError as exc:

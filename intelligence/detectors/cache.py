@@ -4,12 +4,15 @@ and history on every turn, and an application sends the same system prompt with 
 A :class:`CachedFinder` wraps any ``find(text) -> spans`` detector. The cache is bounded in entries
 (cleared whole when full: a burst of new texts costs one rebuild, never unbounded memory) and skips
 texts longer than ``max_chars`` (rare, and worth their own scan). Detectors are pure functions of the
-text, so a remembered answer is the answer.
+text, so a remembered answer is the answer. A scan cut short by its deadline (``scan``) is not
+remembered: it is not the answer.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
+
+from .spans import Scan
 
 T = TypeVar("T")
 
@@ -36,6 +39,26 @@ class CachedFinder:
         return list(known)
 
     __call__ = find
+
+    def scan(self, text: str, *, deadline: float | None = None) -> Scan:
+        """The wrapped detector's ``scan`` (or its ``find``, which always reads all of the text);
+        only complete scans are remembered."""
+        scan = getattr(self.finder, "scan", None)
+        if scan is None:
+            return Scan(self.find(text), True, len(text))
+        if len(text) > self.max_chars:
+            return scan(text, deadline=deadline)
+        known = self._seen.get(text)
+        if known is not None:
+            self.hits += 1
+            return Scan(list(known), True, len(text))
+        self.misses += 1
+        result = scan(text, deadline=deadline)
+        if result.complete:
+            if len(self._seen) >= self.size:
+                self._seen.clear()
+            self._seen[text] = tuple(result.spans)
+        return result
 
     def __getattr__(self, name: str) -> Any:  # the wrapped detector's other attributes (kinds, supported, ...)
         return getattr(self.finder, name)

@@ -18,11 +18,14 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .spans import Span, resolve_overlaps
+from .pii_budget import OutOfTime, budgeted_phone_recognizer, deadline_set
+from .pii_linear import bound_tokenizer, linear_context_enhancer
+from .spans import Scan, Span, resolve_overlaps
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +158,10 @@ class _AnalyzerFactory:
 
         def pipeline() -> Any:
             if has_ner:
-                return spacy.load(spacy_model)
+                return bound_tokenizer(spacy.load(spacy_model))
             nlp = spacy.blank("en")
             nlp.add_pipe("llmproxy_lower_lemma")
-            return nlp
+            return bound_tokenizer(nlp)
 
         class LocalSpacyEngine(SpacyNlpEngine):
             def load(self) -> None:
@@ -168,7 +171,7 @@ class _AnalyzerFactory:
         engine.load()
         by_entity = {
             "EMAIL_ADDRESS": OfflineEmailRecognizer,
-            "PHONE_NUMBER": PhoneRecognizer,
+            "PHONE_NUMBER": budgeted_phone_recognizer(PhoneRecognizer),
             "CREDIT_CARD": CreditCardRecognizer,
             "IBAN_CODE": IbanRecognizer,
             "US_SSN": UsSsnRecognizer,
@@ -190,7 +193,12 @@ class _AnalyzerFactory:
 
                 gazetteer = presidio_recognizer()
                 registry.add_recognizer(gazetteer)
-        analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
+        analyzer = AnalyzerEngine(
+            registry=registry,
+            nlp_engine=engine,
+            supported_languages=["en"],
+            context_aware_enhancer=linear_context_enhancer(),
+        )
         supported = {e for e in entities if e in by_entity or e == "PERSON"}
         return analyzer, supported, gazetteer, engine, pipeline
 
@@ -270,15 +278,33 @@ class PiiDetector:
         return "PERSON" in self.supported
 
     def find(self, text: str) -> list[Span]:
-        if not text:
-            return []
-        text = text[:MAX_PII_CHARS]
-        found: list[Span] = []
-        for offset, window in _windows(text):
-            found.extend(self._find_window(window, offset))
-        return resolve_overlaps(found)
+        """Every span in ``text`` (its first ``MAX_PII_CHARS``), however long that takes: for tools
+        and evaluation. The gateway's request path calls :meth:`scan` with a deadline."""
+        return self.scan(text).spans
 
     __call__ = find
+
+    def scan(self, text: str, *, deadline: float | None = None) -> Scan:
+        """The spans found in ``text`` before ``deadline`` (a ``time.perf_counter()`` value; None: no
+        deadline). Windows are read in order; what the deadline cut off, or what lies past
+        ``MAX_PII_CHARS``, was not read, and the scan says so (``complete=False``)."""
+        if not text:
+            return Scan([], True, 0)
+        found: list[Span] = []
+        scanned = 0
+        complete = len(text) <= MAX_PII_CHARS
+        for offset, window in _windows(text[:MAX_PII_CHARS]):
+            if deadline is not None and time.perf_counter() > deadline:
+                complete = False
+                break
+            try:
+                with deadline_set(deadline):
+                    found.extend(self._find_window(window, offset))
+            except OutOfTime:
+                complete = False
+                break
+            scanned = offset + len(window)
+        return Scan(resolve_overlaps(found), complete, scanned)
 
     def _find_window(self, text: str, offset: int) -> list[Span]:
         digits = _digits(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -23,16 +24,35 @@ class Span:
         return {"kind": self.kind, "start": self.start, "end": self.end, "score": round(self.score, 3), "detector": self.detector}
 
 
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """One text's scan against a deadline: the spans found, and whether all of the text was read
+    (``scanned_chars`` of it were: what lies past that is unread)."""
+
+    spans: list[Span]
+    complete: bool = True
+    scanned_chars: int = 0
+
+
 def resolve_overlaps(spans: Iterable[Span]) -> list[Span]:
     """Keep a non-overlapping subset: higher score first, then the longer span; sorted by start."""
     ranked = sorted(spans, key=lambda s: (-s.score, -(s.end - s.start), s.start))
+    # kept spans never overlap, so ordered by start they are ordered by end too: a candidate can only
+    # collide with its neighbours in that order (bisection, not a scan of every kept span: a text
+    # with thousands of matches stays cheap)
+    starts: list[int] = []
     kept: list[Span] = []
     for s in ranked:
         if s.end <= s.start:
             continue
-        if all(s.end <= k.start or s.start >= k.end for k in kept):
-            kept.append(s)
-    return sorted(kept, key=lambda s: s.start)
+        i = bisect_right(starts, s.start)
+        if i > 0 and kept[i - 1].end > s.start:
+            continue
+        if i < len(kept) and kept[i].start < s.end:
+            continue
+        starts.insert(i, s.start)
+        kept.insert(i, s)
+    return kept
 
 
 def combine(*finders: SpanFinder) -> SpanFinder:

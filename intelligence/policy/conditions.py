@@ -245,7 +245,7 @@ def _condition(r: Reader, key: str, node: Node, field: str) -> Check | None:
         rx = pats()
         return (lambda q, m, d, s: d.injection_layer is not None and rx.fullmatch(d.injection_layer) is not None) if rx else None
     if key == "detection_incomplete":
-        # true: the injection scan did not reach every part of the request within its budget
+        # true: the injection or PII scan did not reach every part of the request within its budget
         incomplete = r.boolean(node, field)
         if incomplete is None:
             return None

@@ -41,22 +41,38 @@ class Detections:
     injection_score: float | None = None
     injection_layer: str | None = None
     flags: frozenset[str] = frozenset()
-    # The injection scan ran out of its time budget (or input was cut): part of the request was not
-    # screened by every layer. None: not scanned. Policy condition ``detection_incomplete``.
+    # A scan ran out of its time budget (or input was cut): part of the request was not screened by
+    # every detector. None: nothing was scanned. Policy condition ``detection_incomplete``.
     incomplete: bool | None = None
+    # Which scans did not finish: "injection", "pii".
+    incomplete_scans: frozenset[str] = frozenset()
 
     @classmethod
     def from_results(
-        cls, *, pii: Iterable[Any] = (), secrets: Iterable[Any] = (), injection: Any = None, flags: Iterable[str] = ()
+        cls,
+        *,
+        pii: Iterable[Any] = (),
+        secrets: Iterable[Any] = (),
+        injection: Any = None,
+        flags: Iterable[str] = (),
+        pii_complete: bool | None = None,
     ) -> Detections:
         """From the detectors' own outputs: spans with ``.kind`` (intelligence.detectors.spans.Span) and an
         ``InjectionVerdict`` (``.score``, ``.layers``, ``.flags``); duck-typed so that this module
-        does not import the detectors."""
+        does not import the detectors. ``pii_complete``: whether the PII scan read everything (None:
+        it did not run)."""
         score = layer = incomplete = None
         all_flags = set(flags)
+        unfinished: set[str] = set()
+        if pii_complete is not None:
+            incomplete = not pii_complete
+            if not pii_complete:
+                unfinished.add("pii")
         if injection is not None:
             score = float(injection.score)
-            incomplete = bool(getattr(injection, "incomplete", False))
+            if getattr(injection, "incomplete", False):
+                unfinished.add("injection")
+            incomplete = bool(unfinished)
             layers = list(getattr(injection, "layers", ()) or ())
             if layers:
                 layer = max(layers, key=lambda x: x.score).layer
@@ -68,6 +84,7 @@ class Detections:
             injection_layer=layer,
             flags=frozenset(all_flags),
             incomplete=incomplete,
+            incomplete_scans=frozenset(unfinished),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,6 +95,7 @@ class Detections:
             "injection_layer": self.injection_layer,
             "flags": sorted(self.flags),
             "incomplete": self.incomplete,
+            "incomplete_scans": sorted(self.incomplete_scans),
         }
 
 

@@ -67,6 +67,9 @@ class PolicySnapshot:
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     detectors: frozenset[str] = frozenset()  # pii | secrets | injection | flags: what the exchange must run
     asks_claude: bool = False  # some live rule has an action that asks Claude (claude_verdict): the sidecar needs its client
+    # some enforcing request rule redacts personal data from requests: a PII scan that could not read
+    # the whole request then refuses it (the guard), whatever that rule's other conditions
+    redacts_pii: bool = False
     _plain: dict[str | None, RequestDecision] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------------------ build
@@ -93,6 +96,13 @@ class PolicySnapshot:
             version=digest,
             detectors=_detectors(live),
             asks_claude=any(a.asks_claude for r in live if r.phase is Phase.REQUEST for a in r.actions),
+            redacts_pii=any(
+                sel.kinds is not None or "pii" in sel.categories
+                for r in live
+                if r.phase is Phase.REQUEST and r.mode is Mode.ENFORCE
+                for a in r.actions
+                for sel in getattr(a, "request_selectors", ())
+            ),
         )
 
     @classmethod

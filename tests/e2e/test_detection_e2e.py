@@ -38,7 +38,8 @@ ENGLISH_OUTLINE = (
 
 
 def _hostile_body() -> dict:
-    """32 segments of crafted text: near-repeats, long runs that regexes branch on, hidden characters."""
+    """32 segments of crafted text: near-repeats, long runs that regexes branch on, hidden characters,
+    a phone number in thousands of brackets."""
     pieces = [
         ("go " * 9 + "stop ") * 400,
         "a" * 8_000 + "!",
@@ -48,6 +49,7 @@ def _hostile_body() -> dict:
         ("ignore the " * 800),
         "0x" * 4_000,
         "\u200b".join("hidden") * 1_000,
+        "(" * 4_000 + "+44 20 7946 0958" + ")" * 4_000,  # spaCy's suffix splitting was quadratic: 8 s per 10 KB
     ]
     messages = [{"role": "user", "content": pieces[i % len(pieces)]} for i in range(31)]
     messages.append({"role": "user", "content": "Summarise the above." + " filler" * 30_000})
@@ -127,3 +129,18 @@ def test_injection_in_a_tool_result_is_refused(stack: Stack) -> None:
     with httpx.Client(timeout=30) as client:
         status, _ = _chat(client, stack, body)
     assert status == 400
+
+
+def test_a_request_slow_to_scan_for_personal_data_is_cut_at_its_budget_and_says_so(stack: Stack) -> None:
+    """40 KB of digit pairs: every pair is a phone-number candidate, so the whole PII scan would take
+    over a second on the sidecar's event loop. It stops at LLMPROXY_PII_BUDGET_MS (250 ms), and the
+    default policy tags and alerts the unfinished scan and forwards the request (PII is monitored)."""
+    dense = "1 " * 20_000 + "call me on +44 20 7946 0958"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": dense}]}
+    with httpx.Client(timeout=60) as client:
+        r = client.post(stack.url + "/v1/chat/completions", json=body, headers={"authorization": "Bearer sk-detect"})
+    assert r.status_code == 200
+    rec = stack.record(r.headers["x-llmproxy-request-id"])
+    detections = rec.flags["detections"]
+    assert detections["incomplete"] is True and "pii" in detections["incomplete_scans"]
+    assert any(f["rule"].endswith("tag-detection-incomplete") for f in rec.flags["policy"]["fired"])

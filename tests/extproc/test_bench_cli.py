@@ -427,3 +427,17 @@ def test_a_user_turns_reference_is_no_phone_number() -> None:
         for i in range(0, 5000, 97):
             turn = json.loads(reqs.at(i).split(b"\r\n\r\n", 1)[1])["messages"][-1]["content"]
             assert _longest_run(turn) < 7, turn
+
+
+def test_bench_pii_measures_every_shape_and_reports_where_the_budget_stopped(capsys: pytest.CaptureFixture[str]) -> None:
+    from extproc.cli import bench_pii
+
+    args = build_parser().parse_args(["bench", "pii", "--size", "2000", "--budget-ms", "0", "--repeat", "1", "--json"])
+    assert args.func is bench_pii.run
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {row["shape"]: row for row in out["shapes"]}
+    assert set(rows) == set(bench_pii.SHAPES) and all(row["chars"] == 2000 for row in rows.values())
+    assert rows["prose with an e-mail"]["spans"] > 0  # the full scan reads (and finds) everything
+    # a budget of 0 ms is past before the first window: nothing read, and the scan says so
+    assert all(not row["budgeted_complete"] and row["budgeted_scanned_chars"] == 0 for row in rows.values())
