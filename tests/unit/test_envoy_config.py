@@ -90,6 +90,7 @@ def test_security_defaults_in_operator_config() -> None:
     names = [f["name"] for f in filters]
     ext = filters[names.index("envoy.filters.http.ext_proc")]["typed_config"]
     assert ext["failure_mode_allow"] is False
+    assert ext["status_on_error"] == {"code": "ServiceUnavailable"}  # unreachable sidecar: 503, not a 500
     # client-sent x-llmproxy-* headers are gone before the sidecar, and so before any route matches on them
     strip = filters[0]["typed_config"]["mutations"]["request_mutations"]
     assert names[0] == "envoy.filters.http.header_mutation" and strip == [
