@@ -335,8 +335,9 @@ class Guard:
             return None
         return ResponseScreen(self, snapshot, facts, decision, mapping, request_id, key, api)
 
-    def response_finder(self, plan: RedactPlan) -> Callable[[str], list[Span]]:
-        """Spans of the kinds ``plan`` covers, overlaps resolved."""
+    def response_finder(self, plan: RedactPlan, pii: PiiPass | None = None) -> Callable[[str], list[Span]]:
+        """Spans of the kinds ``plan`` covers, overlaps resolved; PII through ``pii`` (one response's
+        budgeted pass) when given."""
         categories = plan.categories
 
         def find(text: str) -> list[Span]:
@@ -344,17 +345,24 @@ class Guard:
             if "secrets" in categories:
                 spans += [s for s in self.secrets.find(text) if plan.mode_for(s.kind, "secrets") is not None]
             if "pii" in categories and self.pii is not None:
-                spans += [s for s in self.pii.find(text) if plan.mode_for(s.kind, "pii") is not None]
+                found = pii.scan(text).spans if pii is not None else self.pii.find(text)
+                spans += [s for s in found if plan.mode_for(s.kind, "pii") is not None]
             return resolve_overlaps(spans) if len(spans) > 1 else spans
 
         return find
 
+    def pii_pass(self) -> PiiPass | None:
+        """A PII pass with this guard's per-request budget (None without a PII detector)."""
+        return PiiPass(self.pii, self.pii_budget_ms) if self.pii is not None else None
+
     def detect(self, snapshot: Any, texts: list[str]) -> Detections:
-        """Detections on response texts, for `phase: response` rules (injection is not scored on responses)."""
+        """Detections on response texts, for `phase: response` rules (injection is not scored on
+        responses); the PII scan keeps to the guard's budget and an unfinished one is reported."""
         wanted = snapshot.detectors
         secret_spans = [s for t in texts for s in self.secrets.find(t)] if "secrets" in wanted else []
-        pii_spans = [s for t in texts for s in self.pii.find(t)] if "pii" in wanted and self.pii is not None else []
-        return Detections.from_results(pii=pii_spans, secrets=secret_spans)
+        pii = self.pii_pass() if "pii" in wanted else None
+        pii_spans = [s for t in texts for s in pii.scan(t).spans] if pii is not None else []
+        return Detections.from_results(pii=pii_spans, secrets=secret_spans, pii_complete=None if pii is None else pii.complete)
 
     # ------------------------------------------------------------------ automated response
     def _respond(
@@ -453,6 +461,7 @@ class ResponseScreen:
         self.mapping = mapping if decision.restore else {}
         self.request_id, self.key, self.api = request_id, key, api
         self.masked: dict[str, int] = {}
+        self.withheld = 0  # characters of a buffered response not passed on: its PII scan ran out of time
         self.restored = 0
         self.edits: list[str] = []
         self.unsupported: str | None = None
@@ -497,10 +506,21 @@ class ResponseScreen:
             self._respond()
             return JsonRewrite(block=refusal(self.decision.block, self.api))
         if self.masking:
-            find = self.guard.response_finder(self.decision.redact)
+            # A whole response is masked at once, on the event loop: its PII scan keeps to the budget,
+            # and what it could not read is withheld rather than passed on unmasked.
+            pii = self.guard.pii_pass() if "pii" in self.decision.redact.categories else None
+            find = self.guard.response_finder(self.decision.redact, pii)
 
             def mask(text: str, _json_text: bool) -> str:
-                masked, spans = mask_text(find, text)
+                read = pii.scan(text) if pii is not None else None
+                if read is None or read.complete:
+                    masked, spans = mask_text(find, text)
+                else:
+                    head = text[: read.scanned_chars]
+                    spans = [s for s in find(text) if s.end <= len(head)]
+                    masked = Redaction(mode="mask").redact(head, spans) if spans else head
+                    masked += f"[llmproxy: {len(text) - len(head)} characters withheld: PII masking did not finish in time]"
+                    self.withheld += len(text) - len(head)
                 for s in spans:
                     self.masked[s.kind] = self.masked.get(s.kind, 0) + 1
                 return masked
@@ -577,7 +597,9 @@ class ResponseScreen:
                 for kind, n in self.masked.items():
                     target = secrets if self._is_secret(kind) else pii
                     target[kind] = target.get(kind, 0) + n
-                detections = Detections(pii=pii, secrets=secrets)
+                detections = Detections(
+                    pii=pii, secrets=secrets, incomplete=detections.incomplete, incomplete_scans=detections.incomplete_scans
+                )
             self.facts = ResponseFacts(
                 request=self.facts.request,
                 status=self.facts.status,
@@ -611,6 +633,8 @@ class ResponseScreen:
             doc.update(self.decision.to_record())
         if self.masked:
             doc["masked"] = dict(self.masked)
+        if self.withheld:
+            doc["withheld_chars"] = self.withheld
         if self.mapping:
             doc["restored"] = self.restored
         if self.edits:

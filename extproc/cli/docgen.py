@@ -62,7 +62,7 @@ ENV_DESCRIPTIONS: dict[str, str] = {
     "LLMPROXY_POLICY_FILE": "Policy YAML (default: the shipped baseline `intelligence/policy/default.yaml`); hot-reloaded.",
     "LLMPROXY_INJECTION_EMBEDDINGS": "`0` keeps only the heuristic and context layers of the injection detector (default `1`).",
     "LLMPROXY_DETECTION_BUDGET_MS": "Per-request time budget of the injection scan, in ms (default 50); past it the verdict is incomplete and the policy's `detection_incomplete` rule decides (docs/security.md).",
-    "LLMPROXY_PII_BUDGET_MS": "Per-request time budget of the PII scan, in ms (default 250); past it the scan is incomplete: the policy's `detection_incomplete` rule decides, and an enforced PII redaction refuses the request with 413 `redaction_incomplete` (docs/security.md).",
+    "LLMPROXY_PII_BUDGET_MS": "Per-request time budget of the PII scan, in ms (default 250); past it the scan is incomplete: the policy's `detection_incomplete` rule decides, and an enforced PII redaction refuses the request with 413 `redaction_incomplete`. A buffered response's PII masking has the same budget; what it cannot read in time is withheld (docs/security.md).",
     "LLMPROXY_CLAUDE_VERDICT_CONCURRENCY": "Most inline `claude_verdict` asks in flight per sidecar (default 8); over it the rule's fail mode applies at once.",
     "LLMPROXY_CLAUDE_VERDICT_PER_CLIENT_RPM": "Inline `claude_verdict` asks per client per minute (default 20); over it the rule's fail mode applies at once.",
     "LLMPROXY_KEY_MAX_STALENESS_S": "Seconds a gateway-key snapshot may go unrefreshed (database away) before every gateway key is refused (default 300).",

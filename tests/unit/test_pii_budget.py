@@ -282,3 +282,71 @@ def test_an_enforced_pii_redaction_that_cannot_finish_refuses_and_logs_only_what
     assert b"redaction_incomplete" in out.immediate.body
     logged = out.log_doc["messages"][0]["content"]
     assert "7946" not in logged and "characters not logged: PII scan incomplete" in logged
+
+
+RESPONSE_MASK_POLICY = """
+version: 1
+name: t
+rules:
+  - id: outbound
+    match: {apis: [chat]}
+    actions:
+      mask: {kinds: [pii], in: [response]}
+"""
+
+
+async def test_a_buffered_response_whose_pii_scan_runs_out_of_time_is_withheld_not_passed_on_unmasked() -> None:
+    import json
+
+    from extproc.context import Context
+    from extproc.settings import SidecarSettings
+    from extproc.testing.pipeline import Bound
+    from extproc.wire import BodyChunk, Headers, Immediate, Phase
+
+    class Records:
+        def __init__(self) -> None:
+            self.records = []
+
+        def submit(self, record) -> None:
+            self.records.append(record)
+
+    def run(budget_ms):
+        policy = SimpleNamespace(
+            snapshot=snapshot_from_yaml(RESPONSE_MASK_POLICY),
+            throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None)),
+        )
+        guard = Guard(policy, secrets=Nothing(), pii=shared_pii_detector(), injection=Nothing(), pii_budget_ms=budget_ms)
+        return Context(settings=SidecarSettings(), recorder=Records(), guard=guard)
+
+    answer = "Reach jane.doe@example.com. " + DENSE
+    for budget_ms, expect_cut in ((None, False), (0, True)):
+        c = run(budget_ms)
+        ex = Bound(c)
+        await ex.handle(
+            Phase.REQUEST_HEADERS,
+            Headers(
+                {
+                    ":method": "POST",
+                    ":path": "/openai/v1/chat/completions",
+                    "x-request-id": "r1",
+                    "content-type": "application/json",
+                },
+                False,
+            ),
+        )
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
+        assert not isinstance(await ex.handle(Phase.REQUEST_BODY, BodyChunk(json.dumps(body).encode(), True)), Immediate)
+        await ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
+        resp = {
+            "id": "c1",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}],
+        }
+        reply = await ex.handle(Phase.RESPONSE_BODY, BodyChunk(json.dumps(resp).encode(), True))
+        sent = json.loads(reply.body)["choices"][0]["message"]["content"]
+        flags = c.recorder.records[0].flags["response_policy"]
+        assert "jane.doe@example.com" not in sent
+        if expect_cut:  # nothing was read in time: nothing of the answer is passed on, and the record says so
+            assert sent.startswith("[llmproxy: ") and "withheld" in sent and flags["withheld_chars"] == len(answer)
+        else:
+            assert sent.startswith("Reach <EMAIL>. 1 1") and "withheld_chars" not in flags
