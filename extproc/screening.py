@@ -512,15 +512,7 @@ class ResponseScreen:
             find = self.guard.response_finder(self.decision.redact, pii)
 
             def mask(text: str, _json_text: bool) -> str:
-                read = pii.scan(text) if pii is not None else None
-                if read is None or read.complete:
-                    masked, spans = mask_text(find, text)
-                else:
-                    head = text[: read.scanned_chars]
-                    spans = [s for s in find(text) if s.end <= len(head)]
-                    masked = Redaction(mode="mask").redact(head, spans) if spans else head
-                    masked += f"[llmproxy: {len(text) - len(head)} characters withheld: PII masking did not finish in time]"
-                    self.withheld += len(text) - len(head)
+                masked, spans = self._mask_within(find, pii, text)
                 for s in spans:
                     self.masked[s.kind] = self.masked.get(s.kind, 0) + 1
                 return masked
@@ -533,6 +525,18 @@ class ResponseScreen:
             out.logged = _dumps(doc)
         self._respond()
         return out
+
+    def _mask_within(self, find: Callable[[str], list[Span]], pii: PiiPass | None, text: str) -> tuple[str, list[Span]]:
+        """``text`` masked whole, its PII scan within ``pii``'s budget: what the scan could not read in
+        time is withheld (replaced by a notice, counted in ``withheld``), never passed on unmasked."""
+        read = pii.scan(text) if pii is not None else None
+        if read is None or read.complete:
+            return mask_text(find, text)
+        head = text[: read.scanned_chars]
+        spans = [s for s in find(text) if s.end <= len(head)]
+        masked = Redaction(mode="mask").redact(head, spans) if spans else head
+        self.withheld += len(text) - len(head)
+        return masked + f"[llmproxy: {len(text) - len(head)} characters withheld: PII masking did not finish in time]", spans
 
     def restore_json(self, doc: dict) -> bytes | None:
         """The request's redacted values back into a whole JSON response, for the client only; None when none."""
@@ -562,7 +566,9 @@ class ResponseScreen:
                 return f
 
             def mask_whole(text: str, _json_text: bool) -> str:  # Responses API "done" events repeat the text
-                return mask_text(find, text)[0]
+                return self._mask_within(find, self.guard.pii_pass() if "pii" in self.decision.redact.categories else None, text)[
+                    0
+                ]
 
             masker = textstream.SSETextRewriter(self.api, make_masker, whole=mask_whole)  # type: ignore[arg-type]
         if self.mapping:
