@@ -206,22 +206,29 @@ class Guard:
         if plan is not None and plan.selectors and (secret_spans or pii_spans):
             state = Redactions.new()
             # Strings the detection pass did not see whole (tool-call arguments are scanned joined) are
-            # scanned with a budget of their own; a string not read to its end is not forwarded.
+            # scanned first, with a budget of their own: a string not read to its end is not forwarded,
+            # and the document is left as it came for the log's copy.
             again = pii.again() if pii is not None and "pii" in plan.categories else None
-            original = json.loads(_dumps(doc)) if again is not None else doc  # for the log, should that happen
+            if again is not None:
+
+                def read(text: str) -> str:
+                    again.scan(text)
+                    return text
+
+                rewrite_texts(doc, read)
+                if not again.complete:
+                    out.immediate = self._unredacted(request_id, api)
+                    out.log_doc = self.log_copy(doc, pii=again)
+                    return out
 
             def redact(text: str) -> str:
                 spans = [("secrets", s) for s in self.secrets.find(text)]
                 if again is not None:
-                    spans += [("pii", s) for s in again.scan(text).spans]
+                    spans += [("pii", s) for s in again.scan(text).spans]  # remembered: scanned above
                 return redact_text(plan, text, spans, state) if spans else text
 
             out.redacted = rewrite_texts(doc, redact)
             out.redactions = state
-            if again is not None and not again.complete:
-                out.immediate = self._unredacted(request_id, api)
-                out.log_doc = self.log_copy(original, pii=again)
-                return out
         if decision.claude_verdict is not None or decision.claude_verdict_monitor is not None:
             # after redaction (Claude sees what would be forwarded), before the policy's own edits
             refused = self._claude_verdict(out, decision, request_id, api, doc, provider, key, client)
@@ -566,9 +573,8 @@ class ResponseScreen:
                 return f
 
             def mask_whole(text: str, _json_text: bool) -> str:  # Responses API "done" events repeat the text
-                return self._mask_within(find, self.guard.pii_pass() if "pii" in self.decision.redact.categories else None, text)[
-                    0
-                ]
+                pii = self.guard.pii_pass() if "pii" in self.decision.redact.categories else None
+                return self._mask_within(find, pii, text)[0]
 
             masker = textstream.SSETextRewriter(self.api, make_masker, whole=mask_whole)  # type: ignore[arg-type]
         if self.mapping:
