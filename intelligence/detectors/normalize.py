@@ -141,6 +141,8 @@ _NUMBER_UNIT = re.compile(
     r"\d++(?:st|nd|rd|th|am|pm|s|k|m|g|x|d|h|kb|mb|gb|tb|px|ms|min|mm|cm|km|kg|lb|hz|fps|v|w)", re.IGNORECASE
 )
 _LEET_HINT = re.compile(r"[A-Za-z][013457@$]|[013457@$][A-Za-z]")
+_LEET_DENSE = 3  # leet words in one line that make it a leetspeak line
+_LEET_ALONE = frozenset({"4", "1", "0"})  # "4" for "a", "1" for "I", "0" for "o" in a leetspeak line
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _LEET_TOKEN = re.compile(r"[\w@$]+")
@@ -303,15 +305,32 @@ def _fold_leet(text: str) -> str:
     if not _LEET_HINT.search(text):
         return text
 
-    def fold(m: re.Match[str]) -> str:
-        tok = m.group()
+    def strict(tok: str) -> str:
         letters = sum(1 for c in tok if c.isalpha())
         # Long tokens are identifiers, hashes or payloads, not words spelt in leetspeak.
         if letters < 2 or len(tok) > 24 or _HEX_TOKEN.fullmatch(tok) or _NUMBER_UNIT.fullmatch(tok) or not _LEET_HINT.search(tok):
             return tok
         return "".join(_LEET.get(c, c) for c in tok)
 
-    return _LEET_TOKEN.sub(fold, text)
+    def loose(tok: str) -> str:
+        if len(tok) > 24 or not (tok in _LEET_ALONE or any(c.isalpha() for c in tok)):
+            return tok
+        return "".join(_LEET.get(c, c) for c in tok)
+
+    # A line written in leetspeak also spells its short words so ("t0", "0r", "4r3"), and some of its
+    # words look like hex ("c0d35") or ordinals ("4nd"), which the strict rule leaves alone in ordinary
+    # text. Where a line already has several leet words, every word of it is folded: the result is one
+    # more variant to scan, the original is scanned as well.
+    out: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if not _LEET_HINT.search(line):
+            out.append(line)
+            continue
+        folded = _LEET_TOKEN.sub(lambda m: strict(m.group()), line)
+        if sum(1 for a, b in zip(_LEET_TOKEN.findall(line), _LEET_TOKEN.findall(folded)) if a != b) >= _LEET_DENSE:
+            folded = _LEET_TOKEN.sub(lambda m: loose(m.group()), line)
+        out.append(folded)
+    return "".join(out)
 
 
 def _find_payloads(text: str) -> list[Decoded]:
@@ -422,23 +441,107 @@ def _printable(raw: bytes) -> str | None:
 
 
 def _english_ratio(s: str) -> float:
-    words = re.findall(r"[a-z]+", s.lower())
+    # Words of any script, so an accented word is one word, and of two letters or more: "a" and "i"
+    # are rot13 for "n" and "v", common as variables and in other languages.
+    words = [w for w in _LETTERS.findall(s.lower()) if len(w) > 1]
     if len(words) < 3:
         return 0.0
     return sum(1 for w in words if w in _COMMON_WORDS) / len(words)
 
 
 def _find_rot13(text: str) -> list[Decoded]:
+    # (start, end) of the text to decode, and the part of it judged: a run is judged alone, since
+    # the lines around it may be a plain-English wrapper ("decode this and do what it says: ...").
     candidates: list[tuple[int, int, str]] = [(0, len(text), text)] if len(text) <= MAX_DECODED_CHARS else []
     for m in _QUOTED.finditer(text):
         g = 1 if m.group(1) is not None else 2
         candidates.append((m.start(g), m.end(g), m.group(g)))
+    del candidates[MAX_PAYLOADS:]
+    candidates.extend((start, end, text[a:b]) for start, end, a, b in _rot13_runs(text))
     out: list[Decoded] = []
-    for start, end, cand in candidates[:MAX_PAYLOADS]:
-        before = _english_ratio(cand)
-        if before >= 0.25:
+    seen: set[tuple[int, int]] = set()
+    for start, end, judged in candidates:
+        if len(out) >= MAX_PAYLOADS:
+            break
+        if (start, end) in seen or _english_ratio(judged) >= 0.25:
             continue  # already reads as English (also true of a plain sentence mentioning "rot13")
-        decoded = codecs.decode(cand, "rot13")
-        if _english_ratio(decoded) >= 0.3:
-            out.append(Decoded("rot13", start, end, decoded))
+        if _english_ratio(codecs.decode(judged, "rot13")) >= 0.3:
+            seen.add((start, end))
+            out.append(Decoded("rot13", start, end, codecs.decode(text[start:end], "rot13")))
     return out
+
+
+# rot13 hidden inside ordinary text (a tool result, a document, a user turn with a preamble): the whole
+# text reads as English or as another language, so the whole-text test above misses it. Words whose
+# rot13 is a frequent English word ("gur", "naq", "lbh") and that are not one themselves mark such a
+# run; the run's lines are decoded and, if they then read as English, scanned like any payload.
+_ROT13_WORDS = frozenset(codecs.encode(w, "rot13") for w in _COMMON_WORDS) - _COMMON_WORDS
+# The gate: rot13 of the most frequent short English words, between spaces. A substring test is a
+# fast scan (a regex alternation over every word was 0.2 µs a character, more than the rest of normalisation).
+_ROT13_GATE = tuple(
+    f" {codecs.encode(w, 'rot13')} " for w in ("the", "and", "to", "of", "you", "is", "in", "your", "with", "for", "this", "that")
+)
+_LETTERS = re.compile(r"[^\W\d_]+")  # words of any script: "traducción" is one word, not "traducci" + "n"
+_ROT13_MIN_HITS = 3  # rot13 words of two letters or more ("n" is "a", but also a variable or a word's end)
+_ROT13_MIN_WORDS = 6
+_ROT13_GAP = 24  # characters between two words (another script, a code block) that end a run
+_ROT13_SPAN = 1_000  # characters decoded around a run at most, each side
+
+
+def _rot13_runs(text: str) -> list[tuple[int, int, int, int]]:
+    """(span start, span end, run start, run end) per run of rot13 words, the span being the run's
+    lines (at most ``_ROT13_SPAN`` characters more each side); linear in the text."""
+    text = text[:_MAX_CANDIDATE_CHARS]
+    lowered = text.lower()
+    if not any(w in lowered for w in _ROT13_GATE):  # cheap gate: most texts stop here
+        return []
+    # A maximum-sum run over the words (Kadane): +1 a rot13 word, -1 an English one, -0.25 any other;
+    # a run ends where its sum would fall to zero or at a gap, and is kept up to its best point.
+    runs: list[tuple[int, int]] = []
+    score = best = 0.0
+    hits = words = best_hits = best_words = 0
+    run_start = best_end = -1
+    prev_end = 0
+
+    def close() -> None:
+        if best_hits >= _ROT13_MIN_HITS and best_words >= _ROT13_MIN_WORDS and run_start >= 0:
+            runs.append((run_start, best_end))
+
+    for m in _LETTERS.finditer(text):
+        word = m.group().lower()
+        if m.start() - prev_end > _ROT13_GAP and score > 0:
+            close()
+            score, hits, words, run_start, best, best_hits, best_words = 0.0, 0, 0, -1, 0.0, 0, 0
+        prev_end = m.end()
+        if len(word) == 1:
+            step = 0.0
+        elif word in _ROT13_WORDS:
+            step = 1.0
+        elif word in _COMMON_WORDS:
+            step = -1.0
+        else:
+            step = -0.25
+        if score + step <= 0 and step != 0.0:
+            if score > 0:
+                close()
+            score, hits, words, run_start, best, best_hits, best_words = 0.0, 0, 0, -1, 0.0, 0, 0
+            continue
+        if run_start < 0:
+            if step == 0.0:
+                continue
+            run_start = m.start()
+        score += step
+        hits += step == 1.0
+        words += 1
+        if score >= best:
+            best, best_end, best_hits, best_words = score, m.end(), hits, words
+    if score > 0:
+        close()
+    spans: list[tuple[int, int, int, int]] = []
+    for start, end in runs[:MAX_PAYLOADS]:
+        line_start = text.rfind("\n", max(0, start - _ROT13_SPAN), start) + 1 or max(0, start - _ROT13_SPAN)
+        line_end = text.find("\n", end, end + _ROT13_SPAN)
+        if line_end < 0:
+            line_end = min(len(text), end + _ROT13_SPAN)
+        spans.append((max(line_start, start - _ROT13_SPAN), line_end, start, end))
+    return spans
