@@ -615,7 +615,8 @@ RULES: tuple[Rule, ...] = (
 _MULTILINGUAL_PARTS = [
     r"ignor(?:e|a|á|iere|ieren|ez|ar|ate|ieren sie)\b[^.\n]{0,30}\b(?:instrucciones|instructions|anweisungen|istruzioni|instruções|instrucoes|consignes|directives|indicaciones|vorgaben|regeln|règles|reglas|regole|regras)",
     r"(?:vergiss|vergessen sie|olvida|oublie|oubliez|dimentica|esqueça|esqueca)\b[^.\n]{0,30}\b(?:anweisungen|instrucciones|instructions|istruzioni|instruções|regeln|reglas|règles|regole|regras|alles)",
-    r"(?:игнорир\w*|забудь\w*|не обращай\w*)[^.\n]{0,30}(?:инструкци\w*|указани\w*|правил\w*)",
+    # word starts: "неправильным" (wrong) holds "правил" (rules)
+    r"\b(?:игнорир\w*|забудь\w*|не обращай\w*)[^.\n]{0,30}\b(?:инструкци\w*|указани\w*|правил\w*)",
     r"(?:忽略|无视|無視|忘记|忘記)[^。\n]{0,15}(?:指令|指示|说明|說明|规则|規則|提示)",
     r"(?:以前|前)の[^。\n]{0,10}(?:指示|命令|ルール)[^。\n]{0,10}(?:無視|忘れ)|指示を無視|無視して",
     r"(?:이전|앞의|위의)[^.\n]{0,10}(?:지시|명령|지침)[^.\n]{0,15}(?:무시|잊)",

@@ -248,12 +248,10 @@ class Gazetteer:
 
     @classmethod
     def load(cls, first_rank: int = FIRST_RANK, last_rank: int = LAST_RANK) -> Gazetteer:
-        common: set[str] = set()
         first_words: set[str] = set()
         last_words: set[str] = set()
         for line in _lines(COMMON_WORDS_FILE):
             word, _, roles = line.partition("\t")
-            common.add(word)
             if "F" in roles:
                 first_words.add(word)
             if "L" in roles:
@@ -261,11 +259,26 @@ class Gazetteer:
         return cls(
             first=frozenset(_ranked(FIRST_NAMES_FILE, first_rank)),
             last=frozenset(_ranked(LAST_NAMES_FILE, last_rank)),
-            common=frozenset(common),
+            common=english_words(),
             first_words=frozenset(first_words),
             last_words=frozenset(last_words),
             never=_stop_words() | DESIGNATORS,
         )
+
+
+_english: frozenset[str] | None = None
+_english_lock = threading.Lock()  # not _shared_lock: the gazetteer loads this while holding that
+
+
+def english_words() -> frozenset[str]:
+    """The English word list (lower case), loaded once per process and shared with the gazetteer.
+
+    Loading it imports nothing beyond the standard library, unlike the gazetteer (spaCy's stop words)."""
+    global _english
+    with _english_lock:
+        if _english is None:
+            _english = frozenset(line.partition("\t")[0] for line in _lines(COMMON_WORDS_FILE))
+        return _english
 
 
 def _stop_words() -> frozenset[str]:

@@ -133,7 +133,8 @@ _CONFUSABLES: dict[str, str] = {
 _CONFUSABLE_CHAR = re.compile("[" + re.escape("".join(_CONFUSABLES)) + "]")
 # Words that hold one. Anchored at a word start and lazy up to the first confusable letter, so a
 # long word without one costs one linear pass (``\w*[...]\w*`` restarted at every position of it).
-_CONFUSABLE_WORD = re.compile(r"(?<!\w)\w*?[" + re.escape("".join(_CONFUSABLES)) + r"]\w*")
+# Words are runs of letters: "НОМНЕДЕЛИ_EXCEL2003" is a Russian name and an English one, not one word.
+_CONFUSABLE_WORD = re.compile(r"(?<![^\W\d_])[^\W\d_]*?[" + re.escape("".join(_CONFUSABLES)) + r"][^\W\d_]*")
 _INVISIBLE = re.compile("[" + re.escape("".join(sorted(_ZERO_WIDTH | _BIDI))) + "]")
 _LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
 # A digit or symbol standing for a letter: next to letters, inside or at the start of a word.
@@ -274,6 +275,20 @@ def _strip_invisible(text: str) -> tuple[str, set[str]]:
     return _VARIATION_SELECTORS.sub("", stripped), flags
 
 
+def _spoofs_ascii(word: str) -> bool:
+    """Every letter is ASCII or a look-alike of one: the word may be an English word disguised.
+    (A word mixing ASCII with a letter that has no look-alike, "aчто", is markup beside a real word.)"""
+    return all(c.isascii() or c in _CONFUSABLES for c in word)
+
+
+def _english_word(word: str) -> bool:
+    """A word written wholly in look-alikes disguises an English word only if it folds to one
+    ("ѕуѕтем" is "system"; "Справка", the help page's footer, is "Cnpabka")."""
+    from intelligence.detectors.names import english_words  # the word list, loaded on first use
+
+    return "".join(_CONFUSABLES.get(c, c) for c in word).lower() in english_words()
+
+
 def _fold_homoglyphs(text: str) -> tuple[str, bool]:
     # Any non-ASCII character (a curly quote) used to send long prompts down the per-character
     # path below; only a confusable letter can change anything.
@@ -282,18 +297,21 @@ def _fold_homoglyphs(text: str) -> tuple[str, bool]:
     latin = sum(1 for c in text if c.isascii() and c.isalpha())
     letters = sum(1 for c in text if c.isalpha()) or 1
     mostly_latin = latin / letters >= 0.6
+    # A text that also has words no look-alike can spell ("Справка": "п" and "в" have none) is written
+    # partly in that script, and its all-look-alike words ("СУММ") are words of it, not English ones
+    # disguised.
+    genuine_script = mostly_latin and any(not _spoofs_ascii(m.group()) for m in _CONFUSABLE_WORD.finditer(text))
     changed = False
 
     def fold(m: re.Match[str]) -> str:
         nonlocal changed
         word = m.group()
-        confusable = sum(1 for c in word if c in _CONFUSABLES)
-        if not confusable:
-            return word
-        has_ascii = any(c.isascii() and c.isalpha() for c in word)
+        if not _spoofs_ascii(word):
+            return word  # a letter no look-alike table maps ("что"): a real word of that script
+        has_ascii = any(c.isascii() for c in word)
         # Mixed-script words are the giveaway; an all-Cyrillic word in mostly-Latin text is one too.
         # (Short all-look-alike words are ordinary Russian or Greek: "с", "о", "к", "ОС" beside English terms.)
-        if has_ascii or (mostly_latin and confusable == len(word) and len(word) >= 4):
+        if has_ascii or (mostly_latin and not genuine_script and len(word) >= 4 and _english_word(word)):
             changed = True
             return "".join(_CONFUSABLES.get(c, c) for c in word)
         return word

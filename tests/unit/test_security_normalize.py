@@ -52,6 +52,18 @@ def test_cyrillic_homoglyphs_are_folded_in_mixed_words() -> None:
     assert _overrides(text)
 
 
+def test_words_of_another_script_in_english_text_are_not_homoglyphs() -> None:
+    # A Russian help page quoting English function names: mostly Latin letters, with Russian words
+    # that are all look-alikes ("СУММ", "Справка": "Cnpabka" is no English word), names joined to
+    # English ones by an underscore, and markup glued to a word ("aчто").
+    page = "SUM AVERAGE COUNT MAX MIN ROUND " * 5 + "СУММ НОМНЕДЕЛИ_EXCEL2003 aчто. Справка"
+    n = normalize(page)
+    assert "homoglyph" not in n.flags and n.text == page
+    # A whole English word spelt in look-alikes is still one.
+    disguised = normalize("SUM AVERAGE COUNT " * 5 + "ѕуѕтем notice")
+    assert "homoglyph" in disguised.flags and "system notice" in disguised.text
+
+
 def test_russian_text_is_not_folded() -> None:
     n = normalize("Привет, как дела? Расскажи о погоде.")
     assert "homoglyph" not in n.flags
