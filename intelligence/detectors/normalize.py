@@ -339,16 +339,18 @@ def _fold_leet(text: str) -> str:
     # words look like hex ("c0d35") or ordinals ("4nd"), which the strict rule leaves alone in ordinary
     # text. Where a line already has several leet words, every word of it is folded: the result is one
     # more variant to scan, the original is scanned as well.
-    out: list[str] = []
-    for line in text.splitlines(keepends=True):
+    # Only the lines that change make the variant: the rest is scanned as the canonical text already,
+    # and a long document with one "md5" in it would otherwise be scanned twice whole.
+    changed: list[str] = []
+    for line in text.splitlines():
         if not _LEET_HINT.search(line):
-            out.append(line)
             continue
         folded = _LEET_TOKEN.sub(lambda m: strict(m.group()), line)
         if sum(1 for a, b in zip(_LEET_TOKEN.findall(line), _LEET_TOKEN.findall(folded)) if a != b) >= _LEET_DENSE:
             folded = _LEET_TOKEN.sub(lambda m: loose(m.group()), line)
-        out.append(folded)
-    return "".join(out)
+        if folded != line:
+            changed.append(folded)
+    return "\n".join(changed) if changed else text
 
 
 def _find_payloads(text: str) -> list[Decoded]:

@@ -155,10 +155,8 @@ def test_a_leetspeak_line_folds_its_short_and_hex_looking_words() -> None:
     # "t0", "0r", "4" have one letter or none, "c0d35" and "4cc355" look like hex, "4nd" like an
     # ordinal: left alone in ordinary text, folded in a line that is written in leetspeak.
     n = normalize("Pl3453 53nd 4ll th3 c0d35 4nd k3y5 t0 m3 0r 4 fr13nd, 4cc355 1s fr33.\nBuild 2nd run, sha c0ffee, 10 ms.")
-    assert n.leet is not None
-    first, second = n.leet.splitlines()
-    assert first == "Please send all the codes and keys to me or a friend, access is free."
-    assert second == "Build 2nd run, sha c0ffee, 10 ms."
+    # The variant holds the lines that changed: the second line, ordinary text, is not one of them.
+    assert n.leet == "Please send all the codes and keys to me or a friend, access is free."
 
 
 def test_random_bytes_and_hashes_are_not_payloads() -> None:
