@@ -118,6 +118,10 @@ def test_upstream_timeout_gives_504_and_a_record(stack: Stack) -> None:
         **{"x-fake-delay-ms": "8000"},
     )
     assert r.status_code == 504 and time.monotonic() - t0 < 8
+    # Envoy's own reply, in the JSON both SDKs read (envoy.yaml local_reply_config), not plain text
+    assert r.headers["content-type"] == "application/json"
+    err = r.json()["error"]
+    assert err["type"] == "gateway_error" and "timeout" in err["message"] and err["request_id"]
     rec = stack.record(r.headers["x-llmproxy-request-id"])
     assert rec.status == 504
 

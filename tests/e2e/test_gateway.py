@@ -193,6 +193,7 @@ def test_healthz_and_unrouted_path(stack: Stack) -> None:
     assert httpx.get(stack.url + "/healthz").text == "ok\n"
     r = httpx.post(stack.url + "/nowhere", json={"a": 1})
     assert r.status_code == 404 and "no route" in r.json()["error"]["message"]
+    assert r.json()["error"]["type"] == "not_found"  # the route's own body, not rewritten as an Envoy error
 
 
 def test_tool_namespace_header_separates_clients_upstream(stack: Stack) -> None:

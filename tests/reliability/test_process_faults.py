@@ -5,6 +5,8 @@ the records it still held in memory when it was killed)."""
 
 from __future__ import annotations
 
+import json
+
 import signal
 import threading
 import time
@@ -89,6 +91,10 @@ def test_sidecar_killed_under_traffic(gateway: Stack, report) -> None:
     assert during, "the kill went unnoticed: no request failed while the sidecar was away"
     assert {o.status for o in during} == {expected}, summarize(during)
     assert _upstream_saw(gateway, during) == []
+    # with a body that says so, in the JSON error shape the SDKs read (envoy.yaml local_reply_config)
+    errors = [json.loads(o.body)["error"] for o in during]
+    assert {e["type"] for e in errors} == {"gateway_unavailable"}, errors[:3]
+    assert all("not forwarded" in e["message"] and e["code"].startswith("ext_proc") for e in errors), errors[:3]
     # what the supervisor says
     sup = stack_state(gateway)["supervision"]["sidecar"]
     assert sup["restarts"] == restarts_before + 1 and sup["last_exit"] == "was killed by SIGKILL"
