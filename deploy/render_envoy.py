@@ -40,7 +40,7 @@ ADMIN_PORT = 9901
 SIDECAR_PORT = 50051
 OPS_PORT = 8081
 SIDECAR_METRICS_PORT = 9102
-EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
+EXT_PROC_SERVICE = envoy_config.EXT_PROC_SERVICE
 CA_FILE = "/etc/ssl/certs/ca-certificates.crt"  # present in the envoyproxy/envoy image
 
 TARGETS = {

@@ -112,6 +112,9 @@ def render(
     return cfg
 
 
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"  # the name the sidecar's health service reports
+
+
 def _set_sidecar_ports(cluster: dict, ports: list[int]) -> None:
     """One endpoint per sidecar worker (``llmproxy up --sidecar-workers``), round robin per ext_proc stream.
 
@@ -130,6 +133,27 @@ def _set_sidecar_ports(cluster: dict, ports: list[int]) -> None:
         group["lb_endpoints"].append(entry)
     if len(ports) > 1:
         cluster["lb_policy"] = "ROUND_ROBIN"  # Envoy's default, stated for the reader
+        # A worker that crashed (its supervisor restarts it in seconds) leaves the rotation at its first
+        # refused connection (outlier detection: one local-origin failure ejects it), and its health check
+        # brings it back once it serves again. Without them Envoy keeps sending it half the requests,
+        # which fail closed until it is back. With one worker there is nowhere else to send them.
+        cluster["outlier_detection"] = {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": 1,
+            "interval": "1s",
+            "base_ejection_time": "2s",
+            "max_ejection_percent": 50,
+        }
+        cluster["health_checks"] = [
+            {
+                "timeout": "0.5s",
+                "interval": "1s",
+                "no_traffic_interval": "1s",
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": EXT_PROC_SERVICE},
+            }
+        ]
 
 
 def _endpoint(cluster: dict) -> dict:
