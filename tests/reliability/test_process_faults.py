@@ -6,7 +6,6 @@ the records it still held in memory when it was killed)."""
 from __future__ import annotations
 
 import json
-
 import signal
 import threading
 import time

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from types import SimpleNamespace
 
-from extproc.screening import Guard
-from intelligence.policy.testing import snapshot_from_yaml
+from extproc.testing.guard import check_chat, guard_for
 
 POLICY = """
 version: 1
@@ -30,38 +28,12 @@ class Audit:
         return True
 
 
-class Nothing:
-    def find(self, text):
-        return []
-
-    def scan(self, segs, budget_ms=None):
-        return SimpleNamespace(score=0.0, layers=(), flags=())
-
-
 def guard(audit, calls):
-    policy = SimpleNamespace(
-        snapshot=snapshot_from_yaml(POLICY), throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None))
-    )
-    return Guard(
-        policy, secrets=Nothing(), pii=Nothing(), injection=Nothing(), audit=audit, quarantine=lambda *a: calls.append(a)
-    )
+    return guard_for(POLICY, audit=audit, quarantine=lambda *a: calls.append(a))
 
 
 def check(g, headers, key):
-    return g.check_request(
-        request_id="r1",
-        api="chat",
-        doc={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
-        provider="openai",
-        path="/v1/chat/completions",
-        method="POST",
-        key=key,
-        client=None,
-        client_addr=None,
-        size=10,
-        headers=headers,
-        now=datetime.now(UTC),
-    )
+    return check_chat(g, "hi", key=key, headers=headers)[0]
 
 
 def test_quarantine_and_alert_are_carried_out() -> None:

@@ -9,21 +9,19 @@ what the slow paths are given (chunk lengths) and by equivalence with the upstre
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from extproc.screening import Guard
+from extproc.testing.guard import check_chat, guard_for
 from intelligence.detectors import pii as pii_module
 from intelligence.detectors import pii_budget
 from intelligence.detectors.cache import CachedFinder
 from intelligence.detectors.pii import PiiDetector, shared_pii_detector
 from intelligence.detectors.pii_linear import MAX_CHUNK, BoundedTokenizer, linear_context_enhancer
 from intelligence.detectors.spans import Scan, Span, resolve_overlaps
-from intelligence.policy.testing import snapshot_from_yaml
 
 DENSE = "1 " * 5000  # every pair of digits is a phone candidate: ~0.3 s for the full scan
 
@@ -226,43 +224,13 @@ rules:
 """
 
 
-class Nothing:
-    def find(self, text):
-        return []
-
-    def scan(self, segs, budget_ms=None):  # an injection verdict that read everything
-        return SimpleNamespace(score=0.0, layers=(), flags=(), incomplete=False)
-
-
 def _guard(policy_yaml: str, *, budget_ms: float | None) -> Guard:
-    policy = SimpleNamespace(
-        snapshot=snapshot_from_yaml(policy_yaml), throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None))
-    )
-    return Guard(policy, secrets=Nothing(), pii=shared_pii_detector(), injection=Nothing(), pii_budget_ms=budget_ms)
-
-
-def _check(g: Guard, content: str):
-    doc = {"model": "m", "messages": [{"role": "user", "content": content}]}
-    out = g.check_request(
-        request_id="r1",
-        api="chat",
-        doc=doc,
-        provider="openai",
-        path="/v1/chat/completions",
-        method="POST",
-        key=None,
-        client=None,
-        client_addr=None,
-        size=len(content),
-        headers={},
-        now=datetime.now(UTC),
-    )
-    return out, doc
+    return guard_for(policy_yaml, pii=shared_pii_detector(), pii_budget_ms=budget_ms)
 
 
 def test_an_unfinished_pii_scan_reaches_the_policy() -> None:
     monitored = PII_POLICY.replace("  - id: redact-pii\n", "  - id: redact-pii\n    mode: monitor\n")
-    out, _ = _check(_guard(monitored, budget_ms=0), "mail jane.doe@example.com " + DENSE)
+    out, _ = check_chat(_guard(monitored, budget_ms=0), "mail jane.doe@example.com " + DENSE)
     assert out.immediate is None
     assert out.detections.incomplete is True and out.detections.incomplete_scans == frozenset({"pii"})
     assert out.detections.to_dict()["incomplete_scans"] == ["pii"]
@@ -270,14 +238,14 @@ def test_an_unfinished_pii_scan_reaches_the_policy() -> None:
 
 
 def test_a_finished_pii_scan_is_complete() -> None:
-    out, doc = _check(_guard(PII_POLICY, budget_ms=None), "mail jane.doe@example.com please")
+    out, doc = check_chat(_guard(PII_POLICY, budget_ms=None), "mail jane.doe@example.com please")
     assert out.detections.incomplete is False and out.detections.incomplete_scans == frozenset()
     assert "jane.doe@example.com" not in doc["messages"][0]["content"]  # redacted (placeholder)
 
 
 def test_an_enforced_pii_redaction_that_cannot_finish_refuses_and_logs_only_what_was_read() -> None:
     secret_tail = "call me on +44 20 7946 0958"
-    out, _ = _check(_guard(PII_POLICY, budget_ms=0), DENSE + secret_tail)
+    out, _ = check_chat(_guard(PII_POLICY, budget_ms=0), DENSE + secret_tail)
     assert out.immediate is not None and out.immediate.status == 413
     assert b"redaction_incomplete" in out.immediate.body
     logged = out.log_doc["messages"][0]["content"]
@@ -311,12 +279,7 @@ async def test_a_buffered_response_whose_pii_scan_runs_out_of_time_is_withheld_n
             self.records.append(record)
 
     def run(budget_ms):
-        policy = SimpleNamespace(
-            snapshot=snapshot_from_yaml(RESPONSE_MASK_POLICY),
-            throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None)),
-        )
-        guard = Guard(policy, secrets=Nothing(), pii=shared_pii_detector(), injection=Nothing(), pii_budget_ms=budget_ms)
-        return Context(settings=SidecarSettings(), recorder=Records(), guard=guard)
+        return Context(settings=SidecarSettings(), recorder=Records(), guard=_guard(RESPONSE_MASK_POLICY, budget_ms=budget_ms))
 
     answer = "Reach jane.doe@example.com. " + DENSE
     for budget_ms, expect_cut in ((None, False), (0, True)):

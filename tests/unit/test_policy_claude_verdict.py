@@ -18,6 +18,7 @@ from extproc.claude_gate import ClaudeGate, VerdictQuery, inline_prompt
 from extproc.context import Context
 from extproc.screening import Guard
 from extproc.settings import SidecarSettings
+from extproc.testing.guard import fixed_policy
 from extproc.testing.pipeline import Bound
 from extproc.wire import BodyChunk, Headers, Immediate, Phase, Reply
 from intelligence.claude import ClaudeSettings, FakeClaude, FakeFault
@@ -214,9 +215,7 @@ class Recorder:
 
 def build(policy_text: str, gate: ClaudeGate | None, score: float = 0.4) -> tuple[Context, Sink]:
     events = Sink()
-    watcher = SimpleNamespace(
-        snapshot=snapshot_from_yaml(policy_text), throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None))
-    )
+    watcher = fixed_policy(policy_text)
     if gate is not None:
         gate.events = events
     guard = Guard(

@@ -4,16 +4,14 @@ high-severity block is one "block" event, and `phase: response` rules alert from
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 from extproc.context import Context
-from extproc.screening import Guard
 from extproc.settings import SidecarSettings
+from extproc.testing.guard import guard_for
 from extproc.testing.pipeline import Bound
 from extproc.wire import BodyChunk, Headers, Immediate, Phase
-from intelligence.policy.testing import snapshot_from_yaml
 
-from .test_response_exchange import EMAIL, KEY, Finder, Quiet, Recorder
+from .test_response_exchange import EMAIL, KEY, Finder, Recorder
 
 POLICY = """
 version: 1
@@ -53,12 +51,7 @@ class Events:
 
 
 def context(events: Events) -> Context:
-    watcher = SimpleNamespace(
-        snapshot=snapshot_from_yaml(POLICY), throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None))
-    )
-    guard = Guard(
-        watcher, secrets=Finder("OPENAI_API_KEY", KEY), pii=Finder("EMAIL_ADDRESS", EMAIL), injection=Quiet(), events=events
-    )
+    guard = guard_for(POLICY, secrets=Finder("OPENAI_API_KEY", KEY), pii=Finder("EMAIL_ADDRESS", EMAIL), events=events)
     return Context(settings=SidecarSettings(), recorder=Recorder(), guard=guard)
 
 

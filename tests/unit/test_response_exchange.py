@@ -10,10 +10,10 @@ from types import SimpleNamespace
 from extproc.context import Context
 from extproc.screening import Guard
 from extproc.settings import SidecarSettings
+from extproc.testing.guard import fixed_policy
 from extproc.testing.pipeline import Bound
 from extproc.wire import BodyChunk, Headers, Immediate, Phase
 from intelligence.detectors.spans import Span
-from intelligence.policy.testing import snapshot_from_yaml
 
 POLICY = """
 version: 1
@@ -56,8 +56,7 @@ class Recorder:
 
 
 def context(policy: str = POLICY) -> Context:
-    snap = snapshot_from_yaml(policy)
-    watcher = SimpleNamespace(snapshot=snap, throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None)))
+    watcher = fixed_policy(policy)
     guard = Guard(watcher, secrets=Finder("OPENAI_API_KEY", KEY), pii=Finder("EMAIL_ADDRESS", EMAIL), injection=Quiet())
     return Context(settings=SidecarSettings(), recorder=Recorder(), guard=guard)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 from extproc.context import Context
 from extproc.screening import Guard
 from extproc.settings import SidecarSettings
+from extproc.testing.guard import fixed_policy
 from extproc.testing.pipeline import Bound
 from extproc.wire import BodyChunk, Headers, Phase
-from intelligence.policy.testing import snapshot_from_yaml
 
 from .test_response_exchange import EMAIL, KEY, Finder, Quiet, Recorder
 
@@ -31,9 +30,7 @@ rules:
 
 
 def context() -> Context:
-    watcher = SimpleNamespace(
-        snapshot=snapshot_from_yaml(POLICY), throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None))
-    )
+    watcher = fixed_policy(POLICY)
     guard = Guard(watcher, secrets=Finder("OPENAI_API_KEY", KEY), pii=Finder("EMAIL_ADDRESS", EMAIL), injection=Quiet())
     keys = {"openai": "sk-op", "openrouter": "sk-or", "anthropic": "sk-ant-op"}
     return Context(settings=SidecarSettings(provider_keys=keys), recorder=Recorder(), guard=guard)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -126,40 +124,11 @@ rules:
 
 
 def test_policy_can_select_person_for_redaction() -> None:
-    from datetime import datetime
-    from types import SimpleNamespace
-
-    from extproc.screening import Guard
+    from extproc.testing.guard import check_chat, guard_for
     from intelligence.detectors.pii import shared_pii_detector
-    from intelligence.policy.testing import snapshot_from_yaml
 
-    class Nothing:
-        def find(self, text):  # type: ignore[no-untyped-def]
-            return []
-
-        def scan(self, segs, budget_ms=None):  # type: ignore[no-untyped-def]
-            return SimpleNamespace(score=0.0, layers=(), flags=())
-
-    policy = SimpleNamespace(
-        snapshot=snapshot_from_yaml(OPT_IN_POLICY), throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None))
-    )
-    guard = Guard(policy, secrets=Nothing(), pii=shared_pii_detector(), injection=Nothing())
     content = "Draft a reply to Maria Gonzalez at maria@example.com about the delay."
-    doc = {"model": "m", "messages": [{"role": "user", "content": content}]}
-    out = guard.check_request(
-        request_id="r1",
-        api="chat",
-        doc=doc,
-        provider="openai",
-        path="/v1/chat/completions",
-        method="POST",
-        key=None,
-        client=None,
-        client_addr=None,
-        size=len(content),
-        headers={},
-        now=datetime.now(UTC),
-    )
+    out, doc = check_chat(guard_for(OPT_IN_POLICY, pii=shared_pii_detector()), content)
     assert out.immediate is None and dict(out.detections.pii) == {"PERSON": 1, "EMAIL_ADDRESS": 1}
     assert out.redacted == 1  # the guard rewrites the request document in place
     sent = doc["messages"][0]["content"]

@@ -6,11 +6,11 @@ import json
 from types import SimpleNamespace
 
 from extproc.screening import Guard
+from extproc.testing.guard import fixed_policy
 from extproc.testing.pipeline import Driver, context, json_chunk, request_headers, response_headers
 from extproc.toolnames import ToolNameCodec
 from extproc.wire import Immediate
 from intelligence.detectors.secrets import shared_secret_detector
-from intelligence.policy.testing import snapshot_from_yaml
 
 # Vendor key formats, made up for this test (never real credentials).
 AWS = "AKIA" + "Z7QW3ERTY5UIOP2A"
@@ -50,9 +50,7 @@ class Quiet:
 
 def guarded(policy: str) -> Driver:
     c = context()
-    watcher = SimpleNamespace(
-        snapshot=snapshot_from_yaml(policy), throttler=SimpleNamespace(check=lambda d, f: SimpleNamespace(block=None))
-    )
+    watcher = fixed_policy(policy)
     c.guard = Guard(watcher, secrets=shared_secret_detector(), pii=None, injection=Quiet())
     return Driver(c)
 
