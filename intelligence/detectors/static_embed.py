@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .wordpiece import CachedWordPiece
+
 log = logging.getLogger("llmproxy.security.static_embed")
 
 STATIC_MODEL = "all-MiniLM-L6-v2-static"
@@ -132,6 +134,7 @@ class StaticEmbedder:
         self._tok = Tokenizer.from_file(os.path.join(_model_dir(), "tokenizer.json"))
         self._tok.no_padding()
         self._tok.no_truncation()
+        self._pieces = CachedWordPiece(self._tok)  # the same ids, the words' work memoised
         self.dim = int(self.table.shape[1])
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -141,7 +144,7 @@ class StaticEmbedder:
         for row, text in enumerate(texts):
             # One text at a time: encode_batch's thread pool costs more than it saves on the few
             # segments of one request, and contends with other work on a small machine.
-            ids = self._tok.encode(text, add_special_tokens=False).ids
+            ids = self._pieces.ids(text)
             if len(ids) > self.max_tokens:
                 half = self.max_tokens // 2
                 ids = ids[:half] + ids[-half:]
