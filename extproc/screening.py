@@ -128,6 +128,9 @@ class Guard:
             self.pii.find(self.WARM_TEXT)
         if self.injection is not None:
             self.injection.scan([("system", "You are a helpful assistant."), ("user", self.WARM_TEXT)], budget_ms=None)
+            from intelligence.detectors.names import english_words
+
+            english_words()  # normalisation's look-alike check reads the word list (0.1 s to load)
 
     def check_request(
         self,
