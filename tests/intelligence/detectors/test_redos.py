@@ -52,6 +52,12 @@ PIECES = [
     "#",
     "(",
     ")",
+    "gur ",  # rot13 of "the": the rot13 run search
+    "naq ",
+    "t0 ",  # leetspeak words: the leet line folding
+    "4 ",
+    "c0d35 ",
+    "Справка ",  # a word wholly in look-alikes
 ]
 
 
@@ -66,11 +72,15 @@ def _crafted() -> list[str]:
     out.append("а" + "b" * SIZE)  # one Cyrillic look-alike and a long ASCII word
     out.append("'" + "x" * SIZE)
     out.append("\n" * SIZE + "system: x")
+    out.append(("gur naq " * 40 + "the and ") * (SIZE // 360))  # rot13 runs broken again and again
+    out.append(("gur naq lbh " + "\n") * (SIZE // 13))  # a short run on every line
+    out.append(("t0 0r 4 c0d35 " * 20 + "\n") * (SIZE // 280))  # every line a leetspeak line
     return out
 
 
 @pytest.fixture(scope="module")
 def detector() -> InjectionDetector:
+    junk.features("warm up")  # loads the WordPiece tokenizer: the bounds are for the work, not the first load
     return InjectionDetector()
 
 
