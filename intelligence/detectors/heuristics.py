@@ -453,7 +453,7 @@ RULES: tuple[Rule, ...] = (
         "repeat_above",
         "prompt_exfiltration",
         0.75,
-        r"\b(?:repeat|print|output|reveal|copy|echo|return|show|display|write out|quote)\s+(?:back\s+)?(?:all\s+|everything\s+|the\s+)?(?:words|text|content|instructions|everything|all|prompt|messages?)?\s*(?:[\w-]+\s+){0,3}?(?:above|before this|verbatim|word for word|so far|preceding)",
+        r"\b(?:repeat|print|output|reveal|copy|echo|return|show|display|write out|quote)\s+(?:back\s+)?(?:all\s+|everything\s+|the\s+)?(?:words|text|content|instructions|everything|all|prompt|messages?)?\s*(?:[\w-]+\s+){0,3}?(?:(?<!\bas )above|before this|verbatim|word for word|so far|preceding)",
     ),
     _r(
         "ask_password",
