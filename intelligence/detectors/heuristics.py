@@ -286,7 +286,9 @@ _DIRECTIVE = (
     r"|restrictions?|programming|guidance|polic(?:y|ies)|training|limitations?|tasks?"
     r"|everything|what (?:you|i) (?:have been|were|was) told|what you(?:'ve| have) been told)"
 )
-_HARM_ADJ = r"(?:immoral|unethical|illegal|dangerous|harmful|reckless|inhumane|offensive|sexually explicit|questionable|inappropriate)"
+_HARM_ADJ = (
+    r"(?:immoral|unethical|illegal|dangerous|harmful|reckless|inhumane|offensive|sexually explicit|questionable|inappropriate)"
+)
 _GUARD_NOUN = (
     r"(?:guidelines?|restrictions?|filters?|filtering|limitations?|polic(?:y|ies)|rules?|boundaries|constraints?"
     r"|censorship|confines|principles|standards|safeguards|guardrails|morals?|ethics)"

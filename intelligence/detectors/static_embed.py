@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .wordpiece import CachedWordPiece
+from .wordpiece import shared_wordpiece
 
 log = logging.getLogger("llmproxy.security.static_embed")
 
@@ -134,7 +134,7 @@ class StaticEmbedder:
         self._tok = Tokenizer.from_file(os.path.join(_model_dir(), "tokenizer.json"))
         self._tok.no_padding()
         self._tok.no_truncation()
-        self._pieces = CachedWordPiece(self._tok)  # the same ids, the words' work memoised
+        self._pieces = shared_wordpiece()  # the same ids, the words' work memoised (shared with the junk features)
         self.dim = int(self.table.shape[1])
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:

