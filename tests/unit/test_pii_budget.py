@@ -266,40 +266,18 @@ rules:
 async def test_a_buffered_response_whose_pii_scan_runs_out_of_time_is_withheld_not_passed_on_unmasked() -> None:
     import json
 
-    from extproc.context import Context
-    from extproc.settings import SidecarSettings
-    from extproc.testing.pipeline import Bound
-    from extproc.wire import BodyChunk, Headers, Immediate, Phase
-
-    class Records:
-        def __init__(self) -> None:
-            self.records = []
-
-        def submit(self, record) -> None:
-            self.records.append(record)
-
-    def run(budget_ms):
-        return Context(settings=SidecarSettings(), recorder=Records(), guard=_guard(RESPONSE_MASK_POLICY, budget_ms=budget_ms))
+    from extproc.testing.pipeline import Bound, ListRecorder, context, json_chunk, request_headers, response_headers
+    from extproc.wire import BodyChunk, Immediate, Phase
 
     answer = "Reach jane.doe@example.com. " + DENSE
     for budget_ms, expect_cut in ((None, False), (0, True)):
-        c = run(budget_ms)
+        c = context(ListRecorder())
+        c.guard = _guard(RESPONSE_MASK_POLICY, budget_ms=budget_ms)
         ex = Bound(c)
-        await ex.handle(
-            Phase.REQUEST_HEADERS,
-            Headers(
-                {
-                    ":method": "POST",
-                    ":path": "/openai/v1/chat/completions",
-                    "x-request-id": "r1",
-                    "content-type": "application/json",
-                },
-                False,
-            ),
-        )
+        await ex.handle(Phase.REQUEST_HEADERS, request_headers("/openai/v1/chat/completions"))
         body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
-        assert not isinstance(await ex.handle(Phase.REQUEST_BODY, BodyChunk(json.dumps(body).encode(), True)), Immediate)
-        await ex.handle(Phase.RESPONSE_HEADERS, Headers({":status": "200", "content-type": "application/json"}, False))
+        assert not isinstance(await ex.handle(Phase.REQUEST_BODY, json_chunk(body)), Immediate)
+        await ex.handle(Phase.RESPONSE_HEADERS, response_headers())
         resp = {
             "id": "c1",
             "object": "chat.completion",
