@@ -306,7 +306,7 @@ RULES: tuple[Rule, ...] = (
         "ignore_above",
         "instruction_override",
         0.8,
-        rf"\b{_IGNORE_VERB}\s+(?:about\s+)?(?:all\s+)?(?:of\s+)?(?:the\s+|that\s+|this\s+)?(?:above|before|preceding|foregoing|everything)\b",
+        rf"\b{_IGNORE_VERB}\s+(?:about\s+)?(?:all\s+)?(?:of\s+)?(?:the\s+|that\s+|this\s+)?(?:above|before|preceding|foregoing|everything(?=\s*(?:$|[.!,;:)\n]|(?:you|i|that|above|before|previously|so far|else|and)\b)))\b",
     ),
     _r(
         "regardless_of_instructions",
@@ -424,7 +424,7 @@ RULES: tuple[Rule, ...] = (
         "fiction_laundering",
         "fictional_framing",
         0.3,
-        r"\b(?:purely|entirely|strictly|just|only)\s+(?:for\s+)?(?:fictional|hypothetical|educational|research)|\b(?:never|not) (?:be )?(?:actually )?used\b|\bwill not be used\b|\bfor (?:a|my|the) (?:novel|story|screenplay|movie|script|book|thriller)\b|\bin (?:a|this) (?:fictional|hypothetical) (?:world|scenario|story|universe)\b|\bhypothetical(?:ly)?\b|\bfictional\b",
+        r"\b(?:purely|entirely|strictly|just|only)\s+(?:for\s+)?(?:fictional|hypothetical|educational|research)|\b(?:never|not) (?:be )?(?:actually )?used (?:for|to|in|by) (?:any(?:thing)? |real |actual )?(?:harm\w*|malicious|illegal|nefarious|unethical|bad|evil|criminal|dangerous|wrong\w*|real[- ](?:world|life)|actual|practice|reality|the real world)\b|\bfor (?:a|my) (?:novel|story|screenplay|movie|script|book|thriller)\b|\bfor the (?:novel|screenplay|movie|thriller)\b|\bin (?:a|this) (?:fictional|hypothetical) (?:world|scenario|story|universe)\b|\bhypothetical(?:ly)?\b|\bfictional\b",
     ),
     _r(
         "roleplay_frame",
@@ -455,7 +455,7 @@ RULES: tuple[Rule, ...] = (
         "repeat_above",
         "prompt_exfiltration",
         0.75,
-        r"\b(?:repeat|print|output|reveal|copy|echo|return|show|display|write out|quote)\s+(?:back\s+)?(?:all\s+|everything\s+|the\s+)?(?:words|text|content|instructions|everything|all|prompt|messages?)?\s*(?:[\w-]+\s+){0,3}?(?:(?<!\bas )above|before this|verbatim|word for word|so far|preceding)",
+        r"\b(?:repeat|print|output|reveal|copy|echo|return|show|display|write out|quote)\s+(?:back\s+)?(?:all\s+|everything\s+|the\s+)?(?:words|text|content|instructions|everything|all|prompt|messages?)?\s*(?:[\w-]+\s+){0,3}?(?:(?<!\bas )above(?!\s+(?:the|a|an|each|every|its|their|his|her)\s)|before this|verbatim|word for word|so far|preceding)",
     ),
     _r(
         "ask_password",
@@ -486,7 +486,7 @@ RULES: tuple[Rule, ...] = (
         "authority_claim",
         "mode_switch",
         0.35,
-        r"\b(?:i am|i'm|as)\s+(?:your|the|an?)\s+(?:\w+\s+)?(?:creator|developer|owner|administrator|admin|maintainer|operator|programmer|system administrator|god|boss|supervisor|manager|police officer|law enforcement officer|detective|federal agent|investigator|government official|president)\b|\bi am god\b",
+        r"\b(?:i am|i'm)\s+(?:your|the|an?)\s+(?:\w+\s+)?(?:creator|developer|owner|administrator|admin|maintainer|operator|programmer|system administrator|god|boss|supervisor|manager|police officer|law enforcement officer|detective|federal agent|investigator|government official|president)\b|\bas\s+(?:your|the|an?)\s+(?:creator|developer|owner|administrator|admin|maintainer|operator|programmer|system administrator|god|boss|supervisor|manager|police officer|law enforcement officer|detective|federal agent|investigator|government official|president)\b|\bi am god\b",
     ),
     _r(
         "vendor_claim",

@@ -102,7 +102,8 @@ def features(text: str) -> np.ndarray:
 def features_with_context(text: str) -> tuple[np.ndarray, float]:
     """``features`` plus the unclean-token share *outside* the strongest window: a suffix is a local
     anomaly at the end of otherwise clean prose, while code, logs and markup are unclean throughout
-    (1.0 when the window is not near the end)."""
+    (1.0 when the window is not near the end, and for a text of one window or less: a suffix follows
+    a request, and a few glued tokens alone, such as a markup fragment, are nothing to append to)."""
     return _features(text)
 
 
@@ -124,7 +125,7 @@ def _features(text: str) -> tuple[np.ndarray, float]:
     # Words repeat (a long prompt has about half as many distinct words): classify each once.
     distinct = {w: (0.0 if _CLEAN.match(w) else 1.0, _EDGE.sub("", w) or w) for w in set(words)}
     if len(words) <= WINDOW:
-        return _short_features(words, distinct, masked), 0.0
+        return _short_features(words, distinct, masked), 1.0
     return _window_features(words, distinct, masked)
 
 
@@ -141,7 +142,9 @@ def _window_features(words: list[str], distinct: dict[str, tuple[float, str]], m
     outside = len(words) - w
     rest = float((unclean.sum() - unclean[best : best + w].sum()) / outside) if outside > 0 else 0.0
     # A suffix ends the text: a junk window far from the end is a table, a code sample, a list of names.
-    if best + w < len(words) - max(SUFFIX_TAIL_TOKENS, len(words) // 4):
+    # The distance is counted in tokens, not as a share of the text: a code sample a paragraph before
+    # the end of a long page is still not a suffix (an optimised suffix is followed by a sentence at most).
+    if best + w < len(words) - SUFFIX_TAIL_TOKENS:
         rest = 1.0
     return np.array(
         [
@@ -170,7 +173,7 @@ def _short_features(words: list[str], distinct: dict[str, tuple[float, str]], ma
 
 # Stand-alone junk needs clean prose around the window (share of unclean tokens outside it).
 MAX_REST_UNCLEAN = 0.06
-SUFFIX_TAIL_TOKENS = 12
+SUFFIX_TAIL_TOKENS = 16
 MIN_WINDOW_UNCLEAN = 0.4
 
 
