@@ -145,6 +145,13 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
     )
     await asyncio.to_thread(guard.warm)  # before the health check says SERVING: no lazy loads on a request
     enhancer, enhancements = await _enhancer(engine)
+    from . import metrics
+    from .overload import DEFAULT_SHED_WAIT_MS, Shedder
+
+    # LLMPROXY_SHED_WAIT_MS=0 turns load shedding off (then only Envoy's breaker and timeouts bound a queue).
+    load = Shedder(
+        threshold_ms=float(os.environ.get("LLMPROXY_SHED_WAIT_MS", str(DEFAULT_SHED_WAIT_MS))), on_shed=metrics.observe_shed
+    )
     ctx = Context(
         settings=settings,
         recorder=recorder,
@@ -153,8 +160,9 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         meter=meter,
         guard=guard,
         enhancer=enhancer,
+        load=load if load.enabled else None,
     )
-    from . import metrics, tracing
+    from . import tracing
     from .pipeline import Pipeline
     from .stages import default_stages
 
@@ -164,6 +172,8 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         on_phase=metrics.observe_phase,
     )
     metrics.track_queue("audit", lambda: float(audit.pending))
+    metrics.track_load(load)
+    load.start()
     metrics.track_queue("events", lambda: float(events.pending))
     address = metrics.metrics_address_from_env()
     if address is not None and address[1] and settings.worker_index:
@@ -184,6 +194,7 @@ async def run(settings: SidecarSettings, stop: asyncio.Event) -> None:
         await server.stop(grace=5)
         if enhancements is not None:
             await enhancements.stop()
+        await load.stop()
         await policy.stop()
         if attack_memory is not None:
             await attack_memory.stop()

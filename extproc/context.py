@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from intelligence.keys.meter import UsageMeter
     from intelligence.records import Recorder
 
+    from .overload import Shedder
     from .screening import Guard
 
 
@@ -46,6 +47,7 @@ class Context:
     keys: KeySource | None = None  # the gateway keys in memory (intelligence.keys.cache.KeyCache)
     meter: UsageMeter | None = None  # shared-database budgets per gateway key
     enhancer: Enhancer | None = None  # enhancements and experiments; None applies none
+    load: Shedder | None = None  # load shedding (extproc.overload); None admits every exchange
     router: ModelRouter = field(init=False)
     auth_mode: AuthMode = field(init=False)
 

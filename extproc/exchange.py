@@ -46,6 +46,7 @@ class RequestState:
     method: str = ""
     path: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    waited_ms: float | None = None  # from Envoy's receipt of the request to its headers here (request.time)
     route: Route = Route.UNKNOWN
     rel_path: str = ""  # the provider-relative path (/v1/chat/completions)
     provider: str | None = None
@@ -94,6 +95,7 @@ class Notes:
     # "no_end_event" (a stream closed without its API's end event).
     response_ended: bool = False
     incomplete: str | None = None
+    shed: bool = False  # admission: refused unscreened because the sidecar was overloaded
 
     def flags(self, request: RequestState) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.screening)
@@ -109,6 +111,8 @@ class Notes:
             out["stage_errors"] = list(self.stage_errors)
         if self.incomplete is not None:
             out["incomplete"] = self.incomplete
+        if self.shed:
+            out["shed"] = True
         return out
 
 

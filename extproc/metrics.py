@@ -44,7 +44,7 @@ PHASES = ("request_headers", "request_body", "response_headers", "response_body"
 # The pipeline's stages (extproc.stages.default_stages) and the background parts that contain failures.
 STAGES = frozenset(
     {
-        *PHASES, "access", "feedback", "guard", "claude_verdict", "enhance", "tool_names", "credentials", "record",
+        *PHASES, "access", "admission", "feedback", "guard", "claude_verdict", "enhance", "tool_names", "credentials", "record",
         "restore", "policy", "recorder", "audit", "events", "claude_gate", "webhook", "stream",
     }
 )  # fmt: skip
@@ -102,6 +102,11 @@ STAGE_ERRORS = Counter("llmproxy_stage_errors", "Failures contained by a process
 BACKGROUND_QUEUE_DEPTH = Gauge(
     "llmproxy_background_queue_depth", "Items waiting in an in-process background queue (audit, events, ...)", ["queue"]
 )
+EVENT_LOOP_LAG = Gauge("llmproxy_event_loop_lag_seconds", "How late the sidecar's event loop runs (smoothed; extproc.overload)")
+SHEDDING = Gauge("llmproxy_shedding", "1 while the sidecar refuses every new request because its event loop is behind")
+SHED = Counter(
+    "llmproxy_shed_requests", "Requests refused with 503 because the sidecar was overloaded", ["reason"]
+)  # reason: waited (the request queued past the threshold) | loop_lag (the event loop stays behind)
 CLAUDE_CALLS = Counter("llmproxy_claude_calls", "Calls to Claude, by purpose and outcome", ["purpose", "outcome"])
 CLAUDE_COST = Counter("llmproxy_claude_cost_usd", "Spend on Claude in USD", ["purpose"])
 CLAUDE_TOKENS = Counter("llmproxy_claude_tokens", "Tokens spent on Claude", ["purpose", "kind"])
@@ -360,6 +365,17 @@ def observe_claude_call(
 def track_queue(name: str, depth: Callable[[], float]) -> None:
     """Report a background queue's depth at scrape time (``depth`` must be cheap and never raise)."""
     BACKGROUND_QUEUE_DEPTH.labels(name).set_function(depth)
+
+
+def track_load(load: Any) -> None:
+    """The load shedder's lag and state at scrape time (an ``extproc.overload.LoopLag``); its refusals
+    are counted by ``observe_shed``."""
+    EVENT_LOOP_LAG.set_function(lambda: load.lag_ms / 1000.0)
+    SHEDDING.set_function(lambda: 1.0 if load.shedding else 0.0)
+
+
+def observe_shed(reason: str) -> None:
+    SHED.labels(reason if reason in ("waited", "loop_lag") else "other").inc()
 
 
 # ------------------------------------------------------------------------------------------ server

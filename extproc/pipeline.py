@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Protocol
 from .errors import gateway_error
 from .exchange import Exchange
 from .logjson import set_request_id
+from .overload import request_age_ms
 from .wire import BodyChunk, Headers, Immediate, Phase, Reply
 
 log = logging.getLogger("llmproxy.pipeline")
@@ -206,6 +207,7 @@ def begin_request(ex: Exchange, ev: Headers) -> None:
     # Envoy is the edge and mints x-request-id itself (envoy.yaml: a client's own is not kept).
     ex.request_id = h.get("x-request-id") or str(uuid.uuid4())
     ex.client_addr = _client_addr(ev)
+    ex.request.waited_ms = request_age_ms(ev.attributes.get("request.time"))
     set_request_id(ex.request_id)  # every log line of this stream's task names the request
 
 

@@ -66,6 +66,7 @@ ENV_DESCRIPTIONS: dict[str, str] = {
     "LLMPROXY_CLAUDE_VERDICT_CONCURRENCY": "Most inline `claude_verdict` asks in flight per sidecar (default 8); over it the rule's fail mode applies at once.",
     "LLMPROXY_CLAUDE_VERDICT_PER_CLIENT_RPM": "Inline `claude_verdict` asks per client per minute (default 20); over it the rule's fail mode applies at once.",
     "LLMPROXY_KEY_MAX_STALENESS_S": "Seconds a gateway-key snapshot may go unrefreshed (database away) before every gateway key is refused (default 300).",
+    "LLMPROXY_SHED_WAIT_MS": "Load shedding (default 1000; 0 turns it off): a request that waited longer than this for the sidecar (Envoy's `request.time` to its headers reaching the pipeline), or any new request while the sidecar's event loop is that far behind, is refused at once with 503 `gateway_overloaded` and `retry-after: 1`, before its body is read. Envoy and the sidecar must share a clock (one host or pod). docs/reliability.md, \"Concurrency ceiling and overload\".",
     "LLMPROXY_SIDECAR_ALLOWED_PEERS": "Comma-separated networks allowed to open ext_proc streams to the sidecar (default `127.0.0.0/8,::1/128`; the pod network in Kubernetes).",
     "LLMPROXY_RECORDER_JOURNAL": "`0`: the recorder keeps no write-ahead journal (a killed sidecar then loses the records it held in memory). Default on.",
     "LLMPROXY_RECORDER_MEMORY_MAX": "Records the recorder holds in memory when the database is away and the spool's disk is full (default 50000); past it records are dropped, counted and announced.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from ..context import Context
 from ..pipeline import Stage
 from .access import AccessStage
+from .admission import AdmissionStage
 from .credentials import CredentialsStage
 from .enhance import EnhanceStage
 from .feedback import FeedbackStage
@@ -25,6 +26,7 @@ def default_stages(ctx: Context) -> list[Stage]:
     """The pipeline, in order.                                        failure mode"""
     return [
         AccessStage(ctx),  # routes, legacy targets, gateway keys, the parsed body     closed
+        AdmissionStage(ctx),  # overloaded: a fast 503 before the body is screened      closed
         FeedbackStage(ctx),  # POST /v1/feedback, answered by the gateway itself       closed
         GuardStage(ctx),  # detectors -> policy: block, redact, edit; response screen  closed
         ClaudeVerdictStage(),  # claude_verdict rules wait for Claude (bounded)         closed

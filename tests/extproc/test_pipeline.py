@@ -128,7 +128,7 @@ def test_the_default_pipeline_declares_its_failure_modes() -> None:
     stages = default_stages(context())
     modes = {s.name: s.failure for s in stages}
     assert [s.name for s in stages] == [
-        "access", "feedback", "guard", "claude_verdict", "enhance", "tool_names", "metering", "credentials", "record",
+        "access", "admission", "feedback", "guard", "claude_verdict", "enhance", "tool_names", "metering", "credentials", "record",
         "restore",
     ]  # fmt: skip
     # everything that screens or decides who may send what fails closed; advice and bookkeeping fail open

@@ -1,0 +1,72 @@
+"""More concurrent exchanges than Envoy's default circuit breakers allow (1,024 per cluster) all complete.
+
+Every exchange holds one ext_proc stream to the sidecar and, over HTTP/1.1, one upstream connection for
+its whole life, so Envoy's defaults would cap the gateway at 1,024 concurrent LLM calls however idle the
+sidecar is. envoy.yaml sets the ceiling deliberately (10,000); this checks it against the real Envoy.
+
+The calls arrive over four seconds rather than in one instant: 1,200 new streams at once are an overload
+of their own on two cores, which the sidecar sheds (a request that waited over 1 s for it gets a 503,
+tests/extproc/test_overload.py), and that is not what this test is about. Each answer takes about 8 s
+(2 s to the first byte, then a chunk every 1.5 s, each gap under the stack's 3 s idle timeout), so
+every call is still in flight when the last one starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Stack
+
+pytestmark = pytest.mark.e2e
+
+CONCURRENT = 1_200  # past the default 1,024
+ARRIVALS_PER_S = 300
+UPSTREAM_DELAY_MS = 2_000
+CHUNK_BYTES, CHUNK_DELAY_MS = 80, 1_500
+
+
+async def _burst(url: str) -> tuple[collections.Counter[int], int]:
+    limits = httpx.Limits(max_connections=CONCURRENT, max_keepalive_connections=0)
+    spans: list[tuple[float, float]] = []
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        t0 = time.monotonic()
+
+        async def one(i: int) -> int:
+            await asyncio.sleep(max(0.0, t0 + i / ARRIVALS_PER_S - time.monotonic()))
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"concurrent call {i}"}]}
+            start = time.monotonic()
+            r = await client.post(
+                url + "/openai/v1/chat/completions",
+                content=json.dumps(body),
+                headers={
+                    "content-type": "application/json",
+                    "authorization": "Bearer sk-x",
+                    "x-fake-delay-ms": str(UPSTREAM_DELAY_MS),
+                    "x-fake-chunk-bytes": str(CHUNK_BYTES),
+                    "x-fake-chunk-delay-ms": str(CHUNK_DELAY_MS),
+                },
+            )
+            spans.append((start, time.monotonic()))
+            return r.status_code
+
+        statuses = collections.Counter(await asyncio.gather(*(one(i) for i in range(CONCURRENT))))
+    # the most calls in flight at one time, from the clients' own start and end times
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    peak = level = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return statuses, peak
+
+
+@pytest.mark.timeout(300)
+def test_more_concurrent_exchanges_than_the_default_breaker_all_complete(stack: Stack) -> None:
+    statuses, peak = asyncio.run(_burst(stack.url))
+    assert statuses == {200: CONCURRENT}, statuses
+    assert peak > 1_024, f"only {peak} calls were in flight at once: the test did not pass the default ceiling"
