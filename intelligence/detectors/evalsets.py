@@ -24,6 +24,11 @@ calibration (fitted: role ``train``) = Debian descriptions, manual pages, the Fi
 standard library, half of the LibreOffice help pages and gettext catalogues (by SHA-256 of the page or
 catalogue name), writing batch a, attack batch a; held out = the other half of the help pages and
 catalogues, third-party code, logs, JSON, writing batch b, attack batch b. Nothing held out informs a rule, a weight or a threshold.
+
+A development set was added later (``--system-text-only``: ``dev_benign_system_text``, the machine's C
+headers, Perl, /etc, shell scripts, manual-page sources and READMEs). A first sample of it measured the
+detector before anything was decided on it; its false positives then chose changes, so it is
+calibration data from then on.
 """
 
 from __future__ import annotations
@@ -508,6 +513,56 @@ def attack_rows(batch: str, carriers: list[dict[str, Any]], n: int, rng: random.
         )
 
 
+# -- system text (a development set added later: the machine's own technical files) ------------------
+SYSTEM_TEXT_SOURCES = {
+    # family -> glob patterns over the machine's files (Debian bookworm's own packages)
+    "c_header": ("/usr/include/**/*.h",),
+    "perl": ("/usr/share/perl/5.*/**/*.pm", "/usr/share/perl/5.*/**/*.pl", "/usr/share/perl/5.*/**/*.pod"),
+    "etc_config": ("/etc/*", "/etc/*/*", "/etc/*/*/*"),
+    "shell": ("/usr/share/**/*.sh", "/usr/lib/*/*.sh", "/etc/init.d/*", "/usr/bin/*"),
+    "man_source": ("/usr/share/man/man1/*.gz", "/usr/share/man/man5/*.gz", "/usr/share/man/man8/*.gz"),
+    "doc_readme": ("/usr/share/doc/*/README*", "/usr/share/doc/*/*.md", "/usr/share/doc/*/*.txt", "/usr/share/doc/*/*/*.md"),
+}
+
+
+def system_text(per_family: int, rng: random.Random) -> Iterator[dict[str, Any]]:
+    """Excerpts (300-8 000 characters, from a line start) of the machine's C headers, Perl modules and
+    POD, /etc configuration, shell scripts, manual-page sources and READMEs: technical text of kinds
+    the other sets lack. Built after the detector's other sets, as a development set: its false
+    positives chose rule and text-kind changes, so its role is ``calibration`` (data/manifest.yaml)."""
+    import glob
+
+    for family, patterns in SYSTEM_TEXT_SOURCES.items():
+        files = sorted({p for pat in patterns for p in glob.glob(pat, recursive=True)})
+        rng.shuffle(files)
+        n = 0
+        for name in files:
+            path = Path(name)
+            try:
+                if not path.is_file() or path.is_symlink() or path.stat().st_size > 2_000_000:
+                    continue
+                raw = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
+                if family == "shell" and name.startswith("/usr/bin/") and not raw.startswith(b"#!"):
+                    continue  # a binary, not a script
+                text = raw.decode("utf-8")
+            except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile):
+                continue
+            if len(text) < 300:
+                continue
+            size = _lengths(rng, 300, 8_000)
+            start = rng.randrange(0, len(text) - size) if len(text) > size else 0
+            line = text.find("\n", start)
+            if 0 <= line < start + 200:
+                start = line + 1
+            excerpt = text[start : start + size]
+            if len(excerpt) < 200:
+                continue
+            yield _row(excerpt, "benign", name, family=family, lang="en")
+            n += 1
+            if n >= per_family:
+                break
+
+
 # -- main -------------------------------------------------------------------------------------------
 def _write(out: Path, name: str, rows: Iterable[dict[str, Any]]) -> int:
     rows = list(rows)
@@ -564,7 +619,15 @@ def build(args: argparse.Namespace) -> dict[str, int]:
 
     counts["calib_attack_hidden"] = _write(out, "calib_attack_hidden.jsonl.gz", attack_rows("a", calib_ml + calib_tech, 360, rng))
     counts["heldout_attack_hidden"] = _write(out, "heldout_attack_hidden.jsonl.gz", attack_rows("b", held_docs + tech, 300, rng))
+    counts.update(build_system_text(out))
     return counts
+
+
+def build_system_text(out: Path) -> dict[str, int]:
+    """The system-text development set alone (its own random stream: the other files stay byte-identical)."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = list(system_text(120, random.Random(SEED + 1)))
+    return {"dev_benign_system_text": _write(out, "dev_benign_system_text.jsonl.gz", rows)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -583,9 +646,10 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages",
     )
+    p.add_argument("--system-text-only", action="store_true", help="build only dev_benign_system_text.jsonl.gz")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    print(json.dumps(build(args), indent=2))
+    print(json.dumps(build_system_text(args.out) if args.system_text_only else build(args), indent=2))
     return 0
 
 

@@ -388,7 +388,10 @@ RULES: tuple[Rule, ...] = (
         "no_warnings",
         "refusal_suppression",
         0.45,
-        r"\b(?:do not|don't|never|without)\b[^.\n]{0,25}\b(?:include|add|give|provide|use|mention|write|any)?\b[^.\n]{0,10}\b(?:warnings?|disclaimers?|caveats?|apolog\w+|moraliz\w+|moralis\w+|lectur\w+|ethical (?:concerns|considerations|implications|notes))\b",
+        r"\b(?:do not|don't|never)\b[^.\n]{0,25}\b(?:include|add|give|provide|use|mention|write|any)?\b[^.\n]{0,10}\b(?:warnings?|disclaimers?|caveats?|apolog\w+|moraliz\w+|moralis\w+|lectur\w+|ethical (?:concerns|considerations|implications|notes))\b"
+        # "without" only right before what it leaves out: "compiles without warnings" is a build log's
+        # boast, "without pathspec issues warning" is a sentence about something else.
+        r"|\bwithout\s+(?:(?:any|adding|including|giving|the|usual|your|moral|ethical|safety|legal|unnecessary|or|and|,)\s+)*(?:warnings?|disclaimers?|caveats?|apolog\w+|moraliz\w+|moralis\w+|lectur\w+|ethical (?:concerns|considerations|implications|notes))\b",
     ),
     _r(
         "banned_refusal_phrases",
@@ -455,7 +458,7 @@ RULES: tuple[Rule, ...] = (
         "repeat_above",
         "prompt_exfiltration",
         0.75,
-        r"\b(?:repeat|print|output|reveal|copy|echo|return|show|display|write out|quote)\s+(?:back\s+)?(?:all\s+|everything\s+|the\s+)?(?:words|text|content|instructions|everything|all|prompt|messages?)?\s*(?:[\w-]+\s+){0,3}?(?:(?<!\bas )above(?!\s+(?:the|a|an|each|every|its|their|his|her)\s)|before this|verbatim|word for word|so far|preceding)",
+        r"\b(?:repeat|print|output|reveal|copy|echo|return|show|display|write out|quote)\s+(?:back\s+)?(?:all\s+|everything\s+|the\s+)?(?:words|text|content|instructions|everything|all|prompt|messages?)?\s*(?:[\w-]+\s+){0,3}?(?:(?<!\bas )above(?!\s+(?:the|a|an|each|every|its|their|his|her)\s|\s+[\d$€£]|\s+(?:as needed|as necessary|for (?:each|every|all|the other)|until|steps?|procedure|process|commands?)\b)|before this|verbatim|word for word|so far|preceding)",
     ),
     _r(
         "ask_password",
@@ -468,7 +471,7 @@ RULES: tuple[Rule, ...] = (
         "mode_tag",
         "mode_switch",
         0.7,
-        r"<\s*/?\s*(?:system|god|admin|administrator|developer|dev|sudo|root|override|debug|maintenance|jailbreak)\s*(?:mode|access|override)?\s*>",
+        r"(?<![A-Za-z])<\s*/?\s*(?:system|god|admin|administrator|developer|dev|sudo|root|override|debug|maintenance|jailbreak)\s*(?:mode|access|override)?\s*>",  # not Perl POD's B<root>
     ),
     _r(
         "enter_mode",
@@ -519,7 +522,7 @@ RULES: tuple[Rule, ...] = (
         "hidden_instruction_marker",
         "indirect_injection",
         0.55,
-        r"<!--[^>]{0,200}\b(?:ignore|instead|say|state|respond|reply|tell|instruction|assistant|ai)\b|\b(?:important|attention|note|message|instructions?)\s*(?:to|for)\s+(?:the\s+|all\s+|any\s+)?(?:ai|assistant|model|llm|agent|chatbot)s?\b|\battention\s*,?\s*(?:ai|assistant|language model|llm|agent|chatbot)s?\s*[:,!]",
+        r"<!--[^>]{0,200}\b(?:(?:ignore|disregard)\b(?!\s+(?:[\w.-]+\s+){0,3}?(?:files?|director(?:y|ies)|lines?|fields?|errors?|warnings?|case|whitespace|entries|missing|if)\b)|say|respond|reply|tell|instructions?|assistant|ai|llm|chatbot)\b|\b(?:important|attention|note|message|instructions?)\s*(?:to|for)\s+(?:the\s+|all\s+|any\s+)?(?:ai|assistant|model|llm|agent|chatbot)s?\b|\battention\s*,?\s*(?:ai|assistant|language model|llm|agent|chatbot)s?\s*[:,!]",
     ),
     _r(
         "state_instead",

@@ -38,6 +38,8 @@ _ASCII_WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?")
 _TECH_LINE = re.compile(
     r"^\s*(?:[#/*]|//|--|<[/!?\w]|[{}\[\]]|\d{4}-\d\d-\d\d|\d\d:\d\d:\d\d|\w+\s*[:=]\s*[\"'{\[\d]|(?:def|class|import|from|return|if|for|while|function|const|let|var|public|private|static|void|int|#include|package|func|fn)\b)"
     r"|[;{}]\s*$|\)\s*:\s*$|=>|->|::|\w\([^()\s]{0,40}\)|\|[^|\n]{0,80}\||\w=\S"
+    # manual-page source (troff requests and font escapes) and Perl POD (commands, B<...> markup)
+    r"|^\.[A-Za-z]{1,3}\b|\\f[A-Z0-9(]|^=(?:head\d|over|item|back|pod|cut|begin|end|encoding)\b|(?<![A-Za-z])[BICLF]<[^<>\n]{1,60}>"
 )
 
 

@@ -13,17 +13,17 @@ import pytest
 from extproc.cli import main
 
 EVAL = Path(__file__).resolve().parents[2] / "fixtures" / "eval"
-# The goal is 1% everywhere. Measured at the last change (docs/security.md): writing 0.4%,
-# code/logs/JSON 1.1%, multilingual documents 1.9%: the last two miss the goal and are bounded
-# at their measured level plus noise here, so a regression fails while the gap stays documented.
+# The goal is 1% everywhere. Measured at the last change (docs/security.md, 2026-12-07): writing 0.25%,
+# code/logs/JSON 1.13% (misses the goal), multilingual documents 0.93%. Each is bounded at its measured
+# level plus a few rows, so a regression fails while the gap stays documented.
 BOUNDS = {
     "heldout_benign_writing.jsonl.gz": 0.01,
-    "heldout_benign_code_logs_json.jsonl.gz": 0.02,
-    "heldout_benign_multilingual_docs.jsonl.gz": 0.025,
+    "heldout_benign_code_logs_json.jsonl.gz": 0.015,
+    "heldout_benign_multilingual_docs.jsonl.gz": 0.0125,
 }
-# any one language class (n = 100-160). Goal 1%; measured worst: Russian LibreOffice help 7.5%
-# (mixed Russian/English UI text): bounded at the measured level, the gap documented.
-FAMILY_BOUND = 0.08
+# any one language or source class (n = 80-240). Goal 1%; measured worst: 3% (Japanese gettext
+# catalogues, 3 of 100) and 2.7% (machine logs, 4 of 150): bounded near that, the gap documented.
+FAMILY_BOUND = 0.04
 
 
 def test_heldout_benign_sets_stay_under_the_bound(capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,3 +54,7 @@ def test_calibration_sets_are_declared_as_such() -> None:
         assert role_of(path)["role"] == "train", path.name
     for path in sorted(EVAL.glob("heldout_*.jsonl.gz")):
         assert role_of(path)["role"] == "heldout", path.name
+    development = sorted(EVAL.glob("dev_*.jsonl.gz"))  # sampled later; their false positives chose changes
+    assert development
+    for path in development:
+        assert role_of(path)["role"] == "calibration", path.name
