@@ -7,6 +7,7 @@ refusal is an answer of the gateway's own, so the exchange is still recorded.
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar
 
 from ..context import Context
@@ -15,6 +16,7 @@ from ..exchange import Exchange
 from ..pipeline import Failure
 from ..wire import Immediate
 
+log = logging.getLogger("llmproxy.overload")
 RETRY_AFTER_S = 1
 
 
@@ -24,9 +26,19 @@ class AdmissionStage:
 
     def __init__(self, ctx: Context) -> None:
         self.load = ctx.load
+        self._checked_attribute = False
 
     async def request_headers(self, ex: Exchange) -> Immediate | None:
-        if self.load is None or self.load.admit(ex.request.waited_ms):
+        if self.load is None:
+            return None
+        if not self._checked_attribute:
+            self._checked_attribute = True
+            if ex.request.waited_ms is None:
+                log.warning(
+                    "Envoy sends no readable request.time attribute (ext_proc request_attributes in envoy.yaml): "
+                    "load shedding sees only the event loop's lag, not how long requests wait"
+                )
+        if self.load.admit(ex.request.waited_ms):
             return None
         answer = gateway_error(
             503,

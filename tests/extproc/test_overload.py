@@ -98,3 +98,15 @@ async def test_a_shed_request_gets_a_fast_503_unscreened_and_is_recorded() -> No
         ctx.load.observe(0)
     r = await driver.round(request_headers("/openai/v1/chat/completions"), json_chunk(body))
     assert r.answer is None, "once the loop keeps time, requests are admitted again"
+
+
+async def test_an_envoy_without_request_time_is_reported_once(caplog) -> None:
+    ctx = context(ListRecorder())
+    ctx.load = Shedder(threshold_ms=100)
+    driver = Driver(ctx)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+    with caplog.at_level("WARNING", logger="llmproxy.overload"):
+        for _ in range(3):
+            r = await driver.round(request_headers("/openai/v1/chat/completions"), json_chunk(body))
+            assert r.answer is None
+    assert sum("request.time" in m for m in caplog.messages) == 1
