@@ -271,7 +271,9 @@ async def _one(session: Any, url: str, body: bytes, headers: dict[str, str], res
                     result.ttft_ms = (time.perf_counter() - t0) * 1000
                 tail = (tail + chunk)[-64:]
             if resp.status != 200:
-                result.error = f"HTTP {resp.status}"
+                # whose answer it was: the gateway's own code (a policy block, shedding) or, without one, the
+                # upstream's or Envoy's
+                result.error = f"HTTP {resp.status} {resp.headers.get('x-llmproxy-error') or 'upstream/envoy'}"
             elif result.stream and b"[DONE]" not in tail:
                 result.error = "stream without [DONE]"
             else:
