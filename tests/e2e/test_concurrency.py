@@ -6,7 +6,7 @@ sidecar is. envoy.yaml sets the ceiling deliberately (10,000); this checks it ag
 
 The calls arrive at 60 a second, well under what the sidecar screens even on a busy CI machine with
 coverage tracing it: 1,200 new streams at once are an overload of their own, which the sidecar sheds (a
-request that waited over 1 s for it gets a 503, tests/extproc/test_overload.py), and that is not what
+request that waited over 2 s for it gets a 503, tests/extproc/test_overload.py), and that is not what
 this test is about. Each answer waits 25 s upstream, on a stack of its own with envoy.yaml's idle timeout
 (the shared e2e stack cuts silent upstreams at 3 s), so every call is still in flight when the last one
 starts, at 20 s, and the sidecar sees only a few messages per exchange.
